@@ -1,0 +1,304 @@
+//! CPU backend: validated ops (see `ops.rs`) mapped onto `blip2-kernels` slice kernels.
+//! F16 tensors are widened to f32 for compute and narrowed on output; matmul reads f16
+//! weights directly (converted while packing), which is what makes f16 storage pay off.
+
+use std::borrow::Cow;
+
+use blip2_kernels as k;
+use half::f16;
+use rayon::prelude::*;
+
+use crate::ops::{AttnDims, AttnOpts, Binary, MatmulDims, Unary, split_at_axis};
+use crate::tensor::CpuStorage;
+use crate::{DType, Result, Tensor};
+
+/// f32 view of a tensor's data (borrowed when it is already f32).
+fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
+    match t.cpu_storage() {
+        CpuStorage::F32(v) => Cow::Borrowed(v.as_slice()),
+        CpuStorage::F16(v) => {
+            let mut out = vec![0f32; v.len()];
+            k::f16_to_f32(v, &mut out);
+            Cow::Owned(out)
+        }
+    }
+}
+
+fn b_slice(t: &Tensor) -> k::BSlice<'_> {
+    match t.cpu_storage() {
+        CpuStorage::F32(v) => k::BSlice::F32(v),
+        CpuStorage::F16(v) => k::BSlice::F16(v),
+    }
+}
+
+/// Wraps f32 results in a tensor of `dtype`.
+fn output(data: Vec<f32>, shape: Vec<usize>, dtype: DType) -> Result<Tensor> {
+    Ok(match dtype {
+        DType::F32 => Tensor::from_cpu(shape, CpuStorage::F32(data)),
+        DType::F16 => {
+            let mut h = vec![f16::ZERO; data.len()];
+            k::f32_to_f16(&data, &mut h);
+            Tensor::from_cpu(shape, CpuStorage::F16(h))
+        }
+    })
+}
+
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_shape: Vec<usize>) -> Result<Tensor> {
+    let kdim = w.dim(1);
+    let n = w.dim(0);
+    let m = x.elem_count() / kdim.max(1);
+    let xa = f32_data(x);
+    let bias = b.map(f32_data);
+    let mut c = vec![0f32; m * n];
+    if m > 0 && n > 0 {
+        k::matmul(&xa, b_slice(w), bias.as_deref(), &mut c, m, kdim, n, true);
+    }
+    output(c, out_shape, x.dtype())
+}
+
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, d: &MatmulDims, out_shape: Vec<usize>) -> Result<Tensor> {
+    let aa = f32_data(a);
+    let mut c = vec![0f32; d.batch * d.m * d.n];
+    if d.batch > 0 && d.m > 0 && d.n > 0 {
+        if d.b_shared {
+            // One weight for every batch: a single big matmul over batch*m rows.
+            k::matmul(&aa, b_slice(b), None, &mut c, d.batch * d.m, d.k, d.n, d.b_trans);
+        } else {
+            k::batched_matmul(&aa, b_slice(b), &mut c, d.batch, d.m, d.k, d.n, d.b_trans);
+        }
+    }
+    output(c, out_shape, a.dtype())
+}
+
+pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32, rms: bool) -> Result<Tensor> {
+    let cols = w.dim(0);
+    let xa = f32_data(x);
+    let wa = f32_data(w);
+    let mut out = vec![0f32; xa.len()];
+    if cols > 0 {
+        // Rows are independent: split into row blocks across threads.
+        let rows_per = (xa.len() / cols).div_ceil(rayon::current_num_threads()).max(1);
+        let chunk = rows_per * cols;
+        let ba = b.map(f32_data);
+        out.par_chunks_mut(chunk)
+            .zip(xa.par_chunks(chunk))
+            .for_each(|(o, xi)| {
+                if rms {
+                    k::rms_norm(xi, &wa, o, cols, eps);
+                } else {
+                    k::layer_norm(xi, &wa, ba.as_deref().unwrap_or(&[]), o, cols, eps);
+                }
+            });
+    }
+    output(out, x.shape().to_vec(), x.dtype())
+}
+
+pub(crate) fn softmax(x: &Tensor, mask: Option<&Tensor>, strides: Option<&[usize]>) -> Result<Tensor> {
+    let cols = *x.shape().last().unwrap_or(&1);
+    let mut data = f32_data(x).into_owned();
+    let md = mask.map(f32_data);
+    let shape = x.shape().to_vec();
+    if cols > 0 {
+        data.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+            if let (Some(m), Some(st)) = (md.as_deref(), strides) {
+                // Row r -> multi-index over the leading dims -> mask offset via strides.
+                let mut rem = r;
+                let mut off = 0;
+                for d in (0..shape.len() - 1).rev() {
+                    off += (rem % shape[d]) * st[d];
+                    rem /= shape[d];
+                }
+                for (v, mv) in row.iter_mut().zip(&m[off..off + cols]) {
+                    *v += mv;
+                }
+            }
+            k::softmax_inplace(row);
+        });
+    }
+    output(data, shape, x.dtype())
+}
+
+pub(crate) fn unary(x: &Tensor, f: Unary) -> Result<Tensor> {
+    let mut data = f32_data(x).into_owned();
+    data.par_chunks_mut(16384).for_each(|c| match f {
+        Unary::Gelu => k::gelu_erf_inplace(c),
+        Unary::GeluTanh => k::gelu_tanh_inplace(c),
+        Unary::Relu => k::relu_inplace(c),
+    });
+    output(data, x.shape().to_vec(), x.dtype())
+}
+
+pub(crate) fn binary(a: &Tensor, b: &Tensor, f: Binary) -> Result<Tensor> {
+    let aa = f32_data(a);
+    let ba = f32_data(b);
+    let mut out = vec![0f32; aa.len()];
+    let bl = ba.len();
+    out.par_chunks_mut(bl)
+        .zip(aa.par_chunks(bl))
+        .for_each(|(o, ai)| match f {
+            Binary::Add => k::add(ai, &ba, o),
+            Binary::Mul => k::mul(ai, &ba, o),
+        });
+    output(out, a.shape().to_vec(), a.dtype())
+}
+
+pub(crate) fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
+    let mut data = f32_data(x).into_owned();
+    data.par_chunks_mut(16384)
+        .for_each(|c| c.iter_mut().for_each(|v| *v *= s));
+    output(data, x.shape().to_vec(), x.dtype())
+}
+
+pub(crate) fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Tensor> {
+    let d = table.dim(1);
+    let mut out = vec![0f32; ids.len() * d];
+    for (o, &id) in out.chunks_mut(d.max(1)).zip(ids) {
+        let r = id as usize * d..(id as usize + 1) * d;
+        match table.cpu_storage() {
+            CpuStorage::F32(v) => o.copy_from_slice(&v[r]),
+            CpuStorage::F16(v) => k::f16_to_f32(&v[r], o),
+        }
+    }
+    output(out, vec![ids.len(), d], dtype)
+}
+
+/// Copies raw storage without dtype conversion (concat/narrow/permute keep the dtype).
+macro_rules! with_storage {
+    ($t:expr, $v:ident => $body:expr) => {
+        match $t.cpu_storage() {
+            CpuStorage::F32($v) => CpuStorage::F32($body),
+            CpuStorage::F16($v) => CpuStorage::F16($body),
+        }
+    };
+}
+
+pub(crate) fn concat(ts: &[&Tensor], axis: usize, out_shape: Vec<usize>) -> Result<Tensor> {
+    let (outer, _, inner) = split_at_axis(&out_shape, axis);
+    let total = out_shape.iter().product();
+    // `ops::concat` checked that every input has the first one's dtype.
+    let storage = match ts[0].cpu_storage() {
+        CpuStorage::F32(_) => CpuStorage::F32(concat_blocks(ts, axis, outer, inner, total, |s| match s {
+            CpuStorage::F32(v) => v,
+            CpuStorage::F16(_) => unreachable!("mixed dtypes rejected by ops::concat"),
+        })),
+        CpuStorage::F16(_) => CpuStorage::F16(concat_blocks(ts, axis, outer, inner, total, |s| match s {
+            CpuStorage::F16(v) => v,
+            CpuStorage::F32(_) => unreachable!("mixed dtypes rejected by ops::concat"),
+        })),
+    };
+    Ok(Tensor::from_cpu(out_shape, storage))
+}
+
+fn concat_blocks<T: Copy>(
+    ts: &[&Tensor],
+    axis: usize,
+    outer: usize,
+    inner: usize,
+    total: usize,
+    get: impl Fn(&CpuStorage) -> &Vec<T>,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(total);
+    for o in 0..outer {
+        for t in ts {
+            let span = t.dim(axis) * inner;
+            out.extend_from_slice(&get(t.cpu_storage())[o * span..(o + 1) * span]);
+        }
+    }
+    out
+}
+
+pub(crate) fn narrow(x: &Tensor, axis: usize, start: usize, out_shape: Vec<usize>) -> Result<Tensor> {
+    let (outer, dim, inner) = split_at_axis(x.shape(), axis);
+    let len = out_shape[axis];
+    let storage = with_storage!(x, v => {
+        let mut out = Vec::with_capacity(outer * len * inner);
+        for o in 0..outer {
+            let base = (o * dim + start) * inner;
+            out.extend_from_slice(&v[base..base + len * inner]);
+        }
+        out
+    });
+    Ok(Tensor::from_cpu(out_shape, storage))
+}
+
+pub(crate) fn write_at(dst: &mut Tensor, src: &Tensor, axis: usize, offset: usize) -> Result<()> {
+    let (outer, dim, inner) = split_at_axis(dst.shape(), axis);
+    let len = src.dim(axis);
+    let span = len * inner;
+    let src_st = src.cpu_storage().clone();
+    match (dst.cpu_storage_mut(), &src_st) {
+        (CpuStorage::F32(d), CpuStorage::F32(s)) => copy_blocks(d, s, outer, dim, inner, offset, span),
+        (CpuStorage::F16(d), CpuStorage::F16(s)) => copy_blocks(d, s, outer, dim, inner, offset, span),
+        _ => unreachable!("write_at checked equal dtypes"),
+    }
+    Ok(())
+}
+
+fn copy_blocks<T: Copy>(d: &mut [T], s: &[T], outer: usize, dim: usize, inner: usize, offset: usize, span: usize) {
+    for o in 0..outer {
+        let base = (o * dim + offset) * inner;
+        d[base..base + span].copy_from_slice(&s[o * span..(o + 1) * span]);
+    }
+}
+
+pub(crate) fn permute_0213(x: &Tensor) -> Result<Tensor> {
+    let (a, b, c, d) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let storage = with_storage!(x, v => {
+        let mut out = Vec::with_capacity(v.len());
+        for i in 0..a {
+            for kk in 0..c {
+                for j in 0..b {
+                    let base = ((i * b + j) * c + kk) * d;
+                    out.extend_from_slice(&v[base..base + d]);
+                }
+            }
+        }
+        out
+    });
+    Ok(Tensor::from_cpu(vec![a, c, b, d], storage))
+}
+
+pub(crate) fn attention(q: &Tensor, kt: &Tensor, vt: &Tensor, opts: &AttnOpts, d: &AttnDims) -> Result<Tensor> {
+    let qa = f32_data(q);
+    let ka = f32_data(kt);
+    let va = f32_data(vt);
+    let mask = opts.mask.map(f32_data);
+    let bias = opts.bias.map(f32_data);
+    let mut out = vec![0f32; qa.len()];
+    let p = k::AttnParams {
+        batch: d.batch,
+        heads: d.heads,
+        lq: d.lq,
+        lk: d.lk,
+        lk_cap: d.lk_cap,
+        head_dim: d.head_dim,
+        scale: opts.scale,
+        causal_offset: opts.causal.then(|| d.lk - d.lq),
+    };
+    k::attention(
+        &qa,
+        &ka,
+        &va,
+        mask.as_deref().map(|m| (m, d.mask_rows)),
+        bias.as_deref(),
+        &mut out,
+        &p,
+    );
+    output(out, q.shape().to_vec(), q.dtype())
+}
+
+pub(crate) fn im2col(pixels: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, c, h, w) = (pixels.dim(0), pixels.dim(1), pixels.dim(2), pixels.dim(3));
+    let px = f32_data(pixels);
+    let np = (h / p) * (w / p);
+    let row = c * p * p;
+    let mut out = vec![0f32; b * np * row];
+    out.par_chunks_mut((np * row).max(1))
+        .enumerate()
+        .for_each(|(i, o)| k::im2col_patches(&px[i * c * h * w..(i + 1) * c * h * w], c, h, w, p, o));
+    output(out, vec![b, np, row], pixels.dtype())
+}
+
+pub(crate) fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    output(f32_data(x).into_owned(), x.shape().to_vec(), dtype)
+}

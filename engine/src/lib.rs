@@ -1,0 +1,19 @@
+//! Tensor engine for blip2: devices, tensors and ops on a CPU backend (SIMD kernels from
+//! `blip2-kernels`) and a GPU backend (WGSL kernels from `blip2-shaders` on wgpu).
+//!
+//! Every op checks shapes and dtypes and returns [`Error`] instead of panicking; accumulation
+//! is always f32 whatever the storage dtype.
+
+mod cpu;
+mod device;
+mod dtype;
+mod error;
+pub mod gpu;
+pub mod ops;
+mod tensor;
+
+pub use device::{Device, DeviceInfo};
+pub use dtype::{DType, StoredDType};
+pub use error::{Error, Result};
+pub use ops::AttnOpts;
+pub use tensor::Tensor;

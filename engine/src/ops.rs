@@ -1,0 +1,575 @@
+//! Ops: shape/dtype/device guards and shape inference here, then the backend kernel.
+//!
+//! Dtype rules: activations (`x`, `a`, `q`...) may be F32 or F16 and the output has the
+//! activation's dtype. Parameters (linear weights and biases, norm weights, the second
+//! operand of add/mul, embedding tables) may have either dtype independently; backends
+//! convert as they read. Masks and attention biases are F32. All arithmetic is f32.
+
+use crate::{DType, Device, Error, Result, Tensor, cpu, gpu};
+
+fn check_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.device().same(b.device()) {
+        Ok(())
+    } else {
+        Err(Error::DeviceMismatch {
+            op,
+            a: format!("{:?}", a.device()),
+            b: format!("{:?}", b.device()),
+        })
+    }
+}
+
+fn check_f32(op: &'static str, operand: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::DType {
+            op,
+            operand,
+            expected: "f32",
+            found: t.dtype(),
+        });
+    }
+    Ok(())
+}
+
+fn check_rank_min(op: &'static str, operand: &str, t: &Tensor, min: usize) -> Result<()> {
+    if t.rank() < min {
+        return Err(Error::shape(
+            op,
+            format!("{operand} must have rank >= {min}, found shape {:?}", t.shape()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_shape(op: &'static str, operand: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
+    if t.shape() != expected {
+        return Err(Error::shape(
+            op,
+            format!("{operand}: expected shape {expected:?}, found {:?}", t.shape()),
+        ));
+    }
+    Ok(())
+}
+
+fn last(t: &Tensor) -> usize {
+    *t.shape().last().unwrap_or(&1)
+}
+
+/// `x · wᵀ + b`: x `[.., K]`, w `[N, K]` (nn.Linear layout), b `[N]` -> `[.., N]`.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    check_device(OP, x, w)?;
+    check_rank_min(OP, "x", x, 1)?;
+    if w.rank() != 2 || w.dim(1) != last(x) {
+        return Err(Error::shape(
+            OP,
+            format!("weight: expected [N, {}], found {:?} (x is {:?})", last(x), w.shape(), x.shape()),
+        ));
+    }
+    if let Some(b) = b {
+        check_device(OP, x, b)?;
+        check_shape(OP, "bias", b, &[w.dim(0)])?;
+    }
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().unwrap() = w.dim(0);
+    match x.device() {
+        Device::Cpu => cpu::linear(x, w, b, out_shape),
+        Device::Gpu(g) => gpu::ops::linear(g, x, w, b, out_shape),
+    }
+}
+
+/// Batched matmul: a `[.., M, K]` · b `[.., K, N]` (or b `[.., N, K]` when `b_trans`).
+/// Leading (batch) dims must be equal, or b may be rank 2 and shared by every batch.
+pub fn matmul(a: &Tensor, b: &Tensor, b_trans: bool) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    check_device(OP, a, b)?;
+    check_rank_min(OP, "a", a, 2)?;
+    check_rank_min(OP, "b", b, 2)?;
+    let (m, k) = (a.dim(a.rank() - 2), a.dim(a.rank() - 1));
+    let (bk, n) = if b_trans {
+        (b.dim(b.rank() - 1), b.dim(b.rank() - 2))
+    } else {
+        (b.dim(b.rank() - 2), b.dim(b.rank() - 1))
+    };
+    if bk != k {
+        return Err(Error::shape(
+            OP,
+            format!("inner dims differ: a {:?}, b {:?} (b_trans={b_trans})", a.shape(), b.shape()),
+        ));
+    }
+    let a_batch = &a.shape()[..a.rank() - 2];
+    let b_batch = &b.shape()[..b.rank() - 2];
+    if b.rank() != 2 && a_batch != b_batch {
+        return Err(Error::shape(
+            OP,
+            format!("batch dims differ: a {:?}, b {:?}", a.shape(), b.shape()),
+        ));
+    }
+    let batch: usize = a_batch.iter().product();
+    let mut out_shape = a_batch.to_vec();
+    out_shape.extend([m, n]);
+    let dims = MatmulDims {
+        batch,
+        m,
+        k,
+        n,
+        b_trans,
+        b_shared: b.rank() == 2 && batch != 1,
+    };
+    match a.device() {
+        Device::Cpu => cpu::matmul(a, b, &dims, out_shape),
+        Device::Gpu(g) => gpu::ops::matmul(g, a, b, &dims, out_shape),
+    }
+}
+
+/// Sizes of a validated batched matmul (see [`matmul`]).
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulDims {
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub b_trans: bool,
+    /// b is one `[K,N]`/`[N,K]` matrix used by every batch.
+    pub b_shared: bool,
+}
+
+fn check_norm_param(op: &'static str, operand: &str, x: &Tensor, p: &Tensor) -> Result<()> {
+    check_device(op, x, p)?;
+    check_shape(op, operand, p, &[last(x)])
+}
+
+/// LayerNorm over the last dim: (x - mean) / sqrt(var + eps) * w + b.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    const OP: &str = "layer_norm";
+    check_rank_min(OP, "x", x, 1)?;
+    check_norm_param(OP, "weight", x, w)?;
+    check_norm_param(OP, "bias", x, b)?;
+    match x.device() {
+        Device::Cpu => cpu::layer_norm(x, w, Some(b), eps, false),
+        Device::Gpu(g) => gpu::ops::norm(g, x, w, Some(b), eps, false),
+    }
+}
+
+/// RMSNorm over the last dim as T5 does it: x * rsqrt(mean(x²) + eps) * w (variance in f32).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    const OP: &str = "rms_norm";
+    check_rank_min(OP, "x", x, 1)?;
+    check_norm_param(OP, "weight", x, w)?;
+    match x.device() {
+        Device::Cpu => cpu::layer_norm(x, w, None, eps, true),
+        Device::Gpu(g) => gpu::ops::norm(g, x, w, None, eps, true),
+    }
+}
+
+/// Element strides (0 where broadcast) of `mask` for each dim of `x`, numpy-style
+/// right-aligned broadcasting; the last dims must be equal.
+fn broadcast_strides(op: &'static str, x: &Tensor, mask: &Tensor) -> Result<Vec<usize>> {
+    let (xr, mr) = (x.rank(), mask.rank());
+    let bad = || {
+        Error::shape(
+            op,
+            format!("mask {:?} does not broadcast to {:?}", mask.shape(), x.shape()),
+        )
+    };
+    if mr > xr || mr == 0 || last(mask) != last(x) {
+        return Err(bad());
+    }
+    let mut strides = vec![0usize; xr];
+    let mut s = 1usize;
+    for i in (0..xr).rev() {
+        let md = if i + mr >= xr { mask.dim(i + mr - xr) } else { 1 };
+        if md == x.dim(i) {
+            strides[i] = if md == 1 { 0 } else { s };
+        } else if md != 1 {
+            return Err(bad());
+        }
+        s *= md;
+    }
+    Ok(strides)
+}
+
+/// Softmax over the last dim, after adding an optional f32 `mask` that broadcasts to `x`
+/// (e.g. `[B,1,1,L]` padding or `[L,L]` causal masks against `[B,H,L,L]` scores).
+/// Rows whose entries are all masked with `f32::MIN` give uniform weights, not NaN.
+pub fn softmax(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "softmax";
+    check_rank_min(OP, "x", x, 1)?;
+    let strides = match mask {
+        Some(m) => {
+            check_device(OP, x, m)?;
+            check_f32(OP, "mask", m)?;
+            Some(broadcast_strides(OP, x, m)?)
+        }
+        None => None,
+    };
+    match x.device() {
+        Device::Cpu => cpu::softmax(x, mask, strides.as_deref()),
+        Device::Gpu(g) => gpu::ops::softmax(g, x, mask, strides.as_deref()),
+    }
+}
+
+/// Element-wise activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unary {
+    /// Exact GELU: 0.5·x·(1 + erf(x/√2)).
+    Gelu,
+    /// GELU with the tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Relu,
+}
+
+pub fn unary(x: &Tensor, f: Unary) -> Result<Tensor> {
+    match x.device() {
+        Device::Cpu => cpu::unary(x, f),
+        Device::Gpu(g) => gpu::ops::unary(g, x, f),
+    }
+}
+
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Gelu)
+}
+
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::GeluTanh)
+}
+
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Relu)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Add,
+    Mul,
+}
+
+/// `a ∘ b` where b's shape equals a's or a suffix of it (b repeats over a's leading dims:
+/// a bias row `[C]`, position embeddings `[L, C]` against `[B, L, C]`).
+pub fn binary(a: &Tensor, b: &Tensor, f: Binary) -> Result<Tensor> {
+    const OP: &str = "add/mul";
+    check_device(OP, a, b)?;
+    if b.rank() > a.rank() || a.shape()[a.rank() - b.rank()..] != *b.shape() || b.elem_count() == 0 {
+        return Err(Error::shape(
+            OP,
+            format!("b {:?} is not a suffix of a {:?}", b.shape(), a.shape()),
+        ));
+    }
+    match a.device() {
+        Device::Cpu => cpu::binary(a, b, f),
+        Device::Gpu(g) => gpu::ops::binary(g, a, b, f),
+    }
+}
+
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, Binary::Add)
+}
+
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, Binary::Mul)
+}
+
+/// `x * s`.
+pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
+    match x.device() {
+        Device::Cpu => cpu::scale(x, s),
+        Device::Gpu(g) => gpu::ops::scale(g, x, s),
+    }
+}
+
+/// Rows of `table` `[V, D]` picked by `ids` -> `[ids.len(), D]` in `dtype`.
+pub fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Tensor> {
+    const OP: &str = "embedding";
+    if table.rank() != 2 {
+        return Err(Error::shape(OP, format!("table must be [V, D], found {:?}", table.shape())));
+    }
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.dim(0)) {
+        return Err(Error::shape(
+            OP,
+            format!("id {bad} out of range for a table of {} rows", table.dim(0)),
+        ));
+    }
+    match table.device() {
+        Device::Cpu => cpu::embedding(table, ids, dtype),
+        Device::Gpu(g) => gpu::ops::embedding(g, table, ids, dtype),
+    }
+}
+
+fn check_axis(op: &'static str, t: &Tensor, axis: usize) -> Result<()> {
+    if axis >= t.rank() {
+        return Err(Error::shape(op, format!("axis {axis} out of range for shape {:?}", t.shape())));
+    }
+    Ok(())
+}
+
+/// (outer, dim, inner) sizes around `axis`.
+pub(crate) fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+/// Concatenation along `axis`; all other dims and the dtype must agree.
+pub fn concat(ts: &[&Tensor], axis: usize) -> Result<Tensor> {
+    const OP: &str = "concat";
+    let first = ts
+        .first()
+        .ok_or_else(|| Error::Invalid("concat of zero tensors".into()))?;
+    check_axis(OP, first, axis)?;
+    let mut total = 0;
+    for t in ts {
+        check_device(OP, first, t)?;
+        if t.dtype() != first.dtype() {
+            return Err(Error::DType {
+                op: OP,
+                operand: "input",
+                expected: "all inputs of one dtype",
+                found: t.dtype(),
+            });
+        }
+        let same_rest = t.rank() == first.rank()
+            && (0..t.rank()).all(|d| d == axis || t.dim(d) == first.dim(d));
+        if !same_rest {
+            return Err(Error::shape(
+                OP,
+                format!("{:?} and {:?} differ outside axis {axis}", first.shape(), t.shape()),
+            ));
+        }
+        total += t.dim(axis);
+    }
+    let mut out_shape = first.shape().to_vec();
+    out_shape[axis] = total;
+    match first.device() {
+        Device::Cpu => cpu::concat(ts, axis, out_shape),
+        Device::Gpu(g) => gpu::ops::concat(g, ts, axis, out_shape),
+    }
+}
+
+/// Copy of `len` entries starting at `start` along `axis`.
+pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+    const OP: &str = "narrow";
+    check_axis(OP, x, axis)?;
+    if start + len > x.dim(axis) {
+        return Err(Error::shape(
+            OP,
+            format!("range {start}..{} out of bounds for axis {axis} of {:?}", start + len, x.shape()),
+        ));
+    }
+    let mut out_shape = x.shape().to_vec();
+    out_shape[axis] = len;
+    match x.device() {
+        Device::Cpu => cpu::narrow(x, axis, start, out_shape),
+        Device::Gpu(g) => gpu::ops::narrow(g, x, axis, start, out_shape),
+    }
+}
+
+/// In-place: writes `src` into `dst` at `offset` along `axis` (KV caches, filled without
+/// reallocation). Shapes must agree outside `axis`.
+pub fn write_at(dst: &mut Tensor, src: &Tensor, axis: usize, offset: usize) -> Result<()> {
+    const OP: &str = "write_at";
+    check_device(OP, dst, src)?;
+    check_axis(OP, dst, axis)?;
+    let fits = src.rank() == dst.rank()
+        && (0..dst.rank()).all(|d| d == axis || src.dim(d) == dst.dim(d))
+        && offset + src.dim(axis) <= dst.dim(axis);
+    if !fits {
+        return Err(Error::shape(
+            OP,
+            format!("cannot write {:?} into {:?} at {offset} along axis {axis}", src.shape(), dst.shape()),
+        ));
+    }
+    if src.dtype() != dst.dtype() {
+        return Err(Error::DType {
+            op: OP,
+            operand: "src",
+            expected: "the destination's dtype",
+            found: src.dtype(),
+        });
+    }
+    match dst.device().clone() {
+        Device::Cpu => cpu::write_at(dst, src, axis, offset),
+        Device::Gpu(g) => gpu::ops::write_at(&g, dst, src, axis, offset),
+    }
+}
+
+/// `[B, L, H·d]` -> `[B, H, L, d]`.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    const OP: &str = "split_heads";
+    if x.rank() != 3 || heads == 0 || x.dim(2) % heads != 0 {
+        return Err(Error::shape(
+            OP,
+            format!("expected [B, L, H*d] with H={heads}, found {:?}", x.shape()),
+        ));
+    }
+    let (b, l, d) = (x.dim(0), x.dim(1), x.dim(2) / heads);
+    permute_0213(x, [b, l, heads, d])
+}
+
+/// `[B, H, L, d]` -> `[B, L, H·d]`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "merge_heads";
+    if x.rank() != 4 {
+        return Err(Error::shape(OP, format!("expected [B, H, L, d], found {:?}", x.shape())));
+    }
+    let (b, h, l, d) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    Ok(permute_0213(x, [b, h, l, d])?.reshape(&[b, l, h * d])?)
+}
+
+/// Swaps dims 1 and 2 of a 4-d view `dims` of x.
+fn permute_0213(x: &Tensor, dims: [usize; 4]) -> Result<Tensor> {
+    let x4 = x.reshape(&dims)?;
+    match x.device() {
+        Device::Cpu => cpu::permute_0213(&x4),
+        Device::Gpu(g) => gpu::ops::permute_0213(g, &x4),
+    }
+}
+
+/// Options of [`attention`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttnOpts<'a> {
+    /// Multiplies q·kᵀ (hd^-0.5 for ViT/BERT/OPT, 1.0 for T5).
+    pub scale: f32,
+    /// Query i (of lq) may see keys j <= i + (kv_len - lq).
+    pub causal: bool,
+    /// Number of leading key rows of k/v to use (a preallocated cache); None = all.
+    pub kv_len: Option<usize>,
+    /// Additive f32 mask `[B, 1 | Lq, kv_len]` (padding: 0 or a large negative).
+    pub mask: Option<&'a Tensor>,
+    /// Additive f32 per-head bias `[H, Lq, kv_len]` (T5 relative positions).
+    pub bias: Option<&'a Tensor>,
+}
+
+impl Default for AttnOpts<'_> {
+    fn default() -> Self {
+        AttnOpts {
+            scale: 1.0,
+            causal: false,
+            kv_len: None,
+            mask: None,
+            bias: None,
+        }
+    }
+}
+
+/// Validated sizes of an [`attention`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub batch: usize,
+    pub heads: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub lk_cap: usize,
+    pub head_dim: usize,
+    pub mask_rows: usize,
+}
+
+/// Multi-head attention: q `[B, H, Lq, d]`, k/v `[B, H, Lcap, d]` -> `[B, H, Lq, d]`;
+/// softmax(q·kᵀ·scale + bias + mask) · v over the first `kv_len` keys.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<Tensor> {
+    const OP: &str = "attention";
+    check_device(OP, q, k)?;
+    check_device(OP, q, v)?;
+    if q.rank() != 4 || k.rank() != 4 || k.shape() != v.shape() {
+        return Err(Error::shape(
+            OP,
+            format!("expected q [B,H,Lq,d], k = v [B,H,Lk,d]; found q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape()),
+        ));
+    }
+    let (b, h, lq, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
+    if k.dim(0) != b || k.dim(1) != h || k.dim(3) != d {
+        return Err(Error::shape(
+            OP,
+            format!("k {:?} does not match q {:?} in batch/heads/head_dim", k.shape(), q.shape()),
+        ));
+    }
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        return Err(Error::DType {
+            op: OP,
+            operand: "k/v",
+            expected: "q's dtype",
+            found: if k.dtype() != q.dtype() { k.dtype() } else { v.dtype() },
+        });
+    }
+    let lk_cap = k.dim(2);
+    let lk = opts.kv_len.unwrap_or(lk_cap);
+    if lk > lk_cap || lk == 0 {
+        return Err(Error::shape(OP, format!("kv_len {lk} not in 1..={lk_cap}")));
+    }
+    if opts.causal && lq > lk {
+        return Err(Error::shape(OP, format!("causal attention with {lq} queries over {lk} keys")));
+    }
+    let mut mask_rows = 0;
+    if let Some(m) = opts.mask {
+        check_device(OP, q, m)?;
+        check_f32(OP, "mask", m)?;
+        if m.rank() != 3 || m.dim(0) != b || (m.dim(1) != 1 && m.dim(1) != lq) || m.dim(2) != lk {
+            return Err(Error::shape(
+                OP,
+                format!("mask: expected [{b}, 1 or {lq}, {lk}], found {:?}", m.shape()),
+            ));
+        }
+        mask_rows = m.dim(1);
+    }
+    if let Some(bias) = opts.bias {
+        check_device(OP, q, bias)?;
+        check_f32(OP, "bias", bias)?;
+        check_shape(OP, "bias", bias, &[h, lq, lk])?;
+    }
+    let dims = AttnDims {
+        batch: b,
+        heads: h,
+        lq,
+        lk,
+        lk_cap,
+        head_dim: d,
+        mask_rows,
+    };
+    match q.device() {
+        Device::Cpu => cpu::attention(q, k, v, opts, &dims),
+        Device::Gpu(g) => gpu::ops::attention(g, q, k, v, opts, &dims),
+    }
+}
+
+/// Patch embedding (Conv2d with kernel = stride = p, no padding) via im2col + matmul:
+/// pixels `[B, C, H, W]` (f32), weight `[D, C, p, p]`, bias `[D]` -> `[B, (H/p)·(W/p), D]`
+/// in row-major patch order, as ViT flattens the conv output.
+pub fn patch_embed(pixels: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "patch_embed";
+    check_device(OP, pixels, w)?;
+    check_device(OP, pixels, b)?;
+    if pixels.rank() != 4 || w.rank() != 4 || w.dim(1) != pixels.dim(1) || w.dim(2) != w.dim(3) {
+        return Err(Error::shape(
+            OP,
+            format!("expected pixels [B,C,H,W] and weight [D,C,p,p]; found {:?} and {:?}", pixels.shape(), w.shape()),
+        ));
+    }
+    let p = w.dim(2);
+    let (bsz, c, hh, ww) = (pixels.dim(0), pixels.dim(1), pixels.dim(2), pixels.dim(3));
+    if p == 0 || hh % p != 0 || ww % p != 0 {
+        return Err(Error::shape(
+            OP,
+            format!("image {hh}x{ww} is not a multiple of the patch size {p}"),
+        ));
+    }
+    check_shape(OP, "bias", b, &[w.dim(0)])?;
+    let patches = match pixels.device() {
+        Device::Cpu => cpu::im2col(pixels, p)?,
+        Device::Gpu(g) => gpu::ops::im2col(g, pixels, p)?,
+    };
+    debug_assert_eq!(patches.shape(), &[bsz, (hh / p) * (ww / p), c * p * p]);
+    let w2 = w.reshape(&[w.dim(0), c * p * p])?;
+    linear(&patches, &w2, Some(b))
+}
+
+/// Converts the storage dtype.
+pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    if x.dtype() == dtype {
+        return Ok(x.clone());
+    }
+    match x.device() {
+        Device::Cpu => cpu::cast(x, dtype),
+        Device::Gpu(g) => gpu::ops::cast(g, x, dtype),
+    }
+}

@@ -1,0 +1,288 @@
+use std::sync::Arc;
+
+use half::{bf16, f16};
+
+use crate::gpu::GpuStorage;
+use crate::{DType, Device, Error, Result, StoredDType};
+
+/// Host storage: contiguous, row-major.
+#[derive(Clone, Debug)]
+pub(crate) enum CpuStorage {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+#[derive(Clone)]
+pub(crate) enum Storage {
+    Cpu(Arc<CpuStorage>),
+    Gpu(GpuStorage),
+}
+
+/// A contiguous row-major n-d array on a [`Device`]. Cloning is cheap (shared storage);
+/// ops never mutate their inputs, except the explicit in-place [`crate::ops::write_at`].
+#[derive(Clone)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    dtype: DType,
+    device: Device,
+    pub(crate) storage: Storage,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {}, {:?})", self.shape, self.dtype, self.device)
+    }
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    pub(crate) fn from_parts(shape: Vec<usize>, dtype: DType, device: Device, storage: Storage) -> Tensor {
+        Tensor {
+            shape,
+            dtype,
+            device,
+            storage,
+        }
+    }
+
+    pub(crate) fn from_cpu(shape: Vec<usize>, storage: CpuStorage) -> Tensor {
+        let dtype = match storage {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F16(_) => DType::F16,
+        };
+        Tensor::from_parts(shape, dtype, Device::Cpu, Storage::Cpu(Arc::new(storage)))
+    }
+
+    fn check_len(what: &'static str, len: usize, shape: &[usize]) -> Result<()> {
+        if len != numel(shape) {
+            return Err(Error::shape(
+                what,
+                format!("{len} elements given for shape {shape:?} ({} expected)", numel(shape)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An f32 tensor from host data.
+    pub fn from_f32(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Tensor> {
+        Self::check_len("from_f32", data.len(), shape)?;
+        Self::upload(CpuStorage::F32(data), shape, device)
+    }
+
+    /// An f16 tensor from host data.
+    pub fn from_f16(data: Vec<f16>, shape: &[usize], device: &Device) -> Result<Tensor> {
+        Self::check_len("from_f16", data.len(), shape)?;
+        Self::upload(CpuStorage::F16(data), shape, device)
+    }
+
+    /// A tensor of `dtype` from f32 host values (converted when `dtype` is F16).
+    pub fn from_slice(data: &[f32], shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        Self::check_len("from_slice", data.len(), shape)?;
+        let storage = match dtype {
+            DType::F32 => CpuStorage::F32(data.to_vec()),
+            DType::F16 => {
+                let mut out = vec![f16::ZERO; data.len()];
+                blip2_kernels::f32_to_f16(data, &mut out);
+                CpuStorage::F16(out)
+            }
+        };
+        Self::upload(storage, shape, device)
+    }
+
+    /// A tensor of `dtype` from little-endian raw bytes of `stored` elements (as safetensors
+    /// stores them, possibly unaligned). BF16 is converted here; it is never a storage dtype.
+    pub fn from_bytes(
+        bytes: &[u8],
+        stored: StoredDType,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let n = numel(shape);
+        if bytes.len() != n * stored.size_of() {
+            return Err(Error::shape(
+                "from_bytes",
+                format!(
+                    "{} bytes given for {n} {stored:?} elements of shape {shape:?} ({} expected)",
+                    bytes.len(),
+                    n * stored.size_of()
+                ),
+            ));
+        }
+        let storage = match (stored, dtype) {
+            (StoredDType::F32, DType::F32) => CpuStorage::F32(read_le(bytes, f32::from_le_bytes)),
+            (StoredDType::F16, DType::F16) => {
+                CpuStorage::F16(read_le(bytes, |b| f16::from_bits(u16::from_le_bytes(b))))
+            }
+            (StoredDType::F32, DType::F16) => {
+                let v = read_le(bytes, f32::from_le_bytes);
+                let mut out = vec![f16::ZERO; n];
+                blip2_kernels::f32_to_f16(&v, &mut out);
+                CpuStorage::F16(out)
+            }
+            (StoredDType::F16, DType::F32) => {
+                let v = read_le(bytes, |b| f16::from_bits(u16::from_le_bytes(b)));
+                let mut out = vec![0f32; n];
+                blip2_kernels::f16_to_f32(&v, &mut out);
+                CpuStorage::F32(out)
+            }
+            (StoredDType::BF16, _) => {
+                let v = read_le(bytes, |b| bf16::from_bits(u16::from_le_bytes(b)));
+                let mut out = vec![0f32; n];
+                blip2_kernels::bf16_to_f32(&v, &mut out);
+                match dtype {
+                    DType::F32 => CpuStorage::F32(out),
+                    DType::F16 => {
+                        let mut h = vec![f16::ZERO; n];
+                        blip2_kernels::f32_to_f16(&out, &mut h);
+                        CpuStorage::F16(h)
+                    }
+                }
+            }
+        };
+        Self::upload(storage, shape, device)
+    }
+
+    fn upload(storage: CpuStorage, shape: &[usize], device: &Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(Tensor::from_cpu(shape.to_vec(), storage)),
+            Device::Gpu(g) => {
+                let (dtype, s) = match &storage {
+                    CpuStorage::F32(v) => (DType::F32, g.upload_f32(v)?),
+                    CpuStorage::F16(v) => (DType::F16, g.upload_f16(v)?),
+                };
+                Ok(Tensor::from_parts(shape.to_vec(), dtype, device.clone(), Storage::Gpu(s)))
+            }
+        }
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let n = numel(shape);
+        match device {
+            Device::Cpu => Ok(Tensor::from_cpu(
+                shape.to_vec(),
+                match dtype {
+                    DType::F32 => CpuStorage::F32(vec![0.0; n]),
+                    DType::F16 => CpuStorage::F16(vec![f16::ZERO; n]),
+                },
+            )),
+            Device::Gpu(g) => Ok(Tensor::from_parts(
+                shape.to_vec(),
+                dtype,
+                device.clone(),
+                Storage::Gpu(g.zeros(n, dtype)?),
+            )),
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Size of dimension `d`; negative-style indexing is not supported (use `rank() - 1`).
+    pub fn dim(&self, d: usize) -> usize {
+        self.shape[d]
+    }
+
+    pub fn elem_count(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        self.elem_count() * self.dtype.size_of()
+    }
+
+    /// Same data, new shape (no copy).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.elem_count() {
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot reshape {:?} into {shape:?}", self.shape),
+            ));
+        }
+        let mut t = self.clone();
+        t.shape = shape.to_vec();
+        Ok(t)
+    }
+
+    /// Downloads (waiting for pending GPU work) and converts to f32.
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        match &self.storage {
+            Storage::Cpu(s) => Ok(match s.as_ref() {
+                CpuStorage::F32(v) => v.clone(),
+                CpuStorage::F16(v) => {
+                    let mut out = vec![0f32; v.len()];
+                    blip2_kernels::f16_to_f32(v, &mut out);
+                    out
+                }
+            }),
+            Storage::Gpu(s) => match &self.device {
+                Device::Gpu(g) => g.download_f32(s, self.dtype, self.elem_count()),
+                Device::Cpu => Err(Error::Invalid("GPU storage on a CPU tensor".into())),
+            },
+        }
+    }
+
+    /// Copies to another device (a no-op clone when it is already there).
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        if self.device.same(device) {
+            return Ok(self.clone());
+        }
+        let host = self.to_vec_f32()?;
+        Tensor::from_slice(&host, &self.shape, self.dtype, device)
+    }
+
+    /// Converts the storage dtype (f32 <-> f16).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        crate::ops::cast(self, dtype)
+    }
+
+    /// Host view of CPU storage (crate-internal: backends only).
+    pub(crate) fn cpu_storage(&self) -> &CpuStorage {
+        match &self.storage {
+            Storage::Cpu(s) => s,
+            Storage::Gpu(_) => unreachable!("cpu backend given a GPU tensor: ops::check_device guards this"),
+        }
+    }
+
+    pub(crate) fn gpu_storage(&self) -> &GpuStorage {
+        match &self.storage {
+            Storage::Gpu(s) => s,
+            Storage::Cpu(_) => unreachable!("gpu backend given a CPU tensor: ops::check_device guards this"),
+        }
+    }
+
+    pub(crate) fn cpu_storage_mut(&mut self) -> &mut CpuStorage {
+        match &mut self.storage {
+            Storage::Cpu(s) => Arc::make_mut(s),
+            Storage::Gpu(_) => unreachable!("cpu backend given a GPU tensor: ops::check_device guards this"),
+        }
+    }
+}
+
+fn read_le<T, const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            f(a)
+        })
+        .collect()
+}

@@ -1,0 +1,170 @@
+//! Instruction-set selection: detected once, overridable (downwards only) by `BLIP2_CPU_ISA`.
+
+use std::sync::OnceLock;
+
+/// A SIMD instruction set a kernel can be compiled for.
+///
+/// `Scalar` is portable Rust compiled for the build target's baseline (the compiler may still
+/// auto-vectorise it with the baseline's SIMD, e.g. SSE2); it is always available and is the
+/// reference path the others are tested against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable code, no runtime-detected features.
+    Scalar,
+    /// x86-64 AVX2 + FMA (+ F16C for half conversions).
+    Avx2Fma,
+    /// x86-64 AVX-512F (with AVX2, FMA and F16C, which every AVX-512 CPU has).
+    Avx512,
+    /// aarch64 Advanced SIMD (baseline on aarch64).
+    Neon,
+}
+
+impl Isa {
+    /// Every variant, best first within each architecture.
+    pub const ALL: [Isa; 4] = [Isa::Avx512, Isa::Avx2Fma, Isa::Neon, Isa::Scalar];
+
+    /// The name accepted by `BLIP2_CPU_ISA`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2Fma => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// Parses a `BLIP2_CPU_ISA` value (case-insensitive).
+    pub fn parse(s: &str) -> Option<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(Isa::Scalar),
+            "avx2" | "avx2fma" | "avx2+fma" => Some(Isa::Avx2Fma),
+            "avx512" | "avx512f" => Some(Isa::Avx512),
+            "neon" => Some(Isa::Neon),
+            _ => None,
+        }
+    }
+
+    /// Whether this CPU can run kernels compiled for `self`.
+    pub fn is_supported(self) -> bool {
+        let s = supported_mask();
+        s & (1 << self as u8) != 0
+    }
+
+    /// The next lower instruction set (`Scalar` stays `Scalar`).
+    fn lower(self) -> Isa {
+        match self {
+            Isa::Avx512 => Isa::Avx2Fma,
+            _ => Isa::Scalar,
+        }
+    }
+
+    /// `self` if supported, otherwise the best supported set below it. Every public `*_with`
+    /// kernel passes its `isa` through this, so asking for an ISA the CPU lacks is never unsafe.
+    pub fn resolve(self) -> Isa {
+        let mut i = self;
+        while !i.is_supported() {
+            i = i.lower();
+        }
+        i
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn detect_mask() -> u8 {
+    #[allow(unused_mut)]
+    let mut m = 1u8 << Isa::Scalar as u8;
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        if avx2 {
+            m |= 1 << Isa::Avx2Fma as u8;
+            if is_x86_feature_detected!("avx512f") {
+                m |= 1 << Isa::Avx512 as u8;
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            m |= 1 << Isa::Neon as u8;
+        }
+    }
+    m
+}
+
+fn supported_mask() -> u8 {
+    static MASK: OnceLock<u8> = OnceLock::new();
+    *MASK.get_or_init(detect_mask)
+}
+
+/// The best instruction set this CPU supports, ignoring `BLIP2_CPU_ISA`.
+pub fn best_isa() -> Isa {
+    Isa::ALL.into_iter().find(|i| i.is_supported()).unwrap_or(Isa::Scalar)
+}
+
+/// Every instruction set this CPU supports, best first (always ends with `Scalar`).
+pub fn supported_isas() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
+}
+
+/// The instruction set the kernels use by default: [`best_isa`], or `BLIP2_CPU_ISA`
+/// (`scalar|avx2|avx512|neon`) when that names a supported set. The variable can only lower
+/// the choice: an unsupported or unknown value falls back to the best supported set.
+/// Read once per process.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = best_isa();
+        match std::env::var("BLIP2_CPU_ISA").ok().as_deref().and_then(Isa::parse) {
+            Some(req) if req.is_supported() => req,
+            // Never enable what the CPU lacks: the best supported set at or below the request.
+            Some(req) if best.rank() <= req.rank() => best,
+            Some(req) => req.resolve(),
+            None => best,
+        }
+    })
+}
+
+impl Isa {
+    fn rank(self) -> u8 {
+        match self {
+            Isa::Scalar => 0,
+            Isa::Avx2Fma | Isa::Neon => 1,
+            Isa::Avx512 => 2,
+        }
+    }
+}
+
+/// Defines `fn $name(isa: Isa, args..)` that runs the `#[inline(always)]` portable body
+/// `$body(args..)` compiled once per instruction set, so the compiler auto-vectorises it with
+/// that set's registers. `isa` must already be resolved (supported); the public wrappers do that.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? = $body:path;) => {
+        $(#[$m])*
+        $vis fn $name(isa: $crate::Isa, $($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+            unsafe fn v_avx512($($a: $t),*) $(-> $r)? { $body($($a),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn v_avx2($($a: $t),*) $(-> $r)? { $body($($a),*) }
+            match isa {
+                // SAFETY: callers pass a resolved ISA, so the CPU has these features.
+                #[cfg(target_arch = "x86_64")]
+                $crate::Isa::Avx512 => unsafe { v_avx512($($a),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::Isa::Avx2Fma => unsafe { v_avx2($($a),*) },
+                // NEON is the aarch64 baseline: the portable body is already compiled with it.
+                _ => $body($($a),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
