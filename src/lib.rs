@@ -1,1 +1,34 @@
-//! blip2
+//! # blip2
+//!
+//! BLIP-2 image captioning and visual question answering in pure Rust, on a tensor engine
+//! with a CPU SIMD backend and WGSL kernels for any wgpu adapter (Vulkan, Metal, DX12).
+//! It loads Hugging Face checkpoints (`Salesforce/blip2-opt-2.7b` and friends) unmodified.
+//!
+//! ```no_run
+//! use blip2::{Blip2, Device, LoadOptions};
+//!
+//! let model = Blip2::load("blip2-opt-2.7b", LoadOptions { device: Device::auto()?, ..Default::default() })?;
+//! let image = blip2::load_image("photo.jpg")?;
+//! println!("{}", model.caption(&image)?.text);
+//! println!("{}", model.ask(&image, "what is the dog doing?")?.text);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub use blip2_engine::{DType, Device, DeviceInfo};
+pub use blip2_model::blip2::{Blip2, Generation, ImageFeatures, LoadOptions, Timings};
+pub use blip2_model::generate::GenerationConfig;
+pub use blip2_model::preprocess::{load_image, load_image_bytes};
+pub use blip2_model::{ModelError as Error, Result};
+
+/// Lower layers, for advanced use (custom pipelines, benchmarks).
+pub mod engine {
+    pub use blip2_engine::*;
+}
+
+/// BLIP-2 components, loading and preprocessing.
+pub mod model {
+    pub use blip2_model::*;
+}
+
+/// Re-export so callers can pass `image::DynamicImage` without naming the crate version.
+pub use image;

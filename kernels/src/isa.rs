@@ -13,7 +13,7 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA (+ F16C for half conversions).
     Avx2Fma,
-    /// x86-64 AVX-512F (with AVX2, FMA and F16C, which every AVX-512 CPU has).
+    /// x86-64 AVX-512F+BW+VL (with AVX2, FMA and F16C, which every such CPU has).
     Avx512,
     /// aarch64 Advanced SIMD (baseline on aarch64).
     Neon,
@@ -85,7 +85,11 @@ fn detect_mask() -> u8 {
             && is_x86_feature_detected!("f16c");
         if avx2 {
             m |= 1 << Isa::Avx2Fma as u8;
-            if is_x86_feature_detected!("avx512f") {
+            // BW/VL come with every AVX-512 core CPU (not Xeon Phi); the half-precision tails use them.
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+            {
                 m |= 1 << Isa::Avx512 as u8;
             }
         }

@@ -1,1 +1,33 @@
-//! CPU kernels.
+//! CPU kernels for blip2: plain functions over `&[f32]` / `&[f16]` slices, with runtime
+//! instruction-set dispatch (AVX-512, AVX2+FMA, NEON, portable scalar).
+//!
+//! Every kernel has a default entry point that uses [`isa()`] (detected once; lowered by
+//! `BLIP2_CPU_ISA=scalar|avx2|avx512|neon`) and a `*_with(isa, ..)` form so each path can be
+//! exercised; an `isa` the CPU lacks is lowered to one it has ([`Isa::resolve`]), never run.
+//! All arithmetic accumulates in f32. Kernels know nothing about models; shape checks against
+//! user input belong to the caller (the engine) — the `assert!`s here are internal invariants.
+
+mod attention;
+mod convert;
+mod elementwise;
+mod gemm;
+mod im2col;
+mod isa;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod norm;
+mod vmath;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use attention::{AttnParams, attention, attention_with};
+pub use convert::{bf16_to_f32, bf16_to_f32_with, f16_to_f32, f16_to_f32_with, f32_to_f16, f32_to_f16_with};
+pub use elementwise::{
+    add, add_inplace, add_inplace_with, add_with, gelu_erf_inplace, gelu_erf_inplace_with, gelu_tanh_inplace,
+    gelu_tanh_inplace_with, mul, mul_inplace, mul_inplace_with, mul_with, relu_inplace, relu_inplace_with,
+    scale_inplace, scale_inplace_with, softmax_inplace, softmax_inplace_with,
+};
+pub use gemm::{BSlice, batched_matmul, batched_matmul_with, matmul, matmul_with};
+pub use im2col::im2col_patches;
+pub use isa::{Isa, best_isa, isa, supported_isas};
+pub use norm::{layer_norm, layer_norm_with, rms_norm, rms_norm_with};

@@ -1,0 +1,415 @@
+//! x86-64 microkernels and GEMV loops (AVX-512F, AVX2+FMA). Everything here is an
+//! `unsafe fn` with `#[target_feature]`: callers must have resolved the ISA first, and pass
+//! pointers valid for the documented extents.
+
+use std::arch::x86_64::*;
+
+/// AVX-512 register-blocked microkernel: C[rows×cols] (+)= Apanel[kc×MR]·Bpanel[kc×16NV].
+///
+/// `a` is an A micro-panel packed as [kc][MR], `b` a B micro-panel packed as [kc][16·NV]
+/// (both zero-padded), `c` points at C[0,0] of the tile with row stride `ldc`; only the
+/// `rows ≤ MR` × `cols ≤ 16·NV` corner is written (masked stores on the column edge).
+/// `accumulate` adds to C instead of overwriting it.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub(crate) unsafe fn ukr_avx512<const MR: usize, const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    // SAFETY: the caller guarantees the panel extents (kc·MR, kc·16NV) and the C tile.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..kc {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for v in 0..NV {
+                bv[v] = _mm512_loadu_ps(bp.add(16 * v));
+            }
+            for i in 0..MR {
+                let ai = _mm512_set1_ps(*ap.add(i));
+                for v in 0..NV {
+                    acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+                }
+            }
+            ap = ap.add(MR);
+            bp = bp.add(16 * NV);
+        }
+        if cols == 16 * NV {
+            for i in 0..MR.min(rows) {
+                for v in 0..NV {
+                    let p = c.add(i * ldc + 16 * v);
+                    let r = if accumulate { _mm512_add_ps(_mm512_loadu_ps(p), acc[i][v]) } else { acc[i][v] };
+                    _mm512_storeu_ps(p, r);
+                }
+            }
+        } else {
+            for i in 0..MR.min(rows) {
+                for v in 0..NV {
+                    let left = cols.saturating_sub(16 * v).min(16);
+                    if left == 0 {
+                        break;
+                    }
+                    let m = ((1u32 << left) - 1) as u16;
+                    let p = c.add(i * ldc + 16 * v);
+                    let r = if accumulate {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), acc[i][v])
+                    } else {
+                        acc[i][v]
+                    };
+                    _mm512_mask_storeu_ps(p, m, r);
+                }
+            }
+        }
+    }
+}
+
+/// AVX2+FMA microkernel, same contract as [`ukr_avx512`] with 8-lane registers.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub(crate) unsafe fn ukr_avx2<const MR: usize, const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    // SAFETY: as for ukr_avx512.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..kc {
+            let mut bv = [_mm256_setzero_ps(); NV];
+            for v in 0..NV {
+                bv[v] = _mm256_loadu_ps(bp.add(8 * v));
+            }
+            for i in 0..MR {
+                let ai = _mm256_set1_ps(*ap.add(i));
+                for v in 0..NV {
+                    acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);
+                }
+            }
+            ap = ap.add(MR);
+            bp = bp.add(8 * NV);
+        }
+        if rows == MR && cols == 8 * NV {
+            for i in 0..MR {
+                for v in 0..NV {
+                    let p = c.add(i * ldc + 8 * v);
+                    let r = if accumulate { _mm256_add_ps(_mm256_loadu_ps(p), acc[i][v]) } else { acc[i][v] };
+                    _mm256_storeu_ps(p, r);
+                }
+            }
+        } else {
+            // Edge tile: spill to the stack, copy the valid corner.
+            let mut tmp = [[[0.0f32; 8]; NV]; MR];
+            for i in 0..MR {
+                for v in 0..NV {
+                    _mm256_storeu_ps(tmp[i][v].as_mut_ptr(), acc[i][v]);
+                }
+            }
+            for i in 0..rows {
+                for j in 0..cols {
+                    let p = c.add(i * ldc + j);
+                    let t = tmp[i][j / 8][j % 8];
+                    *p = if accumulate { *p + t } else { t };
+                }
+            }
+        }
+    }
+}
+
+/// Loads 16 weights as f32 from f32 or f16 storage (full and masked forms).
+macro_rules! w512 {
+    (f32, $p:expr) => {
+        _mm512_loadu_ps($p)
+    };
+    (f16, $p:expr) => {
+        _mm512_cvtph_ps(_mm256_loadu_si256($p as *const __m256i))
+    };
+    (f32, $m:expr, $p:expr) => {
+        _mm512_maskz_loadu_ps($m, $p)
+    };
+    (f16, $m:expr, $p:expr) => {
+        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16($m, $p as *const i16))
+    };
+}
+
+/// Loads 8 weights as f32 from f32 or f16 storage.
+macro_rules! w256 {
+    (f32, $p:expr) => {
+        _mm256_loadu_ps($p)
+    };
+    (f16, $p:expr) => {
+        _mm256_cvtph_ps(_mm_loadu_si128($p as *const __m128i))
+    };
+}
+
+macro_rules! gemv_x86 {
+    ($ty:ty, $kind:tt, $t512:ident, $n512:ident, $t256:ident, $n256:ident) => {
+        /// out[j] = Σ_p a[p]·w[j·ld + p] for j < n (rows of W dotted with a; W is [n×k]).
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+        #[allow(clippy::needless_range_loop)]
+        pub(crate) unsafe fn $t512(k: usize, a: *const f32, w: *const $ty, ld: usize, n: usize, out: *mut f32) {
+            // SAFETY: caller guarantees a[0..k], w rows j < n of length k, out[0..n].
+            unsafe {
+                let mut j = 0;
+                while j < n {
+                    // Four rows at a time share the loads of `a`; 8 independent FMA chains.
+                    let r = (n - j).min(4);
+                    let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+                    let rows = [w.add(j * ld), w.add((j + 1.min(r - 1)) * ld), w.add((j + 2.min(r - 1)) * ld), w.add((j + 3.min(r - 1)) * ld)];
+                    let mut p = 0;
+                    while p + 32 <= k {
+                        let a0 = _mm512_loadu_ps(a.add(p));
+                        let a1 = _mm512_loadu_ps(a.add(p + 16));
+                        for q in 0..4 {
+                            acc[q][0] = _mm512_fmadd_ps(a0, w512!($kind, rows[q].add(p)), acc[q][0]);
+                            acc[q][1] = _mm512_fmadd_ps(a1, w512!($kind, rows[q].add(p + 16)), acc[q][1]);
+                        }
+                        p += 32;
+                    }
+                    while p < k {
+                        let m = ((1u32 << (k - p).min(16)) - 1) as u16;
+                        let a0 = _mm512_maskz_loadu_ps(m, a.add(p));
+                        for q in 0..4 {
+                            acc[q][0] = _mm512_fmadd_ps(a0, w512!($kind, m, rows[q].add(p)), acc[q][0]);
+                        }
+                        p += 16;
+                    }
+                    for q in 0..r {
+                        *out.add(j + q) = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][0], acc[q][1]));
+                    }
+                    j += r;
+                }
+            }
+        }
+
+        /// out[j] = Σ_p a[p]·b[p·ld + j] for j < n (a times a [k×n] row-major B).
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+        #[allow(clippy::needless_range_loop)]
+        pub(crate) unsafe fn $n512(k: usize, a: *const f32, b: *const $ty, ld: usize, n: usize, out: *mut f32) {
+            // SAFETY: caller guarantees a[0..k], b rows p < k with n columns, out[0..n].
+            unsafe {
+                let mut j = 0;
+                while j + 128 <= n {
+                    let mut acc = [_mm512_setzero_ps(); 8];
+                    for p in 0..k {
+                        let ap = _mm512_set1_ps(*a.add(p));
+                        let row = b.add(p * ld + j);
+                        for v in 0..8 {
+                            acc[v] = _mm512_fmadd_ps(ap, w512!($kind, row.add(16 * v)), acc[v]);
+                        }
+                    }
+                    for v in 0..8 {
+                        _mm512_storeu_ps(out.add(j + 16 * v), acc[v]);
+                    }
+                    j += 128;
+                }
+                while j < n {
+                    let m = ((1u32 << (n - j).min(16)) - 1) as u16;
+                    let mut acc = _mm512_setzero_ps();
+                    for p in 0..k {
+                        acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(p)), w512!($kind, m, b.add(p * ld + j)), acc);
+                    }
+                    _mm512_mask_storeu_ps(out.add(j), m, acc);
+                    j += 16;
+                }
+            }
+        }
+
+        /// AVX2 form of the row-dot GEMV above.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[allow(clippy::needless_range_loop)]
+        pub(crate) unsafe fn $t256(k: usize, a: *const f32, w: *const $ty, ld: usize, n: usize, out: *mut f32) {
+            // SAFETY: as above.
+            unsafe {
+                let mut j = 0;
+                while j < n {
+                    let r = (n - j).min(4);
+                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                    let rows = [w.add(j * ld), w.add((j + 1.min(r - 1)) * ld), w.add((j + 2.min(r - 1)) * ld), w.add((j + 3.min(r - 1)) * ld)];
+                    let mut p = 0;
+                    while p + 16 <= k {
+                        let a0 = _mm256_loadu_ps(a.add(p));
+                        let a1 = _mm256_loadu_ps(a.add(p + 8));
+                        for q in 0..4 {
+                            acc[q][0] = _mm256_fmadd_ps(a0, w256!($kind, rows[q].add(p)), acc[q][0]);
+                            acc[q][1] = _mm256_fmadd_ps(a1, w256!($kind, rows[q].add(p + 8)), acc[q][1]);
+                        }
+                        p += 16;
+                    }
+                    for q in 0..r {
+                        let s = _mm256_add_ps(acc[q][0], acc[q][1]);
+                        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+                        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+                        let mut t = _mm_cvtss_f32(s);
+                        for pp in p..k {
+                            t += *a.add(pp) * f32::from(*rows[q].add(pp));
+                        }
+                        *out.add(j + q) = t;
+                    }
+                    j += r;
+                }
+            }
+        }
+
+        /// AVX2 form of the column GEMV above.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[allow(clippy::needless_range_loop)]
+        pub(crate) unsafe fn $n256(k: usize, a: *const f32, b: *const $ty, ld: usize, n: usize, out: *mut f32) {
+            // SAFETY: as above.
+            unsafe {
+                let mut j = 0;
+                while j + 64 <= n {
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    for p in 0..k {
+                        let ap = _mm256_set1_ps(*a.add(p));
+                        let row = b.add(p * ld + j);
+                        for v in 0..8 {
+                            acc[v] = _mm256_fmadd_ps(ap, w256!($kind, row.add(8 * v)), acc[v]);
+                        }
+                    }
+                    for v in 0..8 {
+                        _mm256_storeu_ps(out.add(j + 8 * v), acc[v]);
+                    }
+                    j += 64;
+                }
+                while j + 8 <= n {
+                    let mut acc = _mm256_setzero_ps();
+                    for p in 0..k {
+                        acc = _mm256_fmadd_ps(_mm256_set1_ps(*a.add(p)), w256!($kind, b.add(p * ld + j)), acc);
+                    }
+                    _mm256_storeu_ps(out.add(j), acc);
+                    j += 8;
+                }
+                for jj in j..n {
+                    let mut t = 0.0f32;
+                    for p in 0..k {
+                        t += *a.add(p) * f32::from(*b.add(p * ld + jj));
+                    }
+                    *out.add(jj) = t;
+                }
+            }
+        }
+    };
+}
+
+gemv_x86!(f32, f32, gemv_t_f32_avx512, gemv_n_f32_avx512, gemv_t_f32_avx2, gemv_n_f32_avx2);
+gemv_x86!(half::f16, f16, gemv_t_f16_avx512, gemv_n_f16_avx512, gemv_t_f16_avx2, gemv_n_f16_avx2);
+
+/// Scalar part of the transposing packs: dst[p·nr + j] = src[j·ld + p] for the given ranges.
+///
+/// # Safety
+/// As [`transpose_pack_avx512`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transpose_scalar(src: *const f32, ld: usize, j0: usize, j1: usize, p0: usize, p1: usize, dst: *mut f32, nr: usize) {
+    // SAFETY: the ranges are inside the caller's block.
+    unsafe {
+        for j in j0..j1 {
+            for p in p0..p1 {
+                *dst.add(p * nr + j) = *src.add(j * ld + p);
+            }
+        }
+    }
+}
+
+/// dst[p·nr + j] = src[j·ld + p] for j < w, p < kc, in 16×16 register transposes.
+///
+/// # Safety
+/// `src` valid for w rows of stride `ld` (kc used), `dst` for kc·nr floats, w ≤ nr.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose_pack_avx512(src: *const f32, ld: usize, w: usize, kc: usize, dst: *mut f32, nr: usize) {
+    let (wf, kf) = (w / 16 * 16, kc / 16 * 16);
+    // SAFETY: full 16×16 blocks lie inside j < wf ≤ w and p < kf ≤ kc.
+    unsafe {
+        for p in (0..kf).step_by(16) {
+            for j in (0..wf).step_by(16) {
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (i, ri) in r.iter_mut().enumerate() {
+                    *ri = _mm512_loadu_ps(src.add((j + i) * ld + p));
+                }
+                // Within each 128-bit lane: 4×4 transposes of every group of four rows.
+                let mut x = [[_mm512_setzero_ps(); 4]; 4];
+                for g in 0..4 {
+                    let t0 = _mm512_unpacklo_ps(r[4 * g], r[4 * g + 1]);
+                    let t1 = _mm512_unpackhi_ps(r[4 * g], r[4 * g + 1]);
+                    let t2 = _mm512_unpacklo_ps(r[4 * g + 2], r[4 * g + 3]);
+                    let t3 = _mm512_unpackhi_ps(r[4 * g + 2], r[4 * g + 3]);
+                    x[g][0] = _mm512_shuffle_ps::<0x44>(t0, t2);
+                    x[g][1] = _mm512_shuffle_ps::<0xEE>(t0, t2);
+                    x[g][2] = _mm512_shuffle_ps::<0x44>(t1, t3);
+                    x[g][3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
+                }
+                // Then a 4×4 transpose of 128-bit lanes: column 4L + c = lane L of x[0..4][c].
+                for c in 0..4 {
+                    let a0 = _mm512_shuffle_f32x4::<0x44>(x[0][c], x[1][c]);
+                    let a1 = _mm512_shuffle_f32x4::<0xEE>(x[0][c], x[1][c]);
+                    let a2 = _mm512_shuffle_f32x4::<0x44>(x[2][c], x[3][c]);
+                    let a3 = _mm512_shuffle_f32x4::<0xEE>(x[2][c], x[3][c]);
+                    let cols = [
+                        _mm512_shuffle_f32x4::<0x88>(a0, a2),
+                        _mm512_shuffle_f32x4::<0xDD>(a0, a2),
+                        _mm512_shuffle_f32x4::<0x88>(a1, a3),
+                        _mm512_shuffle_f32x4::<0xDD>(a1, a3),
+                    ];
+                    for (l, v) in cols.into_iter().enumerate() {
+                        _mm512_storeu_ps(dst.add((p + 4 * l + c) * nr + j), v);
+                    }
+                }
+            }
+        }
+        transpose_scalar(src, ld, wf, w, 0, kc, dst, nr);
+        transpose_scalar(src, ld, 0, wf, kf, kc, dst, nr);
+    }
+}
+
+/// AVX2 form of [`transpose_pack_avx512`] with 8×8 register transposes.
+///
+/// # Safety
+/// As [`transpose_pack_avx512`].
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn transpose_pack_avx2(src: *const f32, ld: usize, w: usize, kc: usize, dst: *mut f32, nr: usize) {
+    let (wf, kf) = (w / 8 * 8, kc / 8 * 8);
+    // SAFETY: full 8×8 blocks lie inside j < wf ≤ w and p < kf ≤ kc.
+    unsafe {
+        for p in (0..kf).step_by(8) {
+            for j in (0..wf).step_by(8) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (i, ri) in r.iter_mut().enumerate() {
+                    *ri = _mm256_loadu_ps(src.add((j + i) * ld + p));
+                }
+                let mut x = [[_mm256_setzero_ps(); 4]; 2];
+                for g in 0..2 {
+                    let t0 = _mm256_unpacklo_ps(r[4 * g], r[4 * g + 1]);
+                    let t1 = _mm256_unpackhi_ps(r[4 * g], r[4 * g + 1]);
+                    let t2 = _mm256_unpacklo_ps(r[4 * g + 2], r[4 * g + 3]);
+                    let t3 = _mm256_unpackhi_ps(r[4 * g + 2], r[4 * g + 3]);
+                    x[g][0] = _mm256_shuffle_ps::<0x44>(t0, t2);
+                    x[g][1] = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                    x[g][2] = _mm256_shuffle_ps::<0x44>(t1, t3);
+                    x[g][3] = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                }
+                for c in 0..4 {
+                    // Lane 0 holds column c, lane 1 column 4 + c.
+                    let lo = _mm256_permute2f128_ps::<0x20>(x[0][c], x[1][c]);
+                    let hi = _mm256_permute2f128_ps::<0x31>(x[0][c], x[1][c]);
+                    _mm256_storeu_ps(dst.add((p + c) * nr + j), lo);
+                    _mm256_storeu_ps(dst.add((p + 4 + c) * nr + j), hi);
+                }
+            }
+        }
+        transpose_scalar(src, ld, wf, w, 0, kc, dst, nr);
+        transpose_scalar(src, ld, 0, wf, kf, kc, dst, nr);
+    }
+}

@@ -1,0 +1,567 @@
+//! Every kernel × every instruction set this CPU supports (scalar always) against an f64
+//! reference on seeded random inputs with awkward sizes. Each check states its tolerance.
+
+use blip2_kernels::*;
+use half::{bf16, f16};
+
+/// xorshift64*: tiny deterministic RNG, no dependencies.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [lo, hi).
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+/// Unit roundoff of f32.
+const U: f64 = f32::EPSILON as f64 / 2.0;
+
+/// γ_n = n·u/(1 − n·u): the classic bound on the relative error of an n-term f32 dot product
+/// in any summation order, relative to Σ|x_i·y_i|.
+fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * U;
+    nu / (1.0 - nu)
+}
+
+fn isas() -> Vec<Isa> {
+    let v = supported_isas();
+    assert!(v.contains(&Isa::Scalar));
+    v
+}
+
+/// Reference C = A·op(B) + bias in f64, plus Σ|a||b| + |bias| per element for the error bound.
+#[allow(clippy::too_many_arguments)]
+fn matmul_ref(a: &[f32], b: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize, bt: bool) -> (Vec<f64>, Vec<f64>) {
+    let mut c = vec![0.0; m * n];
+    let mut abs = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut sa) = (0.0f64, 0.0f64);
+            for p in 0..k {
+                let bv = if bt { b[j * k + p] } else { b[p * n + j] } as f64;
+                let t = a[i * k + p] as f64 * bv;
+                s += t;
+                sa += t.abs();
+            }
+            if let Some(bias) = bias {
+                s += bias[j] as f64;
+                sa += (bias[j] as f64).abs();
+            }
+            c[i * n + j] = s;
+            abs[i * n + j] = sa;
+        }
+    }
+    (c, abs)
+}
+
+/// Per element |c − ref| ≤ γ_{k+2}·(Σ|a·b| + |bias|) (k products, the bias, and one final
+/// addition into C) — a rigorous bound for any order of f32 accumulation — and, as a
+/// statistical check a dropped or duplicated term would fail, NMSE = Σ(c−ref)²/Σref² ≤ 1e-9
+/// (rounding errors grow like √k·u, so NMSE ≈ k·u² ≲ 1e-11 here).
+fn check_matmul(what: &str, c: &[f32], r: &[f64], abs: &[f64], k: usize) {
+    let g = gamma(k + 2);
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (i, ((&x, &y), &sa)) in c.iter().zip(r).zip(abs).enumerate() {
+        let e = (x as f64 - y).abs();
+        assert!(e <= g * sa + 1e-30, "{what}: element {i}: got {x}, want {y} (err {e:e} > bound {:e})", g * sa);
+        num += e * e;
+        den += y * y;
+    }
+    if den > 0.0 {
+        assert!(num / den <= 1e-9, "{what}: NMSE {:e}", num / den);
+    }
+}
+
+#[test]
+fn matmul_all_isas_shapes_dtypes() {
+    // Awkward sizes: 1, 7, 33, 88; K not a multiple of any tile/vector width (1, 3, 17, 257,
+    // 300 > kc so K is split into blocks, 1408); M = 1 (GEMV) and M ≤ 4 (small-M path); N past
+    // nc (2100 > 2048) so the column blocking runs too.
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 33),
+        (1, 1408, 257),
+        (2, 17, 33),
+        (4, 257, 7),
+        (7, 3, 33),
+        (33, 1, 17),
+        (257, 88, 257),
+        (5, 1408, 40),
+        (64, 300, 100),
+        (257, 17, 1),
+        (20, 300, 2100),
+    ];
+    let mut rng = Rng::new(1);
+    for (si, &(m, k, n)) in shapes.iter().enumerate() {
+        let a = rng.vec(m * k, -1.0, 1.0);
+        let b32 = rng.vec(k * n, -1.0, 1.0);
+        let b16: Vec<f16> = b32.iter().map(|&x| f16::from_f32(x)).collect();
+        let b16w: Vec<f32> = b16.iter().map(|x| x.to_f32()).collect();
+        let bias = rng.vec(n, -1.0, 1.0);
+        for bt in [true, false] {
+            for half_b in [false, true] {
+                let with_bias = (si + bt as usize + half_b as usize) % 2 == 0;
+                let bias_opt = with_bias.then_some(&bias[..]);
+                // The reference uses the exact widened f16 values, so the same bound applies.
+                let bref = if half_b { &b16w } else { &b32 };
+                let (r, abs) = matmul_ref(&a, bref, bias_opt, m, k, n, bt);
+                for isa in isas() {
+                    for threads in [1, 2] {
+                        let mut c = vec![f32::NAN; m * n];
+                        let bs = if half_b { BSlice::F16(&b16) } else { BSlice::F32(&b32) };
+                        matmul_with(isa, threads, &a, bs, bias_opt, &mut c, m, k, n, bt);
+                        let what = format!("{isa} t{threads} {m}x{k}x{n} bt={bt} f16={half_b} bias={with_bias}");
+                        check_matmul(&what, &c, &r, &abs, k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_k_zero_gives_bias() {
+    for isa in isas() {
+        let bias = [1.0f32, -2.0, 3.0];
+        let mut c = vec![f32::NAN; 6];
+        matmul_with(isa, 1, &[], BSlice::F32(&[]), Some(&bias), &mut c, 2, 0, 3, true);
+        assert_eq!(c, [1.0, -2.0, 3.0, 1.0, -2.0, 3.0], "{isa}");
+    }
+}
+
+#[test]
+fn batched_matmul_all_isas() {
+    let mut rng = Rng::new(2);
+    for &(batch, m, k, n) in &[(3, 7, 33, 17), (2, 1, 88, 33), (5, 33, 257, 40), (1, 100, 17, 300)] {
+        let a = rng.vec(batch * m * k, -1.0, 1.0);
+        let b = rng.vec(batch * k * n, -1.0, 1.0);
+        for bt in [true, false] {
+            let mut r = Vec::new();
+            let mut abs = Vec::new();
+            for i in 0..batch {
+                let (ri, ai) = matmul_ref(&a[i * m * k..][..m * k], &b[i * k * n..][..k * n], None, m, k, n, bt);
+                r.extend(ri);
+                abs.extend(ai);
+            }
+            for isa in isas() {
+                for threads in [1, 0] {
+                    let mut c = vec![f32::NAN; batch * m * n];
+                    batched_matmul_with(isa, threads, &a, BSlice::F32(&b), &mut c, batch, m, k, n, bt);
+                    check_matmul(&format!("{isa} batched {batch}x{m}x{k}x{n} bt={bt}"), &c, &r, &abs, k);
+                }
+            }
+        }
+    }
+}
+
+fn ln_ref(x: &[f32], w: &[f32], b: &[f32], cols: usize, eps: f32, rms: bool) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(cols) {
+        let n = cols as f64;
+        let mean = if rms { 0.0 } else { row.iter().map(|&v| v as f64).sum::<f64>() / n };
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let r = 1.0 / (var + eps as f64).sqrt();
+        for (j, &v) in row.iter().enumerate() {
+            let bb = if b.is_empty() { 0.0 } else { b[j] as f64 };
+            out.push((v as f64 - mean) * r * w[j] as f64 + bb);
+        }
+    }
+    out
+}
+
+#[test]
+fn layer_norm_and_rms_norm_all_isas() {
+    // Inputs with mean 3 and spread ±2 (an offset exercises the two-pass variance).
+    // Tolerance: |out − ref| ≤ 1e-5·(1 + |ref|). f32 statistics over n ≤ 1408 terms summed in
+    // 16 lanes carry ≲ (n/16 + 4)·u ≈ 5e-6 relative error; the normalised values are O(1).
+    let mut rng = Rng::new(3);
+    for &cols in &[1usize, 7, 33, 88, 1408] {
+        let rows = 257;
+        let x = rng.vec(rows * cols, 1.0, 5.0);
+        let w = rng.vec(cols, -2.0, 2.0);
+        let b = rng.vec(cols, -1.0, 1.0);
+        for isa in isas() {
+            for (bias, rms) in [(&b[..], false), (&[][..], false), (&[][..], true)] {
+                let eps = if rms { 1e-6 } else { 1e-5 };
+                let mut out = vec![f32::NAN; rows * cols];
+                if rms {
+                    rms_norm_with(isa, &x, &w, &mut out, cols, eps);
+                } else {
+                    layer_norm_with(isa, &x, &w, bias, &mut out, cols, eps);
+                }
+                let r = ln_ref(&x, &w, bias, cols, eps, rms);
+                for (i, (&o, &e)) in out.iter().zip(&r).enumerate() {
+                    let err = (o as f64 - e).abs();
+                    assert!(err <= 1e-5 * (1.0 + e.abs()), "{isa} cols={cols} rms={rms} bias={} [{i}]: {o} vs {e}", !bias.is_empty());
+                }
+            }
+        }
+    }
+}
+
+fn softmax_ref(x: &[f32]) -> Vec<f64> {
+    let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    if m == f64::NEG_INFINITY {
+        return vec![1.0 / x.len() as f64; x.len()];
+    }
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// |p − ref| ≤ 1e-5·ref + 1e-12: exp is ~1 ulp, the argument x − max (spread ≤ 20) adds
+/// ≤ 20·u ≈ 1.2e-6 relative, the 16-lane sum of n ≤ 1408 terms ≤ (n/16 + 4)·u ≈ 5.5e-6.
+fn check_probs(what: &str, p: &[f32], r: &[f64]) {
+    for (i, (&x, &y)) in p.iter().zip(r).enumerate() {
+        assert!(!x.is_nan(), "{what}[{i}] is NaN");
+        assert!((x as f64 - y).abs() <= 1e-5 * y + 1e-12, "{what}[{i}]: {x} vs {y}");
+    }
+}
+
+#[test]
+fn softmax_all_isas_with_masks() {
+    let mut rng = Rng::new(4);
+    for &n in &[1usize, 7, 33, 257, 1408] {
+        let base = rng.vec(n, -10.0, 10.0);
+        let mut cases: Vec<(&str, Vec<f32>)> = vec![("plain", base.clone())];
+        // HF-style additive masks: finfo.min added to some or all positions.
+        let partial: Vec<f32> = base.iter().enumerate().map(|(i, &v)| if i % 3 == 1 { v + f32::MIN } else { v }).collect();
+        cases.push(("partial f32::MIN", partial));
+        cases.push(("all f32::MIN", vec![f32::MIN; n]));
+        cases.push(("all -inf", vec![f32::NEG_INFINITY; n]));
+        let some_inf: Vec<f32> = base.iter().enumerate().map(|(i, &v)| if i % 2 == 0 && i > 0 { f32::NEG_INFINITY } else { v }).collect();
+        cases.push(("some -inf", some_inf));
+        for (name, x) in &cases {
+            let r = softmax_ref(x);
+            for isa in isas() {
+                let mut p = x.clone();
+                softmax_inplace_with(isa, &mut p);
+                check_probs(&format!("{isa} n={n} {name}"), &p, &r);
+            }
+        }
+    }
+}
+
+/// erf in f64: Taylor series below 3 (terms ≤ e⁹, ~1e-12 absolute), erfc continued fraction above.
+fn erf_ref(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 3.0 {
+        let (mut term, mut s, x2) = (a, a, a * a);
+        for n in 1..200 {
+            term *= -x2 / n as f64;
+            let t = term / (2 * n + 1) as f64;
+            s += t;
+            if t.abs() < 1e-18 {
+                break;
+            }
+        }
+        s * std::f64::consts::FRAC_2_SQRT_PI
+    } else {
+        1.0 - erfc_cf(a)
+    };
+    r.copysign(x)
+}
+
+fn erfc_cf(a: f64) -> f64 {
+    let mut f = 0.0;
+    for n in (1..300).rev() {
+        f = (n as f64 / 2.0) / (a + f);
+    }
+    (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + f)
+}
+
+/// GELU(erf) reference; for x ≪ 0 uses erfc directly so the reference itself does not cancel.
+fn gelu_erf_ref(x: f64) -> f64 {
+    let z = x / std::f64::consts::SQRT_2;
+    if z < -3.0 { 0.5 * x * erfc_cf(-z) } else { 0.5 * x * (1.0 + erf_ref(z)) }
+}
+
+/// ½x(1 + tanh u) written as x/(1 + e^(−2u)) (identical, but no cancellation in f64 either).
+fn gelu_tanh_ref(x: f64) -> f64 {
+    let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+    x / (1.0 + (-2.0 * u).exp())
+}
+
+fn activation_inputs() -> Vec<f32> {
+    let mut rng = Rng::new(5);
+    let mut x = rng.vec(4099, -10.0, 10.0);
+    x.extend([0.0, -0.0, 1e-8, -1e-8, 1.0, -1.0, 5.66, -5.66, 8.4, -8.4, 30.0, -30.0, 100.0, -100.0]);
+    x.extend((-2000..=2000).map(|i| i as f32 * 3e-3));
+    x
+}
+
+#[test]
+fn gelu_erf_all_isas() {
+    // |y − ref| ≤ (1e-6 + 2·z²·u)·|ref| + 1e-15, z = x/√2: the erf/erfc fits are ≤ 6e-7
+    // relative and exp(−z²) inherits the rounding of z² (≤ z²·u, about 2e-6 at z = 6, where the
+    // value is 1e-16). Below x ≈ −8.5 the result (< 1e-16) may be anything that small.
+    let x = activation_inputs();
+    for isa in isas() {
+        let mut y = x.clone();
+        gelu_erf_inplace_with(isa, &mut y);
+        for (&xi, &yi) in x.iter().zip(&y) {
+            let r = gelu_erf_ref(xi as f64);
+            let z2 = (xi as f64).powi(2) / 2.0;
+            let tol = (1e-6 + 2.0 * z2 * f32::EPSILON as f64 / 2.0) * r.abs() + 1e-15;
+            assert!((yi as f64 - r).abs() <= tol, "{isa} gelu_erf({xi}) = {yi}, want {r}");
+        }
+    }
+}
+
+#[test]
+fn gelu_tanh_all_isas() {
+    // |y − ref| ≤ 1e-5·|ref| + 1e-30: x/(1 + e^(−2u)) has no cancellation; exp is ~1 ulp but
+    // its argument 2u (up to 88) carries |2u|·u ≤ 5e-6 relative rounding. Below the exp clamp
+    // the true value is < 1e-36.
+    let x = activation_inputs();
+    for isa in isas() {
+        let mut y = x.clone();
+        gelu_tanh_inplace_with(isa, &mut y);
+        for (&xi, &yi) in x.iter().zip(&y) {
+            let r = gelu_tanh_ref(xi as f64);
+            assert!((yi as f64 - r).abs() <= 1e-5 * r.abs() + 1e-30, "{isa} gelu_tanh({xi}) = {yi}, want {r}");
+        }
+    }
+}
+
+#[test]
+fn relu_and_elementwise_exact() {
+    // Exact: each output is one correctly rounded f32 operation, identical on every ISA.
+    let mut rng = Rng::new(6);
+    for &n in &[1usize, 7, 33, 257, 1408] {
+        let a = rng.vec(n, -3.0, 3.0);
+        let b = rng.vec(n, -3.0, 3.0);
+        for isa in isas() {
+            let mut r = a.clone();
+            relu_inplace_with(isa, &mut r);
+            assert!(r.iter().zip(&a).all(|(y, x)| *y == x.max(0.0)), "{isa} relu");
+            let mut o = vec![0.0; n];
+            add_with(isa, &a, &b, &mut o);
+            assert!(o.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x + y), "{isa} add");
+            mul_with(isa, &a, &b, &mut o);
+            assert!(o.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x * y), "{isa} mul");
+            let mut d = a.clone();
+            add_inplace_with(isa, &mut d, &b);
+            assert!(d.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x + y), "{isa} add_inplace");
+            let mut d = a.clone();
+            mul_inplace_with(isa, &mut d, &b);
+            assert!(d.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x * y), "{isa} mul_inplace");
+            let mut d = a.clone();
+            scale_inplace_with(isa, &mut d, 0.125);
+            assert!(d.iter().zip(&a).all(|(o, x)| *o == x * 0.125), "{isa} scale");
+            // Row broadcast: [3, n] += [n].
+            let mut d: Vec<f32> = a.iter().chain(&a).chain(&a).copied().collect();
+            add_inplace_with(isa, &mut d, &b);
+            assert!(d.chunks(n).all(|row| row.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x + y)), "{isa} bcast");
+        }
+    }
+    let mut nan = [f32::NAN, -1.0];
+    relu_inplace(&mut nan);
+    assert!(nan[0].is_nan() && nan[1] == 0.0);
+}
+
+#[test]
+fn half_conversions_exact() {
+    // Exact: widening is exact and narrowing is round-to-nearest-even, both defined bit for
+    // bit; compared with the `half` crate's software conversions.
+    let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    let mut rng = Rng::new(7);
+    let mut xs: Vec<f32> = (0..10_001).map(|_| f32::from_bits(rng.next_u64() as u32)).collect();
+    xs.extend([0.0, -0.0, 65504.0, 65520.0, 1e-8, 5.96e-8, 6.1e-5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+    let bfs: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+    for isa in isas() {
+        let mut w = vec![0.0f32; all.len()];
+        f16_to_f32_with(isa, &all, &mut w);
+        for (h, &f) in all.iter().zip(&w) {
+            let r = h.to_f32_const();
+            assert!(f.to_bits() == r.to_bits() || (f.is_nan() && r.is_nan()), "{isa} f16 {:#06x}", h.to_bits());
+        }
+        let mut h = vec![f16::ZERO; xs.len()];
+        f32_to_f16_with(isa, &xs, &mut h);
+        for (&x, &hv) in xs.iter().zip(&h) {
+            let r = f16::from_f32_const(x);
+            assert!(hv.to_bits() == r.to_bits() || (hv.is_nan() && r.is_nan()), "{isa} f32 {x:e} -> {:#06x}", hv.to_bits());
+        }
+        let mut w = vec![0.0f32; bfs.len()];
+        bf16_to_f32_with(isa, &bfs, &mut w);
+        for (b, &f) in bfs.iter().zip(&w) {
+            let r = b.to_f32();
+            assert!(f.to_bits() == r.to_bits() || (f.is_nan() && r.is_nan()), "{isa} bf16");
+        }
+    }
+}
+
+struct AttnCase {
+    p: AttnParams,
+    mask_rows: Option<usize>,
+    bias: bool,
+    /// Batch items whose mask is f32::MIN everywhere (fully masked rows).
+    fully_masked_batch: Option<usize>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_ref(q: &[f32], k: &[f32], v: &[f32], mask: Option<(&[f32], usize)>, bias: Option<&[f32]>, p: &AttnParams) -> Vec<f64> {
+    let AttnParams { batch, heads, lq, lk, lk_cap, head_dim: d, scale, causal_offset } = *p;
+    let mut out = vec![0.0; batch * heads * lq * d];
+    for bi in 0..batch {
+        for h in 0..heads {
+            let bh = bi * heads + h;
+            for i in 0..lq {
+                let vis = causal_offset.map_or(lk, |o| (i + o + 1).min(lk));
+                let mut s: Vec<f64> = (0..vis)
+                    .map(|j| {
+                        let mut t = 0.0;
+                        for x in 0..d {
+                            t += q[(bh * lq + i) * d + x] as f64 * k[(bh * lk_cap + j) * d + x] as f64;
+                        }
+                        t *= scale as f64;
+                        if let Some(b) = bias {
+                            t += b[(h * lq + i) * lk + j] as f64;
+                        }
+                        if let Some((m, rows)) = mask {
+                            let mi = if rows == lq { i } else { 0 };
+                            // The kernel adds the mask in f32; an f32::MIN mask absorbs the score.
+                            t = (t as f32 + m[(bi * rows + mi) * lk + j]) as f64;
+                        }
+                        t
+                    })
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let mut sum = 0.0;
+                for x in s.iter_mut() {
+                    *x = (*x - mx).exp();
+                    sum += *x;
+                }
+                for (j, pj) in s.iter().enumerate() {
+                    for x in 0..d {
+                        out[(bh * lq + i) * d + x] += pj / sum * v[(bh * lk_cap + j) * d + x] as f64;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_all_isas() {
+    let p = |batch, heads, lq, lk, lk_cap, head_dim, scale, causal_offset| AttnParams {
+        batch,
+        heads,
+        lq,
+        lk,
+        lk_cap,
+        head_dim,
+        scale,
+        causal_offset,
+    };
+    let s88 = 1.0 / 88f32.sqrt();
+    let cases = [
+        // ViT-g: 16 heads × 257 × 88, no mask.
+        AttnCase { p: p(1, 16, 257, 257, 257, 88, s88, None), mask_rows: None, bias: false, fully_masked_batch: None },
+        // Cross attention with a padding mask broadcast over queries; batch 1 fully masked.
+        AttnCase { p: p(2, 3, 7, 33, 40, 88, s88, None), mask_rows: Some(1), bias: false, fully_masked_batch: Some(1) },
+        // Per-query mask + T5-style bias, scale 1.
+        AttnCase { p: p(2, 2, 33, 33, 33, 7, 1.0, None), mask_rows: Some(33), bias: true, fully_masked_batch: None },
+        // Causal self-attention (offset 0) with bias.
+        AttnCase { p: p(1, 2, 33, 33, 33, 64, 0.125, Some(0)), mask_rows: None, bias: true, fully_masked_batch: None },
+        // KV cache: 5 new queries over 12 cached keys (offset 7), capacity 20, padding mask.
+        AttnCase { p: p(2, 4, 5, 12, 20, 80, 0.11, Some(7)), mask_rows: Some(1), bias: false, fully_masked_batch: None },
+        // Decode: one query, 17 keys of a 32-row cache.
+        AttnCase { p: p(2, 4, 1, 17, 32, 80, 0.11, Some(16)), mask_rows: Some(1), bias: false, fully_masked_batch: Some(0) },
+        // Single key, head dim 1.
+        AttnCase { p: p(1, 1, 3, 1, 1, 1, 1.0, None), mask_rows: None, bias: false, fully_masked_batch: None },
+    ];
+    let mut rng = Rng::new(8);
+    for c in &cases {
+        let ap = &c.p;
+        let bh = ap.batch * ap.heads;
+        let q = rng.vec(bh * ap.lq * ap.head_dim, -1.0, 1.0);
+        let k = rng.vec(bh * ap.lk_cap * ap.head_dim, -1.0, 1.0);
+        let v = rng.vec(bh * ap.lk_cap * ap.head_dim, -1.0, 1.0);
+        let mask_data = c.mask_rows.map(|rows| {
+            let mut m = vec![0.0f32; ap.batch * rows * ap.lk];
+            for (idx, x) in m.iter_mut().enumerate() {
+                let bi = idx / (rows * ap.lk);
+                let j = idx % ap.lk;
+                // Mask the last key of every row (padding), or everything for the chosen batch.
+                if j == ap.lk - 1 && ap.lk > 1 || c.fully_masked_batch == Some(bi) {
+                    *x = f32::MIN;
+                }
+            }
+            m
+        });
+        let bias_data = c.bias.then(|| rng.vec(ap.heads * ap.lq * ap.lk, -2.0, 2.0));
+        let mask = mask_data.as_deref().zip(c.mask_rows);
+        let r = attention_ref(&q, &k, &v, mask, bias_data.as_deref(), ap);
+        let rmax = r.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for isa in isas() {
+            for threads in [1, 0] {
+                let mut out = vec![f32::NAN; q.len()];
+                attention_with(isa, threads, &q, &k, &v, mask, bias_data.as_deref(), &mut out, ap);
+                // max|out − ref| ≤ 3e-5·max|ref|: the scores carry ≈ d·u·|q||k| ≲ 5e-6 error,
+                // which perturbs the probabilities by as much relatively; softmax adds ≲ 1e-5
+                // (see check_probs); P·V accumulates lk ≤ 257 terms, γ_lk ≈ 1.5e-5.
+                let err = out.iter().zip(&r).fold(0.0f64, |m, (&o, &e)| m.max((o as f64 - e).abs()));
+                assert!(out.iter().all(|x| x.is_finite()), "{isa} {ap:?}: non-finite output");
+                assert!(err <= 3e-5 * rmax, "{isa} t{threads} {ap:?}: max err {err:e} vs max|ref| {rmax:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn im2col_matches_naive() {
+    // Exact: pure copies. 15×14 image with p = 7 leaves a remainder row, as a strided conv does.
+    let mut rng = Rng::new(9);
+    for &(c, h, w, p) in &[(3usize, 14usize, 14usize, 7usize), (3, 15, 14, 7), (2, 5, 5, 1), (1, 4, 8, 4)] {
+        let img = rng.vec(c * h * w, -1.0, 1.0);
+        let (ph, pw) = (h / p, w / p);
+        let mut out = vec![f32::NAN; ph * pw * c * p * p];
+        im2col_patches(&img, c, h, w, p, &mut out);
+        for py in 0..ph {
+            for px in 0..pw {
+                for ci in 0..c {
+                    for ky in 0..p {
+                        for kx in 0..p {
+                            let o = out[(py * pw + px) * c * p * p + (ci * p + ky) * p + kx];
+                            assert_eq!(o, img[(ci * h + py * p + ky) * w + px * p + kx]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn isa_selection() {
+    for s in ["scalar", "avx2", "avx512", "neon", "AVX512"] {
+        assert!(Isa::parse(s).is_some(), "{s}");
+    }
+    assert_eq!(Isa::parse("sse9"), None);
+    // Resolving never yields something the CPU lacks, and never raises a supported choice.
+    for i in Isa::ALL {
+        assert!(i.resolve().is_supported());
+        if i.is_supported() {
+            assert_eq!(i.resolve(), i);
+        }
+    }
+    assert!(isa().is_supported());
+    assert_eq!(supported_isas().first().copied(), Some(best_isa()));
+    eprintln!("supported: {:?}, default: {}", supported_isas(), isa());
+}

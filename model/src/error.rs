@@ -1,0 +1,181 @@
+//! Errors of the model crate. Every message names the file, tensor, key or limit at fault.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// One thing wrong with one tensor of a checkpoint, collected by
+/// [`crate::weights::WeightLoader`] and reported all together by `finish()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeightProblem {
+    /// The tensor (and its fallback, if one was given) is not in the checkpoint.
+    Missing {
+        name: String,
+        expected: Vec<usize>,
+        fallback: Option<String>,
+    },
+    /// The tensor exists with another shape.
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// The tensor is stored in a dtype we do not convert (only F32/F16/BF16 are read).
+    UnsupportedDType {
+        name: String,
+        dtype: String,
+        file: PathBuf,
+    },
+    /// The bytes could not be turned into a tensor (engine refused, device upload failed...).
+    Read {
+        name: String,
+        file: PathBuf,
+        msg: String,
+    },
+}
+
+impl WeightProblem {
+    pub fn name(&self) -> &str {
+        match self {
+            WeightProblem::Missing { name, .. }
+            | WeightProblem::ShapeMismatch { name, .. }
+            | WeightProblem::UnsupportedDType { name, .. }
+            | WeightProblem::Read { name, .. } => name,
+        }
+    }
+}
+
+impl fmt::Display for WeightProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeightProblem::Missing {
+                name,
+                expected,
+                fallback: None,
+            } => write!(f, "missing: {name} (expected shape {expected:?})"),
+            WeightProblem::Missing {
+                name,
+                expected,
+                fallback: Some(fb),
+            } => write!(
+                f,
+                "missing: {name} (expected shape {expected:?}; fallback {fb} missing too)"
+            ),
+            WeightProblem::ShapeMismatch {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "shape mismatch: {name}: expected {expected:?}, found {found:?}"
+            ),
+            WeightProblem::UnsupportedDType { name, dtype, file } => write!(
+                f,
+                "unsupported dtype: {name} is {dtype} in {} (only F32, F16 and BF16 are read)",
+                file.display()
+            ),
+            WeightProblem::Read { name, file, msg } => {
+                write!(f, "unreadable: {name} in {}: {msg}", file.display())
+            }
+        }
+    }
+}
+
+/// The sorted list of [`WeightProblem`]s of one checkpoint, displayed one per line with a count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightProblems {
+    pub checkpoint: PathBuf,
+    pub problems: Vec<WeightProblem>,
+}
+
+impl fmt::Display for WeightProblems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "checkpoint {} does not fit the model: {n} problem{}",
+            self.checkpoint.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every failure of the model crate.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A JSON configuration file is unreadable, malformed, or has a key of the wrong type
+    /// or an invalid value. `key` is the dotted path inside the file ("" for the whole file).
+    #[error("{}: {}{msg}", path.display(), if key.is_empty() { String::new() } else { format!("key '{key}': ") })]
+    Config {
+        path: PathBuf,
+        key: String,
+        msg: String,
+    },
+    /// A checkpoint file is missing, truncated or corrupt, or the shard index is inconsistent.
+    #[error("{}: {msg}", path.display())]
+    Checkpoint { path: PathBuf, msg: String },
+    /// Missing / mismatched / unreadable tensors, all of them at once.
+    #[error("{0}")]
+    Weights(WeightProblems),
+    /// An image could not be read or decoded. `what` is the file name or "<bytes>".
+    #[error("image {what}: {msg}")]
+    Image { what: String, msg: String },
+    /// Tokenizer files are missing or invalid, or a needed token is absent.
+    #[error("tokenizer {}: {msg}", path.display())]
+    Tokenizer { path: PathBuf, msg: String },
+    /// An I/O failure on a named file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A caller-side argument is invalid (empty batch, size 0, ...).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Engine(#[from] blip2_engine::Error),
+}
+
+impl ModelError {
+    pub(crate) fn config(path: impl Into<PathBuf>, key: impl Into<String>, msg: impl Into<String>) -> Self {
+        ModelError::Config {
+            path: path.into(),
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        ModelError::Checkpoint {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn tokenizer(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        ModelError::Tokenizer {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn image(what: impl Into<String>, msg: impl Into<String>) -> Self {
+        ModelError::Image {
+            what: what.into(),
+            msg: msg.into(),
+        }
+    }
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

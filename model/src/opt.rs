@@ -1,0 +1,163 @@
+//! OPTForCausalLM (pre-LN decoder, learned positions with offset 2, ReLU FFN) with a
+//! preallocated KV cache written in place.
+
+use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
+
+use crate::config::OptConfig;
+use crate::nn::{LayerNorm, Linear, activation};
+use crate::weights::WeightLoader;
+
+/// HF's OPTLearnedPositionalEmbedding skips the first two rows.
+const POSITION_OFFSET: u32 = 2;
+
+struct Layer {
+    ln_attn: LayerNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    ln_ffn: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+pub struct Opt {
+    pub embed_tokens: Tensor,
+    embed_positions: Tensor,
+    layers: Vec<Layer>,
+    final_ln: Option<LayerNorm>,
+    lm_head: Tensor,
+    act: blip2_engine::ops::Unary,
+    pre_ln: bool,
+    heads: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    pub max_positions: usize,
+}
+
+/// Per-layer K/V `[B, H, max_len, hd]`, filled left to right.
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    pub len: usize,
+    pub capacity: usize,
+}
+
+impl Opt {
+    /// `vb` is rooted at `language_model`.
+    pub fn load(vb: &WeightLoader, cfg: &OptConfig) -> crate::Result<Opt> {
+        let d = cfg.hidden_size;
+        if cfg.word_embed_proj_dim != d {
+            return Err(crate::ModelError::Unsupported(format!(
+                "OPT with word_embed_proj_dim {} != hidden_size {d} (project_in/out) is not supported",
+                cfg.word_embed_proj_dim
+            )));
+        }
+        let dec = vb.pp("model.decoder");
+        let bias = cfg.enable_bias;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = dec.pp("layers").pp(&i.to_string());
+                let a = l.pp("self_attn");
+                Layer {
+                    ln_attn: LayerNorm::load(&l.pp("self_attn_layer_norm"), d, 1e-5),
+                    q: Linear::load(&a.pp("q_proj"), d, d, bias),
+                    k: Linear::load(&a.pp("k_proj"), d, d, bias),
+                    v: Linear::load(&a.pp("v_proj"), d, d, bias),
+                    out: Linear::load(&a.pp("out_proj"), d, d, bias),
+                    ln_ffn: LayerNorm::load(&l.pp("final_layer_norm"), d, 1e-5),
+                    fc1: Linear::load(&l.pp("fc1"), d, cfg.ffn_dim, bias),
+                    fc2: Linear::load(&l.pp("fc2"), cfg.ffn_dim, d, bias),
+                }
+            })
+            .collect();
+        let embed_tokens = dec.get("embed_tokens.weight", &[cfg.vocab_size, d]);
+        let lm_head = vb.get_with_fallback("lm_head.weight", "model.decoder.embed_tokens.weight", &[cfg.vocab_size, d]);
+        Ok(Opt {
+            embed_positions: dec.get("embed_positions.weight", &[cfg.max_position_embeddings + POSITION_OFFSET as usize, d]),
+            embed_tokens,
+            layers,
+            final_ln: cfg.do_layer_norm_before.then(|| LayerNorm::load(&dec.pp("final_layer_norm"), d, 1e-5)),
+            lm_head,
+            act: activation(&cfg.activation_function)?,
+            pre_ln: cfg.do_layer_norm_before,
+            heads: cfg.num_attention_heads,
+            hidden: d,
+            vocab: cfg.vocab_size,
+            max_positions: cfg.max_position_embeddings,
+        })
+    }
+
+    /// Token embeddings `[n, D]` in f32 for `ids`.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        ops::embedding(&self.embed_tokens, ids, DType::F32)
+    }
+
+    pub fn new_cache(&self, batch: usize, capacity: usize, device: &Device) -> Result<KvCache> {
+        let hd = self.hidden / self.heads;
+        let mk = || Tensor::zeros(&[batch, self.heads, capacity, hd], DType::F32, device);
+        let k = (0..self.layers.len()).map(|_| mk()).collect::<Result<Vec<_>>>()?;
+        let v = (0..self.layers.len()).map(|_| mk()).collect::<Result<Vec<_>>>()?;
+        Ok(KvCache { k, v, len: 0, capacity })
+    }
+
+    /// Runs `embeds` `[B, L, D]` (the next L tokens of every row) through the decoder,
+    /// appending their K/V to `cache`. `positions` holds B·L position ids (HF:
+    /// cumsum(mask)·mask − 1, so padding gets −1); `mask` is the additive padding mask
+    /// `[B, 1, cache.len + L]`. Returns the final hidden states `[B, L, D]`.
+    pub fn forward(&self, embeds: &Tensor, positions: &[i64], mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, l) = (embeds.dim(0), embeds.dim(1));
+        if cache.len + l > cache.capacity {
+            return Err(blip2_engine::Error::Limit {
+                what: "KV cache".into(),
+                needed: (cache.len + l) as u64,
+                limit: cache.capacity as u64,
+            });
+        }
+        let ids: Vec<u32> = positions
+            .iter()
+            .map(|&p| (p + POSITION_OFFSET as i64).clamp(0, self.max_positions as i64 + 1) as u32)
+            .collect();
+        let pos = ops::embedding(&self.embed_positions, &ids, DType::F32)?.reshape(&[b, l, self.hidden])?;
+        let mut h = ops::add(embeds, &pos)?;
+        let scale = ((self.hidden / self.heads) as f32).powf(-0.5);
+        let kv_len = cache.len + l;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let x = if self.pre_ln { layer.ln_attn.forward(&h)? } else { h.clone() };
+            let q = ops::split_heads(&layer.q.forward(&x)?, self.heads)?;
+            let k = ops::split_heads(&layer.k.forward(&x)?, self.heads)?;
+            let v = ops::split_heads(&layer.v.forward(&x)?, self.heads)?;
+            ops::write_at(&mut cache.k[i], &k, 2, cache.len)?;
+            ops::write_at(&mut cache.v[i], &v, 2, cache.len)?;
+            let opts = AttnOpts {
+                scale,
+                causal: true,
+                kv_len: Some(kv_len),
+                mask,
+                bias: None,
+            };
+            let a = ops::attention(&q, &cache.k[i], &cache.v[i], &opts)?;
+            let a = layer.out.forward(&ops::merge_heads(&a)?)?;
+            h = ops::add(&h, &a)?;
+            if !self.pre_ln {
+                h = layer.ln_attn.forward(&h)?;
+            }
+            let x = if self.pre_ln { layer.ln_ffn.forward(&h)? } else { h.clone() };
+            let f = layer.fc2.forward(&ops::unary(&layer.fc1.forward(&x)?, self.act)?)?;
+            h = ops::add(&h, &f)?;
+            if !self.pre_ln {
+                h = layer.ln_ffn.forward(&h)?;
+            }
+        }
+        cache.len = kv_len;
+        match &self.final_ln {
+            Some(ln) => ln.forward(&h),
+            None => Ok(h),
+        }
+    }
+
+    /// Logits `[.., vocab]` for hidden states `[.., D]`.
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        ops::linear(h, &self.lm_head, None)
+    }
+}

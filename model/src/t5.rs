@@ -1,0 +1,314 @@
+//! T5ForConditionalGeneration as Flan-T5 uses it: RMSNorm, unscaled attention with a
+//! relative position bias from block 0 shared by every layer, gated FFN, untied lm_head.
+//! The decoder keeps a preallocated self-attention cache; cross-attention K/V over the
+//! encoder output are computed once per request.
+
+use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
+
+use crate::config::T5Config;
+use crate::nn::{Linear, RmsNorm, activation};
+use crate::weights::WeightLoader;
+
+/// HF `_relative_position_bucket`, with the logarithm in f32 as torch computes it.
+pub fn relative_position_bucket(rel: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+    let mut nb = num_buckets as i64;
+    let mut bucket = 0i64;
+    let n = if bidirectional {
+        nb /= 2;
+        if rel > 0 {
+            bucket += nb;
+        }
+        rel.abs()
+    } else {
+        (-rel).max(0)
+    };
+    let max_exact = nb / 2;
+    if n < max_exact {
+        bucket += n;
+    } else {
+        let ratio = ((n as f32) / (max_exact as f32)).ln() / ((max_distance as f64 / max_exact as f64).ln() as f32);
+        let large = max_exact + (ratio * (nb - max_exact) as f32) as i64;
+        bucket += large.min(nb - 1);
+    }
+    bucket as usize
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+}
+
+impl Attention {
+    fn load(vb: &WeightLoader, d: usize, inner: usize) -> Attention {
+        Attention {
+            q: Linear::load(&vb.pp("q"), d, inner, false),
+            k: Linear::load(&vb.pp("k"), d, inner, false),
+            v: Linear::load(&vb.pp("v"), d, inner, false),
+            o: Linear::load(&vb.pp("o"), inner, d, false),
+        }
+    }
+}
+
+struct Ffn {
+    wi_0: Linear,
+    /// Present for gated variants (Flan-T5).
+    wi_1: Option<Linear>,
+    wo: Linear,
+    act: ops::Unary,
+}
+
+impl Ffn {
+    fn load(vb: &WeightLoader, cfg: &T5Config) -> crate::Result<Ffn> {
+        let (d, ff) = (cfg.d_model, cfg.d_ff);
+        let (wi_0, wi_1) = if cfg.is_gated_act() {
+            (Linear::load(&vb.pp("wi_0"), d, ff, false), Some(Linear::load(&vb.pp("wi_1"), d, ff, false)))
+        } else {
+            (Linear::load(&vb.pp("wi"), d, ff, false), None)
+        };
+        Ok(Ffn {
+            wi_0,
+            wi_1,
+            wo: Linear::load(&vb.pp("wo"), ff, d, false),
+            act: activation(&cfg.dense_act_fn())?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = ops::unary(&self.wi_0.forward(x)?, self.act)?;
+        if let Some(wi_1) = &self.wi_1 {
+            h = ops::mul(&h, &wi_1.forward(x)?)?;
+        }
+        self.wo.forward(&h)
+    }
+}
+
+struct EncoderBlock {
+    ln_attn: RmsNorm,
+    attn: Attention,
+    ln_ffn: RmsNorm,
+    ffn: Ffn,
+}
+
+struct DecoderBlock {
+    ln_self: RmsNorm,
+    self_attn: Attention,
+    ln_cross: RmsNorm,
+    cross_attn: Attention,
+    ln_ffn: RmsNorm,
+    ffn: Ffn,
+}
+
+pub struct T5 {
+    pub shared: Tensor,
+    enc_blocks: Vec<EncoderBlock>,
+    enc_final: RmsNorm,
+    /// Relative bias tables `[buckets, H]` of block 0, on the host (small; the bias for a
+    /// given (q, k) window is built on the host and uploaded).
+    enc_rel: Vec<f32>,
+    dec_rel: Vec<f32>,
+    dec_blocks: Vec<DecoderBlock>,
+    dec_final: RmsNorm,
+    lm_head: Tensor,
+    tie_scale: Option<f32>,
+    heads: usize,
+    d_kv: usize,
+    pub d_model: usize,
+    pub vocab: usize,
+    buckets: usize,
+    max_distance: usize,
+}
+
+/// Decoder state for one request: self-attention cache and the cross-attention K/V.
+pub struct T5DecoderCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    cross_k: Vec<Tensor>,
+    cross_v: Vec<Tensor>,
+    enc_mask: Option<Tensor>,
+    pub len: usize,
+    pub capacity: usize,
+}
+
+impl T5 {
+    /// `vb` is rooted at `language_model`.
+    pub fn load(vb: &WeightLoader, cfg: &T5Config) -> crate::Result<T5> {
+        let d = cfg.d_model;
+        let inner = cfg.num_heads * cfg.d_kv;
+        let shared = vb.get("shared.weight", &[cfg.vocab_size, d]);
+        let enc = vb.pp("encoder");
+        let dec = vb.pp("decoder");
+        let eps = cfg.layer_norm_epsilon;
+        let mut enc_blocks = Vec::new();
+        for i in 0..cfg.num_layers {
+            let b = enc.pp("block").pp(&i.to_string());
+            enc_blocks.push(EncoderBlock {
+                ln_attn: RmsNorm::load(&b.pp("layer.0.layer_norm"), d, eps),
+                attn: Attention::load(&b.pp("layer.0.SelfAttention"), d, inner),
+                ln_ffn: RmsNorm::load(&b.pp("layer.1.layer_norm"), d, eps),
+                ffn: Ffn::load(&b.pp("layer.1.DenseReluDense"), cfg)?,
+            });
+        }
+        let mut dec_blocks = Vec::new();
+        for i in 0..cfg.num_decoder_layers() {
+            let b = dec.pp("block").pp(&i.to_string());
+            dec_blocks.push(DecoderBlock {
+                ln_self: RmsNorm::load(&b.pp("layer.0.layer_norm"), d, eps),
+                self_attn: Attention::load(&b.pp("layer.0.SelfAttention"), d, inner),
+                ln_cross: RmsNorm::load(&b.pp("layer.1.layer_norm"), d, eps),
+                cross_attn: Attention::load(&b.pp("layer.1.EncDecAttention"), d, inner),
+                ln_ffn: RmsNorm::load(&b.pp("layer.2.layer_norm"), d, eps),
+                ffn: Ffn::load(&b.pp("layer.2.DenseReluDense"), cfg)?,
+            });
+        }
+        let rel_shape = [cfg.relative_attention_num_buckets, cfg.num_heads];
+        let enc_rel = enc.get_f32("block.0.layer.0.SelfAttention.relative_attention_bias.weight", &rel_shape);
+        let dec_rel = dec.get_f32("block.0.layer.0.SelfAttention.relative_attention_bias.weight", &rel_shape);
+        let lm_head = if cfg.tie_word_embeddings {
+            vb.get_with_fallback("lm_head.weight", "shared.weight", &[cfg.vocab_size, d])
+        } else {
+            vb.get("lm_head.weight", &[cfg.vocab_size, d])
+        };
+        Ok(T5 {
+            shared,
+            enc_blocks,
+            enc_final: RmsNorm::load(&enc.pp("final_layer_norm"), d, eps),
+            // Zero-size placeholders (missing weights) download as empty vectors; the
+            // loader's finish() reports the problem before these are ever used.
+            enc_rel: enc_rel.to_vec_f32()?,
+            dec_rel: dec_rel.to_vec_f32()?,
+            dec_blocks,
+            dec_final: RmsNorm::load(&dec.pp("final_layer_norm"), d, eps),
+            lm_head,
+            tie_scale: cfg.tie_word_embeddings.then(|| (d as f32).powf(-0.5)),
+            heads: cfg.num_heads,
+            d_kv: cfg.d_kv,
+            d_model: d,
+            vocab: cfg.vocab_size,
+            buckets: cfg.relative_attention_num_buckets,
+            max_distance: cfg.relative_attention_max_distance,
+        })
+    }
+
+    /// Token embeddings `[n, D]` (f32) from the shared table.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        ops::embedding(&self.shared, ids, DType::F32)
+    }
+
+    /// Position bias `[H, q_len, k_len]` for queries at `q_offset..q_offset+q_len`.
+    fn position_bias(&self, table: &[f32], q_offset: usize, q_len: usize, k_len: usize, bidirectional: bool, device: &Device) -> Result<Tensor> {
+        let h = self.heads;
+        let mut out = vec![0f32; h * q_len * k_len];
+        for i in 0..q_len {
+            for j in 0..k_len {
+                let rel = j as i64 - (i + q_offset) as i64;
+                let b = relative_position_bucket(rel, bidirectional, self.buckets, self.max_distance);
+                for hh in 0..h {
+                    out[(hh * q_len + i) * k_len + j] = table[b * h + hh];
+                }
+            }
+        }
+        Tensor::from_f32(out, &[h, q_len, k_len], device)
+    }
+
+    fn heads_of(&self, lin: &Linear, x: &Tensor) -> Result<Tensor> {
+        ops::split_heads(&lin.forward(x)?, self.heads)
+    }
+
+    /// Encoder over `embeds` `[B, L, D]` with an additive padding `mask` `[B, 1, L]`.
+    pub fn encode(&self, embeds: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let l = embeds.dim(1);
+        let bias = self.position_bias(&self.enc_rel, 0, l, l, true, embeds.device())?;
+        let mut h = embeds.clone();
+        for b in &self.enc_blocks {
+            let x = b.ln_attn.forward(&h)?;
+            let (q, k, v) = (self.heads_of(&b.attn.q, &x)?, self.heads_of(&b.attn.k, &x)?, self.heads_of(&b.attn.v, &x)?);
+            let a = ops::attention(&q, &k, &v, &AttnOpts { scale: 1.0, mask, bias: Some(&bias), ..Default::default() })?;
+            h = ops::add(&h, &b.attn.o.forward(&ops::merge_heads(&a)?)?)?;
+            let x = b.ln_ffn.forward(&h)?;
+            h = ops::add(&h, &b.ffn.forward(&x)?)?;
+        }
+        self.enc_final.forward(&h)
+    }
+
+    /// Decoder state: cross-attention K/V of `enc_out` `[B, L, D]` for every layer, and an
+    /// empty self-attention cache of `capacity` positions.
+    pub fn new_decoder_cache(&self, enc_out: &Tensor, enc_mask: Option<&Tensor>, capacity: usize) -> Result<T5DecoderCache> {
+        let bsz = enc_out.dim(0);
+        let mut cache = T5DecoderCache {
+            k: Vec::new(),
+            v: Vec::new(),
+            cross_k: Vec::new(),
+            cross_v: Vec::new(),
+            enc_mask: enc_mask.cloned(),
+            len: 0,
+            capacity,
+        };
+        for b in &self.dec_blocks {
+            cache.cross_k.push(self.heads_of(&b.cross_attn.k, enc_out)?);
+            cache.cross_v.push(self.heads_of(&b.cross_attn.v, enc_out)?);
+            let z = || Tensor::zeros(&[bsz, self.heads, capacity, self.d_kv], DType::F32, enc_out.device());
+            cache.k.push(z()?);
+            cache.v.push(z()?);
+        }
+        Ok(cache)
+    }
+
+    /// Runs the next `L` decoder tokens `embeds` `[B, L, D]` and returns logits `[B, L, V]`.
+    pub fn decode(&self, embeds: &Tensor, cache: &mut T5DecoderCache) -> Result<Tensor> {
+        let l = embeds.dim(1);
+        if cache.len + l > cache.capacity {
+            return Err(blip2_engine::Error::Limit {
+                what: "T5 decoder cache".into(),
+                needed: (cache.len + l) as u64,
+                limit: cache.capacity as u64,
+            });
+        }
+        let kv_len = cache.len + l;
+        let bias = self.position_bias(&self.dec_rel, cache.len, l, kv_len, false, embeds.device())?;
+        let mut h = embeds.clone();
+        for (i, b) in self.dec_blocks.iter().enumerate() {
+            let x = b.ln_self.forward(&h)?;
+            let q = self.heads_of(&b.self_attn.q, &x)?;
+            ops::write_at(&mut cache.k[i], &self.heads_of(&b.self_attn.k, &x)?, 2, cache.len)?;
+            ops::write_at(&mut cache.v[i], &self.heads_of(&b.self_attn.v, &x)?, 2, cache.len)?;
+            let opts = AttnOpts { scale: 1.0, causal: true, kv_len: Some(kv_len), mask: None, bias: Some(&bias) };
+            let a = ops::attention(&q, &cache.k[i], &cache.v[i], &opts)?;
+            h = ops::add(&h, &b.self_attn.o.forward(&ops::merge_heads(&a)?)?)?;
+            let x = b.ln_cross.forward(&h)?;
+            let q = self.heads_of(&b.cross_attn.q, &x)?;
+            let opts = AttnOpts { scale: 1.0, mask: cache.enc_mask.as_ref(), ..Default::default() };
+            let a = ops::attention(&q, &cache.cross_k[i], &cache.cross_v[i], &opts)?;
+            h = ops::add(&h, &b.cross_attn.o.forward(&ops::merge_heads(&a)?)?)?;
+            let x = b.ln_ffn.forward(&h)?;
+            h = ops::add(&h, &b.ffn.forward(&x)?)?;
+        }
+        cache.len = kv_len;
+        let mut h = self.dec_final.forward(&h)?;
+        if let Some(s) = self.tie_scale {
+            h = ops::scale(&h, s)?;
+        }
+        ops::linear(&h, &self.lm_head, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_position_bucket as bucket;
+
+    #[test]
+    fn buckets_match_hf_examples() {
+        // Values computed with transformers' T5Attention._relative_position_bucket
+        // (num_buckets 32, max_distance 128).
+        assert_eq!(bucket(0, true, 32, 128), 0);
+        assert_eq!(bucket(1, true, 32, 128), 17);
+        assert_eq!(bucket(-1, true, 32, 128), 1);
+        assert_eq!(bucket(-7, true, 32, 128), 7);
+        assert_eq!(bucket(0, false, 32, 128), 0);
+        assert_eq!(bucket(5, false, 32, 128), 0);
+        assert_eq!(bucket(-15, false, 32, 128), 15);
+        assert_eq!(bucket(-1000, false, 32, 128), 31);
+        assert_eq!(bucket(1000, true, 32, 128), 31);
+    }
+}

@@ -1,0 +1,578 @@
+//! Memory-mapped safetensors checkpoints and a prefix builder that checks every tensor.
+//!
+//! ```ignore
+//! let ckpt = Checkpoint::open(dir)?;
+//! let vb = WeightLoader::new(&ckpt, &device, DType::F16);
+//! let fc1 = vb.pp("vision_model").pp("encoder").get("layers.0.mlp.fc1.weight", &[6144, 1408]);
+//! // ... build the whole model, then:
+//! vb.finish()?; // one error listing every missing / mismatched tensor
+//! ```
+//!
+//! Dtype policy of [`WeightLoader::get`]: matrices and higher-rank tensors are stored in the
+//! loader's dtype (f32 or f16); vectors (biases, norm weights) always in f32, which the
+//! engine's ops expect and which costs nothing. [`WeightLoader::get_f32`] forces f32 (query
+//! tokens, position and class embeddings). Stored F32/F16/BF16 are converted by the engine.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use blip2_engine::{DType, Device, StoredDType, Tensor};
+use memmap2::Mmap;
+use safetensors::tensor::{Metadata, SafeTensorError};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{ModelError, Result, WeightProblem, WeightProblems};
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Offset of the tensor data (8 + header length).
+    data_start: usize,
+    meta: Metadata,
+}
+
+/// One or more safetensors files, memory-mapped, with their headers validated.
+pub struct Checkpoint {
+    path: PathBuf,
+    shards: Vec<Shard>,
+    /// Tensor name -> shard index.
+    names: HashMap<String, usize>,
+    total_bytes: u64,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .field("files", &self.shards.len())
+            .field("tensors", &self.names.len())
+            .field("total_bytes", &self.total_bytes)
+            .finish()
+    }
+}
+
+/// What the header says about one tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorMeta<'a> {
+    pub dtype: Dtype,
+    pub shape: &'a [usize],
+    pub file: &'a Path,
+}
+
+fn stored_dtype(d: Dtype) -> Option<StoredDType> {
+    match d {
+        Dtype::F32 => Some(StoredDType::F32),
+        Dtype::F16 => Some(StoredDType::F16),
+        Dtype::BF16 => Some(StoredDType::BF16),
+        _ => None,
+    }
+}
+
+/// The largest end offset the header declares (for a helpful "truncated" message).
+fn declared_data_len(header: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(header).ok()?;
+    v.as_object()?
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+}
+
+fn open_shard(path: &Path) -> Result<Shard> {
+    let file = File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ModelError::checkpoint(path, "file not found")
+        } else {
+            ModelError::io(path, e)
+        }
+    })?;
+    let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    if len < 8 {
+        return Err(ModelError::checkpoint(
+            path,
+            format!("truncated: {len} bytes, shorter than the 8-byte safetensors header length"),
+        ));
+    }
+    // SAFETY: the map is read-only. Its length is the file's length at open time and
+    // `read_metadata` below checks that the header's offsets cover exactly that length, so
+    // no tensor slice points past the end of the file. (A file truncated by another process
+    // while mapped can still fault; nothing in a process can prevent that.)
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let n = u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes checked above"));
+    let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+        let msg = match e {
+            SafeTensorError::InvalidHeaderLength => format!(
+                "truncated or not a safetensors file: the header declares {n} bytes of JSON but the file has {len} bytes"
+            ),
+            SafeTensorError::MetadataIncompleteBuffer => {
+                let header = mmap.get(8..8 + n as usize).unwrap_or(&[]);
+                match declared_data_len(header) {
+                    Some(d) => format!(
+                        "truncated or corrupt: the header declares {} bytes but the file has {len}",
+                        8 + n + d
+                    ),
+                    None => format!("the header's offsets do not match the file size {len}"),
+                }
+            }
+            SafeTensorError::HeaderTooLarge => format!("not a safetensors file: header length {n} is implausible"),
+            SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderDeserialization(_) => {
+                format!("corrupt safetensors header: {e:?}")
+            }
+            other => format!("invalid safetensors file: {other:?}"),
+        };
+        ModelError::checkpoint(path, msg)
+    })?;
+    Ok(Shard {
+        path: path.to_path_buf(),
+        mmap,
+        data_start: 8 + header_len,
+        meta,
+    })
+}
+
+impl Checkpoint {
+    /// Opens `dir/model.safetensors.index.json` (sharded) or `dir/model.safetensors`.
+    /// A path to a `.safetensors` file is opened as a single-file checkpoint.
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        let path = path.as_ref();
+        if path.is_file() {
+            return Self::from_files(path, &[path.to_path_buf()]);
+        }
+        if !path.is_dir() {
+            return Err(ModelError::checkpoint(path, "no such file or directory"));
+        }
+        let index = path.join(INDEX_FILE);
+        if index.is_file() {
+            return Self::open_index(&index);
+        }
+        let single = path.join(SINGLE_FILE);
+        if single.is_file() {
+            return Self::from_files(path, &[single]);
+        }
+        let hint = if path.join("pytorch_model.bin").exists() || path.join("pytorch_model.bin.index.json").exists() {
+            " (PyTorch .bin checkpoints are not supported: convert them to safetensors)"
+        } else {
+            ""
+        };
+        Err(ModelError::checkpoint(
+            path,
+            format!("neither {SINGLE_FILE} nor {INDEX_FILE} found{hint}"),
+        ))
+    }
+
+    /// Opens the shards listed in a `model.safetensors.index.json`.
+    pub fn open_index(index: &Path) -> Result<Checkpoint> {
+        let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::config(index, "", format!("invalid JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::config(index, "weight_map", "missing, or not an object of name -> file"))?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        // Shard files sorted by name (model-00001-of-0000N first): deterministic order.
+        let mut files: BTreeMap<&str, usize> = BTreeMap::new();
+        for (name, f) in map {
+            let f = f.as_str().ok_or_else(|| {
+                ModelError::config(index, format!("weight_map.{name}"), "expected a file name")
+            })?;
+            *files.entry(f).or_default() += 1;
+        }
+        let mut missing = Vec::new();
+        for (f, count) in &files {
+            if !dir.join(f).is_file() {
+                missing.push(format!("{f} ({count} tensors)"));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ModelError::checkpoint(
+                index,
+                format!("shard file(s) listed in the index are missing: {}", missing.join(", ")),
+            ));
+        }
+        let paths: Vec<PathBuf> = files.keys().map(|f| dir.join(f)).collect();
+        let ckpt = Self::from_files(dir, &paths)?;
+        // An index naming a tensor its shard does not hold means a broken download.
+        let mut absent: Vec<&str> = map
+            .keys()
+            .filter(|n| !ckpt.names.contains_key(n.as_str()))
+            .map(String::as_str)
+            .collect();
+        if !absent.is_empty() {
+            absent.sort_unstable();
+            let shown: Vec<&str> = absent.iter().take(20).copied().collect();
+            return Err(ModelError::checkpoint(
+                index,
+                format!(
+                    "{} tensor(s) listed in the index are not in their shard: {}{}",
+                    absent.len(),
+                    shown.join(", "),
+                    if absent.len() > shown.len() { ", ..." } else { "" }
+                ),
+            ));
+        }
+        Ok(ckpt)
+    }
+
+    fn from_files(path: &Path, files: &[PathBuf]) -> Result<Checkpoint> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut names = HashMap::new();
+        let mut total_bytes = 0u64;
+        for (i, f) in files.iter().enumerate() {
+            let shard = open_shard(f)?;
+            for name in shard.meta.offset_keys() {
+                if let Some(info) = shard.meta.info(&name) {
+                    total_bytes += (info.data_offsets.1 - info.data_offsets.0) as u64;
+                }
+                names.entry(name).or_insert(i);
+            }
+            shards.push(shard);
+        }
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            shards,
+            names,
+            total_bytes,
+        })
+    }
+
+    /// The directory (or file) this checkpoint was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn files(&self) -> Vec<&Path> {
+        self.shards.iter().map(|s| s.path.as_path()).collect()
+    }
+
+    /// Sum of the stored tensor bytes (the denominator of the progress callback).
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.names.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn meta(&self, name: &str) -> Option<TensorMeta<'_>> {
+        let shard = &self.shards[*self.names.get(name)?];
+        let info = shard.meta.info(name)?;
+        Some(TensorMeta {
+            dtype: info.dtype,
+            shape: &info.shape,
+            file: &shard.path,
+        })
+    }
+
+    /// The raw little-endian bytes of a tensor (a view into the mapped file).
+    pub fn raw(&self, name: &str) -> Option<&[u8]> {
+        let shard = &self.shards[*self.names.get(name)?];
+        let info = shard.meta.info(name)?;
+        let (s, e) = info.data_offsets;
+        shard.mmap.get(shard.data_start + s..shard.data_start + e)
+    }
+
+    /// How many tensors are stored in each dtype ("F32" -> 120, ...).
+    pub fn dtype_counts(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for name in self.names.keys() {
+            if let Some(m) = self.meta(name) {
+                *out.entry(format!("{:?}", m.dtype)).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+}
+
+type Progress<'a> = Arc<dyn Fn(u64, u64) + Send + Sync + 'a>;
+
+#[derive(Default)]
+struct LoadState {
+    problems: Vec<WeightProblem>,
+    used: HashSet<String>,
+    cache: HashMap<(String, DType), Tensor>,
+    bytes_done: u64,
+}
+
+/// Prefix builder over a [`Checkpoint`]: shape-checked gets that record problems instead of
+/// failing, so a whole model can be built and every problem reported by [`Self::finish`].
+/// Clones and `pp` children share the record.
+#[derive(Clone)]
+pub struct WeightLoader<'a> {
+    ckpt: &'a Checkpoint,
+    device: Device,
+    dtype: DType,
+    prefix: String,
+    state: Arc<Mutex<LoadState>>,
+    progress: Option<Progress<'a>>,
+}
+
+impl<'a> WeightLoader<'a> {
+    /// `dtype` is the storage dtype of matrices (see the module doc for the policy).
+    pub fn new(ckpt: &'a Checkpoint, device: &Device, dtype: DType) -> WeightLoader<'a> {
+        WeightLoader {
+            ckpt,
+            device: device.clone(),
+            dtype,
+            prefix: String::new(),
+            state: Arc::new(Mutex::new(LoadState::default())),
+            progress: None,
+        }
+    }
+
+    /// Calls `f(bytes_done, bytes_total)` after each tensor is loaded; `bytes_total` is
+    /// [`Checkpoint::total_bytes`] (tensors never requested are never counted as done).
+    pub fn with_progress(mut self, f: impl Fn(u64, u64) + Send + Sync + 'a) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// A child loader whose names are prefixed with `prefix.` (an empty prefix is a no-op).
+    pub fn pp(&self, prefix: impl AsRef<str>) -> WeightLoader<'a> {
+        let mut child = self.clone();
+        child.prefix = self.full_name(prefix.as_ref());
+        child
+    }
+
+    /// A loader at the root of the checkpoint (no prefix), sharing this one's record.
+    pub fn root(&self) -> WeightLoader<'a> {
+        let mut r = self.clone();
+        r.prefix.clear();
+        r
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn checkpoint(&self) -> &'a Checkpoint {
+        self.ckpt
+    }
+
+    /// `prefix.name` (or `name` at the root / `prefix` for an empty name).
+    pub fn full_name(&self, name: &str) -> String {
+        match (self.prefix.is_empty(), name.is_empty()) {
+            (true, _) => name.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}.{name}", self.prefix),
+        }
+    }
+
+    /// Whether `prefix.name` is in the checkpoint.
+    pub fn contains(&self, name: &str) -> bool {
+        self.ckpt.contains(&self.full_name(name))
+    }
+
+    fn policy_dtype(&self, shape: &[usize]) -> DType {
+        if shape.len() >= 2 { self.dtype } else { DType::F32 }
+    }
+
+    /// The tensor `prefix.name` with `shape`: rank >= 2 in the loader's dtype, rank <= 1 in
+    /// f32. A missing or mismatched tensor is recorded and a zero-size placeholder returned.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Tensor {
+        self.get_dtype(name, shape, self.policy_dtype(shape))
+    }
+
+    /// Like [`Self::get`], always f32.
+    pub fn get_f32(&self, name: &str, shape: &[usize]) -> Tensor {
+        self.get_dtype(name, shape, DType::F32)
+    }
+
+    /// Like [`Self::get`] with an explicit storage dtype.
+    pub fn get_dtype(&self, name: &str, shape: &[usize], dtype: DType) -> Tensor {
+        let full = self.full_name(name);
+        if !self.ckpt.contains(&full) {
+            self.record(WeightProblem::Missing {
+                name: full,
+                expected: shape.to_vec(),
+                fallback: None,
+            });
+            return self.placeholder(shape, dtype);
+        }
+        self.load(&full, shape, dtype)
+    }
+
+    /// `prefix.name`, or `prefix.fallback` when the first is absent (tied weights: OPT
+    /// `lm_head.weight` -> `model.decoder.embed_tokens.weight`; T5 `encoder.embed_tokens.weight`
+    /// -> `shared.weight`). Only recorded as missing when both are absent.
+    pub fn get_with_fallback(&self, name: &str, fallback: &str, shape: &[usize]) -> Tensor {
+        let full = self.full_name(name);
+        let dtype = self.policy_dtype(shape);
+        if self.ckpt.contains(&full) {
+            return self.load(&full, shape, dtype);
+        }
+        let fb = self.full_name(fallback);
+        if self.ckpt.contains(&fb) {
+            return self.load(&fb, shape, dtype);
+        }
+        self.record(WeightProblem::Missing {
+            name: full,
+            expected: shape.to_vec(),
+            fallback: Some(fb),
+        });
+        self.placeholder(shape, dtype)
+    }
+
+    /// `Some(tensor)` when `prefix.name` exists (shape-checked like `get`), `None` otherwise
+    /// without recording a problem (optional weights such as the retrieval heads).
+    pub fn get_optional(&self, name: &str, shape: &[usize]) -> Option<Tensor> {
+        let full = self.full_name(name);
+        self.ckpt
+            .contains(&full)
+            .then(|| self.load(&full, shape, self.policy_dtype(shape)))
+    }
+
+    fn load(&self, full: &str, shape: &[usize], dtype: DType) -> Tensor {
+        let key = (full.to_string(), dtype);
+        if let Some(t) = self.lock().cache.get(&key) {
+            if t.shape() == shape {
+                return t.clone();
+            }
+        }
+        let Some(meta) = self.ckpt.meta(full) else {
+            self.record(WeightProblem::Missing {
+                name: full.to_string(),
+                expected: shape.to_vec(),
+                fallback: None,
+            });
+            return self.placeholder(shape, dtype);
+        };
+        if meta.shape != shape {
+            self.record(WeightProblem::ShapeMismatch {
+                name: full.to_string(),
+                expected: shape.to_vec(),
+                found: meta.shape.to_vec(),
+            });
+            return self.placeholder(shape, dtype);
+        }
+        let Some(stored) = stored_dtype(meta.dtype) else {
+            self.record(WeightProblem::UnsupportedDType {
+                name: full.to_string(),
+                dtype: format!("{:?}", meta.dtype),
+                file: meta.file.to_path_buf(),
+            });
+            return self.placeholder(shape, dtype);
+        };
+        let file = meta.file.to_path_buf();
+        let Some(bytes) = self.ckpt.raw(full) else {
+            self.record(WeightProblem::Read {
+                name: full.to_string(),
+                file,
+                msg: "tensor data lies outside the file".into(),
+            });
+            return self.placeholder(shape, dtype);
+        };
+        match Tensor::from_bytes(bytes, stored, shape, dtype, &self.device) {
+            Ok(t) => {
+                let (done, total) = {
+                    let mut st = self.lock();
+                    st.used.insert(full.to_string());
+                    st.cache.insert(key, t.clone());
+                    st.bytes_done += bytes.len() as u64;
+                    (st.bytes_done, self.ckpt.total_bytes)
+                };
+                if let Some(p) = &self.progress {
+                    p(done, total);
+                }
+                t
+            }
+            Err(e) => {
+                self.record(WeightProblem::Read {
+                    name: full.to_string(),
+                    file,
+                    msg: e.to_string(),
+                });
+                self.placeholder(shape, dtype)
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LoadState> {
+        // A panic elsewhere while holding the lock leaves plain data behind: keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, p: WeightProblem) {
+        self.lock().problems.push(p);
+    }
+
+    /// A tensor with no elements standing in for a bad weight: same rank, first dimension 0.
+    fn placeholder(&self, shape: &[usize], dtype: DType) -> Tensor {
+        let mut s = if shape.is_empty() { vec![0] } else { shape.to_vec() };
+        s[0] = 0;
+        Tensor::zeros(&s, dtype, &self.device)
+            .or_else(|_| Tensor::zeros(&s, dtype, &Device::Cpu))
+            .expect("a zero-size CPU tensor cannot fail to allocate")
+    }
+
+    /// Problems recorded so far, sorted by name, duplicates removed.
+    pub fn problems(&self) -> Vec<WeightProblem> {
+        let mut v = self.lock().problems.clone();
+        v.sort_by(|a, b| a.name().cmp(b.name()).then_with(|| format!("{a}").cmp(&format!("{b}"))));
+        v.dedup();
+        v
+    }
+
+    /// `Ok(())` when every requested tensor loaded, else one [`ModelError::Weights`] listing
+    /// every missing, mismatched or unreadable tensor with expected vs found shape.
+    pub fn finish(&self) -> Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ModelError::Weights(WeightProblems {
+            checkpoint: self.ckpt.path.clone(),
+            problems,
+        }))
+    }
+
+    /// Checkpoint tensors never loaded (sorted): leftovers of a layout mismatch, or weights
+    /// of heads this model does not use.
+    pub fn unused(&self) -> Vec<String> {
+        let st = self.lock();
+        let mut v: Vec<String> = self
+            .ckpt
+            .names
+            .keys()
+            .filter(|n| !st.used.contains(*n))
+            .cloned()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Bytes of tensor data loaded so far.
+    pub fn bytes_loaded(&self) -> u64 {
+        self.lock().bytes_done
+    }
+
+    /// Drops the cache of loaded tensors (the model keeps its own references).
+    pub fn clear_cache(&self) {
+        self.lock().cache.clear();
+    }
+}

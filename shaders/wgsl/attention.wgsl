@@ -1,0 +1,217 @@
+// Fused attention for few queries (decode, Q-Former queries): one workgroup per
+// (batch, head, query) computes softmax(q.k^T * scale + mask + bias) . v over the first lk
+// keys of a [B, H, lk_cap, d] cache in blocks of WG keys with an online softmax (running
+// max and sum, accumulators rescaled per block), so scores never leave the workgroup.
+// Query i sees key j <= i + causal_off when causal. d <= 2 * WG * NS.
+
+struct Params {
+    lq: u32,
+    lk: u32,
+    lk_cap: u32,
+    d: u32,
+    heads: u32,
+    rows: u32,
+    scale: f32,
+    causal: u32,
+    causal_off: u32,
+    mask_rows: u32,
+    groups_x: u32,
+}
+
+const QKV_F16: bool = false;
+const OUT_F16: bool = false;
+const HAS_MASK: bool = false;
+const HAS_BIAS: bool = false;
+// d is even: q/k/v rows start on a word, read element pairs.
+const D_EVEN: bool = true;
+const WG: u32 = 128u;
+// Output element pairs per invocation.
+const NS: u32 = 2u;
+const DMAX: u32 = 2u * WG * NS;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<u32>;
+@group(0) @binding(2) var<storage, read> k: array<u32>;
+@group(0) @binding(3) var<storage, read> v: array<u32>;
+@group(0) @binding(4) var<storage, read> mask: array<f32>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<u32>;
+
+var<workgroup> qs: array<f32, DMAX>;
+var<workgroup> ps: array<f32, WG>;
+var<workgroup> red: array<f32, WG>;
+
+const NEG_INF: f32 = -3.40282347e38;
+
+fn ld1(buf: u32, i: u32) -> f32 {
+    var w = 0u;
+    let wi = select(i, i >> 1u, QKV_F16);
+    switch (buf) {
+        case 0u: { w = q[wi]; }
+        case 1u: { w = k[wi]; }
+        default: { w = v[wi]; }
+    }
+    if (QKV_F16) {
+        return unpack2x16float(w)[i & 1u];
+    }
+    return bitcast<f32>(w);
+}
+
+// Elements i, i+1 (i even when D_EVEN).
+fn ld2(buf: u32, i: u32) -> vec2<f32> {
+    if (QKV_F16 && D_EVEN) {
+        var w = 0u;
+        switch (buf) {
+            case 0u: { w = q[i >> 1u]; }
+            case 1u: { w = k[i >> 1u]; }
+            default: { w = v[i >> 1u]; }
+        }
+        return unpack2x16float(w);
+    }
+    return vec2<f32>(ld1(buf, i), ld1(buf, i + 1u));
+}
+
+fn st_pair(i: u32, v0: f32, v1: f32, two: bool) {
+    if (OUT_F16) {
+        out[i >> 1u] = pack2x16float(vec2<f32>(v0, v1));
+    } else {
+        out[i] = bitcast<u32>(v0);
+        if (two) {
+            out[i + 1u] = bitcast<u32>(v1);
+        }
+    }
+}
+
+fn wg_sum(x: f32, lid: u32, sg: vec3<u32>) -> f32 {
+    //SG let s = subgroupAdd(x);
+    //SG if (sg.x == 0u) { red[sg.y] = s; }
+    //SG workgroupBarrier();
+    //SG var t = 0.0;
+    //SG for (var i = 0u; i < sg.z; i++) { t += red[i]; }
+    //SG workgroupBarrier();
+    //SG return t;
+    red[lid] = x; //NOSG
+    workgroupBarrier(); //NOSG
+    for (var s = WG / 2u; s > 0u; s >>= 1u) { //NOSG
+        if (lid < s) { red[lid] += red[lid + s]; } //NOSG
+        workgroupBarrier(); //NOSG
+    } //NOSG
+    let t = red[0]; //NOSG
+    workgroupBarrier(); //NOSG
+    return t; //NOSG
+}
+
+fn wg_max(x: f32, lid: u32, sg: vec3<u32>) -> f32 {
+    //SG let s = subgroupMax(x);
+    //SG if (sg.x == 0u) { red[sg.y] = s; }
+    //SG workgroupBarrier();
+    //SG var t = red[0];
+    //SG for (var i = 1u; i < sg.z; i++) { t = max(t, red[i]); }
+    //SG workgroupBarrier();
+    //SG return t;
+    red[lid] = x; //NOSG
+    workgroupBarrier(); //NOSG
+    for (var s = WG / 2u; s > 0u; s >>= 1u) { //NOSG
+        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); } //NOSG
+        workgroupBarrier(); //NOSG
+    } //NOSG
+    let t = red[0]; //NOSG
+    workgroupBarrier(); //NOSG
+    return t; //NOSG
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    //SG @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let sg = vec3<u32>(0u); //NOSG
+    //SG let sg = vec3<u32>(sg_lane, sg_id, n_sg);
+    let row = wid.x + wid.y * p.groups_x;
+    if (row >= p.rows) {
+        return;
+    }
+    let d = p.d;
+    let i = row % p.lq;
+    let bh = row / p.lq;
+    let h = bh % p.heads;
+    let bb = bh / p.heads;
+    let qoff = row * d;
+    let kvbase = bh * p.lk_cap * d;
+    let moff = (bb * p.mask_rows + select(i, 0u, p.mask_rows == 1u)) * p.lk;
+    let boff = (h * p.lq + i) * p.lk;
+
+    for (var dd = lid; dd < d; dd += WG) {
+        qs[dd] = ld1(0u, qoff + dd);
+    }
+    workgroupBarrier();
+
+    var m = NEG_INF;
+    var l = 0.0;
+    var acc: array<vec2<f32>, NS>;
+    for (var s = 0u; s < NS; s++) {
+        acc[s] = vec2<f32>(0.0);
+    }
+    for (var blk = 0u; blk < p.lk; blk += WG) {
+        let j = blk + lid;
+        var valid = j < p.lk && !(p.causal != 0u && j > i + p.causal_off);
+        var sc = NEG_INF;
+        if (valid) {
+            var qk = 0.0;
+            let kb = kvbase + j * d;
+            if (D_EVEN) {
+                for (var dd = 0u; dd < d; dd += 2u) {
+                    let kv = ld2(1u, kb + dd);
+                    qk += qs[dd] * kv.x + qs[dd + 1u] * kv.y;
+                }
+            } else {
+                for (var dd = 0u; dd < d; dd++) {
+                    qk += qs[dd] * ld1(1u, kb + dd);
+                }
+            }
+            sc = qk * p.scale;
+            if (HAS_MASK) {
+                sc += mask[moff + j];
+            }
+            if (HAS_BIAS) {
+                sc += bias[boff + j];
+            }
+        }
+        let m_new = max(m, wg_max(sc, lid, sg));
+        let corr = exp(m - m_new);
+        var pj = 0.0;
+        if (valid) {
+            pj = exp(sc - m_new);
+        }
+        ps[lid] = pj;
+        l = l * corr + wg_sum(pj, lid, sg);
+        let nk = min(WG, p.lk - blk);
+        for (var s = 0u; s < NS; s++) {
+            let dd0 = 2u * (lid + s * WG);
+            if (dd0 < d) {
+                var a2 = acc[s] * corr;
+                for (var jj = 0u; jj < nk; jj++) {
+                    let vb = kvbase + (blk + jj) * d + dd0;
+                    var vv = vec2<f32>(0.0);
+                    if (dd0 + 1u < d) {
+                        vv = ld2(2u, vb);
+                    } else {
+                        vv.x = ld1(2u, vb);
+                    }
+                    a2 += ps[jj] * vv;
+                }
+                acc[s] = a2;
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    let inv = 1.0 / l;
+    for (var s = 0u; s < NS; s++) {
+        let dd0 = 2u * (lid + s * WG);
+        if (dd0 < d) {
+            st_pair(qoff + dd0, acc[s].x * inv, acc[s].y * inv, dd0 + 1u < d);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+// GEMV for linear layers with few rows of x (decode): out[m, n_off + n] = x[m, :] . w[n, :]
+// (+ b[n_off + n]) for m < M (1..=4), w in nn.Linear layout [N, K]. Memory-bound on w: each
+// workgroup streams ROWS weight rows once, every x row reuses them from registers.
+// VEC (K % 8 == 0): 16-byte loads of 8 elements (f16: one vec4<u32> of packed pairs, f32:
+// two vec4s). Partial sums are reduced across the workgroup (subgroups when enabled, never
+// assuming a subgroup size). A weight larger than one binding is bound in row chunks: w
+// starts at chunk row 0 and n_off places the chunk in the output.
+
+struct Params {
+    // Weight rows (outputs) in this chunk.
+    n: u32,
+    k: u32,
+    // Output row stride (total N).
+    ldo: u32,
+    n_off: u32,
+    groups_x: u32,
+}
+
+const M: u32 = 1u;
+const ROWS: u32 = 4u;
+const WG: u32 = 128u;
+const VEC: bool = false;
+const HAS_BIAS: bool = false;
+const X_F16: bool = false;
+const W_F16: bool = false;
+const B_F16: bool = false;
+const OUT_F16: bool = false;
+const NACC: u32 = ROWS * M;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> b: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<u32>;
+
+var<workgroup> red: array<f32, NACC * WG>;
+
+fn word_x(i: u32) -> u32 {
+    return x[i >> 2u][i & 3u];
+}
+
+fn word_w(i: u32) -> u32 {
+    return w[i >> 2u][i & 3u];
+}
+
+fn ld_x1(i: u32) -> f32 {
+    if (X_F16) {
+        return unpack2x16float(word_x(i >> 1u))[i & 1u];
+    }
+    return bitcast<f32>(word_x(i));
+}
+
+fn ld_w1(i: u32) -> f32 {
+    if (W_F16) {
+        return unpack2x16float(word_w(i >> 1u))[i & 1u];
+    }
+    return bitcast<f32>(word_w(i));
+}
+
+fn ld_b(i: u32) -> f32 {
+    if (B_F16) {
+        return unpack2x16float(b[i >> 1u])[i & 1u];
+    }
+    return bitcast<f32>(b[i]);
+}
+
+// Elements i..i+8 (i % 8 == 0) as two vec4s.
+fn ld_x8(i: u32) -> mat2x4<f32> {
+    if (X_F16) {
+        let q = x[i >> 3u];
+        return mat2x4<f32>(
+            vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
+            vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)),
+        );
+    }
+    return mat2x4<f32>(bitcast<vec4<f32>>(x[i >> 2u]), bitcast<vec4<f32>>(x[(i >> 2u) + 1u]));
+}
+
+fn ld_w8(i: u32) -> mat2x4<f32> {
+    if (W_F16) {
+        let q = w[i >> 3u];
+        return mat2x4<f32>(
+            vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
+            vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)),
+        );
+    }
+    return mat2x4<f32>(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u]));
+}
+
+fn st_pair(i: u32, v0: f32, v1: f32, two: bool) {
+    if (OUT_F16) {
+        out[i >> 1u] = pack2x16float(vec2<f32>(v0, v1));
+    } else {
+        out[i] = bitcast<u32>(v0);
+        if (two) {
+            out[i + 1u] = bitcast<u32>(v1);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    //SG @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let n0 = (wid.x + wid.y * p.groups_x) * ROWS;
+    if (n0 >= p.n) {
+        return;
+    }
+    let k = p.k;
+    var acc: array<f32, NACC>;
+    for (var a = 0u; a < NACC; a++) {
+        acc[a] = 0.0;
+    }
+    if (VEC) {
+        for (var c = lid * 8u; c < k; c += WG * 8u) {
+            var xs: array<mat2x4<f32>, M>;
+            for (var m = 0u; m < M; m++) {
+                xs[m] = ld_x8(m * k + c);
+            }
+            for (var r = 0u; r < ROWS; r++) {
+                if (n0 + r < p.n) {
+                    let wv = ld_w8((n0 + r) * k + c);
+                    for (var m = 0u; m < M; m++) {
+                        acc[r * M + m] += dot(xs[m][0], wv[0]) + dot(xs[m][1], wv[1]);
+                    }
+                }
+            }
+        }
+    } else {
+        for (var c = lid; c < k; c += WG) {
+            for (var r = 0u; r < ROWS; r++) {
+                if (n0 + r < p.n) {
+                    let wv = ld_w1((n0 + r) * k + c);
+                    for (var m = 0u; m < M; m++) {
+                        acc[r * M + m] += ld_x1(m * k + c) * wv;
+                    }
+                }
+            }
+        }
+    }
+
+    // Workgroup reduction of every accumulator; afterwards `parts` partial sums per
+    // accumulator a sit at red[a * WG + 0 .. parts].
+    var parts = 1u;
+    //SG parts = n_sg;
+    //SG for (var a = 0u; a < NACC; a++) {
+    //SG     let s = subgroupAdd(acc[a]);
+    //SG     if (sg_lane == 0u) { red[a * WG + sg_id] = s; }
+    //SG }
+    //SG workgroupBarrier();
+    for (var a = 0u; a < NACC; a++) { red[a * WG + lid] = acc[a]; } //NOSG
+    workgroupBarrier(); //NOSG
+    for (var s = WG / 2u; s > 0u; s >>= 1u) { //NOSG
+        if (lid < s) { //NOSG
+            for (var a = 0u; a < NACC; a++) { red[a * WG + lid] += red[a * WG + lid + s]; } //NOSG
+        } //NOSG
+        workgroupBarrier(); //NOSG
+    } //NOSG
+
+    // Invocation (m, pair) writes outputs n0 + 2*pair and n0 + 2*pair + 1 of row m.
+    if (lid < M * (ROWS / 2u)) {
+        let m = lid / (ROWS / 2u);
+        let r0 = (lid % (ROWS / 2u)) * 2u;
+        if (n0 + r0 < p.n) {
+            let two = n0 + r0 + 1u < p.n;
+            var v = vec2<f32>(0.0);
+            for (var i = 0u; i < parts; i++) {
+                v.x += red[(r0 * M + m) * WG + i];
+                if (two) {
+                    v.y += red[((r0 + 1u) * M + m) * WG + i];
+                }
+            }
+            let col = p.n_off + n0 + r0;
+            if (HAS_BIAS) {
+                v.x += ld_b(col);
+                if (two) {
+                    v.y += ld_b(col + 1u);
+                }
+            }
+            st_pair(m * p.ldo + col, v.x, v.y, two);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+// Tiled batched matmul with register blocking: C[z] = A[z] . op(B[z]) (+ bias), where
+// A is [M, K] row-major, op(B) = B^T for B [N, K] (B_TRANS, nn.Linear weights, q.k^T) or
+// B for B [K, N]. A TM x TN tile of C per workgroup, BK-deep slices of A and B staged in
+// workgroup memory, a 4x4 block of C per invocation accumulated in f32 registers.
+// A_VEC / B_VEC: the contiguous dim is a multiple of 4 elements, so tile loads are 16-byte
+// (f32) or 8-byte (f16) vector loads. A weight larger than one binding is bound in row
+// chunks (B_TRANS): n counts this chunk's rows and n_off places them in C and the bias.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    n_off: u32,
+    a_bs: u32,
+    b_bs: u32,
+    c_bs: u32,
+}
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const BK: u32 = 16u;
+const WG: u32 = 256u;
+const B_TRANS: bool = true;
+const HAS_BIAS: bool = false;
+const A_VEC: bool = false;
+const B_VEC: bool = false;
+const A_F16: bool = false;
+const B_F16: bool = false;
+const BIAS_F16: bool = false;
+const OUT_F16: bool = false;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> bias: array<u32>;
+@group(0) @binding(4) var<storage, read_write> c: array<u32>;
+
+// As[kk * TM/4 + r/4][r % 4] = A[m0 + r, k0 + kk]; Bs[kk * TN/4 + j/4][j % 4] = opB[k0 + kk, n0 + j].
+var<workgroup> As: array<vec4<f32>, BK * TM / 4u>;
+var<workgroup> Bs: array<vec4<f32>, BK * TN / 4u>;
+
+fn ld_a1(i: u32) -> f32 {
+    if (A_F16) {
+        let wi = i >> 1u;
+        return unpack2x16float(a[wi >> 2u][wi & 3u])[i & 1u];
+    }
+    return bitcast<f32>(a[i >> 2u][i & 3u]);
+}
+
+fn ld_b1(i: u32) -> f32 {
+    if (B_F16) {
+        let wi = i >> 1u;
+        return unpack2x16float(b[wi >> 2u][wi & 3u])[i & 1u];
+    }
+    return bitcast<f32>(b[i >> 2u][i & 3u]);
+}
+
+// Elements i..i+4 with i % 4 == 0.
+fn ld_a4(i: u32) -> vec4<f32> {
+    if (A_F16) {
+        let q = a[i >> 3u];
+        if ((i & 4u) == 0u) {
+            return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        }
+        return vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+    }
+    return bitcast<vec4<f32>>(a[i >> 2u]);
+}
+
+fn ld_b4(i: u32) -> vec4<f32> {
+    if (B_F16) {
+        let q = b[i >> 3u];
+        if ((i & 4u) == 0u) {
+            return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        }
+        return vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+    }
+    return bitcast<vec4<f32>>(b[i >> 2u]);
+}
+
+fn ld_bias(i: u32) -> f32 {
+    if (BIAS_F16) {
+        return unpack2x16float(bias[i >> 1u])[i & 1u];
+    }
+    return bitcast<f32>(bias[i]);
+}
+
+// 4 consecutive elements of row `row` (< rows) from column `col`, zero past `cols`.
+fn ld_a_row4(base: u32, row: u32, rows: u32, col: u32, cols: u32, ld: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (row < rows) {
+        let i = base + row * ld + col;
+        if (A_VEC && col + 3u < cols) {
+            v = ld_a4(i);
+        } else {
+            for (var j = 0u; j < 4u; j++) {
+                if (col + j < cols) {
+                    v[j] = ld_a1(i + j);
+                }
+            }
+        }
+    }
+    return v;
+}
+
+fn ld_b_row4(base: u32, row: u32, rows: u32, col: u32, cols: u32, ld: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (row < rows) {
+        let i = base + row * ld + col;
+        if (B_VEC && col + 3u < cols) {
+            v = ld_b4(i);
+        } else {
+            for (var j = 0u; j < 4u; j++) {
+                if (col + j < cols) {
+                    v[j] = ld_b1(i + j);
+                }
+            }
+        }
+    }
+    return v;
+}
+
+fn st_pair(i: u32, v0: f32, v1: f32, two: bool) {
+    if (OUT_F16) {
+        c[i >> 1u] = pack2x16float(vec2<f32>(v0, v1));
+    } else {
+        c[i] = bitcast<u32>(v0);
+        if (two) {
+            c[i + 1u] = bitcast<u32>(v1);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n0 = wid.x * TN;
+    let m0 = wid.y * TM;
+    let z = wid.z;
+    let a_base = z * p.a_bs;
+    let b_base = z * p.b_bs;
+    let tx = lid % (TN / 4u);
+    let ty = lid / (TN / 4u);
+
+    var acc: array<vec4<f32>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        // A tile: TM rows x BK/4 quads along K.
+        for (var g = lid; g < TM * BK / 4u; g += WG) {
+            let r = g / (BK / 4u);
+            let kq = (g % (BK / 4u)) * 4u;
+            let v = ld_a_row4(a_base, m0 + r, p.m, k0 + kq, p.k, p.lda);
+            for (var j = 0u; j < 4u; j++) {
+                As[(kq + j) * (TM / 4u) + r / 4u][r % 4u] = v[j];
+            }
+        }
+        if (B_TRANS) {
+            // B [N, K]: TN rows x BK/4 quads along K, transposed into Bs.
+            for (var g = lid; g < TN * BK / 4u; g += WG) {
+                let r = g / (BK / 4u);
+                let kq = (g % (BK / 4u)) * 4u;
+                let v = ld_b_row4(b_base, n0 + r, p.n, k0 + kq, p.k, p.ldb);
+                for (var j = 0u; j < 4u; j++) {
+                    Bs[(kq + j) * (TN / 4u) + r / 4u][r % 4u] = v[j];
+                }
+            }
+        } else {
+            // B [K, N]: BK rows x TN/4 quads along N, stored as they are.
+            for (var g = lid; g < BK * TN / 4u; g += WG) {
+                let kk = g / (TN / 4u);
+                let cq = g % (TN / 4u);
+                Bs[kk * (TN / 4u) + cq] = ld_b_row4(b_base, k0 + kk, p.k, n0 + cq * 4u, p.n, p.ldb);
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let av = As[kk * (TM / 4u) + ty];
+            let bv = Bs[kk * (TN / 4u) + tx];
+            acc[0] += av.x * bv;
+            acc[1] += av.y * bv;
+            acc[2] += av.z * bv;
+            acc[3] += av.w * bv;
+        }
+        workgroupBarrier();
+    }
+
+    let col = n0 + tx * 4u;
+    var bv = vec4<f32>(0.0);
+    if (HAS_BIAS) {
+        for (var j = 0u; j < 4u; j++) {
+            if (col + j < p.n) {
+                bv[j] = ld_bias(p.n_off + col + j);
+            }
+        }
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = m0 + ty * 4u + i;
+        if (row < p.m) {
+            let v = acc[i] + bv;
+            let base = z * p.c_bs + row * p.ldc + p.n_off + col;
+            if (col < p.n) {
+                st_pair(base, v.x, v.y, col + 1u < p.n);
+            }
+            if (col + 2u < p.n) {
+                st_pair(base + 2u, v.z, v.w, col + 3u < p.n);
+            }
+        }
+    }
+}

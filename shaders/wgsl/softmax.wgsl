@@ -1,0 +1,165 @@
+// Softmax over the last dim, one workgroup per row, of v = x * scale + mask + bias where
+// mask and bias broadcast to x by element strides (0 = broadcast) over x viewed as
+// [d0, d1, d2, n]; with `causal`, entry j of a row whose dim-2 index is i is excluded when
+// j > i + causal_off (attention scores [B, H, Lq, Lk]: i is the query). Statistics in f32.
+// Outputs are written as element pairs; with an f16 output rows start on a word.
+
+struct Params {
+    rows: u32,
+    n: u32,
+    d1: u32,
+    d2: u32,
+    ms0: u32,
+    ms1: u32,
+    ms2: u32,
+    ms3: u32,
+    bs0: u32,
+    bs1: u32,
+    bs2: u32,
+    bs3: u32,
+    scale: f32,
+    causal: u32,
+    causal_off: u32,
+    groups_x: u32,
+}
+
+const HAS_MASK: bool = false;
+const HAS_BIAS: bool = false;
+const X_F16: bool = false;
+const OUT_F16: bool = false;
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<u32>;
+@group(0) @binding(2) var<storage, read> mask: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<u32>;
+
+var<workgroup> red: array<f32, WG>;
+
+fn ld_x(i: u32) -> f32 {
+    if (X_F16) {
+        return unpack2x16float(x[i >> 1u])[i & 1u];
+    }
+    return bitcast<f32>(x[i]);
+}
+
+fn st_pair(i: u32, v0: f32, v1: f32, two: bool) {
+    if (OUT_F16) {
+        out[i >> 1u] = pack2x16float(vec2<f32>(v0, v1));
+    } else {
+        out[i] = bitcast<u32>(v0);
+        if (two) {
+            out[i + 1u] = bitcast<u32>(v1);
+        }
+    }
+}
+
+fn wg_sum(v: f32, lid: u32, sg: vec3<u32>) -> f32 {
+    //SG let s = subgroupAdd(v);
+    //SG if (sg.x == 0u) { red[sg.y] = s; }
+    //SG workgroupBarrier();
+    //SG var t = 0.0;
+    //SG for (var i = 0u; i < sg.z; i++) { t += red[i]; }
+    //SG workgroupBarrier();
+    //SG return t;
+    red[lid] = v; //NOSG
+    workgroupBarrier(); //NOSG
+    for (var s = WG / 2u; s > 0u; s >>= 1u) { //NOSG
+        if (lid < s) { red[lid] += red[lid + s]; } //NOSG
+        workgroupBarrier(); //NOSG
+    } //NOSG
+    let t = red[0]; //NOSG
+    workgroupBarrier(); //NOSG
+    return t; //NOSG
+}
+
+fn wg_max(v: f32, lid: u32, sg: vec3<u32>) -> f32 {
+    //SG let s = subgroupMax(v);
+    //SG if (sg.x == 0u) { red[sg.y] = s; }
+    //SG workgroupBarrier();
+    //SG var t = red[0];
+    //SG for (var i = 1u; i < sg.z; i++) { t = max(t, red[i]); }
+    //SG workgroupBarrier();
+    //SG return t;
+    red[lid] = v; //NOSG
+    workgroupBarrier(); //NOSG
+    for (var s = WG / 2u; s > 0u; s >>= 1u) { //NOSG
+        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); } //NOSG
+        workgroupBarrier(); //NOSG
+    } //NOSG
+    let t = red[0]; //NOSG
+    workgroupBarrier(); //NOSG
+    return t; //NOSG
+}
+
+// Most negative finite f32, so rows masked with f32::MIN still find their max.
+const NEG_INF: f32 = -3.40282347e38;
+
+// Scaled, masked and biased logit of entry j; `false` when causal masking excludes it.
+fn logit(base: u32, moff: u32, boff: u32, i2: u32, j: u32, v: ptr<function, f32>) -> bool {
+    if (p.causal != 0u && j > i2 + p.causal_off) {
+        return false;
+    }
+    var s = ld_x(base + j) * p.scale;
+    if (HAS_MASK) {
+        s += mask[moff + j * p.ms3];
+    }
+    if (HAS_BIAS) {
+        s += bias[boff + j * p.bs3];
+    }
+    *v = s;
+    return true;
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    //SG @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let sg = vec3<u32>(0u); //NOSG
+    //SG let sg = vec3<u32>(sg_lane, sg_id, n_sg);
+    let row = wid.x + wid.y * p.groups_x;
+    if (row >= p.rows) {
+        return;
+    }
+    let n = p.n;
+    let base = row * n;
+    let i2 = row % p.d2;
+    let i1 = (row / p.d2) % p.d1;
+    let i0 = row / (p.d2 * p.d1);
+    let moff = i0 * p.ms0 + i1 * p.ms1 + i2 * p.ms2;
+    let boff = i0 * p.bs0 + i1 * p.bs1 + i2 * p.bs2;
+
+    var m = NEG_INF;
+    for (var j = lid; j < n; j += WG) {
+        var v = 0.0;
+        if (logit(base, moff, boff, i2, j, &v)) {
+            m = max(m, v);
+        }
+    }
+    m = wg_max(m, lid, sg);
+    var s = 0.0;
+    for (var j = lid; j < n; j += WG) {
+        var v = 0.0;
+        if (logit(base, moff, boff, i2, j, &v)) {
+            s += exp(v - m);
+        }
+    }
+    let inv = 1.0 / wg_sum(s, lid, sg);
+    for (var pr = lid; pr * 2u < n; pr += WG) {
+        let j0 = pr * 2u;
+        let two = j0 + 1u < n;
+        var v = 0.0;
+        var y0 = 0.0;
+        if (logit(base, moff, boff, i2, j0, &v)) {
+            y0 = exp(v - m) * inv;
+        }
+        var y1 = 0.0;
+        if (two && logit(base, moff, boff, i2, j0 + 1u, &v)) {
+            y1 = exp(v - m) * inv;
+        }
+        st_pair(base + j0, y0, y1, two);
+    }
+}
