@@ -239,7 +239,11 @@ pub fn draw_scene(seed: u64) -> Scene {
 
     let mut objects = Vec::with_capacity(count);
     for i in 0..count {
-        let size = if rng.below(2) == 0 { Size::Small } else { Size::Large };
+        let size = if rng.below(2) == 0 {
+            Size::Small
+        } else {
+            Size::Large
+        };
         let (lo, hi) = match size {
             Size::Small => SMALL_SIDE,
             Size::Large => LARGE_SIDE,
@@ -311,7 +315,12 @@ fn paint(image: &mut RgbImage, obj: &SceneObject) {
 }
 
 fn object_phrase(obj: &SceneObject) -> String {
-    format!("a {} {} {}", obj.size.name(), obj.colour.name(), obj.shape.name())
+    format!(
+        "a {} {} {}",
+        obj.size.name(),
+        obj.colour.name(),
+        obj.shape.name()
+    )
 }
 
 fn caption(background: Background, objects: &[SceneObject]) -> String {
@@ -343,7 +352,10 @@ fn qa(question: String, answer: &str) -> QaPair {
 /// Every question the scene answers unambiguously, in a fixed order.
 fn questions(background: Background, objects: &[SceneObject]) -> Vec<QaPair> {
     let mut out = vec![
-        qa("how many shapes are there?".into(), number_word(objects.len())),
+        qa(
+            "how many shapes are there?".into(),
+            number_word(objects.len()),
+        ),
         qa("what color is the background?".into(), background.name()),
     ];
     for obj in objects {
@@ -355,7 +367,10 @@ fn questions(background: Background, objects: &[SceneObject]) -> Vec<QaPair> {
     }
     for shape in Shape::ALL {
         let present = objects.iter().any(|o| o.shape == shape);
-        out.push(qa(format!("is there a {}?", shape.name()), if present { "yes" } else { "no" }));
+        out.push(qa(
+            format!("is there a {}?", shape.name()),
+            if present { "yes" } else { "no" },
+        ));
     }
     out
 }
@@ -396,16 +411,29 @@ pub fn scene_json(scene: &Scene) -> String {
 /// Errors of [`write_scene_batch`].
 #[derive(Debug)]
 pub enum SceneError {
-    Io { path: PathBuf, source: std::io::Error },
-    Png { path: PathBuf, source: image::ImageError },
-    SeedOverflow { first_seed: u64, count: u64 },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Png {
+        path: PathBuf,
+        source: image::ImageError,
+    },
+    SeedOverflow {
+        first_seed: u64,
+        count: u64,
+    },
 }
 
 impl fmt::Display for SceneError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SceneError::Io { path, source } => write!(f, "cannot write {}: {source}", path.display()),
-            SceneError::Png { path, source } => write!(f, "cannot encode {}: {source}", path.display()),
+            SceneError::Io { path, source } => {
+                write!(f, "cannot write {}: {source}", path.display())
+            }
+            SceneError::Png { path, source } => {
+                write!(f, "cannot encode {}: {source}", path.display())
+            }
             SceneError::SeedOverflow { first_seed, count } => {
                 write!(f, "seed range {first_seed} + {count} overflows u64")
             }
@@ -427,7 +455,9 @@ impl std::error::Error for SceneError {
 /// `dir/scenes.jsonl` (one `{"seed", "file", "caption", "qa"}` object per line, in seed order).
 /// Creates `dir` if needed. Returns the path of the JSONL file.
 pub fn write_scene_batch(dir: &Path, first_seed: u64, count: u64) -> Result<PathBuf, SceneError> {
-    let end = first_seed.checked_add(count).ok_or(SceneError::SeedOverflow { first_seed, count })?;
+    let end = first_seed
+        .checked_add(count)
+        .ok_or(SceneError::SeedOverflow { first_seed, count })?;
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SceneError::Io { path, source }
@@ -483,7 +513,12 @@ mod tests {
             let colour = *Colour::ALL
                 .iter()
                 .find(|c| c.rgb() == p.0)
-                .unwrap_or_else(|| panic!("pixel ({x},{y}) has a colour outside the palette: {:?}", p.0));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "pixel ({x},{y}) has a colour outside the palette: {:?}",
+                        p.0
+                    )
+                });
             let r = by_colour.entry(p.0).or_insert(Region {
                 colour,
                 min_x: x,
@@ -520,7 +555,13 @@ mod tests {
 
     fn answer(scene: &Scene, question: &str) -> String {
         let hits: Vec<&QaPair> = scene.qa.iter().filter(|p| p.question == question).collect();
-        assert_eq!(hits.len(), 1, "seed {}: question {question:?} asked {} times", scene.seed, hits.len());
+        assert_eq!(
+            hits.len(),
+            1,
+            "seed {}: question {question:?} asked {} times",
+            scene.seed,
+            hits.len()
+        );
         hits[0].answer.clone()
     }
 
@@ -569,7 +610,11 @@ mod tests {
                 .find(|b| b.rgb() == scene.image.get_pixel(0, 0).0)
                 .expect("corner pixel is a background colour");
             let regs = regions(&scene.image, bg);
-            assert!((1..=3).contains(&regs.len()), "seed {seed}: {} regions", regs.len());
+            assert!(
+                (1..=3).contains(&regs.len()),
+                "seed {seed}: {} regions",
+                regs.len()
+            );
             counts[regs.len()] += 1;
 
             let mut phrases = Vec::new();
@@ -579,7 +624,10 @@ mod tests {
                 let size = if w <= SMALL_SIDE.1 as u32 {
                     Size::Small
                 } else {
-                    assert!(w >= LARGE_SIDE.0 as u32, "seed {seed}: side {w} between the size classes");
+                    assert!(
+                        w >= LARGE_SIDE.0 as u32,
+                        "seed {seed}: side {w} between the size classes"
+                    );
                     Size::Large
                 };
                 // Slot from the box centre in thirds of the image.
@@ -588,31 +636,68 @@ mod tests {
                 let shape = shape_of(r);
                 shapes_seen.insert(shape);
                 let (s, c) = (shape.name(), r.colour.name());
-                assert_eq!(answer(&scene, &format!("what color is the {s}?")), c, "seed {seed}");
-                assert_eq!(answer(&scene, &format!("what shape is {c}?")), s, "seed {seed}");
-                assert_eq!(answer(&scene, &format!("what size is the {s}?")), size.name(), "seed {seed}");
-                assert_eq!(answer(&scene, &format!("where is the {s}?")), position.name(), "seed {seed}");
+                assert_eq!(
+                    answer(&scene, &format!("what color is the {s}?")),
+                    c,
+                    "seed {seed}"
+                );
+                assert_eq!(
+                    answer(&scene, &format!("what shape is {c}?")),
+                    s,
+                    "seed {seed}"
+                );
+                assert_eq!(
+                    answer(&scene, &format!("what size is the {s}?")),
+                    size.name(),
+                    "seed {seed}"
+                );
+                assert_eq!(
+                    answer(&scene, &format!("where is the {s}?")),
+                    position.name(),
+                    "seed {seed}"
+                );
                 phrases.push(format!("a {} {c} {s}", size.name()));
             }
             let n = regs.len();
-            assert_eq!(answer(&scene, "how many shapes are there?"), ["one", "two", "three"][n - 1]);
+            assert_eq!(
+                answer(&scene, "how many shapes are there?"),
+                ["one", "two", "three"][n - 1]
+            );
             assert_eq!(answer(&scene, "what color is the background?"), bg.name());
             let present: HashSet<Shape> = regs.iter().map(shape_of).collect();
             assert_eq!(present.len(), n, "seed {seed}: a shape occurs twice");
             for shape in Shape::ALL {
-                let yes = if present.contains(&shape) { "yes" } else { "no" };
-                assert_eq!(answer(&scene, &format!("is there a {}?", shape.name())), yes);
+                let yes = if present.contains(&shape) {
+                    "yes"
+                } else {
+                    "no"
+                };
+                assert_eq!(
+                    answer(&scene, &format!("is there a {}?", shape.name())),
+                    yes
+                );
             }
-            assert_eq!(scene.qa.len(), 2 + 4 * n + 3, "seed {seed}: unexpected extra questions");
+            assert_eq!(
+                scene.qa.len(),
+                2 + 4 * n + 3,
+                "seed {seed}: unexpected extra questions"
+            );
             let list = match n {
                 1 => phrases[0].clone(),
                 2 => format!("{} and {}", phrases[0], phrases[1]),
                 _ => format!("{}, {} and {}", phrases[0], phrases[1], phrases[2]),
             };
-            assert_eq!(scene.caption, format!("{list} on a {} background", bg.name()), "seed {seed}");
+            assert_eq!(
+                scene.caption,
+                format!("{list} on a {} background", bg.name()),
+                "seed {seed}"
+            );
         }
         // Each object count and each shape occurs (3000 draws: each count has p = 1/3).
-        assert!(counts[1] > 800 && counts[2] > 800 && counts[3] > 800, "{counts:?}");
+        assert!(
+            counts[1] > 800 && counts[2] > 800 && counts[3] > 800,
+            "{counts:?}"
+        );
         assert_eq!(shapes_seen.len(), 3);
     }
 
@@ -642,7 +727,8 @@ mod tests {
             let scene = draw_scene(seed);
             assert_eq!(v["seed"], seed);
             assert_eq!(v["caption"], scene.caption.as_str());
-            let png = image::open(dir.join(v["file"].as_str().expect("file name"))).expect("png readable");
+            let png = image::open(dir.join(v["file"].as_str().expect("file name")))
+                .expect("png readable");
             assert_eq!(png.to_rgb8(), scene.image, "PNG is lossless");
         }
         std::fs::remove_dir_all(&dir).expect("temp dir removed");
@@ -661,6 +747,9 @@ mod tests {
     fn answers_normalise() {
         assert_eq!(normalize_answer(" Red.\n"), "red");
         assert_eq!(normalize_answer("left"), "left");
-        assert_eq!(vqa_prompt("how many shapes are there?"), "Question: how many shapes are there? Answer:");
+        assert_eq!(
+            vqa_prompt("how many shapes are there?"),
+            "Question: how many shapes are there? Answer:"
+        );
     }
 }

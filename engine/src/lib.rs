@@ -11,6 +11,8 @@ mod error;
 pub mod gpu;
 pub mod ops;
 mod tensor;
+#[doc(hidden)]
+pub mod testing;
 
 pub use device::{Device, DeviceInfo};
 pub use dtype::{DType, StoredDType};

@@ -8,7 +8,9 @@
 //! reference the ≥ 50% requirement is measured against).
 
 use blip2_kernels::*;
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use half::f16;
 use std::hint::black_box;
 use std::time::Duration;
@@ -28,8 +30,8 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
 
 fn short(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     g.sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1500))
         .sampling_mode(SamplingMode::Flat);
 }
 
@@ -48,7 +50,20 @@ fn matmul_vit(c: &mut Criterion) {
             g.throughput(Throughput::Elements((2 * m * n * k) as u64));
             for isa in supported_isas() {
                 g.bench_function(BenchmarkId::new("ours", isa.name()), |bch| {
-                    bch.iter(|| matmul_with(isa, 1, black_box(&a), BSlice::F32(&b), None, &mut out, m, k, n, bt))
+                    bch.iter(|| {
+                        matmul_with(
+                            isa,
+                            1,
+                            black_box(&a),
+                            BSlice::F32(&b),
+                            None,
+                            &mut out,
+                            m,
+                            k,
+                            n,
+                            bt,
+                        )
+                    })
                 });
             }
             // op(B) as gemm's rhs (k×n): element (p, j) at p·rs + j·cs.
@@ -83,7 +98,20 @@ fn matmul_vit(c: &mut Criterion) {
             });
             let best = isa();
             g.bench_function(BenchmarkId::new("ours_mt", best.name()), |bch| {
-                bch.iter(|| matmul_with(best, 0, black_box(&a), BSlice::F32(&b), None, &mut out, m, k, n, bt))
+                bch.iter(|| {
+                    matmul_with(
+                        best,
+                        0,
+                        black_box(&a),
+                        BSlice::F32(&b),
+                        None,
+                        &mut out,
+                        m,
+                        k,
+                        n,
+                        bt,
+                    )
+                })
             });
             g.finish();
         }
@@ -94,7 +122,11 @@ fn matmul_vit(c: &mut Criterion) {
 fn matmul_blip2(c: &mut Criterion) {
     let mut g = c.benchmark_group("matmul_flops/blip2");
     short(&mut g);
-    for &(m, k, n) in &[(32usize, 768usize, 3072usize), (32, 1408, 768), (40, 2560, 10240)] {
+    for &(m, k, n) in &[
+        (32usize, 768usize, 3072usize),
+        (32, 1408, 768),
+        (40, 2560, 10240),
+    ] {
         let a = rand_vec(m * k, 3);
         let b = rand_vec(k * n, 4);
         let mut out = vec![0.0f32; m * n];
@@ -102,7 +134,20 @@ fn matmul_blip2(c: &mut Criterion) {
         let best = isa();
         for (name, threads) in [("ours", 1), ("ours_mt", 0)] {
             g.bench_function(BenchmarkId::new(name, format!("{m}x{k}x{n}")), |bch| {
-                bch.iter(|| matmul_with(best, threads, black_box(&a), BSlice::F32(&b), None, &mut out, m, k, n, true))
+                bch.iter(|| {
+                    matmul_with(
+                        best,
+                        threads,
+                        black_box(&a),
+                        BSlice::F32(&b),
+                        None,
+                        &mut out,
+                        m,
+                        k,
+                        n,
+                        true,
+                    )
+                })
             });
         }
     }
@@ -125,9 +170,25 @@ fn gemv(c: &mut Criterion) {
             }
             g.throughput(Throughput::Bytes((k * n * bytes) as u64));
             for (name, threads) in [("ours", 1), ("ours_mt", 0)] {
-                g.bench_function(BenchmarkId::new(name, format!("1x{k}x{n}/{dt}/{}", best.name())), |bch| {
-                    bch.iter(|| matmul_with(best, threads, black_box(&a), bs, None, &mut out, 1, k, n, true))
-                });
+                g.bench_function(
+                    BenchmarkId::new(name, format!("1x{k}x{n}/{dt}/{}", best.name())),
+                    |bch| {
+                        bch.iter(|| {
+                            matmul_with(
+                                best,
+                                threads,
+                                black_box(&a),
+                                bs,
+                                None,
+                                &mut out,
+                                1,
+                                k,
+                                n,
+                                true,
+                            )
+                        })
+                    },
+                );
             }
         }
     }
@@ -140,8 +201,32 @@ fn attention_bench(c: &mut Criterion) {
     let best = isa();
     // ViT-g self-attention; OPT decode step (32 heads × 1 query over 64 cached keys, d = 80).
     let cases = [
-        ("vit_16x257x88", AttnParams { batch: 1, heads: 16, lq: 257, lk: 257, lk_cap: 257, head_dim: 88, scale: 88f32.powf(-0.5), causal_offset: None }),
-        ("decode_32x1x64x80", AttnParams { batch: 1, heads: 32, lq: 1, lk: 64, lk_cap: 128, head_dim: 80, scale: 80f32.powf(-0.5), causal_offset: Some(63) }),
+        (
+            "vit_16x257x88",
+            AttnParams {
+                batch: 1,
+                heads: 16,
+                lq: 257,
+                lk: 257,
+                lk_cap: 257,
+                head_dim: 88,
+                scale: 88f32.powf(-0.5),
+                causal_offset: None,
+            },
+        ),
+        (
+            "decode_32x1x64x80",
+            AttnParams {
+                batch: 1,
+                heads: 32,
+                lq: 1,
+                lk: 64,
+                lk_cap: 128,
+                head_dim: 80,
+                scale: 80f32.powf(-0.5),
+                causal_offset: Some(63),
+            },
+        ),
     ];
     for (label, p) in cases {
         let bh = p.batch * p.heads;
@@ -149,11 +234,28 @@ fn attention_bench(c: &mut Criterion) {
         let k = rand_vec(bh * p.lk_cap * p.head_dim, 8);
         let v = rand_vec(bh * p.lk_cap * p.head_dim, 9);
         let mut out = vec![0.0f32; q.len()];
-        g.throughput(Throughput::Elements((4 * bh * p.lq * p.lk * p.head_dim) as u64));
+        g.throughput(Throughput::Elements(
+            (4 * bh * p.lq * p.lk * p.head_dim) as u64,
+        ));
         for (name, threads) in [("ours", 1), ("ours_mt", 0)] {
-            g.bench_function(BenchmarkId::new(name, format!("{label}/{}", best.name())), |bch| {
-                bch.iter(|| attention_with(best, threads, black_box(&q), &k, &v, None, None, &mut out, &p))
-            });
+            g.bench_function(
+                BenchmarkId::new(name, format!("{label}/{}", best.name())),
+                |bch| {
+                    bch.iter(|| {
+                        attention_with(
+                            best,
+                            threads,
+                            black_box(&q),
+                            &k,
+                            &v,
+                            None,
+                            None,
+                            &mut out,
+                            &p,
+                        )
+                    })
+                },
+            );
         }
     }
     g.finish();
@@ -202,5 +304,12 @@ fn rowwise(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul_vit, matmul_blip2, gemv, attention_bench, rowwise);
+criterion_group!(
+    benches,
+    matmul_vit,
+    matmul_blip2,
+    gemv,
+    attention_bench,
+    rowwise
+);
 criterion_main!(benches);

@@ -86,13 +86,31 @@ pub fn attention_with(
     p: &AttnParams,
 ) {
     let isa = isa.resolve();
-    let &AttnParams { batch, heads, lq, lk, lk_cap, head_dim: d, scale, causal_offset } = p;
+    let &AttnParams {
+        batch,
+        heads,
+        lq,
+        lk,
+        lk_cap,
+        head_dim: d,
+        scale,
+        causal_offset,
+    } = p;
     let bh = batch * heads;
     assert!(lk <= lk_cap, "attention: lk > lk_cap");
-    assert!(q.len() == bh * lq * d && out.len() == q.len(), "attention: q/out length");
-    assert!(k.len() == bh * lk_cap * d && v.len() == k.len(), "attention: k/v length");
+    assert!(
+        q.len() == bh * lq * d && out.len() == q.len(),
+        "attention: q/out length"
+    );
+    assert!(
+        k.len() == bh * lk_cap * d && v.len() == k.len(),
+        "attention: k/v length"
+    );
     if let Some((m, rows)) = mask {
-        assert!((rows == 1 || rows == lq) && m.len() == batch * rows * lk, "attention: mask shape");
+        assert!(
+            (rows == 1 || rows == lq) && m.len() == batch * rows * lk,
+            "attention: mask shape"
+        );
     }
     if let Some(b) = bias {
         assert_eq!(b.len(), heads * lq * lk, "attention: bias shape");
@@ -105,7 +123,11 @@ pub fn attention_with(
         out.fill(0.0);
         return;
     }
-    let threads = if threads == 0 { rayon::current_num_threads() } else { threads };
+    let threads = if threads == 0 {
+        rayon::current_num_threads()
+    } else {
+        threads
+    };
     // Query blocks bound the score scratch (≤ 128 rows × lk) and give idle threads work when
     // b·h is small; block sizes are whole microkernel tiles.
     let nqb = lq.div_ceil(128).max((2 * threads).div_ceil(bh)).min(lq);
@@ -124,7 +146,19 @@ pub fn attention_with(
         // SAFETY: offsets are inside the asserted lengths; each task writes its own rows of
         // `out` (distinct (bhi, query block)), and `s` is task-local.
         unsafe {
-            gemm_rows(isa, rows, lk, d, q.as_ptr().add(qo), d, k.as_ptr().add(ko), d, true, s.as_mut_ptr(), lk);
+            gemm_rows(
+                isa,
+                rows,
+                lk,
+                d,
+                q.as_ptr().add(qo),
+                d,
+                k.as_ptr().add(ko),
+                d,
+                true,
+                s.as_mut_ptr(),
+                lk,
+            );
         }
         for (r, row) in s.chunks_exact_mut(lk).enumerate() {
             let i = i0 + r;
@@ -140,11 +174,26 @@ pub fn attention_with(
         let op = outp;
         // SAFETY: as above.
         unsafe {
-            gemm_rows(isa, rows, d, lk, s.as_ptr(), lk, v.as_ptr().add(ko), d, false, op.0.add(qo), d);
+            gemm_rows(
+                isa,
+                rows,
+                d,
+                lk,
+                s.as_ptr(),
+                lk,
+                v.as_ptr().add(ko),
+                d,
+                false,
+                op.0.add(qo),
+                d,
+            );
         }
     };
     let total = bh * nqb;
-    if threads <= 1 || total <= 1 {
+    // Below ~1 M multiply-adds (a decode step over a short cache) a rayon round trip costs
+    // more than the work.
+    let small = bh * lq * lk * d < (1 << 20);
+    if threads <= 1 || total <= 1 || small {
         (0..total).for_each(task);
     } else {
         (0..total).into_par_iter().for_each(task);

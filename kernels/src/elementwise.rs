@@ -158,7 +158,10 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
 
 /// [`add`] on a chosen instruction set.
 pub fn add_with(isa: Isa, a: &[f32], b: &[f32], out: &mut [f32]) {
-    assert!(a.len() == out.len() && b.len() == out.len(), "add: length mismatch");
+    assert!(
+        a.len() == out.len() && b.len() == out.len(),
+        "add: length mismatch"
+    );
     add_isa(isa.resolve(), a, b, out)
 }
 
@@ -169,7 +172,10 @@ pub fn mul(a: &[f32], b: &[f32], out: &mut [f32]) {
 
 /// [`mul`] on a chosen instruction set.
 pub fn mul_with(isa: Isa, a: &[f32], b: &[f32], out: &mut [f32]) {
-    assert!(a.len() == out.len() && b.len() == out.len(), "mul: length mismatch");
+    assert!(
+        a.len() == out.len() && b.len() == out.len(),
+        "mul: length mismatch"
+    );
     mul_isa(isa.resolve(), a, b, out)
 }
 
@@ -211,7 +217,10 @@ fn for_rows(dst: &mut [f32], src: &[f32], what: &str, mut f: impl FnMut(&mut [f3
     if dst.is_empty() {
         return;
     }
-    assert!(!src.is_empty() && dst.len() % src.len() == 0, "{what}: src length must divide dst length");
+    assert!(
+        !src.is_empty() && dst.len().is_multiple_of(src.len()),
+        "{what}: src length must divide dst length"
+    );
     for d in dst.chunks_exact_mut(src.len()) {
         f(d, src);
     }

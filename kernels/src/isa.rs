@@ -110,7 +110,10 @@ fn supported_mask() -> u8 {
 
 /// The best instruction set this CPU supports, ignoring `BLIP2_CPU_ISA`.
 pub fn best_isa() -> Isa {
-    Isa::ALL.into_iter().find(|i| i.is_supported()).unwrap_or(Isa::Scalar)
+    Isa::ALL
+        .into_iter()
+        .find(|i| i.is_supported())
+        .unwrap_or(Isa::Scalar)
 }
 
 /// Every instruction set this CPU supports, best first (always ends with `Scalar`).
@@ -125,15 +128,25 @@ pub fn supported_isas() -> Vec<Isa> {
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        let best = best_isa();
-        match std::env::var("BLIP2_CPU_ISA").ok().as_deref().and_then(Isa::parse) {
-            Some(req) if req.is_supported() => req,
-            // Never enable what the CPU lacks: the best supported set at or below the request.
-            Some(req) if best.rank() <= req.rank() => best,
-            Some(req) => req.resolve(),
-            None => best,
-        }
+        choose(
+            std::env::var("BLIP2_CPU_ISA")
+                .ok()
+                .as_deref()
+                .and_then(Isa::parse),
+            best_isa(),
+        )
     })
+}
+
+/// The `BLIP2_CPU_ISA` rule: a supported request wins; otherwise never enable what the CPU
+/// lacks — the best supported set at or below the request.
+fn choose(req: Option<Isa>, best: Isa) -> Isa {
+    match req {
+        Some(r) if r.is_supported() => r,
+        Some(r) if best.rank() <= r.rank() => best,
+        Some(r) => r.resolve(),
+        None => best,
+    }
 }
 
 impl Isa {
@@ -172,3 +185,23 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_override_only_lowers() {
+        let best = best_isa();
+        assert_eq!(choose(None, best), best);
+        assert_eq!(choose(Some(Isa::Scalar), best), Isa::Scalar);
+        for req in Isa::ALL {
+            let got = choose(Some(req), best);
+            assert!(got.is_supported(), "{req} -> {got}");
+            assert!(got.rank() <= best.rank());
+            if req.is_supported() {
+                assert_eq!(got, req);
+            }
+        }
+    }
+}

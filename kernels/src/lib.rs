@@ -21,11 +21,14 @@ mod vmath;
 mod x86;
 
 pub use attention::{AttnParams, attention, attention_with};
-pub use convert::{bf16_to_f32, bf16_to_f32_with, f16_to_f32, f16_to_f32_with, f32_to_f16, f32_to_f16_with};
+pub use convert::{
+    bf16_to_f32, bf16_to_f32_with, f16_to_f32, f16_to_f32_with, f32_to_f16, f32_to_f16_with,
+};
 pub use elementwise::{
-    add, add_inplace, add_inplace_with, add_with, gelu_erf_inplace, gelu_erf_inplace_with, gelu_tanh_inplace,
-    gelu_tanh_inplace_with, mul, mul_inplace, mul_inplace_with, mul_with, relu_inplace, relu_inplace_with,
-    scale_inplace, scale_inplace_with, softmax_inplace, softmax_inplace_with,
+    add, add_inplace, add_inplace_with, add_with, gelu_erf_inplace, gelu_erf_inplace_with,
+    gelu_tanh_inplace, gelu_tanh_inplace_with, mul, mul_inplace, mul_inplace_with, mul_with,
+    relu_inplace, relu_inplace_with, scale_inplace, scale_inplace_with, softmax_inplace,
+    softmax_inplace_with,
 };
 pub use gemm::{BSlice, batched_matmul, batched_matmul_with, matmul, matmul_with};
 pub use im2col::im2col_patches;

@@ -35,7 +35,11 @@ pub(crate) unsafe fn ukr_neon(
             for i in 0..MR {
                 for v in 0..2 {
                     let p = c.add(i * ldc + 4 * v);
-                    let r = if accumulate { vaddq_f32(vld1q_f32(p), acc[i][v]) } else { acc[i][v] };
+                    let r = if accumulate {
+                        vaddq_f32(vld1q_f32(p), acc[i][v])
+                    } else {
+                        acc[i][v]
+                    };
                     vst1q_f32(p, r);
                 }
             }
@@ -48,7 +52,11 @@ pub(crate) unsafe fn ukr_neon(
             for i in 0..rows {
                 for j in 0..cols {
                     let p = c.add(i * ldc + j);
-                    *p = if accumulate { *p + tmp[i][j] } else { tmp[i][j] };
+                    *p = if accumulate {
+                        *p + tmp[i][j]
+                    } else {
+                        tmp[i][j]
+                    };
                 }
             }
         }

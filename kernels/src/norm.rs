@@ -52,12 +52,26 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], cols: usize,
 }
 
 /// [`layer_norm`] on a chosen instruction set.
-pub fn layer_norm_with(isa: Isa, x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], cols: usize, eps: f32) {
+pub fn layer_norm_with(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    cols: usize,
+    eps: f32,
+) {
     if x.is_empty() {
         return;
     }
-    assert!(cols > 0 && x.len() % cols == 0 && out.len() == x.len(), "layer_norm: shape");
-    assert!(w.len() == cols && (b.is_empty() || b.len() == cols), "layer_norm: weight/bias length");
+    assert!(
+        cols > 0 && x.len().is_multiple_of(cols) && out.len() == x.len(),
+        "layer_norm: shape"
+    );
+    assert!(
+        w.len() == cols && (b.is_empty() || b.len() == cols),
+        "layer_norm: weight/bias length"
+    );
     layer_norm_isa(isa.resolve(), x, w, b, out, cols, eps)
 }
 
@@ -72,7 +86,10 @@ pub fn rms_norm_with(isa: Isa, x: &[f32], w: &[f32], out: &mut [f32], cols: usiz
     if x.is_empty() {
         return;
     }
-    assert!(cols > 0 && x.len() % cols == 0 && out.len() == x.len(), "rms_norm: shape");
+    assert!(
+        cols > 0 && x.len().is_multiple_of(cols) && out.len() == x.len(),
+        "rms_norm: shape"
+    );
     assert!(w.len() == cols, "rms_norm: weight length");
     rms_norm_isa(isa.resolve(), x, w, out, cols, eps)
 }

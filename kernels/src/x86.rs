@@ -4,6 +4,11 @@
 
 use std::arch::x86_64::*;
 
+/// How far ahead (bytes) the row-dot GEMV prefetches each weight row: measured on Zen 5, it
+/// lifts f16 weight streaming from DRAM by ~40% (f32 unchanged); a prefetch past the end of
+/// the matrix is harmless (it never faults).
+const PREFETCH_BYTES: usize = 2048;
+
 /// AVX-512 register-blocked microkernel: C[rows×cols] (+)= Apanel[kc×MR]·Bpanel[kc×16NV].
 ///
 /// `a` is an A micro-panel packed as [kc][MR], `b` a B micro-panel packed as [kc][16·NV]
@@ -44,7 +49,11 @@ pub(crate) unsafe fn ukr_avx512<const MR: usize, const NV: usize>(
             for i in 0..MR.min(rows) {
                 for v in 0..NV {
                     let p = c.add(i * ldc + 16 * v);
-                    let r = if accumulate { _mm512_add_ps(_mm512_loadu_ps(p), acc[i][v]) } else { acc[i][v] };
+                    let r = if accumulate {
+                        _mm512_add_ps(_mm512_loadu_ps(p), acc[i][v])
+                    } else {
+                        acc[i][v]
+                    };
                     _mm512_storeu_ps(p, r);
                 }
             }
@@ -104,7 +113,11 @@ pub(crate) unsafe fn ukr_avx2<const MR: usize, const NV: usize>(
             for i in 0..MR {
                 for v in 0..NV {
                     let p = c.add(i * ldc + 8 * v);
-                    let r = if accumulate { _mm256_add_ps(_mm256_loadu_ps(p), acc[i][v]) } else { acc[i][v] };
+                    let r = if accumulate {
+                        _mm256_add_ps(_mm256_loadu_ps(p), acc[i][v])
+                    } else {
+                        acc[i][v]
+                    };
                     _mm256_storeu_ps(p, r);
                 }
             }
@@ -158,7 +171,14 @@ macro_rules! gemv_x86 {
         /// out[j] = Σ_p a[p]·w[j·ld + p] for j < n (rows of W dotted with a; W is [n×k]).
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
         #[allow(clippy::needless_range_loop)]
-        pub(crate) unsafe fn $t512(k: usize, a: *const f32, w: *const $ty, ld: usize, n: usize, out: *mut f32) {
+        pub(crate) unsafe fn $t512(
+            k: usize,
+            a: *const f32,
+            w: *const $ty,
+            ld: usize,
+            n: usize,
+            out: *mut f32,
+        ) {
             // SAFETY: caller guarantees a[0..k], w rows j < n of length k, out[0..n].
             unsafe {
                 let mut j = 0;
@@ -166,14 +186,26 @@ macro_rules! gemv_x86 {
                     // Four rows at a time share the loads of `a`; 8 independent FMA chains.
                     let r = (n - j).min(4);
                     let mut acc = [[_mm512_setzero_ps(); 2]; 4];
-                    let rows = [w.add(j * ld), w.add((j + 1.min(r - 1)) * ld), w.add((j + 2.min(r - 1)) * ld), w.add((j + 3.min(r - 1)) * ld)];
+                    let rows = [
+                        w.add(j * ld),
+                        w.add((j + 1.min(r - 1)) * ld),
+                        w.add((j + 2.min(r - 1)) * ld),
+                        w.add((j + 3.min(r - 1)) * ld),
+                    ];
                     let mut p = 0;
                     while p + 32 <= k {
                         let a0 = _mm512_loadu_ps(a.add(p));
                         let a1 = _mm512_loadu_ps(a.add(p + 16));
                         for q in 0..4 {
-                            acc[q][0] = _mm512_fmadd_ps(a0, w512!($kind, rows[q].add(p)), acc[q][0]);
-                            acc[q][1] = _mm512_fmadd_ps(a1, w512!($kind, rows[q].add(p + 16)), acc[q][1]);
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                (rows[q].add(p) as *const i8).wrapping_add(PREFETCH_BYTES),
+                            );
+                        }
+                        for q in 0..4 {
+                            acc[q][0] =
+                                _mm512_fmadd_ps(a0, w512!($kind, rows[q].add(p)), acc[q][0]);
+                            acc[q][1] =
+                                _mm512_fmadd_ps(a1, w512!($kind, rows[q].add(p + 16)), acc[q][1]);
                         }
                         p += 32;
                     }
@@ -181,7 +213,8 @@ macro_rules! gemv_x86 {
                         let m = ((1u32 << (k - p).min(16)) - 1) as u16;
                         let a0 = _mm512_maskz_loadu_ps(m, a.add(p));
                         for q in 0..4 {
-                            acc[q][0] = _mm512_fmadd_ps(a0, w512!($kind, m, rows[q].add(p)), acc[q][0]);
+                            acc[q][0] =
+                                _mm512_fmadd_ps(a0, w512!($kind, m, rows[q].add(p)), acc[q][0]);
                         }
                         p += 16;
                     }
@@ -196,7 +229,14 @@ macro_rules! gemv_x86 {
         /// out[j] = Σ_p a[p]·b[p·ld + j] for j < n (a times a [k×n] row-major B).
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
         #[allow(clippy::needless_range_loop)]
-        pub(crate) unsafe fn $n512(k: usize, a: *const f32, b: *const $ty, ld: usize, n: usize, out: *mut f32) {
+        pub(crate) unsafe fn $n512(
+            k: usize,
+            a: *const f32,
+            b: *const $ty,
+            ld: usize,
+            n: usize,
+            out: *mut f32,
+        ) {
             // SAFETY: caller guarantees a[0..k], b rows p < k with n columns, out[0..n].
             unsafe {
                 let mut j = 0;
@@ -218,7 +258,11 @@ macro_rules! gemv_x86 {
                     let m = ((1u32 << (n - j).min(16)) - 1) as u16;
                     let mut acc = _mm512_setzero_ps();
                     for p in 0..k {
-                        acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(p)), w512!($kind, m, b.add(p * ld + j)), acc);
+                        acc = _mm512_fmadd_ps(
+                            _mm512_set1_ps(*a.add(p)),
+                            w512!($kind, m, b.add(p * ld + j)),
+                            acc,
+                        );
                     }
                     _mm512_mask_storeu_ps(out.add(j), m, acc);
                     j += 16;
@@ -229,27 +273,47 @@ macro_rules! gemv_x86 {
         /// AVX2 form of the row-dot GEMV above.
         #[target_feature(enable = "avx2,fma,f16c")]
         #[allow(clippy::needless_range_loop)]
-        pub(crate) unsafe fn $t256(k: usize, a: *const f32, w: *const $ty, ld: usize, n: usize, out: *mut f32) {
+        pub(crate) unsafe fn $t256(
+            k: usize,
+            a: *const f32,
+            w: *const $ty,
+            ld: usize,
+            n: usize,
+            out: *mut f32,
+        ) {
             // SAFETY: as above.
             unsafe {
                 let mut j = 0;
                 while j < n {
                     let r = (n - j).min(4);
                     let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-                    let rows = [w.add(j * ld), w.add((j + 1.min(r - 1)) * ld), w.add((j + 2.min(r - 1)) * ld), w.add((j + 3.min(r - 1)) * ld)];
+                    let rows = [
+                        w.add(j * ld),
+                        w.add((j + 1.min(r - 1)) * ld),
+                        w.add((j + 2.min(r - 1)) * ld),
+                        w.add((j + 3.min(r - 1)) * ld),
+                    ];
                     let mut p = 0;
                     while p + 16 <= k {
                         let a0 = _mm256_loadu_ps(a.add(p));
                         let a1 = _mm256_loadu_ps(a.add(p + 8));
                         for q in 0..4 {
-                            acc[q][0] = _mm256_fmadd_ps(a0, w256!($kind, rows[q].add(p)), acc[q][0]);
-                            acc[q][1] = _mm256_fmadd_ps(a1, w256!($kind, rows[q].add(p + 8)), acc[q][1]);
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                (rows[q].add(p) as *const i8).wrapping_add(PREFETCH_BYTES),
+                            );
+                        }
+                        for q in 0..4 {
+                            acc[q][0] =
+                                _mm256_fmadd_ps(a0, w256!($kind, rows[q].add(p)), acc[q][0]);
+                            acc[q][1] =
+                                _mm256_fmadd_ps(a1, w256!($kind, rows[q].add(p + 8)), acc[q][1]);
                         }
                         p += 16;
                     }
                     for q in 0..r {
                         let s = _mm256_add_ps(acc[q][0], acc[q][1]);
-                        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+                        let s =
+                            _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
                         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                         let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
                         let mut t = _mm_cvtss_f32(s);
@@ -266,7 +330,14 @@ macro_rules! gemv_x86 {
         /// AVX2 form of the column GEMV above.
         #[target_feature(enable = "avx2,fma,f16c")]
         #[allow(clippy::needless_range_loop)]
-        pub(crate) unsafe fn $n256(k: usize, a: *const f32, b: *const $ty, ld: usize, n: usize, out: *mut f32) {
+        pub(crate) unsafe fn $n256(
+            k: usize,
+            a: *const f32,
+            b: *const $ty,
+            ld: usize,
+            n: usize,
+            out: *mut f32,
+        ) {
             // SAFETY: as above.
             unsafe {
                 let mut j = 0;
@@ -287,7 +358,11 @@ macro_rules! gemv_x86 {
                 while j + 8 <= n {
                     let mut acc = _mm256_setzero_ps();
                     for p in 0..k {
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(*a.add(p)), w256!($kind, b.add(p * ld + j)), acc);
+                        acc = _mm256_fmadd_ps(
+                            _mm256_set1_ps(*a.add(p)),
+                            w256!($kind, b.add(p * ld + j)),
+                            acc,
+                        );
                     }
                     _mm256_storeu_ps(out.add(j), acc);
                     j += 8;
@@ -304,8 +379,22 @@ macro_rules! gemv_x86 {
     };
 }
 
-gemv_x86!(f32, f32, gemv_t_f32_avx512, gemv_n_f32_avx512, gemv_t_f32_avx2, gemv_n_f32_avx2);
-gemv_x86!(half::f16, f16, gemv_t_f16_avx512, gemv_n_f16_avx512, gemv_t_f16_avx2, gemv_n_f16_avx2);
+gemv_x86!(
+    f32,
+    f32,
+    gemv_t_f32_avx512,
+    gemv_n_f32_avx512,
+    gemv_t_f32_avx2,
+    gemv_n_f32_avx2
+);
+gemv_x86!(
+    half::f16,
+    f16,
+    gemv_t_f16_avx512,
+    gemv_n_f16_avx512,
+    gemv_t_f16_avx2,
+    gemv_n_f16_avx2
+);
 
 /// Scalar part of the transposing packs: dst[p·nr + j] = src[j·ld + p] for the given ranges.
 ///
@@ -313,7 +402,16 @@ gemv_x86!(half::f16, f16, gemv_t_f16_avx512, gemv_n_f16_avx512, gemv_t_f16_avx2,
 /// As [`transpose_pack_avx512`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn transpose_scalar(src: *const f32, ld: usize, j0: usize, j1: usize, p0: usize, p1: usize, dst: *mut f32, nr: usize) {
+unsafe fn transpose_scalar(
+    src: *const f32,
+    ld: usize,
+    j0: usize,
+    j1: usize,
+    p0: usize,
+    p1: usize,
+    dst: *mut f32,
+    nr: usize,
+) {
     // SAFETY: the ranges are inside the caller's block.
     unsafe {
         for j in j0..j1 {
@@ -325,11 +423,19 @@ unsafe fn transpose_scalar(src: *const f32, ld: usize, j0: usize, j1: usize, p0:
 }
 
 /// dst[p·nr + j] = src[j·ld + p] for j < w, p < kc, in 16×16 register transposes.
+#[allow(clippy::needless_range_loop)]
 ///
 /// # Safety
 /// `src` valid for w rows of stride `ld` (kc used), `dst` for kc·nr floats, w ≤ nr.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn transpose_pack_avx512(src: *const f32, ld: usize, w: usize, kc: usize, dst: *mut f32, nr: usize) {
+pub(crate) unsafe fn transpose_pack_avx512(
+    src: *const f32,
+    ld: usize,
+    w: usize,
+    kc: usize,
+    dst: *mut f32,
+    nr: usize,
+) {
     let (wf, kf) = (w / 16 * 16, kc / 16 * 16);
     // SAFETY: full 16×16 blocks lie inside j < wf ≤ w and p < kf ≤ kc.
     unsafe {
@@ -375,11 +481,19 @@ pub(crate) unsafe fn transpose_pack_avx512(src: *const f32, ld: usize, w: usize,
 }
 
 /// AVX2 form of [`transpose_pack_avx512`] with 8×8 register transposes.
+#[allow(clippy::needless_range_loop)]
 ///
 /// # Safety
 /// As [`transpose_pack_avx512`].
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn transpose_pack_avx2(src: *const f32, ld: usize, w: usize, kc: usize, dst: *mut f32, nr: usize) {
+pub(crate) unsafe fn transpose_pack_avx2(
+    src: *const f32,
+    ld: usize,
+    w: usize,
+    kc: usize,
+    dst: *mut f32,
+    nr: usize,
+) {
     let (wf, kf) = (w / 8 * 8, kc / 8 * 8);
     // SAFETY: full 8×8 blocks lie inside j < wf ≤ w and p < kf ≤ kc.
     unsafe {

@@ -45,7 +45,15 @@ fn isas() -> Vec<Isa> {
 
 /// Reference C = A·op(B) + bias in f64, plus Σ|a||b| + |bias| per element for the error bound.
 #[allow(clippy::too_many_arguments)]
-fn matmul_ref(a: &[f32], b: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize, bt: bool) -> (Vec<f64>, Vec<f64>) {
+fn matmul_ref(
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    bt: bool,
+) -> (Vec<f64>, Vec<f64>) {
     let mut c = vec![0.0; m * n];
     let mut abs = vec![0.0; m * n];
     for i in 0..m {
@@ -77,7 +85,11 @@ fn check_matmul(what: &str, c: &[f32], r: &[f64], abs: &[f64], k: usize) {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (i, ((&x, &y), &sa)) in c.iter().zip(r).zip(abs).enumerate() {
         let e = (x as f64 - y).abs();
-        assert!(e <= g * sa + 1e-30, "{what}: element {i}: got {x}, want {y} (err {e:e} > bound {:e})", g * sa);
+        assert!(
+            e <= g * sa + 1e-30,
+            "{what}: element {i}: got {x}, want {y} (err {e:e} > bound {:e})",
+            g * sa
+        );
         num += e * e;
         den += y * y;
     }
@@ -114,7 +126,7 @@ fn matmul_all_isas_shapes_dtypes() {
         let bias = rng.vec(n, -1.0, 1.0);
         for bt in [true, false] {
             for half_b in [false, true] {
-                let with_bias = (si + bt as usize + half_b as usize) % 2 == 0;
+                let with_bias = (si + bt as usize + half_b as usize).is_multiple_of(2);
                 let bias_opt = with_bias.then_some(&bias[..]);
                 // The reference uses the exact widened f16 values, so the same bound applies.
                 let bref = if half_b { &b16w } else { &b32 };
@@ -122,9 +134,15 @@ fn matmul_all_isas_shapes_dtypes() {
                 for isa in isas() {
                     for threads in [1, 2] {
                         let mut c = vec![f32::NAN; m * n];
-                        let bs = if half_b { BSlice::F16(&b16) } else { BSlice::F32(&b32) };
+                        let bs = if half_b {
+                            BSlice::F16(&b16)
+                        } else {
+                            BSlice::F32(&b32)
+                        };
                         matmul_with(isa, threads, &a, bs, bias_opt, &mut c, m, k, n, bt);
-                        let what = format!("{isa} t{threads} {m}x{k}x{n} bt={bt} f16={half_b} bias={with_bias}");
+                        let what = format!(
+                            "{isa} t{threads} {m}x{k}x{n} bt={bt} f16={half_b} bias={with_bias}"
+                        );
                         check_matmul(&what, &c, &r, &abs, k);
                     }
                 }
@@ -138,7 +156,18 @@ fn matmul_k_zero_gives_bias() {
     for isa in isas() {
         let bias = [1.0f32, -2.0, 3.0];
         let mut c = vec![f32::NAN; 6];
-        matmul_with(isa, 1, &[], BSlice::F32(&[]), Some(&bias), &mut c, 2, 0, 3, true);
+        matmul_with(
+            isa,
+            1,
+            &[],
+            BSlice::F32(&[]),
+            Some(&bias),
+            &mut c,
+            2,
+            0,
+            3,
+            true,
+        );
         assert_eq!(c, [1.0, -2.0, 3.0, 1.0, -2.0, 3.0], "{isa}");
     }
 }
@@ -146,22 +175,52 @@ fn matmul_k_zero_gives_bias() {
 #[test]
 fn batched_matmul_all_isas() {
     let mut rng = Rng::new(2);
-    for &(batch, m, k, n) in &[(3, 7, 33, 17), (2, 1, 88, 33), (5, 33, 257, 40), (1, 100, 17, 300)] {
+    for &(batch, m, k, n) in &[
+        (3, 7, 33, 17),
+        (2, 1, 88, 33),
+        (5, 33, 257, 40),
+        (1, 100, 17, 300),
+    ] {
         let a = rng.vec(batch * m * k, -1.0, 1.0);
         let b = rng.vec(batch * k * n, -1.0, 1.0);
         for bt in [true, false] {
             let mut r = Vec::new();
             let mut abs = Vec::new();
             for i in 0..batch {
-                let (ri, ai) = matmul_ref(&a[i * m * k..][..m * k], &b[i * k * n..][..k * n], None, m, k, n, bt);
+                let (ri, ai) = matmul_ref(
+                    &a[i * m * k..][..m * k],
+                    &b[i * k * n..][..k * n],
+                    None,
+                    m,
+                    k,
+                    n,
+                    bt,
+                );
                 r.extend(ri);
                 abs.extend(ai);
             }
             for isa in isas() {
                 for threads in [1, 0] {
                     let mut c = vec![f32::NAN; batch * m * n];
-                    batched_matmul_with(isa, threads, &a, BSlice::F32(&b), &mut c, batch, m, k, n, bt);
-                    check_matmul(&format!("{isa} batched {batch}x{m}x{k}x{n} bt={bt}"), &c, &r, &abs, k);
+                    batched_matmul_with(
+                        isa,
+                        threads,
+                        &a,
+                        BSlice::F32(&b),
+                        &mut c,
+                        batch,
+                        m,
+                        k,
+                        n,
+                        bt,
+                    );
+                    check_matmul(
+                        &format!("{isa} batched {batch}x{m}x{k}x{n} bt={bt}"),
+                        &c,
+                        &r,
+                        &abs,
+                        k,
+                    );
                 }
             }
         }
@@ -172,7 +231,11 @@ fn ln_ref(x: &[f32], w: &[f32], b: &[f32], cols: usize, eps: f32, rms: bool) -> 
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks(cols) {
         let n = cols as f64;
-        let mean = if rms { 0.0 } else { row.iter().map(|&v| v as f64).sum::<f64>() / n };
+        let mean = if rms {
+            0.0
+        } else {
+            row.iter().map(|&v| v as f64).sum::<f64>() / n
+        };
         let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
         let r = 1.0 / (var + eps as f64).sqrt();
         for (j, &v) in row.iter().enumerate() {
@@ -206,7 +269,11 @@ fn layer_norm_and_rms_norm_all_isas() {
                 let r = ln_ref(&x, &w, bias, cols, eps, rms);
                 for (i, (&o, &e)) in out.iter().zip(&r).enumerate() {
                     let err = (o as f64 - e).abs();
-                    assert!(err <= 1e-5 * (1.0 + e.abs()), "{isa} cols={cols} rms={rms} bias={} [{i}]: {o} vs {e}", !bias.is_empty());
+                    assert!(
+                        err <= 1e-5 * (1.0 + e.abs()),
+                        "{isa} cols={cols} rms={rms} bias={} [{i}]: {o} vs {e}",
+                        !bias.is_empty()
+                    );
                 }
             }
         }
@@ -228,7 +295,10 @@ fn softmax_ref(x: &[f32]) -> Vec<f64> {
 fn check_probs(what: &str, p: &[f32], r: &[f64]) {
     for (i, (&x, &y)) in p.iter().zip(r).enumerate() {
         assert!(!x.is_nan(), "{what}[{i}] is NaN");
-        assert!((x as f64 - y).abs() <= 1e-5 * y + 1e-12, "{what}[{i}]: {x} vs {y}");
+        assert!(
+            (x as f64 - y).abs() <= 1e-5 * y + 1e-12,
+            "{what}[{i}]: {x} vs {y}"
+        );
     }
 }
 
@@ -239,11 +309,25 @@ fn softmax_all_isas_with_masks() {
         let base = rng.vec(n, -10.0, 10.0);
         let mut cases: Vec<(&str, Vec<f32>)> = vec![("plain", base.clone())];
         // HF-style additive masks: finfo.min added to some or all positions.
-        let partial: Vec<f32> = base.iter().enumerate().map(|(i, &v)| if i % 3 == 1 { v + f32::MIN } else { v }).collect();
+        let partial: Vec<f32> = base
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| if i % 3 == 1 { v + f32::MIN } else { v })
+            .collect();
         cases.push(("partial f32::MIN", partial));
         cases.push(("all f32::MIN", vec![f32::MIN; n]));
         cases.push(("all -inf", vec![f32::NEG_INFINITY; n]));
-        let some_inf: Vec<f32> = base.iter().enumerate().map(|(i, &v)| if i % 2 == 0 && i > 0 { f32::NEG_INFINITY } else { v }).collect();
+        let some_inf: Vec<f32> = base
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                if i % 2 == 0 && i > 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    v
+                }
+            })
+            .collect();
         cases.push(("some -inf", some_inf));
         for (name, x) in &cases {
             let r = softmax_ref(x);
@@ -287,7 +371,11 @@ fn erfc_cf(a: f64) -> f64 {
 /// GELU(erf) reference; for x ≪ 0 uses erfc directly so the reference itself does not cancel.
 fn gelu_erf_ref(x: f64) -> f64 {
     let z = x / std::f64::consts::SQRT_2;
-    if z < -3.0 { 0.5 * x * erfc_cf(-z) } else { 0.5 * x * (1.0 + erf_ref(z)) }
+    if z < -3.0 {
+        0.5 * x * erfc_cf(-z)
+    } else {
+        0.5 * x * (1.0 + erf_ref(z))
+    }
 }
 
 /// ½x(1 + tanh u) written as x/(1 + e^(−2u)) (identical, but no cancellation in f64 either).
@@ -299,7 +387,9 @@ fn gelu_tanh_ref(x: f64) -> f64 {
 fn activation_inputs() -> Vec<f32> {
     let mut rng = Rng::new(5);
     let mut x = rng.vec(4099, -10.0, 10.0);
-    x.extend([0.0, -0.0, 1e-8, -1e-8, 1.0, -1.0, 5.66, -5.66, 8.4, -8.4, 30.0, -30.0, 100.0, -100.0]);
+    x.extend([
+        0.0, -0.0, 1e-8, -1e-8, 1.0, -1.0, 5.66, -5.66, 8.4, -8.4, 30.0, -30.0, 100.0, -100.0,
+    ]);
     x.extend((-2000..=2000).map(|i| i as f32 * 3e-3));
     x
 }
@@ -317,7 +407,10 @@ fn gelu_erf_all_isas() {
             let r = gelu_erf_ref(xi as f64);
             let z2 = (xi as f64).powi(2) / 2.0;
             let tol = (1e-6 + 2.0 * z2 * f32::EPSILON as f64 / 2.0) * r.abs() + 1e-15;
-            assert!((yi as f64 - r).abs() <= tol, "{isa} gelu_erf({xi}) = {yi}, want {r}");
+            assert!(
+                (yi as f64 - r).abs() <= tol,
+                "{isa} gelu_erf({xi}) = {yi}, want {r}"
+            );
         }
     }
 }
@@ -333,7 +426,10 @@ fn gelu_tanh_all_isas() {
         gelu_tanh_inplace_with(isa, &mut y);
         for (&xi, &yi) in x.iter().zip(&y) {
             let r = gelu_tanh_ref(xi as f64);
-            assert!((yi as f64 - r).abs() <= 1e-5 * r.abs() + 1e-30, "{isa} gelu_tanh({xi}) = {yi}, want {r}");
+            assert!(
+                (yi as f64 - r).abs() <= 1e-5 * r.abs() + 1e-30,
+                "{isa} gelu_tanh({xi}) = {yi}, want {r}"
+            );
         }
     }
 }
@@ -348,25 +444,57 @@ fn relu_and_elementwise_exact() {
         for isa in isas() {
             let mut r = a.clone();
             relu_inplace_with(isa, &mut r);
-            assert!(r.iter().zip(&a).all(|(y, x)| *y == x.max(0.0)), "{isa} relu");
+            assert!(
+                r.iter().zip(&a).all(|(y, x)| *y == x.max(0.0)),
+                "{isa} relu"
+            );
             let mut o = vec![0.0; n];
             add_with(isa, &a, &b, &mut o);
-            assert!(o.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x + y), "{isa} add");
+            assert!(
+                o.iter()
+                    .zip(a.iter().zip(&b))
+                    .all(|(o, (x, y))| *o == x + y),
+                "{isa} add"
+            );
             mul_with(isa, &a, &b, &mut o);
-            assert!(o.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x * y), "{isa} mul");
+            assert!(
+                o.iter()
+                    .zip(a.iter().zip(&b))
+                    .all(|(o, (x, y))| *o == x * y),
+                "{isa} mul"
+            );
             let mut d = a.clone();
             add_inplace_with(isa, &mut d, &b);
-            assert!(d.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x + y), "{isa} add_inplace");
+            assert!(
+                d.iter()
+                    .zip(a.iter().zip(&b))
+                    .all(|(o, (x, y))| *o == x + y),
+                "{isa} add_inplace"
+            );
             let mut d = a.clone();
             mul_inplace_with(isa, &mut d, &b);
-            assert!(d.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x * y), "{isa} mul_inplace");
+            assert!(
+                d.iter()
+                    .zip(a.iter().zip(&b))
+                    .all(|(o, (x, y))| *o == x * y),
+                "{isa} mul_inplace"
+            );
             let mut d = a.clone();
             scale_inplace_with(isa, &mut d, 0.125);
-            assert!(d.iter().zip(&a).all(|(o, x)| *o == x * 0.125), "{isa} scale");
+            assert!(
+                d.iter().zip(&a).all(|(o, x)| *o == x * 0.125),
+                "{isa} scale"
+            );
             // Row broadcast: [3, n] += [n].
             let mut d: Vec<f32> = a.iter().chain(&a).chain(&a).copied().collect();
             add_inplace_with(isa, &mut d, &b);
-            assert!(d.chunks(n).all(|row| row.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x + y)), "{isa} bcast");
+            assert!(
+                d.chunks(n).all(|row| row
+                    .iter()
+                    .zip(a.iter().zip(&b))
+                    .all(|(o, (x, y))| *o == x + y)),
+                "{isa} bcast"
+            );
         }
     }
     let mut nan = [f32::NAN, -1.0];
@@ -380,27 +508,51 @@ fn half_conversions_exact() {
     // bit; compared with the `half` crate's software conversions.
     let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
     let mut rng = Rng::new(7);
-    let mut xs: Vec<f32> = (0..10_001).map(|_| f32::from_bits(rng.next_u64() as u32)).collect();
-    xs.extend([0.0, -0.0, 65504.0, 65520.0, 1e-8, 5.96e-8, 6.1e-5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+    let mut xs: Vec<f32> = (0..10_001)
+        .map(|_| f32::from_bits(rng.next_u64() as u32))
+        .collect();
+    xs.extend([
+        0.0,
+        -0.0,
+        65504.0,
+        65520.0,
+        1e-8,
+        5.96e-8,
+        6.1e-5,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ]);
     let bfs: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
     for isa in isas() {
         let mut w = vec![0.0f32; all.len()];
         f16_to_f32_with(isa, &all, &mut w);
         for (h, &f) in all.iter().zip(&w) {
             let r = h.to_f32_const();
-            assert!(f.to_bits() == r.to_bits() || (f.is_nan() && r.is_nan()), "{isa} f16 {:#06x}", h.to_bits());
+            assert!(
+                f.to_bits() == r.to_bits() || (f.is_nan() && r.is_nan()),
+                "{isa} f16 {:#06x}",
+                h.to_bits()
+            );
         }
         let mut h = vec![f16::ZERO; xs.len()];
         f32_to_f16_with(isa, &xs, &mut h);
         for (&x, &hv) in xs.iter().zip(&h) {
             let r = f16::from_f32_const(x);
-            assert!(hv.to_bits() == r.to_bits() || (hv.is_nan() && r.is_nan()), "{isa} f32 {x:e} -> {:#06x}", hv.to_bits());
+            assert!(
+                hv.to_bits() == r.to_bits() || (hv.is_nan() && r.is_nan()),
+                "{isa} f32 {x:e} -> {:#06x}",
+                hv.to_bits()
+            );
         }
         let mut w = vec![0.0f32; bfs.len()];
         bf16_to_f32_with(isa, &bfs, &mut w);
         for (b, &f) in bfs.iter().zip(&w) {
             let r = b.to_f32();
-            assert!(f.to_bits() == r.to_bits() || (f.is_nan() && r.is_nan()), "{isa} bf16");
+            assert!(
+                f.to_bits() == r.to_bits() || (f.is_nan() && r.is_nan()),
+                "{isa} bf16"
+            );
         }
     }
 }
@@ -414,8 +566,24 @@ struct AttnCase {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn attention_ref(q: &[f32], k: &[f32], v: &[f32], mask: Option<(&[f32], usize)>, bias: Option<&[f32]>, p: &AttnParams) -> Vec<f64> {
-    let AttnParams { batch, heads, lq, lk, lk_cap, head_dim: d, scale, causal_offset } = *p;
+fn attention_ref(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<(&[f32], usize)>,
+    bias: Option<&[f32]>,
+    p: &AttnParams,
+) -> Vec<f64> {
+    let AttnParams {
+        batch,
+        heads,
+        lq,
+        lk,
+        lk_cap,
+        head_dim: d,
+        scale,
+        causal_offset,
+    } = *p;
     let mut out = vec![0.0; batch * heads * lq * d];
     for bi in 0..batch {
         for h in 0..heads {
@@ -426,7 +594,8 @@ fn attention_ref(q: &[f32], k: &[f32], v: &[f32], mask: Option<(&[f32], usize)>,
                     .map(|j| {
                         let mut t = 0.0;
                         for x in 0..d {
-                            t += q[(bh * lq + i) * d + x] as f64 * k[(bh * lk_cap + j) * d + x] as f64;
+                            t += q[(bh * lq + i) * d + x] as f64
+                                * k[(bh * lk_cap + j) * d + x] as f64;
                         }
                         t *= scale as f64;
                         if let Some(b) = bias {
@@ -448,7 +617,8 @@ fn attention_ref(q: &[f32], k: &[f32], v: &[f32], mask: Option<(&[f32], usize)>,
                 }
                 for (j, pj) in s.iter().enumerate() {
                     for x in 0..d {
-                        out[(bh * lq + i) * d + x] += pj / sum * v[(bh * lk_cap + j) * d + x] as f64;
+                        out[(bh * lq + i) * d + x] +=
+                            pj / sum * v[(bh * lk_cap + j) * d + x] as f64;
                     }
                 }
             }
@@ -472,19 +642,54 @@ fn attention_all_isas() {
     let s88 = 1.0 / 88f32.sqrt();
     let cases = [
         // ViT-g: 16 heads × 257 × 88, no mask.
-        AttnCase { p: p(1, 16, 257, 257, 257, 88, s88, None), mask_rows: None, bias: false, fully_masked_batch: None },
+        AttnCase {
+            p: p(1, 16, 257, 257, 257, 88, s88, None),
+            mask_rows: None,
+            bias: false,
+            fully_masked_batch: None,
+        },
         // Cross attention with a padding mask broadcast over queries; batch 1 fully masked.
-        AttnCase { p: p(2, 3, 7, 33, 40, 88, s88, None), mask_rows: Some(1), bias: false, fully_masked_batch: Some(1) },
+        AttnCase {
+            p: p(2, 3, 7, 33, 40, 88, s88, None),
+            mask_rows: Some(1),
+            bias: false,
+            fully_masked_batch: Some(1),
+        },
         // Per-query mask + T5-style bias, scale 1.
-        AttnCase { p: p(2, 2, 33, 33, 33, 7, 1.0, None), mask_rows: Some(33), bias: true, fully_masked_batch: None },
+        AttnCase {
+            p: p(2, 2, 33, 33, 33, 7, 1.0, None),
+            mask_rows: Some(33),
+            bias: true,
+            fully_masked_batch: None,
+        },
         // Causal self-attention (offset 0) with bias.
-        AttnCase { p: p(1, 2, 33, 33, 33, 64, 0.125, Some(0)), mask_rows: None, bias: true, fully_masked_batch: None },
+        AttnCase {
+            p: p(1, 2, 33, 33, 33, 64, 0.125, Some(0)),
+            mask_rows: None,
+            bias: true,
+            fully_masked_batch: None,
+        },
         // KV cache: 5 new queries over 12 cached keys (offset 7), capacity 20, padding mask.
-        AttnCase { p: p(2, 4, 5, 12, 20, 80, 0.11, Some(7)), mask_rows: Some(1), bias: false, fully_masked_batch: None },
+        AttnCase {
+            p: p(2, 4, 5, 12, 20, 80, 0.11, Some(7)),
+            mask_rows: Some(1),
+            bias: false,
+            fully_masked_batch: None,
+        },
         // Decode: one query, 17 keys of a 32-row cache.
-        AttnCase { p: p(2, 4, 1, 17, 32, 80, 0.11, Some(16)), mask_rows: Some(1), bias: false, fully_masked_batch: Some(0) },
+        AttnCase {
+            p: p(2, 4, 1, 17, 32, 80, 0.11, Some(16)),
+            mask_rows: Some(1),
+            bias: false,
+            fully_masked_batch: Some(0),
+        },
         // Single key, head dim 1.
-        AttnCase { p: p(1, 1, 3, 1, 1, 1, 1.0, None), mask_rows: None, bias: false, fully_masked_batch: None },
+        AttnCase {
+            p: p(1, 1, 3, 1, 1, 1, 1.0, None),
+            mask_rows: None,
+            bias: false,
+            fully_masked_batch: None,
+        },
     ];
     let mut rng = Rng::new(8);
     for c in &cases {
@@ -512,13 +717,32 @@ fn attention_all_isas() {
         for isa in isas() {
             for threads in [1, 0] {
                 let mut out = vec![f32::NAN; q.len()];
-                attention_with(isa, threads, &q, &k, &v, mask, bias_data.as_deref(), &mut out, ap);
+                attention_with(
+                    isa,
+                    threads,
+                    &q,
+                    &k,
+                    &v,
+                    mask,
+                    bias_data.as_deref(),
+                    &mut out,
+                    ap,
+                );
                 // max|out − ref| ≤ 3e-5·max|ref|: the scores carry ≈ d·u·|q||k| ≲ 5e-6 error,
                 // which perturbs the probabilities by as much relatively; softmax adds ≲ 1e-5
                 // (see check_probs); P·V accumulates lk ≤ 257 terms, γ_lk ≈ 1.5e-5.
-                let err = out.iter().zip(&r).fold(0.0f64, |m, (&o, &e)| m.max((o as f64 - e).abs()));
-                assert!(out.iter().all(|x| x.is_finite()), "{isa} {ap:?}: non-finite output");
-                assert!(err <= 3e-5 * rmax, "{isa} t{threads} {ap:?}: max err {err:e} vs max|ref| {rmax:e}");
+                let err = out
+                    .iter()
+                    .zip(&r)
+                    .fold(0.0f64, |m, (&o, &e)| m.max((o as f64 - e).abs()));
+                assert!(
+                    out.iter().all(|x| x.is_finite()),
+                    "{isa} {ap:?}: non-finite output"
+                );
+                assert!(
+                    err <= 3e-5 * rmax,
+                    "{isa} t{threads} {ap:?}: max err {err:e} vs max|ref| {rmax:e}"
+                );
             }
         }
     }
@@ -528,7 +752,12 @@ fn attention_all_isas() {
 fn im2col_matches_naive() {
     // Exact: pure copies. 15×14 image with p = 7 leaves a remainder row, as a strided conv does.
     let mut rng = Rng::new(9);
-    for &(c, h, w, p) in &[(3usize, 14usize, 14usize, 7usize), (3, 15, 14, 7), (2, 5, 5, 1), (1, 4, 8, 4)] {
+    for &(c, h, w, p) in &[
+        (3usize, 14usize, 14usize, 7usize),
+        (3, 15, 14, 7),
+        (2, 5, 5, 1),
+        (1, 4, 8, 4),
+    ] {
         let img = rng.vec(c * h * w, -1.0, 1.0);
         let (ph, pw) = (h / p, w / p);
         let mut out = vec![f32::NAN; ph * pw * c * p * p];

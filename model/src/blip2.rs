@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use blip2_engine::{DType, Device, Tensor, ops};
 use image::DynamicImage;
 
-use crate::config::{Blip2Config, ImageProcessorConfig, TextConfig};
-use crate::generate::{GenerationConfig, greedy_step};
+use crate::config::{Blip2Config, ImageProcessorConfig, ProcessorConfig, TextConfig};
+use crate::generate::{GenerationConfig, greedy};
+use crate::inputs::{PaddedBatch, image_scatter};
 use crate::nn::Linear;
 use crate::opt::Opt;
 use crate::qformer::QFormer;
-use crate::tokenizer::Blip2Tokenizer;
+use crate::t5::T5;
+use crate::tokenizer::{Blip2Tokenizer, PaddingSide};
 use crate::vision::VisionModel;
 use crate::weights::{Checkpoint, WeightLoader};
 use crate::{ModelError, Result, preprocess};
@@ -59,6 +61,7 @@ pub struct Generation {
 
 pub enum LanguageModel {
     Opt(Opt),
+    T5(T5),
 }
 
 /// A loaded BLIP-2 checkpoint on a device.
@@ -90,25 +93,21 @@ impl Blip2 {
         let t0 = Instant::now();
         let dir = dir.as_ref();
         let config = Blip2Config::from_dir(dir)?;
-        let image_config = ImageProcessorConfig::from_dir(dir)?;
+        let image_config = ProcessorConfig::from_dir(dir)?.image;
         let tokenizer = Blip2Tokenizer::from_dir(dir)?;
-        let mut ckpt = Checkpoint::open(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
+        let mut vb = WeightLoader::new(&ckpt, &opts.device, opts.dtype);
         if let Some(p) = opts.progress {
-            ckpt.set_progress(p);
+            vb = vb.with_progress(move |done, total| p(done, total));
         }
-        let vb = WeightLoader::new(&ckpt, opts.device.clone(), opts.dtype);
         let text = config.text_config.as_ref().ok_or_else(|| {
             ModelError::Unsupported(format!("{}: config.json has no text_config (a retrieval-only checkpoint cannot generate text)", dir.display()))
         })?;
         let vision = VisionModel::load(&vb.pp("vision_model"), &config.vision_config);
         let qformer = QFormer::load(&vb, &config.qformer_config, config.num_query_tokens, false);
         let (lm, lm_dim) = match text {
-            TextConfig::Opt(c) => (LanguageModel::Opt(Opt::load(&vb.pp("language_model"), c)?), c.hidden_size),
-            TextConfig::T5(_) => {
-                return Err(ModelError::Unsupported(
-                    "Flan-T5 language models are not implemented yet (OPT checkpoints are)".into(),
-                ));
-            }
+            TextConfig::Opt(c) => (LanguageModel::Opt(Opt::load(&vb.pp("language_model"), &c)?), c.hidden_size),
+            TextConfig::T5(c) => (LanguageModel::T5(T5::load(&vb.pp("language_model"), &c)?), c.d_model),
         };
         let projection = Linear::load(&vb.pp("language_projection"), config.qformer_config.hidden_size, lm_dim, true);
         vb.finish()?;
@@ -150,27 +149,40 @@ impl Blip2 {
         })
     }
 
-    /// The stages up to the language model, for parity checks: (pixel_values, vision
-    /// last_hidden_state, Q-Former last_hidden_state, projection output).
-    pub fn stages(&self, images: &[&DynamicImage]) -> Result<[Tensor; 4]> {
-        let pixels = preprocess::pixel_values(images, &self.image_config, &self.device)?;
-        let vis = self.vision.forward(&pixels)?;
+    /// The stages up to the language model on given pixel values, for parity checks:
+    /// [vision last_hidden_state, Q-Former last_hidden_state, projection output].
+    pub fn stages(&self, pixels: &Tensor) -> Result<[Tensor; 3]> {
+        let vis = self.vision.forward(pixels)?;
         let q = self.qformer.forward(&vis)?;
         let p = self.projection.forward(&q)?;
-        Ok([pixels, vis, q, p])
+        Ok([vis, q, p])
+    }
+
+    /// Features from an already computed projection output `[B, Q, D_lm]` (no timings).
+    pub fn features_from_projected(&self, projected: Tensor) -> ImageFeatures {
+        ImageFeatures {
+            projected,
+            preprocess: Duration::ZERO,
+            vision: Duration::ZERO,
+            qformer: Duration::ZERO,
+        }
     }
 
     /// Prompt ids as `Blip2Processor` builds them: `<image>` × Q, then the tokenized text
     /// (BOS first for OPT); without text, `<image>` × Q + BOS as HF `generate` does.
     pub fn prompt_ids(&self, prompt: Option<&str>) -> Result<Vec<u32>> {
         let image_id = self.image_token_id()?;
-        self.tokenizer.encode_prompt(prompt, self.config.num_query_tokens, image_id)
+        let start = match &self.config.text_config {
+            Some(t) => t.bos_token_id(),
+            None => self.tokenizer.start_token_id()?,
+        };
+        self.tokenizer.encode_prompt_with_start(prompt, self.config.num_query_tokens, image_id, start)
     }
 
     fn image_token_id(&self) -> Result<u32> {
         match self.config.image_token_index {
             Some(i) => Ok(i),
-            None => self.tokenizer.token_id("<image>").ok_or_else(|| {
+            None => self.tokenizer.token_to_id("<image>").ok_or_else(|| {
                 ModelError::Unsupported("config has no image_token_index and the tokenizer has no <image> token".into())
             }),
         }
@@ -180,58 +192,11 @@ impl Blip2 {
         if let Some(e) = &cfg.eos_token_ids {
             return e.clone();
         }
-        match &self.config.text_config {
-            Some(TextConfig::Opt(c)) => vec![c.eos_token_id],
-            Some(TextConfig::T5(c)) => vec![c.eos_token_id],
-            None => vec![],
-        }
+        self.config.text_config.as_ref().map(|t| vec![t.eos_token_id()]).unwrap_or_default()
     }
 
     fn pad_id(&self) -> u32 {
-        match &self.config.text_config {
-            Some(TextConfig::Opt(c)) => c.pad_token_id,
-            Some(TextConfig::T5(c)) => c.pad_token_id,
-            None => 0,
-        }
-    }
-
-    /// Language-model input embeddings `[B, L, D]` for left-padded `ids` rows: token
-    /// embeddings, with each row's `<image>` positions replaced (in order) by that row's
-    /// projected query outputs, as HF's masked_scatter does.
-    fn input_embeds(&self, opt: &Opt, rows: &[Vec<u32>], projected: &Tensor) -> Result<Tensor> {
-        let image_id = self.image_token_id()?;
-        let q = projected.dim(1);
-        let mut per_row = Vec::with_capacity(rows.len());
-        for (b, ids) in rows.iter().enumerate() {
-            let img = ops::narrow(projected, 0, b, 1)?.reshape(&[q, projected.dim(2)])?;
-            let mut parts = Vec::new();
-            let (mut i, mut used) = (0, 0);
-            while i < ids.len() {
-                let is_img = ids[i] == image_id;
-                let mut j = i;
-                while j < ids.len() && (ids[j] == image_id) == is_img {
-                    j += 1;
-                }
-                if is_img {
-                    if used + (j - i) > q {
-                        return Err(ModelError::Prompt(format!("row {b} has more than {q} <image> tokens")));
-                    }
-                    parts.push(ops::narrow(&img, 0, used, j - i)?);
-                    used += j - i;
-                } else {
-                    parts.push(opt.embed(&ids[i..j])?);
-                }
-                i = j;
-            }
-            if used != q {
-                return Err(ModelError::Prompt(format!("row {b} has {used} <image> tokens, the model has {q} queries")));
-            }
-            let refs: Vec<&Tensor> = parts.iter().collect();
-            let row = ops::concat(&refs, 0)?;
-            per_row.push(row.reshape(&[1, ids.len(), row.dim(1)])?);
-        }
-        let refs: Vec<&Tensor> = per_row.iter().collect();
-        Ok(ops::concat(&refs, 0)?)
+        self.config.text_config.as_ref().map_or(0, |t| t.pad_token_id())
     }
 
     /// A caption for the image (no text prompt, greedy, 20 new tokens at most).
@@ -255,7 +220,7 @@ impl Blip2 {
     /// forward per step; prompts of different lengths are left-padded as HF pads them.
     pub fn generate_batch(&self, images: &[&DynamicImage], prompts: &[Option<&str>], cfg: &GenerationConfig) -> Result<Vec<Generation>> {
         if images.len() != prompts.len() || images.is_empty() {
-            return Err(ModelError::Prompt(format!("{} images but {} prompts", images.len(), prompts.len())));
+            return Err(ModelError::Invalid(format!("{} images but {} prompts", images.len(), prompts.len())));
         }
         let feats = self.image_features(images)?;
         self.generate_from_features(&feats, prompts, cfg)
@@ -265,11 +230,13 @@ impl Blip2 {
     pub fn generate_from_features(&self, feats: &ImageFeatures, prompts: &[Option<&str>], cfg: &GenerationConfig) -> Result<Vec<Generation>> {
         cfg.validate()?;
         if prompts.len() != feats.projected.dim(0) {
-            return Err(ModelError::Prompt(format!("{} prompts for {} images", prompts.len(), feats.projected.dim(0))));
+            return Err(ModelError::Invalid(format!("{} prompts for {} images", prompts.len(), feats.projected.dim(0))));
         }
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| self.prompt_ids(*p)).collect::<Result<_>>()?;
-        let LanguageModel::Opt(opt) = &self.lm;
-        let run = self.decode_opt(opt, &feats.projected, &ids, cfg)?;
+        let run = match &self.lm {
+            LanguageModel::Opt(opt) => self.decode_opt(opt, &feats.projected, &ids, cfg)?,
+            LanguageModel::T5(t5) => self.decode_t5(t5, &feats.projected, &ids, cfg)?,
+        };
         run.new_tokens
             .into_iter()
             .map(|toks| {
@@ -289,68 +256,105 @@ impl Blip2 {
             .collect()
     }
 
-    /// Prompt logits `[B, L, V]` for parity tests: the whole (left-padded) prompt in one pass.
-    pub fn prompt_logits(&self, feats: &ImageFeatures, prompts: &[Option<&str>]) -> Result<Tensor> {
+    /// Language-model logits for parity tests. OPT: over the whole padded prompt `[B, L, V]`.
+    /// T5: decoder logits `[B, L_dec, V]` for `decoder_ids` (teacher forcing), returned with
+    /// the encoder output `[B, L, D]`.
+    pub fn prompt_logits(&self, feats: &ImageFeatures, prompts: &[Option<&str>], decoder_ids: Option<&[Vec<u32>]>) -> Result<(Tensor, Option<Tensor>)> {
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| self.prompt_ids(*p)).collect::<Result<_>>()?;
-        let LanguageModel::Opt(opt) = &self.lm;
-        let batch = PaddedBatch::new(&ids, self.pad_id());
-        let embeds = self.input_embeds(opt, &batch.rows, &feats.projected)?;
-        let mut cache = opt.new_cache(ids.len(), batch.len, &self.device)?;
+        let batch = PaddedBatch::new(&ids, self.pad_id(), self.image_token_id()?, self.padding_side());
         let mask = batch.mask_tensor(&self.device)?;
-        let h = opt.forward(&embeds, &batch.positions(), mask.as_ref(), &mut cache)?;
-        Ok(opt.logits(&h)?)
+        match &self.lm {
+            LanguageModel::Opt(opt) => {
+                let embeds = image_scatter(&batch.rows, self.image_token_id()?, &feats.projected, |t| opt.embed(t))?;
+                let mut cache = opt.new_cache(ids.len(), batch.len, &self.device)?;
+                let h = opt.forward(&embeds, &batch.positions(), mask.as_ref(), &mut cache)?;
+                Ok((opt.logits(&h)?, None))
+            }
+            LanguageModel::T5(t5) => {
+                let embeds = image_scatter(&batch.rows, self.image_token_id()?, &feats.projected, |t| t5.embed(t))?;
+                let enc = t5.encode(&embeds, mask.as_ref())?;
+                let dec = decoder_ids.ok_or_else(|| ModelError::Invalid("T5 logits need decoder ids".into()))?;
+                let l = dec.first().map_or(0, Vec::len);
+                if dec.len() != ids.len() || dec.iter().any(|r| r.len() != l) || l == 0 {
+                    return Err(ModelError::Invalid("decoder ids must be one non-empty row of equal length per prompt".into()));
+                }
+                let mut cache = t5.new_decoder_cache(&enc, mask.as_ref(), l)?;
+                let flat: Vec<u32> = dec.concat();
+                let emb = t5.embed(&flat)?.reshape(&[dec.len(), l, t5.d_model])?;
+                Ok((t5.decode(&emb, &mut cache)?, Some(enc)))
+            }
+        }
+    }
+
+    /// Padding side of the processor for this language model: left for decoder-only
+    /// generation, right (the tokenizer default) for encoder-decoder models.
+    fn padding_side(&self) -> PaddingSide {
+        match self.lm {
+            LanguageModel::Opt(_) => PaddingSide::Left,
+            LanguageModel::T5(_) => PaddingSide::Right,
+        }
     }
 
     fn decode_opt(&self, opt: &Opt, projected: &Tensor, ids: &[Vec<u32>], cfg: &GenerationConfig) -> Result<DecodeRun> {
-        let eos = self.eos_ids(cfg);
-        let pad = self.pad_id();
         let b = ids.len();
-        let mut batch = PaddedBatch::new(ids, pad);
+        let mut batch = PaddedBatch::new(ids, self.pad_id(), self.image_token_id()?, PaddingSide::Left);
         let capacity = batch.len + cfg.max_new_tokens;
         if capacity > opt.max_positions {
-            return Err(ModelError::Prompt(format!(
+            return Err(ModelError::Invalid(format!(
                 "prompt of {} tokens + {} new tokens exceeds the model's {} positions",
                 batch.len, cfg.max_new_tokens, opt.max_positions
             )));
         }
         let t = Instant::now();
-        let embeds = self.input_embeds(opt, &batch.rows, projected)?;
+        let embeds = image_scatter(&batch.rows, self.image_token_id()?, projected, |t| opt.embed(t))?;
         let mut cache = opt.new_cache(b, capacity, &self.device)?;
         let mask = batch.mask_tensor(&self.device)?;
         let h = opt.forward(&embeds, &batch.positions(), mask.as_ref(), &mut cache)?;
         let last = ops::narrow(&h, 1, batch.len - 1, 1)?;
-        let mut logits = opt.logits(&last)?.to_vec_f32()?;
+        let logits = opt.logits(&last)?.to_vec_f32()?;
         let prefill = t.elapsed();
         let t = Instant::now();
-        let vocab = opt.vocab;
-        let mut new_tokens = vec![Vec::new(); b];
-        let mut done = vec![false; b];
-        let mut steps = 0;
-        for step in 0..cfg.max_new_tokens {
-            let mut next = Vec::with_capacity(b);
-            for r in 0..b {
-                let tok = if done[r] {
-                    pad
-                } else {
-                    let row = &mut logits[r * vocab..(r + 1) * vocab];
-                    let tok = greedy_step(row, &batch.rows[r], step, cfg, &eos);
-                    new_tokens[r].push(tok);
-                    done[r] = eos.contains(&tok);
-                    tok
-                };
-                next.push(tok);
-            }
+        // Repetition penalty sees every input id, image and padding ids included, as HF does.
+        let seen = batch.rows.clone();
+        let (new_tokens, steps) = greedy(&logits, opt.vocab, seen, cfg, &self.eos_ids(cfg), self.pad_id(), |next| {
             // HF appends the token (pad for finished rows) and a 1 to the attention mask.
-            batch.push(&next);
-            if done.iter().all(|&d| d) || step + 1 == cfg.max_new_tokens {
-                break;
-            }
-            let embeds = opt.embed(&next)?.reshape(&[b, 1, opt.hidden])?;
+            batch.push(next);
+            let embeds = opt.embed(next)?.reshape(&[b, 1, opt.hidden])?;
             let mask = batch.mask_tensor(&self.device)?;
             let h = opt.forward(&embeds, &batch.last_positions(), mask.as_ref(), &mut cache)?;
-            logits = opt.logits(&h)?.to_vec_f32()?;
-            steps += 1;
-        }
+            Ok(opt.logits(&h)?.to_vec_f32()?)
+        })?;
+        Ok(DecodeRun {
+            new_tokens,
+            prefill,
+            decode: t.elapsed(),
+            steps,
+        })
+    }
+
+    fn decode_t5(&self, t5: &T5, projected: &Tensor, ids: &[Vec<u32>], cfg: &GenerationConfig) -> Result<DecodeRun> {
+        let b = ids.len();
+        let batch = PaddedBatch::new(ids, self.pad_id(), self.image_token_id()?, PaddingSide::Right);
+        let start = match &self.config.text_config {
+            Some(TextConfig::T5(c)) => c.decoder_start_token_id,
+            _ => 0,
+        };
+        let t = Instant::now();
+        let embeds = image_scatter(&batch.rows, self.image_token_id()?, projected, |t| t5.embed(t))?;
+        let mask = batch.mask_tensor(&self.device)?;
+        let enc = t5.encode(&embeds, mask.as_ref())?;
+        let mut cache = t5.new_decoder_cache(&enc, mask.as_ref(), cfg.max_new_tokens + 1)?;
+        let mut step = |next: &[u32]| -> Result<Vec<f32>> {
+            let embeds = t5.embed(next)?.reshape(&[b, 1, t5.d_model])?;
+            Ok(t5.decode(&embeds, &mut cache)?.to_vec_f32()?)
+        };
+        let first = vec![start; b];
+        let logits = step(&first)?;
+        let prefill = t.elapsed();
+        let t = Instant::now();
+        // For encoder-decoder models HF's penalties see the decoder ids only.
+        let seen = vec![first; b];
+        let (new_tokens, steps) = greedy(&logits, t5.vocab, seen, cfg, &self.eos_ids(cfg), self.pad_id(), step)?;
         Ok(DecodeRun {
             new_tokens,
             prefill,
@@ -367,70 +371,3 @@ struct DecodeRun {
     steps: usize,
 }
 
-/// Left-padded id rows and their attention mask (1 = real token), as the processor pads
-/// for decoder-only generation.
-struct PaddedBatch {
-    rows: Vec<Vec<u32>>,
-    mask: Vec<Vec<u8>>,
-    len: usize,
-}
-
-impl PaddedBatch {
-    fn new(ids: &[Vec<u32>], pad: u32) -> PaddedBatch {
-        let len = ids.iter().map(Vec::len).max().unwrap_or(0);
-        let rows = ids
-            .iter()
-            .map(|r| std::iter::repeat_n(pad, len - r.len()).chain(r.iter().copied()).collect())
-            .collect();
-        let mask = ids
-            .iter()
-            .map(|r| std::iter::repeat_n(0u8, len - r.len()).chain(std::iter::repeat_n(1u8, r.len())).collect())
-            .collect();
-        PaddedBatch { rows, mask, len }
-    }
-
-    fn push(&mut self, next: &[u32]) {
-        for (r, &t) in next.iter().enumerate() {
-            self.rows[r].push(t);
-            self.mask[r].push(1);
-        }
-        self.len += 1;
-    }
-
-    /// HF's position ids: cumsum(mask)·mask − 1 (padding gets −1).
-    fn positions(&self) -> Vec<i64> {
-        self.mask
-            .iter()
-            .flat_map(|m| {
-                let mut c = 0i64;
-                m.iter()
-                    .map(move |&v| {
-                        c += v as i64;
-                        if v == 1 { c - 1 } else { -1 }
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    /// Position ids of the last column only (one decode step).
-    fn last_positions(&self) -> Vec<i64> {
-        self.mask
-            .iter()
-            .map(|m| m.iter().map(|&v| v as i64).sum::<i64>() - 1)
-            .collect()
-    }
-
-    /// Additive `[B, 1, len]` mask, or None when nothing is padded.
-    fn mask_tensor(&self, device: &Device) -> Result<Option<Tensor>> {
-        if self.mask.iter().all(|m| m.iter().all(|&v| v == 1)) {
-            return Ok(None);
-        }
-        let data: Vec<f32> = self
-            .mask
-            .iter()
-            .flat_map(|m| m.iter().map(|&v| if v == 1 { 0.0 } else { f32::MIN }))
-            .collect();
-        Ok(Some(Tensor::from_f32(data, &[self.mask.len(), 1, self.len], device)?))
-    }
-}

@@ -184,8 +184,13 @@ pub struct T5Config {
     /// From `feed_forward_proj` ("gated-gelu" -> "gelu_new"), unless `dense_act_fn` is
     /// stored explicitly (the BLIP-2 hub configs store "gelu": exact erf GELU).
     pub dense_act_fn: String,
-    /// T5 default true (then the decoder output is scaled by d_model^-0.5); Flan-T5 sets false.
+    /// As stored (T5 default true). transformers 5 always writes true here and records the
+    /// real meaning in `scale_decoder_outputs`; load `lm_head.weight` when it exists.
     pub tie_word_embeddings: bool,
+    /// Multiply the decoder output by d_model^-0.5 before lm_head (original T5). The stored
+    /// `scale_decoder_outputs` (v5) when present, else `tie_word_embeddings` (v4: Flan-T5
+    /// configs store false), as `T5Config.__post_init__` of transformers 5.24 derives it.
+    pub scale_decoder_outputs: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: u32,
     pub pad_token_id: u32,
@@ -209,6 +214,7 @@ impl Default for T5Config {
             is_gated_act: false,
             dense_act_fn: "relu".into(),
             tie_word_embeddings: true,
+            scale_decoder_outputs: true,
             bos_token_id: None,
             eos_token_id: 1,
             pad_token_id: 0,
@@ -365,8 +371,7 @@ impl Blip2Config {
             Some(t) => Some(parse_text(&t)?),
             None => None,
         };
-        let use_decoder_only_language_model =
-            matches!(text_config, Some(TextConfig::Opt(_)));
+        let use_decoder_only_language_model = matches!(text_config, Some(TextConfig::Opt(_)));
 
         let image_token_index = match r.opt_u32("image_token_index")? {
             Some(v) => Some(v),
@@ -400,9 +405,18 @@ impl Blip2Config {
             ("vision_config.num_attention_heads", v.num_attention_heads),
             ("vision_config.patch_size", v.patch_size),
             ("vision_config.image_size", v.image_size),
-            ("qformer_config.hidden_size", self.qformer_config.hidden_size),
-            ("qformer_config.num_attention_heads", self.qformer_config.num_attention_heads),
-            ("qformer_config.cross_attention_frequency", self.qformer_config.cross_attention_frequency),
+            (
+                "qformer_config.hidden_size",
+                self.qformer_config.hidden_size,
+            ),
+            (
+                "qformer_config.num_attention_heads",
+                self.qformer_config.num_attention_heads,
+            ),
+            (
+                "qformer_config.cross_attention_frequency",
+                self.qformer_config.cross_attention_frequency,
+            ),
             ("num_query_tokens", self.num_query_tokens),
         ] {
             if x == 0 {
@@ -412,20 +426,29 @@ impl Blip2Config {
         if v.hidden_size % v.num_attention_heads != 0 {
             return err(
                 "vision_config.num_attention_heads",
-                format!("{} does not divide hidden_size {}", v.num_attention_heads, v.hidden_size),
+                format!(
+                    "{} does not divide hidden_size {}",
+                    v.num_attention_heads, v.hidden_size
+                ),
             );
         }
         let q = &self.qformer_config;
         if q.hidden_size % q.num_attention_heads != 0 {
             return err(
                 "qformer_config.num_attention_heads",
-                format!("{} does not divide hidden_size {}", q.num_attention_heads, q.hidden_size),
+                format!(
+                    "{} does not divide hidden_size {}",
+                    q.num_attention_heads, q.hidden_size
+                ),
             );
         }
         if v.image_size % v.patch_size != 0 {
             return err(
                 "vision_config.patch_size",
-                format!("{} does not divide image_size {}", v.patch_size, v.image_size),
+                format!(
+                    "{} does not divide image_size {}",
+                    v.patch_size, v.image_size
+                ),
             );
         }
         match &self.text_config {
@@ -433,13 +456,19 @@ impl Blip2Config {
                 if o.num_attention_heads == 0 || o.hidden_size % o.num_attention_heads != 0 {
                     return err(
                         "text_config.num_attention_heads",
-                        format!("{} does not divide hidden_size {}", o.num_attention_heads, o.hidden_size),
+                        format!(
+                            "{} does not divide hidden_size {}",
+                            o.num_attention_heads, o.hidden_size
+                        ),
                     );
                 }
             }
             Some(TextConfig::T5(t)) => {
                 if t.num_heads == 0 || t.d_kv == 0 {
-                    return err("text_config.num_heads", "num_heads and d_kv must be at least 1".into());
+                    return err(
+                        "text_config.num_heads",
+                        "num_heads and d_kv must be at least 1".into(),
+                    );
                 }
                 if t.relative_attention_num_buckets < 2 {
                     return err(
@@ -455,7 +484,9 @@ impl Blip2Config {
 
     /// True when `architectures` names the retrieval model (ITM/ITC heads).
     pub fn is_retrieval(&self) -> bool {
-        self.architectures.iter().any(|a| a == "Blip2ForImageTextRetrieval")
+        self.architectures
+            .iter()
+            .any(|a| a == "Blip2ForImageTextRetrieval")
     }
 
     /// Configs of random-weight models at the published sizes, for benchmarks.
@@ -483,13 +514,14 @@ impl Blip2Config {
             is_gated_act: true,
             dense_act_fn: "gelu".into(),
             tie_word_embeddings: false,
+            scale_decoder_outputs: false,
             bos_token_id: Some(1),
             eos_token_id: 1,
             pad_token_id: 0,
             decoder_start_token_id: 0,
             ..T5Config::default()
         };
-        let gen = |text: TextConfig, image_token: u32| {
+        let generation = |text: TextConfig, image_token: u32| {
             let decoder_only = matches!(text, TextConfig::Opt(_));
             Blip2Config {
                 text_config: Some(text),
@@ -500,10 +532,10 @@ impl Blip2Config {
             }
         };
         Ok(match name {
-            "opt-2.7b" => gen(TextConfig::Opt(opt(2560, 10240, 32, 32)), 50265),
-            "opt-6.7b" => gen(TextConfig::Opt(opt(4096, 16384, 32, 32)), 50265),
-            "flan-t5-xl" => gen(TextConfig::T5(t5(2048, 5120, 32)), 32100),
-            "flan-t5-xxl" => gen(TextConfig::T5(t5(4096, 10240, 64)), 32100),
+            "opt-2.7b" => generation(TextConfig::Opt(opt(2560, 10240, 32, 32)), 50265),
+            "opt-6.7b" => generation(TextConfig::Opt(opt(4096, 16384, 32, 32)), 50265),
+            "flan-t5-xl" => generation(TextConfig::T5(t5(2048, 5120, 32)), 32100),
+            "flan-t5-xxl" => generation(TextConfig::T5(t5(4096, 10240, 64)), 32100),
             "tiny" => {
                 // Small enough for unit tests and smoke benchmarks; same structure as the
                 // real models (cross-attention every 2nd Q-Former layer, OPT with BOS 2).
@@ -539,7 +571,7 @@ impl Blip2Config {
                     vision_config,
                     qformer_config,
                     num_query_tokens: 4,
-                    ..gen(TextConfig::Opt(text), 99)
+                    ..generation(TextConfig::Opt(text), 99)
                 }
             }
             _ => {
@@ -580,7 +612,8 @@ fn parse_qformer(o: &Obj) -> Result<QFormerConfig> {
         layer_norm_eps: o.f64("layer_norm_eps", d.layer_norm_eps)?,
         pad_token_id: o.opt_u32("pad_token_id")?.unwrap_or(d.pad_token_id),
         position_embedding_type: o.string("position_embedding_type", &d.position_embedding_type)?,
-        cross_attention_frequency: o.usize("cross_attention_frequency", d.cross_attention_frequency)?,
+        cross_attention_frequency: o
+            .usize("cross_attention_frequency", d.cross_attention_frequency)?,
         encoder_hidden_size: o.usize("encoder_hidden_size", d.encoder_hidden_size)?,
         use_qformer_text_input: o.bool("use_qformer_text_input", d.use_qformer_text_input)?,
     })
@@ -613,7 +646,10 @@ fn parse_opt(o: &Obj) -> Result<OptConfig> {
         word_embed_proj_dim: o.opt_usize("word_embed_proj_dim")?.unwrap_or(hidden_size),
         activation_function: o.string("activation_function", &d.activation_function)?,
         enable_bias: o.bool("enable_bias", d.enable_bias)?,
-        layer_norm_elementwise_affine: o.bool("layer_norm_elementwise_affine", d.layer_norm_elementwise_affine)?,
+        layer_norm_elementwise_affine: o.bool(
+            "layer_norm_elementwise_affine",
+            d.layer_norm_elementwise_affine,
+        )?,
         remove_final_layer_norm: o.bool("_remove_final_layer_norm", d.remove_final_layer_norm)?,
         layer_norm_eps: d.layer_norm_eps,
         bos_token_id: o.opt_u32("bos_token_id")?.unwrap_or(d.bos_token_id),
@@ -629,6 +665,7 @@ fn parse_t5(o: &Obj) -> Result<T5Config> {
     let feed_forward_proj = o.string("feed_forward_proj", &d.feed_forward_proj)?;
     let (gated, act) =
         parse_feed_forward_proj(&feed_forward_proj).map_err(|m| o.err("feed_forward_proj", m))?;
+    let tie_word_embeddings = o.bool("tie_word_embeddings", d.tie_word_embeddings)?;
     Ok(T5Config {
         vocab_size: o.usize("vocab_size", d.vocab_size)?,
         d_model: o.usize("d_model", d.d_model)?,
@@ -637,18 +674,27 @@ fn parse_t5(o: &Obj) -> Result<T5Config> {
         num_layers,
         num_decoder_layers: o.opt_usize("num_decoder_layers")?.unwrap_or(num_layers),
         num_heads: o.usize("num_heads", d.num_heads)?,
-        relative_attention_num_buckets: o.usize("relative_attention_num_buckets", d.relative_attention_num_buckets)?,
-        relative_attention_max_distance: o.usize("relative_attention_max_distance", d.relative_attention_max_distance)?,
+        relative_attention_num_buckets: o.usize(
+            "relative_attention_num_buckets",
+            d.relative_attention_num_buckets,
+        )?,
+        relative_attention_max_distance: o.usize(
+            "relative_attention_max_distance",
+            d.relative_attention_max_distance,
+        )?,
         layer_norm_epsilon: o.f64("layer_norm_epsilon", d.layer_norm_epsilon)?,
         feed_forward_proj,
         // Explicit keys win, as PreTrainedConfig sets leftover kwargs after __post_init__.
         is_gated_act: o.bool("is_gated_act", gated)?,
         dense_act_fn: o.string("dense_act_fn", &act)?,
-        tie_word_embeddings: o.bool("tie_word_embeddings", d.tie_word_embeddings)?,
+        tie_word_embeddings,
+        scale_decoder_outputs: o.bool("scale_decoder_outputs", tie_word_embeddings)?,
         bos_token_id: o.opt_u32("bos_token_id")?,
         eos_token_id: o.first_u32("eos_token_id")?.unwrap_or(d.eos_token_id),
         pad_token_id: o.opt_u32("pad_token_id")?.unwrap_or(d.pad_token_id),
-        decoder_start_token_id: o.opt_u32("decoder_start_token_id")?.unwrap_or(d.decoder_start_token_id),
+        decoder_start_token_id: o
+            .opt_u32("decoder_start_token_id")?
+            .unwrap_or(d.decoder_start_token_id),
     })
 }
 
@@ -710,20 +756,28 @@ impl ImageProcessorConfig {
                 (s, s)
             }
             Some(Value::Object(_)) => {
-                let s = o.obj("size")?.expect("checked to be an object");
+                let Some(s) = o.obj("size")? else {
+                    return Err(o.err("size", "expected an object".to_string()));
+                };
                 match (s.opt_usize("height")?, s.opt_usize("width")?) {
                     (Some(h), Some(w)) => (h, w),
                     _ => match s.opt_usize("shortest_edge")? {
                         // BLIP resizes to a square; a lone edge means size x size.
                         Some(e) => (e, e),
                         None => {
-                            return Err(o.err("size", "expected {\"height\": H, \"width\": W}".to_string()));
+                            return Err(o.err(
+                                "size",
+                                "expected {\"height\": H, \"width\": W}".to_string(),
+                            ));
                         }
                     },
                 }
             }
             Some(other) => {
-                return Err(o.err("size", format!("expected an object or an integer, found {other}")));
+                return Err(o.err(
+                    "size",
+                    format!("expected an object or an integer, found {other}"),
+                ));
             }
         };
         if size.0 == 0 || size.1 == 0 {
@@ -748,7 +802,10 @@ impl ImageProcessorConfig {
     }
 
     /// Parses a `preprocessor_config.json` (older layout: the settings at top level).
-    pub fn from_preprocessor_json(text: &str, path: impl AsRef<Path>) -> Result<ImageProcessorConfig> {
+    pub fn from_preprocessor_json(
+        text: &str,
+        path: impl AsRef<Path>,
+    ) -> Result<ImageProcessorConfig> {
         let path = path.as_ref();
         let v = parse_json(text, path)?;
         Self::parse(&Obj::root(path, &v)?)
@@ -764,7 +821,8 @@ impl ProcessorConfig {
         let mut num_query_tokens = None;
         let proc_path = dir.join("processor_config.json");
         if proc_path.is_file() {
-            let text = std::fs::read_to_string(&proc_path).map_err(|e| ModelError::io(&proc_path, e))?;
+            let text =
+                std::fs::read_to_string(&proc_path).map_err(|e| ModelError::io(&proc_path, e))?;
             let (image, n) = Self::from_processor_json(&text, &proc_path)?;
             num_query_tokens = n;
             if let Some(image) = image {
@@ -777,7 +835,8 @@ impl ProcessorConfig {
         }
         let pre_path = dir.join("preprocessor_config.json");
         if pre_path.is_file() {
-            let text = std::fs::read_to_string(&pre_path).map_err(|e| ModelError::io(&pre_path, e))?;
+            let text =
+                std::fs::read_to_string(&pre_path).map_err(|e| ModelError::io(&pre_path, e))?;
             let v = parse_json(&text, &pre_path)?;
             let o = Obj::root(&pre_path, &v)?;
             if num_query_tokens.is_none() {
@@ -814,7 +873,8 @@ impl ProcessorConfig {
 }
 
 fn parse_json(text: &str, path: &Path) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| ModelError::config(path, "", format!("invalid JSON: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| ModelError::config(path, "", format!("invalid JSON: {e}")))
 }
 
 /// A JSON object with its file and dotted key path, for typed reads with precise errors.
@@ -826,7 +886,11 @@ struct Obj<'a> {
 
 fn describe(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 60 { format!("{}...", &s[..s.floor_char_boundary(60)]) } else { s }
+    if s.len() > 60 {
+        format!("{}...", &s[..s.floor_char_boundary(60)])
+    } else {
+        s
+    }
 }
 
 impl<'a> Obj<'a> {
@@ -840,13 +904,20 @@ impl<'a> Obj<'a> {
             other => Err(ModelError::config(
                 file,
                 "",
-                format!("expected a JSON object at the top level, found {}", describe(other)),
+                format!(
+                    "expected a JSON object at the top level, found {}",
+                    describe(other)
+                ),
             )),
         }
     }
 
     fn key(&self, k: &str) -> String {
-        if self.prefix.is_empty() { k.to_string() } else { format!("{}.{k}", self.prefix) }
+        if self.prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{}.{k}", self.prefix)
+        }
     }
 
     fn err(&self, k: &str, msg: String) -> ModelError {
@@ -866,7 +937,9 @@ impl<'a> Obj<'a> {
                 prefix: self.key(k),
                 map,
             })),
-            Some(other) => Err(self.err(k, format!("expected an object, found {}", describe(other)))),
+            Some(other) => {
+                Err(self.err(k, format!("expected an object, found {}", describe(other))))
+            }
         }
     }
 
@@ -878,7 +951,10 @@ impl<'a> Obj<'a> {
                 // 2.0 is accepted as 2 (some tools write integral floats).
                 None => match v.as_f64() {
                     Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 => Ok(Some(f as u64)),
-                    _ => Err(self.err(k, format!("expected an unsigned integer, found {}", describe(v)))),
+                    _ => Err(self.err(
+                        k,
+                        format!("expected an unsigned integer, found {}", describe(v)),
+                    )),
                 },
             },
         }
@@ -896,7 +972,10 @@ impl<'a> Obj<'a> {
 
     fn opt_u32(&self, k: &str) -> Result<Option<u32>> {
         self.opt_u64(k)?
-            .map(|x| u32::try_from(x).map_err(|_| self.err(k, format!("{x} does not fit a token id (u32)"))))
+            .map(|x| {
+                u32::try_from(x)
+                    .map_err(|_| self.err(k, format!("{x} does not fit a token id (u32)")))
+            })
             .transpose()
     }
 
@@ -950,10 +1029,15 @@ impl<'a> Obj<'a> {
                 .iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s.clone()),
-                    other => Err(self.err(k, format!("expected strings, found {}", describe(other)))),
+                    other => {
+                        Err(self.err(k, format!("expected strings, found {}", describe(other))))
+                    }
                 })
                 .collect(),
-            Some(v) => Err(self.err(k, format!("expected a list of strings, found {}", describe(v)))),
+            Some(v) => Err(self.err(
+                k,
+                format!("expected a list of strings, found {}", describe(v)),
+            )),
         }
     }
 
@@ -968,13 +1052,19 @@ impl<'a> Obj<'a> {
             Some(Value::Array(items)) if items.len() == 3 => {
                 let mut out = [0.0; 3];
                 for (o, v) in out.iter_mut().zip(items) {
-                    *o = v
-                        .as_f64()
-                        .ok_or_else(|| self.err(k, format!("expected numbers, found {}", describe(v))))?;
+                    *o = v.as_f64().ok_or_else(|| {
+                        self.err(k, format!("expected numbers, found {}", describe(v)))
+                    })?;
                 }
                 Ok(out)
             }
-            Some(v) => Err(self.err(k, format!("expected 3 numbers (one per RGB channel), found {}", describe(v)))),
+            Some(v) => Err(self.err(
+                k,
+                format!(
+                    "expected 3 numbers (one per RGB channel), found {}",
+                    describe(v)
+                ),
+            )),
         }
     }
 }

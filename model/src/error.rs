@@ -136,12 +136,19 @@ pub enum ModelError {
     /// A caller-side argument is invalid (empty batch, size 0, ...).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The checkpoint asks for something this library does not implement (named).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     #[error(transparent)]
     Engine(#[from] blip2_engine::Error),
 }
 
 impl ModelError {
-    pub(crate) fn config(path: impl Into<PathBuf>, key: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub(crate) fn config(
+        path: impl Into<PathBuf>,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         ModelError::Config {
             path: path.into(),
             key: key.into(),

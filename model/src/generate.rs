@@ -28,16 +28,16 @@ impl GenerationConfig {
     /// Rejects settings `transformers` would reject.
     pub fn validate(&self) -> Result<()> {
         if self.max_new_tokens == 0 {
-            return Err(ModelError::InvalidGeneration("max_new_tokens must be at least 1".into()));
+            return Err(ModelError::Invalid("max_new_tokens must be at least 1".into()));
         }
         if self.min_new_tokens > self.max_new_tokens {
-            return Err(ModelError::InvalidGeneration(format!(
+            return Err(ModelError::Invalid(format!(
                 "min_new_tokens ({}) exceeds max_new_tokens ({})",
                 self.min_new_tokens, self.max_new_tokens
             )));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return Err(ModelError::InvalidGeneration(format!(
+            return Err(ModelError::Invalid(format!(
                 "repetition_penalty must be a positive number, got {}",
                 self.repetition_penalty
             )));
@@ -91,6 +91,57 @@ pub fn greedy_step(logits: &mut [f32], seen: &[u32], new_tokens: usize, cfg: &Ge
     apply_repetition_penalty(logits, seen, cfg.repetition_penalty);
     apply_min_new_tokens(logits, new_tokens, cfg.min_new_tokens, eos);
     argmax(logits)
+}
+
+/// Greedy decoding of a batch. `logits` holds the first step's `[B·vocab]` scores; `seen`
+/// the ids each row's penalties count (HF's `input_ids`); `step(tokens)` runs the model on
+/// one new token per row and returns the next `[B·vocab]` scores. Finished rows are fed
+/// `pad` as HF feeds them. Returns the new tokens of each row (eos included) and the
+/// number of `step` calls.
+pub fn greedy(
+    logits: &[f32],
+    vocab: usize,
+    mut seen: Vec<Vec<u32>>,
+    cfg: &GenerationConfig,
+    eos: &[u32],
+    pad: u32,
+    mut step: impl FnMut(&[u32]) -> Result<Vec<f32>>,
+) -> Result<(Vec<Vec<u32>>, usize)> {
+    let b = seen.len();
+    if logits.len() != b * vocab {
+        return Err(ModelError::Invalid(format!(
+            "{} logits for {b} rows of vocabulary {vocab}",
+            logits.len()
+        )));
+    }
+    let mut logits = logits.to_vec();
+    let mut new_tokens = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    let mut steps = 0;
+    for n in 0..cfg.max_new_tokens {
+        let mut next = Vec::with_capacity(b);
+        for r in 0..b {
+            let tok = if done[r] {
+                pad
+            } else {
+                let tok = greedy_step(&mut logits[r * vocab..(r + 1) * vocab], &seen[r], n, cfg, eos);
+                new_tokens[r].push(tok);
+                done[r] = eos.contains(&tok);
+                tok
+            };
+            seen[r].push(tok);
+            next.push(tok);
+        }
+        if done.iter().all(|&d| d) || n + 1 == cfg.max_new_tokens {
+            break;
+        }
+        logits = step(&next)?;
+        steps += 1;
+        if logits.len() != b * vocab {
+            return Err(ModelError::Invalid(format!("model step returned {} logits, expected {}", logits.len(), b * vocab)));
+        }
+    }
+    Ok((new_tokens, steps))
 }
 
 #[cfg(test)]

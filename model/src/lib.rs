@@ -8,7 +8,15 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Blip2Config, ImageProcessorConfig, OptConfig, ProcessorConfig, QFormerConfig, T5Config, TextConfig, VisionConfig};
-pub use error::{ModelError, WeightProblem, WeightProblems};
+pub use error::{ModelError, Result, WeightProblem, WeightProblems};
 pub use preprocess::{ImageInput, load_image, load_image_from_bytes, pixel_values, preprocess};
 pub use tokenizer::{BatchEncoding, Blip2Tokenizer, PaddingSide};
 pub use weights::{Checkpoint, WeightLoader};
+pub mod blip2;
+pub mod generate;
+mod inputs;
+pub mod nn;
+pub mod opt;
+pub mod qformer;
+pub mod t5;
+pub mod vision;

@@ -1,11 +1,13 @@
 //! Image preprocessing identical to transformers' `BlipImageProcessor` on its PIL path
 //! (`BlipImageProcessorPil` in v5):
 //!
-//! 1. `convert_to_rgb`: PIL `image.convert("RGB")`, i.e. alpha is dropped (no compositing),
-//!    grey is replicated, palettes are looked up. 16-bit colour channels keep their high byte
-//!    and 16-bit grey is clipped to 0..255, as Pillow loads and converts them.
-//! 2. Resize straight to `size` (no aspect ratio, no crop) with Pillow's `ImagingResample`:
-//!    separable, horizontal pass first then vertical, filter support scaled by the
+//! 1. `convert_to_rgb` (transformers 5.24, `image_transforms.py`): an image with an alpha
+//!    channel (RGBA, LA, palette with transparency) is composited onto opaque white with
+//!    Pillow's `alpha_composite` integer arithmetic; others are converted with
+//!    `convert("RGB")` (grey replicated). (Older transformers dropped alpha instead.)
+//! 2. Resize straight to `size` (no aspect ratio, no crop) with Pillow 13's `ImagingResample`:
+//!    separable, horizontal pass first unless the height shrinks much more than the width
+//!    (then vertical first, as Pillow 13 decides), filter support scaled by the
 //!    downscaling factor (antialiasing), coefficients normalised in f64 then quantised to
 //!    22-bit fixed point, each pass rounded and clipped to u8.
 //! 3. Rescale `u8 as f64 * rescale_factor` cast to f32, then `(x - mean) / std` in f32,
@@ -49,13 +51,13 @@ impl<'a> From<&'a DynamicImage> for ImageInput<'a> {
     }
 }
 
-impl ImageInput<'_> {
+impl<'a> ImageInput<'a> {
     /// Decodes (paths and bytes) or borrows the image.
-    pub fn load(&self) -> Result<Cow<'_, DynamicImage>> {
+    pub fn load(&self) -> Result<Cow<'a, DynamicImage>> {
         match self {
             ImageInput::Path(p) => Ok(Cow::Owned(load_image(p)?)),
             ImageInput::Bytes(b) => Ok(Cow::Owned(load_image_from_bytes(b, "<bytes>")?)),
-            ImageInput::Image(i) => Ok(Cow::Borrowed(i)),
+            ImageInput::Image(i) => Ok(Cow::Borrowed(*i)),
         }
     }
 }
@@ -63,7 +65,8 @@ impl ImageInput<'_> {
 /// Decodes an image file; the format is guessed from its content.
 pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| ModelError::image(path.display().to_string(), e.to_string()))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| ModelError::image(path.display().to_string(), e.to_string()))?;
     load_image_from_bytes(&bytes, &path.display().to_string())
 }
 
@@ -79,25 +82,45 @@ pub fn load_image_from_bytes(bytes: &[u8], name: &str) -> Result<DynamicImage> {
         .map_err(|e| ModelError::image(name, format!("cannot decode {format:?}: {e}")))
 }
 
-/// RGB pixels as PIL's `image.convert("RGB")` makes them from what Pillow would have loaded.
+/// `Image.alpha_composite(white, rgba)` of Pillow for one channel value `v` with alpha `a`
+/// (its integer path with 7 extra bits, specialised to an opaque white background).
+#[inline]
+pub fn composite_on_white(v: u8, a: u8) -> u8 {
+    if a == 0 {
+        return 255;
+    }
+    let (v, a) = (v as u32, a as u32);
+    // coef1 = a*255*255*128 / (255*255) = a*128 exactly; coef2 = (255-a)*128.
+    let tmp = v * a * 128 + 255 * (255 - a) * 128 + (0x80 << 7);
+    ((((tmp >> 8) + tmp) >> 8) >> 7) as u8
+}
+
+/// RGB pixels as transformers 5.24's `convert_to_rgb` makes them from what Pillow loads:
+/// images with an alpha channel are composited onto white (`Image.alpha_composite`), others
+/// go through `convert("RGB")` (grey replicated). 16-bit colour channels keep their high
+/// byte and 16-bit grey is clipped to 0..255, as Pillow loads and converts them.
 pub fn to_rgb8_like_pil(img: &DynamicImage) -> RgbImage {
     use DynamicImage as D;
     let (w, h) = (img.width(), img.height());
-    let from_fn = |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
+    let from_fn =
+        |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
+    let over_white = |[r, g, b, a]: [u8; 4]| {
+        [
+            composite_on_white(r, a),
+            composite_on_white(g, a),
+            composite_on_white(b, a),
+        ]
+    };
     match img {
         D::ImageRgb8(i) => i.clone(),
-        // Alpha dropped, not composited (PIL "RGBA" -> "RGB").
-        D::ImageRgba8(i) => from_fn(&|x, y| {
-            let p = i.get_pixel(x, y).0;
-            [p[0], p[1], p[2]]
-        }),
+        D::ImageRgba8(i) => from_fn(&|x, y| over_white(i.get_pixel(x, y).0)),
         D::ImageLuma8(i) => from_fn(&|x, y| {
             let l = i.get_pixel(x, y).0[0];
             [l, l, l]
         }),
         D::ImageLumaA8(i) => from_fn(&|x, y| {
-            let l = i.get_pixel(x, y).0[0];
-            [l, l, l]
+            let [l, a] = i.get_pixel(x, y).0;
+            over_white([l, l, l, a])
         }),
         // Pillow reads 16-bit RGB(A)/LA PNGs keeping the most significant byte.
         D::ImageRgb16(i) => from_fn(&|x, y| {
@@ -105,24 +128,29 @@ pub fn to_rgb8_like_pil(img: &DynamicImage) -> RgbImage {
             [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]
         }),
         D::ImageRgba16(i) => from_fn(&|x, y| {
-            let p = i.get_pixel(x, y).0;
-            [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]
+            let p = i.get_pixel(x, y).0.map(|c| (c >> 8) as u8);
+            over_white(p)
         }),
         D::ImageLumaA16(i) => from_fn(&|x, y| {
-            let l = (i.get_pixel(x, y).0[0] >> 8) as u8;
-            [l, l, l]
+            let [l, a] = i.get_pixel(x, y).0.map(|c| (c >> 8) as u8);
+            over_white([l, l, l, a])
         }),
         // 16-bit grey is mode "I;16" in Pillow, whose conversion to RGB clips at 255.
         D::ImageLuma16(i) => from_fn(&|x, y| {
             let l = i.get_pixel(x, y).0[0].min(255) as u8;
             [l, l, l]
         }),
-        // Float images (HDR/EXR/float TIFF): no Pillow equivalent; clamp and round.
+        // Float images (HDR/EXR/float TIFF) have no Pillow equivalent: clamp and round.
+        D::ImageRgba32F(_) => {
+            let rgba = img.to_rgba8();
+            from_fn(&|x, y| over_white(rgba.get_pixel(x, y).0))
+        }
         other => other.to_rgb8(),
     }
 }
 
-/// Pillow resampling filters (PIL codes: 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming).
+/// Pillow resampling filters (PIL codes: 1 lanczos, 2 bilinear, 3 bicubic, 4 box,
+/// 5 hamming, 6 mks2013, 7 mks2021).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filter {
     Box,
@@ -130,6 +158,8 @@ pub enum Filter {
     Hamming,
     Bicubic,
     Lanczos,
+    Mks2013,
+    Mks2021,
 }
 
 impl Filter {
@@ -141,9 +171,11 @@ impl Filter {
             3 => Filter::Bicubic,
             4 => Filter::Box,
             5 => Filter::Hamming,
+            6 => Filter::Mks2013,
+            7 => Filter::Mks2021,
             _ => {
                 return Err(ModelError::Invalid(format!(
-                    "resample {code} is not supported (1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming)"
+                    "resample {code} is not supported (1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming, 6 mks2013, 7 mks2021)"
                 )));
             }
         })
@@ -155,6 +187,8 @@ impl Filter {
             Filter::Bilinear | Filter::Hamming => 1.0,
             Filter::Bicubic => 2.0,
             Filter::Lanczos => 3.0,
+            Filter::Mks2013 => 2.5,
+            Filter::Mks2021 => 4.5,
         }
     }
 
@@ -209,6 +243,35 @@ impl Filter {
                     0.0
                 }
             }
+            // https://johncostella.com/magic/ as in Pillow 13.
+            Filter::Mks2013 => {
+                let x = x.abs();
+                if x < 0.5 {
+                    17.0 / 16.0 - 7.0 / 4.0 * x.powi(2)
+                } else if x < 1.5 {
+                    (1.0 - x) * (7.0 / 4.0 - x)
+                } else if x < 2.5 {
+                    -1.0 / 8.0 * (x - 5.0 / 2.0).powi(2)
+                } else {
+                    0.0
+                }
+            }
+            Filter::Mks2021 => {
+                let x = x.abs();
+                if x < 0.5 {
+                    577.0 / 576.0 - 239.0 / 144.0 * x.powi(2)
+                } else if x < 1.5 {
+                    35.0 / 36.0 * (x - 1.0) * (x - 239.0 / 140.0)
+                } else if x < 2.5 {
+                    1.0 / 6.0 * (x - 2.0) * (65.0 / 24.0 - x)
+                } else if x < 3.5 {
+                    1.0 / 36.0 * (x - 3.0) * (x - 15.0 / 4.0)
+                } else if x < 4.5 {
+                    -1.0 / 288.0 * (x - 9.0 / 2.0).powi(2)
+                } else {
+                    0.0
+                }
+            }
         }
     }
 }
@@ -239,7 +302,10 @@ fn precompute_coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs 
         let ss = 1.0 / filterscale;
         // C casts truncate toward zero; negative values are clamped to 0 right after.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize - xmin;
+        let xmax = ((center + support + 0.5) as i64)
+            .min(in_size as i64)
+            .max(xmin as i64) as usize
+            - xmin;
         let mut ww = 0.0;
         for (x, wx) in w.iter_mut().enumerate().take(xmax) {
             let v = filter.eval((x as f64 + xmin as f64 - center + 0.5) * ss);
@@ -250,7 +316,11 @@ fn precompute_coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs 
         for x in 0..xmax {
             let v = if ww != 0.0 { w[x] / ww } else { w[x] };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            row[x] = if v < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
+            row[x] = if v < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
         }
         bounds.push((xmin, xmax));
     }
@@ -262,8 +332,62 @@ fn clip8(acc: i64) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Resizes interleaved 8-bit pixels (`channels` per pixel) exactly as Pillow's
-/// `Image.resize((out_w, out_h), filter)` does for modes L/RGB/RGBX (not premultiplied RGBA).
+/// Horizontal pass over `rows` rows of `src` starting at row `row0`.
+fn pass_horizontal(
+    src: &[u8],
+    width: usize,
+    channels: usize,
+    row0: usize,
+    rows: usize,
+    c: &Coeffs,
+) -> Vec<u8> {
+    let half = 1i64 << (PRECISION_BITS - 1);
+    let out_w = c.bounds.len();
+    let mut out = vec![0u8; rows * out_w * channels];
+    for yy in 0..rows {
+        let in_row = &src[(yy + row0) * width * channels..(yy + row0 + 1) * width * channels];
+        let out_row = &mut out[yy * out_w * channels..(yy + 1) * out_w * channels];
+        for xx in 0..out_w {
+            let (xmin, n) = c.bounds[xx];
+            let k = &c.k[xx * c.ksize..xx * c.ksize + n];
+            for ch in 0..channels {
+                let mut acc = half;
+                for (x, &kx) in k.iter().enumerate() {
+                    acc += in_row[(xmin + x) * channels + ch] as i64 * kx as i64;
+                }
+                out_row[xx * channels + ch] = clip8(acc);
+            }
+        }
+    }
+    out
+}
+
+/// Vertical pass; `row_shift` is subtracted from the bounds (rows skipped by a previous
+/// horizontal pass). `stride` = pixels per row x channels.
+fn pass_vertical(src: &[u8], stride: usize, row_shift: usize, c: &Coeffs) -> Vec<u8> {
+    let half = 1i64 << (PRECISION_BITS - 1);
+    let out_h = c.bounds.len();
+    let mut out = vec![0u8; out_h * stride];
+    for yy in 0..out_h {
+        let (ymin, n) = c.bounds[yy];
+        let ymin = ymin - row_shift;
+        let k = &c.k[yy * c.ksize..yy * c.ksize + n];
+        let out_row = &mut out[yy * stride..(yy + 1) * stride];
+        for (i, o) in out_row.iter_mut().enumerate() {
+            let mut acc = half;
+            for (y, &ky) in k.iter().enumerate() {
+                acc += src[(ymin + y) * stride + i] as i64 * ky as i64;
+            }
+            *o = clip8(acc);
+        }
+    }
+    out
+}
+
+/// Resizes interleaved 8-bit pixels (`channels` per pixel) exactly as Pillow 13's
+/// `Image.resize((out_w, out_h), filter)` does for modes L/RGB (not premultiplied RGBA):
+/// `ImagingResampleInner`, including its choice of pass order (vertical first when the
+/// height shrinks by more than twice as many pixels as the width).
 pub fn resize_u8(
     src: &[u8],
     width: usize,
@@ -284,60 +408,43 @@ pub fn resize_u8(
             src.len()
         )));
     }
-    let half = 1i64 << (PRECISION_BITS - 1);
+    let need_h = out_w != width;
+    let need_v = out_h != height;
+    // Pillow 13: "If height is being scaled down more than twice the amount the width is,
+    // run the vertical pass first" (in pixels removed, signed).
+    let dh = height as i64 - out_h as i64;
+    let dw = width as i64 - out_w as i64;
+    let horizontal_first = !(dh > 0 && dh > dw * 2);
     let vert = precompute_coeffs(height, out_h, filter);
-
-    // Horizontal pass, only over the rows the vertical pass reads (Pillow does the same;
-    // it changes no value, only work).
-    let (y_first, y_last) = {
-        let (f, _) = vert.bounds[0];
-        let (l, n) = vert.bounds[out_h - 1];
-        (f, l + n)
-    };
-    let (tmp, row_offset): (Cow<[u8]>, usize) = if out_w != width {
-        let hc = precompute_coeffs(width, out_w, filter);
-        let rows = y_last - y_first;
-        let mut out = vec![0u8; rows * out_w * channels];
-        for yy in 0..rows {
-            let in_row = &src[(yy + y_first) * width * channels..(yy + y_first + 1) * width * channels];
-            let out_row = &mut out[yy * out_w * channels..(yy + 1) * out_w * channels];
-            for xx in 0..out_w {
-                let (xmin, n) = hc.bounds[xx];
-                let k = &hc.k[xx * hc.ksize..xx * hc.ksize + n];
-                for c in 0..channels {
-                    let mut acc = half;
-                    for (x, &kx) in k.iter().enumerate() {
-                        acc += in_row[(xmin + x) * channels + c] as i64 * kx as i64;
-                    }
-                    out_row[xx * channels + c] = clip8(acc);
-                }
-            }
+    if horizontal_first {
+        let (tmp, shift, rows) = if need_h {
+            let hc = precompute_coeffs(width, out_w, filter);
+            // Only the rows the vertical pass reads (Pillow does the same; values unchanged).
+            let first = vert.bounds[0].0;
+            let (l, n) = vert.bounds[out_h - 1];
+            let rows = l + n - first;
+            (
+                Cow::Owned(pass_horizontal(src, width, channels, first, rows, &hc)),
+                first,
+                rows,
+            )
+        } else {
+            (Cow::Borrowed(src), 0, height)
+        };
+        if !need_v {
+            debug_assert_eq!(rows, height);
+            return Ok(tmp.into_owned());
         }
-        (Cow::Owned(out), y_first)
+        Ok(pass_vertical(&tmp, out_w * channels, shift, &vert))
     } else {
-        (Cow::Borrowed(src), 0)
-    };
-
-    if out_h == height {
-        // No vertical pass (Pillow skips it too); the rows read were all of them.
-        return Ok(tmp.into_owned());
-    }
-    let stride = out_w * channels;
-    let mut out = vec![0u8; out_h * stride];
-    for yy in 0..out_h {
-        let (ymin, n) = vert.bounds[yy];
-        let ymin = ymin - row_offset;
-        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + n];
-        let out_row = &mut out[yy * stride..(yy + 1) * stride];
-        for (i, o) in out_row.iter_mut().enumerate() {
-            let mut acc = half;
-            for (y, &ky) in k.iter().enumerate() {
-                acc += tmp[(ymin + y) * stride + i] as i64 * ky as i64;
-            }
-            *o = clip8(acc);
+        // Here need_v holds (the height shrinks).
+        let tmp = pass_vertical(src, width * channels, 0, &vert);
+        if !need_h {
+            return Ok(tmp);
         }
+        let hc = precompute_coeffs(width, out_w, filter);
+        Ok(pass_horizontal(&tmp, width, channels, 0, out_h, &hc))
     }
-    Ok(out)
 }
 
 /// The full processor on one image: `[3, H, W]` f32, channels first.
@@ -351,11 +458,23 @@ pub fn preprocess(img: &DynamicImage, cfg: &ImageProcessorConfig) -> Result<Vec<
     }
     let (out_h, out_w) = cfg.size;
     let pixels: Cow<[u8]> = if cfg.do_resize && (out_w != w || out_h != h) {
-        Cow::Owned(resize_u8(rgb.as_raw(), w, h, 3, out_w, out_h, Filter::from_pil_code(cfg.resample)?)?)
+        Cow::Owned(resize_u8(
+            rgb.as_raw(),
+            w,
+            h,
+            3,
+            out_w,
+            out_h,
+            Filter::from_pil_code(cfg.resample)?,
+        )?)
     } else {
         Cow::Borrowed(rgb.as_raw())
     };
-    let (ow, oh) = if cfg.do_resize { (out_w, out_h) } else { (w, h) };
+    let (ow, oh) = if cfg.do_resize {
+        (out_w, out_h)
+    } else {
+        (w, h)
+    };
     let plane = ow * oh;
     let mut out = vec![0f32; 3 * plane];
     for c in 0..3 {
@@ -365,15 +484,27 @@ pub fn preprocess(img: &DynamicImage, cfg: &ImageProcessorConfig) -> Result<Vec<
         for (i, d) in dst.iter_mut().enumerate() {
             let v = pixels[i * 3 + c];
             // rescale(): f64 multiply, then cast to f32; normalize(): f32 arithmetic.
-            let x = if cfg.do_rescale { (v as f64 * cfg.rescale_factor) as f32 } else { v as f32 };
-            *d = if cfg.do_normalize { (x - mean) / std } else { x };
+            let x = if cfg.do_rescale {
+                (v as f64 * cfg.rescale_factor) as f32
+            } else {
+                v as f32
+            };
+            *d = if cfg.do_normalize {
+                (x - mean) / std
+            } else {
+                x
+            };
         }
     }
     Ok(out)
 }
 
 /// A batch `[B, 3, H, W]` f32 tensor on `device`.
-pub fn pixel_values(images: &[&DynamicImage], cfg: &ImageProcessorConfig, device: &Device) -> Result<Tensor> {
+pub fn pixel_values(
+    images: &[&DynamicImage],
+    cfg: &ImageProcessorConfig,
+    device: &Device,
+) -> Result<Tensor> {
     if images.is_empty() {
         return Err(ModelError::Invalid("pixel_values: no images given".into()));
     }
@@ -387,7 +518,15 @@ pub fn pixel_values(images: &[&DynamicImage], cfg: &ImageProcessorConfig, device
     let mut hw = (0, 0);
     for img in images {
         data.extend(preprocess(img, cfg)?);
-        hw = if cfg.do_resize { cfg.size } else { (img.height() as usize, img.width() as usize) };
+        hw = if cfg.do_resize {
+            cfg.size
+        } else {
+            (img.height() as usize, img.width() as usize)
+        };
     }
-    Ok(Tensor::from_f32(data, &[images.len(), 3, hw.0, hw.1], device)?)
+    Ok(Tensor::from_f32(
+        data,
+        &[images.len(), 3, hw.0, hw.1],
+        device,
+    )?)
 }

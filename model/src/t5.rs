@@ -62,7 +62,7 @@ struct Ffn {
 impl Ffn {
     fn load(vb: &WeightLoader, cfg: &T5Config) -> crate::Result<Ffn> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
-        let (wi_0, wi_1) = if cfg.is_gated_act() {
+        let (wi_0, wi_1) = if cfg.is_gated_act {
             (Linear::load(&vb.pp("wi_0"), d, ff, false), Some(Linear::load(&vb.pp("wi_1"), d, ff, false)))
         } else {
             (Linear::load(&vb.pp("wi"), d, ff, false), None)
@@ -71,7 +71,7 @@ impl Ffn {
             wi_0,
             wi_1,
             wo: Linear::load(&vb.pp("wo"), ff, d, false),
-            act: activation(&cfg.dense_act_fn())?,
+            act: activation(&cfg.dense_act_fn)?,
         })
     }
 
@@ -151,7 +151,7 @@ impl T5 {
             });
         }
         let mut dec_blocks = Vec::new();
-        for i in 0..cfg.num_decoder_layers() {
+        for i in 0..cfg.num_decoder_layers {
             let b = dec.pp("block").pp(&i.to_string());
             dec_blocks.push(DecoderBlock {
                 ln_self: RmsNorm::load(&b.pp("layer.0.layer_norm"), d, eps),
@@ -165,6 +165,8 @@ impl T5 {
         let rel_shape = [cfg.relative_attention_num_buckets, cfg.num_heads];
         let enc_rel = enc.get_f32("block.0.layer.0.SelfAttention.relative_attention_bias.weight", &rel_shape);
         let dec_rel = dec.get_f32("block.0.layer.0.SelfAttention.relative_attention_bias.weight", &rel_shape);
+        // A stored lm_head is used even when the config says "tied" (transformers 5 writes
+        // tie_word_embeddings=true for Flan-T5 whose checkpoints hold a separate head).
         let lm_head = if cfg.tie_word_embeddings {
             vb.get_with_fallback("lm_head.weight", "shared.weight", &[cfg.vocab_size, d])
         } else {
@@ -181,7 +183,7 @@ impl T5 {
             dec_blocks,
             dec_final: RmsNorm::load(&dec.pp("final_layer_norm"), d, eps),
             lm_head,
-            tie_scale: cfg.tie_word_embeddings.then(|| (d as f32).powf(-0.5)),
+            tie_scale: cfg.scale_decoder_outputs.then(|| (d as f32).powf(-0.5)),
             heads: cfg.num_heads,
             d_kv: cfg.d_kv,
             d_model: d,
@@ -299,8 +301,8 @@ mod tests {
 
     #[test]
     fn buckets_match_hf_examples() {
-        // Values computed with transformers' T5Attention._relative_position_bucket
-        // (num_buckets 32, max_distance 128).
+        // Expected values printed by transformers 5.24's T5Attention._relative_position_bucket
+        // (num_buckets 32, max_distance 128) with torch 2.15.
         assert_eq!(bucket(0, true, 32, 128), 0);
         assert_eq!(bucket(1, true, 32, 128), 17);
         assert_eq!(bucket(-1, true, 32, 128), 1);
@@ -310,5 +312,9 @@ mod tests {
         assert_eq!(bucket(-15, false, 32, 128), 15);
         assert_eq!(bucket(-1000, false, 32, 128), 31);
         assert_eq!(bucket(1000, true, 32, 128), 31);
+        assert_eq!(bucket(-20, false, 32, 128), 17);
+        assert_eq!(bucket(-20, true, 32, 128), 10);
+        assert_eq!(bucket(-50, false, 32, 128), 24);
+        assert_eq!(bucket(37, true, 32, 128), 28);
     }
 }

@@ -143,7 +143,11 @@ impl Blip2Tokenizer {
         let bos_token_id = id_of("bos_token");
         let eos_token_id = id_of("eos_token");
         let pad_token_id = id_of("pad_token");
-        let cfg_bool = |key: &str| tokenizer_config.and_then(|c| c.get(key)).and_then(Value::as_bool);
+        let cfg_bool = |key: &str| {
+            tokenizer_config
+                .and_then(|c| c.get(key))
+                .and_then(Value::as_bool)
+        };
         let add_bos_token = cfg_bool("add_bos_token").unwrap_or(false);
         let padding_side = match tokenizer_config
             .and_then(|c| c.get("padding_side"))
@@ -159,7 +163,8 @@ impl Blip2Tokenizer {
             .filter(|&n| n < 1 << 40)
             .map(|n| n as usize);
 
-        let clean_up_tokenization_spaces = cfg_bool("clean_up_tokenization_spaces").unwrap_or(false);
+        let clean_up_tokenization_spaces =
+            cfg_bool("clean_up_tokenization_spaces").unwrap_or(false);
         let post_processor_adds_bos = match bos_token_id {
             None => false,
             Some(bos) => {
@@ -243,10 +248,9 @@ impl Blip2Tokenizer {
     /// `tokenizer(text)` with special tokens, honouring `add_bos_token` when the
     /// post-processor does not add BOS.
     pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| ModelError::tokenizer(&self.path, format!("cannot encode {text:?}: {e}")))?;
+        let enc = self.inner.encode(text, true).map_err(|e| {
+            ModelError::tokenizer(&self.path, format!("cannot encode {text:?}: {e}"))
+        })?;
         let ids = enc.get_ids();
         match self.bos_token_id {
             Some(bos) if self.add_bos_token && !self.post_processor_adds_bos => {
@@ -261,10 +265,9 @@ impl Blip2Tokenizer {
 
     /// Ids without any special token (the processor's `add_special_tokens=False`).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| ModelError::tokenizer(&self.path, format!("cannot encode {text:?}: {e}")))?;
+        let enc = self.inner.encode(text, false).map_err(|e| {
+            ModelError::tokenizer(&self.path, format!("cannot encode {text:?}: {e}"))
+        })?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -282,10 +285,20 @@ impl Blip2Tokenizer {
     /// The ids `Blip2Processor` + `generate()` give the language model:
     /// `[image_token_id; num_query_tokens]` then `tokenizer(text)`, or, without text, the
     /// image tokens then [`Self::start_token_id`].
-    pub fn encode_prompt(&self, text: Option<&str>, num_query_tokens: usize, image_token_id: u32) -> Result<Vec<u32>> {
+    pub fn encode_prompt(
+        &self,
+        text: Option<&str>,
+        num_query_tokens: usize,
+        image_token_id: u32,
+    ) -> Result<Vec<u32>> {
         match text {
             Some(_) => self.encode_prompt_with_start(text, num_query_tokens, image_token_id, 0),
-            None => self.encode_prompt_with_start(None, num_query_tokens, image_token_id, self.start_token_id()?),
+            None => self.encode_prompt_with_start(
+                None,
+                num_query_tokens,
+                image_token_id,
+                self.start_token_id()?,
+            ),
         }
     }
 
@@ -306,7 +319,10 @@ impl Blip2Tokenizer {
         Ok(ids)
     }
 
-    /// Prompts of a batch, padded on `side` with the pad token.
+    /// Prompts of a batch as `Blip2Processor` builds them: the texts are tokenized and
+    /// padded on `side` first, then the image tokens are put in front of every row (so
+    /// with left padding the pads sit between the image tokens and the text, mask 0 there).
+    /// A `None` text is the no-text start token alone.
     pub fn encode_prompt_batch(
         &self,
         texts: &[Option<&str>],
@@ -316,14 +332,25 @@ impl Blip2Tokenizer {
     ) -> Result<BatchEncoding> {
         let seqs = texts
             .iter()
-            .map(|t| self.encode_prompt(*t, num_query_tokens, image_token_id))
+            .map(|t| match t {
+                Some(t) => self.encode_text(t),
+                None => Ok(vec![self.start_token_id()?]),
+            })
             .collect::<Result<Vec<_>>>()?;
-        self.pad(seqs, side)
+        let mut batch = self.pad(seqs, side)?;
+        for (ids, mask) in batch.ids.iter_mut().zip(&mut batch.attention_mask) {
+            ids.splice(0..0, std::iter::repeat_n(image_token_id, num_query_tokens));
+            mask.splice(0..0, std::iter::repeat_n(1, num_query_tokens));
+        }
+        Ok(batch)
     }
 
     /// Texts of a batch (`tokenizer(texts, padding=True)`), e.g. for ITM/ITC.
     pub fn encode_text_batch(&self, texts: &[&str], side: PaddingSide) -> Result<BatchEncoding> {
-        let seqs = texts.iter().map(|t| self.encode_text(t)).collect::<Result<Vec<_>>>()?;
+        let seqs = texts
+            .iter()
+            .map(|t| self.encode_text(t))
+            .collect::<Result<Vec<_>>>()?;
         self.pad(seqs, side)
     }
 
@@ -348,29 +375,44 @@ impl Blip2Tokenizer {
             let n = max - s.len();
             let (row, mask) = match side {
                 PaddingSide::Left => (
-                    std::iter::repeat_n(pad, n).chain(s.iter().copied()).collect(),
-                    std::iter::repeat_n(0, n).chain(std::iter::repeat_n(1, s.len())).collect(),
+                    std::iter::repeat_n(pad, n)
+                        .chain(s.iter().copied())
+                        .collect(),
+                    std::iter::repeat_n(0, n)
+                        .chain(std::iter::repeat_n(1, s.len()))
+                        .collect(),
                 ),
                 PaddingSide::Right => (
-                    s.iter().copied().chain(std::iter::repeat_n(pad, n)).collect(),
-                    std::iter::repeat_n(1, s.len()).chain(std::iter::repeat_n(0, n)).collect(),
+                    s.iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(pad, n))
+                        .collect(),
+                    std::iter::repeat_n(1, s.len())
+                        .chain(std::iter::repeat_n(0, n))
+                        .collect(),
                 ),
             };
             ids.push(row);
             attention_mask.push(mask);
         }
-        Ok(BatchEncoding { ids, attention_mask })
+        Ok(BatchEncoding {
+            ids,
+            attention_mask,
+        })
     }
 
     /// Text of `ids`; with `skip_special_tokens` the special tokens (`</s>`, `<pad>`,
     /// `<image>`...) are left out, as `batch_decode(..., skip_special_tokens=True)` does.
     /// `clean_up_tokenization_spaces: true` in tokenizer_config.json applies HF's clean-up.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        let text = self
-            .inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| ModelError::tokenizer(&self.path, format!("cannot decode {ids:?}: {e}")))?;
-        Ok(if self.clean_up_tokenization_spaces { clean_up_tokenization(&text) } else { text })
+        let text = self.inner.decode(ids, skip_special_tokens).map_err(|e| {
+            ModelError::tokenizer(&self.path, format!("cannot decode {ids:?}: {e}"))
+        })?;
+        Ok(if self.clean_up_tokenization_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        })
     }
 }
 

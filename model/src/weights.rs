@@ -154,7 +154,9 @@ impl Checkpoint {
         if single.is_file() {
             return Self::from_files(path, &[single]);
         }
-        let hint = if path.join("pytorch_model.bin").exists() || path.join("pytorch_model.bin.index.json").exists() {
+        let hint = if path.join("pytorch_model.bin").exists()
+            || path.join("pytorch_model.bin.index.json").exists()
+        {
             " (PyTorch .bin checkpoints are not supported: convert them to safetensors)"
         } else {
             ""
@@ -173,7 +175,13 @@ impl Checkpoint {
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| ModelError::config(index, "weight_map", "missing, or not an object of name -> file"))?;
+            .ok_or_else(|| {
+                ModelError::config(
+                    index,
+                    "weight_map",
+                    "missing, or not an object of name -> file",
+                )
+            })?;
         let dir = index.parent().unwrap_or(Path::new("."));
         // Shard files sorted by name (model-00001-of-0000N first): deterministic order.
         let mut files: BTreeMap<&str, usize> = BTreeMap::new();
@@ -192,7 +200,10 @@ impl Checkpoint {
         if !missing.is_empty() {
             return Err(ModelError::checkpoint(
                 index,
-                format!("shard file(s) listed in the index are missing: {}", missing.join(", ")),
+                format!(
+                    "shard file(s) listed in the index are missing: {}",
+                    missing.join(", ")
+                ),
             ));
         }
         let paths: Vec<PathBuf> = files.keys().map(|f| dir.join(f)).collect();
@@ -212,7 +223,11 @@ impl Checkpoint {
                     "{} tensor(s) listed in the index are not in their shard: {}{}",
                     absent.len(),
                     shown.join(", "),
-                    if absent.len() > shown.len() { ", ..." } else { "" }
+                    if absent.len() > shown.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -389,7 +404,11 @@ impl<'a> WeightLoader<'a> {
     }
 
     fn policy_dtype(&self, shape: &[usize]) -> DType {
-        if shape.len() >= 2 { self.dtype } else { DType::F32 }
+        if shape.len() >= 2 {
+            self.dtype
+        } else {
+            DType::F32
+        }
     }
 
     /// The tensor `prefix.name` with `shape`: rank >= 2 in the loader's dtype, rank <= 1 in
@@ -523,7 +542,11 @@ impl<'a> WeightLoader<'a> {
 
     /// A tensor with no elements standing in for a bad weight: same rank, first dimension 0.
     fn placeholder(&self, shape: &[usize], dtype: DType) -> Tensor {
-        let mut s = if shape.is_empty() { vec![0] } else { shape.to_vec() };
+        let mut s = if shape.is_empty() {
+            vec![0]
+        } else {
+            shape.to_vec()
+        };
         s[0] = 0;
         Tensor::zeros(&s, dtype, &self.device)
             .or_else(|_| Tensor::zeros(&s, dtype, &Device::Cpu))
@@ -533,7 +556,11 @@ impl<'a> WeightLoader<'a> {
     /// Problems recorded so far, sorted by name, duplicates removed.
     pub fn problems(&self) -> Vec<WeightProblem> {
         let mut v = self.lock().problems.clone();
-        v.sort_by(|a, b| a.name().cmp(b.name()).then_with(|| format!("{a}").cmp(&format!("{b}"))));
+        v.sort_by(|a, b| {
+            a.name()
+                .cmp(b.name())
+                .then_with(|| format!("{a}").cmp(&format!("{b}")))
+        });
         v.dedup();
         v
     }

@@ -58,13 +58,13 @@ fn gather_src(e: u32) -> u32 {
     let patches = (h_n / pp) * patches_x;
     let col = e % cols;
     let t = e / cols;
-    let patch = t % patches;
+    let pidx = t % patches;
     let b = t / patches;
     let c = col / (pp * pp);
     let ky = (col / pp) % pp;
     let kx = col % pp;
-    let py = patch / patches_x;
-    let px = patch % patches_x;
+    let py = pidx / patches_x;
+    let px = pidx % patches_x;
     return ((b * c_n + c) * h_n + py * pp + ky) * w_n + px * pp + kx;
 }
 

@@ -54,8 +54,9 @@ def build_tokenizer(records):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        # Large enough for every word of the grammar (with and without a leading space) to be one token.
-        vocab_size=384,
+        # Above what the corpus can fill: merging stops once every word of the grammar (with and
+        # without its leading space) is a single token, which keeps captions within 20 new tokens.
+        vocab_size=1024,
         min_frequency=2,
         special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -231,7 +232,7 @@ def main():
     p.add_argument("--eval-scenes", required=True, help="held-out scenes (different seeds)")
     p.add_argument("--work", required=True, help="checkpoints, logs and evaluation results")
     p.add_argument("--out", required=True, help="save_pretrained directory of the f16 model + processor")
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-images", type=int, default=32)
     p.add_argument("--qa-per-image", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -252,7 +253,7 @@ def main():
     p.add_argument("--lm-layers", type=int, default=3)
     p.add_argument("--lm-heads", type=int, default=4)
     p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--monitor-every", type=int, default=1000, help="greedy check on 100 held-out scenes")
+    p.add_argument("--monitor-every", type=int, default=500, help="greedy check on 100 held-out scenes")
     p.add_argument("--eval-limit", type=int, default=None, help="held-out scenes in the final evaluation")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--no-resume", action="store_true")

@@ -1,8 +1,6 @@
 //! Shared helpers for engine tests: seeded RNG, the devices to test, error metrics.
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
-
 use blip2_engine::{DType, Device, Tensor};
 
 /// xorshift64*: deterministic, dependency-free.
@@ -28,32 +26,7 @@ impl Rng {
     }
 }
 
-/// The GPU device for tests, opened once. `None` when no adapter exists, unless
-/// `BLIP2_REQUIRE_GPU=1`, in which case the test fails instead of skipping.
-pub fn gpu() -> Option<Device> {
-    static GPU: OnceLock<Option<Device>> = OnceLock::new();
-    GPU.get_or_init(|| match Device::gpu() {
-        Ok(d) => {
-            eprintln!("GPU adapter: {:?}", d.info().name);
-            Some(d)
-        }
-        Err(e) => {
-            if std::env::var("BLIP2_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("BLIP2_REQUIRE_GPU=1 but no GPU adapter: {e}");
-            }
-            eprintln!("no GPU adapter ({e}); GPU cases not run");
-            None
-        }
-    })
-    .clone()
-}
-
-/// Every device to test on: the CPU, and the GPU when present.
-pub fn devices() -> Vec<Device> {
-    let mut v = vec![Device::cpu()];
-    v.extend(gpu());
-    v
-}
+pub use blip2_engine::testing::{devices, gpu};
 
 /// Values as stored in `dtype` (f16 rounding applied), so references see what the op sees.
 pub fn quantize(v: &[f32], dtype: DType) -> Vec<f32> {

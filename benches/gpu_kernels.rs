@@ -1,0 +1,192 @@
+//! GPU kernel benchmarks (criterion) at BLIP-2 shapes: `cargo bench --bench gpu_kernels`.
+//!
+//! Every iteration runs the op and `Device::synchronize` (submit + wait), so times include
+//! one submission. Matmul and attention groups report `Throughput::Elements(FLOPs)`:
+//! criterion's "elem/s" there means FLOP/s. GEMV reports weight bytes streamed per second,
+//! layer_norm/softmax bytes read + written per second.
+//!
+//! On a software adapter (llvmpipe, ~1 GFLOP/s) only one shape per group runs, with the
+//! fewest samples criterion allows, so the whole bench takes a few minutes; set
+//! `BLIP2_BENCH_FULL=1` for every shape. Without any adapter the bench prints why and exits.
+
+use blip2_engine::ops::{self, AttnOpts};
+use blip2_engine::{DType, Device, Tensor};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use std::time::Duration;
+
+/// Deterministic values in [−0.5, 0.5) (content does not affect speed).
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn rand_tensor(shape: &[usize], dtype: DType, dev: &Device, seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_slice(&rand_vec(n, seed), shape, dtype, dev).expect("upload")
+}
+
+struct Setup {
+    dev: Device,
+    /// Software adapter: run the reduced set.
+    slow: bool,
+}
+
+fn setup() -> Option<Setup> {
+    match Device::gpu() {
+        Ok(dev) => {
+            let info = dev.info();
+            eprintln!(
+                "GPU: '{}' ({}, {}, driver '{}', subgroups {}, f16 {})",
+                info.name, info.backend, info.device_type, info.driver, info.subgroups, info.shader_f16
+            );
+            let full = std::env::var("BLIP2_BENCH_FULL").as_deref() == Ok("1");
+            let slow = info.device_type == "Cpu" && !full;
+            Some(Setup { dev, slow })
+        }
+        Err(e) => {
+            eprintln!("no GPU adapter ({e}); GPU benchmarks skipped");
+            None
+        }
+    }
+}
+
+fn configure(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, slow: bool) {
+    g.sample_size(10).sampling_mode(SamplingMode::Flat);
+    if slow {
+        g.warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_secs(1));
+    } else {
+        g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    }
+}
+
+fn matmul(c: &mut Criterion) {
+    let Some(s) = setup() else { return };
+    let dev = &s.dev;
+    // (m, k, n): ViT-g QKV / MLP up / MLP down, Q-Former MLP / cross-attn K,V, OPT prefill.
+    let all: &[(usize, usize, usize)] = &[
+        (257, 1408, 4224),
+        (257, 1408, 6144),
+        (257, 6144, 1408),
+        (32, 768, 3072),
+        (32, 1408, 768),
+        (40, 2560, 10240),
+    ];
+    let shapes = if s.slow { &all[..1] } else { all };
+    let mut g = c.benchmark_group("gpu_linear");
+    configure(&mut g, s.slow);
+    for &(m, k, n) in shapes {
+        for wdt in [DType::F32, DType::F16] {
+            let x = rand_tensor(&[m, k], DType::F32, dev, 1);
+            let w = rand_tensor(&[n, k], wdt, dev, 2);
+            let b = rand_tensor(&[n], DType::F32, dev, 3);
+            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            g.bench_function(BenchmarkId::new(format!("w_{wdt}"), format!("{m}x{k}x{n}")), |it| {
+                it.iter(|| {
+                    let y = ops::linear(&x, &w, Some(&b)).expect("linear");
+                    dev.synchronize().expect("sync");
+                    y
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn gemv(c: &mut Criterion) {
+    let Some(s) = setup() else { return };
+    let dev = &s.dev;
+    // OPT-2.7B decode: MLP up (2560 -> 10240) and the LM head (2560 -> 50304).
+    let mut g = c.benchmark_group("gpu_gemv");
+    configure(&mut g, s.slow);
+    let mut cases = vec![(2560usize, 10240usize, DType::F32), (2560, 10240, DType::F16)];
+    if !s.slow {
+        cases.push((2560, 50304, DType::F16));
+    }
+    for (k, n, wdt) in cases {
+        let x = rand_tensor(&[1, k], DType::F32, dev, 4);
+        let w = rand_tensor(&[n, k], wdt, dev, 5);
+        g.throughput(Throughput::Bytes((n * k * wdt.size_of()) as u64));
+        g.bench_function(BenchmarkId::new(format!("w_{wdt}"), format!("1x{k}x{n}")), |it| {
+            it.iter(|| {
+                let y = ops::linear(&x, &w, None).expect("gemv");
+                dev.synchronize().expect("sync");
+                y
+            })
+        });
+    }
+    g.finish();
+}
+
+fn attention(c: &mut Criterion) {
+    let Some(s) = setup() else { return };
+    let dev = &s.dev;
+    let mut g = c.benchmark_group("gpu_attention");
+    configure(&mut g, s.slow);
+    // (name, b, h, lq, lk, d): ViT-g self-attention; OPT-2.7B decode over a 256-key cache.
+    let cases = [("vit", 1usize, 16usize, 257usize, 257usize, 88usize), ("decode", 1, 32, 1, 256, 80)];
+    for (name, b, h, lq, lk, d) in cases {
+        for dt in [DType::F32, DType::F16] {
+            if s.slow && dt == DType::F32 && name == "vit" {
+                continue;
+            }
+            let q = rand_tensor(&[b, h, lq, d], dt, dev, 6);
+            let k = rand_tensor(&[b, h, lk, d], dt, dev, 7);
+            let v = rand_tensor(&[b, h, lk, d], dt, dev, 8);
+            let opts = AttnOpts {
+                scale: (d as f32).powf(-0.5),
+                causal: name == "decode",
+                ..AttnOpts::default()
+            };
+            g.throughput(Throughput::Elements((4 * b * h * lq * lk * d) as u64));
+            g.bench_function(BenchmarkId::new(format!("{name}_{dt}"), format!("{b}x{h}x{lq}x{lk}x{d}")), |it| {
+                it.iter(|| {
+                    let y = ops::attention(&q, &k, &v, &opts).expect("attention");
+                    dev.synchronize().expect("sync");
+                    y
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn norms(c: &mut Criterion) {
+    let Some(s) = setup() else { return };
+    let dev = &s.dev;
+    let mut g = c.benchmark_group("gpu_rows");
+    configure(&mut g, s.slow);
+    for dt in [DType::F32, DType::F16] {
+        // ViT-g hidden states [257, 1408]; ViT attention scores [16 * 257, 257].
+        let x = rand_tensor(&[257, 1408], dt, dev, 9);
+        let w = rand_tensor(&[1408], DType::F32, dev, 10);
+        let b = rand_tensor(&[1408], DType::F32, dev, 11);
+        g.throughput(Throughput::Bytes((2 * x.size_in_bytes()) as u64));
+        g.bench_function(BenchmarkId::new(format!("layer_norm_{dt}"), "257x1408"), |it| {
+            it.iter(|| {
+                let y = ops::layer_norm(&x, &w, &b, 1e-6).expect("layer_norm");
+                dev.synchronize().expect("sync");
+                y
+            })
+        });
+        let sc = rand_tensor(&[16 * 257, 257], dt, dev, 12);
+        g.throughput(Throughput::Bytes((2 * sc.size_in_bytes()) as u64));
+        g.bench_function(BenchmarkId::new(format!("softmax_{dt}"), "4112x257"), |it| {
+            it.iter(|| {
+                let y = ops::softmax(&sc, None).expect("softmax");
+                dev.synchronize().expect("sync");
+                y
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, matmul, gemv, attention, norms);
+criterion_main!(benches);

@@ -1,0 +1,68 @@
+//! Switches of the GPU backend: every fast path can be turned off (driver bugs happen) and
+//! the runtime's bounds can be changed, from the environment or programmatically.
+
+/// Options of a [`super::GpuContext`]. [`GpuOptions::from_env`] reads:
+/// - `BLIP2_GPU_NO_SUBGROUPS=1`: plain workgroup reductions even when the adapter has
+///   `SUBGROUP` (the feature is then not requested either).
+/// - `BLIP2_GPU_NO_GEMV=1`: the tiled matmul also for 1..=4 rows (no GEMV kernel).
+/// - `BLIP2_GPU_NO_VEC4=1`: scalar loads in matmul/GEMV instead of 16-byte vector loads.
+/// - `BLIP2_GPU_NO_FUSED_ATTN=1`: attention always as matmul + softmax + matmul.
+/// - `BLIP2_GPU_NO_BIND_CACHE=1`: a fresh bind group per dispatch.
+/// - `BLIP2_GPU_MAX_BATCH=N`: dispatches recorded before a submit (default 1024).
+/// - `BLIP2_GPU_POOL_MB=N`: bytes of free buffers the pool keeps (default 2048 MiB).
+/// - `BLIP2_GPU_MAX_BINDING=N`: lower the storage binding size limit to N bytes (tests the
+///   sub-range paths on small tensors).
+/// - `BLIP2_GPU_DUMP_WGSL=DIR`: write every specialised kernel source to DIR.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    pub subgroups: bool,
+    pub gemv: bool,
+    pub vec4: bool,
+    pub fused_attention: bool,
+    pub bind_group_cache: bool,
+    pub max_batch: usize,
+    pub pool_bytes: u64,
+    pub max_binding: Option<u64>,
+    pub dump_wgsl: Option<std::path::PathBuf>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            subgroups: true,
+            gemv: true,
+            vec4: true,
+            fused_attention: true,
+            bind_group_cache: true,
+            max_batch: 1024,
+            pool_bytes: 2048 << 20,
+            max_binding: None,
+            dump_wgsl: None,
+        }
+    }
+}
+
+fn flag(name: &str) -> bool {
+    matches!(std::env::var(name).as_deref(), Ok("1") | Ok("true") | Ok("yes"))
+}
+
+fn number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+impl GpuOptions {
+    pub fn from_env() -> GpuOptions {
+        let d = GpuOptions::default();
+        GpuOptions {
+            subgroups: !flag("BLIP2_GPU_NO_SUBGROUPS"),
+            gemv: !flag("BLIP2_GPU_NO_GEMV"),
+            vec4: !flag("BLIP2_GPU_NO_VEC4"),
+            fused_attention: !flag("BLIP2_GPU_NO_FUSED_ATTN"),
+            bind_group_cache: !flag("BLIP2_GPU_NO_BIND_CACHE"),
+            max_batch: number("BLIP2_GPU_MAX_BATCH").map_or(d.max_batch, |n| n.clamp(1, 65536) as usize),
+            pool_bytes: number("BLIP2_GPU_POOL_MB").map_or(d.pool_bytes, |n| n << 20),
+            max_binding: number("BLIP2_GPU_MAX_BINDING"),
+            dump_wgsl: std::env::var_os("BLIP2_GPU_DUMP_WGSL").map(Into::into),
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Checkpoint loading: synthetic safetensors files written here (f32 / f16 / bf16, single
+//! and sharded), every kind of problem reported at once, corrupt files as errors, and the
+//! fixture checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use blip2_engine::{DType, Device};
+use blip2_model::weights::{Checkpoint, WeightLoader};
+use blip2_model::{ModelError, WeightProblem};
+use half::{bf16, f16};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("blip2-model-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct T {
+    name: &'static str,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+fn f32s(name: &'static str, shape: &[usize], v: &[f32]) -> T {
+    T {
+        name,
+        dtype: Dtype::F32,
+        shape: shape.to_vec(),
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+fn f16s(name: &'static str, shape: &[usize], v: &[f32]) -> T {
+    T {
+        name,
+        dtype: Dtype::F16,
+        shape: shape.to_vec(),
+        data: v
+            .iter()
+            .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+            .collect(),
+    }
+}
+fn bf16s(name: &'static str, shape: &[usize], v: &[f32]) -> T {
+    T {
+        name,
+        dtype: Dtype::BF16,
+        shape: shape.to_vec(),
+        data: v
+            .iter()
+            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect(),
+    }
+}
+
+fn write(path: &Path, tensors: &[T]) {
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name,
+                TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+// Values exactly representable in f16 and bf16, so every dtype must give them back exactly.
+const W: [f32; 6] = [1.0, -2.5, 0.375, 1024.0, -0.0078125, 3.0];
+const B: [f32; 3] = [0.5, -1.0, 2.0];
+
+fn sample() -> Vec<T> {
+    vec![
+        f32s("enc.fc.weight", &[2, 3], &W),
+        f16s("enc.fc.bias", &[3], &B),
+        bf16s("enc.ln.weight", &[3], &B),
+        bf16s("enc.proj.weight", &[3, 2], &W),
+        f16s("head.weight", &[1, 6], &W),
+    ]
+}
+
+fn values(t: &blip2_engine::Tensor) -> Vec<f32> {
+    t.to_vec_f32().unwrap()
+}
+
+#[test]
+fn loads_f32_f16_bf16_with_dtype_policy() {
+    let dir = TempDir::new("dtypes");
+    write(&dir.path().join("model.safetensors"), &sample());
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    assert_eq!(ckpt.len(), 5);
+    assert_eq!(ckpt.names()[0], "enc.fc.bias", "sorted names");
+    for dtype in [DType::F32, DType::F16] {
+        let vb = WeightLoader::new(&ckpt, &Device::Cpu, dtype);
+        let enc = vb.pp("enc");
+        let w = enc.get("fc.weight", &[2, 3]);
+        assert_eq!(
+            (w.shape(), w.dtype()),
+            (&[2usize, 3][..], dtype),
+            "matrices in the loader dtype"
+        );
+        assert_eq!(values(&w), W);
+        let b = enc.pp("fc").get("bias", &[3]);
+        assert_eq!(b.dtype(), DType::F32, "vectors always f32");
+        assert_eq!(values(&b), B);
+        assert_eq!(values(&enc.get("ln.weight", &[3])), B);
+        assert_eq!(values(&enc.get("proj.weight", &[3, 2])), W);
+        let h = vb.get_f32("head.weight", &[1, 6]);
+        assert_eq!((h.dtype(), values(&h)), (DType::F32, W.to_vec()));
+        vb.finish().unwrap();
+        assert!(vb.unused().is_empty());
+    }
+}
+
+#[test]
+fn converts_inexact_values_like_the_dtype() {
+    // 0.1 is not representable in f16: an f32-stored weight loaded as f16 must equal the
+    // f16 rounding of the f32 value (exact comparison: conversion is round-to-nearest-even).
+    let dir = TempDir::new("rounding");
+    let v = [0.1f32, 1.0 / 3.0, 65504.0, -1e-5];
+    write(
+        &dir.path().join("model.safetensors"),
+        &[f32s("w", &[2, 2], &v), bf16s("b", &[2, 2], &v)],
+    );
+    let ckpt = Checkpoint::open(dir.path().join("model.safetensors")).unwrap();
+    let vb = WeightLoader::new(&ckpt, &Device::Cpu, DType::F16);
+    let want: Vec<f32> = v.iter().map(|x| f16::from_f32(*x).to_f32()).collect();
+    assert_eq!(values(&vb.get("w", &[2, 2])), want);
+    let want_bf: Vec<f32> = v
+        .iter()
+        .map(|x| f16::from_f32(bf16::from_f32(*x).to_f32()).to_f32())
+        .collect();
+    assert_eq!(values(&vb.get("b", &[2, 2])), want_bf);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = TempDir::new("problems");
+    let mut ts = sample();
+    ts.push(T {
+        name: "enc.steps",
+        dtype: Dtype::I64,
+        shape: vec![2],
+        data: vec![0; 16],
+    });
+    write(&dir.path().join("model.safetensors"), &ts);
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let vb = WeightLoader::new(&ckpt, &Device::Cpu, DType::F32);
+    let enc = vb.pp("enc");
+    // Construction goes on: placeholders keep the rank, with no elements.
+    let missing = enc.get("fc2.weight", &[4, 3]);
+    assert_eq!(
+        (missing.shape(), missing.elem_count()),
+        (&[0usize, 3][..], 0)
+    );
+    let _ = enc.get("fc.weight", &[3, 2]); // transposed: mismatch
+    let _ = enc.get("ln.weight", &[3]); // fine
+    let _ = enc.get("steps", &[2]); // I64
+    let _ = vb.get("a.missing.bias", &[7]);
+    let _ = vb.get("a.missing.bias", &[7]); // asked twice, reported once
+    let _ = vb.get_with_fallback("lm_head.weight", "embed.weight", &[10, 4]);
+
+    let problems = vb.problems();
+    assert_eq!(problems.len(), 5, "{problems:#?}");
+    let names: Vec<&str> = problems.iter().map(|p| p.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "a.missing.bias",
+            "enc.fc.weight",
+            "enc.fc2.weight",
+            "enc.steps",
+            "lm_head.weight"
+        ]
+    );
+    assert!(
+        matches!(&problems[1], WeightProblem::ShapeMismatch { expected, found, .. }
+        if expected == &[3, 2] && found == &[2, 3])
+    );
+
+    let err = vb.finish().unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ModelError::Weights(_)));
+    for needle in [
+        "5 problems",
+        "missing: a.missing.bias (expected shape [7])",
+        "shape mismatch: enc.fc.weight: expected [3, 2], found [2, 3]",
+        "missing: enc.fc2.weight (expected shape [4, 3])",
+        "unsupported dtype: enc.steps is I64",
+        "missing: lm_head.weight (expected shape [10, 4]; fallback embed.weight missing too)",
+    ] {
+        assert!(msg.contains(needle), "'{needle}' not in:\n{msg}");
+    }
+    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    // Never-requested tensors are listed for debugging.
+    assert_eq!(
+        vb.unused(),
+        [
+            "enc.fc.bias",
+            "enc.fc.weight",
+            "enc.proj.weight",
+            "enc.steps",
+            "head.weight"
+        ]
+    );
+}
+
+#[test]
+fn fallback_and_optional_weights() {
+    let dir = TempDir::new("fallback");
+    write(
+        &dir.path().join("model.safetensors"),
+        &[f32s("lm.model.embed.weight", &[2, 3], &W)],
+    );
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let vb = WeightLoader::new(&ckpt, &Device::Cpu, DType::F32).pp("lm");
+    // Tied lm_head: absent, so the embedding is used (and shared, not loaded twice).
+    let head = vb.get_with_fallback("lm_head.weight", "model.embed.weight", &[2, 3]);
+    assert_eq!(values(&head), W);
+    let emb = vb.get("model.embed.weight", &[2, 3]);
+    assert_eq!(values(&emb), W);
+    assert_eq!(
+        vb.bytes_loaded(),
+        24,
+        "the second request is served from the cache"
+    );
+    assert!(vb.get_optional("itm_head.weight", &[2, 3]).is_none());
+    assert!(vb.contains("model.embed.weight") && !vb.contains("lm_head.weight"));
+    assert_eq!(vb.full_name("x"), "lm.x");
+    assert_eq!(vb.root().full_name("x"), "x");
+    vb.finish().unwrap();
+}
+
+#[test]
+fn progress_reports_bytes() {
+    let dir = TempDir::new("progress");
+    write(&dir.path().join("model.safetensors"), &sample());
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    assert_eq!(ckpt.total_bytes(), 24 + 6 + 6 + 12 + 12);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let vb = WeightLoader::new(&ckpt, &Device::Cpu, DType::F32)
+        .with_progress(move |d, t| s2.lock().unwrap().push((d, t)));
+    let _ = vb.get("enc.fc.weight", &[2, 3]);
+    let _ = vb.pp("enc").get("fc.bias", &[3]);
+    assert_eq!(*seen.lock().unwrap(), [(24, 60), (30, 60)]);
+}
+
+#[test]
+fn sharded_checkpoint_with_index() {
+    let dir = TempDir::new("sharded");
+    let ts = sample();
+    let (a, b) = ts.split_at(2);
+    write(&dir.path().join("model-00001-of-00002.safetensors"), a);
+    write(&dir.path().join("model-00002-of-00002.safetensors"), b);
+    let map: serde_json::Map<String, serde_json::Value> = ts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let f = if i < 2 {
+                "model-00001-of-00002.safetensors"
+            } else {
+                "model-00002-of-00002.safetensors"
+            };
+            (t.name.to_string(), f.into())
+        })
+        .collect();
+    let index = serde_json::json!({"metadata": {"total_size": 60}, "weight_map": map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    assert_eq!((ckpt.len(), ckpt.files().len()), (5, 2));
+    let vb = WeightLoader::new(&ckpt, &Device::Cpu, DType::F32);
+    assert_eq!(values(&vb.get("enc.fc.weight", &[2, 3])), W);
+    assert_eq!(values(&vb.get("head.weight", &[1, 6])), W);
+    vb.finish().unwrap();
+
+    // The index names a shard that is not there.
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("model.safetensors.index.json")
+            && msg.contains("model-00002-of-00002.safetensors (3 tensors)"),
+        "{msg}"
+    );
+
+    // The index names a tensor its shard does not hold.
+    write(
+        &dir.path().join("model-00002-of-00002.safetensors"),
+        &b[..2],
+    );
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("head.weight"), "{err}");
+
+    // Malformed index.
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        r#"{"metadata": {}}"#,
+    )
+    .unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("weight_map"), "{err}");
+}
+
+#[test]
+fn corrupt_files_are_errors_naming_the_file() {
+    let dir = TempDir::new("corrupt");
+    let path = dir.path().join("model.safetensors");
+    write(&path, &sample());
+    let full = std::fs::read(&path).unwrap();
+
+    // Truncated in the tensor data.
+    std::fs::write(&path, &full[..full.len() - 5]).unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ModelError::Checkpoint { .. }), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "declares {} bytes but the file has {}",
+            full.len(),
+            full.len() - 5
+        )),
+        "{msg}"
+    );
+
+    // Truncated in the header, and shorter than the header length itself.
+    for cut in [40, 5, 0] {
+        std::fs::write(&path, &full[..cut]).unwrap();
+        let err = Checkpoint::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+        assert!(err.to_string().contains("truncated"), "cut {cut}: {err}");
+    }
+
+    // Garbage header.
+    let mut bad = full.clone();
+    bad[8] = b'!'; // the opening brace of the JSON header
+    std::fs::write(&path, &bad).unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("header"), "{err}");
+
+    // Nothing to open.
+    std::fs::remove_file(&path).unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("model.safetensors.index.json"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("pytorch_model.bin"), b"x").unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("not supported"), "{err}");
+    let err = Checkpoint::open(dir.path().join("nope")).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+// ---- fixture checkpoints: the same weights stored as f32, f16, bf16 and in 4 shards ----
+
+fn models() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
+}
+
+#[test]
+fn fixture_copies_agree() {
+    let f32c = Checkpoint::open(models().join("blip2-opt-tiny")).unwrap();
+    let names = f32c.names();
+    assert!(names.contains(&"query_tokens"), "{names:?}");
+    for (variant, dtype, rel) in [
+        // Tolerances: the relative rounding error of the stored format (half an ulp):
+        // f16 2^-11, bf16 2^-8; values below the f16 normal range get an absolute 2^-24.
+        ("blip2-opt-tiny-sharded", Dtype::F32, 0.0f32),
+        ("blip2-opt-tiny-f16", Dtype::F16, 1.0 / 2048.0),
+        ("blip2-opt-tiny-bf16", Dtype::BF16, 1.0 / 256.0),
+    ] {
+        let other = Checkpoint::open(models().join(variant)).unwrap();
+        assert_eq!(other.names(), names, "{variant}");
+        let a = WeightLoader::new(&f32c, &Device::Cpu, DType::F32);
+        let b = WeightLoader::new(&other, &Device::Cpu, DType::F32);
+        for name in &names {
+            let meta = other.meta(name).unwrap();
+            let shape = meta.shape.to_vec();
+            if meta.dtype != dtype {
+                // HF keeps some tensors in f32 in low-precision saves; compare those exactly.
+                assert_eq!(meta.dtype, Dtype::F32, "{variant}: {name}");
+            }
+            let tol = if meta.dtype == Dtype::F32 { 0.0 } else { rel };
+            let (x, y) = (
+                values(&a.get_f32(name, &shape)),
+                values(&b.get_f32(name, &shape)),
+            );
+            for (p, q) in x.iter().zip(&y) {
+                assert!(
+                    (p - q).abs() <= tol * p.abs() + if tol > 0.0 { 6e-8 } else { 0.0 },
+                    "{variant}: {name}: {p} vs {q}"
+                );
+            }
+        }
+        a.finish().unwrap();
+        b.finish().unwrap();
+    }
+}

@@ -1,0 +1,83 @@
+//! Fixture access for the model parity tests: reference tensors written by
+//! `tools/fixtures/make_fixtures.py` with transformers, and comparison metrics.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub use blip2::engine::testing::devices;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+/// Image keys of the fixtures and their files.
+pub const IMAGES: [(&str, &str); 4] = [
+    ("rgb", "scene_rgb.png"),
+    ("rgba", "scene_rgba.png"),
+    ("jpeg", "photo.jpg"),
+    ("gray", "small_gray.png"),
+];
+
+pub fn image(key: &str) -> blip2::image::DynamicImage {
+    let file = IMAGES.iter().find(|(k, _)| *k == key).expect("known image key").1;
+    blip2::load_image(fixtures().join("images").join(file)).expect("fixture image loads")
+}
+
+/// One reference tensor, widened to f64 (floats) or kept as integers (ids, masks).
+pub struct RefTensor {
+    pub shape: Vec<usize>,
+    pub f: Vec<f64>,
+    pub i: Vec<i64>,
+}
+
+impl RefTensor {
+    pub fn f32(&self) -> Vec<f32> {
+        self.f.iter().map(|&v| v as f32).collect()
+    }
+    pub fn ids(&self) -> Vec<u32> {
+        self.i.iter().map(|&v| v as u32).collect()
+    }
+    /// Rows of a 2-d integer tensor.
+    pub fn id_rows(&self) -> Vec<Vec<u32>> {
+        let w = *self.shape.last().unwrap_or(&0);
+        self.ids().chunks(w.max(1)).map(<[u32]>::to_vec).collect()
+    }
+}
+
+/// Every tensor of `tests/fixtures/reference/{file}`.
+pub fn reference(file: &str) -> HashMap<String, RefTensor> {
+    let bytes = std::fs::read(fixtures().join("reference").join(file)).expect("reference file");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("reference parses");
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let (mut f, mut i) = (Vec::new(), Vec::new());
+        match view.dtype() {
+            safetensors::Dtype::F32 => {
+                f = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+            }
+            safetensors::Dtype::I64 => i = data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+            safetensors::Dtype::U8 => i = data.iter().map(|&v| v as i64).collect(),
+            other => panic!("unexpected dtype {other:?} for {name}"),
+        }
+        out.insert(name.to_string(), RefTensor { shape: view.shape().to_vec(), f, i });
+    }
+    out
+}
+
+/// max|a − b| / max|b|: relative to the tensor's scale, so near-zero entries do not dominate.
+pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    got.iter().zip(want).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs())) / scale
+}
+
+pub fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    got.iter().zip(want).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()))
+}

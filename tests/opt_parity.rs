@@ -1,0 +1,161 @@
+//! BLIP-2 OPT parity with transformers on the tiny fixtures (tools/fixtures), on the CPU and
+//! on the GPU adapter: every stage, the prompt logits and the generated ids.
+
+mod common;
+
+use blip2::engine::{DType, Device, Tensor};
+use blip2::{Blip2, GenerationConfig, LoadOptions};
+use common::*;
+
+/// f32 compute: relative error max|ours − ref| / max|ref| per tensor. The bound is
+/// 1e-4; the only differences are summation order and exp/erf implementations (~1e-6).
+const F32_REL_TOL: f64 = 1e-4;
+
+/// Preprocessing may differ from Pillow by at most one uint8 step before normalisation:
+/// 1/255 divided by the smallest CLIP std (0.2613), plus f32 rounding.
+const PIXEL_TOL: f64 = 1.0 / 255.0 / 0.26130258 + 1e-5;
+
+fn load(name: &str, device: &Device, dtype: DType) -> Blip2 {
+    Blip2::load(model_dir(name), LoadOptions { device: device.clone(), dtype, progress: None })
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
+fn pixels(key: &str, images: &std::collections::HashMap<String, RefTensor>, dev: &Device) -> Tensor {
+    let t = &images[&format!("{key}.pixel_values")];
+    Tensor::from_f32(t.f32(), &t.shape, dev).unwrap()
+}
+
+fn check(what: &str, got: &Tensor, want: &RefTensor, tol: f64) {
+    assert_eq!(got.shape(), &want.shape[..], "{what}: shape");
+    let e = rel_err(&got.to_vec_f32().unwrap(), &want.f);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
+fn prompt_text(p: &str) -> Option<&'static str> {
+    match p {
+        "noprompt" => None,
+        "question" => Some("Question: what is in the picture? Answer:"),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn preprocessing_matches_pillow_path() {
+    let images = reference("images.safetensors");
+    let model = load("blip2-opt-tiny", &Device::cpu(), DType::F32);
+    for (key, _) in IMAGES {
+        let img = image(key);
+        let got = blip2::model::preprocess::pixel_values(&[&img], &model.image_config, &Device::cpu()).unwrap();
+        let want = &images[&format!("{key}.pixel_values")];
+        assert_eq!(got.shape(), &want.shape[..]);
+        let e = max_abs_err(&got.to_vec_f32().unwrap(), &want.f);
+        eprintln!("{key}: pixel max abs diff {e:.3e}");
+        assert!(e <= PIXEL_TOL, "{key}: pixel values differ by {e} > {PIXEL_TOL}");
+    }
+}
+
+/// Stage outputs, prompt ids and logits on the reference pixel values, for every copy of
+/// the checkpoint that stores the same f32 values (single file and sharded).
+#[test]
+fn stages_and_logits_match_transformers_f32() {
+    let images = reference("images.safetensors");
+    let refs = reference("opt.safetensors");
+    for dev in devices() {
+        for ckpt in ["blip2-opt-tiny", "blip2-opt-tiny-sharded"] {
+            let model = load(ckpt, &dev, DType::F32);
+            for (key, _) in IMAGES {
+                let what = |s: &str| format!("{ckpt} {key} {s} on {dev:?}");
+                let [vis, q, proj] = model.stages(&pixels(key, &images, &dev)).unwrap();
+                check(&what("vision"), &vis, &refs[&format!("{key}.vision_last_hidden_state")], F32_REL_TOL);
+                check(&what("qformer"), &q, &refs[&format!("{key}.qformer_last_hidden_state")], F32_REL_TOL);
+                check(&what("projection"), &proj, &refs[&format!("{key}.language_projection")], F32_REL_TOL);
+                let feats = model.features_from_projected(proj);
+                for p in ["noprompt", "question"] {
+                    let ids = model.prompt_ids(prompt_text(p)).unwrap();
+                    assert_eq!(ids, refs[&format!("{key}.{p}.input_ids")].ids(), "{}", what("input ids"));
+                    let (logits, _) = model.prompt_logits(&feats, &[prompt_text(p)], None).unwrap();
+                    check(&what(&format!("{p} logits")), &logits, &refs[&format!("{key}.{p}.logits")], F32_REL_TOL);
+                }
+            }
+        }
+    }
+}
+
+/// Greedy ids from image files through our preprocessing, for each mode HF recorded.
+#[test]
+fn greedy_ids_match_transformers() {
+    let refs = reference("opt.safetensors");
+    let modes = [
+        ("greedy", GenerationConfig::default()),
+        ("min_new10", GenerationConfig { min_new_tokens: 10, ..Default::default() }),
+        ("reppen1.3", GenerationConfig { repetition_penalty: 1.3, ..Default::default() }),
+    ];
+    for dev in devices() {
+        let model = load("blip2-opt-tiny", &dev, DType::F32);
+        for (key, _) in IMAGES {
+            let img = image(key);
+            let feats = model.image_features(&[&img]).unwrap();
+            for p in ["noprompt", "question"] {
+                for (mode, cfg) in &modes {
+                    let g = model.generate_from_features(&feats, &[prompt_text(p)], cfg).unwrap();
+                    let want = refs[&format!("{key}.{p}.{mode}.new_ids")].ids();
+                    assert_eq!(g[0].token_ids, want, "{key} {p} {mode} on {dev:?}");
+                }
+            }
+        }
+    }
+}
+
+/// Two images with prompts of different lengths in one left-padded batch.
+#[test]
+fn padded_batch_matches_transformers() {
+    let refs = reference("opt.safetensors");
+    let prompts = [Some("Question: what is in the picture? Answer:"), Some("a photo of")];
+    for dev in devices() {
+        let model = load("blip2-opt-tiny", &dev, DType::F32);
+        // Logits from the reference pixel values (isolates the language model from
+        // preprocessing); the generated ids below go through our preprocessing.
+        let images = reference("images.safetensors");
+        let (pa, pb) = (&images["rgb.pixel_values"], &images["jpeg.pixel_values"]);
+        let both = Tensor::from_f32([pa.f32(), pb.f32()].concat(), &[2, 3, 224, 224], &dev).unwrap();
+        let [_, _, proj] = model.stages(&both).unwrap();
+        let (logits, _) = model.prompt_logits(&model.features_from_projected(proj), &prompts, None).unwrap();
+        let (a, b) = (image("rgb"), image("jpeg"));
+        let feats = model.image_features(&[&a, &b]).unwrap();
+        // Compare the rows of real tokens only: HF's values at padded positions depend on
+        // how a fully masked softmax row is resolved, and nothing downstream reads them.
+        let mask = refs["batch.attention_mask"].ids();
+        let want = &refs["batch.logits"];
+        let v = want.shape[2];
+        let got = logits.to_vec_f32().unwrap();
+        let (mut g, mut w) = (Vec::new(), Vec::new());
+        for (pos, &m) in mask.iter().enumerate() {
+            if m == 1 {
+                g.extend_from_slice(&got[pos * v..(pos + 1) * v]);
+                w.extend_from_slice(&want.f[pos * v..(pos + 1) * v]);
+            }
+        }
+        let e = rel_err(&g, &w);
+        assert!(e <= F32_REL_TOL, "batch logits on {dev:?}: {e:e}");
+        let out = model.generate_from_features(&feats, &prompts, &GenerationConfig::default()).unwrap();
+        let pad = 1;
+        for (r, row) in refs["batch.greedy.new_ids"].id_rows().iter().enumerate() {
+            let mut ours = out[r].token_ids.clone();
+            ours.resize(row.len(), pad);
+            assert_eq!(&ours, row, "batch row {r} on {dev:?}");
+        }
+    }
+}
+
+/// Generation ends at eos (the fixture's jpeg caption stops after 5 tokens) and the text is
+/// the tokenizer's decoding of the new ids.
+#[test]
+fn eos_stops_and_text_decodes() {
+    let refs = reference("opt.safetensors");
+    let model = load("blip2-opt-tiny", &Device::cpu(), DType::F32);
+    let g = model.caption(&image("jpeg")).unwrap();
+    let want = refs["jpeg.noprompt.greedy.new_ids"].ids();
+    assert_eq!(g.token_ids, want);
+    assert_eq!(*g.token_ids.last().unwrap(), 202, "ends with eos");
+    assert_eq!(g.text, model.tokenizer.decode(&want, true).unwrap().trim());
+}
