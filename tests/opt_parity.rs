@@ -11,10 +11,6 @@ use common::*;
 /// 1e-4; the only differences are summation order and exp/erf implementations (~1e-6).
 const F32_REL_TOL: f64 = 1e-4;
 
-/// Preprocessing may differ from Pillow by at most one uint8 step before normalisation:
-/// 1/255 divided by the smallest CLIP std (0.2613), plus f32 rounding.
-const PIXEL_TOL: f64 = 1.0 / 255.0 / 0.26130258 + 1e-5;
-
 fn load(name: &str, device: &Device, dtype: DType) -> Blip2 {
     Blip2::load(model_dir(name), LoadOptions { device: device.clone(), dtype, progress: None })
         .unwrap_or_else(|e| panic!("loading {name}: {e}"))
@@ -36,21 +32,6 @@ fn prompt_text(p: &str) -> Option<&'static str> {
         "noprompt" => None,
         "question" => Some("Question: what is in the picture? Answer:"),
         _ => unreachable!(),
-    }
-}
-
-#[test]
-fn preprocessing_matches_pillow_path() {
-    let images = reference("images.safetensors");
-    let model = load("blip2-opt-tiny", &Device::cpu(), DType::F32);
-    for (key, _) in IMAGES {
-        let img = image(key);
-        let got = blip2::model::preprocess::pixel_values(&[&img], &model.image_config, &Device::cpu()).unwrap();
-        let want = &images[&format!("{key}.pixel_values")];
-        assert_eq!(got.shape(), &want.shape[..]);
-        let e = max_abs_err(&got.to_vec_f32().unwrap(), &want.f);
-        eprintln!("{key}: pixel max abs diff {e:.3e}");
-        assert!(e <= PIXEL_TOL, "{key}: pixel values differ by {e} > {PIXEL_TOL}");
     }
 }
 

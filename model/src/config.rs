@@ -423,7 +423,7 @@ impl Blip2Config {
                 return err(k, "must be at least 1".into());
             }
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return err(
                 "vision_config.num_attention_heads",
                 format!(
@@ -433,7 +433,7 @@ impl Blip2Config {
             );
         }
         let q = &self.qformer_config;
-        if q.hidden_size % q.num_attention_heads != 0 {
+        if !q.hidden_size.is_multiple_of(q.num_attention_heads) {
             return err(
                 "qformer_config.num_attention_heads",
                 format!(
@@ -442,7 +442,7 @@ impl Blip2Config {
                 ),
             );
         }
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             return err(
                 "vision_config.patch_size",
                 format!(
@@ -452,16 +452,17 @@ impl Blip2Config {
             );
         }
         match &self.text_config {
-            Some(TextConfig::Opt(o)) => {
-                if o.num_attention_heads == 0 || o.hidden_size % o.num_attention_heads != 0 {
-                    return err(
-                        "text_config.num_attention_heads",
-                        format!(
-                            "{} does not divide hidden_size {}",
-                            o.num_attention_heads, o.hidden_size
-                        ),
-                    );
-                }
+            Some(TextConfig::Opt(o))
+                if o.num_attention_heads == 0
+                    || !o.hidden_size.is_multiple_of(o.num_attention_heads) =>
+            {
+                return err(
+                    "text_config.num_attention_heads",
+                    format!(
+                        "{} does not divide hidden_size {}",
+                        o.num_attention_heads, o.hidden_size
+                    ),
+                );
             }
             Some(TextConfig::T5(t)) => {
                 if t.num_heads == 0 || t.d_kv == 0 {
@@ -477,7 +478,7 @@ impl Blip2Config {
                     );
                 }
             }
-            None => {}
+            _ => {}
         }
         Ok(())
     }
@@ -785,7 +786,7 @@ impl ImageProcessorConfig {
         }
         let image_mean = o.triple("image_mean", d.image_mean)?;
         let image_std = o.triple("image_std", d.image_std)?;
-        if image_std.iter().any(|&s| s == 0.0) {
+        if image_std.contains(&0.0) {
             return Err(o.err("image_std", "a standard deviation of 0".to_string()));
         }
         Ok(ImageProcessorConfig {

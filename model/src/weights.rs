@@ -468,10 +468,10 @@ impl<'a> WeightLoader<'a> {
 
     fn load(&self, full: &str, shape: &[usize], dtype: DType) -> Tensor {
         let key = (full.to_string(), dtype);
-        if let Some(t) = self.lock().cache.get(&key) {
-            if t.shape() == shape {
-                return t.clone();
-            }
+        if let Some(t) = self.lock().cache.get(&key)
+            && t.shape() == shape
+        {
+            return t.clone();
         }
         let Some(meta) = self.ckpt.meta(full) else {
             self.record(WeightProblem::Missing {

@@ -227,14 +227,15 @@ fn normalisation_matches_numpy_pipeline() {
     let pv = preprocess(&img, &cfg).unwrap();
     assert_eq!(pv.len(), 3 * 7 * 5);
     let expected = [
-        -0.8287663459777832f32,
+        -0.8287663459777832f64,
         0.5434857606887817,
         -0.2886245846748352,
         -0.1718371957540512,
         0.5580841898918152,
         -0.011254520155489445,
     ];
-    assert_eq!(&pv[..6], &expected);
+    let got: Vec<f64> = pv[..6].iter().map(|&v| v as f64).collect();
+    assert_eq!(got, expected, "f32 values printed exactly as f64");
     let sum: f64 = pv.iter().map(|&v| v as f64).sum();
     assert!((sum - 20.472486986778677).abs() < 1e-9, "sum {sum}");
 }
@@ -377,8 +378,8 @@ fn fixture_pixel_values_match() {
         let max = got
             .iter()
             .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0f64, f64::max);
         // PNG: same integer resize and the same f32 normalisation -> identical (measured 0;
         // 1e-6 allows for nothing but f32 noise). JPEG: the decoders differ by up to 3 grey
         // levels on a few pixels and the resize carries that through: measured 2 uint8 steps
