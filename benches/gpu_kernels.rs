@@ -11,7 +11,9 @@
 
 use blip2_engine::ops::{self, AttnOpts};
 use blip2_engine::{DType, Device, Tensor};
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use std::time::Duration;
 
 /// Deterministic values in [−0.5, 0.5) (content does not affect speed).
@@ -44,7 +46,12 @@ fn setup() -> Option<Setup> {
             let info = dev.info();
             eprintln!(
                 "GPU: '{}' ({}, {}, driver '{}', subgroups {}, f16 {})",
-                info.name, info.backend, info.device_type, info.driver, info.subgroups, info.shader_f16
+                info.name,
+                info.backend,
+                info.device_type,
+                info.driver,
+                info.subgroups,
+                info.shader_f16
             );
             let full = std::env::var("BLIP2_BENCH_FULL").as_deref() == Ok("1");
             let slow = info.device_type == "Cpu" && !full;
@@ -60,9 +67,11 @@ fn setup() -> Option<Setup> {
 fn configure(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, slow: bool) {
     g.sample_size(10).sampling_mode(SamplingMode::Flat);
     if slow {
-        g.warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_secs(1));
+        g.warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_secs(1));
     } else {
-        g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+        g.warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3));
     }
 }
 
@@ -87,13 +96,16 @@ fn matmul(c: &mut Criterion) {
             let w = rand_tensor(&[n, k], wdt, dev, 2);
             let b = rand_tensor(&[n], DType::F32, dev, 3);
             g.throughput(Throughput::Elements((2 * m * n * k) as u64));
-            g.bench_function(BenchmarkId::new(format!("w_{wdt}"), format!("{m}x{k}x{n}")), |it| {
-                it.iter(|| {
-                    let y = ops::linear(&x, &w, Some(&b)).expect("linear");
-                    dev.synchronize().expect("sync");
-                    y
-                })
-            });
+            g.bench_function(
+                BenchmarkId::new(format!("w_{wdt}"), format!("{m}x{k}x{n}")),
+                |it| {
+                    it.iter(|| {
+                        let y = ops::linear(&x, &w, Some(&b)).expect("linear");
+                        dev.synchronize().expect("sync");
+                        y
+                    })
+                },
+            );
         }
     }
     g.finish();
@@ -105,7 +117,10 @@ fn gemv(c: &mut Criterion) {
     // OPT-2.7B decode: MLP up (2560 -> 10240) and the LM head (2560 -> 50304).
     let mut g = c.benchmark_group("gpu_gemv");
     configure(&mut g, s.slow);
-    let mut cases = vec![(2560usize, 10240usize, DType::F32), (2560, 10240, DType::F16)];
+    let mut cases = vec![
+        (2560usize, 10240usize, DType::F32),
+        (2560, 10240, DType::F16),
+    ];
     if !s.slow {
         cases.push((2560, 50304, DType::F16));
     }
@@ -113,13 +128,16 @@ fn gemv(c: &mut Criterion) {
         let x = rand_tensor(&[1, k], DType::F32, dev, 4);
         let w = rand_tensor(&[n, k], wdt, dev, 5);
         g.throughput(Throughput::Bytes((n * k * wdt.size_of()) as u64));
-        g.bench_function(BenchmarkId::new(format!("w_{wdt}"), format!("1x{k}x{n}")), |it| {
-            it.iter(|| {
-                let y = ops::linear(&x, &w, None).expect("gemv");
-                dev.synchronize().expect("sync");
-                y
-            })
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("w_{wdt}"), format!("1x{k}x{n}")),
+            |it| {
+                it.iter(|| {
+                    let y = ops::linear(&x, &w, None).expect("gemv");
+                    dev.synchronize().expect("sync");
+                    y
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -130,7 +148,10 @@ fn attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("gpu_attention");
     configure(&mut g, s.slow);
     // (name, b, h, lq, lk, d): ViT-g self-attention; OPT-2.7B decode over a 256-key cache.
-    let cases = [("vit", 1usize, 16usize, 257usize, 257usize, 88usize), ("decode", 1, 32, 1, 256, 80)];
+    let cases = [
+        ("vit", 1usize, 16usize, 257usize, 257usize, 88usize),
+        ("decode", 1, 32, 1, 256, 80),
+    ];
     for (name, b, h, lq, lk, d) in cases {
         for dt in [DType::F32, DType::F16] {
             if s.slow && dt == DType::F32 && name == "vit" {
@@ -145,13 +166,16 @@ fn attention(c: &mut Criterion) {
                 ..AttnOpts::default()
             };
             g.throughput(Throughput::Elements((4 * b * h * lq * lk * d) as u64));
-            g.bench_function(BenchmarkId::new(format!("{name}_{dt}"), format!("{b}x{h}x{lq}x{lk}x{d}")), |it| {
-                it.iter(|| {
-                    let y = ops::attention(&q, &k, &v, &opts).expect("attention");
-                    dev.synchronize().expect("sync");
-                    y
-                })
-            });
+            g.bench_function(
+                BenchmarkId::new(format!("{name}_{dt}"), format!("{b}x{h}x{lq}x{lk}x{d}")),
+                |it| {
+                    it.iter(|| {
+                        let y = ops::attention(&q, &k, &v, &opts).expect("attention");
+                        dev.synchronize().expect("sync");
+                        y
+                    })
+                },
+            );
         }
     }
     g.finish();
@@ -168,22 +192,28 @@ fn norms(c: &mut Criterion) {
         let w = rand_tensor(&[1408], DType::F32, dev, 10);
         let b = rand_tensor(&[1408], DType::F32, dev, 11);
         g.throughput(Throughput::Bytes((2 * x.size_in_bytes()) as u64));
-        g.bench_function(BenchmarkId::new(format!("layer_norm_{dt}"), "257x1408"), |it| {
-            it.iter(|| {
-                let y = ops::layer_norm(&x, &w, &b, 1e-6).expect("layer_norm");
-                dev.synchronize().expect("sync");
-                y
-            })
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("layer_norm_{dt}"), "257x1408"),
+            |it| {
+                it.iter(|| {
+                    let y = ops::layer_norm(&x, &w, &b, 1e-6).expect("layer_norm");
+                    dev.synchronize().expect("sync");
+                    y
+                })
+            },
+        );
         let sc = rand_tensor(&[16 * 257, 257], dt, dev, 12);
         g.throughput(Throughput::Bytes((2 * sc.size_in_bytes()) as u64));
-        g.bench_function(BenchmarkId::new(format!("softmax_{dt}"), "4112x257"), |it| {
-            it.iter(|| {
-                let y = ops::softmax(&sc, None).expect("softmax");
-                dev.synchronize().expect("sync");
-                y
-            })
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("softmax_{dt}"), "4112x257"),
+            |it| {
+                it.iter(|| {
+                    let y = ops::softmax(&sc, None).expect("softmax");
+                    dev.synchronize().expect("sync");
+                    y
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -62,7 +62,11 @@ fn ctx(dev: &Device) -> &GpuContext {
 /// Relative RMS error sqrt(Σ(a−b)² / Σb²).
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
-    let num: f64 = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
     let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
 }
@@ -123,21 +127,45 @@ fn ops_record_lazily_and_reuse_buffers() {
         h = step(&h);
     }
     let mid = g.stats();
-    assert_eq!(mid.submits, before.submits, "ops must not submit before a readback");
-    assert_eq!(mid.dispatches - before.dispatches, 4 * layers as u64, "one dispatch per op");
+    assert_eq!(
+        mid.submits, before.submits,
+        "ops must not submit before a readback"
+    );
+    assert_eq!(
+        mid.dispatches - before.dispatches,
+        4 * layers as u64,
+        "one dispatch per op"
+    );
     let got = h.to_vec_f32().unwrap();
     let after = g.stats();
     eprintln!("{layers} layers: {before:?} -> {after:?}");
-    assert_eq!(after.submits - before.submits, 1, "one readback = one submit");
-    assert_eq!(after.buffers_created, before.buffers_created, "intermediates must come from the pool");
+    assert_eq!(
+        after.submits - before.submits,
+        1,
+        "one readback = one submit"
+    );
+    assert_eq!(
+        after.buffers_created, before.buffers_created,
+        "intermediates must come from the pool"
+    );
     assert!(after.buffers_reused - before.buffers_reused >= 4 * layers as u64);
-    assert_eq!(after.pipelines_compiled, before.pipelines_compiled, "pipelines are cached");
-    assert!(after.bind_group_cache_hits > before.bind_group_cache_hits, "bind groups repeat across layers");
+    assert_eq!(
+        after.pipelines_compiled, before.pipelines_compiled,
+        "pipelines are cached"
+    );
+    assert!(
+        after.bind_group_cache_hits > before.bind_group_cache_hits,
+        "bind groups repeat across layers"
+    );
 
     // The same chain on the CPU agrees (f16 weights on both sides; f32 activations; relative
     // RMS error 1e-4 allows f32 summation-order differences amplified over 42 normalised layers).
     let cpu = Device::cpu();
-    let (xc, wc, bc) = (x.to_device(&cpu).unwrap(), w.to_device(&cpu).unwrap(), b.to_device(&cpu).unwrap());
+    let (xc, wc, bc) = (
+        x.to_device(&cpu).unwrap(),
+        w.to_device(&cpu).unwrap(),
+        b.to_device(&cpu).unwrap(),
+    );
     let (lwc, lbc) = (lw.to_device(&cpu).unwrap(), lb.to_device(&cpu).unwrap());
     let mut hc = xc;
     for _ in 0..layers + 2 {
@@ -145,7 +173,10 @@ fn ops_record_lazily_and_reuse_buffers() {
         hc = ops::layer_norm(&ops::add(&y, &hc).unwrap(), &lwc, &lbc, 1e-5).unwrap();
     }
     let e = rel_err(&got, &hc.to_vec_f32().unwrap());
-    assert!(e < 1e-4, "GPU chain differs from CPU: relative RMS error {e:e}");
+    assert!(
+        e < 1e-4,
+        "GPU chain differs from CPU: relative RMS error {e:e}"
+    );
 }
 
 #[test]
@@ -159,7 +190,11 @@ fn tensors_larger_than_one_binding() {
     eprintln!(
         "weight of {bytes} bytes, max binding {} ({})",
         g.max_binding_size(),
-        if bytes > g.max_binding_size() { "sub-range bindings" } else { "one binding" }
+        if bytes > g.max_binding_size() {
+            "sub-range bindings"
+        } else {
+            "one binding"
+        }
     );
     let mut rng = Rng::new(7);
     let wv = rng.vec(n * k);
@@ -170,7 +205,9 @@ fn tensors_larger_than_one_binding() {
         let mut out = vec![0f32; rows * n];
         for r in 0..rows {
             for j in 0..n {
-                let s: f64 = (0..k).map(|t| xv[r * k + t] as f64 * wv[j * k + t] as f64).sum();
+                let s: f64 = (0..k)
+                    .map(|t| xv[r * k + t] as f64 * wv[j * k + t] as f64)
+                    .sum();
                 out[r * n + j] = s as f32;
             }
         }
@@ -182,13 +219,23 @@ fn tensors_larger_than_one_binding() {
         let xr = ops::narrow(&x, 0, 0, rows).unwrap();
         let got = ops::linear(&xr, &w, None).unwrap().to_vec_f32().unwrap();
         let e = rel_err(&got, &reference(rows));
-        assert!(e < 1e-5, "linear M={rows} over a {bytes}-byte weight: relative error {e:e}");
+        assert!(
+            e < 1e-5,
+            "linear M={rows} over a {bytes}-byte weight: relative error {e:e}"
+        );
     }
     // Embedding gather from the same table, ids in every chunk: exact.
     let ids = [0u32, 8199, 4000, 1, 6000, 8199];
-    let emb = ops::embedding(&w, &ids, DType::F32).unwrap().to_vec_f32().unwrap();
+    let emb = ops::embedding(&w, &ids, DType::F32)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     for (r, &id) in ids.iter().enumerate() {
-        assert_eq!(&emb[r * k..(r + 1) * k], &wv[id as usize * k..(id as usize + 1) * k], "row {id}");
+        assert_eq!(
+            &emb[r * k..(r + 1) * k],
+            &wv[id as usize * k..(id as usize + 1) * k],
+            "row {id}"
+        );
     }
     // Element-wise ops over the whole tensor in chunks: exact (x * 2 and f16 rounding are
     // the same on both sides).
@@ -197,7 +244,11 @@ fn tensors_larger_than_one_binding() {
     drop(doubled);
     let half = w.to_dtype(DType::F16).unwrap().to_vec_f32().unwrap();
     let step = 997;
-    assert!((0..n * k).step_by(step).all(|i| half[i] == half::f16::from_f32(wv[i]).to_f32()));
+    assert!(
+        (0..n * k)
+            .step_by(step)
+            .all(|i| half[i] == half::f16::from_f32(wv[i]).to_f32())
+    );
 }
 
 #[test]
@@ -237,7 +288,11 @@ fn chunked_paths_under_a_small_binding_limit() {
             ops::embedding(&t, &ids, out).unwrap().to_vec_f32().unwrap()
         };
         for out in [DType::F32, DType::F16] {
-            assert_eq!(gather(&dev, out), gather(&cpu, out), "chunked embedding {wdt} -> {out}");
+            assert_eq!(
+                gather(&dev, out),
+                gather(&cpu, out),
+                "chunked embedding {wdt} -> {out}"
+            );
         }
         let av = rng.vec(3000);
         let bv = rng.vec(3000);
@@ -249,13 +304,21 @@ fn chunked_paths_under_a_small_binding_limit() {
         };
         for bshape in [&[3usize, 1000][..], &[1000][..]] {
             // The same f32 (or f16-rounded) additions on both sides: exact.
-            assert_eq!(add(&dev, bshape), add(&cpu, bshape), "chunked add {wdt} b={bshape:?}");
+            assert_eq!(
+                add(&dev, bshape),
+                add(&cpu, bshape),
+                "chunked add {wdt} b={bshape:?}"
+            );
         }
     }
     // An op that cannot be split returns a Limit error naming the binding, not a panic.
     let a = Tensor::zeros(&[64, 64], DType::F32, &dev).unwrap();
     match ops::matmul(&a, &a, false) {
-        Err(Error::Limit { what, needed, limit }) => {
+        Err(Error::Limit {
+            what,
+            needed,
+            limit,
+        }) => {
             assert!(what.contains("matmul"), "{what}");
             assert!(needed > limit);
         }
@@ -287,7 +350,12 @@ fn fallbacks_match_fast_paths() {
         let x = Tensor::from_slice(&xv, &[2, 264], DType::F16, d).unwrap();
         let w = Tensor::from_slice(&wv, &[200, 264], DType::F16, d).unwrap();
         let y = ops::linear(&x, &w, None).unwrap();
-        let n = ops::rms_norm(&y, &Tensor::from_f32(vec![0.5; 200], &[200], d).unwrap(), 1e-6).unwrap();
+        let n = ops::rms_norm(
+            &y,
+            &Tensor::from_f32(vec![0.5; 200], &[200], d).unwrap(),
+            1e-6,
+        )
+        .unwrap();
         let s = ops::softmax(&n, None).unwrap();
         let q = Tensor::from_slice(&qv, &[2, 4, 1, 88], DType::F32, d).unwrap();
         let k = Tensor::from_slice(&kv, &[2, 4, 40, 88], DType::F32, d).unwrap();
@@ -299,19 +367,31 @@ fn fallbacks_match_fast_paths() {
             ..AttnOpts::default()
         };
         let a = ops::attention(&q, &k, &v, &opts).unwrap();
-        [y, n, s, a].iter().map(|t| t.to_vec_f32().unwrap()).collect()
+        [y, n, s, a]
+            .iter()
+            .map(|t| t.to_vec_f32().unwrap())
+            .collect()
     };
     let (f, s, c) = (run(&fast), run(&slow), run(&Device::cpu()));
-    for (i, name) in ["linear", "rms_norm", "softmax", "attention"].iter().enumerate() {
+    for (i, name) in ["linear", "rms_norm", "softmax", "attention"]
+        .iter()
+        .enumerate()
+    {
         // f16 outputs round to 2^-11 relative; the paths differ only in summation order.
         let tol = if i < 3 { 1e-3 } else { 1e-5 };
         let e_fs = rel_err(&f[i], &s[i]);
         let e_fc = rel_err(&f[i], &c[i]);
-        assert!(e_fs < tol && e_fc < tol, "{name}: fast vs fallback {e_fs:e}, fast vs cpu {e_fc:e}");
+        assert!(
+            e_fs < tol && e_fc < tol,
+            "{name}: fast vs fallback {e_fs:e}, fast vs cpu {e_fc:e}"
+        );
     }
     let st = ctx(&slow).stats();
     assert_eq!(st.bind_group_cache_hits, 0);
-    assert!(st.submits >= st.dispatches / 3, "max_batch=3 bounds dispatches per submit: {st:?}");
+    assert!(
+        st.submits >= st.dispatches / 3,
+        "max_batch=3 bounds dispatches per submit: {st:?}"
+    );
 }
 
 #[test]
@@ -322,7 +402,11 @@ fn errors_are_values() {
     // A tensor over max_buffer_size: a Limit error naming the size, before any allocation.
     let n = (max / 4 + 1024) as usize;
     match Tensor::zeros(&[n], DType::F32, &dev) {
-        Err(Error::Limit { what, needed, limit }) => {
+        Err(Error::Limit {
+            what,
+            needed,
+            limit,
+        }) => {
             eprintln!("over max_buffer_size: {what}: {needed} > {limit}");
             assert!(needed > limit && limit == max);
         }
@@ -330,7 +414,10 @@ fn errors_are_values() {
     }
     // The device still works afterwards.
     let t = Tensor::from_f32(vec![1.0, -2.0, 3.0], &[3], &dev).unwrap();
-    assert_eq!(ops::relu(&t).unwrap().to_vec_f32().unwrap(), vec![1.0, 0.0, 3.0]);
+    assert_eq!(
+        ops::relu(&t).unwrap().to_vec_f32().unwrap(),
+        vec![1.0, 0.0, 3.0]
+    );
     g.synchronize().unwrap();
 }
 
@@ -349,10 +436,14 @@ fn ops_from_several_threads() {
                     let b = Tensor::from_f32(bv.clone(), &[33, 19], &dev).unwrap();
                     let got = ops::matmul(&a, &b, false).unwrap().to_vec_f32().unwrap();
                     let cpu = Device::cpu();
-                    let want = ops::matmul(&a.to_device(&cpu).unwrap(), &b.to_device(&cpu).unwrap(), false)
-                        .unwrap()
-                        .to_vec_f32()
-                        .unwrap();
+                    let want = ops::matmul(
+                        &a.to_device(&cpu).unwrap(),
+                        &b.to_device(&cpu).unwrap(),
+                        false,
+                    )
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
                     // f32 sums of 33 products: summation order only.
                     assert!(rel_err(&got, &want) < 1e-5);
                 }
@@ -387,7 +478,9 @@ fn write_at_is_in_place_and_copy_on_write() {
         assert_eq!(after.buffers_reused, before.buffers_reused, "{dt}");
         let got = cache.to_vec_f32().unwrap();
         let want: Vec<f32> = (0..2)
-            .flat_map(|h| (0..6).flat_map(move |s| (0..3).map(move |j| (s * 10 + h * 3 + j) as f32)))
+            .flat_map(|h| {
+                (0..6).flat_map(move |s| (0..3).map(move |j| (s * 10 + h * 3 + j) as f32))
+            })
             .collect();
         assert_eq!(got, want, "{dt}: cache filled step by step");
         // A clone keeps the old contents (copy-on-write, as on the CPU).

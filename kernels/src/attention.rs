@@ -48,8 +48,8 @@ fn probs_body(row: &mut [f32], scale: f32, bias: &[f32], mask: &[f32]) {
 }
 multiversion! { fn probs_isa(row: &mut [f32], scale: f32, bias: &[f32], mask: &[f32]) = probs_body; }
 
-/// Multi-head attention: q [b,h,lq,d]; k, v [b,h,lk_cap,d] of which the first `lk` rows per
-/// head are used; out [b,h,lq,d].
+/// Multi-head attention: q `[b, h, lq, d]`; k, v `[b, h, lk_cap, d]` of which the first `lk`
+/// rows per head are used; out `[b, h, lq, d]`.
 ///
 /// scores[i, j] = q_i·k_j·scale + bias[h, i, j] + mask[b, i or 0, j]; causal cut as in
 /// [`AttnParams::causal_offset`]; softmax in f32 (a row whose visible scores are all −∞

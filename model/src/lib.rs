@@ -21,5 +21,6 @@ mod inputs;
 pub mod nn;
 pub mod opt;
 pub mod qformer;
+pub mod retrieval;
 pub mod t5;
 pub mod vision;

@@ -121,9 +121,9 @@ fn open_shard(path: &Path) -> Result<Shard> {
             }
             SafeTensorError::HeaderTooLarge => format!("not a safetensors file: header length {n} is implausible"),
             SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderDeserialization(_) => {
-                format!("corrupt safetensors header: {e:?}")
+                format!("corrupt safetensors header: {e}")
             }
-            other => format!("invalid safetensors file: {other:?}"),
+            other => format!("invalid safetensors file: {other}"),
         };
         ModelError::checkpoint(path, msg)
     })?;

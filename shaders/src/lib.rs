@@ -70,7 +70,11 @@ impl std::error::Error for SpecError {}
 /// Produces one variant of `src`: each `(NAME, value)` replaces the initialiser of the
 /// module-scope line `const NAME: T = ...;` (the line must exist exactly once), and with
 /// `subgroups` the `//SG ` lines are enabled and the `//NOSG` lines disabled.
-pub fn specialise(src: &str, consts: &[(&str, String)], subgroups: bool) -> Result<String, SpecError> {
+pub fn specialise(
+    src: &str,
+    consts: &[(&str, String)],
+    subgroups: bool,
+) -> Result<String, SpecError> {
     let mut found = vec![0usize; consts.len()];
     let mut out = String::with_capacity(src.len() + 64);
     for line in src.lines() {

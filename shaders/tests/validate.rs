@@ -5,15 +5,22 @@ use blip2_shaders::{self as shaders, specialise, wgsl_bool, wgsl_u32};
 
 fn check(name: &str, src: &str, consts: &[(&str, String)], subgroups: bool) {
     let text = specialise(src, consts, subgroups).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let module = naga::front::wgsl::parse_str(&text)
-        .unwrap_or_else(|e| panic!("{name} {consts:?} sg={subgroups}: {}", e.emit_to_string(&text)));
+    let module = naga::front::wgsl::parse_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "{name} {consts:?} sg={subgroups}: {}",
+            e.emit_to_string(&text)
+        )
+    });
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
     );
-    let info = validator
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{name} {consts:?} sg={subgroups}: {}", e.emit_to_string(&text)));
+    let info = validator.validate(&module).unwrap_or_else(|e| {
+        panic!(
+            "{name} {consts:?} sg={subgroups}: {}",
+            e.emit_to_string(&text)
+        )
+    });
     let opts = naga::back::spv::Options::default();
     naga::back::spv::write_vec(&module, &info, &opts, None)
         .unwrap_or_else(|e| panic!("{name} {consts:?} sg={subgroups}: SPIR-V: {e}"));
@@ -30,7 +37,12 @@ fn elementwise_variants_validate() {
             check(
                 "elementwise",
                 shaders::ELEMENTWISE,
-                &[("OP", wgsl_u32(op)), ("X_F16", b(f)), ("B_F16", b(!f)), ("OUT_F16", b(f))],
+                &[
+                    ("OP", wgsl_u32(op)),
+                    ("X_F16", b(f)),
+                    ("B_F16", b(!f)),
+                    ("OUT_F16", b(f)),
+                ],
                 false,
             );
         }
@@ -44,20 +56,40 @@ fn reductions_validate_with_and_without_subgroups() {
             check(
                 "norm",
                 shaders::NORM,
-                &[("RMS", b(f)), ("HAS_BIAS", b(!f)), ("X_F16", b(f)), ("W_F16", b(f)), ("B_F16", b(f)), ("OUT_F16", b(f))],
+                &[
+                    ("WG", wgsl_u32(if f { 64 } else { 256 })),
+                    ("RMS", b(f)),
+                    ("HAS_BIAS", b(!f)),
+                    ("X_F16", b(f)),
+                    ("W_F16", b(f)),
+                    ("B_F16", b(f)),
+                    ("OUT_F16", b(f)),
+                ],
                 sg,
             );
             check(
                 "softmax",
                 shaders::SOFTMAX,
-                &[("HAS_MASK", b(f)), ("HAS_BIAS", b(f)), ("X_F16", b(f)), ("OUT_F16", b(f))],
+                &[
+                    ("WG", wgsl_u32(if f { 64 } else { 256 })),
+                    ("HAS_MASK", b(f)),
+                    ("HAS_BIAS", b(f)),
+                    ("X_F16", b(f)),
+                    ("OUT_F16", b(f)),
+                ],
                 sg,
             );
             for d_even in [false, true] {
                 check(
                     "attention",
                     shaders::ATTENTION,
-                    &[("QKV_F16", b(f)), ("OUT_F16", b(f)), ("HAS_MASK", b(f)), ("HAS_BIAS", b(!f)), ("D_EVEN", b(d_even))],
+                    &[
+                        ("QKV_F16", b(f)),
+                        ("OUT_F16", b(f)),
+                        ("HAS_MASK", b(f)),
+                        ("HAS_BIAS", b(!f)),
+                        ("D_EVEN", b(d_even)),
+                    ],
                     sg,
                 );
             }
@@ -114,10 +146,20 @@ fn matmul_tiles_validate() {
 fn copies_validate() {
     for mode in 0..3u32 {
         for f in [false, true] {
-            check("copy", shaders::COPY, &[("MODE", wgsl_u32(mode)), ("F16", b(f))], false);
+            check(
+                "copy",
+                shaders::COPY,
+                &[("MODE", wgsl_u32(mode)), ("F16", b(f))],
+                false,
+            );
         }
     }
     for f in [false, true] {
-        check("embedding", shaders::EMBEDDING, &[("T_F16", b(f)), ("OUT_F16", b(!f))], false);
+        check(
+            "embedding",
+            shaders::EMBEDDING,
+            &[("T_F16", b(f)), ("OUT_F16", b(!f))],
+            false,
+        );
     }
 }

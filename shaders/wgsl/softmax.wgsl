@@ -132,22 +132,24 @@ fn main(
     let moff = i0 * p.ms0 + i1 * p.ms1 + i2 * p.ms2;
     let boff = i0 * p.bs0 + i1 * p.bs1 + i2 * p.bs2;
 
+    // One pass for the statistics: a running (max, sum of exp) per invocation, merged
+    // across the workgroup.
     var m = NEG_INF;
-    for (var j = lid; j < n; j += WG) {
-        var v = 0.0;
-        if (logit(base, moff, boff, i2, j, &v)) {
-            m = max(m, v);
-        }
-    }
-    m = wg_max(m, lid, sg);
     var s = 0.0;
     for (var j = lid; j < n; j += WG) {
         var v = 0.0;
         if (logit(base, moff, boff, i2, j, &v)) {
-            s += exp(v - m);
+            if (v > m) {
+                s = s * exp(m - v) + 1.0;
+                m = v;
+            } else {
+                s += exp(v - m);
+            }
         }
     }
-    let inv = 1.0 / wg_sum(s, lid, sg);
+    let mrow = wg_max(m, lid, sg);
+    let inv = 1.0 / wg_sum(s * exp(m - mrow), lid, sg);
+    m = mrow;
     for (var pr = lid; pr * 2u < n; pr += WG) {
         let j0 = pr * 2u;
         let two = j0 + 1u < n;

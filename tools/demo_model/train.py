@@ -125,10 +125,31 @@ def build_model(args, tokenizer):
     )
     torch.manual_seed(args.seed)
     model = Blip2ForConditionalGeneration(config)
-    # HF initialises query_tokens to zeros; BLIP-2 (LAVIS) draws them from N(0, 0.02) so the queries differ.
     with torch.no_grad():
+        # HF initialises query_tokens to zeros; BLIP-2 (LAVIS) draws them from N(0, 0.02) so the queries differ.
         model.query_tokens.normal_(0.0, 0.02)
+        # Position embeddings start from a 2D sin-cos table (as MAE) instead of N(0, 0.02): with the small
+        # random start, positions were still unused after 2000 steps ("where" at chance, captions, which list
+        # objects left to right, almost never exact). Still a learned parameter, saved like any other.
+        grid = IMAGE_SIZE // args.patch
+        pos = model.vision_model.embeddings.position_embedding
+        pos.zero_()
+        pos[0, 1:] = 0.5 * sincos_2d(args.vision_hidden, grid)
     return model
+
+
+def sincos_2d(dim, grid):
+    """[grid*grid, dim] table, patches row-major; first half of the channels encodes y, second half x."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    coords = torch.arange(grid, dtype=torch.float64)
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+
+    def enc(v):
+        angles = v.reshape(-1, 1) * omega[None, :]
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+    return torch.cat([enc(ys), enc(xs)], dim=1).to(torch.float32)
 
 
 class Batches:

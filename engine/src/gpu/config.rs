@@ -43,7 +43,10 @@ impl Default for GpuOptions {
 }
 
 fn flag(name: &str) -> bool {
-    matches!(std::env::var(name).as_deref(), Ok("1") | Ok("true") | Ok("yes"))
+    matches!(
+        std::env::var(name).as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
 }
 
 fn number(name: &str) -> Option<u64> {
@@ -59,7 +62,8 @@ impl GpuOptions {
             vec4: !flag("BLIP2_GPU_NO_VEC4"),
             fused_attention: !flag("BLIP2_GPU_NO_FUSED_ATTN"),
             bind_group_cache: !flag("BLIP2_GPU_NO_BIND_CACHE"),
-            max_batch: number("BLIP2_GPU_MAX_BATCH").map_or(d.max_batch, |n| n.clamp(1, 65536) as usize),
+            max_batch: number("BLIP2_GPU_MAX_BATCH")
+                .map_or(d.max_batch, |n| n.clamp(1, 65536) as usize),
             pool_bytes: number("BLIP2_GPU_POOL_MB").map_or(d.pool_bytes, |n| n << 20),
             max_binding: number("BLIP2_GPU_MAX_BINDING"),
             dump_wgsl: std::env::var_os("BLIP2_GPU_DUMP_WGSL").map(Into::into),

@@ -131,7 +131,8 @@ impl GpuContext {
     }
 
     pub fn with_options(opts: GpuOptions) -> Result<GpuContext> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(pick_adapter(&instance))?;
         let ainfo = adapter.get_info();
         let afeat = adapter.features();
@@ -165,12 +166,15 @@ impl GpuContext {
             }));
             let sink = errors.clone();
             device.set_device_lost_callback(move |reason, msg| {
-                *sink.lost_reason.lock().unwrap_or_else(|p| p.into_inner()) = format!("{reason:?}: {msg}");
+                *sink.lost_reason.lock().unwrap_or_else(|p| p.into_inner()) =
+                    format!("{reason:?}: {msg}");
                 sink.lost.store(true, Ordering::SeqCst);
             });
         }
 
-        let mut max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let mut max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         if let Some(cap) = opts.max_binding {
             max_binding = max_binding.min(cap.max(256));
         }
@@ -180,7 +184,9 @@ impl GpuContext {
         let info = DeviceInfo {
             name: ainfo.name.clone(),
             backend: format!("{:?}", ainfo.backend),
-            driver: format!("{} {}", ainfo.driver, ainfo.driver_info).trim().to_string(),
+            driver: format!("{} {}", ainfo.driver, ainfo.driver_info)
+                .trim()
+                .to_string(),
             device_type: format!("{:?}", ainfo.device_type),
             shader_f16: afeat.contains(wgpu::Features::SHADER_F16),
             subgroups: afeat.contains(wgpu::Features::SUBGROUP),
@@ -253,7 +259,11 @@ impl GpuContext {
 
     pub fn stats(&self) -> GpuStats {
         let p = self.pool.stats();
-        let r = self.recorder.lock().unwrap_or_else(|e| e.into_inner()).stats;
+        let r = self
+            .recorder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats;
         GpuStats {
             buffers_created: p.created,
             buffers_reused: p.reused,
@@ -266,10 +276,19 @@ impl GpuContext {
     /// Fails when the device was lost or wgpu reported an error outside any error scope.
     pub(crate) fn check(&self) -> Result<()> {
         if self.errors.lost.load(Ordering::SeqCst) {
-            let why = self.errors.lost_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let why = self
+                .errors
+                .lost_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             return Err(Error::DeviceLost(why));
         }
-        let mut u = self.errors.uncaptured.lock().unwrap_or_else(|e| e.into_inner());
+        let mut u = self
+            .errors
+            .uncaptured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if !u.is_empty() {
             let msg = u.join("; ");
             u.clear();
@@ -324,16 +343,22 @@ impl GpuContext {
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let val = pollster::block_on(val.pop());
         let oom = pollster::block_on(oom.pop());
         if let Some(e) = oom {
-            return Err(Error::OutOfMemory(format!("allocating a buffer of {size} bytes: {e}")));
+            return Err(Error::OutOfMemory(format!(
+                "allocating a buffer of {size} bytes: {e}"
+            )));
         }
         if let Some(e) = val {
-            return Err(Error::OutOfMemory(format!("allocating a buffer of {size} bytes failed: {e}")));
+            return Err(Error::OutOfMemory(format!(
+                "allocating a buffer of {size} bytes failed: {e}"
+            )));
         }
         self.pool.created(size);
         Ok(GpuStorage {
@@ -355,7 +380,7 @@ impl GpuContext {
         }
         let mut rec = self.recorder()?;
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        if data.len() % 4 == 0 {
+        if data.len().is_multiple_of(4) {
             self.queue.write_buffer(s.buf.raw(), 0, data);
         } else {
             let mut padded = data.to_vec();
@@ -400,14 +425,20 @@ impl GpuContext {
         }
         let staging = self.recorder()?.stage_read_back(self, s, bytes)?;
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(0..bytes).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        staging
+            .slice(0..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
         self.wait()?;
         match rx.try_recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Gpu(format!("mapping a readback buffer: {e}"))),
-            Err(_) => return Err(Error::Gpu("readback buffer not mapped after waiting for the GPU".into())),
+            Err(_) => {
+                return Err(Error::Gpu(
+                    "readback buffer not mapped after waiting for the GPU".into(),
+                ));
+            }
         }
         let out = {
             let view = staging
@@ -464,7 +495,9 @@ async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
     if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
         let mut all = instance.enumerate_adapters(wgpu::Backends::all()).await;
         let needle = want.to_lowercase();
-        let pos = all.iter().position(|a| a.get_info().name.to_lowercase().contains(&needle));
+        let pos = all
+            .iter()
+            .position(|a| a.get_info().name.to_lowercase().contains(&needle));
         return match pos {
             Some(i) => Ok(all.swap_remove(i)),
             None => Err(Error::NoAdapter(format!(
@@ -473,7 +506,8 @@ async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
             ))),
         };
     }
-    let power_preference = wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance);
+    let power_preference =
+        wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance);
     match instance
         .request_adapter(&wgpu::RequestAdapterOptions {
             power_preference,
@@ -487,7 +521,10 @@ async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
         Ok(a) => Ok(a),
         Err(e) => {
             let all = instance.enumerate_adapters(wgpu::Backends::all()).await;
-            Err(Error::NoAdapter(format!("{e}{backend_note}; {}", describe(&all))))
+            Err(Error::NoAdapter(format!(
+                "{e}{backend_note}; {}",
+                describe(&all)
+            )))
         }
     }
 }

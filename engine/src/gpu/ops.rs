@@ -46,11 +46,19 @@ fn grid(g: &GpuContext, groups: usize) -> Result<[u32; 3]> {
     Ok([x as u32, y as u32, 1])
 }
 
+/// Invocations of a one-workgroup-per-row reduction: short rows (attention scores over a
+/// few hundred keys) waste fewer idle invocations and barrier steps with 64.
+fn row_workgroup(n: usize) -> u32 {
+    if n <= 1024 { 64 } else { 256 }
+}
+
 /// Fails when one operand would need a storage binding larger than the device allows.
 fn check_binding(g: &GpuContext, what: &str, bytes: u64) -> Result<()> {
     if bytes > g.max_binding {
         return Err(Error::Limit {
-            what: format!("{what} ({bytes} bytes) in one storage binding (max_storage_buffer_binding_size)"),
+            what: format!(
+                "{what} ({bytes} bytes) in one storage binding (max_storage_buffer_binding_size)"
+            ),
             needed: bytes,
             limit: g.max_binding,
         });
@@ -60,7 +68,14 @@ fn check_binding(g: &GpuContext, what: &str, bytes: u64) -> Result<()> {
 
 /// Row chunk for binding a `[rows, row_bytes]` matrix larger than one binding: a multiple
 /// of `multiple` rows whose byte offset keeps the storage offset alignment.
-fn chunk_rows(g: &GpuContext, what: &str, rows: usize, row_bytes: u64, total: u64, multiple: u64) -> Result<usize> {
+fn chunk_rows(
+    g: &GpuContext,
+    what: &str,
+    rows: usize,
+    row_bytes: u64,
+    total: u64,
+    multiple: u64,
+) -> Result<usize> {
     if total <= g.max_binding {
         return Ok(rows.max(1));
     }
@@ -141,7 +156,11 @@ fn elementwise(
                 if data_bytes(bl, bdt) <= g.max_binding {
                     (Bind::whole(bs), bl, e0 % bl)
                 } else if bl == n {
-                    (Bind::range(bs, (e0 * bdt.size_of()) as u64, data_bytes(len, bdt)), len, 0)
+                    (
+                        Bind::range(bs, (e0 * bdt.size_of()) as u64, data_bytes(len, bdt)),
+                        len,
+                        0,
+                    )
                 } else {
                     return Err(Error::Limit {
                         what: "repeating operand of add/mul in one storage binding".into(),
@@ -152,7 +171,13 @@ fn elementwise(
             }
         };
         let groups = grid(g, len.div_ceil(2).div_ceil(256))?;
-        let params = [len as u32, b_len as u32, b_base as u32, s.to_bits(), groups[0]];
+        let params = [
+            len as u32,
+            b_len as u32,
+            b_base as u32,
+            s.to_bits(),
+            groups[0],
+        ];
         rec.dispatch(g, &spec, &params, &[xb, bb, ob], groups)?;
         e0 += len;
     }
@@ -171,7 +196,16 @@ pub(crate) fn unary(g: &Ctx, x: &Tensor, f: Unary) -> Result<Tensor> {
 }
 
 pub(crate) fn scale(g: &Ctx, x: &Tensor, s: f32) -> Result<Tensor> {
-    let out = elementwise(g, x.gpu_storage(), x.dtype(), x.elem_count(), None, EW_SCALE, s, x.dtype())?;
+    let out = elementwise(
+        g,
+        x.gpu_storage(),
+        x.dtype(),
+        x.elem_count(),
+        None,
+        EW_SCALE,
+        s,
+        x.dtype(),
+    )?;
     Ok(tensor(g, x.shape().to_vec(), x.dtype(), out))
 }
 
@@ -194,7 +228,16 @@ pub(crate) fn binary(g: &Ctx, a: &Tensor, b: &Tensor, f: Binary) -> Result<Tenso
 }
 
 pub(crate) fn cast(g: &Ctx, x: &Tensor, dtype: DType) -> Result<Tensor> {
-    let out = elementwise(g, x.gpu_storage(), x.dtype(), x.elem_count(), None, EW_COPY, 1.0, dtype)?;
+    let out = elementwise(
+        g,
+        x.gpu_storage(),
+        x.dtype(),
+        x.elem_count(),
+        None,
+        EW_COPY,
+        1.0,
+        dtype,
+    )?;
     Ok(tensor(g, x.shape().to_vec(), dtype, out))
 }
 
@@ -228,10 +271,14 @@ fn record_matmul(
     cdt: DType,
     mm: &Mm,
 ) -> Result<()> {
-    let (tm, wg) = if mm.m <= 32 { (32u32, 128u32) } else { (64, 256) };
+    let (tm, wg) = if mm.m <= 32 {
+        (32u32, 128u32)
+    } else {
+        (64, 256)
+    };
     let vec = g.opts.vec4;
-    let a_vec = vec && mm.lda % 4 == 0 && mm.a_bs % 4 == 0;
-    let b_vec = vec && mm.ldb % 4 == 0 && mm.b_bs % 4 == 0;
+    let a_vec = vec && mm.lda.is_multiple_of(4) && mm.a_bs.is_multiple_of(4);
+    let b_vec = vec && mm.ldb.is_multiple_of(4) && mm.b_bs.is_multiple_of(4);
     let spec = Spec::new("matmul", sh::MATMUL, 3, 1)
         .u("TM", tm)
         .u("WG", wg)
@@ -255,20 +302,38 @@ fn record_matmul(
         mm.b_bs as u32,
         mm.c_bs as u32,
     ];
-    let groups = [mm.n.div_ceil(64) as u32, mm.m.div_ceil(tm as usize) as u32, mm.batch as u32];
+    let groups = [
+        mm.n.div_ceil(64) as u32,
+        mm.m.div_ceil(tm as usize) as u32,
+        mm.batch as u32,
+    ];
     let bias_bind = Bind::whole(bias.map_or(&g.dummy, |b| b.0));
-    rec.dispatch(g, &spec, &params, &[a, b, bias_bind, Bind::whole(c)], groups)
+    rec.dispatch(
+        g,
+        &spec,
+        &params,
+        &[a, b, bias_bind, Bind::whole(c)],
+        groups,
+    )
 }
 
-pub(crate) fn linear(g: &Ctx, x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_shape: Vec<usize>) -> Result<Tensor> {
+pub(crate) fn linear(
+    g: &Ctx,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    out_shape: Vec<usize>,
+) -> Result<Tensor> {
     let (n, k) = (w.dim(0), w.dim(1));
     let m = out_shape.iter().product::<usize>() / n.max(1);
     let dt = x.dtype();
     if m == 0 || n == 0 {
         return Ok(tensor(g, out_shape, dt, g.zeros(0, dt)?));
     }
-    let direct = n % 2 == 0 || m == 1;
-    let out = with_out_dtype(g, dt, direct, m * n, |odt| linear_into(g, x, w, b, m, k, n, odt))?;
+    let direct = n.is_multiple_of(2) || m == 1;
+    let out = with_out_dtype(g, dt, direct, m * n, |odt| {
+        linear_into(g, x, w, b, m, k, n, odt)
+    })?;
     Ok(tensor(g, out_shape, dt, out))
 }
 
@@ -303,7 +368,7 @@ fn linear_into(
         if use_gemv {
             let spec = Spec::new("gemv", sh::GEMV, 3, 1)
                 .u("M", m as u32)
-                .b("VEC", g.opts.vec4 && k % 8 == 0)
+                .b("VEC", g.opts.vec4 && k.is_multiple_of(8))
                 .b("HAS_BIAS", bias.is_some())
                 .b("X_F16", is_f16(xdt))
                 .b("W_F16", is_f16(wdt))
@@ -336,7 +401,13 @@ fn linear_into(
     Ok(out)
 }
 
-pub(crate) fn matmul(g: &Ctx, a: &Tensor, b: &Tensor, d: &MatmulDims, out_shape: Vec<usize>) -> Result<Tensor> {
+pub(crate) fn matmul(
+    g: &Ctx,
+    a: &Tensor,
+    b: &Tensor,
+    d: &MatmulDims,
+    out_shape: Vec<usize>,
+) -> Result<Tensor> {
     let dt = a.dtype();
     let total = d.batch * d.m * d.n;
     if total == 0 {
@@ -352,7 +423,7 @@ pub(crate) fn matmul(g: &Ctx, a: &Tensor, b: &Tensor, d: &MatmulDims, out_shape:
             limit: g.limits.max_compute_workgroups_per_dimension as u64,
         });
     }
-    let direct = d.n % 2 == 0 || d.batch * d.m == 1;
+    let direct = d.n.is_multiple_of(2) || d.batch * d.m == 1;
     let out = with_out_dtype(g, dt, direct, total, |odt| {
         let out = g.alloc(data_bytes(total, odt), true)?;
         let mm = Mm {
@@ -377,7 +448,14 @@ pub(crate) fn matmul(g: &Ctx, a: &Tensor, b: &Tensor, d: &MatmulDims, out_shape:
     Ok(tensor(g, out_shape, dt, out))
 }
 
-pub(crate) fn norm(g: &Ctx, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32, rms: bool) -> Result<Tensor> {
+pub(crate) fn norm(
+    g: &Ctx,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    eps: f32,
+    rms: bool,
+) -> Result<Tensor> {
     let dt = x.dtype();
     let d = *x.shape().last().unwrap_or(&1);
     let n = x.elem_count();
@@ -386,9 +464,10 @@ pub(crate) fn norm(g: &Ctx, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32
     }
     let rows = n / d;
     check_binding(g, "norm input", data_bytes(n, dt))?;
-    let out = with_out_dtype(g, dt, d % 2 == 0 || rows == 1, n, |odt| {
+    let out = with_out_dtype(g, dt, d.is_multiple_of(2) || rows == 1, n, |odt| {
         let out = g.alloc(data_bytes(n, odt), true)?;
         let spec = Spec::new("norm", sh::NORM, 3, 1)
+            .u("WG", row_workgroup(d))
             .b("RMS", rms)
             .b("HAS_BIAS", b.is_some())
             .b("X_F16", is_f16(dt))
@@ -399,7 +478,12 @@ pub(crate) fn norm(g: &Ctx, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32
         let groups = grid(g, rows)?;
         let params = [rows as u32, d as u32, eps.to_bits(), groups[0]];
         let bb = Bind::whole(b.map_or(&g.dummy, |b| b.gpu_storage()));
-        let binds = [Bind::whole(x.gpu_storage()), Bind::whole(w.gpu_storage()), bb, Bind::whole(&out)];
+        let binds = [
+            Bind::whole(x.gpu_storage()),
+            Bind::whole(w.gpu_storage()),
+            bb,
+            Bind::whole(&out),
+        ];
         g.recorder()?.dispatch(g, &spec, &params, &binds, groups)?;
         Ok(out)
     })?;
@@ -421,6 +505,7 @@ struct Sm<'a> {
 fn softmax_into(g: &Ctx, x: &GpuStorage, xdt: DType, sm: &Sm, odt: DType) -> Result<GpuStorage> {
     let out = g.alloc(data_bytes(sm.rows * sm.n, odt), true)?;
     let spec = Spec::new("softmax", sh::SOFTMAX, 3, 1)
+        .u("WG", row_workgroup(sm.n))
         .b("HAS_MASK", sm.mask.is_some())
         .b("HAS_BIAS", sm.bias.is_some())
         .b("X_F16", is_f16(xdt))
@@ -457,7 +542,12 @@ fn softmax_into(g: &Ctx, x: &GpuStorage, xdt: DType, sm: &Sm, odt: DType) -> Res
     Ok(out)
 }
 
-pub(crate) fn softmax(g: &Ctx, x: &Tensor, mask: Option<&Tensor>, strides: Option<&[usize]>) -> Result<Tensor> {
+pub(crate) fn softmax(
+    g: &Ctx,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    strides: Option<&[usize]>,
+) -> Result<Tensor> {
     let dt = x.dtype();
     let shape = x.shape();
     let n_all = x.elem_count();
@@ -494,7 +584,7 @@ pub(crate) fn softmax(g: &Ctx, x: &Tensor, mask: Option<&Tensor>, strides: Optio
         )
     };
     let rows = n_all / n;
-    let out = with_out_dtype(g, dt, n % 2 == 0 || rows == 1, n_all, |odt| {
+    let out = with_out_dtype(g, dt, n.is_multiple_of(2) || rows == 1, n_all, |odt| {
         let sm = Sm {
             rows,
             n,
@@ -510,7 +600,14 @@ pub(crate) fn softmax(g: &Ctx, x: &Tensor, mask: Option<&Tensor>, strides: Optio
     Ok(tensor(g, shape.to_vec(), dt, out))
 }
 
-pub(crate) fn attention(g: &Ctx, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts, d: &AttnDims) -> Result<Tensor> {
+pub(crate) fn attention(
+    g: &Ctx,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttnOpts,
+    d: &AttnDims,
+) -> Result<Tensor> {
     let dt = q.dtype();
     let (bh, lq, lk, hd) = (d.batch * d.heads, d.lq, d.lk, d.head_dim);
     let out_shape = vec![d.batch, d.heads, lq, hd];
@@ -526,7 +623,7 @@ pub(crate) fn attention(g: &Ctx, q: &Tensor, k: &Tensor, v: &Tensor, opts: &Attn
     let fused = fusable && ((g.opts.fused_attention && lq <= 32) || scores_bytes > g.max_binding);
     // Only read when causal, where the op guarantees lq <= lk (cross-attention may have lq > lk).
     let causal_off = lk.saturating_sub(lq);
-    let direct = hd % 2 == 0 || bh * lq == 1;
+    let direct = hd.is_multiple_of(2) || bh * lq == 1;
     let out = with_out_dtype(g, dt, direct, total, |odt| {
         let out = g.alloc(data_bytes(total, odt), true)?;
         if fused {
@@ -535,7 +632,7 @@ pub(crate) fn attention(g: &Ctx, q: &Tensor, k: &Tensor, v: &Tensor, opts: &Attn
                 .b("OUT_F16", is_f16(odt))
                 .b("HAS_MASK", opts.mask.is_some())
                 .b("HAS_BIAS", opts.bias.is_some())
-                .b("D_EVEN", hd % 2 == 0)
+                .b("D_EVEN", hd.is_multiple_of(2))
                 .sg(g.subgroups);
             let rows = bh * lq;
             let groups = grid(g, rows)?;
@@ -600,9 +697,12 @@ pub(crate) fn attention(g: &Ctx, q: &Tensor, k: &Tensor, v: &Tensor, opts: &Attn
             n: lk,
             d1: d.heads,
             d2: lq,
-            mask: opts
-                .mask
-                .map(|m| (m.gpu_storage(), [mr * lk, 0, if mr == 1 { 0 } else { lk }, 1])),
+            mask: opts.mask.map(|m| {
+                (
+                    m.gpu_storage(),
+                    [mr * lk, 0, if mr == 1 { 0 } else { lk }, 1],
+                )
+            }),
             bias: opts.bias.map(|b| (b.gpu_storage(), [0, lq * lk, lk, 1])),
             scale: opts.scale,
             causal_off: opts.causal.then_some(causal_off),
@@ -641,7 +741,14 @@ pub(crate) fn embedding(g: &Ctx, table: &Tensor, ids: &[u32], dtype: DType) -> R
     check_binding(g, "embedding output", data_bytes(n, dtype))?;
     let tdt = table.dtype();
     let row_bytes = (dim * tdt.size_of()) as u64;
-    let rows = chunk_rows(g, "embedding table", vocab, row_bytes, data_bytes(vocab * dim, tdt), 1)?;
+    let rows = chunk_rows(
+        g,
+        "embedding table",
+        vocab,
+        row_bytes,
+        data_bytes(vocab * dim, tdt),
+        1,
+    )?;
     let ids_s = g.upload_u32(ids)?;
     let out = g.alloc(data_bytes(n, dtype), true)?;
     let spec = Spec::new("embedding", sh::EMBEDDING, 2, 1)
@@ -653,10 +760,23 @@ pub(crate) fn embedding(g: &Ctx, table: &Tensor, ids: &[u32], dtype: DType) -> R
     while r0 < vocab {
         let rc = rows.min(vocab - r0);
         // Only chunks that hold a requested row need a dispatch.
-        if ids.iter().any(|&i| (i as usize) >= r0 && (i as usize) < r0 + rc) {
-            let tb = Bind::range(table.gpu_storage(), r0 as u64 * row_bytes, data_bytes(rc * dim, tdt));
+        if ids
+            .iter()
+            .any(|&i| (i as usize) >= r0 && (i as usize) < r0 + rc)
+        {
+            let tb = Bind::range(
+                table.gpu_storage(),
+                r0 as u64 * row_bytes,
+                data_bytes(rc * dim, tdt),
+            );
             let params = [n as u32, dim as u32, r0 as u32, rc as u32, groups[0]];
-            rec.dispatch(g, &spec, &params, &[Bind::whole(&ids_s), tb, Bind::whole(&out)], groups)?;
+            rec.dispatch(
+                g,
+                &spec,
+                &params,
+                &[Bind::whole(&ids_s), tb, Bind::whole(&out)],
+                groups,
+            )?;
         }
         r0 += rc;
     }
@@ -684,9 +804,15 @@ fn box_copy(
     }
     check_binding(g, "copy source", src.bytes)?;
     check_binding(g, "copy destination", dst.bytes)?;
-    let units = if is_f16(dt) { len.div_ceil(2) + 1 } else { len.div_ceil(2) };
+    let units = if is_f16(dt) {
+        len.div_ceil(2) + 1
+    } else {
+        len.div_ceil(2)
+    };
     let groups = grid(g, (rows * units).div_ceil(256))?;
-    let spec = Spec::new("copy", sh::COPY, 1, 1).u("MODE", 0).b("F16", is_f16(dt));
+    let spec = Spec::new("copy", sh::COPY, 1, 1)
+        .u("MODE", 0)
+        .b("F16", is_f16(dt));
     let params = [
         units as u32,
         rows as u32,
@@ -697,7 +823,13 @@ fn box_copy(
         src_start as u32,
         groups[0],
     ];
-    rec.dispatch(g, &spec, &params, &[Bind::whole(src), Bind::whole(dst)], groups)
+    rec.dispatch(
+        g,
+        &spec,
+        &params,
+        &[Bind::whole(src), Bind::whole(dst)],
+        groups,
+    )
 }
 
 /// Gather copies that write every output element (MODE 1 permute, MODE 2 im2col).
@@ -708,15 +840,36 @@ fn gather(g: &Ctx, x: &Tensor, mode: u32, a: [usize; 4], out_shape: Vec<usize>) 
     if n > 0 {
         check_binding(g, "copy source", data_bytes(n, dt))?;
         let groups = grid(g, n.div_ceil(2).div_ceil(256))?;
-        let spec = Spec::new("copy", sh::COPY, 1, 1).u("MODE", mode).b("F16", is_f16(dt));
-        let params = [n as u32, 0, 0, a[0] as u32, a[1] as u32, a[2] as u32, a[3] as u32, groups[0]];
-        g.recorder()?
-            .dispatch(g, &spec, &params, &[Bind::whole(x.gpu_storage()), Bind::whole(&out)], groups)?;
+        let spec = Spec::new("copy", sh::COPY, 1, 1)
+            .u("MODE", mode)
+            .b("F16", is_f16(dt));
+        let params = [
+            n as u32,
+            0,
+            0,
+            a[0] as u32,
+            a[1] as u32,
+            a[2] as u32,
+            a[3] as u32,
+            groups[0],
+        ];
+        g.recorder()?.dispatch(
+            g,
+            &spec,
+            &params,
+            &[Bind::whole(x.gpu_storage()), Bind::whole(&out)],
+            groups,
+        )?;
     }
     Ok(tensor(g, out_shape, dt, out))
 }
 
-pub(crate) fn concat(g: &Ctx, ts: &[&Tensor], axis: usize, out_shape: Vec<usize>) -> Result<Tensor> {
+pub(crate) fn concat(
+    g: &Ctx,
+    ts: &[&Tensor],
+    axis: usize,
+    out_shape: Vec<usize>,
+) -> Result<Tensor> {
     let dt = ts[0].dtype();
     let n: usize = out_shape.iter().product();
     let out = g.alloc(data_bytes(n, dt), true)?;
@@ -725,32 +878,72 @@ pub(crate) fn concat(g: &Ctx, ts: &[&Tensor], axis: usize, out_shape: Vec<usize>
     let mut off = 0;
     for t in ts {
         let len = t.dim(axis);
-        box_copy(g, &mut rec, t.gpu_storage(), &out, dt, outer, len * inner, total * inner, off * inner, len * inner, 0)?;
+        box_copy(
+            g,
+            &mut rec,
+            t.gpu_storage(),
+            &out,
+            dt,
+            outer,
+            len * inner,
+            total * inner,
+            off * inner,
+            len * inner,
+            0,
+        )?;
         off += len;
     }
     drop(rec);
     Ok(tensor(g, out_shape, dt, out))
 }
 
-pub(crate) fn narrow(g: &Ctx, x: &Tensor, axis: usize, start: usize, out_shape: Vec<usize>) -> Result<Tensor> {
+pub(crate) fn narrow(
+    g: &Ctx,
+    x: &Tensor,
+    axis: usize,
+    start: usize,
+    out_shape: Vec<usize>,
+) -> Result<Tensor> {
     let dt = x.dtype();
     let n: usize = out_shape.iter().product();
     let out = g.alloc(data_bytes(n, dt), true)?;
     let (outer, dim, inner) = split_at_axis(x.shape(), axis);
     let len = out_shape[axis];
     let mut rec = g.recorder()?;
-    box_copy(g, &mut rec, x.gpu_storage(), &out, dt, outer, len * inner, len * inner, 0, dim * inner, start * inner)?;
+    box_copy(
+        g,
+        &mut rec,
+        x.gpu_storage(),
+        &out,
+        dt,
+        outer,
+        len * inner,
+        len * inner,
+        0,
+        dim * inner,
+        start * inner,
+    )?;
     drop(rec);
     Ok(tensor(g, out_shape, dt, out))
 }
 
 /// Writes src into dst's buffer. Like the CPU backend (copy-on-write of shared storage), a
 /// dst whose buffer other tensors share gets its own copy first, so clones never change.
-pub(crate) fn write_at(g: &Ctx, dst: &mut Tensor, src: &Tensor, axis: usize, offset: usize) -> Result<()> {
+pub(crate) fn write_at(
+    g: &Ctx,
+    dst: &mut Tensor,
+    src: &Tensor,
+    axis: usize,
+    offset: usize,
+) -> Result<()> {
     let dt = dst.dtype();
     let shared = match &dst.storage {
         Storage::Gpu(s) => Arc::strong_count(&s.buf) > 1,
-        Storage::Cpu(_) => return Err(Error::Invalid("write_at: CPU storage on a GPU tensor".into())),
+        Storage::Cpu(_) => {
+            return Err(Error::Invalid(
+                "write_at: CPU storage on a GPU tensor".into(),
+            ));
+        }
     };
     let mut rec = g.recorder()?;
     if shared {
@@ -761,7 +954,19 @@ pub(crate) fn write_at(g: &Ctx, dst: &mut Tensor, src: &Tensor, axis: usize, off
     }
     let (outer, dim, inner) = split_at_axis(dst.shape(), axis);
     let len = src.dim(axis) * inner;
-    box_copy(g, &mut rec, src.gpu_storage(), dst.gpu_storage(), dt, outer, len, dim * inner, offset * inner, len, 0)
+    box_copy(
+        g,
+        &mut rec,
+        src.gpu_storage(),
+        dst.gpu_storage(),
+        dt,
+        outer,
+        len,
+        dim * inner,
+        offset * inner,
+        len,
+        0,
+    )
 }
 
 pub(crate) fn permute_0213(g: &Ctx, x4: &Tensor) -> Result<Tensor> {
@@ -773,5 +978,11 @@ pub(crate) fn permute_0213(g: &Ctx, x4: &Tensor) -> Result<Tensor> {
 pub(crate) fn im2col(g: &Ctx, pixels: &Tensor, p: usize) -> Result<Tensor> {
     let s = pixels.shape();
     let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
-    gather(g, pixels, 2, [c, h, w, p], vec![b, (h / p) * (w / p), c * p * p])
+    gather(
+        g,
+        pixels,
+        2,
+        [c, h, w, p],
+        vec![b, (h / p) * (w / p), c * p * p],
+    )
 }

@@ -143,7 +143,9 @@ impl Pool {
     fn trim(&self, g: &mut Inner) {
         let mut dropped = false;
         while g.free_bytes > self.limit {
-            let Some(mut e) = g.free.last_entry() else { break };
+            let Some(mut e) = g.free.last_entry() else {
+                break;
+            };
             let size = *e.key();
             e.get_mut().pop();
             if e.get().is_empty() {

@@ -113,7 +113,11 @@ pub(crate) struct Recorder {
     pub(crate) stats: GpuStats,
 }
 
-fn scope_error(oom: Option<wgpu::Error>, val: Option<wgpu::Error>, what: impl Fn() -> String) -> Result<()> {
+fn scope_error(
+    oom: Option<wgpu::Error>,
+    val: Option<wgpu::Error>,
+    what: impl Fn() -> String,
+) -> Result<()> {
     if let Some(e) = oom {
         return Err(Error::OutOfMemory(format!("{}: {e}", what())));
     }
@@ -124,7 +128,11 @@ fn scope_error(oom: Option<wgpu::Error>, val: Option<wgpu::Error>, what: impl Fn
 }
 
 impl Recorder {
-    pub(crate) fn new(device: &wgpu::Device, limits: &wgpu::Limits, max_batch: usize) -> Result<Recorder> {
+    pub(crate) fn new(
+        device: &wgpu::Device,
+        limits: &wgpu::Limits,
+        max_batch: usize,
+    ) -> Result<Recorder> {
         let align = (limits.min_uniform_buffer_offset_alignment as u64).max(16);
         let stride = round_up(PARAMS_BYTES, align) as usize;
         let slots = max_batch.max(1);
@@ -138,7 +146,9 @@ impl Recorder {
         });
         let val = pollster::block_on(val.pop());
         let oom = pollster::block_on(oom.pop());
-        scope_error(oom, val, || format!("creating the uniform arena ({} bytes)", stride * slots))?;
+        scope_error(oom, val, || {
+            format!("creating the uniform arena ({} bytes)", stride * slots)
+        })?;
         Ok(Recorder {
             pass: None,
             encoder: None,
@@ -161,7 +171,9 @@ impl Recorder {
         self.pass = None;
         self.encoder.get_or_insert_with(|| {
             ctx.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("blip2 ops") })
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("blip2 ops"),
+                })
         })
     }
 
@@ -182,7 +194,12 @@ impl Recorder {
         }
     }
 
-    fn layout(&mut self, ctx: &GpuContext, n_ro: usize, n_rw: usize) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    fn layout(
+        &mut self,
+        ctx: &GpuContext,
+        n_ro: usize,
+        n_rw: usize,
+    ) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
         self.layouts.entry((n_ro, n_rw)).or_insert_with(|| {
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
                 binding: 0,
@@ -199,22 +216,28 @@ impl Recorder {
                     binding: 1 + i as u32,
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only: i < n_ro },
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: i < n_ro,
+                        },
                         has_dynamic_offset: false,
                         min_binding_size: None,
                     },
                     count: None,
                 });
             }
-            let bgl = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: None,
-                entries: &entries,
-            });
-            let pl = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: None,
-                bind_group_layouts: &[Some(&bgl)],
-                immediate_size: 0,
-            });
+            let bgl = ctx
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: None,
+                    entries: &entries,
+                });
+            let pl = ctx
+                .device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: None,
+                    bind_group_layouts: &[Some(&bgl)],
+                    immediate_size: 0,
+                });
             (bgl, pl)
         })
     }
@@ -229,11 +252,19 @@ impl Recorder {
         if let Some(dir) = &ctx.opts.dump_wgsl {
             let name: String = key
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '=' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '=' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             std::fs::create_dir_all(dir)
                 .and_then(|_| std::fs::write(dir.join(format!("{name}.wgsl")), &text))
-                .map_err(|e| Error::Invalid(format!("BLIP2_GPU_DUMP_WGSL={}: {e}", dir.display())))?;
+                .map_err(|e| {
+                    Error::Invalid(format!("BLIP2_GPU_DUMP_WGSL={}: {e}", dir.display()))
+                })?;
         }
         let device = ctx.device.clone();
         let (_, layout) = self.layout(ctx, spec.n_ro, spec.n_rw);
@@ -259,7 +290,12 @@ impl Recorder {
         Ok(p)
     }
 
-    fn bind_group(&mut self, ctx: &GpuContext, spec: &Spec, binds: &[Bind]) -> Result<wgpu::BindGroup> {
+    fn bind_group(
+        &mut self,
+        ctx: &GpuContext,
+        spec: &Spec,
+        binds: &[Bind],
+    ) -> Result<wgpu::BindGroup> {
         let epoch = ctx.pool.epoch();
         if epoch != self.bg_epoch || self.bind_groups.len() > 8192 {
             self.bind_groups.clear();
@@ -277,7 +313,10 @@ impl Recorder {
             return Ok(bg.clone());
         }
         for b in binds {
-            if b.size > ctx.max_binding || b.offset % ctx.storage_align != 0 || b.offset + b.size > b.s.buf.size {
+            if b.size > ctx.max_binding
+                || b.offset % ctx.storage_align != 0
+                || b.offset + b.size > b.s.buf.size
+            {
                 return Err(Error::Gpu(format!(
                     "kernel {}: binding of {} bytes at offset {} (buffer of {}) breaks the limits \
                      (max binding {}, offset alignment {})",
@@ -313,7 +352,10 @@ impl Recorder {
             entries: &entries,
         });
         if let Some(e) = pollster::block_on(val.pop()) {
-            return Err(Error::Gpu(format!("binding operands of kernel {}: {e}", spec.family)));
+            return Err(Error::Gpu(format!(
+                "binding operands of kernel {}: {e}",
+                spec.family
+            )));
         }
         self.stats.bind_groups_created += 1;
         if ctx.opts.bind_group_cache {
@@ -380,9 +422,16 @@ impl Recorder {
     }
 
     /// Records a copy of `bytes` (a multiple of 4) between tensor buffers.
-    pub(crate) fn copy(&mut self, ctx: &GpuContext, src: &GpuStorage, dst: &GpuStorage, bytes: u64) -> Result<()> {
+    pub(crate) fn copy(
+        &mut self,
+        ctx: &GpuContext,
+        src: &GpuStorage,
+        dst: &GpuStorage,
+        bytes: u64,
+    ) -> Result<()> {
         if bytes > 0 {
-            self.encoder(ctx).copy_buffer_to_buffer(src.buf.raw(), 0, dst.buf.raw(), 0, bytes);
+            self.encoder(ctx)
+                .copy_buffer_to_buffer(src.buf.raw(), 0, dst.buf.raw(), 0, bytes);
             ctx.pool.mark_pending();
         }
         Ok(())
@@ -422,15 +471,26 @@ impl Recorder {
         if had_commands {
             self.stats.submits += 1;
         }
-        scope_error(oom, val, || format!("submitting {dispatches} recorded dispatches"))?;
+        scope_error(oom, val, || {
+            format!("submitting {dispatches} recorded dispatches")
+        })?;
         ctx.check()
     }
 
     /// Copies `bytes` of a tensor into a mappable staging buffer and submits everything
     /// recorded; the caller maps it (without holding the recorder) and hands it back.
-    pub(crate) fn stage_read_back(&mut self, ctx: &GpuContext, s: &GpuStorage, bytes: u64) -> Result<wgpu::Buffer> {
+    pub(crate) fn stage_read_back(
+        &mut self,
+        ctx: &GpuContext,
+        s: &GpuStorage,
+        bytes: u64,
+    ) -> Result<wgpu::Buffer> {
         let size = round_up(bytes, 256);
-        let reuse = self.staging.range(size..=size + size / 4).next().map(|(k, _)| *k);
+        let reuse = self
+            .staging
+            .range(size..=size + size / 4)
+            .next()
+            .map(|(k, _)| *k);
         let kept = reuse.and_then(|k| {
             let list = self.staging.get_mut(&k)?;
             let b = list.pop();
@@ -452,7 +512,9 @@ impl Recorder {
                 });
                 let val = pollster::block_on(val.pop());
                 let oom = pollster::block_on(oom.pop());
-                scope_error(oom, val, || format!("allocating a readback buffer of {size} bytes"))?;
+                scope_error(oom, val, || {
+                    format!("allocating a readback buffer of {size} bytes")
+                })?;
                 b
             }
         };

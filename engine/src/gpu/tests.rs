@@ -35,7 +35,10 @@ fn invalid_kernel_is_an_error_and_the_device_survives() {
         .unwrap()
         .dispatch(&g, &spec, &[1], &[Bind::whole(&out)], [1, 1, 1])
         .unwrap_err();
-    assert!(matches!(&err, Error::Gpu(m) if m.contains("broken")), "{err}");
+    assert!(
+        matches!(&err, Error::Gpu(m) if m.contains("broken")),
+        "{err}"
+    );
     // A binding past the end of its buffer is refused before wgpu sees it.
     let bad = Bind {
         s: &out,
@@ -46,7 +49,13 @@ fn invalid_kernel_is_an_error_and_the_device_survives() {
     let err = g
         .recorder()
         .unwrap()
-        .dispatch(&g, &spec, &[1, 1, 0, 0, 1], &[Bind::whole(&out), Bind::whole(&out), bad], [1, 1, 1])
+        .dispatch(
+            &g,
+            &spec,
+            &[1, 1, 0, 0, 1],
+            &[Bind::whole(&out), Bind::whole(&out), bad],
+            [1, 1, 1],
+        )
         .unwrap_err();
     assert!(matches!(err, Error::Gpu(_)), "{err}");
     let dev = Device::Gpu(g.clone());
@@ -66,5 +75,9 @@ fn lost_device_is_an_error() {
     let r = ops::matmul(&t, &t, false).and_then(|y| y.to_vec_f32());
     assert!(r.is_err(), "ops on a destroyed device must fail");
     eprintln!("after destroy: {}", r.unwrap_err());
-    assert!(Tensor::zeros(&[4], DType::F32, &dev).and_then(|z| z.to_vec_f32()).is_err());
+    assert!(
+        Tensor::zeros(&[4], DType::F32, &dev)
+            .and_then(|z| z.to_vec_f32())
+            .is_err()
+    );
 }
