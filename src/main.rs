@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use cli::generate::GenOpts;
 
 #[derive(Parser)]
-#[command(name = "blip2", version, about = "BLIP-2 image captioning and visual question answering on CPU or any wgpu GPU")]
+#[command(
+    name = "blip2",
+    version,
+    about = "BLIP-2 image captioning and visual question answering on CPU or any wgpu GPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,7 +23,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Caption one or more images.
-    #[command(after_help = "Examples:\n  blip2 caption photo.jpg --model ./blip2-opt-2.7b\n  blip2 caption a.png b.png --model DIR --prompt \"a photo of\" --json")]
+    #[command(
+        after_help = "Examples:\n  blip2 caption photo.jpg --model ./blip2-opt-2.7b\n  blip2 caption a.png b.png --model DIR --prompt \"a photo of\" --json"
+    )]
     Caption {
         /// Image files.
         #[arg(required = true)]
@@ -31,23 +37,72 @@ enum Command {
         opts: GenOpts,
     },
     /// Answer a question about an image (prompt "Question: {q} Answer:").
-    #[command(after_help = "Example:\n  blip2 ask photo.jpg \"what is the dog doing?\" --model ./blip2-opt-2.7b")]
+    #[command(
+        after_help = "Example:\n  blip2 ask photo.jpg \"what is the dog doing?\" --model ./blip2-opt-2.7b"
+    )]
     Ask {
         image: PathBuf,
         question: String,
         #[command(flatten)]
         opts: GenOpts,
     },
+    /// Image-text matching: ITM probability and ITC similarity of each text with an image
+    /// (needs a retrieval checkpoint such as Salesforce/blip2-itm-vit-g).
+    #[command(
+        after_help = "Example:\n  blip2 match photo.jpg \"a dog on a beach\" \"a cat\" --model ./blip2-itm-vit-g --json"
+    )]
+    Match {
+        image: PathBuf,
+        /// Texts to score against the image.
+        #[arg(required = true)]
+        texts: Vec<String>,
+        #[command(flatten)]
+        opts: cli::common::ModelOpts,
+    },
+    /// Rank the texts of a file (one per line) for each image, best ITM probability first.
+    #[command(
+        after_help = "Example:\n  blip2 rank --model ./blip2-itm-vit-g --texts captions.txt a.jpg b.jpg"
+    )]
+    Rank {
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Text file with one candidate text per line.
+        #[arg(long)]
+        texts: PathBuf,
+        #[command(flatten)]
+        opts: cli::common::ModelOpts,
+    },
     /// List the compute devices (CPU and GPU adapters) and what they support.
     Info,
+    /// Time every stage with random weights at real model sizes.
+    #[command(
+        after_help = "Examples:\n  blip2 bench --preset opt-2.7b --device cpu --dtype f16\n  blip2 bench --preset tiny --batch-size 4 --json"
+    )]
+    Bench(cli::bench::BenchOpts),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Caption { images, prompt, opts } => cli::generate::caption(&images, prompt.as_deref(), &opts),
-        Command::Ask { image, question, opts } => cli::generate::ask(&image, &question, &opts),
+        Command::Caption {
+            images,
+            prompt,
+            opts,
+        } => cli::generate::caption(&images, prompt.as_deref(), &opts),
+        Command::Ask {
+            image,
+            question,
+            opts,
+        } => cli::generate::ask(&image, &question, &opts),
+        Command::Match { image, texts, opts } => cli::retrieval::match_texts(&image, &texts, &opts),
+        Command::Rank {
+            images,
+            texts,
+            opts,
+        } => cli::retrieval::rank(&images, &texts, &opts),
         Command::Info => cli::info::info(),
+        Command::Bench(o) => cli::bench::bench(&o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,11 +12,22 @@ use common::*;
 const F32_REL_TOL: f64 = 1e-4;
 
 fn load(name: &str, device: &Device, dtype: DType) -> Blip2 {
-    Blip2::load(model_dir(name), LoadOptions { device: device.clone(), dtype, progress: None })
-        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    Blip2::load(
+        model_dir(name),
+        LoadOptions {
+            device: device.clone(),
+            dtype,
+            progress: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
-fn pixels(key: &str, images: &std::collections::HashMap<String, RefTensor>, dev: &Device) -> Tensor {
+fn pixels(
+    key: &str,
+    images: &std::collections::HashMap<String, RefTensor>,
+    dev: &Device,
+) -> Tensor {
     let t = &images[&format!("{key}.pixel_values")];
     Tensor::from_f32(t.f32(), &t.shape, dev).unwrap()
 }
@@ -47,29 +58,71 @@ fn stages_and_logits_match_transformers_f32() {
             for (key, _) in IMAGES {
                 let what = |s: &str| format!("{ckpt} {key} {s} on {dev:?}");
                 let [vis, q, proj] = model.stages(&pixels(key, &images, &dev)).unwrap();
-                check(&what("vision"), &vis, &refs[&format!("{key}.vision_last_hidden_state")], F32_REL_TOL);
-                check(&what("qformer"), &q, &refs[&format!("{key}.qformer_last_hidden_state")], F32_REL_TOL);
-                check(&what("projection"), &proj, &refs[&format!("{key}.language_projection")], F32_REL_TOL);
+                check(
+                    &what("vision"),
+                    &vis,
+                    &refs[&format!("{key}.vision_last_hidden_state")],
+                    F32_REL_TOL,
+                );
+                check(
+                    &what("qformer"),
+                    &q,
+                    &refs[&format!("{key}.qformer_last_hidden_state")],
+                    F32_REL_TOL,
+                );
+                check(
+                    &what("projection"),
+                    &proj,
+                    &refs[&format!("{key}.language_projection")],
+                    F32_REL_TOL,
+                );
                 let feats = model.features_from_projected(proj);
                 for p in ["noprompt", "question"] {
                     let ids = model.prompt_ids(prompt_text(p)).unwrap();
-                    assert_eq!(ids, refs[&format!("{key}.{p}.input_ids")].ids(), "{}", what("input ids"));
-                    let (logits, _) = model.prompt_logits(&feats, &[prompt_text(p)], None).unwrap();
-                    check(&what(&format!("{p} logits")), &logits, &refs[&format!("{key}.{p}.logits")], F32_REL_TOL);
+                    assert_eq!(
+                        ids,
+                        refs[&format!("{key}.{p}.input_ids")].ids(),
+                        "{}",
+                        what("input ids")
+                    );
+                    let (logits, _) = model
+                        .prompt_logits(&feats, &[prompt_text(p)], None)
+                        .unwrap();
+                    check(
+                        &what(&format!("{p} logits")),
+                        &logits,
+                        &refs[&format!("{key}.{p}.logits")],
+                        F32_REL_TOL,
+                    );
                 }
             }
         }
     }
 }
 
-/// Greedy ids from image files through our preprocessing, for each mode HF recorded.
+/// Greedy and beam-search ids from image files through our preprocessing, for each mode
+/// HF recorded.
 #[test]
 fn greedy_ids_match_transformers() {
     let refs = reference("opt.safetensors");
     let modes = [
         ("greedy", GenerationConfig::default()),
-        ("min_new10", GenerationConfig { min_new_tokens: 10, ..Default::default() }),
-        ("reppen1.3", GenerationConfig { repetition_penalty: 1.3, ..Default::default() }),
+        (
+            "min_new10",
+            GenerationConfig {
+                min_new_tokens: 10,
+                ..Default::default()
+            },
+        ),
+        (
+            "reppen1.3",
+            GenerationConfig {
+                repetition_penalty: 1.3,
+                ..Default::default()
+            },
+        ),
+        // num_beams 3, length_penalty 1, early_stopping false (HF's _beam_search).
+        ("beam3", GenerationConfig::beam_search(3)),
     ];
     for dev in devices() {
         let model = load("blip2-opt-tiny", &dev, DType::F32);
@@ -78,7 +131,9 @@ fn greedy_ids_match_transformers() {
             let feats = model.image_features(&[&img]).unwrap();
             for p in ["noprompt", "question"] {
                 for (mode, cfg) in &modes {
-                    let g = model.generate_from_features(&feats, &[prompt_text(p)], cfg).unwrap();
+                    let g = model
+                        .generate_from_features(&feats, &[prompt_text(p)], cfg)
+                        .unwrap();
                     let want = refs[&format!("{key}.{p}.{mode}.new_ids")].ids();
                     assert_eq!(g[0].token_ids, want, "{key} {p} {mode} on {dev:?}");
                 }
@@ -91,16 +146,22 @@ fn greedy_ids_match_transformers() {
 #[test]
 fn padded_batch_matches_transformers() {
     let refs = reference("opt.safetensors");
-    let prompts = [Some("Question: what is in the picture? Answer:"), Some("a photo of")];
+    let prompts = [
+        Some("Question: what is in the picture? Answer:"),
+        Some("a photo of"),
+    ];
     for dev in devices() {
         let model = load("blip2-opt-tiny", &dev, DType::F32);
         // Logits from the reference pixel values (isolates the language model from
         // preprocessing); the generated ids below go through our preprocessing.
         let images = reference("images.safetensors");
         let (pa, pb) = (&images["rgb.pixel_values"], &images["jpeg.pixel_values"]);
-        let both = Tensor::from_f32([pa.f32(), pb.f32()].concat(), &[2, 3, 224, 224], &dev).unwrap();
+        let both =
+            Tensor::from_f32([pa.f32(), pb.f32()].concat(), &[2, 3, 224, 224], &dev).unwrap();
         let [_, _, proj] = model.stages(&both).unwrap();
-        let (logits, _) = model.prompt_logits(&model.features_from_projected(proj), &prompts, None).unwrap();
+        let (logits, _) = model
+            .prompt_logits(&model.features_from_projected(proj), &prompts, None)
+            .unwrap();
         let (a, b) = (image("rgb"), image("jpeg"));
         let feats = model.image_features(&[&a, &b]).unwrap();
         // Compare the rows of real tokens only: HF's values at padded positions depend on
@@ -118,7 +179,9 @@ fn padded_batch_matches_transformers() {
         }
         let e = rel_err(&g, &w);
         assert!(e <= F32_REL_TOL, "batch logits on {dev:?}: {e:e}");
-        let out = model.generate_from_features(&feats, &prompts, &GenerationConfig::default()).unwrap();
+        let out = model
+            .generate_from_features(&feats, &prompts, &GenerationConfig::default())
+            .unwrap();
         let pad = 1;
         for (r, row) in refs["batch.greedy.new_ids"].id_rows().iter().enumerate() {
             let mut ours = out[r].token_ids.clone();

@@ -12,21 +12,35 @@ use common::*;
 const F32_REL_TOL: f64 = 1e-4;
 
 fn load(name: &str, device: &Device) -> Blip2 {
-    Blip2::load(model_dir(name), LoadOptions { device: device.clone(), dtype: DType::F32, progress: None })
-        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    Blip2::load(
+        model_dir(name),
+        LoadOptions {
+            device: device.clone(),
+            dtype: DType::F32,
+            progress: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
 fn check(what: &str, got: &Tensor, want: &RefTensor) {
     assert_eq!(got.shape(), &want.shape[..], "{what}: shape");
     let e = rel_err(&got.to_vec_f32().unwrap(), &want.f);
-    assert!(e <= F32_REL_TOL, "{what}: relative error {e:e} > {F32_REL_TOL:e}");
+    assert!(
+        e <= F32_REL_TOL,
+        "{what}: relative error {e:e} > {F32_REL_TOL:e}"
+    );
 }
 
 fn prompt_text(p: &str) -> Option<&'static str> {
     (p == "question").then_some("Question: what is in the picture? Answer:")
 }
 
-fn pixels(images: &std::collections::HashMap<String, RefTensor>, key: &str, dev: &Device) -> Tensor {
+fn pixels(
+    images: &std::collections::HashMap<String, RefTensor>,
+    key: &str,
+    dev: &Device,
+) -> Tensor {
     let t = &images[&format!("{key}.pixel_values")];
     Tensor::from_f32(t.f32(), &t.shape, dev).unwrap()
 }
@@ -43,17 +57,44 @@ fn stages_encoder_and_decoder_logits_match_transformers() {
             for (key, _) in IMAGES {
                 let what = |s: &str| format!("{ckpt} {key} {s} on {dev:?}");
                 let [vis, q, proj] = model.stages(&pixels(&images, key, &dev)).unwrap();
-                check(&what("vision"), &vis, &refs[&format!("{key}.vision_last_hidden_state")]);
-                check(&what("qformer"), &q, &refs[&format!("{key}.qformer_last_hidden_state")]);
-                check(&what("projection"), &proj, &refs[&format!("{key}.language_projection")]);
+                check(
+                    &what("vision"),
+                    &vis,
+                    &refs[&format!("{key}.vision_last_hidden_state")],
+                );
+                check(
+                    &what("qformer"),
+                    &q,
+                    &refs[&format!("{key}.qformer_last_hidden_state")],
+                );
+                check(
+                    &what("projection"),
+                    &proj,
+                    &refs[&format!("{key}.language_projection")],
+                );
                 let feats = model.features_from_projected(proj);
                 for p in ["noprompt", "question"] {
                     let ids = model.prompt_ids(prompt_text(p)).unwrap();
-                    assert_eq!(ids, refs[&format!("{key}.{p}.input_ids")].ids(), "{}", what("input ids"));
+                    assert_eq!(
+                        ids,
+                        refs[&format!("{key}.{p}.input_ids")].ids(),
+                        "{}",
+                        what("input ids")
+                    );
                     let dec = refs[&format!("{key}.{p}.decoder_input_ids")].id_rows();
-                    let (logits, enc) = model.prompt_logits(&feats, &[prompt_text(p)], Some(&dec)).unwrap();
-                    check(&what(&format!("{p} encoder")), &enc.unwrap(), &refs[&format!("{key}.{p}.encoder_last_hidden_state")]);
-                    check(&what(&format!("{p} decoder logits")), &logits, &refs[&format!("{key}.{p}.logits")]);
+                    let (logits, enc) = model
+                        .prompt_logits(&feats, &[prompt_text(p)], Some(&dec))
+                        .unwrap();
+                    check(
+                        &what(&format!("{p} encoder")),
+                        &enc.unwrap(),
+                        &refs[&format!("{key}.{p}.encoder_last_hidden_state")],
+                    );
+                    check(
+                        &what(&format!("{p} decoder logits")),
+                        &logits,
+                        &refs[&format!("{key}.{p}.logits")],
+                    );
                 }
             }
         }
@@ -65,8 +106,22 @@ fn greedy_ids_match_transformers() {
     let refs = reference("t5.safetensors");
     let modes = [
         ("greedy", GenerationConfig::default()),
-        ("min_new10", GenerationConfig { min_new_tokens: 10, ..Default::default() }),
-        ("reppen1.3", GenerationConfig { repetition_penalty: 1.3, ..Default::default() }),
+        (
+            "min_new10",
+            GenerationConfig {
+                min_new_tokens: 10,
+                ..Default::default()
+            },
+        ),
+        (
+            "reppen1.3",
+            GenerationConfig {
+                repetition_penalty: 1.3,
+                ..Default::default()
+            },
+        ),
+        // num_beams 3, length_penalty 1, early_stopping false (HF's _beam_search).
+        ("beam3", GenerationConfig::beam_search(3)),
     ];
     for dev in devices() {
         let model = load("blip2-flan-t5-tiny", &dev);
@@ -74,8 +129,14 @@ fn greedy_ids_match_transformers() {
             let feats = model.image_features(&[&image(key)]).unwrap();
             for p in ["noprompt", "question"] {
                 for (mode, cfg) in &modes {
-                    let g = model.generate_from_features(&feats, &[prompt_text(p)], cfg).unwrap();
-                    assert_eq!(g[0].token_ids, refs[&format!("{key}.{p}.{mode}.new_ids")].ids(), "{key} {p} {mode} on {dev:?}");
+                    let g = model
+                        .generate_from_features(&feats, &[prompt_text(p)], cfg)
+                        .unwrap();
+                    assert_eq!(
+                        g[0].token_ids,
+                        refs[&format!("{key}.{p}.{mode}.new_ids")].ids(),
+                        "{key} {p} {mode} on {dev:?}"
+                    );
                 }
             }
         }
@@ -87,14 +148,20 @@ fn greedy_ids_match_transformers() {
 fn padded_batch_matches_transformers() {
     let images = reference("images.safetensors");
     let refs = reference("t5.safetensors");
-    let prompts = [Some("Question: what is in the picture? Answer:"), Some("a photo of")];
+    let prompts = [
+        Some("Question: what is in the picture? Answer:"),
+        Some("a photo of"),
+    ];
     for dev in devices() {
         let model = load("blip2-flan-t5-tiny", &dev);
         let (pa, pb) = (&images["rgb.pixel_values"], &images["jpeg.pixel_values"]);
-        let both = Tensor::from_f32([pa.f32(), pb.f32()].concat(), &[2, 3, 224, 224], &dev).unwrap();
+        let both =
+            Tensor::from_f32([pa.f32(), pb.f32()].concat(), &[2, 3, 224, 224], &dev).unwrap();
         let [_, _, proj] = model.stages(&both).unwrap();
         let dec = refs["batch.decoder_input_ids"].id_rows();
-        let (logits, enc) = model.prompt_logits(&model.features_from_projected(proj), &prompts, Some(&dec)).unwrap();
+        let (logits, enc) = model
+            .prompt_logits(&model.features_from_projected(proj), &prompts, Some(&dec))
+            .unwrap();
         // Encoder rows at padding positions are defined but unused; compare real rows.
         let mask = refs["batch.attention_mask"].ids();
         let want = &refs["batch.encoder_last_hidden_state"];
@@ -109,9 +176,17 @@ fn padded_batch_matches_transformers() {
         }
         let e = rel_err(&g, &w);
         assert!(e <= F32_REL_TOL, "batch encoder on {dev:?}: {e:e}");
-        check(&format!("batch decoder logits on {dev:?}"), &logits, &refs["batch.logits"]);
-        let feats = model.image_features(&[&image("rgb"), &image("jpeg")]).unwrap();
-        let out = model.generate_from_features(&feats, &prompts, &GenerationConfig::default()).unwrap();
+        check(
+            &format!("batch decoder logits on {dev:?}"),
+            &logits,
+            &refs["batch.logits"],
+        );
+        let feats = model
+            .image_features(&[&image("rgb"), &image("jpeg")])
+            .unwrap();
+        let out = model
+            .generate_from_features(&feats, &prompts, &GenerationConfig::default())
+            .unwrap();
         for (r, row) in refs["batch.greedy.new_ids"].id_rows().iter().enumerate() {
             let mut ours = out[r].token_ids.clone();
             ours.resize(row.len(), 0);

@@ -43,7 +43,12 @@ fn output(data: Vec<f32>, shape: Vec<usize>, dtype: DType) -> Result<Tensor> {
     })
 }
 
-pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_shape: Vec<usize>) -> Result<Tensor> {
+pub(crate) fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    out_shape: Vec<usize>,
+) -> Result<Tensor> {
     let kdim = w.dim(1);
     let n = w.dim(0);
     let m = x.elem_count() / kdim.max(1);
@@ -56,13 +61,27 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_shape: Vec<
     output(c, out_shape, x.dtype())
 }
 
-pub(crate) fn matmul(a: &Tensor, b: &Tensor, d: &MatmulDims, out_shape: Vec<usize>) -> Result<Tensor> {
+pub(crate) fn matmul(
+    a: &Tensor,
+    b: &Tensor,
+    d: &MatmulDims,
+    out_shape: Vec<usize>,
+) -> Result<Tensor> {
     let aa = f32_data(a);
     let mut c = vec![0f32; d.batch * d.m * d.n];
     if d.batch > 0 && d.m > 0 && d.n > 0 {
         if d.b_shared {
             // One weight for every batch: a single big matmul over batch*m rows.
-            k::matmul(&aa, b_slice(b), None, &mut c, d.batch * d.m, d.k, d.n, d.b_trans);
+            k::matmul(
+                &aa,
+                b_slice(b),
+                None,
+                &mut c,
+                d.batch * d.m,
+                d.k,
+                d.n,
+                d.b_trans,
+            );
         } else {
             k::batched_matmul(&aa, b_slice(b), &mut c, d.batch, d.m, d.k, d.n, d.b_trans);
         }
@@ -70,14 +89,22 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, d: &MatmulDims, out_shape: Vec<usiz
     output(c, out_shape, a.dtype())
 }
 
-pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32, rms: bool) -> Result<Tensor> {
+pub(crate) fn layer_norm(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    eps: f32,
+    rms: bool,
+) -> Result<Tensor> {
     let cols = w.dim(0);
     let xa = f32_data(x);
     let wa = f32_data(w);
     let mut out = vec![0f32; xa.len()];
     if cols > 0 {
         // Rows are independent: split into row blocks across threads.
-        let rows_per = (xa.len() / cols).div_ceil(rayon::current_num_threads()).max(1);
+        let rows_per = (xa.len() / cols)
+            .div_ceil(rayon::current_num_threads())
+            .max(1);
         let chunk = rows_per * cols;
         let ba = b.map(f32_data);
         out.par_chunks_mut(chunk)
@@ -93,7 +120,11 @@ pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32, r
     output(out, x.shape().to_vec(), x.dtype())
 }
 
-pub(crate) fn softmax(x: &Tensor, mask: Option<&Tensor>, strides: Option<&[usize]>) -> Result<Tensor> {
+pub(crate) fn softmax(
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    strides: Option<&[usize]>,
+) -> Result<Tensor> {
     let cols = *x.shape().last().unwrap_or(&1);
     let mut data = f32_data(x).into_owned();
     let md = mask.map(f32_data);
@@ -177,14 +208,18 @@ pub(crate) fn concat(ts: &[&Tensor], axis: usize, out_shape: Vec<usize>) -> Resu
     let total = out_shape.iter().product();
     // `ops::concat` checked that every input has the first one's dtype.
     let storage = match ts[0].cpu_storage() {
-        CpuStorage::F32(_) => CpuStorage::F32(concat_blocks(ts, axis, outer, inner, total, |s| match s {
-            CpuStorage::F32(v) => v,
-            CpuStorage::F16(_) => unreachable!("mixed dtypes rejected by ops::concat"),
-        })),
-        CpuStorage::F16(_) => CpuStorage::F16(concat_blocks(ts, axis, outer, inner, total, |s| match s {
-            CpuStorage::F16(v) => v,
-            CpuStorage::F32(_) => unreachable!("mixed dtypes rejected by ops::concat"),
-        })),
+        CpuStorage::F32(_) => {
+            CpuStorage::F32(concat_blocks(ts, axis, outer, inner, total, |s| match s {
+                CpuStorage::F32(v) => v,
+                CpuStorage::F16(_) => unreachable!("mixed dtypes rejected by ops::concat"),
+            }))
+        }
+        CpuStorage::F16(_) => {
+            CpuStorage::F16(concat_blocks(ts, axis, outer, inner, total, |s| match s {
+                CpuStorage::F16(v) => v,
+                CpuStorage::F32(_) => unreachable!("mixed dtypes rejected by ops::concat"),
+            }))
+        }
     };
     Ok(Tensor::from_cpu(out_shape, storage))
 }
@@ -207,7 +242,12 @@ fn concat_blocks<T: Copy>(
     out
 }
 
-pub(crate) fn narrow(x: &Tensor, axis: usize, start: usize, out_shape: Vec<usize>) -> Result<Tensor> {
+pub(crate) fn narrow(
+    x: &Tensor,
+    axis: usize,
+    start: usize,
+    out_shape: Vec<usize>,
+) -> Result<Tensor> {
     let (outer, dim, inner) = split_at_axis(x.shape(), axis);
     let len = out_shape[axis];
     let storage = with_storage!(x, v => {
@@ -227,14 +267,26 @@ pub(crate) fn write_at(dst: &mut Tensor, src: &Tensor, axis: usize, offset: usiz
     let span = len * inner;
     let src_st = src.cpu_storage().clone();
     match (dst.cpu_storage_mut(), &src_st) {
-        (CpuStorage::F32(d), CpuStorage::F32(s)) => copy_blocks(d, s, outer, dim, inner, offset, span),
-        (CpuStorage::F16(d), CpuStorage::F16(s)) => copy_blocks(d, s, outer, dim, inner, offset, span),
+        (CpuStorage::F32(d), CpuStorage::F32(s)) => {
+            copy_blocks(d, s, outer, dim, inner, offset, span)
+        }
+        (CpuStorage::F16(d), CpuStorage::F16(s)) => {
+            copy_blocks(d, s, outer, dim, inner, offset, span)
+        }
         _ => unreachable!("write_at checked equal dtypes"),
     }
     Ok(())
 }
 
-fn copy_blocks<T: Copy>(d: &mut [T], s: &[T], outer: usize, dim: usize, inner: usize, offset: usize, span: usize) {
+fn copy_blocks<T: Copy>(
+    d: &mut [T],
+    s: &[T],
+    outer: usize,
+    dim: usize,
+    inner: usize,
+    offset: usize,
+    span: usize,
+) {
     for o in 0..outer {
         let base = (o * dim + offset) * inner;
         d[base..base + span].copy_from_slice(&s[o * span..(o + 1) * span]);
@@ -258,7 +310,13 @@ pub(crate) fn permute_0213(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_cpu(vec![a, c, b, d], storage))
 }
 
-pub(crate) fn attention(q: &Tensor, kt: &Tensor, vt: &Tensor, opts: &AttnOpts, d: &AttnDims) -> Result<Tensor> {
+pub(crate) fn attention(
+    q: &Tensor,
+    kt: &Tensor,
+    vt: &Tensor,
+    opts: &AttnOpts,
+    d: &AttnDims,
+) -> Result<Tensor> {
     let qa = f32_data(q);
     let ka = f32_data(kt);
     let va = f32_data(vt);
@@ -295,7 +353,9 @@ pub(crate) fn im2col(pixels: &Tensor, p: usize) -> Result<Tensor> {
     let mut out = vec![0f32; b * np * row];
     out.par_chunks_mut((np * row).max(1))
         .enumerate()
-        .for_each(|(i, o)| k::im2col_patches(&px[i * c * h * w..(i + 1) * c * h * w], c, h, w, p, o));
+        .for_each(|(i, o)| {
+            k::im2col_patches(&px[i * c * h * w..(i + 1) * c * h * w], c, h, w, p, o)
+        });
     output(out, vec![b, np, row], pixels.dtype())
 }
 

@@ -35,7 +35,10 @@ fn check_rank_min(op: &'static str, operand: &str, t: &Tensor, min: usize) -> Re
     if t.rank() < min {
         return Err(Error::shape(
             op,
-            format!("{operand} must have rank >= {min}, found shape {:?}", t.shape()),
+            format!(
+                "{operand} must have rank >= {min}, found shape {:?}",
+                t.shape()
+            ),
         ));
     }
     Ok(())
@@ -45,7 +48,10 @@ fn check_shape(op: &'static str, operand: &str, t: &Tensor, expected: &[usize]) 
     if t.shape() != expected {
         return Err(Error::shape(
             op,
-            format!("{operand}: expected shape {expected:?}, found {:?}", t.shape()),
+            format!(
+                "{operand}: expected shape {expected:?}, found {:?}",
+                t.shape()
+            ),
         ));
     }
     Ok(())
@@ -63,7 +69,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if w.rank() != 2 || w.dim(1) != last(x) {
         return Err(Error::shape(
             OP,
-            format!("weight: expected [N, {}], found {:?} (x is {:?})", last(x), w.shape(), x.shape()),
+            format!(
+                "weight: expected [N, {}], found {:?} (x is {:?})",
+                last(x),
+                w.shape(),
+                x.shape()
+            ),
         ));
     }
     if let Some(b) = b {
@@ -94,7 +105,11 @@ pub fn matmul(a: &Tensor, b: &Tensor, b_trans: bool) -> Result<Tensor> {
     if bk != k {
         return Err(Error::shape(
             OP,
-            format!("inner dims differ: a {:?}, b {:?} (b_trans={b_trans})", a.shape(), b.shape()),
+            format!(
+                "inner dims differ: a {:?}, b {:?} (b_trans={b_trans})",
+                a.shape(),
+                b.shape()
+            ),
         ));
     }
     let a_batch = &a.shape()[..a.rank() - 2];
@@ -169,7 +184,11 @@ fn broadcast_strides(op: &'static str, x: &Tensor, mask: &Tensor) -> Result<Vec<
     let bad = || {
         Error::shape(
             op,
-            format!("mask {:?} does not broadcast to {:?}", mask.shape(), x.shape()),
+            format!(
+                "mask {:?} does not broadcast to {:?}",
+                mask.shape(),
+                x.shape()
+            ),
         )
     };
     if mr > xr || mr == 0 || last(mask) != last(x) {
@@ -178,7 +197,11 @@ fn broadcast_strides(op: &'static str, x: &Tensor, mask: &Tensor) -> Result<Vec<
     let mut strides = vec![0usize; xr];
     let mut s = 1usize;
     for i in (0..xr).rev() {
-        let md = if i + mr >= xr { mask.dim(i + mr - xr) } else { 1 };
+        let md = if i + mr >= xr {
+            mask.dim(i + mr - xr)
+        } else {
+            1
+        };
         if md == x.dim(i) {
             strides[i] = if md == 1 { 0 } else { s };
         } else if md != 1 {
@@ -249,7 +272,8 @@ pub enum Binary {
 pub fn binary(a: &Tensor, b: &Tensor, f: Binary) -> Result<Tensor> {
     const OP: &str = "add/mul";
     check_device(OP, a, b)?;
-    if b.rank() > a.rank() || a.shape()[a.rank() - b.rank()..] != *b.shape() || b.elem_count() == 0 {
+    if b.rank() > a.rank() || a.shape()[a.rank() - b.rank()..] != *b.shape() || b.elem_count() == 0
+    {
         return Err(Error::shape(
             OP,
             format!("b {:?} is not a suffix of a {:?}", b.shape(), a.shape()),
@@ -281,7 +305,10 @@ pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
 pub fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Tensor> {
     const OP: &str = "embedding";
     if table.rank() != 2 {
-        return Err(Error::shape(OP, format!("table must be [V, D], found {:?}", table.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("table must be [V, D], found {:?}", table.shape()),
+        ));
     }
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.dim(0)) {
         return Err(Error::shape(
@@ -297,7 +324,10 @@ pub fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Tensor> {
 
 fn check_axis(op: &'static str, t: &Tensor, axis: usize) -> Result<()> {
     if axis >= t.rank() {
-        return Err(Error::shape(op, format!("axis {axis} out of range for shape {:?}", t.shape())));
+        return Err(Error::shape(
+            op,
+            format!("axis {axis} out of range for shape {:?}", t.shape()),
+        ));
     }
     Ok(())
 }
@@ -334,7 +364,11 @@ pub fn concat(ts: &[&Tensor], axis: usize) -> Result<Tensor> {
         if !same_rest {
             return Err(Error::shape(
                 OP,
-                format!("{:?} and {:?} differ outside axis {axis}", first.shape(), t.shape()),
+                format!(
+                    "{:?} and {:?} differ outside axis {axis}",
+                    first.shape(),
+                    t.shape()
+                ),
             ));
         }
         total += t.dim(axis);
@@ -354,7 +388,11 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
     if start + len > x.dim(axis) {
         return Err(Error::shape(
             OP,
-            format!("range {start}..{} out of bounds for axis {axis} of {:?}", start + len, x.shape()),
+            format!(
+                "range {start}..{} out of bounds for axis {axis} of {:?}",
+                start + len,
+                x.shape()
+            ),
         ));
     }
     let mut out_shape = x.shape().to_vec();
@@ -377,7 +415,11 @@ pub fn write_at(dst: &mut Tensor, src: &Tensor, axis: usize, offset: usize) -> R
     if !fits {
         return Err(Error::shape(
             OP,
-            format!("cannot write {:?} into {:?} at {offset} along axis {axis}", src.shape(), dst.shape()),
+            format!(
+                "cannot write {:?} into {:?} at {offset} along axis {axis}",
+                src.shape(),
+                dst.shape()
+            ),
         ));
     }
     if src.dtype() != dst.dtype() {
@@ -411,7 +453,10 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     const OP: &str = "merge_heads";
     if x.rank() != 4 {
-        return Err(Error::shape(OP, format!("expected [B, H, L, d], found {:?}", x.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("expected [B, H, L, d], found {:?}", x.shape()),
+        ));
     }
     let (b, h, l, d) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     Ok(permute_0213(x, [b, h, l, d])?.reshape(&[b, l, h * d])?)
@@ -474,14 +519,23 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<
     if q.rank() != 4 || k.rank() != 4 || k.shape() != v.shape() {
         return Err(Error::shape(
             OP,
-            format!("expected q [B,H,Lq,d], k = v [B,H,Lk,d]; found q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape()),
+            format!(
+                "expected q [B,H,Lq,d], k = v [B,H,Lk,d]; found q {:?}, k {:?}, v {:?}",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            ),
         ));
     }
     let (b, h, lq, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
     if k.dim(0) != b || k.dim(1) != h || k.dim(3) != d {
         return Err(Error::shape(
             OP,
-            format!("k {:?} does not match q {:?} in batch/heads/head_dim", k.shape(), q.shape()),
+            format!(
+                "k {:?} does not match q {:?} in batch/heads/head_dim",
+                k.shape(),
+                q.shape()
+            ),
         ));
     }
     if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
@@ -489,7 +543,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<
             op: OP,
             operand: "k/v",
             expected: "q's dtype",
-            found: if k.dtype() != q.dtype() { k.dtype() } else { v.dtype() },
+            found: if k.dtype() != q.dtype() {
+                k.dtype()
+            } else {
+                v.dtype()
+            },
         });
     }
     let lk_cap = k.dim(2);
@@ -498,7 +556,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<
         return Err(Error::shape(OP, format!("kv_len {lk} not in 1..={lk_cap}")));
     }
     if opts.causal && lq > lk {
-        return Err(Error::shape(OP, format!("causal attention with {lq} queries over {lk} keys")));
+        return Err(Error::shape(
+            OP,
+            format!("causal attention with {lq} queries over {lk} keys"),
+        ));
     }
     let mut mask_rows = 0;
     if let Some(m) = opts.mask {
@@ -507,7 +568,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<
         if m.rank() != 3 || m.dim(0) != b || (m.dim(1) != 1 && m.dim(1) != lq) || m.dim(2) != lk {
             return Err(Error::shape(
                 OP,
-                format!("mask: expected [{b}, 1 or {lq}, {lk}], found {:?}", m.shape()),
+                format!(
+                    "mask: expected [{b}, 1 or {lq}, {lk}], found {:?}",
+                    m.shape()
+                ),
             ));
         }
         mask_rows = m.dim(1);
@@ -542,7 +606,11 @@ pub fn patch_embed(pixels: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     if pixels.rank() != 4 || w.rank() != 4 || w.dim(1) != pixels.dim(1) || w.dim(2) != w.dim(3) {
         return Err(Error::shape(
             OP,
-            format!("expected pixels [B,C,H,W] and weight [D,C,p,p]; found {:?} and {:?}", pixels.shape(), w.shape()),
+            format!(
+                "expected pixels [B,C,H,W] and weight [D,C,p,p]; found {:?} and {:?}",
+                pixels.shape(),
+                w.shape()
+            ),
         ));
     }
     let p = w.dim(2);

@@ -30,7 +30,11 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({:?}, {}, {:?})", self.shape, self.dtype, self.device)
+        write!(
+            f,
+            "Tensor({:?}, {}, {:?})",
+            self.shape, self.dtype, self.device
+        )
     }
 }
 
@@ -39,7 +43,12 @@ fn numel(shape: &[usize]) -> usize {
 }
 
 impl Tensor {
-    pub(crate) fn from_parts(shape: Vec<usize>, dtype: DType, device: Device, storage: Storage) -> Tensor {
+    pub(crate) fn from_parts(
+        shape: Vec<usize>,
+        dtype: DType,
+        device: Device,
+        storage: Storage,
+    ) -> Tensor {
         Tensor {
             shape,
             dtype,
@@ -60,7 +69,10 @@ impl Tensor {
         if len != numel(shape) {
             return Err(Error::shape(
                 what,
-                format!("{len} elements given for shape {shape:?} ({} expected)", numel(shape)),
+                format!(
+                    "{len} elements given for shape {shape:?} ({} expected)",
+                    numel(shape)
+                ),
             ));
         }
         Ok(())
@@ -79,7 +91,12 @@ impl Tensor {
     }
 
     /// A tensor of `dtype` from f32 host values (converted when `dtype` is F16).
-    pub fn from_slice(data: &[f32], shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn from_slice(
+        data: &[f32],
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         Self::check_len("from_slice", data.len(), shape)?;
         let storage = match dtype {
             DType::F32 => CpuStorage::F32(data.to_vec()),
@@ -154,7 +171,12 @@ impl Tensor {
                     CpuStorage::F32(v) => (DType::F32, g.upload_f32(v)?),
                     CpuStorage::F16(v) => (DType::F16, g.upload_f16(v)?),
                 };
-                Ok(Tensor::from_parts(shape.to_vec(), dtype, device.clone(), Storage::Gpu(s)))
+                Ok(Tensor::from_parts(
+                    shape.to_vec(),
+                    dtype,
+                    device.clone(),
+                    Storage::Gpu(s),
+                ))
             }
         }
     }
@@ -257,21 +279,27 @@ impl Tensor {
     pub(crate) fn cpu_storage(&self) -> &CpuStorage {
         match &self.storage {
             Storage::Cpu(s) => s,
-            Storage::Gpu(_) => unreachable!("cpu backend given a GPU tensor: ops::check_device guards this"),
+            Storage::Gpu(_) => {
+                unreachable!("cpu backend given a GPU tensor: ops::check_device guards this")
+            }
         }
     }
 
     pub(crate) fn gpu_storage(&self) -> &GpuStorage {
         match &self.storage {
             Storage::Gpu(s) => s,
-            Storage::Cpu(_) => unreachable!("gpu backend given a CPU tensor: ops::check_device guards this"),
+            Storage::Cpu(_) => {
+                unreachable!("gpu backend given a CPU tensor: ops::check_device guards this")
+            }
         }
     }
 
     pub(crate) fn cpu_storage_mut(&mut self) -> &mut CpuStorage {
         match &mut self.storage {
             Storage::Cpu(s) => Arc::make_mut(s),
-            Storage::Gpu(_) => unreachable!("cpu backend given a GPU tensor: ops::check_device guards this"),
+            Storage::Gpu(_) => {
+                unreachable!("cpu backend given a GPU tensor: ops::check_device guards this")
+            }
         }
     }
 }

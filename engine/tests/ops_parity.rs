@@ -52,7 +52,16 @@ fn ref_linear(x: &[f64], w: &[f64], b: Option<&[f64]>, m: usize, k: usize, n: us
 #[test]
 fn linear_matches_reference() {
     // (m, k, n): GEMV rows, K not a multiple of any tile, 88-wide, 257 rows, k = 1.
-    let cases = [(1, 257, 1000), (1, 7, 3), (7, 33, 13), (257, 88, 33), (33, 1, 5), (3, 1408, 17), (64, 64, 64), (65, 129, 67)];
+    let cases = [
+        (1, 257, 1000),
+        (1, 7, 3),
+        (7, 33, 13),
+        (257, 88, 33),
+        (33, 1, 5),
+        (3, 1408, 17),
+        (64, 64, 64),
+        (65, 129, 67),
+    ];
     for dev in devices() {
         for xd in DTYPES {
             for wd in DTYPES {
@@ -65,16 +74,37 @@ fn linear_matches_reference() {
                     assert_eq!(got.shape(), &[m, n]);
                     assert_eq!(got.dtype(), xd);
                     let want = ref_linear(&xv, &wv, Some(&bv), m, k, n);
-                    assert_close(&format!("linear {m}x{k}x{n} w={wd}"), &dev, xd, &got.to_vec_f32().unwrap(), &want, tol(xd));
+                    assert_close(
+                        &format!("linear {m}x{k}x{n} w={wd}"),
+                        &dev,
+                        xd,
+                        &got.to_vec_f32().unwrap(),
+                        &want,
+                        tol(xd),
+                    );
                     let nob = ops::linear(&x, &w, None).unwrap().to_vec_f32().unwrap();
-                    assert_close("linear no bias", &dev, xd, &nob, &ref_linear(&xv, &wv, None, m, k, n), tol(xd));
+                    assert_close(
+                        "linear no bias",
+                        &dev,
+                        xd,
+                        &nob,
+                        &ref_linear(&xv, &wv, None, m, k, n),
+                        tol(xd),
+                    );
                 }
                 // Rank-3 input keeps its leading dims.
                 let (x, xv) = tensor(&mut rng, &[2, 7, 33], xd, &dev, -1.0, 1.0);
                 let (w, wv) = tensor(&mut rng, &[9, 33], wd, &dev, -1.0, 1.0);
                 let got = ops::linear(&x, &w, None).unwrap();
                 assert_eq!(got.shape(), &[2, 7, 9]);
-                assert_close("linear rank 3", &dev, xd, &got.to_vec_f32().unwrap(), &ref_linear(&xv, &wv, None, 14, 33, 9), tol(xd));
+                assert_close(
+                    "linear rank 3",
+                    &dev,
+                    xd,
+                    &got.to_vec_f32().unwrap(),
+                    &ref_linear(&xv, &wv, None, 14, 33, 9),
+                    tol(xd),
+                );
             }
         }
     }
@@ -98,10 +128,19 @@ fn matmul_batched_matches_reference() {
     for dev in devices() {
         for dt in DTYPES {
             let mut rng = Rng::new(12);
-            for &(batch, m, k, n) in &[(6, 7, 33, 9), (1, 1, 88, 257), (2, 257, 17, 3), (3, 5, 1, 4)] {
+            for &(batch, m, k, n) in &[
+                (6, 7, 33, 9),
+                (1, 1, 88, 257),
+                (2, 257, 17, 3),
+                (3, 5, 1, 4),
+            ] {
                 for b_trans in [false, true] {
                     let (a, av) = tensor(&mut rng, &[batch, m, k], dt, &dev, -1.0, 1.0);
-                    let bshape = if b_trans { [batch, n, k] } else { [batch, k, n] };
+                    let bshape = if b_trans {
+                        [batch, n, k]
+                    } else {
+                        [batch, k, n]
+                    };
                     let (b, bv) = tensor(&mut rng, &bshape, dt, &dev, -1.0, 1.0);
                     let got = ops::matmul(&a, &b, b_trans).unwrap();
                     assert_eq!(got.shape(), &[batch, m, n]);
@@ -113,11 +152,20 @@ fn matmul_batched_matches_reference() {
                         let bt: Vec<f64> = if b_trans {
                             bi.to_vec()
                         } else {
-                            (0..n).flat_map(|j| (0..k).map(move |t| bi[t * n + j])).collect()
+                            (0..n)
+                                .flat_map(|j| (0..k).map(move |t| bi[t * n + j]))
+                                .collect()
                         };
                         want.extend(ref_linear(ai, &bt, None, m, k, n));
                     }
-                    assert_close(&format!("matmul b{batch} {m}x{k}x{n} t={b_trans}"), &dev, dt, &got.to_vec_f32().unwrap(), &want, tol(dt));
+                    assert_close(
+                        &format!("matmul b{batch} {m}x{k}x{n} t={b_trans}"),
+                        &dev,
+                        dt,
+                        &got.to_vec_f32().unwrap(),
+                        &want,
+                        tol(dt),
+                    );
                 }
             }
             // A shared rank-2 b applies to every batch.
@@ -125,7 +173,14 @@ fn matmul_batched_matches_reference() {
             let (b, bv) = tensor(&mut rng, &[4, 7], dt, &dev, -1.0, 1.0);
             let got = ops::matmul(&a, &b, true).unwrap();
             assert_eq!(got.shape(), &[2, 3, 5, 4]);
-            assert_close("matmul shared b", &dev, dt, &got.to_vec_f32().unwrap(), &ref_linear(&av, &bv, None, 30, 7, 4), tol(dt));
+            assert_close(
+                "matmul shared b",
+                &dev,
+                dt,
+                &got.to_vec_f32().unwrap(),
+                &ref_linear(&av, &bv, None, 30, 7, 4),
+                tol(dt),
+            );
         }
     }
 }
@@ -133,7 +188,11 @@ fn matmul_batched_matches_reference() {
 fn ref_norm(x: &[f64], w: &[f64], b: Option<&[f64]>, cols: usize, eps: f64, rms: bool) -> Vec<f64> {
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks(cols) {
-        let mean = if rms { 0.0 } else { row.iter().sum::<f64>() / cols as f64 };
+        let mean = if rms {
+            0.0
+        } else {
+            row.iter().sum::<f64>() / cols as f64
+        };
         let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / cols as f64;
         let inv = 1.0 / (var + eps).sqrt();
         for (j, v) in row.iter().enumerate() {
@@ -148,18 +207,40 @@ fn norms_match_reference() {
     for dev in devices() {
         for dt in DTYPES {
             let mut rng = Rng::new(13);
-            for &(rows, cols, eps) in &[(257, 88, 1e-6f32), (7, 1408, 1e-12), (1, 1, 1e-5), (3, 33, 1e-6)] {
+            for &(rows, cols, eps) in &[
+                (257, 88, 1e-6f32),
+                (7, 1408, 1e-12),
+                (1, 1, 1e-5),
+                (3, 33, 1e-6),
+            ] {
                 // An offset mean checks that the variance is computed around the mean.
                 let (x, xv) = tensor(&mut rng, &[rows, cols], dt, &dev, 2.0, 5.0);
                 let (w, wv) = tensor(&mut rng, &[cols], dt, &dev, 0.5, 1.5);
                 let (b, bv) = tensor(&mut rng, &[cols], DType::F32, &dev, -1.0, 1.0);
-                let got = ops::layer_norm(&x, &w, &b, eps).unwrap().to_vec_f32().unwrap();
+                let got = ops::layer_norm(&x, &w, &b, eps)
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
                 let want = ref_norm(&xv, &wv, Some(&bv), cols, eps as f64, false);
                 // cols = 1: the normalised value is 0/sqrt(eps) = 0 exactly, out = bias.
-                assert_close(&format!("layer_norm {rows}x{cols}"), &dev, dt, &got, &want, tol(dt));
+                assert_close(
+                    &format!("layer_norm {rows}x{cols}"),
+                    &dev,
+                    dt,
+                    &got,
+                    &want,
+                    tol(dt),
+                );
                 let got = ops::rms_norm(&x, &w, eps).unwrap().to_vec_f32().unwrap();
                 let want = ref_norm(&xv, &wv, None, cols, eps as f64, true);
-                assert_close(&format!("rms_norm {rows}x{cols}"), &dev, dt, &got, &want, tol(dt));
+                assert_close(
+                    &format!("rms_norm {rows}x{cols}"),
+                    &dev,
+                    dt,
+                    &got,
+                    &want,
+                    tol(dt),
+                );
             }
         }
     }
@@ -184,7 +265,14 @@ fn softmax_with_masks_matches_reference() {
                 let mut want = xv.clone();
                 ref_softmax(&mut want, cols);
                 let got = ops::softmax(&x, None).unwrap().to_vec_f32().unwrap();
-                assert_close(&format!("softmax {rows}x{cols}"), &dev, dt, &got, &want, tol(dt));
+                assert_close(
+                    &format!("softmax {rows}x{cols}"),
+                    &dev,
+                    dt,
+                    &got,
+                    &want,
+                    tol(dt),
+                );
             }
             // Padding mask [B,1,1,L] over scores [B,H,Lq,L], with one batch fully masked, and
             // a causal [Lq, L] mask.
@@ -209,8 +297,20 @@ fn softmax_with_masks_matches_reference() {
             ref_softmax(&mut want, l);
             assert_close("softmax padding mask", &dev, dt, &got, &want, tol(dt));
             // The fully masked batch: finite, uniform weights (what HF's finfo.min masks give).
-            assert!(got[h * lq * l..].iter().all(|&p| (p - 1.0 / l as f32).abs() < 1e-3));
-            let causal: Vec<f32> = (0..lq * l).map(|i| if i % l > i / l + (l - lq) { f32::MIN } else { 0.0 }).collect();
+            assert!(
+                got[h * lq * l..]
+                    .iter()
+                    .all(|&p| (p - 1.0 / l as f32).abs() < 1e-3)
+            );
+            let causal: Vec<f32> = (0..lq * l)
+                .map(|i| {
+                    if i % l > i / l + (l - lq) {
+                        f32::MIN
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
             let cm = Tensor::from_f32(causal.clone(), &[lq, l], &dev).unwrap();
             let got = ops::softmax(&x, Some(&cm)).unwrap().to_vec_f32().unwrap();
             let mut want = xv.clone();
@@ -235,9 +335,23 @@ fn activations_match_reference() {
             let mut rng = Rng::new(15);
             let (x, xv) = tensor(&mut rng, &[3, 7, 1001], dt, &dev, -7.0, 7.0);
             let c = (2.0f64 / std::f64::consts::PI).sqrt();
-            let cases: [(&str, fn(&Tensor) -> blip2_engine::Result<Tensor>, Box<dyn Fn(f64) -> f64>); 3] = [
-                ("gelu", ops::gelu, Box::new(|v: f64| 0.5 * v * (1.0 + erf64(v / 2f64.sqrt())))),
-                ("gelu_tanh", ops::gelu_tanh, Box::new(move |v: f64| 0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh()))),
+            let cases: [(
+                &str,
+                fn(&Tensor) -> blip2_engine::Result<Tensor>,
+                Box<dyn Fn(f64) -> f64>,
+            ); 3] = [
+                (
+                    "gelu",
+                    ops::gelu,
+                    Box::new(|v: f64| 0.5 * v * (1.0 + erf64(v / 2f64.sqrt()))),
+                ),
+                (
+                    "gelu_tanh",
+                    ops::gelu_tanh,
+                    Box::new(move |v: f64| {
+                        0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())
+                    }),
+                ),
                 ("relu", ops::relu, Box::new(|v: f64| v.max(0.0))),
             ];
             for (name, f, r) in cases {
@@ -259,10 +373,18 @@ fn add_mul_scale_broadcast_rows() {
                 for bd in DTYPES {
                     let (b, bv) = tensor(&mut rng, &bshape, bd, &dev, -2.0, 2.0);
                     let got = ops::add(&a, &b).unwrap().to_vec_f32().unwrap();
-                    let want: Vec<f64> = av.iter().enumerate().map(|(i, x)| x + bv[i % bv.len()]).collect();
+                    let want: Vec<f64> = av
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| x + bv[i % bv.len()])
+                        .collect();
                     assert_close(&format!("add {bshape:?}"), &dev, dt, &got, &want, tol(dt));
                     let got = ops::mul(&a, &b).unwrap().to_vec_f32().unwrap();
-                    let want: Vec<f64> = av.iter().enumerate().map(|(i, x)| x * bv[i % bv.len()]).collect();
+                    let want: Vec<f64> = av
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| x * bv[i % bv.len()])
+                        .collect();
                     assert_close(&format!("mul {bshape:?}"), &dev, dt, &got, &want, tol(dt));
                 }
             }
@@ -285,8 +407,18 @@ fn embedding_gathers_rows() {
                 let ids = [0u32, 999, 5, 5, 123, 1];
                 let got = ops::embedding(&t, &ids, od).unwrap();
                 assert_eq!((got.shape(), got.dtype()), (&[6usize, 88][..], od));
-                let want: Vec<f64> = ids.iter().flat_map(|&i| tv[i as usize * 88..(i as usize + 1) * 88].to_vec()).collect();
-                assert_close("embedding", &dev, od, &got.to_vec_f32().unwrap(), &want, tol(od));
+                let want: Vec<f64> = ids
+                    .iter()
+                    .flat_map(|&i| tv[i as usize * 88..(i as usize + 1) * 88].to_vec())
+                    .collect();
+                assert_close(
+                    "embedding",
+                    &dev,
+                    od,
+                    &got.to_vec_f32().unwrap(),
+                    &want,
+                    tol(od),
+                );
                 let err = ops::embedding(&t, &[1000], od).unwrap_err().to_string();
                 assert!(err.contains("1000"), "{err}");
             }
@@ -315,11 +447,31 @@ fn concat_narrow_write_at_permute() {
             assert_close("narrow", &dev, dt, &n.to_vec_f32().unwrap(), &bv, 0.0);
             let c0 = ops::concat(&[&a, &a], 0).unwrap();
             assert_eq!(c0.shape(), &[4, 3, 5]);
-            assert_close("concat axis 0", &dev, dt, &c0.to_vec_f32().unwrap(), &[av.clone(), av.clone()].concat(), 0.0);
+            assert_close(
+                "concat axis 0",
+                &dev,
+                dt,
+                &c0.to_vec_f32().unwrap(),
+                &[av.clone(), av.clone()].concat(),
+                0.0,
+            );
             let (x, xv) = tensor(&mut rng, &[2, 3, 1], dt, &dev, -1.0, 1.0);
             let c2 = ops::concat(&[&a, &x], 2).unwrap();
-            let want: Vec<f64> = (0..6).flat_map(|r| { let mut v = av[r * 5..r * 5 + 5].to_vec(); v.push(xv[r]); v }).collect();
-            assert_close("concat axis 2", &dev, dt, &c2.to_vec_f32().unwrap(), &want, 0.0);
+            let want: Vec<f64> = (0..6)
+                .flat_map(|r| {
+                    let mut v = av[r * 5..r * 5 + 5].to_vec();
+                    v.push(xv[r]);
+                    v
+                })
+                .collect();
+            assert_close(
+                "concat axis 2",
+                &dev,
+                dt,
+                &c2.to_vec_f32().unwrap(),
+                &want,
+                0.0,
+            );
             assert!(ops::concat(&[&a, &x], 1).is_err());
             assert!(ops::narrow(&c, 1, 5, 3).is_err());
 
@@ -363,8 +515,14 @@ fn concat_narrow_write_at_permute() {
 
 #[allow(clippy::too_many_arguments)]
 fn ref_attention(
-    q: &[f64], k: &[f64], v: &[f64], mask: Option<(&[f64], usize)>, bias: Option<&[f64]>,
-    (b, h, lq, lk, cap, d): (usize, usize, usize, usize, usize, usize), scale: f64, causal: bool,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    mask: Option<(&[f64], usize)>,
+    bias: Option<&[f64]>,
+    (b, h, lq, lk, cap, d): (usize, usize, usize, usize, usize, usize),
+    scale: f64,
+    causal: bool,
 ) -> Vec<f64> {
     let mut out = vec![0.0; b * h * lq * d];
     for bi in 0..b {
@@ -375,7 +533,8 @@ fn ref_attention(
             for i in 0..lq {
                 let mut s: Vec<f64> = (0..lk)
                     .map(|j| {
-                        let mut acc = (0..d).map(|t| qb[i * d + t] * kb[j * d + t]).sum::<f64>() * scale;
+                        let mut acc =
+                            (0..d).map(|t| qb[i * d + t] * kb[j * d + t]).sum::<f64>() * scale;
                         if let Some(bias) = bias {
                             acc += bias[(hi * lq + i) * lk + j];
                         }
@@ -390,7 +549,8 @@ fn ref_attention(
                     .collect();
                 ref_softmax(&mut s, lk);
                 for t in 0..d {
-                    out[((bi * h + hi) * lq + i) * d + t] = (0..lk).map(|j| s[j] * vb[j * d + t]).sum();
+                    out[((bi * h + hi) * lq + i) * d + t] =
+                        (0..lk).map(|j| s[j] * vb[j * d + t]).sum();
                 }
             }
         }
@@ -406,17 +566,20 @@ fn attention_matches_reference() {
             // (b, h, lq, lk, cap, d, causal, mask rows, bias, scale)
             let cases = [
                 (1, 2, 257, 257, 257, 88, false, 0, false, 88f32.powf(-0.5)), // ViT self-attention
-                (2, 3, 7, 20, 33, 88, true, 1, false, 0.125),                  // OPT prefill into a cache
-                (2, 3, 1, 20, 33, 16, true, 1, true, 1.0),                     // T5 decode step, bias, scale 1
-                (2, 1, 5, 33, 33, 12, false, 5, true, 1.0),                    // per-query mask rows
-                (1, 4, 8, 257, 257, 24, false, 0, false, 0.2),                 // Q-Former cross-attention
+                (2, 3, 7, 20, 33, 88, true, 1, false, 0.125), // OPT prefill into a cache
+                (2, 3, 1, 20, 33, 16, true, 1, true, 1.0),    // T5 decode step, bias, scale 1
+                (2, 1, 5, 33, 33, 12, false, 5, true, 1.0),   // per-query mask rows
+                (1, 4, 8, 257, 257, 24, false, 0, false, 0.2), // Q-Former cross-attention
             ];
             for &(b, h, lq, lk, cap, d, causal, mrows, with_bias, scale) in &cases {
                 let (q, qv) = tensor(&mut rng, &[b, h, lq, d], dt, &dev, -1.0, 1.0);
                 let (k, kv) = tensor(&mut rng, &[b, h, cap, d], dt, &dev, -1.0, 1.0);
                 let (v, vv) = tensor(&mut rng, &[b, h, cap, d], dt, &dev, -1.0, 1.0);
-                let mask_v: Vec<f32> = (0..b * mrows.max(1) * lk).map(|i| if i % 7 == 3 { f32::MIN } else { 0.0 }).collect();
-                let mask = (mrows > 0).then(|| Tensor::from_f32(mask_v.clone(), &[b, mrows, lk], &dev).unwrap());
+                let mask_v: Vec<f32> = (0..b * mrows.max(1) * lk)
+                    .map(|i| if i % 7 == 3 { f32::MIN } else { 0.0 })
+                    .collect();
+                let mask = (mrows > 0)
+                    .then(|| Tensor::from_f32(mask_v.clone(), &[b, mrows, lk], &dev).unwrap());
                 let (bias, biasv) = tensor(&mut rng, &[h, lq, lk], DType::F32, &dev, -2.0, 2.0);
                 let opts = AttnOpts {
                     scale,
@@ -429,12 +592,23 @@ fn attention_matches_reference() {
                 assert_eq!(got.shape(), &[b, h, lq, d]);
                 let mv: Vec<f64> = mask_v.iter().map(|&x| x as f64).collect();
                 let want = ref_attention(
-                    &qv, &kv, &vv,
+                    &qv,
+                    &kv,
+                    &vv,
                     (mrows > 0).then_some((&mv[..], mrows)),
                     with_bias.then_some(&biasv[..]),
-                    (b, h, lq, lk, cap, d), scale as f64, causal,
+                    (b, h, lq, lk, cap, d),
+                    scale as f64,
+                    causal,
                 );
-                assert_close(&format!("attention {b}x{h}x{lq}x{lk}/{cap}x{d}"), &dev, dt, &got.to_vec_f32().unwrap(), &want, tol(dt));
+                assert_close(
+                    &format!("attention {b}x{h}x{lq}x{lk}/{cap}x{d}"),
+                    &dev,
+                    dt,
+                    &got.to_vec_f32().unwrap(),
+                    &want,
+                    tol(dt),
+                );
             }
             let q = Tensor::zeros(&[1, 2, 3, 8], dt, &dev).unwrap();
             let k = Tensor::zeros(&[1, 2, 5, 4], dt, &dev).unwrap();
@@ -464,7 +638,10 @@ fn patch_embed_matches_conv() {
                             for ci in 0..c {
                                 for ky in 0..p {
                                     for kx in 0..p {
-                                        s += pv[((bi * c + ci) * hh + py * p + ky) * ww + pxi * p + kx] * wv[((o * c + ci) * p + ky) * p + kx];
+                                        s += pv[((bi * c + ci) * hh + py * p + ky) * ww
+                                            + pxi * p
+                                            + kx]
+                                            * wv[((o * c + ci) * p + ky) * p + kx];
                                     }
                                 }
                             }
@@ -473,7 +650,14 @@ fn patch_embed_matches_conv() {
                     }
                 }
             }
-            assert_close("patch_embed", &dev, dt, &got.to_vec_f32().unwrap(), &want, tol(dt));
+            assert_close(
+                "patch_embed",
+                &dev,
+                dt,
+                &got.to_vec_f32().unwrap(),
+                &want,
+                tol(dt),
+            );
             let odd = Tensor::zeros(&[1, 3, 15, 14], dt, &dev).unwrap();
             assert!(ops::patch_embed(&odd, &w, &b).is_err());
         }
@@ -489,9 +673,27 @@ fn cast_and_transfer_roundtrip() {
         let h = t.to_dtype(DType::F16).unwrap();
         assert_eq!(h.dtype(), DType::F16);
         let want: Vec<f64> = quantize(&v, DType::F16).iter().map(|&x| x as f64).collect();
-        assert_close("cast f32->f16", &dev, DType::F16, &h.to_vec_f32().unwrap(), &want, 0.0);
-        let back = h.to_dtype(DType::F32).unwrap().to_device(&Device::cpu()).unwrap();
-        assert_close("cast f16->f32 + download", &dev, DType::F32, &back.to_vec_f32().unwrap(), &want, 0.0);
+        assert_close(
+            "cast f32->f16",
+            &dev,
+            DType::F16,
+            &h.to_vec_f32().unwrap(),
+            &want,
+            0.0,
+        );
+        let back = h
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_device(&Device::cpu())
+            .unwrap();
+        assert_close(
+            "cast f16->f32 + download",
+            &dev,
+            DType::F32,
+            &back.to_vec_f32().unwrap(),
+            &want,
+            0.0,
+        );
     }
 }
 

@@ -7,17 +7,20 @@ use std::time::{Duration, Instant};
 use blip2_engine::{DType, Device, Tensor, ops};
 use image::DynamicImage;
 
+use crate::chat::Chat;
 use crate::config::{Blip2Config, ImageProcessorConfig, ProcessorConfig, TextConfig};
-use crate::generate::{GenerationConfig, greedy};
+use crate::generate::{DecodeModel, GenerationConfig, TokenEvent, decode};
 use crate::inputs::{PaddedBatch, image_scatter};
 use crate::nn::Linear;
+use crate::opt::KvCache;
 use crate::opt::Opt;
 use crate::qformer::QFormer;
 use crate::t5::T5;
+use crate::t5::T5DecoderCache;
 use crate::tokenizer::{Blip2Tokenizer, PaddingSide};
 use crate::vision::VisionModel;
 use crate::weights::{Checkpoint, WeightLoader};
-use crate::{ModelError, Result, preprocess};
+use crate::{ModelError, Result, preprocess, sampling};
 
 /// How to load a checkpoint.
 pub struct LoadOptions {
@@ -56,6 +59,9 @@ pub struct Generation {
     pub text: String,
     /// New tokens only (eos included when it was produced).
     pub token_ids: Vec<u32>,
+    /// Beam search: the hypothesis' length-normalised log-probability (HF's
+    /// `sequences_scores`); None for greedy search and sampling.
+    pub score: Option<f32>,
     pub timings: Timings,
 }
 
@@ -100,22 +106,50 @@ impl Blip2 {
         if let Some(p) = opts.progress {
             vb = vb.with_progress(move |done, total| p(done, total));
         }
+        let mut model = Self::from_loader(config, image_config, tokenizer, &vb)?;
+        model.load_time = t0.elapsed();
+        Ok(model)
+    }
+
+    /// Builds the model from the weights `vb` provides (a checkpoint, or random weights for
+    /// benchmarks); fails with one error listing every missing or mismatched tensor.
+    pub fn from_loader(
+        config: Blip2Config,
+        image_config: ImageProcessorConfig,
+        tokenizer: Blip2Tokenizer,
+        vb: &WeightLoader,
+    ) -> Result<Blip2> {
+        let t0 = Instant::now();
         let text = config.text_config.as_ref().ok_or_else(|| {
-            ModelError::Unsupported(format!("{}: config.json has no text_config (a retrieval-only checkpoint cannot generate text)", dir.display()))
+            ModelError::Unsupported(format!(
+                "{}: config.json has no text_config (a retrieval-only checkpoint cannot generate text)",
+                vb.checkpoint().path().display()
+            ))
         })?;
         let vision = VisionModel::load(&vb.pp("vision_model"), &config.vision_config);
-        let qformer = QFormer::load(&vb, &config.qformer_config, config.num_query_tokens, false);
+        let qformer = QFormer::load(vb, &config.qformer_config, config.num_query_tokens, false);
         let (lm, lm_dim) = match text {
-            TextConfig::Opt(c) => (LanguageModel::Opt(Opt::load(&vb.pp("language_model"), &c)?), c.hidden_size),
-            TextConfig::T5(c) => (LanguageModel::T5(T5::load(&vb.pp("language_model"), &c)?), c.d_model),
+            TextConfig::Opt(c) => (
+                LanguageModel::Opt(Opt::load(&vb.pp("language_model"), c)?),
+                c.hidden_size,
+            ),
+            TextConfig::T5(c) => (
+                LanguageModel::T5(T5::load(&vb.pp("language_model"), c)?),
+                c.d_model,
+            ),
         };
-        let projection = Linear::load(&vb.pp("language_projection"), config.qformer_config.hidden_size, lm_dim, true);
+        let projection = Linear::load(
+            &vb.pp("language_projection"),
+            config.qformer_config.hidden_size,
+            lm_dim,
+            true,
+        );
         vb.finish()?;
         Ok(Blip2 {
             config,
             image_config,
             tokenizer,
-            device: opts.device,
+            device: vb.device().clone(),
             vision,
             qformer,
             projection,
@@ -176,27 +210,58 @@ impl Blip2 {
             Some(t) => t.bos_token_id(),
             None => self.tokenizer.start_token_id()?,
         };
-        self.tokenizer.encode_prompt_with_start(prompt, self.config.num_query_tokens, image_id, start)
+        self.tokenizer.encode_prompt_with_start(
+            prompt,
+            self.config.num_query_tokens,
+            image_id,
+            start,
+        )
     }
 
     fn image_token_id(&self) -> Result<u32> {
         match self.config.image_token_index {
             Some(i) => Ok(i),
             None => self.tokenizer.token_to_id("<image>").ok_or_else(|| {
-                ModelError::Unsupported("config has no image_token_index and the tokenizer has no <image> token".into())
+                ModelError::Unsupported(
+                    "config has no image_token_index and the tokenizer has no <image> token".into(),
+                )
             }),
         }
     }
 
-    fn eos_ids(&self, cfg: &GenerationConfig) -> Vec<u32> {
-        if let Some(e) = &cfg.eos_token_ids {
-            return e.clone();
+    /// `cfg` with every checkpoint-dependent value filled in: eos and pad ids from the
+    /// language model's config, and a fresh seed when sampling without one. This is what a
+    /// generation call with `cfg` uses.
+    pub fn resolve_generation_config(&self, cfg: &GenerationConfig) -> GenerationConfig {
+        let mut c = cfg.clone();
+        if c.eos_token_ids.is_none() {
+            c.eos_token_ids = Some(
+                self.config
+                    .text_config
+                    .as_ref()
+                    .map(|t| vec![t.eos_token_id()])
+                    .unwrap_or_default(),
+            );
         }
-        self.config.text_config.as_ref().map(|t| vec![t.eos_token_id()]).unwrap_or_default()
+        if c.pad_token_id.is_none() {
+            c.pad_token_id = Some(
+                self.config
+                    .text_config
+                    .as_ref()
+                    .map_or(0, |t| t.pad_token_id()),
+            );
+        }
+        if c.do_sample && c.seed.is_none() {
+            c.seed = Some(sampling::random_seed());
+        }
+        c
     }
 
     fn pad_id(&self) -> u32 {
-        self.config.text_config.as_ref().map_or(0, |t| t.pad_token_id())
+        self.config
+            .text_config
+            .as_ref()
+            .map_or(0, |t| t.pad_token_id())
     }
 
     /// A caption for the image (no text prompt, greedy, 20 new tokens at most).
@@ -210,39 +275,105 @@ impl Blip2 {
         self.generate(image, Some(&prompt), &GenerationConfig::default())
     }
 
+    /// A conversation about `image`: its features are computed once here and reused by
+    /// every turn.
+    pub fn chat(&self, image: &DynamicImage) -> Result<Chat<'_>> {
+        Ok(Chat::new(self, self.image_features(&[image])?))
+    }
+
     /// Generates text for one image; `prompt` is passed verbatim as the processor's text.
-    pub fn generate(&self, image: &DynamicImage, prompt: Option<&str>, cfg: &GenerationConfig) -> Result<Generation> {
-        let mut out = self.generate_batch(&[image], &[prompt], cfg)?;
-        out.pop().ok_or_else(|| ModelError::Invalid("empty generation batch".into()))
+    pub fn generate(
+        &self,
+        image: &DynamicImage,
+        prompt: Option<&str>,
+        cfg: &GenerationConfig,
+    ) -> Result<Generation> {
+        self.generate_stream(image, prompt, cfg, |_| {})
+    }
+
+    /// [`Blip2::generate`] that calls `on_token` with each new token as it is chosen
+    /// (beam search: the returned hypothesis' tokens once the search ends). Decode the
+    /// text incrementally with [`crate::stream::TextStream`].
+    pub fn generate_stream(
+        &self,
+        image: &DynamicImage,
+        prompt: Option<&str>,
+        cfg: &GenerationConfig,
+        mut on_token: impl FnMut(&TokenEvent),
+    ) -> Result<Generation> {
+        let feats = self.image_features(&[image])?;
+        let mut out = self.generate_from_features_with(&feats, &[prompt], cfg, &mut on_token)?;
+        out.pop()
+            .ok_or_else(|| ModelError::Invalid("empty generation batch".into()))
     }
 
     /// Generation for a batch of images with one prompt each (None = no text), in one
-    /// forward per step; prompts of different lengths are left-padded as HF pads them.
-    pub fn generate_batch(&self, images: &[&DynamicImage], prompts: &[Option<&str>], cfg: &GenerationConfig) -> Result<Vec<Generation>> {
+    /// forward per step; prompts of different lengths are padded as HF pads them (left for
+    /// OPT, right for T5). Each row gets the tokens it would get alone.
+    pub fn generate_batch(
+        &self,
+        images: &[&DynamicImage],
+        prompts: &[Option<&str>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Generation>> {
         if images.len() != prompts.len() || images.is_empty() {
-            return Err(ModelError::Invalid(format!("{} images but {} prompts", images.len(), prompts.len())));
+            return Err(ModelError::Invalid(format!(
+                "{} images but {} prompts",
+                images.len(),
+                prompts.len()
+            )));
         }
         let feats = self.image_features(images)?;
         self.generate_from_features(&feats, prompts, cfg)
     }
 
     /// Like [`Blip2::generate`] on precomputed image features (one prompt per image row).
-    pub fn generate_from_features(&self, feats: &ImageFeatures, prompts: &[Option<&str>], cfg: &GenerationConfig) -> Result<Vec<Generation>> {
+    pub fn generate_from_features(
+        &self,
+        feats: &ImageFeatures,
+        prompts: &[Option<&str>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Generation>> {
+        self.generate_from_features_with(feats, prompts, cfg, &mut |_| {})
+    }
+
+    /// The general entry point: precomputed features, one prompt per image row, any
+    /// [`GenerationConfig`], and a callback that sees every new token (`TokenEvent::row`
+    /// is the prompt's index).
+    pub fn generate_from_features_with(
+        &self,
+        feats: &ImageFeatures,
+        prompts: &[Option<&str>],
+        cfg: &GenerationConfig,
+        on_token: &mut dyn FnMut(&TokenEvent),
+    ) -> Result<Vec<Generation>> {
         cfg.validate()?;
-        if prompts.len() != feats.projected.dim(0) {
-            return Err(ModelError::Invalid(format!("{} prompts for {} images", prompts.len(), feats.projected.dim(0))));
+        if prompts.len() != feats.projected.dim(0) || prompts.is_empty() {
+            return Err(ModelError::Invalid(format!(
+                "{} prompts for {} images",
+                prompts.len(),
+                feats.projected.dim(0)
+            )));
         }
-        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| self.prompt_ids(*p)).collect::<Result<_>>()?;
+        let cfg = self.resolve_generation_config(cfg);
+        let ids: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| self.prompt_ids(*p))
+            .collect::<Result<_>>()?;
         let run = match &self.lm {
-            LanguageModel::Opt(opt) => self.decode_opt(opt, &feats.projected, &ids, cfg)?,
-            LanguageModel::T5(t5) => self.decode_t5(t5, &feats.projected, &ids, cfg)?,
+            LanguageModel::Opt(opt) => {
+                self.decode_opt(opt, &feats.projected, &ids, &cfg, on_token)?
+            }
+            LanguageModel::T5(t5) => self.decode_t5(t5, &feats.projected, &ids, &cfg, on_token)?,
         };
-        run.new_tokens
+        run.tokens
             .into_iter()
-            .map(|toks| {
+            .zip(run.scores)
+            .map(|(toks, score)| {
                 Ok(Generation {
                     text: self.tokenizer.decode(&toks, true)?.trim().to_string(),
                     token_ids: toks,
+                    score,
                     timings: Timings {
                         preprocess: feats.preprocess,
                         vision: feats.vision,
@@ -259,24 +390,46 @@ impl Blip2 {
     /// Language-model logits for parity tests. OPT: over the whole padded prompt `[B, L, V]`.
     /// T5: decoder logits `[B, L_dec, V]` for `decoder_ids` (teacher forcing), returned with
     /// the encoder output `[B, L, D]`.
-    pub fn prompt_logits(&self, feats: &ImageFeatures, prompts: &[Option<&str>], decoder_ids: Option<&[Vec<u32>]>) -> Result<(Tensor, Option<Tensor>)> {
-        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| self.prompt_ids(*p)).collect::<Result<_>>()?;
-        let batch = PaddedBatch::new(&ids, self.pad_id(), self.image_token_id()?, self.padding_side());
+    pub fn prompt_logits(
+        &self,
+        feats: &ImageFeatures,
+        prompts: &[Option<&str>],
+        decoder_ids: Option<&[Vec<u32>]>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let ids: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| self.prompt_ids(*p))
+            .collect::<Result<_>>()?;
+        let batch = PaddedBatch::new(
+            &ids,
+            self.pad_id(),
+            self.image_token_id()?,
+            self.padding_side(),
+        );
         let mask = batch.mask_tensor(&self.device)?;
         match &self.lm {
             LanguageModel::Opt(opt) => {
-                let embeds = image_scatter(&batch.rows, self.image_token_id()?, &feats.projected, |t| opt.embed(t))?;
+                let embeds =
+                    image_scatter(&batch.rows, self.image_token_id()?, &feats.projected, |t| {
+                        opt.embed(t)
+                    })?;
                 let mut cache = opt.new_cache(ids.len(), batch.len, &self.device)?;
                 let h = opt.forward(&embeds, &batch.positions(), mask.as_ref(), &mut cache)?;
                 Ok((opt.logits(&h)?, None))
             }
             LanguageModel::T5(t5) => {
-                let embeds = image_scatter(&batch.rows, self.image_token_id()?, &feats.projected, |t| t5.embed(t))?;
+                let embeds =
+                    image_scatter(&batch.rows, self.image_token_id()?, &feats.projected, |t| {
+                        t5.embed(t)
+                    })?;
                 let enc = t5.encode(&embeds, mask.as_ref())?;
-                let dec = decoder_ids.ok_or_else(|| ModelError::Invalid("T5 logits need decoder ids".into()))?;
+                let dec = decoder_ids
+                    .ok_or_else(|| ModelError::Invalid("T5 logits need decoder ids".into()))?;
                 let l = dec.first().map_or(0, Vec::len);
                 if dec.len() != ids.len() || dec.iter().any(|r| r.len() != l) || l == 0 {
-                    return Err(ModelError::Invalid("decoder ids must be one non-empty row of equal length per prompt".into()));
+                    return Err(ModelError::Invalid(
+                        "decoder ids must be one non-empty row of equal length per prompt".into(),
+                    ));
                 }
                 let mut cache = t5.new_decoder_cache(&enc, mask.as_ref(), l)?;
                 let flat: Vec<u32> = dec.concat();
@@ -295,9 +448,17 @@ impl Blip2 {
         }
     }
 
-    fn decode_opt(&self, opt: &Opt, projected: &Tensor, ids: &[Vec<u32>], cfg: &GenerationConfig) -> Result<DecodeRun> {
+    fn decode_opt(
+        &self,
+        opt: &Opt,
+        projected: &Tensor,
+        ids: &[Vec<u32>],
+        cfg: &GenerationConfig,
+        on_token: &mut dyn FnMut(&TokenEvent),
+    ) -> Result<DecodeRun> {
         let b = ids.len();
-        let mut batch = PaddedBatch::new(ids, self.pad_id(), self.image_token_id()?, PaddingSide::Left);
+        let pad = cfg.pad_token_id.unwrap_or_else(|| self.pad_id());
+        let batch = PaddedBatch::new(ids, pad, self.image_token_id()?, PaddingSide::Left);
         let capacity = batch.len + cfg.max_new_tokens;
         if capacity > opt.max_positions {
             return Err(ModelError::Invalid(format!(
@@ -306,7 +467,9 @@ impl Blip2 {
             )));
         }
         let t = Instant::now();
-        let embeds = image_scatter(&batch.rows, self.image_token_id()?, projected, |t| opt.embed(t))?;
+        let embeds = image_scatter(&batch.rows, self.image_token_id()?, projected, |t| {
+            opt.embed(t)
+        })?;
         let mut cache = opt.new_cache(b, capacity, &self.device)?;
         let mask = batch.mask_tensor(&self.device)?;
         let h = opt.forward(&embeds, &batch.positions(), mask.as_ref(), &mut cache)?;
@@ -314,60 +477,145 @@ impl Blip2 {
         let logits = opt.logits(&last)?.to_vec_f32()?;
         let prefill = t.elapsed();
         let t = Instant::now();
-        // Repetition penalty sees every input id, image and padding ids included, as HF does.
+        // Penalties see every input id, image and padding ids included, as HF's do.
         let seen = batch.rows.clone();
-        let (new_tokens, steps) = greedy(&logits, opt.vocab, seen, cfg, &self.eos_ids(cfg), self.pad_id(), |next| {
-            // HF appends the token (pad for finished rows) and a 1 to the attention mask.
-            batch.push(next);
-            let embeds = opt.embed(next)?.reshape(&[b, 1, opt.hidden])?;
-            let mask = batch.mask_tensor(&self.device)?;
-            let h = opt.forward(&embeds, &batch.last_positions(), mask.as_ref(), &mut cache)?;
-            Ok(opt.logits(&h)?.to_vec_f32()?)
-        })?;
+        let mut state = OptDecoder {
+            opt,
+            cache,
+            batch,
+            device: &self.device,
+        };
+        let out = decode(
+            logits,
+            seen,
+            cfg,
+            cfg.eos_token_ids.as_deref().unwrap_or(&[]),
+            cfg.seed.unwrap_or(0),
+            &mut state,
+            on_token,
+        )?;
         Ok(DecodeRun {
-            new_tokens,
+            tokens: out.tokens,
+            scores: out.scores,
             prefill,
             decode: t.elapsed(),
-            steps,
+            steps: out.steps,
         })
     }
 
-    fn decode_t5(&self, t5: &T5, projected: &Tensor, ids: &[Vec<u32>], cfg: &GenerationConfig) -> Result<DecodeRun> {
+    fn decode_t5(
+        &self,
+        t5: &T5,
+        projected: &Tensor,
+        ids: &[Vec<u32>],
+        cfg: &GenerationConfig,
+        on_token: &mut dyn FnMut(&TokenEvent),
+    ) -> Result<DecodeRun> {
         let b = ids.len();
-        let batch = PaddedBatch::new(ids, self.pad_id(), self.image_token_id()?, PaddingSide::Right);
+        let pad = cfg.pad_token_id.unwrap_or_else(|| self.pad_id());
+        let batch = PaddedBatch::new(ids, pad, self.image_token_id()?, PaddingSide::Right);
         let start = match &self.config.text_config {
             Some(TextConfig::T5(c)) => c.decoder_start_token_id,
             _ => 0,
         };
         let t = Instant::now();
-        let embeds = image_scatter(&batch.rows, self.image_token_id()?, projected, |t| t5.embed(t))?;
+        let embeds = image_scatter(&batch.rows, self.image_token_id()?, projected, |t| {
+            t5.embed(t)
+        })?;
         let mask = batch.mask_tensor(&self.device)?;
         let enc = t5.encode(&embeds, mask.as_ref())?;
-        let mut cache = t5.new_decoder_cache(&enc, mask.as_ref(), cfg.max_new_tokens + 1)?;
-        let mut step = |next: &[u32]| -> Result<Vec<f32>> {
-            let embeds = t5.embed(next)?.reshape(&[b, 1, t5.d_model])?;
-            Ok(t5.decode(&embeds, &mut cache)?.to_vec_f32()?)
-        };
+        let cache = t5.new_decoder_cache(&enc, mask.as_ref(), cfg.max_new_tokens + 1)?;
+        let mut state = T5Decoder { t5, cache };
         let first = vec![start; b];
-        let logits = step(&first)?;
+        let logits = state.step(&first)?;
         let prefill = t.elapsed();
         let t = Instant::now();
         // For encoder-decoder models HF's penalties see the decoder ids only.
-        let seen = vec![first; b];
-        let (new_tokens, steps) = greedy(&logits, t5.vocab, seen, cfg, &self.eos_ids(cfg), self.pad_id(), step)?;
+        let seen = vec![vec![start]; b];
+        let out = decode(
+            logits,
+            seen,
+            cfg,
+            cfg.eos_token_ids.as_deref().unwrap_or(&[]),
+            cfg.seed.unwrap_or(0),
+            &mut state,
+            on_token,
+        )?;
         Ok(DecodeRun {
-            new_tokens,
+            tokens: out.tokens,
+            scores: out.scores,
             prefill,
             decode: t.elapsed(),
-            steps,
+            steps: out.steps,
         })
     }
 }
 
 struct DecodeRun {
-    new_tokens: Vec<Vec<u32>>,
+    tokens: Vec<Vec<u32>>,
+    scores: Vec<Option<f32>>,
     prefill: Duration,
     decode: Duration,
     steps: usize,
 }
 
+/// OPT decoding state: the KV cache and the growing padded id rows (mask and positions).
+struct OptDecoder<'a> {
+    opt: &'a Opt,
+    cache: KvCache,
+    batch: PaddedBatch,
+    device: &'a Device,
+}
+
+impl DecodeModel for OptDecoder<'_> {
+    fn vocab(&self) -> usize {
+        self.opt.vocab
+    }
+
+    fn select_rows(&mut self, src: &[usize]) -> Result<()> {
+        self.cache.select_rows(src)?;
+        self.batch.select_rows(src);
+        Ok(())
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        // HF appends the token and a 1 to the attention mask.
+        self.batch.push(tokens);
+        let embeds = self
+            .opt
+            .embed(tokens)?
+            .reshape(&[tokens.len(), 1, self.opt.hidden])?;
+        let mask = self.batch.mask_tensor(self.device)?;
+        let h = self.opt.forward(
+            &embeds,
+            &self.batch.last_positions(),
+            mask.as_ref(),
+            &mut self.cache,
+        )?;
+        Ok(self.opt.logits(&h)?.to_vec_f32()?)
+    }
+}
+
+/// T5 decoding state: self-attention cache and cross-attention K/V.
+struct T5Decoder<'a> {
+    t5: &'a T5,
+    cache: T5DecoderCache,
+}
+
+impl DecodeModel for T5Decoder<'_> {
+    fn vocab(&self) -> usize {
+        self.t5.vocab
+    }
+
+    fn select_rows(&mut self, src: &[usize]) -> Result<()> {
+        Ok(self.cache.select_rows(src)?)
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let embeds = self
+            .t5
+            .embed(tokens)?
+            .reshape(&[tokens.len(), 1, self.t5.d_model])?;
+        Ok(self.t5.decode(&embeds, &mut self.cache)?.to_vec_f32()?)
+    }
+}

@@ -27,9 +27,22 @@ impl PaddedBatch {
                 PaddingSide::Right => r.len(),
             };
             rows.push([&r[..split], &vec![pad; fill], &r[split..]].concat());
-            mask.push([vec![1u8; split], vec![0u8; fill], vec![1u8; r.len() - split]].concat());
+            mask.push(
+                [
+                    vec![1u8; split],
+                    vec![0u8; fill],
+                    vec![1u8; r.len() - split],
+                ]
+                .concat(),
+            );
         }
         PaddedBatch { rows, mask, len }
+    }
+
+    /// Keeps row `src[i]` as row `i` (beam reordering, dropping finished rows).
+    pub fn select_rows(&mut self, src: &[usize]) {
+        self.rows = src.iter().map(|&s| self.rows[s].clone()).collect();
+        self.mask = src.iter().map(|&s| self.mask[s].clone()).collect();
     }
 
     pub fn push(&mut self, next: &[u32]) {
@@ -74,7 +87,11 @@ impl PaddedBatch {
             .iter()
             .flat_map(|m| m.iter().map(|&v| if v == 1 { 0.0 } else { f32::MIN }))
             .collect();
-        Ok(Some(Tensor::from_f32(data, &[self.mask.len(), 1, self.len], device)?))
+        Ok(Some(Tensor::from_f32(
+            data,
+            &[self.mask.len(), 1, self.len],
+            device,
+        )?))
     }
 }
 
@@ -100,7 +117,9 @@ pub(crate) fn image_scatter(
             }
             if is_img {
                 if used + (j - i) > q {
-                    return Err(ModelError::Invalid(format!("prompt row {b} has more than {q} <image> tokens")));
+                    return Err(ModelError::Invalid(format!(
+                        "prompt row {b} has more than {q} <image> tokens"
+                    )));
                 }
                 parts.push(ops::narrow(&img, 0, used, j - i)?);
                 used += j - i;
@@ -110,7 +129,9 @@ pub(crate) fn image_scatter(
             i = j;
         }
         if used != q {
-            return Err(ModelError::Invalid(format!("prompt row {b} has {used} <image> tokens, the model has {q} queries")));
+            return Err(ModelError::Invalid(format!(
+                "prompt row {b} has {used} <image> tokens, the model has {q} queries"
+            )));
         }
         let refs: Vec<&Tensor> = parts.iter().collect();
         let row = ops::concat(&refs, 0)?;
@@ -118,4 +139,27 @@ pub(crate) fn image_scatter(
     }
     let refs: Vec<&Tensor> = per_row.iter().collect();
     Ok(ops::concat(&refs, 0)?)
+}
+
+/// Rows `src` of `t` along axis 0 (repeats allowed), copied with one narrow per run of
+/// consecutive rows: beam reordering of caches without a gather op in the engine.
+pub(crate) fn gather_rows(t: &Tensor, src: &[usize]) -> blip2_engine::Result<Tensor> {
+    if src.len() == t.dim(0) && src.iter().enumerate().all(|(i, &s)| i == s) {
+        return Ok(t.clone());
+    }
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < src.len() {
+        let mut j = i + 1;
+        while j < src.len() && src[j] == src[j - 1] + 1 {
+            j += 1;
+        }
+        parts.push(ops::narrow(t, 0, src[i], j - i)?);
+        i = j;
+    }
+    if parts.len() == 1 {
+        return Ok(parts.pop().expect("one part"));
+    }
+    let refs: Vec<&Tensor> = parts.iter().collect();
+    ops::concat(&refs, 0)
 }

@@ -79,6 +79,8 @@ pub fn activation(name: &str) -> crate::Result<ops::Unary> {
         "gelu" => Ok(ops::Unary::Gelu),
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(ops::Unary::GeluTanh),
         "relu" => Ok(ops::Unary::Relu),
-        other => Err(crate::ModelError::Unsupported(format!("activation function '{other}'"))),
+        other => Err(crate::ModelError::Unsupported(format!(
+            "activation function '{other}'"
+        ))),
     }
 }

@@ -43,6 +43,17 @@ pub struct KvCache {
     pub capacity: usize,
 }
 
+impl KvCache {
+    /// Keeps batch row `src[i]` as row `i` of every layer (beam search reordering,
+    /// dropping finished rows).
+    pub fn select_rows(&mut self, src: &[usize]) -> Result<()> {
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = crate::inputs::gather_rows(t, src)?;
+        }
+        Ok(())
+    }
+}
+
 impl Opt {
     /// `vb` is rooted at `language_model`.
     pub fn load(vb: &WeightLoader, cfg: &OptConfig) -> crate::Result<Opt> {
@@ -72,12 +83,21 @@ impl Opt {
             })
             .collect();
         let embed_tokens = dec.get("embed_tokens.weight", &[cfg.vocab_size, d]);
-        let lm_head = vb.get_with_fallback("lm_head.weight", "model.decoder.embed_tokens.weight", &[cfg.vocab_size, d]);
+        let lm_head = vb.get_with_fallback(
+            "lm_head.weight",
+            "model.decoder.embed_tokens.weight",
+            &[cfg.vocab_size, d],
+        );
         Ok(Opt {
-            embed_positions: dec.get("embed_positions.weight", &[cfg.max_position_embeddings + POSITION_OFFSET as usize, d]),
+            embed_positions: dec.get(
+                "embed_positions.weight",
+                &[cfg.max_position_embeddings + POSITION_OFFSET as usize, d],
+            ),
             embed_tokens,
             layers,
-            final_ln: cfg.do_layer_norm_before.then(|| LayerNorm::load(&dec.pp("final_layer_norm"), d, 1e-5)),
+            final_ln: cfg
+                .do_layer_norm_before
+                .then(|| LayerNorm::load(&dec.pp("final_layer_norm"), d, 1e-5)),
             lm_head,
             act: activation(&cfg.activation_function)?,
             pre_ln: cfg.do_layer_norm_before,
@@ -96,16 +116,31 @@ impl Opt {
     pub fn new_cache(&self, batch: usize, capacity: usize, device: &Device) -> Result<KvCache> {
         let hd = self.hidden / self.heads;
         let mk = || Tensor::zeros(&[batch, self.heads, capacity, hd], DType::F32, device);
-        let k = (0..self.layers.len()).map(|_| mk()).collect::<Result<Vec<_>>>()?;
-        let v = (0..self.layers.len()).map(|_| mk()).collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { k, v, len: 0, capacity })
+        let k = (0..self.layers.len())
+            .map(|_| mk())
+            .collect::<Result<Vec<_>>>()?;
+        let v = (0..self.layers.len())
+            .map(|_| mk())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            k,
+            v,
+            len: 0,
+            capacity,
+        })
     }
 
     /// Runs `embeds` `[B, L, D]` (the next L tokens of every row) through the decoder,
     /// appending their K/V to `cache`. `positions` holds B·L position ids (HF:
     /// cumsum(mask)·mask − 1, so padding gets −1); `mask` is the additive padding mask
     /// `[B, 1, cache.len + L]`. Returns the final hidden states `[B, L, D]`.
-    pub fn forward(&self, embeds: &Tensor, positions: &[i64], mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        positions: &[i64],
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         let (b, l) = (embeds.dim(0), embeds.dim(1));
         if cache.len + l > cache.capacity {
             return Err(blip2_engine::Error::Limit {
@@ -118,12 +153,20 @@ impl Opt {
             .iter()
             .map(|&p| (p + POSITION_OFFSET as i64).clamp(0, self.max_positions as i64 + 1) as u32)
             .collect();
-        let pos = ops::embedding(&self.embed_positions, &ids, DType::F32)?.reshape(&[b, l, self.hidden])?;
+        let pos = ops::embedding(&self.embed_positions, &ids, DType::F32)?.reshape(&[
+            b,
+            l,
+            self.hidden,
+        ])?;
         let mut h = ops::add(embeds, &pos)?;
         let scale = ((self.hidden / self.heads) as f32).powf(-0.5);
         let kv_len = cache.len + l;
         for (i, layer) in self.layers.iter().enumerate() {
-            let x = if self.pre_ln { layer.ln_attn.forward(&h)? } else { h.clone() };
+            let x = if self.pre_ln {
+                layer.ln_attn.forward(&h)?
+            } else {
+                h.clone()
+            };
             let q = ops::split_heads(&layer.q.forward(&x)?, self.heads)?;
             let k = ops::split_heads(&layer.k.forward(&x)?, self.heads)?;
             let v = ops::split_heads(&layer.v.forward(&x)?, self.heads)?;
@@ -142,8 +185,14 @@ impl Opt {
             if !self.pre_ln {
                 h = layer.ln_attn.forward(&h)?;
             }
-            let x = if self.pre_ln { layer.ln_ffn.forward(&h)? } else { h.clone() };
-            let f = layer.fc2.forward(&ops::unary(&layer.fc1.forward(&x)?, self.act)?)?;
+            let x = if self.pre_ln {
+                layer.ln_ffn.forward(&h)?
+            } else {
+                h.clone()
+            };
+            let f = layer
+                .fc2
+                .forward(&ops::unary(&layer.fc1.forward(&x)?, self.act)?)?;
             h = ops::add(&h, &f)?;
             if !self.pre_ln {
                 h = layer.ln_ffn.forward(&h)?;

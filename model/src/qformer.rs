@@ -29,12 +29,27 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: &Tensor, kv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        kv: &Tensor,
+        heads: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let q = ops::split_heads(&self.q.forward(x)?, heads)?;
         let k = ops::split_heads(&self.k.forward(kv)?, heads)?;
         let v = ops::split_heads(&self.v.forward(kv)?, heads)?;
         let scale = (q.dim(3) as f32).powf(-0.5);
-        let ctx = ops::attention(&q, &k, &v, &AttnOpts { scale, mask, ..Default::default() })?;
+        let ctx = ops::attention(
+            &q,
+            &k,
+            &v,
+            &AttnOpts {
+                scale,
+                mask,
+                ..Default::default()
+            },
+        )?;
         let h = self.out.forward(&ops::merge_heads(&ctx)?)?;
         self.ln.forward(&ops::add(&h, x)?)
     }
@@ -80,7 +95,12 @@ pub struct QFormer {
 
 impl QFormer {
     /// `vb` is rooted at the checkpoint root (`query_tokens`, `qformer.*`).
-    pub fn load(vb: &WeightLoader, cfg: &QFormerConfig, num_query_tokens: usize, with_text: bool) -> QFormer {
+    pub fn load(
+        vb: &WeightLoader,
+        cfg: &QFormerConfig,
+        num_query_tokens: usize,
+        with_text: bool,
+    ) -> QFormer {
         let d = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
         let q = vb.pp("qformer");
@@ -90,10 +110,12 @@ impl QFormer {
                 let ff = cfg.intermediate_size;
                 Layer {
                     self_attn: Attention::load(&l.pp("attention"), d, d, eps),
-                    cross_attn: (i % cfg.cross_attention_frequency == 0)
-                        .then(|| Attention::load(&l.pp("crossattention"), d, cfg.encoder_hidden_size, eps)),
+                    cross_attn: (i % cfg.cross_attention_frequency == 0).then(|| {
+                        Attention::load(&l.pp("crossattention"), d, cfg.encoder_hidden_size, eps)
+                    }),
                     ffn_query: Ffn::load(&l, "intermediate_query", "output_query", d, ff, eps),
-                    ffn_text: with_text.then(|| Ffn::load(&l, "intermediate", "output", d, ff, eps)),
+                    ffn_text: with_text
+                        .then(|| Ffn::load(&l, "intermediate", "output", d, ff, eps)),
                 }
             })
             .collect();
@@ -110,27 +132,48 @@ impl QFormer {
     /// embeddings, before the input LayerNorm) whose first `query_len` rows are queries.
     /// `image` `[B, N, Dv]` is cross-attended by the query rows (None: text-only mode).
     /// `self_mask` is an additive `[B, 1, L]` mask for self-attention.
-    pub fn encode(&self, embeds: &Tensor, query_len: usize, image: Option<&Tensor>, self_mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn encode(
+        &self,
+        embeds: &Tensor,
+        query_len: usize,
+        image: Option<&Tensor>,
+        self_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let mut x = self.layernorm.forward(embeds)?;
         let len = x.dim(1);
         for layer in &self.layers {
             x = layer.self_attn.forward(&x, &x, self.heads, self_mask)?;
             let mut parts = Vec::with_capacity(2);
             if query_len > 0 {
-                let mut q = if query_len == len { x.clone() } else { ops::narrow(&x, 1, 0, query_len)? };
+                let mut q = if query_len == len {
+                    x.clone()
+                } else {
+                    ops::narrow(&x, 1, 0, query_len)?
+                };
                 if let (Some(cross), Some(img)) = (&layer.cross_attn, image) {
                     q = cross.forward(&q, img, self.heads, None)?;
                 }
                 parts.push(layer.ffn_query.forward(&q)?);
             }
             if query_len < len {
-                let t = if query_len == 0 { x.clone() } else { ops::narrow(&x, 1, query_len, len - query_len)? };
+                let t = if query_len == 0 {
+                    x.clone()
+                } else {
+                    ops::narrow(&x, 1, query_len, len - query_len)?
+                };
                 let ffn = layer.ffn_text.as_ref().ok_or_else(|| {
-                    blip2_engine::Error::Invalid("this Q-Former checkpoint has no text FFN (intermediate/output) weights".into())
+                    blip2_engine::Error::Invalid(
+                        "this Q-Former checkpoint has no text FFN (intermediate/output) weights"
+                            .into(),
+                    )
                 })?;
                 parts.push(ffn.forward(&t)?);
             }
-            x = if parts.len() == 1 { parts.pop().unwrap_or(x) } else { ops::concat(&[&parts[0], &parts[1]], 1)? };
+            x = if parts.len() == 1 {
+                parts.pop().unwrap_or(x)
+            } else {
+                ops::concat(&[&parts[0], &parts[1]], 1)?
+            };
         }
         Ok(x)
     }

@@ -161,7 +161,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// torch.nn.functional.normalize: x / max(||x||, 1e-12).
 fn normalize(v: &mut [f32]) {
-    let n = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt().max(1e-12);
+    let n = v
+        .iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-12);
     for x in v {
         *x = (*x as f64 / n) as f32;
     }
@@ -209,7 +214,11 @@ impl Blip2Retrieval {
         let dir = dir.as_ref();
         let config = Blip2Config::from_dir(dir)?;
         let ckpt = Checkpoint::open(dir)?;
-        let missing: Vec<&str> = HEAD_WEIGHTS.iter().copied().filter(|n| !ckpt.contains(n)).collect();
+        let missing: Vec<&str> = HEAD_WEIGHTS
+            .iter()
+            .copied()
+            .filter(|n| !ckpt.contains(n))
+            .collect();
         if !missing.is_empty() {
             return Err(ModelError::Unsupported(format!(
                 "{}: this checkpoint has no retrieval heads (missing {}; architectures {:?}): image-text \
@@ -233,7 +242,10 @@ impl Blip2Retrieval {
             vision: VisionModel::load(&vb.pp("vision_model"), &config.vision_config),
             qformer: QFormer::load(&vb, qc, config.num_query_tokens, true),
             word_embeddings: emb.get("word_embeddings.weight", &[qc.vocab_size, d]),
-            position_embeddings: emb.get("position_embeddings.weight", &[qc.max_position_embeddings, d]),
+            position_embeddings: emb.get(
+                "position_embeddings.weight",
+                &[qc.max_position_embeddings, d],
+            ),
             vision_projection: Linear::load(&vb.pp("vision_projection"), d, e, true),
             text_projection: Linear::load(&vb.pp("text_projection"), d, e, true),
             itm_head: Linear::load(&vb.pp("itm_head"), d, 2, true),
@@ -266,18 +278,26 @@ impl Blip2Retrieval {
     /// ITM probability and ITC similarity of one (image, text) pair.
     pub fn match_score(&self, image: &DynamicImage, text: &str) -> Result<MatchScore> {
         let mut v = self.match_scores(image, &[text])?;
-        v.pop().ok_or_else(|| ModelError::Invalid("no score computed".into()))
+        v.pop()
+            .ok_or_else(|| ModelError::Invalid("no score computed".into()))
     }
 
     /// Scores of each text against one image, in input order. The vision model and the
     /// query-only Q-Former run once; ITM and text-only ITC each run one padded Q-Former
     /// pass per [`MAX_TEXTS_PER_PASS`] texts.
-    pub fn match_scores<S: AsRef<str>>(&self, image: &DynamicImage, texts: &[S]) -> Result<Vec<MatchScore>> {
+    pub fn match_scores<S: AsRef<str>>(
+        &self,
+        image: &DynamicImage,
+        texts: &[S],
+    ) -> Result<Vec<MatchScore>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
         let vis = self.vision_features(&self.pixel_values(&[image])?)?;
-        let img = self.image_embeddings_from_vision(&vis)?.pop().ok_or_else(|| ModelError::Invalid("no image embedding".into()))?;
+        let img = self
+            .image_embeddings_from_vision(&vis)?
+            .pop()
+            .ok_or_else(|| ModelError::Invalid("no image embedding".into()))?;
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(MAX_TEXTS_PER_PASS) {
             let enc = self.tokenize(chunk)?;
@@ -295,7 +315,11 @@ impl Blip2Retrieval {
 
     /// `texts` against one image, best first: by ITM probability (the finer, cross-attending
     /// judgement), ties by ITC similarity.
-    pub fn rank<S: AsRef<str>>(&self, image: &DynamicImage, texts: &[S]) -> Result<Vec<RankedText>> {
+    pub fn rank<S: AsRef<str>>(
+        &self,
+        image: &DynamicImage,
+        texts: &[S],
+    ) -> Result<Vec<RankedText>> {
         let mut ranked: Vec<RankedText> = self
             .match_scores(image, texts)?
             .into_iter()
@@ -333,7 +357,12 @@ impl Blip2Retrieval {
         let mut hits = images
             .iter()
             .enumerate()
-            .map(|(index, img)| Ok(SearchHit { index, similarity: img.similarity(&t)? }))
+            .map(|(index, img)| {
+                Ok(SearchHit {
+                    index,
+                    similarity: img.similarity(&t)?,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         sort_desc(&mut hits, |h| (h.similarity, 0.0));
         Ok(hits)
@@ -348,7 +377,9 @@ impl Blip2Retrieval {
             return Err(ModelError::Invalid("no texts given".into()));
         }
         let refs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        let enc = self.tokenizer.encode_text_batch(&refs, PaddingSide::Right)?;
+        let enc = self
+            .tokenizer
+            .encode_text_batch(&refs, PaddingSide::Right)?;
         let max = self.config.qformer_config.max_position_embeddings;
         if enc.seq_len() > max {
             let (i, n) = enc
@@ -363,7 +394,9 @@ impl Blip2Retrieval {
             )));
         }
         if enc.seq_len() == 0 {
-            return Err(ModelError::Invalid("the tokenizer produced no ids for the texts".into()));
+            return Err(ModelError::Invalid(
+                "the tokenizer produced no ids for the texts".into(),
+            ));
         }
         Ok(enc)
     }
@@ -401,7 +434,8 @@ impl Blip2Retrieval {
         let (b, l) = (enc.batch_size(), enc.seq_len());
         let flat: Vec<u32> = enc.ids.concat();
         let d = self.qformer.hidden;
-        let words = ops::embedding(&self.word_embeddings, &flat, DType::F32)?.reshape(&[b, l, d])?;
+        let words =
+            ops::embedding(&self.word_embeddings, &flat, DType::F32)?.reshape(&[b, l, d])?;
         let positions: Vec<u32> = (0..l as u32).collect();
         let pos = ops::embedding(&self.position_embeddings, &positions, DType::F32)?;
         Ok(ops::add(&words, &pos)?)
@@ -417,10 +451,15 @@ impl Blip2Retrieval {
             .attention_mask
             .iter()
             .flat_map(|m| {
-                std::iter::repeat_n(0.0, lead).chain(m.iter().map(|&v| if v == 1 { 0.0 } else { f32::MIN }))
+                std::iter::repeat_n(0.0, lead)
+                    .chain(m.iter().map(|&v| if v == 1 { 0.0 } else { f32::MIN }))
             })
             .collect();
-        Ok(Some(Tensor::from_f32(data, &[enc.batch_size(), 1, lead + enc.seq_len()], &self.device)?))
+        Ok(Some(Tensor::from_f32(
+            data,
+            &[enc.batch_size(), 1, lead + enc.seq_len()],
+            &self.device,
+        )?))
     }
 
     /// ITM logits [no match, match] for each text row of `enc` against `vision`
@@ -431,15 +470,22 @@ impl Blip2Retrieval {
             n if n == b => vision.clone(),
             1 => repeat_batch(vision, b)?,
             n => {
-                return Err(ModelError::Invalid(format!("{n} images for {b} texts (give 1 or {b})")));
+                return Err(ModelError::Invalid(format!(
+                    "{n} images for {b} texts (give 1 or {b})"
+                )));
             }
         };
         let nq = self.num_query_tokens();
         let queries = repeat_batch(&self.qformer.query_tokens, b)?;
         let embeds = ops::concat(&[&queries, &self.embed_text(enc)?], 1)?;
         let mask = self.text_mask(enc, nq)?;
-        let out = self.qformer.encode(&embeds, nq, Some(&vis), mask.as_ref())?;
-        let logits = self.itm_head.forward(&ops::narrow(&out, 1, 0, nq)?)?.to_vec_f32()?;
+        let out = self
+            .qformer
+            .encode(&embeds, nq, Some(&vis), mask.as_ref())?;
+        let logits = self
+            .itm_head
+            .forward(&ops::narrow(&out, 1, 0, nq)?)?
+            .to_vec_f32()?;
         Ok(logits
             .chunks_exact(2 * nq)
             .map(|rows| {
@@ -457,13 +503,17 @@ impl Blip2Retrieval {
     /// Normalised ITC text embeddings of the rows of `enc` (text-only Q-Former, [CLS] row).
     pub fn text_embeddings_from_tokens(&self, enc: &BatchEncoding) -> Result<Vec<TextEmbedding>> {
         let mask = self.text_mask(enc, 0)?;
-        let out = self.qformer.encode(&self.embed_text(enc)?, 0, None, mask.as_ref())?;
+        let out = self
+            .qformer
+            .encode(&self.embed_text(enc)?, 0, None, mask.as_ref())?;
         let cls = ops::narrow(&out, 1, 0, 1)?;
         let p = self.text_projection.forward(&cls)?;
         let e = p.dim(2);
         let mut data = p.to_vec_f32()?;
         data.chunks_exact_mut(e).for_each(normalize);
-        data.chunks_exact(e).map(|r| TextEmbedding::new(r.to_vec())).collect()
+        data.chunks_exact(e)
+            .map(|r| TextEmbedding::new(r.to_vec()))
+            .collect()
     }
 }
 
@@ -489,7 +539,10 @@ mod tests {
         assert_eq!(img.dim(), 2);
         assert_eq!(img.row(1), &[0.0, 1.0]);
         assert_eq!(img.similarity(&t).unwrap(), 0.8);
-        assert!(img.similarity(&TextEmbedding::new(vec![1.0]).unwrap()).is_err());
+        assert!(
+            img.similarity(&TextEmbedding::new(vec![1.0]).unwrap())
+                .is_err()
+        );
         assert!(ImageEmbedding::new(vec![1.0; 5], 2).is_err());
     }
 
@@ -505,7 +558,13 @@ mod tests {
 
     #[test]
     fn sorting_is_descending_and_stable_with_nan_last() {
-        let mut v = vec![(0, 0.5f32, 0.0f32), (1, f32::NAN, 0.0), (2, 0.9, 0.1), (3, 0.5, 0.2), (4, 0.5, 0.2)];
+        let mut v = vec![
+            (0, 0.5f32, 0.0f32),
+            (1, f32::NAN, 0.0),
+            (2, 0.9, 0.1),
+            (3, 0.5, 0.2),
+            (4, 0.5, 0.2),
+        ];
         sort_desc(&mut v, |x| (x.1, x.2));
         let order: Vec<usize> = v.iter().map(|x| x.0).collect();
         assert_eq!(order, [2, 3, 4, 0, 1]);

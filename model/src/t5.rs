@@ -10,7 +10,12 @@ use crate::nn::{Linear, RmsNorm, activation};
 use crate::weights::WeightLoader;
 
 /// HF `_relative_position_bucket`, with the logarithm in f32 as torch computes it.
-pub fn relative_position_bucket(rel: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+pub fn relative_position_bucket(
+    rel: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
     let mut nb = num_buckets as i64;
     let mut bucket = 0i64;
     let n = if bidirectional {
@@ -26,7 +31,8 @@ pub fn relative_position_bucket(rel: i64, bidirectional: bool, num_buckets: usiz
     if n < max_exact {
         bucket += n;
     } else {
-        let ratio = ((n as f32) / (max_exact as f32)).ln() / ((max_distance as f64 / max_exact as f64).ln() as f32);
+        let ratio = ((n as f32) / (max_exact as f32)).ln()
+            / ((max_distance as f64 / max_exact as f64).ln() as f32);
         let large = max_exact + (ratio * (nb - max_exact) as f32) as i64;
         bucket += large.min(nb - 1);
     }
@@ -63,7 +69,10 @@ impl Ffn {
     fn load(vb: &WeightLoader, cfg: &T5Config) -> crate::Result<Ffn> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         let (wi_0, wi_1) = if cfg.is_gated_act {
-            (Linear::load(&vb.pp("wi_0"), d, ff, false), Some(Linear::load(&vb.pp("wi_1"), d, ff, false)))
+            (
+                Linear::load(&vb.pp("wi_0"), d, ff, false),
+                Some(Linear::load(&vb.pp("wi_1"), d, ff, false)),
+            )
         } else {
             (Linear::load(&vb.pp("wi"), d, ff, false), None)
         };
@@ -127,8 +136,32 @@ pub struct T5DecoderCache {
     cross_k: Vec<Tensor>,
     cross_v: Vec<Tensor>,
     enc_mask: Option<Tensor>,
+    /// Encoder batch row each decoder row attends to: cross K/V are only copied when this
+    /// changes (beams of one row share them, so they are expanded once).
+    enc_rows: Vec<usize>,
     pub len: usize,
     pub capacity: usize,
+}
+
+impl T5DecoderCache {
+    /// Keeps decoder row `src[i]` as row `i` (beam search reordering, dropping finished
+    /// rows).
+    pub fn select_rows(&mut self, src: &[usize]) -> Result<()> {
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = crate::inputs::gather_rows(t, src)?;
+        }
+        let enc_rows: Vec<usize> = src.iter().map(|&s| self.enc_rows[s]).collect();
+        if enc_rows != self.enc_rows {
+            for t in self.cross_k.iter_mut().chain(self.cross_v.iter_mut()) {
+                *t = crate::inputs::gather_rows(t, src)?;
+            }
+            if let Some(m) = &self.enc_mask {
+                self.enc_mask = Some(crate::inputs::gather_rows(m, src)?);
+            }
+            self.enc_rows = enc_rows;
+        }
+        Ok(())
+    }
 }
 
 impl T5 {
@@ -163,8 +196,14 @@ impl T5 {
             });
         }
         let rel_shape = [cfg.relative_attention_num_buckets, cfg.num_heads];
-        let enc_rel = enc.get_f32("block.0.layer.0.SelfAttention.relative_attention_bias.weight", &rel_shape);
-        let dec_rel = dec.get_f32("block.0.layer.0.SelfAttention.relative_attention_bias.weight", &rel_shape);
+        let enc_rel = enc.get_f32(
+            "block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            &rel_shape,
+        );
+        let dec_rel = dec.get_f32(
+            "block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            &rel_shape,
+        );
         // A stored lm_head is used even when the config says "tied" (transformers 5 writes
         // tie_word_embeddings=true for Flan-T5 whose checkpoints hold a separate head).
         let lm_head = if cfg.tie_word_embeddings {
@@ -199,13 +238,22 @@ impl T5 {
     }
 
     /// Position bias `[H, q_len, k_len]` for queries at `q_offset..q_offset+q_len`.
-    fn position_bias(&self, table: &[f32], q_offset: usize, q_len: usize, k_len: usize, bidirectional: bool, device: &Device) -> Result<Tensor> {
+    fn position_bias(
+        &self,
+        table: &[f32],
+        q_offset: usize,
+        q_len: usize,
+        k_len: usize,
+        bidirectional: bool,
+        device: &Device,
+    ) -> Result<Tensor> {
         let h = self.heads;
         let mut out = vec![0f32; h * q_len * k_len];
         for i in 0..q_len {
             for j in 0..k_len {
                 let rel = j as i64 - (i + q_offset) as i64;
-                let b = relative_position_bucket(rel, bidirectional, self.buckets, self.max_distance);
+                let b =
+                    relative_position_bucket(rel, bidirectional, self.buckets, self.max_distance);
                 for hh in 0..h {
                     out[(hh * q_len + i) * k_len + j] = table[b * h + hh];
                 }
@@ -225,8 +273,22 @@ impl T5 {
         let mut h = embeds.clone();
         for b in &self.enc_blocks {
             let x = b.ln_attn.forward(&h)?;
-            let (q, k, v) = (self.heads_of(&b.attn.q, &x)?, self.heads_of(&b.attn.k, &x)?, self.heads_of(&b.attn.v, &x)?);
-            let a = ops::attention(&q, &k, &v, &AttnOpts { scale: 1.0, mask, bias: Some(&bias), ..Default::default() })?;
+            let (q, k, v) = (
+                self.heads_of(&b.attn.q, &x)?,
+                self.heads_of(&b.attn.k, &x)?,
+                self.heads_of(&b.attn.v, &x)?,
+            );
+            let a = ops::attention(
+                &q,
+                &k,
+                &v,
+                &AttnOpts {
+                    scale: 1.0,
+                    mask,
+                    bias: Some(&bias),
+                    ..Default::default()
+                },
+            )?;
             h = ops::add(&h, &b.attn.o.forward(&ops::merge_heads(&a)?)?)?;
             let x = b.ln_ffn.forward(&h)?;
             h = ops::add(&h, &b.ffn.forward(&x)?)?;
@@ -236,7 +298,12 @@ impl T5 {
 
     /// Decoder state: cross-attention K/V of `enc_out` `[B, L, D]` for every layer, and an
     /// empty self-attention cache of `capacity` positions.
-    pub fn new_decoder_cache(&self, enc_out: &Tensor, enc_mask: Option<&Tensor>, capacity: usize) -> Result<T5DecoderCache> {
+    pub fn new_decoder_cache(
+        &self,
+        enc_out: &Tensor,
+        enc_mask: Option<&Tensor>,
+        capacity: usize,
+    ) -> Result<T5DecoderCache> {
         let bsz = enc_out.dim(0);
         let mut cache = T5DecoderCache {
             k: Vec::new(),
@@ -244,13 +311,20 @@ impl T5 {
             cross_k: Vec::new(),
             cross_v: Vec::new(),
             enc_mask: enc_mask.cloned(),
+            enc_rows: (0..bsz).collect(),
             len: 0,
             capacity,
         };
         for b in &self.dec_blocks {
             cache.cross_k.push(self.heads_of(&b.cross_attn.k, enc_out)?);
             cache.cross_v.push(self.heads_of(&b.cross_attn.v, enc_out)?);
-            let z = || Tensor::zeros(&[bsz, self.heads, capacity, self.d_kv], DType::F32, enc_out.device());
+            let z = || {
+                Tensor::zeros(
+                    &[bsz, self.heads, capacity, self.d_kv],
+                    DType::F32,
+                    enc_out.device(),
+                )
+            };
             cache.k.push(z()?);
             cache.v.push(z()?);
         }
@@ -268,19 +342,40 @@ impl T5 {
             });
         }
         let kv_len = cache.len + l;
-        let bias = self.position_bias(&self.dec_rel, cache.len, l, kv_len, false, embeds.device())?;
+        let bias =
+            self.position_bias(&self.dec_rel, cache.len, l, kv_len, false, embeds.device())?;
         let mut h = embeds.clone();
         for (i, b) in self.dec_blocks.iter().enumerate() {
             let x = b.ln_self.forward(&h)?;
             let q = self.heads_of(&b.self_attn.q, &x)?;
-            ops::write_at(&mut cache.k[i], &self.heads_of(&b.self_attn.k, &x)?, 2, cache.len)?;
-            ops::write_at(&mut cache.v[i], &self.heads_of(&b.self_attn.v, &x)?, 2, cache.len)?;
-            let opts = AttnOpts { scale: 1.0, causal: true, kv_len: Some(kv_len), mask: None, bias: Some(&bias) };
+            ops::write_at(
+                &mut cache.k[i],
+                &self.heads_of(&b.self_attn.k, &x)?,
+                2,
+                cache.len,
+            )?;
+            ops::write_at(
+                &mut cache.v[i],
+                &self.heads_of(&b.self_attn.v, &x)?,
+                2,
+                cache.len,
+            )?;
+            let opts = AttnOpts {
+                scale: 1.0,
+                causal: true,
+                kv_len: Some(kv_len),
+                mask: None,
+                bias: Some(&bias),
+            };
             let a = ops::attention(&q, &cache.k[i], &cache.v[i], &opts)?;
             h = ops::add(&h, &b.self_attn.o.forward(&ops::merge_heads(&a)?)?)?;
             let x = b.ln_cross.forward(&h)?;
             let q = self.heads_of(&b.cross_attn.q, &x)?;
-            let opts = AttnOpts { scale: 1.0, mask: cache.enc_mask.as_ref(), ..Default::default() };
+            let opts = AttnOpts {
+                scale: 1.0,
+                mask: cache.enc_mask.as_ref(),
+                ..Default::default()
+            };
             let a = ops::attention(&q, &cache.cross_k[i], &cache.cross_v[i], &opts)?;
             h = ops::add(&h, &b.cross_attn.o.forward(&ops::merge_heads(&a)?)?)?;
             let x = b.ln_ffn.forward(&h)?;

@@ -66,8 +66,15 @@ impl VisionModel {
         let cls = repeat_batch(&self.class_embedding, b)?;
         let mut x = ops::concat(&[&cls, &patches], 1)?;
         let n = x.dim(1);
-        let pos = self.position_embedding.reshape(&[self.position_embedding.elem_count() / self.hidden, self.hidden])?;
-        let pos = if pos.dim(0) == n { pos } else { ops::narrow(&pos, 0, 0, n)? };
+        let pos = self.position_embedding.reshape(&[
+            self.position_embedding.elem_count() / self.hidden,
+            self.hidden,
+        ])?;
+        let pos = if pos.dim(0) == n {
+            pos
+        } else {
+            ops::narrow(&pos, 0, 0, n)?
+        };
         x = ops::add(&x, &pos)?;
         let d = self.hidden;
         let scale = ((d / self.heads) as f32).powf(-0.5);
@@ -78,7 +85,15 @@ impl VisionModel {
             let q = ops::split_heads(&ops::narrow(&qkv, 2, 0, d)?, self.heads)?;
             let k = ops::split_heads(&ops::narrow(&qkv, 2, d, d)?, self.heads)?;
             let v = ops::split_heads(&ops::narrow(&qkv, 2, 2 * d, d)?, self.heads)?;
-            let a = ops::attention(&q, &k, &v, &AttnOpts { scale, ..Default::default() })?;
+            let a = ops::attention(
+                &q,
+                &k,
+                &v,
+                &AttnOpts {
+                    scale,
+                    ..Default::default()
+                },
+            )?;
             let a = l.proj.forward(&ops::merge_heads(&a)?)?;
             x = ops::add(&x, &a)?;
             let h = l.ln2.forward(&x)?;

@@ -43,6 +43,9 @@ pub struct Checkpoint {
     /// Tensor name -> shard index.
     names: HashMap<String, usize>,
     total_bytes: u64,
+    /// Seed of a random-weight checkpoint (benchmarks): every name exists, with the shape
+    /// the model asks for.
+    random: Option<u64>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -253,7 +256,21 @@ impl Checkpoint {
             shards,
             names,
             total_bytes,
+            random: None,
         })
+    }
+
+    /// A checkpoint of seeded random weights for benchmarks at real model sizes: every
+    /// tensor the model asks for exists with the requested shape. Norm weights are 1,
+    /// everything else uniform with std 0.02 (keeps activations finite in f16).
+    pub fn random(seed: u64) -> Checkpoint {
+        Checkpoint {
+            path: PathBuf::from(format!("<random weights, seed {seed}>")),
+            shards: Vec::new(),
+            names: HashMap::new(),
+            total_bytes: 0,
+            random: Some(seed),
+        }
     }
 
     /// The directory (or file) this checkpoint was opened from.
@@ -279,7 +296,7 @@ impl Checkpoint {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.names.contains_key(name)
+        self.random.is_some() || self.names.contains_key(name)
     }
 
     /// All tensor names, sorted.
@@ -473,6 +490,23 @@ impl<'a> WeightLoader<'a> {
         {
             return t.clone();
         }
+        if let Some(seed) = self.ckpt.random {
+            let t = random_tensor(full, shape, dtype, seed, &self.device);
+            return match t {
+                Ok(t) => {
+                    self.lock().cache.insert(key, t.clone());
+                    t
+                }
+                Err(e) => {
+                    self.record(WeightProblem::Read {
+                        name: full.to_string(),
+                        file: self.ckpt.path.clone(),
+                        msg: e.to_string(),
+                    });
+                    self.placeholder(shape, dtype)
+                }
+            };
+        }
         let Some(meta) = self.ckpt.meta(full) else {
             self.record(WeightProblem::Missing {
                 name: full.to_string(),
@@ -602,4 +636,39 @@ impl<'a> WeightLoader<'a> {
     pub fn clear_cache(&self) {
         self.lock().cache.clear();
     }
+}
+
+/// Seeded random values for `name` (see [`Checkpoint::random`]), generated in parallel.
+fn random_tensor(
+    name: &str,
+    shape: &[usize],
+    dtype: DType,
+    seed: u64,
+    device: &Device,
+) -> blip2_engine::Result<Tensor> {
+    use rayon::prelude::*;
+    let n: usize = shape.iter().product();
+    let lname = name.to_ascii_lowercase();
+    if lname.contains("norm") && lname.ends_with(".weight") {
+        return Tensor::from_slice(&vec![1.0; n], shape, dtype, device);
+    }
+    // FNV-1a of the name, so each tensor gets its own stream whatever the load order.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut v = vec![0f32; n];
+    // Uniform on [-a, a] with a = 0.02·√3 has std 0.02.
+    let a = 0.02 * 3f32.sqrt();
+    v.par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut x = (h ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+            for e in chunk {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *e = ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a;
+            }
+        });
+    Tensor::from_slice(&v, shape, dtype, device)
 }

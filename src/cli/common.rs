@@ -56,8 +56,15 @@ pub fn pick_device(arg: DeviceArg) -> anyhow::Result<Device> {
 pub fn load_model(o: &ModelOpts) -> anyhow::Result<(Blip2, Duration)> {
     let t = Instant::now();
     let device = pick_device(o.device)?;
-    let model = Blip2::load(&o.model, LoadOptions { device, dtype: o.dtype.dtype(), progress: None })
-        .with_context(|| format!("loading {}", o.model.display()))?;
+    let model = Blip2::load(
+        &o.model,
+        LoadOptions {
+            device,
+            dtype: o.dtype.dtype(),
+            progress: None,
+        },
+    )
+    .with_context(|| format!("loading {}", o.model.display()))?;
     Ok((model, t.elapsed()))
 }
 

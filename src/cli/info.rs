@@ -11,15 +11,26 @@ pub fn info() -> anyhow::Result<()> {
     for d in devices {
         let i = d.info();
         println!("{}: {}", if d.is_gpu() { "gpu" } else { "cpu" }, i.name);
-        println!("  backend: {}  driver: {}  type: {}", i.backend, i.driver, i.device_type);
+        println!(
+            "  backend: {}  driver: {}  type: {}",
+            i.backend, i.driver, i.device_type
+        );
         if d.is_gpu() {
             println!(
                 "  shader_f16: {}  subgroups: {} ({}..{})  timestamps: {}  cooperative_matrix: {}",
-                i.shader_f16, i.subgroups, i.subgroup_min_size, i.subgroup_max_size, i.timestamp_query, i.cooperative_matrix
+                i.shader_f16,
+                i.subgroups,
+                i.subgroup_min_size,
+                i.subgroup_max_size,
+                i.timestamp_query,
+                i.cooperative_matrix
             );
             println!(
                 "  max_storage_buffer_binding_size: {}  max_buffer_size: {}  workgroup storage: {}  invocations/workgroup: {}",
-                i.max_storage_buffer_binding_size, i.max_buffer_size, i.max_compute_workgroup_storage_size, i.max_compute_invocations_per_workgroup
+                i.max_storage_buffer_binding_size,
+                i.max_buffer_size,
+                i.max_compute_workgroup_storage_size,
+                i.max_compute_invocations_per_workgroup
             );
         } else {
             println!("  threads: {}", i.threads);

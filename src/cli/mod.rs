@@ -1,5 +1,7 @@
 //! Subcommand implementations of the `blip2` binary, one file per family.
 
+pub mod bench;
 pub mod common;
 pub mod generate;
 pub mod info;
+pub mod retrieval;

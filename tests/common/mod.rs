@@ -24,7 +24,11 @@ pub const IMAGES: [(&str, &str); 4] = [
 ];
 
 pub fn image(key: &str) -> blip2::image::DynamicImage {
-    let file = IMAGES.iter().find(|(k, _)| *k == key).expect("known image key").1;
+    let file = IMAGES
+        .iter()
+        .find(|(k, _)| *k == key)
+        .expect("known image key")
+        .1;
     blip2::load_image(fixtures().join("images").join(file)).expect("fixture image loads")
 }
 
@@ -59,13 +63,28 @@ pub fn reference(file: &str) -> HashMap<String, RefTensor> {
         let (mut f, mut i) = (Vec::new(), Vec::new());
         match view.dtype() {
             safetensors::Dtype::F32 => {
-                f = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+                f = data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect()
             }
-            safetensors::Dtype::I64 => i = data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+            safetensors::Dtype::I64 => {
+                i = data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            }
             safetensors::Dtype::U8 => i = data.iter().map(|&v| v as i64).collect(),
             other => panic!("unexpected dtype {other:?} for {name}"),
         }
-        out.insert(name.to_string(), RefTensor { shape: view.shape().to_vec(), f, i });
+        out.insert(
+            name.to_string(),
+            RefTensor {
+                shape: view.shape().to_vec(),
+                f,
+                i,
+            },
+        );
     }
     out
 }
@@ -74,10 +93,15 @@ pub fn reference(file: &str) -> HashMap<String, RefTensor> {
 pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    got.iter().zip(want).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs())) / scale
+    got.iter()
+        .zip(want)
+        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()))
+        / scale
 }
 
 pub fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
-    got.iter().zip(want).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()))
+    got.iter()
+        .zip(want)
+        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()))
 }

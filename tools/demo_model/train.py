@@ -128,28 +128,7 @@ def build_model(args, tokenizer):
     with torch.no_grad():
         # HF initialises query_tokens to zeros; BLIP-2 (LAVIS) draws them from N(0, 0.02) so the queries differ.
         model.query_tokens.normal_(0.0, 0.02)
-        # Position embeddings start from a 2D sin-cos table (as MAE) instead of N(0, 0.02): with the small
-        # random start, positions were still unused after 2000 steps ("where" at chance, captions, which list
-        # objects left to right, almost never exact). Still a learned parameter, saved like any other.
-        grid = IMAGE_SIZE // args.patch
-        pos = model.vision_model.embeddings.position_embedding
-        pos.zero_()
-        pos[0, 1:] = 0.5 * sincos_2d(args.vision_hidden, grid)
     return model
-
-
-def sincos_2d(dim, grid):
-    """[grid*grid, dim] table, patches row-major; first half of the channels encodes y, second half x."""
-    quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    coords = torch.arange(grid, dtype=torch.float64)
-    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
-
-    def enc(v):
-        angles = v.reshape(-1, 1) * omega[None, :]
-        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-
-    return torch.cat([enc(ys), enc(xs)], dim=1).to(torch.float32)
 
 
 class Batches:
@@ -253,8 +232,8 @@ def main():
     p.add_argument("--eval-scenes", required=True, help="held-out scenes (different seeds)")
     p.add_argument("--work", required=True, help="checkpoints, logs and evaluation results")
     p.add_argument("--out", required=True, help="save_pretrained directory of the f16 model + processor")
-    p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--batch-images", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch-images", type=int, default=16)
     p.add_argument("--qa-per-image", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr-frac", type=float, default=0.02)

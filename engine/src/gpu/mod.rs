@@ -25,7 +25,9 @@ mod pool;
 mod runtime;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 pub use config::GpuOptions;
 pub(crate) use runtime::{Bind, Recorder, Spec};
@@ -431,15 +433,27 @@ impl GpuContext {
                 let _ = tx.send(r);
             });
         self.wait()?;
-        match rx.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Gpu(format!("mapping a readback buffer: {e}"))),
-            Err(_) => {
-                return Err(Error::Gpu(
-                    "readback buffer not mapped after waiting for the GPU".into(),
-                ));
+        // With several threads polling, another thread's poll may be the one running this
+        // callback, possibly just after our wait returned: keep polling until it has run.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mapped = loop {
+            match rx.recv_timeout(Duration::from_millis(1)) {
+                Ok(r) => break r,
+                Err(RecvTimeoutError::Timeout) => {
+                    if Instant::now() > deadline {
+                        return Err(Error::Gpu("readback buffer not mapped after 300 s".into()));
+                    }
+                    let _ = self.device.poll(wgpu::PollType::Poll);
+                    self.check()?;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Gpu(
+                        "readback mapping callback dropped by wgpu".into(),
+                    ));
+                }
             }
-        }
+        };
+        mapped.map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
         let out = {
             let view = staging
                 .slice(0..bytes)

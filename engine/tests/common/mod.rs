@@ -37,7 +37,14 @@ pub fn quantize(v: &[f32], dtype: DType) -> Vec<f32> {
 }
 
 /// A tensor of `dtype` on `dev`, and the f64 values it really holds.
-pub fn tensor(rng: &mut Rng, shape: &[usize], dtype: DType, dev: &Device, lo: f32, hi: f32) -> (Tensor, Vec<f64>) {
+pub fn tensor(
+    rng: &mut Rng,
+    shape: &[usize],
+    dtype: DType,
+    dev: &Device,
+    lo: f32,
+    hi: f32,
+) -> (Tensor, Vec<f64>) {
     let n: usize = shape.iter().product();
     let v = quantize(&rng.vec(n, lo, hi), dtype);
     let t = Tensor::from_slice(&v, shape, dtype, dev).unwrap();
@@ -47,14 +54,21 @@ pub fn tensor(rng: &mut Rng, shape: &[usize], dtype: DType, dev: &Device, lo: f3
 /// NMSE = Σ(a−b)² / Σb² (ggml's metric), with an absolute floor for all-zero references.
 pub fn nmse(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
-    let num: f64 = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b).powi(2)).sum();
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| (a as f64 - b).powi(2))
+        .sum();
     let den: f64 = want.iter().map(|b| b * b).sum();
     if den == 0.0 { num } else { num / den }
 }
 
 /// Asserts NMSE(got, want) <= tol and that nothing is NaN/inf.
 pub fn assert_close(what: &str, dev: &Device, dtype: DType, got: &[f32], want: &[f64], tol: f64) {
-    assert!(got.iter().all(|x| x.is_finite()), "{what} on {dev:?} {dtype}: non-finite output");
+    assert!(
+        got.iter().all(|x| x.is_finite()),
+        "{what} on {dev:?} {dtype}: non-finite output"
+    );
     let e = nmse(got, want);
     assert!(e <= tol, "{what} on {dev:?} {dtype}: NMSE {e:e} > {tol:e}");
 }

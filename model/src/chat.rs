@@ -1,0 +1,138 @@
+//! Multi-turn visual question answering: the image goes through ViT, Q-Former and the
+//! projection once, and every turn's prompt carries the conversation so far in the
+//! format of the BLIP-2 examples: "Question: q1 Answer: a1. Question: q2 Answer:".
+
+use crate::blip2::{Blip2, Generation, ImageFeatures};
+use crate::generate::{GenerationConfig, TokenEvent};
+use crate::{ModelError, Result};
+
+/// One question and the answer the model gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Turn {
+    pub question: String,
+    pub answer: String,
+}
+
+/// The prompt for `question` after the `history`: each earlier turn as
+/// "Question: q Answer: a." (no extra period when the answer already ends a sentence),
+/// then "Question: q Answer:".
+pub fn chat_prompt(history: &[Turn], question: &str) -> String {
+    let mut p = String::new();
+    for t in history {
+        let a = t.answer.trim();
+        p.push_str(&format!("Question: {} Answer:", t.question.trim()));
+        if !a.is_empty() {
+            p.push(' ');
+            p.push_str(a);
+            if !a.ends_with(['.', '!', '?']) {
+                p.push('.');
+            }
+        }
+        p.push(' ');
+    }
+    p.push_str(&format!("Question: {} Answer:", question.trim()));
+    p
+}
+
+/// A conversation about one image.
+pub struct Chat<'a> {
+    model: &'a Blip2,
+    features: ImageFeatures,
+    turns: Vec<Turn>,
+}
+
+impl<'a> Chat<'a> {
+    /// A conversation over features of exactly one image (`Blip2::image_features`).
+    pub fn new(model: &'a Blip2, features: ImageFeatures) -> Chat<'a> {
+        Chat {
+            model,
+            features,
+            turns: Vec::new(),
+        }
+    }
+
+    /// Like [`Chat::new`], checking that the features hold one image.
+    pub fn from_features(model: &'a Blip2, features: ImageFeatures) -> Result<Chat<'a>> {
+        if features.projected.dim(0) != 1 {
+            return Err(ModelError::Invalid(format!(
+                "a chat is about one image, the features hold {}",
+                features.projected.dim(0)
+            )));
+        }
+        Ok(Chat::new(model, features))
+    }
+
+    pub fn features(&self) -> &ImageFeatures {
+        &self.features
+    }
+
+    pub fn turns(&self) -> &[Turn] {
+        &self.turns
+    }
+
+    /// Forgets the conversation (the image features stay).
+    pub fn clear(&mut self) {
+        self.turns.clear();
+    }
+
+    /// The prompt the next [`Chat::ask`] with `question` will use.
+    pub fn prompt(&self, question: &str) -> String {
+        chat_prompt(&self.turns, question)
+    }
+
+    /// Answers `question` in the context of the earlier turns and records the turn.
+    pub fn ask(&mut self, question: &str, cfg: &GenerationConfig) -> Result<Generation> {
+        self.ask_stream(question, cfg, |_| {})
+    }
+
+    /// [`Chat::ask`] with a callback that sees each new token as it is chosen.
+    pub fn ask_stream(
+        &mut self,
+        question: &str,
+        cfg: &GenerationConfig,
+        mut on_token: impl FnMut(&TokenEvent),
+    ) -> Result<Generation> {
+        let prompt = self.prompt(question);
+        let mut out = self.model.generate_from_features_with(
+            &self.features,
+            &[Some(&prompt)],
+            cfg,
+            &mut on_token,
+        )?;
+        let g = out
+            .pop()
+            .ok_or_else(|| ModelError::Invalid("empty generation batch".into()))?;
+        self.turns.push(Turn {
+            question: question.trim().to_string(),
+            answer: g.text.clone(),
+        });
+        Ok(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_follow_the_blip2_template() {
+        assert_eq!(
+            chat_prompt(&[], " what is it? "),
+            "Question: what is it? Answer:"
+        );
+        let h = vec![
+            Turn {
+                question: "what is it?".into(),
+                answer: "a dog".into(),
+            },
+            Turn {
+                question: "where?".into(),
+                answer: "on the beach.".into(),
+            },
+        ];
+        assert_eq!(
+            chat_prompt(&h, "why?"),
+            "Question: what is it? Answer: a dog. Question: where? Answer: on the beach. Question: why? Answer:"
+        );
+    }
+}

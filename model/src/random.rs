@@ -1,0 +1,99 @@
+//! Random-weight models at real sizes, for benchmarks (`blip2 bench`): no checkpoint and
+//! no tokenizer files are needed.
+
+use blip2_engine::{DType, Device};
+
+use crate::blip2::Blip2;
+use crate::config::{Blip2Config, ImageProcessorConfig, TextConfig};
+use crate::tokenizer::Blip2Tokenizer;
+use crate::weights::{Checkpoint, WeightLoader};
+use crate::{ModelError, Result};
+
+impl Blip2 {
+    /// A model of `config`'s sizes with seeded random weights (see [`Checkpoint::random`])
+    /// and a word-level tokenizer covering the whole vocabulary.
+    pub fn random(config: Blip2Config, device: &Device, dtype: DType, seed: u64) -> Result<Blip2> {
+        let ckpt = Checkpoint::random(seed);
+        let vb = WeightLoader::new(&ckpt, device, dtype);
+        let size = config.vision_config.image_size;
+        let image_config = ImageProcessorConfig {
+            size: (size, size),
+            ..Default::default()
+        };
+        let tokenizer = synthetic_tokenizer(&config)?;
+        Blip2::from_loader(config, image_config, tokenizer, &vb)
+    }
+}
+
+/// A WordLevel tokenizer with one token per id (`<t123>`), `</s>`/`<pad>` at the language
+/// model's ids and `<image>` at `image_token_index`: enough to build prompts and decode.
+fn synthetic_tokenizer(config: &Blip2Config) -> Result<Blip2Tokenizer> {
+    let text = config.text_config.as_ref().ok_or_else(|| {
+        ModelError::Invalid("a random generation model needs a text_config".into())
+    })?;
+    let vocab = text.vocab_size();
+    let image = config.image_token_index.unwrap_or(vocab as u32 - 1) as usize;
+    let (eos, pad) = (text.eos_token_id() as usize, text.pad_token_id() as usize);
+    let bos = text.bos_token_id() as usize;
+    let name = |i: usize| -> String {
+        if i == image {
+            "<image>".into()
+        } else if i == bos || i == eos && matches!(text, TextConfig::T5(_)) {
+            "</s>".into()
+        } else if i == pad {
+            "<pad>".into()
+        } else {
+            format!("<t{i}>")
+        }
+    };
+    let mut map = serde_json::Map::new();
+    for i in 0..vocab.max(image + 1) {
+        map.entry(name(i)).or_insert_with(|| serde_json::json!(i));
+    }
+    map.entry("<unk>")
+        .or_insert_with(|| serde_json::json!(vocab.max(image + 1)));
+    let added = |content: &str, id: usize| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": true})
+    };
+    let tok = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [added("<image>", image), added("</s>", bos)],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": map, "unk_token": "<unk>"},
+    });
+    let cfg =
+        serde_json::json!({"bos_token": "</s>", "eos_token": name(eos), "pad_token": name(pad)});
+    let bytes = serde_json::to_vec(&tok).map_err(|e| ModelError::Invalid(e.to_string()))?;
+    Blip2Tokenizer::from_parts(&bytes, "<synthetic tokenizer>", cfg.as_object(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::GenerationConfig;
+
+    #[test]
+    fn tiny_random_model_generates() {
+        let cfg = Blip2Config::preset("tiny").unwrap();
+        let m = Blip2::random(cfg, &Device::Cpu, DType::F32, 7).unwrap();
+        let img = image::DynamicImage::new_rgb8(40, 30);
+        let g = m
+            .generate(
+                &img,
+                None,
+                &GenerationConfig {
+                    max_new_tokens: 3,
+                    min_new_tokens: 3,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(g.token_ids.len(), 3);
+    }
+}
