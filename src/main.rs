@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Caption one or more images.
     #[command(
-        after_help = "Examples:\n  blip2 caption photo.jpg --model ./blip2-opt-2.7b\n  blip2 caption a.png b.png --model DIR --prompt \"a photo of\" --json"
+        after_help = "Examples:\n  blip2 caption photo.jpg --model ./blip2-opt-2.7b\n  blip2 caption a.png b.png --model DIR --prompt \"a photo of\" --json\n  blip2 caption a.jpg b.jpg c.jpg --model DIR --batch-size 2 --num-beams 3"
     )]
     Caption {
         /// Image files.
@@ -33,6 +33,9 @@ enum Command {
         /// Text given to the processor verbatim after the image tokens (default: none).
         #[arg(long)]
         prompt: Option<String>,
+        /// Images per forward pass (each result is the one the image gets alone).
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
         #[command(flatten)]
         opts: GenOpts,
     },
@@ -43,6 +46,15 @@ enum Command {
     Ask {
         image: PathBuf,
         question: String,
+        #[command(flatten)]
+        opts: GenOpts,
+    },
+    /// Multi-turn questions about an image, one per line on stdin ("/reset" starts over).
+    #[command(
+        after_help = "Examples:\n  blip2 chat photo.jpg --model ./blip2-opt-2.7b\n  printf 'what is it?\\nwhat color is it?\\n' | blip2 chat photo.jpg --model DIR --json"
+    )]
+    Chat {
+        image: PathBuf,
         #[command(flatten)]
         opts: GenOpts,
     },
@@ -88,13 +100,15 @@ fn main() -> ExitCode {
         Command::Caption {
             images,
             prompt,
+            batch_size,
             opts,
-        } => cli::generate::caption(&images, prompt.as_deref(), &opts),
+        } => cli::generate::caption(&images, prompt.as_deref(), batch_size, &opts),
         Command::Ask {
             image,
             question,
             opts,
         } => cli::generate::ask(&image, &question, &opts),
+        Command::Chat { image, opts } => cli::generate::chat(&image, &opts),
         Command::Match { image, texts, opts } => cli::retrieval::match_texts(&image, &texts, &opts),
         Command::Rank {
             images,

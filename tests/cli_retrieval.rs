@@ -1,5 +1,6 @@
 //! `blip2 match` and `blip2 rank` run as a process on the retrieval fixture (CPU).
 
+#[allow(unused_imports)] // `devices` is not needed: the CLI runs on the CPU.
 mod common;
 
 use std::process::{Command, Output};

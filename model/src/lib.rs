@@ -2,6 +2,7 @@
 //! model components.
 
 pub mod config;
+pub mod embedded;
 pub mod error;
 pub mod preprocess;
 pub mod tokenizer;

@@ -28,9 +28,25 @@ use crate::error::{ModelError, Result, WeightProblem, WeightProblems};
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
+/// Bytes of one safetensors file: memory-mapped from disk, or embedded in the binary.
+enum ShardData {
+    Mapped(Mmap),
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for ShardData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ShardData::Mapped(m) => m,
+            ShardData::Static(b) => b,
+        }
+    }
+}
+
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: ShardData,
     /// Offset of the tensor data (8 + header length).
     data_start: usize,
     meta: Metadata,
@@ -106,6 +122,18 @@ fn open_shard(path: &Path) -> Result<Shard> {
     // no tensor slice points past the end of the file. (A file truncated by another process
     // while mapped can still fault; nothing in a process can prevent that.)
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    parse_shard(path, ShardData::Mapped(mmap))
+}
+
+/// Validates a safetensors header against the data it describes.
+fn parse_shard(path: &Path, mmap: ShardData) -> Result<Shard> {
+    let len = mmap.len() as u64;
+    if len < 8 {
+        return Err(ModelError::checkpoint(
+            path,
+            format!("truncated: {len} bytes, shorter than the 8-byte safetensors header length"),
+        ));
+    }
     let n = u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes checked above"));
     let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
         let msg = match e {
@@ -238,26 +266,36 @@ impl Checkpoint {
     }
 
     fn from_files(path: &Path, files: &[PathBuf]) -> Result<Checkpoint> {
-        let mut shards = Vec::with_capacity(files.len());
+        let shards = files.iter().map(|f| open_shard(f)).collect::<Result<Vec<_>>>()?;
+        Ok(Self::from_shards(path, shards))
+    }
+
+    fn from_shards(path: &Path, shards: Vec<Shard>) -> Checkpoint {
         let mut names = HashMap::new();
         let mut total_bytes = 0u64;
-        for (i, f) in files.iter().enumerate() {
-            let shard = open_shard(f)?;
+        for (i, shard) in shards.iter().enumerate() {
             for name in shard.meta.offset_keys() {
                 if let Some(info) = shard.meta.info(&name) {
                     total_bytes += (info.data_offsets.1 - info.data_offsets.0) as u64;
                 }
                 names.entry(name).or_insert(i);
             }
-            shards.push(shard);
         }
-        Ok(Checkpoint {
+        Checkpoint {
             path: path.to_path_buf(),
             shards,
             names,
             total_bytes,
             random: None,
-        })
+        }
+    }
+
+    /// A single-file checkpoint embedded in the binary (`include_bytes!`); `name` is used in
+    /// messages.
+    pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Checkpoint> {
+        let path = PathBuf::from(name);
+        let shard = parse_shard(&path, ShardData::Static(bytes))?;
+        Ok(Self::from_shards(&path, vec![shard]))
     }
 
     /// A checkpoint of seeded random weights for benchmarks at real model sizes: every

@@ -1,11 +1,12 @@
-//! `blip2 caption` and `blip2 ask`.
+//! `blip2 caption`, `blip2 ask` and `blip2 chat`.
 
-use std::io::Write;
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use blip2::{Generation, GenerationConfig};
-use clap::Args;
+use anyhow::Context;
+use blip2::{Blip2, EarlyStopping, Generation, GenerationConfig, TextStream, TokenEvent};
+use clap::{Args, ValueEnum};
 
 use super::common::{ModelOpts, load_model, ms};
 
@@ -13,10 +14,51 @@ use super::common::{ModelOpts, load_model, ms};
 pub struct GenOpts {
     #[command(flatten)]
     pub model: ModelOpts,
+    /// Most new tokens per answer.
     #[arg(long, default_value_t = 20)]
     pub max_new_tokens: usize,
+    /// Fewest new tokens before the end-of-sequence token is allowed.
     #[arg(long, default_value_t = 0)]
     pub min_new_tokens: usize,
+    /// Beam search with this many beams (1: greedy search, or sampling with --sample).
+    #[arg(long, default_value_t = 1)]
+    pub num_beams: usize,
+    /// Beam search: exponent of the length normalisation of finished hypotheses
+    /// (> 0 favours longer answers, < 0 shorter ones).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub length_penalty: f32,
+    /// Beam search stopping rule, as transformers' early_stopping.
+    #[arg(long, value_enum, default_value_t = EarlyStoppingArg::False)]
+    pub early_stopping: EarlyStoppingArg,
+    /// Sample the next token instead of taking the most likely one.
+    #[arg(long)]
+    pub sample: bool,
+    /// Sampling temperature (> 0; higher is more random).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens (0: no limit).
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    /// Sample among the most likely tokens whose probabilities add up to p, in (0, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub top_p: f32,
+    /// Penalise tokens already present (> 1 discourages repetition).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub repetition_penalty: f32,
+    /// Never repeat an n-gram of this size (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram_size: usize,
+    /// Sampler seed; the same seed gives the same text on the same device (default: a
+    /// fresh seed, reported in --json output).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EarlyStoppingArg {
+    True,
+    False,
+    Never,
 }
 
 impl GenOpts {
@@ -24,47 +66,171 @@ impl GenOpts {
         GenerationConfig {
             max_new_tokens: self.max_new_tokens,
             min_new_tokens: self.min_new_tokens,
-            ..Default::default()
+            num_beams: self.num_beams,
+            length_penalty: self.length_penalty,
+            early_stopping: match self.early_stopping {
+                EarlyStoppingArg::True => EarlyStopping::True,
+                EarlyStoppingArg::False => EarlyStopping::False,
+                EarlyStoppingArg::Never => EarlyStopping::Never,
+            },
+            do_sample: self.sample,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            seed: self.seed,
+            eos_token_ids: None,
+            pad_token_id: None,
         }
     }
 }
 
-pub fn caption(images: &[PathBuf], prompt: Option<&str>, o: &GenOpts) -> anyhow::Result<()> {
+/// Loads the model and the effective settings (checked before any image is read).
+fn setup(o: &GenOpts) -> anyhow::Result<(Blip2, Duration, GenerationConfig)> {
+    o.config().validate()?;
     let (model, load) = load_model(&o.model)?;
-    for path in images {
-        let image = blip2::load_image(path)?;
-        let g = model.generate(&image, prompt, &o.config())?;
-        print_result(path, &g, load, o)?;
+    let cfg = model.resolve_generation_config(&o.config());
+    Ok((model, load, cfg))
+}
+
+pub fn caption(images: &[PathBuf], prompt: Option<&str>, batch_size: usize, o: &GenOpts) -> anyhow::Result<()> {
+    if batch_size == 0 {
+        anyhow::bail!("--batch-size must be at least 1");
+    }
+    let (model, load, cfg) = setup(o)?;
+    for chunk in images.chunks(batch_size) {
+        let imgs = chunk
+            .iter()
+            .map(|p| blip2::load_image(p).with_context(|| format!("reading {}", p.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if chunk.len() == 1 && !o.model.json {
+            let feats = model.image_features(&[&imgs[0]])?;
+            print_streamed(|on| model.generate_from_features_with(&feats, &[prompt], &cfg, on), &model, &cfg)?;
+            continue;
+        }
+        let refs: Vec<&blip2::image::DynamicImage> = imgs.iter().collect();
+        let gens = model.generate_batch(&refs, &vec![prompt; chunk.len()], &cfg)?;
+        for (path, g) in chunk.iter().zip(&gens) {
+            print_result(json_record(path, None, g, load, &cfg), g, o)?;
+        }
     }
     Ok(())
 }
 
 pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
-    let (model, load) = load_model(&o.model)?;
-    let img = blip2::load_image(image)?;
+    let (model, load, cfg) = setup(o)?;
+    let img = blip2::load_image(image).with_context(|| format!("reading {}", image.display()))?;
     let prompt = format!("Question: {} Answer:", question.trim());
-    let g = model.generate(&img, Some(&prompt), &o.config())?;
-    print_result(image, &g, load, o)
+    let feats = model.image_features(&[&img])?;
+    if o.model.json {
+        let g = model.generate_from_features(&feats, &[Some(&prompt)], &cfg)?.remove(0);
+        print_result(json_record(image, Some(question.trim()), &g, load, &cfg), &g, o)
+    } else {
+        print_streamed(|on| model.generate_from_features_with(&feats, &[Some(&prompt)], &cfg, on), &model, &cfg)
+    }
 }
 
-fn print_result(path: &Path, g: &Generation, load: Duration, o: &GenOpts) -> anyhow::Result<()> {
+/// Questions from stdin, one per line, each answered in the context of the earlier ones.
+/// The image goes through the vision model once. "/reset" forgets the conversation.
+pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
+    let (model, load, cfg) = setup(o)?;
+    let img = blip2::load_image(image).with_context(|| format!("reading {}", image.display()))?;
+    let mut chat = model.chat(&img)?;
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    if interactive {
+        eprintln!("Ask about {} (one question per line; /reset starts over; Ctrl-D ends).", image.display());
+    }
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            std::io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
+        let q = line.trim();
+        if q.is_empty() {
+            continue;
+        }
+        if q == "/reset" {
+            chat.clear();
+            continue;
+        }
+        if o.model.json {
+            let g = chat.ask(q, &cfg)?;
+            print_result(json_record(image, Some(q), &g, load, &cfg), &g, o)?;
+        } else {
+            print_streamed(|on| chat.ask_stream(q, &cfg, on).map(|g| vec![g]), &model, &cfg)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `run` and prints the text as it is produced (the whole prefix is decoded after
+/// each token, so multi-byte characters are never split), then a newline.
+fn print_streamed(
+    run: impl FnOnce(&mut dyn FnMut(&TokenEvent)) -> blip2::Result<Vec<Generation>>,
+    model: &Blip2,
+    cfg: &GenerationConfig,
+) -> anyhow::Result<()> {
+    let eos = cfg.eos_token_ids.clone().unwrap_or_default();
+    let mut stream = TextStream::new(&model.tokenizer, &eos);
+    let mut out = std::io::stdout().lock();
+    let mut failure: Option<anyhow::Error> = None;
+    run(&mut |e: &TokenEvent| {
+        if failure.is_some() {
+            return;
+        }
+        let r = stream.push(e.token_id).map_err(anyhow::Error::from).and_then(|s| {
+            if !s.is_empty() {
+                out.write_all(s.as_bytes())?;
+                out.flush()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            failure = Some(e);
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let rest = stream.finish()?;
+    writeln!(out, "{rest}")?;
+    Ok(())
+}
+
+fn json_record(path: &Path, question: Option<&str>, g: &Generation, load: Duration, cfg: &GenerationConfig) -> serde_json::Value {
+    let t = &g.timings;
+    let mut v = serde_json::json!({
+        "image": path.display().to_string(),
+        "text": g.text,
+        "token_ids": g.token_ids,
+        "generation": cfg,
+        "timings_ms": {
+            "load": ms(load),
+            "preprocess": ms(t.preprocess),
+            "vision": ms(t.vision),
+            "qformer": ms(t.qformer),
+            "prefill": ms(t.prefill),
+            "decode": ms(t.decode),
+        },
+    });
+    if let Some(q) = question {
+        v["question"] = q.into();
+    }
+    if let Some(s) = g.score {
+        v["score"] = s.into();
+    }
+    v
+}
+
+fn print_result(record: serde_json::Value, g: &Generation, o: &GenOpts) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if o.model.json {
-        let t = &g.timings;
-        let v = serde_json::json!({
-            "image": path.display().to_string(),
-            "text": g.text,
-            "token_ids": g.token_ids,
-            "timings_ms": {
-                "load": ms(load),
-                "preprocess": ms(t.preprocess),
-                "vision": ms(t.vision),
-                "qformer": ms(t.qformer),
-                "prefill": ms(t.prefill),
-                "decode": ms(t.decode),
-            },
-        });
-        writeln!(out, "{v}")?;
+        writeln!(out, "{record}")?;
     } else {
         writeln!(out, "{}", g.text)?;
     }

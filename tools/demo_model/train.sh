@@ -43,5 +43,5 @@ fi
 start=$(date +%s)
 "$venv/bin/python" "$here/train.py" \
   --train-scenes "$work/train" --eval-scenes "$work/eval" --work "$work" --out "$out" \
-  --steps 6000 --threads "$threads" 2>&1 | tee "$work/train.log"
+  --steps 4500 --threads "$threads" 2>&1 | tee "$work/train.log"
 echo "train.py finished in $(($(date +%s) - start)) s; evaluation in $work/eval_transformers.json"
