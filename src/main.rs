@@ -64,6 +64,7 @@ enum Command {
         after_help = "Example:\n  blip2 match photo.jpg \"a dog on a beach\" \"a cat\" --model ./blip2-itm-vit-g --json"
     )]
     Match {
+        /// Image file.
         image: PathBuf,
         /// Texts to score against the image.
         #[arg(required = true)]

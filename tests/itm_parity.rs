@@ -255,14 +255,15 @@ fn padded_text_batch_matches_transformers() {
     }
 }
 
-/// Tolerances of results computed from image files through our preprocessing, which gives
-/// Pillow's pixel values exactly for the PNG fixtures. For `photo.jpg` the JPEG decoders
-/// (zune-jpeg vs libjpeg-turbo) differ by up to 2 grey levels after resizing
-/// (model/tests/preprocess.rs), a different input: measured 1.4e-4 on the image embeddings
-/// and JPEG_SCORE_MEASURED on the scores; the bounds leave about 3x room.
+/// Tolerances (scores, embeddings) of results computed from image files through our
+/// preprocessing, which gives Pillow's pixel values exactly for the PNG fixtures. For
+/// `photo.jpg` the JPEG decoders (zune-jpeg vs libjpeg-turbo) differ by up to 2 grey levels
+/// after resizing (model/tests/preprocess.rs), so the input itself differs: measured 1.44e-4
+/// on the image embeddings and 5.1e-5 on the scores (CPU and llvmpipe alike). The scores
+/// keep the 1e-4; the jpeg embeddings get 5e-4 (3.5x the measurement).
 fn file_tols(key: &str) -> (f64, f64) {
     if key == "jpeg" {
-        (5e-4, 5e-4)
+        (SCORE_ABS_TOL, 5e-4)
     } else {
         (SCORE_ABS_TOL, EMBED_ABS_TOL)
     }

@@ -120,6 +120,12 @@ impl Blip2 {
         vb: &WeightLoader,
     ) -> Result<Blip2> {
         let t0 = Instant::now();
+        if config.is_retrieval() {
+            return Err(ModelError::Unsupported(format!(
+                "{} is an image-text retrieval checkpoint (Blip2ForImageTextRetrieval): it scores and embeds, it does not generate text; use Blip2Retrieval or `blip2 match`",
+                vb.checkpoint().path().display()
+            )));
+        }
         let text = config.text_config.as_ref().ok_or_else(|| {
             ModelError::Unsupported(format!(
                 "{}: config.json has no text_config (a retrieval-only checkpoint cannot generate text)",

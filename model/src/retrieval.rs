@@ -80,7 +80,7 @@ pub struct ImageEmbedding {
 impl ImageEmbedding {
     /// Wraps `data` `[num_query, dim]` row-major (e.g. embeddings saved earlier).
     pub fn new(data: Vec<f32>, num_query: usize) -> Result<ImageEmbedding> {
-        if num_query == 0 || data.is_empty() || data.len() % num_query != 0 {
+        if num_query == 0 || data.is_empty() || !data.len().is_multiple_of(num_query) {
             return Err(ModelError::Invalid(format!(
                 "image embedding of {} values cannot be {num_query} equal non-empty rows",
                 data.len()
@@ -232,7 +232,7 @@ impl Blip2Retrieval {
         let tokenizer = Blip2Tokenizer::from_dir(dir)?;
         let mut vb = WeightLoader::new(&ckpt, &opts.device, opts.dtype);
         if let Some(p) = opts.progress {
-            vb = vb.with_progress(move |done, total| p(done, total));
+            vb = vb.with_progress(p);
         }
         let qc = &config.qformer_config;
         let d = qc.hidden_size;

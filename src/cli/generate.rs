@@ -94,7 +94,12 @@ fn setup(o: &GenOpts) -> anyhow::Result<(Blip2, Duration, GenerationConfig)> {
     Ok((model, load, cfg))
 }
 
-pub fn caption(images: &[PathBuf], prompt: Option<&str>, batch_size: usize, o: &GenOpts) -> anyhow::Result<()> {
+pub fn caption(
+    images: &[PathBuf],
+    prompt: Option<&str>,
+    batch_size: usize,
+    o: &GenOpts,
+) -> anyhow::Result<()> {
     if batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
@@ -106,7 +111,11 @@ pub fn caption(images: &[PathBuf], prompt: Option<&str>, batch_size: usize, o: &
             .collect::<anyhow::Result<Vec<_>>>()?;
         if chunk.len() == 1 && !o.model.json {
             let feats = model.image_features(&[&imgs[0]])?;
-            print_streamed(|on| model.generate_from_features_with(&feats, &[prompt], &cfg, on), &model, &cfg)?;
+            print_streamed(
+                |on| model.generate_from_features_with(&feats, &[prompt], &cfg, on),
+                &model,
+                &cfg,
+            )?;
             continue;
         }
         let refs: Vec<&blip2::image::DynamicImage> = imgs.iter().collect();
@@ -124,10 +133,20 @@ pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
     let prompt = format!("Question: {} Answer:", question.trim());
     let feats = model.image_features(&[&img])?;
     if o.model.json {
-        let g = model.generate_from_features(&feats, &[Some(&prompt)], &cfg)?.remove(0);
-        print_result(json_record(image, Some(question.trim()), &g, load, &cfg), &g, o)
+        let g = model
+            .generate_from_features(&feats, &[Some(&prompt)], &cfg)?
+            .remove(0);
+        print_result(
+            json_record(image, Some(question.trim()), &g, load, &cfg),
+            &g,
+            o,
+        )
     } else {
-        print_streamed(|on| model.generate_from_features_with(&feats, &[Some(&prompt)], &cfg, on), &model, &cfg)
+        print_streamed(
+            |on| model.generate_from_features_with(&feats, &[Some(&prompt)], &cfg, on),
+            &model,
+            &cfg,
+        )
     }
 }
 
@@ -140,7 +159,10 @@ pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     let interactive = stdin.is_terminal();
     if interactive {
-        eprintln!("Ask about {} (one question per line; /reset starts over; Ctrl-D ends).", image.display());
+        eprintln!(
+            "Ask about {} (one question per line; /reset starts over; Ctrl-D ends).",
+            image.display()
+        );
     }
     let mut lines = stdin.lock().lines();
     loop {
@@ -162,7 +184,11 @@ pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
             let g = chat.ask(q, &cfg)?;
             print_result(json_record(image, Some(q), &g, load, &cfg), &g, o)?;
         } else {
-            print_streamed(|on| chat.ask_stream(q, &cfg, on).map(|g| vec![g]), &model, &cfg)?;
+            print_streamed(
+                |on| chat.ask_stream(q, &cfg, on).map(|g| vec![g]),
+                &model,
+                &cfg,
+            )?;
         }
     }
     Ok(())
@@ -183,13 +209,16 @@ fn print_streamed(
         if failure.is_some() {
             return;
         }
-        let r = stream.push(e.token_id).map_err(anyhow::Error::from).and_then(|s| {
-            if !s.is_empty() {
-                out.write_all(s.as_bytes())?;
-                out.flush()?;
-            }
-            Ok(())
-        });
+        let r = stream
+            .push(e.token_id)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| {
+                if !s.is_empty() {
+                    out.write_all(s.as_bytes())?;
+                    out.flush()?;
+                }
+                Ok(())
+            });
         if let Err(e) = r {
             failure = Some(e);
         }
@@ -202,7 +231,13 @@ fn print_streamed(
     Ok(())
 }
 
-fn json_record(path: &Path, question: Option<&str>, g: &Generation, load: Duration, cfg: &GenerationConfig) -> serde_json::Value {
+fn json_record(
+    path: &Path,
+    question: Option<&str>,
+    g: &Generation,
+    load: Duration,
+    cfg: &GenerationConfig,
+) -> serde_json::Value {
     let t = &g.timings;
     let mut v = serde_json::json!({
         "image": path.display().to_string(),
