@@ -100,11 +100,9 @@ pub(crate) fn layer_norm(
     let xa = f32_data(x);
     let wa = f32_data(w);
     let mut out = vec![0f32; xa.len()];
-    if cols > 0 {
+    if let Some(rows) = xa.len().checked_div(cols) {
         // Rows are independent: split into row blocks across threads.
-        let rows_per = (xa.len() / cols)
-            .div_ceil(rayon::current_num_threads())
-            .max(1);
+        let rows_per = rows.div_ceil(rayon::current_num_threads()).max(1);
         let chunk = rows_per * cols;
         let ba = b.map(f32_data);
         out.par_chunks_mut(chunk)

@@ -439,7 +439,7 @@ pub fn write_at(dst: &mut Tensor, src: &Tensor, axis: usize, offset: usize) -> R
 /// `[B, L, H·d]` -> `[B, H, L, d]`.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     const OP: &str = "split_heads";
-    if x.rank() != 3 || heads == 0 || x.dim(2) % heads != 0 {
+    if x.rank() != 3 || heads == 0 || !x.dim(2).is_multiple_of(heads) {
         return Err(Error::shape(
             OP,
             format!("expected [B, L, H*d] with H={heads}, found {:?}", x.shape()),
@@ -459,7 +459,7 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
         ));
     }
     let (b, h, l, d) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-    Ok(permute_0213(x, [b, h, l, d])?.reshape(&[b, l, h * d])?)
+    permute_0213(x, [b, h, l, d])?.reshape(&[b, l, h * d])
 }
 
 /// Swaps dims 1 and 2 of a 4-d view `dims` of x.

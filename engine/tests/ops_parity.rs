@@ -279,12 +279,8 @@ fn softmax_with_masks_matches_reference() {
             let (b, h, lq, l) = (2, 3, 7, 33);
             let (x, xv) = tensor(&mut rng, &[b, h, lq, l], dt, &dev, -4.0, 4.0);
             let mut pad = vec![0f32; b * l];
-            for j in 20..l {
-                pad[j] = f32::MIN;
-            }
-            for j in 0..l {
-                pad[l + j] = f32::MIN;
-            }
+            // Batch 0: keys 20.. padded; batch 1: every key padded.
+            pad[20..].fill(f32::MIN);
             let mask = Tensor::from_f32(pad.clone(), &[b, 1, 1, l], &dev).unwrap();
             let got = ops::softmax(&x, Some(&mask)).unwrap().to_vec_f32().unwrap();
             let mut want = xv.clone();
@@ -335,11 +331,12 @@ fn activations_match_reference() {
             let mut rng = Rng::new(15);
             let (x, xv) = tensor(&mut rng, &[3, 7, 1001], dt, &dev, -7.0, 7.0);
             let c = (2.0f64 / std::f64::consts::PI).sqrt();
-            let cases: [(
-                &str,
+            type Case = (
+                &'static str,
                 fn(&Tensor) -> blip2_engine::Result<Tensor>,
                 Box<dyn Fn(f64) -> f64>,
-            ); 3] = [
+            );
+            let cases: [Case; 3] = [
                 (
                     "gelu",
                     ops::gelu,

@@ -35,14 +35,14 @@ impl Blip2 {
         let dir = Path::new(files.name);
         let config = files.config()?;
         let proc_path = dir.join("processor_config.json");
-        let image_config = ProcessorConfig::from_processor_json(files.processor_config_json, &proc_path)?
-            .0
-            .unwrap_or_else(ImageProcessorConfig::default);
+        let image_config =
+            ProcessorConfig::from_processor_json(files.processor_config_json, &proc_path)?
+                .0
+                .unwrap_or_else(ImageProcessorConfig::default);
         let tok_cfg = match files.tokenizer_config_json {
-            Some(t) => Some(
-                serde_json::from_str::<serde_json::Value>(t)
-                    .map_err(|e| ModelError::tokenizer(dir.join("tokenizer_config.json"), e.to_string()))?,
-            ),
+            Some(t) => Some(serde_json::from_str::<serde_json::Value>(t).map_err(|e| {
+                ModelError::tokenizer(dir.join("tokenizer_config.json"), e.to_string())
+            })?),
             None => None,
         };
         let tokenizer = Blip2Tokenizer::from_parts(
@@ -51,10 +51,13 @@ impl Blip2 {
             tok_cfg.as_ref().and_then(|v| v.as_object()),
             None,
         )?;
-        let ckpt = Checkpoint::from_static(&dir.join("model.safetensors").to_string_lossy(), files.weights)?;
+        let ckpt = Checkpoint::from_static(
+            &dir.join("model.safetensors").to_string_lossy(),
+            files.weights,
+        )?;
         let mut vb = WeightLoader::new(&ckpt, &opts.device, opts.dtype);
         if let Some(p) = opts.progress {
-            vb = vb.with_progress(move |done, total| p(done, total));
+            vb = vb.with_progress(p);
         }
         let mut model = Blip2::from_loader(config, image_config, tokenizer, &vb)?;
         model.load_time = t0.elapsed();

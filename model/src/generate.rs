@@ -218,10 +218,10 @@ pub fn apply_no_repeat_ngram(logits: &mut [f32], seen: &[u32], n: usize) {
     }
     let prefix = &seen[seen.len() + 1 - n..];
     for w in seen.windows(n) {
-        if &w[..n - 1] == prefix {
-            if let Some(l) = logits.get_mut(w[n - 1] as usize) {
-                *l = f32::NEG_INFINITY;
-            }
+        if &w[..n - 1] == prefix
+            && let Some(l) = logits.get_mut(w[n - 1] as usize)
+        {
+            *l = f32::NEG_INFINITY;
         }
     }
 }

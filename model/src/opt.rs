@@ -68,7 +68,7 @@ impl Opt {
         let bias = cfg.enable_bias;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let l = dec.pp("layers").pp(&i.to_string());
+                let l = dec.pp("layers").pp(i.to_string());
                 let a = l.pp("self_attn");
                 Layer {
                     ln_attn: LayerNorm::load(&l.pp("self_attn_layer_norm"), d, 1e-5),

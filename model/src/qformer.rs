@@ -106,7 +106,7 @@ impl QFormer {
         let q = vb.pp("qformer");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let l = q.pp("encoder.layer").pp(&i.to_string());
+                let l = q.pp("encoder.layer").pp(i.to_string());
                 let ff = cfg.intermediate_size;
                 Layer {
                     self_attn: Attention::load(&l.pp("attention"), d, d, eps),

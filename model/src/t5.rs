@@ -175,7 +175,7 @@ impl T5 {
         let eps = cfg.layer_norm_epsilon;
         let mut enc_blocks = Vec::new();
         for i in 0..cfg.num_layers {
-            let b = enc.pp("block").pp(&i.to_string());
+            let b = enc.pp("block").pp(i.to_string());
             enc_blocks.push(EncoderBlock {
                 ln_attn: RmsNorm::load(&b.pp("layer.0.layer_norm"), d, eps),
                 attn: Attention::load(&b.pp("layer.0.SelfAttention"), d, inner),
@@ -185,7 +185,7 @@ impl T5 {
         }
         let mut dec_blocks = Vec::new();
         for i in 0..cfg.num_decoder_layers {
-            let b = dec.pp("block").pp(&i.to_string());
+            let b = dec.pp("block").pp(i.to_string());
             dec_blocks.push(DecoderBlock {
                 ln_self: RmsNorm::load(&b.pp("layer.0.layer_norm"), d, eps),
                 self_attn: Attention::load(&b.pp("layer.0.SelfAttention"), d, inner),

@@ -36,7 +36,7 @@ impl VisionModel {
         let emb = vb.pp("embeddings");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let l = vb.pp("encoder.layers").pp(&i.to_string());
+                let l = vb.pp("encoder.layers").pp(i.to_string());
                 VisionLayer {
                     ln1: LayerNorm::load(&l.pp("layer_norm1"), d, cfg.layer_norm_eps),
                     qkv: Linear::load(&l.pp("self_attn.qkv"), d, 3 * d, cfg.qkv_bias),

@@ -266,7 +266,10 @@ impl Checkpoint {
     }
 
     fn from_files(path: &Path, files: &[PathBuf]) -> Result<Checkpoint> {
-        let shards = files.iter().map(|f| open_shard(f)).collect::<Result<Vec<_>>>()?;
+        let shards = files
+            .iter()
+            .map(|f| open_shard(f))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self::from_shards(path, shards))
     }
 
