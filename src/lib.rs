@@ -37,3 +37,6 @@ pub mod model {
 
 /// Re-export so callers can pass `image::DynamicImage` without naming the crate version.
 pub use image;
+
+/// Procedural scenes with exact ground truth: what the bundled demo model was trained on.
+pub mod scene;

@@ -88,6 +88,12 @@ enum Command {
     },
     /// List the compute devices (CPU and GPU adapters) and what they support.
     Info,
+    /// Draw a scene like those the demo model learned, and print its ground truth.
+    #[command(
+        name = "demo-scene",
+        after_help = "Examples:\n  blip2 demo-scene --seed 7 scene.png --json\n  blip2 caption scene.png\n  blip2 demo-scene --seed 100 --count 50 --out-dir scenes/"
+    )]
+    DemoScene(cli::scene::SceneOpts),
     /// Time every stage with random weights at real model sizes.
     #[command(
         after_help = "Examples:\n  blip2 bench --preset opt-2.7b --device cpu --dtype f16\n  blip2 bench --preset tiny --batch-size 4 --json"
@@ -118,6 +124,7 @@ fn main() -> ExitCode {
         } => cli::retrieval::rank(&images, &texts, &opts),
         Command::Info => cli::info::info(),
         Command::Bench(o) => cli::bench::bench(&o),
+        Command::DemoScene(o) => cli::scene::demo_scene(&o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -55,6 +55,15 @@ impl Device {
             Some("cpu") => Ok((Device::Cpu, "BLIP2_DEVICE=cpu".to_string())),
             Some("gpu") => Ok((Device::gpu()?, "BLIP2_DEVICE=gpu".to_string())),
             Some("") | Some("auto") | None => match Device::gpu() {
+                // A software rasterizer (llvmpipe, SwiftShader, WARP) runs WGSL far slower
+                // than the SIMD CPU backend: only a real GPU wins the automatic choice.
+                Ok(d) if d.info().device_type == "Cpu" => Ok((
+                    Device::Cpu,
+                    format!(
+                        "the only GPU adapter, '{}', is a software renderer; the CPU backend is faster (use --device gpu or BLIP2_DEVICE=gpu to force it)",
+                        d.info().name
+                    ),
+                )),
                 Ok(d) => {
                     let why = format!("GPU adapter '{}' is available", d.info().name);
                     Ok((d, why))

@@ -20,6 +20,9 @@ pub struct ModelOpts {
     /// One JSON object per result on its own line.
     #[arg(long)]
     pub json: bool,
+    /// No progress bar, device explanation or timing summary on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -45,27 +48,89 @@ impl DTypeArg {
 }
 
 pub fn pick_device(arg: DeviceArg) -> anyhow::Result<Device> {
+    Ok(pick_device_explained(arg)?.0)
+}
+
+/// The device for `arg` and a sentence saying why it was picked.
+pub fn pick_device_explained(arg: DeviceArg) -> anyhow::Result<(Device, String)> {
     Ok(match arg {
-        DeviceArg::Cpu => Device::cpu(),
-        DeviceArg::Gpu => Device::gpu()?,
-        DeviceArg::Auto => Device::auto()?,
+        DeviceArg::Cpu => (Device::cpu(), "--device cpu".to_string()),
+        DeviceArg::Gpu => (Device::gpu()?, "--device gpu".to_string()),
+        DeviceArg::Auto => Device::auto_with_reason()?,
     })
+}
+
+/// A byte progress bar on stderr while weights load; hidden when stderr is not a
+/// terminal or with `--quiet`.
+pub fn progress_bar(quiet: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "loading weights {bar:40} {bytes}/{total_bytes} ({eta})",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
+
+/// Load options for `o`: the device (explained on stderr unless quiet) and a progress bar.
+pub fn load_options(
+    o: &ModelOpts,
+) -> anyhow::Result<(LoadOptions, Option<indicatif::ProgressBar>)> {
+    let (device, why) = pick_device_explained(o.device)?;
+    if !o.quiet {
+        let info = device.info();
+        eprintln!("device: {} [{}] ({why})", info.name, info.backend);
+    }
+    let bar = progress_bar(o.quiet);
+    let progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>> = bar.clone().map(|b| {
+        Box::new(move |done: u64, total: u64| {
+            b.set_length(total);
+            b.set_position(done);
+        }) as Box<dyn Fn(u64, u64) + Send + Sync>
+    });
+    Ok((
+        LoadOptions {
+            device,
+            dtype: o.dtype.dtype(),
+            progress,
+        },
+        bar,
+    ))
 }
 
 /// Loads the checkpoint of `o` and returns it with the load time (device setup included).
 pub fn load_model(o: &ModelOpts) -> anyhow::Result<(Blip2, Duration)> {
     let t = Instant::now();
-    let device = pick_device(o.device)?;
-    let model = Blip2::load(
-        &o.model,
-        LoadOptions {
-            device,
-            dtype: o.dtype.dtype(),
-            progress: None,
-        },
-    )
-    .with_context(|| format!("loading {}", o.model.display()))?;
+    let (opts, bar) = load_options(o)?;
+    let model =
+        Blip2::load(&o.model, opts).with_context(|| format!("loading {}", o.model.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     Ok((model, t.elapsed()))
+}
+
+/// One line of stage timings for a terminal reader.
+pub fn timing_summary(load: Duration, t: &blip2::Timings) -> String {
+    let f = |d: Duration| d.as_secs_f64() * 1e3;
+    let tok_s = if t.decode.is_zero() {
+        0.0
+    } else {
+        t.decode_tokens as f64 / t.decode.as_secs_f64()
+    };
+    format!(
+        "load {:.0} ms | preprocess {:.1} ms | vision {:.1} ms | qformer {:.1} ms | prefill {:.1} ms | decode {:.1} tokens/s",
+        f(load),
+        f(t.preprocess),
+        f(t.vision),
+        f(t.qformer),
+        f(t.prefill),
+        tok_s
+    )
 }
 
 /// Milliseconds with microsecond resolution, for JSON output.

@@ -5,3 +5,4 @@ pub mod common;
 pub mod generate;
 pub mod info;
 pub mod retrieval;
+pub mod scene;

@@ -6,24 +6,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use blip2::{Blip2Retrieval, LoadOptions};
+use blip2::Blip2Retrieval;
 
-use super::common::{ModelOpts, ms, pick_device};
+use super::common::{ModelOpts, load_options, ms};
 
 /// Loads the retrieval checkpoint of `o` and returns it with the load time. A captioning
 /// checkpoint fails here with the library's "has no retrieval heads" error.
 pub fn load_retrieval(o: &ModelOpts) -> anyhow::Result<(Blip2Retrieval, Duration)> {
     let t = Instant::now();
-    let device = pick_device(o.device)?;
-    let model = Blip2Retrieval::load(
-        &o.model,
-        LoadOptions {
-            device,
-            dtype: o.dtype.dtype(),
-            progress: None,
-        },
-    )
-    .with_context(|| format!("loading {}", o.model.display()))?;
+    let (opts, bar) = load_options(o)?;
+    let model = Blip2Retrieval::load(&o.model, opts)
+        .with_context(|| format!("loading {}", o.model.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     Ok((model, t.elapsed()))
 }
 
