@@ -137,3 +137,48 @@ pub fn timing_summary(load: Duration, t: &blip2::Timings) -> String {
 pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
+
+/// Image arguments as files: a directory stands for the images directly inside it (sorted
+/// by name), `-` for image bytes on stdin.
+pub fn expand_images(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    const EXTS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
+    let mut out = Vec::new();
+    for a in args {
+        if a.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(a)
+                .with_context(|| format!("reading directory {}", a.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension()
+                            .and_then(|e| e.to_str())
+                            .is_some_and(|e| EXTS.contains(&e.to_ascii_lowercase().as_str()))
+                })
+                .collect();
+            anyhow::ensure!(
+                !found.is_empty(),
+                "directory {} holds no images ({})",
+                a.display(),
+                EXTS.join(", ")
+            );
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Opens an image file, or reads image bytes from stdin for `-`.
+pub fn open_image(path: &std::path::Path) -> anyhow::Result<blip2::image::DynamicImage> {
+    if path.as_os_str() == "-" {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading image bytes from stdin")?;
+        return Ok(blip2::load_image_from_bytes(&bytes, "<stdin>")?);
+    }
+    blip2::load_image(path).with_context(|| format!("reading {}", path.display()))
+}

@@ -8,7 +8,7 @@ use anyhow::Context;
 use blip2::{Blip2, EarlyStopping, Generation, GenerationConfig, TextStream, TokenEvent};
 use clap::{Args, ValueEnum};
 
-use super::common::{ModelOpts, load_model, ms};
+use super::common::{ModelOpts, expand_images, load_model, ms, open_image, timing_summary};
 
 #[derive(Args, Clone, Debug)]
 pub struct GenOpts {
@@ -103,19 +103,21 @@ pub fn caption(
     if batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
+    let images = expand_images(images)?;
     let (model, load, cfg) = setup(o)?;
     for chunk in images.chunks(batch_size) {
         let imgs = chunk
             .iter()
-            .map(|p| blip2::load_image(p).with_context(|| format!("reading {}", p.display())))
+            .map(|p| open_image(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
         if chunk.len() == 1 && !o.model.json {
             let feats = model.image_features(&[&imgs[0]])?;
-            print_streamed(
+            let gens = print_streamed(
                 |on| model.generate_from_features_with(&feats, &[prompt], &cfg, on),
                 &model,
                 &cfg,
             )?;
+            summary(load, &gens, o);
             continue;
         }
         let refs: Vec<&blip2::image::DynamicImage> = imgs.iter().collect();
@@ -123,13 +125,14 @@ pub fn caption(
         for (path, g) in chunk.iter().zip(&gens) {
             print_result(json_record(path, None, g, load, &cfg), g, o)?;
         }
+        summary(load, &gens, o);
     }
     Ok(())
 }
 
 pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
     let (model, load, cfg) = setup(o)?;
-    let img = blip2::load_image(image).with_context(|| format!("reading {}", image.display()))?;
+    let img = open_image(image)?;
     let prompt = format!("Question: {} Answer:", question.trim());
     let feats = model.image_features(&[&img])?;
     if o.model.json {
@@ -142,11 +145,13 @@ pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
             o,
         )
     } else {
-        print_streamed(
+        let gens = print_streamed(
             |on| model.generate_from_features_with(&feats, &[Some(&prompt)], &cfg, on),
             &model,
             &cfg,
-        )
+        )?;
+        summary(load, &gens, o);
+        Ok(())
     }
 }
 
@@ -154,7 +159,7 @@ pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
 /// The image goes through the vision model once. "/reset" forgets the conversation.
 pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
     let (model, load, cfg) = setup(o)?;
-    let img = blip2::load_image(image).with_context(|| format!("reading {}", image.display()))?;
+    let img = open_image(image)?;
     let mut chat = model.chat(&img)?;
     let stdin = std::io::stdin();
     let interactive = stdin.is_terminal();
@@ -184,11 +189,12 @@ pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
             let g = chat.ask(q, &cfg)?;
             print_result(json_record(image, Some(q), &g, load, &cfg), &g, o)?;
         } else {
-            print_streamed(
+            let gens = print_streamed(
                 |on| chat.ask_stream(q, &cfg, on).map(|g| vec![g]),
                 &model,
                 &cfg,
             )?;
+            summary(load, &gens, o);
         }
     }
     Ok(())
@@ -200,12 +206,12 @@ fn print_streamed(
     run: impl FnOnce(&mut dyn FnMut(&TokenEvent)) -> blip2::Result<Vec<Generation>>,
     model: &Blip2,
     cfg: &GenerationConfig,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Generation>> {
     let eos = cfg.eos_token_ids.clone().unwrap_or_default();
     let mut stream = TextStream::new(&model.tokenizer, &eos);
     let mut out = std::io::stdout().lock();
     let mut failure: Option<anyhow::Error> = None;
-    run(&mut |e: &TokenEvent| {
+    let gens = run(&mut |e: &TokenEvent| {
         if failure.is_some() {
             return;
         }
@@ -228,7 +234,17 @@ fn print_streamed(
     }
     let rest = stream.finish()?;
     writeln!(out, "{rest}")?;
-    Ok(())
+    Ok(gens)
+}
+
+/// The one-line timing summary on stderr, unless `--quiet` or `--json`.
+fn summary(load: Duration, gens: &[Generation], o: &GenOpts) {
+    if let Some(g) = gens.first()
+        && !o.model.quiet
+        && !o.model.json
+    {
+        eprintln!("{}", timing_summary(load, &g.timings));
+    }
 }
 
 fn json_record(
