@@ -11,30 +11,13 @@ use std::process::{Command, Stdio};
 use blip2::engine::{DType, Device};
 use blip2::model::generate::{DecodeModel, decode};
 use blip2::model::sampling;
-use blip2::{Blip2, Chat, EarlyStopping, GenerationConfig, LoadOptions, TextStream, TokenEvent};
+use blip2::{Chat, EarlyStopping, GenerationConfig, TextStream, TokenEvent};
 use common::*;
 
-const QUESTION: &str = "Question: what is in the picture? Answer:";
 const MODELS: [(&str, &str); 2] = [
     ("blip2-opt-tiny", "opt.safetensors"),
     ("blip2-flan-t5-tiny", "t5.safetensors"),
 ];
-
-fn load(name: &str, device: &Device) -> Blip2 {
-    Blip2::load(
-        model_dir(name),
-        LoadOptions {
-            device: device.clone(),
-            dtype: DType::F32,
-            progress: None,
-        },
-    )
-    .unwrap_or_else(|e| panic!("loading {name}: {e}"))
-}
-
-fn prompt_of(key: &str) -> Option<&'static str> {
-    (key == "question").then_some(QUESTION)
-}
 
 fn modes() -> Vec<(&'static str, GenerationConfig)> {
     vec![
@@ -96,7 +79,7 @@ fn beam_scores_match_transformers() {
         for (name, file) in MODELS {
             let refs = reference(file);
             let recs = records(name);
-            let model = load(name, &dev);
+            let model = load(name, &dev, DType::F32);
             for (key, _) in IMAGES {
                 let px = &images[&format!("{key}.pixel_values")];
                 let pixels = blip2::engine::Tensor::from_f32(px.f32(), &px.shape, &dev).unwrap();
@@ -106,7 +89,7 @@ fn beam_scores_match_transformers() {
                     let g = model
                         .generate_from_features(
                             &feats,
-                            &[prompt_of(p)],
+                            &[prompt_text(p)],
                             &GenerationConfig::beam_search(3),
                         )
                         .unwrap()
@@ -133,7 +116,7 @@ fn batch_equals_unbatched() {
     for dev in devices() {
         for (name, file) in MODELS {
             let refs = reference(file);
-            let model = load(name, &dev);
+            let model = load(name, &dev, DType::F32);
             let imgs: Vec<_> = IMAGES.iter().map(|(k, _)| image(k)).collect();
             let refs_img: Vec<_> = imgs.iter().collect();
             let feats = model.image_features(&refs_img).unwrap();
@@ -142,7 +125,8 @@ fn batch_equals_unbatched() {
                 ["noprompt", "question", "question", "noprompt"],
                 ["question", "noprompt", "noprompt", "question"],
             ] {
-                let prompts: Vec<Option<&str>> = arrangement.iter().map(|p| prompt_of(p)).collect();
+                let prompts: Vec<Option<&str>> =
+                    arrangement.iter().map(|p| prompt_text(p)).collect();
                 for (mode, cfg) in modes() {
                     let batch = model
                         .generate_from_features(&feats, &prompts, &cfg)
@@ -171,7 +155,7 @@ fn batch_equals_unbatched() {
 fn sampling_is_reproducible_per_seed() {
     for dev in devices() {
         for (name, _) in MODELS {
-            let model = load(name, &dev);
+            let model = load(name, &dev, DType::F32);
             let feats = model.image_features(&[&image("rgb")]).unwrap();
             // Temperature 30 flattens logits of std ~50 so that samples actually vary.
             let cfg = |seed| GenerationConfig {
@@ -355,7 +339,7 @@ fn top_k_and_top_p_never_emit_excluded_tokens() {
 fn no_repeat_ngram_size_is_respected() {
     let dev = Device::cpu();
     for (name, _) in MODELS {
-        let model = load(name, &dev);
+        let model = load(name, &dev, DType::F32);
         let is_t5 = name.contains("t5");
         for (key, _) in IMAGES {
             let feats = model.image_features(&[&image(key)]).unwrap();
@@ -399,7 +383,7 @@ fn streaming_matches_the_final_result() {
     for dev in devices() {
         for (name, _) in MODELS {
             let recs = records(name);
-            let model = load(name, &dev);
+            let model = load(name, &dev, DType::F32);
             let eos = model
                 .resolve_generation_config(&GenerationConfig::default())
                 .eos_token_ids
@@ -415,7 +399,7 @@ fn streaming_matches_the_final_result() {
                         let mut stream = TextStream::new(&model.tokenizer, &eos);
                         let mut text = String::new();
                         let g = model
-                            .generate_stream(&img, prompt_of(p), &cfg, |e| {
+                            .generate_stream(&img, prompt_text(p), &cfg, |e| {
                                 events.push(*e);
                                 text.push_str(&stream.push(e.token_id).unwrap());
                             })
@@ -454,7 +438,7 @@ fn streaming_matches_the_final_result() {
 fn chat_keeps_the_conversation() {
     let dev = Device::cpu();
     for (name, _) in MODELS {
-        let model = load(name, &dev);
+        let model = load(name, &dev, DType::F32);
         let img = image("jpeg");
         let mut chat: Chat = model.chat(&img).unwrap();
         let cfg = GenerationConfig::default();
@@ -511,7 +495,7 @@ impl SameTokens for blip2::Generation {
 
 #[test]
 fn invalid_settings_are_clear_errors() {
-    let model = load("blip2-opt-tiny", &Device::cpu());
+    let model = load("blip2-opt-tiny", &Device::cpu(), DType::F32);
     let img = image("gray");
     let cases = [
         (
@@ -673,7 +657,7 @@ fn cli_caption_batches_and_reports_settings() {
         }
     }
     // Streamed text output (one image per forward) prints the same texts.
-    let model = load("blip2-opt-tiny", &Device::cpu());
+    let model = load("blip2-opt-tiny", &Device::cpu(), DType::F32);
     let text = run_ok(
         blip2_cmd(&[
             "caption", &paths[0], &paths[1], "--model", &dir, "--device", "cpu",
@@ -773,7 +757,7 @@ fn cli_chat_reads_questions_from_stdin() {
             "what is in the picture?",
         ];
         let input = questions.join("\n") + "\n";
-        let model = load(name, &Device::cpu());
+        let model = load(name, &Device::cpu(), DType::F32);
         let mut chat = model.chat(&image("jpeg")).unwrap();
         let cfg = GenerationConfig::default();
         let mut want = Vec::new();

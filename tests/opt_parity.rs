@@ -3,48 +3,13 @@
 
 mod common;
 
+use blip2::GenerationConfig;
 use blip2::engine::{DType, Device, Tensor};
-use blip2::{Blip2, GenerationConfig, LoadOptions};
 use common::*;
 
 /// f32 compute: relative error max|ours − ref| / max|ref| per tensor. The bound is
 /// 1e-4; the only differences are summation order and exp/erf implementations (~1e-6).
 const F32_REL_TOL: f64 = 1e-4;
-
-fn load(name: &str, device: &Device, dtype: DType) -> Blip2 {
-    Blip2::load(
-        model_dir(name),
-        LoadOptions {
-            device: device.clone(),
-            dtype,
-            progress: None,
-        },
-    )
-    .unwrap_or_else(|e| panic!("loading {name}: {e}"))
-}
-
-fn pixels(
-    key: &str,
-    images: &std::collections::HashMap<String, RefTensor>,
-    dev: &Device,
-) -> Tensor {
-    let t = &images[&format!("{key}.pixel_values")];
-    Tensor::from_f32(t.f32(), &t.shape, dev).unwrap()
-}
-
-fn check(what: &str, got: &Tensor, want: &RefTensor, tol: f64) {
-    assert_eq!(got.shape(), &want.shape[..], "{what}: shape");
-    let e = rel_err(&got.to_vec_f32().unwrap(), &want.f);
-    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
-}
-
-fn prompt_text(p: &str) -> Option<&'static str> {
-    match p {
-        "noprompt" => None,
-        "question" => Some("Question: what is in the picture? Answer:"),
-        _ => unreachable!(),
-    }
-}
 
 /// Stage outputs, prompt ids and logits on the reference pixel values, for every copy of
 /// the checkpoint that stores the same f32 values (single file and sharded).
@@ -57,20 +22,20 @@ fn stages_and_logits_match_transformers_f32() {
             let model = load(ckpt, &dev, DType::F32);
             for (key, _) in IMAGES {
                 let what = |s: &str| format!("{ckpt} {key} {s} on {dev:?}");
-                let [vis, q, proj] = model.stages(&pixels(key, &images, &dev)).unwrap();
-                check(
+                let [vis, q, proj] = model.stages(&ref_pixels(&images, key, &dev)).unwrap();
+                check_rel(
                     &what("vision"),
                     &vis,
                     &refs[&format!("{key}.vision_last_hidden_state")],
                     F32_REL_TOL,
                 );
-                check(
+                check_rel(
                     &what("qformer"),
                     &q,
                     &refs[&format!("{key}.qformer_last_hidden_state")],
                     F32_REL_TOL,
                 );
-                check(
+                check_rel(
                     &what("projection"),
                     &proj,
                     &refs[&format!("{key}.language_projection")],
@@ -88,7 +53,7 @@ fn stages_and_logits_match_transformers_f32() {
                     let (logits, _) = model
                         .prompt_logits(&feats, &[prompt_text(p)], None)
                         .unwrap();
-                    check(
+                    check_rel(
                         &what(&format!("{p} logits")),
                         &logits,
                         &refs[&format!("{key}.{p}.logits")],

@@ -3,39 +3,9 @@
 
 mod common;
 
-use blip2::engine::{DType, Device, Tensor};
-use blip2::{Blip2, GenerationConfig, LoadOptions};
+use blip2::GenerationConfig;
+use blip2::engine::{DType, Device};
 use common::*;
-
-fn load(name: &str, device: &Device, dtype: DType) -> Blip2 {
-    Blip2::load(
-        model_dir(name),
-        LoadOptions {
-            device: device.clone(),
-            dtype,
-            progress: None,
-        },
-    )
-    .unwrap_or_else(|e| panic!("loading {name}: {e}"))
-}
-
-fn prompt_text(p: &str) -> Option<&'static str> {
-    (p == "question").then_some("Question: what is in the picture? Answer:")
-}
-
-fn index() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(fixtures().join("reference/index.json")).unwrap())
-        .unwrap()
-}
-
-fn pixels(
-    images: &std::collections::HashMap<String, RefTensor>,
-    key: &str,
-    dev: &Device,
-) -> Tensor {
-    let t = &images[&format!("{key}.pixel_values")];
-    Tensor::from_f32(t.f32(), &t.shape, dev).unwrap()
-}
 
 /// The f16 and bf16 checkpoint copies loaded into f32 storage must match transformers
 /// loading the same files in float32: relative error ≤ 1e-4 (issue 4), ids identical up to
@@ -53,7 +23,7 @@ fn f16_and_bf16_checkpoints_computed_in_f32_match() {
             let refs = reference(file);
             let model = load(ckpt, &dev, DType::F32);
             for (key, _) in IMAGES {
-                let [vis, q, proj] = model.stages(&pixels(&images, key, &dev)).unwrap();
+                let [vis, q, proj] = model.stages(&ref_pixels(&images, key, &dev)).unwrap();
                 for (name, got) in [
                     ("vision_last_hidden_state", &vis),
                     ("qformer_last_hidden_state", &q),
@@ -122,7 +92,7 @@ fn f16_storage_stays_within_tolerance() {
     for dev in devices() {
         let model = load("blip2-opt-tiny", &dev, DType::F16);
         for (key, _) in IMAGES {
-            let [vis, q, proj] = model.stages(&pixels(&images, key, &dev)).unwrap();
+            let [vis, q, proj] = model.stages(&ref_pixels(&images, key, &dev)).unwrap();
             for (name, got) in [
                 ("vision_last_hidden_state", &vis),
                 ("qformer_last_hidden_state", &q),

@@ -3,47 +3,13 @@
 
 mod common;
 
-use blip2::engine::{DType, Device, Tensor};
-use blip2::{Blip2, GenerationConfig, LoadOptions};
+use blip2::GenerationConfig;
+use blip2::engine::{DType, Tensor};
 use common::*;
 
 /// f32 compute: max|ours − ref| / max|ref| ≤ 1e-4 (issue 5); only summation order and
 /// exp/erf implementations differ.
 const F32_REL_TOL: f64 = 1e-4;
-
-fn load(name: &str, device: &Device) -> Blip2 {
-    Blip2::load(
-        model_dir(name),
-        LoadOptions {
-            device: device.clone(),
-            dtype: DType::F32,
-            progress: None,
-        },
-    )
-    .unwrap_or_else(|e| panic!("loading {name}: {e}"))
-}
-
-fn check(what: &str, got: &Tensor, want: &RefTensor) {
-    assert_eq!(got.shape(), &want.shape[..], "{what}: shape");
-    let e = rel_err(&got.to_vec_f32().unwrap(), &want.f);
-    assert!(
-        e <= F32_REL_TOL,
-        "{what}: relative error {e:e} > {F32_REL_TOL:e}"
-    );
-}
-
-fn prompt_text(p: &str) -> Option<&'static str> {
-    (p == "question").then_some("Question: what is in the picture? Answer:")
-}
-
-fn pixels(
-    images: &std::collections::HashMap<String, RefTensor>,
-    key: &str,
-    dev: &Device,
-) -> Tensor {
-    let t = &images[&format!("{key}.pixel_values")];
-    Tensor::from_f32(t.f32(), &t.shape, dev).unwrap()
-}
 
 #[test]
 fn stages_encoder_and_decoder_logits_match_transformers() {
@@ -53,24 +19,27 @@ fn stages_encoder_and_decoder_logits_match_transformers() {
         // The v4-style config (tie_word_embeddings false, no scale_decoder_outputs) must give
         // the same numbers: transformers reads both layouts to the same model.
         for ckpt in ["blip2-flan-t5-tiny", "blip2-flan-t5-tiny-v4cfg"] {
-            let model = load(ckpt, &dev);
+            let model = load(ckpt, &dev, DType::F32);
             for (key, _) in IMAGES {
                 let what = |s: &str| format!("{ckpt} {key} {s} on {dev:?}");
-                let [vis, q, proj] = model.stages(&pixels(&images, key, &dev)).unwrap();
-                check(
+                let [vis, q, proj] = model.stages(&ref_pixels(&images, key, &dev)).unwrap();
+                check_rel(
                     &what("vision"),
                     &vis,
                     &refs[&format!("{key}.vision_last_hidden_state")],
+                    F32_REL_TOL,
                 );
-                check(
+                check_rel(
                     &what("qformer"),
                     &q,
                     &refs[&format!("{key}.qformer_last_hidden_state")],
+                    F32_REL_TOL,
                 );
-                check(
+                check_rel(
                     &what("projection"),
                     &proj,
                     &refs[&format!("{key}.language_projection")],
+                    F32_REL_TOL,
                 );
                 let feats = model.features_from_projected(proj);
                 for p in ["noprompt", "question"] {
@@ -85,15 +54,17 @@ fn stages_encoder_and_decoder_logits_match_transformers() {
                     let (logits, enc) = model
                         .prompt_logits(&feats, &[prompt_text(p)], Some(&dec))
                         .unwrap();
-                    check(
+                    check_rel(
                         &what(&format!("{p} encoder")),
                         &enc.unwrap(),
                         &refs[&format!("{key}.{p}.encoder_last_hidden_state")],
+                        F32_REL_TOL,
                     );
-                    check(
+                    check_rel(
                         &what(&format!("{p} decoder logits")),
                         &logits,
                         &refs[&format!("{key}.{p}.logits")],
+                        F32_REL_TOL,
                     );
                 }
             }
@@ -124,7 +95,7 @@ fn greedy_ids_match_transformers() {
         ("beam3", GenerationConfig::beam_search(3)),
     ];
     for dev in devices() {
-        let model = load("blip2-flan-t5-tiny", &dev);
+        let model = load("blip2-flan-t5-tiny", &dev, DType::F32);
         for (key, _) in IMAGES {
             let feats = model.image_features(&[&image(key)]).unwrap();
             for p in ["noprompt", "question"] {
@@ -153,7 +124,7 @@ fn padded_batch_matches_transformers() {
         Some("a photo of"),
     ];
     for dev in devices() {
-        let model = load("blip2-flan-t5-tiny", &dev);
+        let model = load("blip2-flan-t5-tiny", &dev, DType::F32);
         let (pa, pb) = (&images["rgb.pixel_values"], &images["jpeg.pixel_values"]);
         let both =
             Tensor::from_f32([pa.f32(), pb.f32()].concat(), &[2, 3, 224, 224], &dev).unwrap();
@@ -176,10 +147,11 @@ fn padded_batch_matches_transformers() {
         }
         let e = rel_err(&g, &w);
         assert!(e <= F32_REL_TOL, "batch encoder on {dev:?}: {e:e}");
-        check(
+        check_rel(
             &format!("batch decoder logits on {dev:?}"),
             &logits,
             &refs["batch.logits"],
+            F32_REL_TOL,
         );
         let feats = model
             .image_features(&[&image("rgb"), &image("jpeg")])

@@ -105,3 +105,44 @@ pub fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
         .zip(want)
         .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()))
 }
+
+/// The fixtures' VQA prompt.
+pub const QUESTION: &str = "Question: what is in the picture? Answer:";
+
+/// Prompt text for a fixture prompt key ("noprompt" or "question").
+pub fn prompt_text(key: &str) -> Option<&'static str> {
+    (key == "question").then_some(QUESTION)
+}
+
+/// A fixture checkpoint on `device` with weights stored in `dtype`.
+pub fn load(name: &str, device: &blip2::Device, dtype: blip2::DType) -> blip2::Blip2 {
+    let opts = blip2::LoadOptions {
+        device: device.clone(),
+        dtype,
+        progress: None,
+    };
+    blip2::Blip2::load(model_dir(name), opts).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
+/// The reference pixel values of an image, as a tensor on `dev`.
+pub fn ref_pixels(
+    images: &HashMap<String, RefTensor>,
+    key: &str,
+    dev: &blip2::Device,
+) -> blip2::engine::Tensor {
+    let t = &images[&format!("{key}.pixel_values")];
+    blip2::engine::Tensor::from_f32(t.f32(), &t.shape, dev).unwrap()
+}
+
+/// `reference/index.json`.
+pub fn index() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixtures().join("reference/index.json")).unwrap())
+        .unwrap()
+}
+
+/// Asserts the shape and relative error (see [`rel_err`]) of `got` against `want`.
+pub fn check_rel(what: &str, got: &blip2::engine::Tensor, want: &RefTensor, tol: f64) {
+    assert_eq!(got.shape(), &want.shape[..], "{what}: shape");
+    let e = rel_err(&got.to_vec_f32().unwrap(), &want.f);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
