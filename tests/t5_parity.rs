@@ -166,3 +166,65 @@ fn padded_batch_matches_transformers() {
         }
     }
 }
+
+/// f16 weight storage (activations stay f32, so nothing overflows the way HF's all-f16
+/// Flan-T5 does): every output finite, logits within relative error 1e-2 (11-bit
+/// mantissa, ~5e-4 per rounding, compounded over the layers), and greedy ids identical
+/// wherever the reference's smallest top-1/top-2 margin exceeds twice the measured logit
+/// error E (a flip needs the gap to shrink by the error of two logits, each at most E).
+#[test]
+fn f16_storage_is_finite_and_close() {
+    let images = reference("images.safetensors");
+    let refs = reference("t5.safetensors");
+    let idx = index();
+    for dev in devices() {
+        let model = load("blip2-flan-t5-tiny", &dev, DType::F16);
+        for (key, _) in IMAGES {
+            let [_, _, proj] = model.stages(&ref_pixels(&images, key, &dev)).unwrap();
+            let feats = model.features_from_projected(proj);
+            for p in ["noprompt", "question"] {
+                let dec = refs[&format!("{key}.{p}.decoder_input_ids")].id_rows();
+                let (logits, enc) = model
+                    .prompt_logits(&feats, &[prompt_text(p)], Some(&dec))
+                    .unwrap();
+                let enc = enc.unwrap().to_vec_f32().unwrap();
+                let got = logits.to_vec_f32().unwrap();
+                assert!(
+                    enc.iter().chain(&got).all(|v| v.is_finite()),
+                    "f16 {key} {p}: non-finite values on {dev:?}"
+                );
+                let want = &refs[&format!("{key}.{p}.logits")];
+                let e = rel_err(&got, &want.f);
+                assert!(e <= 1e-2, "f16 {key} {p} logits on {dev:?}: {e:e}");
+                let abs = max_abs_err(&got, &want.f);
+                let rec = idx["generations"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|r| {
+                        r["model"] == "blip2-flan-t5-tiny"
+                            && r["image"] == key
+                            && r["mode"] == "greedy"
+                            && r["prompt"] == prompt_text(p).unwrap_or("")
+                    })
+                    .expect("fixture record");
+                let margin = rec["min_top1_top2_margin"].as_f64().unwrap();
+                let ours = model
+                    .generate_from_features(&feats, &[prompt_text(p)], &GenerationConfig::default())
+                    .unwrap();
+                if margin > 2.0 * abs {
+                    assert_eq!(
+                        ours[0].token_ids,
+                        refs[&format!("{key}.{p}.greedy.new_ids")].ids(),
+                        "f16 {key} {p} on {dev:?}"
+                    );
+                } else {
+                    eprintln!(
+                        "f16 {key} {p} on {dev:?}: margin {margin} <= 2E = {}: ids not compared",
+                        2.0 * abs
+                    );
+                }
+            }
+        }
+    }
+}
