@@ -1,6 +1,6 @@
 //! Memory-mapped safetensors checkpoints and a prefix builder that checks every tensor.
 //!
-//! ```ignore
+//! ```text
 //! let ckpt = Checkpoint::open(dir)?;
 //! let vb = WeightLoader::new(&ckpt, &device, DType::F16);
 //! let fc1 = vb.pp("vision_model").pp("encoder").get("layers.0.mlp.fc1.weight", &[6144, 1408]);
