@@ -111,6 +111,13 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
         }
     }
     let r = best.expect("runs >= 1");
+    // Numerics at this size: the prompt's logits (T5: of the decoder's first step) must be
+    // finite with random weights in the chosen storage dtype.
+    let feats = model.image_features(&refs)?;
+    let encdec = model.config.text_config.as_ref().is_some_and(|t| t.is_encoder_decoder());
+    let dec = vec![vec![0u32]; o.batch_size];
+    let (logits, _) = model.prompt_logits(&feats, &prompts, encdec.then_some(&dec[..]))?;
+    let finite = logits.to_vec_f32()?.iter().all(|v| v.is_finite());
     let per_token = r
         .decode
         .checked_div(r.decode_tokens.max(1) as u32)
@@ -131,6 +138,7 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
                 "per_token_decode": ms(per_token),
             },
             "decode_tokens_per_s": tok_s,
+            "logits_finite": finite,
             "peak_rss_bytes": peak_rss(), "gpu_buffer_bytes": gpu_bytes(&device),
         });
         println!("{v}");
@@ -152,6 +160,7 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
             println!("{name:<24}{:>12.2}", d.as_secs_f64() * 1e3);
         }
         println!("decode throughput: {tok_s:.2} tokens/s");
+        println!("prompt logits finite: {finite}");
         if let Some(b) = peak_rss() {
             println!("peak RSS: {:.2} GiB", b as f64 / (1u64 << 30) as f64);
         }
