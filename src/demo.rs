@@ -47,7 +47,7 @@ impl DemoScores {
 pub fn evaluate(model: &Blip2, first_seed: u64, count: u64) -> Result<DemoScores> {
     let cfg = GenerationConfig::default();
     let mut s = DemoScores::default();
-    let mut miss = |s: &mut DemoScores, seed, want: &str, got: &str| {
+    let miss = |s: &mut DemoScores, seed, want: &str, got: &str| {
         if s.mistakes.len() < 20 {
             s.mistakes.push((seed, want.to_string(), got.to_string()));
         }

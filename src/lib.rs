@@ -38,5 +38,8 @@ pub mod model {
 /// Re-export so callers can pass `image::DynamicImage` without naming the crate version.
 pub use image;
 
+/// The bundled demo model (embedded weights) and its evaluation on fresh scenes.
+pub mod demo;
+
 /// Procedural scenes with exact ground truth: what the bundled demo model was trained on.
 pub mod scene;

@@ -27,7 +27,7 @@ enum Command {
         after_help = "Examples:\n  blip2 caption photo.jpg --model ./blip2-opt-2.7b\n  blip2 caption a.png b.png --model DIR --prompt \"a photo of\" --json\n  blip2 caption a.jpg b.jpg c.jpg --model DIR --batch-size 2 --num-beams 3"
     )]
     Caption {
-        /// Image files.
+        /// Image files, directories of images, or - for image bytes on stdin.
         #[arg(required = true)]
         images: Vec<PathBuf>,
         /// Text given to the processor verbatim after the image tokens (default: none).
@@ -77,7 +77,7 @@ enum Command {
         after_help = "Example:\n  blip2 rank --model ./blip2-itm-vit-g --texts captions.txt a.jpg b.jpg"
     )]
     Rank {
-        /// Image files.
+        /// Image files, directories of images, or - for image bytes on stdin.
         #[arg(required = true)]
         images: Vec<PathBuf>,
         /// Text file with one candidate text per line.

@@ -10,8 +10,10 @@ use clap::{Args, ValueEnum};
 #[derive(Args, Clone, Debug)]
 pub struct ModelOpts {
     /// Hugging Face BLIP-2 checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    /// Without it, the small demo model built into the binary is used (it knows the scenes
+    /// of `blip2 demo-scene`).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     /// Storage dtype of the weights (activations are f32).
@@ -106,8 +108,10 @@ pub fn load_options(
 pub fn load_model(o: &ModelOpts) -> anyhow::Result<(Blip2, Duration)> {
     let t = Instant::now();
     let (opts, bar) = load_options(o)?;
-    let model =
-        Blip2::load(&o.model, opts).with_context(|| format!("loading {}", o.model.display()))?;
+    let model = match &o.model {
+        Some(dir) => Blip2::load(dir, opts).with_context(|| format!("loading {}", dir.display()))?,
+        None => blip2::demo::load_demo(opts).context("loading the embedded demo model")?,
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -131,6 +135,15 @@ pub fn timing_summary(load: Duration, t: &blip2::Timings) -> String {
         f(t.prefill),
         tok_s
     )
+}
+
+impl ModelOpts {
+    /// The checkpoint directory, for commands the embedded demo model cannot serve.
+    pub fn model_dir(&self, what: &str) -> anyhow::Result<&std::path::Path> {
+        self.model
+            .as_deref()
+            .with_context(|| format!("{what} needs --model DIR (the embedded demo model cannot do it)"))
+    }
 }
 
 /// Milliseconds with microsecond resolution, for JSON output.

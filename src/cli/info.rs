@@ -36,5 +36,26 @@ pub fn info() -> anyhow::Result<()> {
             println!("  threads: {}", i.threads);
         }
     }
+    let c = blip2::demo::DEMO_MODEL.config()?;
+    let v = &c.vision_config;
+    let q = &c.qformer_config;
+    println!(
+        "embedded demo model ({:.1} MB of f16 weights):",
+        blip2::demo::DEMO_MODEL.weights.len() as f64 / 1e6
+    );
+    println!(
+        "  vision: {}px, patch {}, hidden {}, {} layers, {} heads",
+        v.image_size, v.patch_size, v.hidden_size, v.num_hidden_layers, v.num_attention_heads
+    );
+    println!(
+        "  q-former: hidden {}, {} layers, {} heads, {} queries",
+        q.hidden_size, q.num_hidden_layers, q.num_attention_heads, c.num_query_tokens
+    );
+    if let Some(blip2::model::TextConfig::Opt(t)) = &c.text_config {
+        println!(
+            "  opt: hidden {}, {} layers, {} heads, vocab {}",
+            t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.vocab_size
+        );
+    }
     Ok(())
 }
