@@ -16,7 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("gpu") => Device::gpu()?,
         _ => Device::cpu(),
     };
-    let model = load_demo(LoadOptions { device: device.clone(), dtype: DType::F32, progress: None })?;
+    let model = load_demo(LoadOptions {
+        device: device.clone(),
+        dtype: DType::F32,
+        progress: None,
+    })?;
     let t = std::time::Instant::now();
     let s = evaluate(&model, first, count)?;
     println!(

@@ -56,7 +56,9 @@ pub fn evaluate(model: &Blip2, first_seed: u64, count: u64) -> Result<DemoScores
         let scene = draw_scene(seed);
         let image = image::DynamicImage::ImageRgb8(scene.image.clone());
         let feats = model.image_features(&[&image])?;
-        let cap = model.generate_from_features(&feats, &[None], &cfg)?.remove(0);
+        let cap = model
+            .generate_from_features(&feats, &[None], &cfg)?
+            .remove(0);
         s.scenes += 1;
         if normalize_answer(&cap.text) == normalize_answer(&scene.caption) {
             s.captions_correct += 1;
@@ -65,12 +67,19 @@ pub fn evaluate(model: &Blip2, first_seed: u64, count: u64) -> Result<DemoScores
         }
         for qa in &scene.qa {
             let prompt = vqa_prompt(&qa.question);
-            let ans = model.generate_from_features(&feats, &[Some(&prompt)], &cfg)?.remove(0);
+            let ans = model
+                .generate_from_features(&feats, &[Some(&prompt)], &cfg)?
+                .remove(0);
             s.questions += 1;
             if normalize_answer(&ans.text) == normalize_answer(&qa.answer) {
                 s.answers_correct += 1;
             } else {
-                miss(&mut s, seed, &format!("{} -> {}", qa.question, qa.answer), &ans.text);
+                miss(
+                    &mut s,
+                    seed,
+                    &format!("{} -> {}", qa.question, qa.answer),
+                    &ans.text,
+                );
             }
         }
     }

@@ -104,7 +104,7 @@ impl Blip2 {
         let ckpt = Checkpoint::open(dir)?;
         let mut vb = WeightLoader::new(&ckpt, &opts.device, opts.dtype);
         if let Some(p) = opts.progress {
-            vb = vb.with_progress(move |done, total| p(done, total));
+            vb = vb.with_progress(p);
         }
         let mut model = Self::from_loader(config, image_config, tokenizer, &vb)?;
         model.load_time = t0.elapsed();

@@ -114,7 +114,11 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
     // Numerics at this size: the prompt's logits (T5: of the decoder's first step) must be
     // finite with random weights in the chosen storage dtype.
     let feats = model.image_features(&refs)?;
-    let encdec = model.config.text_config.as_ref().is_some_and(|t| t.is_encoder_decoder());
+    let encdec = model
+        .config
+        .text_config
+        .as_ref()
+        .is_some_and(|t| t.is_encoder_decoder());
     let dec = vec![vec![0u32]; o.batch_size];
     let (logits, _) = model.prompt_logits(&feats, &prompts, encdec.then_some(&dec[..]))?;
     let finite = logits.to_vec_f32()?.iter().all(|v| v.is_finite());

@@ -109,7 +109,9 @@ pub fn load_model(o: &ModelOpts) -> anyhow::Result<(Blip2, Duration)> {
     let t = Instant::now();
     let (opts, bar) = load_options(o)?;
     let model = match &o.model {
-        Some(dir) => Blip2::load(dir, opts).with_context(|| format!("loading {}", dir.display()))?,
+        Some(dir) => {
+            Blip2::load(dir, opts).with_context(|| format!("loading {}", dir.display()))?
+        }
         None => blip2::demo::load_demo(opts).context("loading the embedded demo model")?,
     };
     if let Some(b) = bar {
@@ -140,9 +142,9 @@ pub fn timing_summary(load: Duration, t: &blip2::Timings) -> String {
 impl ModelOpts {
     /// The checkpoint directory, for commands the embedded demo model cannot serve.
     pub fn model_dir(&self, what: &str) -> anyhow::Result<&std::path::Path> {
-        self.model
-            .as_deref()
-            .with_context(|| format!("{what} needs --model DIR (the embedded demo model cannot do it)"))
+        self.model.as_deref().with_context(|| {
+            format!("{what} needs --model DIR (the embedded demo model cannot do it)")
+        })
     }
 }
 

@@ -16,7 +16,8 @@ pub fn load_retrieval(o: &ModelOpts) -> anyhow::Result<(Blip2Retrieval, Duration
     let t = Instant::now();
     let dir = o.model_dir("image-text matching")?;
     let (opts, bar) = load_options(o)?;
-    let model = Blip2Retrieval::load(dir, opts).with_context(|| format!("loading {}", dir.display()))?;
+    let model =
+        Blip2Retrieval::load(dir, opts).with_context(|| format!("loading {}", dir.display()))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
