@@ -491,22 +491,7 @@ impl Blip2 {
             batch,
             device: &self.device,
         };
-        let out = decode(
-            logits,
-            seen,
-            cfg,
-            cfg.eos_token_ids.as_deref().unwrap_or(&[]),
-            cfg.seed.unwrap_or(0),
-            &mut state,
-            on_token,
-        )?;
-        Ok(DecodeRun {
-            tokens: out.tokens,
-            scores: out.scores,
-            prefill,
-            decode: t.elapsed(),
-            steps: out.steps,
-        })
+        run_decode(logits, seen, cfg, &mut state, on_token, prefill, t)
     }
 
     fn decode_t5(
@@ -538,23 +523,37 @@ impl Blip2 {
         let t = Instant::now();
         // For encoder-decoder models HF's penalties see the decoder ids only.
         let seen = vec![vec![start]; b];
-        let out = decode(
-            logits,
-            seen,
-            cfg,
-            cfg.eos_token_ids.as_deref().unwrap_or(&[]),
-            cfg.seed.unwrap_or(0),
-            &mut state,
-            on_token,
-        )?;
-        Ok(DecodeRun {
-            tokens: out.tokens,
-            scores: out.scores,
-            prefill,
-            decode: t.elapsed(),
-            steps: out.steps,
-        })
+        run_decode(logits, seen, cfg, &mut state, on_token, prefill, t)
     }
+}
+
+/// The decoding loop after the prefill, timed from `t`.
+fn run_decode(
+    logits: Vec<f32>,
+    seen: Vec<Vec<u32>>,
+    cfg: &GenerationConfig,
+    state: &mut dyn DecodeModel,
+    on_token: &mut dyn FnMut(&TokenEvent),
+    prefill: Duration,
+    t: Instant,
+) -> Result<DecodeRun> {
+    let eos = cfg.eos_token_ids.as_deref().unwrap_or(&[]);
+    let out = decode(
+        logits,
+        seen,
+        cfg,
+        eos,
+        cfg.seed.unwrap_or(0),
+        state,
+        on_token,
+    )?;
+    Ok(DecodeRun {
+        tokens: out.tokens,
+        scores: out.scores,
+        prefill,
+        decode: t.elapsed(),
+        steps: out.steps,
+    })
 }
 
 struct DecodeRun {
