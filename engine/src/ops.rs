@@ -82,7 +82,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         check_shape(OP, "bias", b, &[w.dim(0)])?;
     }
     let mut out_shape = x.shape().to_vec();
-    *out_shape.last_mut().unwrap() = w.dim(0);
+    if let Some(n) = out_shape.last_mut() {
+        *n = w.dim(0);
+    }
     match x.device() {
         Device::Cpu => cpu::linear(x, w, b, out_shape),
         Device::Gpu(g) => gpu::ops::linear(g, x, w, b, out_shape),

@@ -157,8 +157,10 @@ pub(crate) fn gather_rows(t: &Tensor, src: &[usize]) -> blip2_engine::Result<Ten
         parts.push(ops::narrow(t, 0, src[i], j - i)?);
         i = j;
     }
-    if parts.len() == 1 {
-        return Ok(parts.pop().expect("one part"));
+    if parts.len() == 1
+        && let Some(only) = parts.pop()
+    {
+        return Ok(only);
     }
     let refs: Vec<&Tensor> = parts.iter().collect();
     ops::concat(&refs, 0)

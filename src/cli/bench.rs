@@ -110,7 +110,7 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
             best = Some(run);
         }
     }
-    let r = best.expect("runs >= 1");
+    let r = best.ok_or_else(|| anyhow::anyhow!("no timed run"))?;
     // Numerics at this size: the prompt's logits (T5: of the decoder's first step) must be
     // finite with random weights in the chosen storage dtype.
     let feats = model.image_features(&refs)?;
