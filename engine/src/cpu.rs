@@ -149,7 +149,7 @@ pub(crate) fn softmax(
 
 pub(crate) fn unary(x: &Tensor, f: Unary) -> Result<Tensor> {
     let mut data = f32_data(x).into_owned();
-    data.par_chunks_mut(16384).for_each(|c| match f {
+    data.par_chunks_mut(CHUNK).for_each(|c| match f {
         Unary::Gelu => k::gelu_erf_inplace(c),
         Unary::GeluTanh => k::gelu_tanh_inplace(c),
         Unary::Relu => k::relu_inplace(c),
@@ -157,24 +157,44 @@ pub(crate) fn unary(x: &Tensor, f: Unary) -> Result<Tensor> {
     output(data, x.shape().to_vec(), x.dtype())
 }
 
+/// Elements per parallel work item of the element-wise ops.
+const CHUNK: usize = 16384;
+
 pub(crate) fn binary(a: &Tensor, b: &Tensor, f: Binary) -> Result<Tensor> {
     let aa = f32_data(a);
     let ba = f32_data(b);
     let mut out = vec![0f32; aa.len()];
     let bl = ba.len();
-    out.par_chunks_mut(bl)
-        .zip(aa.par_chunks(bl))
-        .for_each(|(o, ai)| match f {
-            Binary::Add => k::add(ai, &ba, o),
-            Binary::Mul => k::mul(ai, &ba, o),
+    // Work items of about CHUNK elements whatever b's length: a whole number of b periods
+    // when b is short (bias rows), slices of b when it is long (residual adds).
+    let per = if bl >= CHUNK {
+        CHUNK
+    } else {
+        bl * (CHUNK / bl)
+    };
+    out.par_chunks_mut(per)
+        .zip(aa.par_chunks(per))
+        .enumerate()
+        .for_each(|(i, (o, ai))| {
+            let (mut pos, mut off) = (0, (i * per) % bl);
+            while pos < o.len() {
+                let n = (bl - off).min(o.len() - pos);
+                let (x, y, z) = (&ai[pos..pos + n], &ba[off..off + n], &mut o[pos..pos + n]);
+                match f {
+                    Binary::Add => k::add(x, y, z),
+                    Binary::Mul => k::mul(x, y, z),
+                }
+                pos += n;
+                off = 0;
+            }
         });
     output(out, a.shape().to_vec(), a.dtype())
 }
 
 pub(crate) fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
     let mut data = f32_data(x).into_owned();
-    data.par_chunks_mut(16384)
-        .for_each(|c| c.iter_mut().for_each(|v| *v *= s));
+    data.par_chunks_mut(CHUNK)
+        .for_each(|c| k::scale_inplace(c, s));
     output(data, x.shape().to_vec(), x.dtype())
 }
 

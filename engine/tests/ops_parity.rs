@@ -703,3 +703,48 @@ fn mixed_devices_are_rejected() {
         assert!(err.contains("different devices"), "{err}");
     }
 }
+
+/// Operands longer than one CPU work item (16384 elements): b periods that straddle work
+/// items, and a same-shape (residual) add split across items.
+#[test]
+fn add_mul_broadcast_across_work_items() {
+    for dev in devices() {
+        let mut rng = Rng::new(22);
+        for (ashape, bshape) in [
+            (vec![3, 20001], vec![20001]),
+            (vec![3, 20001], vec![3, 20001]),
+            (vec![1000, 33], vec![33]),
+        ] {
+            let (a, av) = tensor(&mut rng, &ashape, DType::F32, &dev, -2.0, 2.0);
+            let (b, bv) = tensor(&mut rng, &bshape, DType::F32, &dev, -2.0, 2.0);
+            let got = ops::add(&a, &b).unwrap().to_vec_f32().unwrap();
+            let want: Vec<f64> = av
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x + bv[i % bv.len()])
+                .collect();
+            assert_close(
+                &format!("add {bshape:?}"),
+                &dev,
+                DType::F32,
+                &got,
+                &want,
+                tol(DType::F32),
+            );
+            let got = ops::mul(&a, &b).unwrap().to_vec_f32().unwrap();
+            let want: Vec<f64> = av
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x * bv[i % bv.len()])
+                .collect();
+            assert_close(
+                &format!("mul {bshape:?}"),
+                &dev,
+                DType::F32,
+                &got,
+                &want,
+                tol(DType::F32),
+            );
+        }
+    }
+}

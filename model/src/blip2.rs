@@ -132,8 +132,8 @@ impl Blip2 {
                 vb.checkpoint().path().display()
             ))
         })?;
-        let vision = VisionModel::load(&vb.pp("vision_model"), &config.vision_config);
-        let qformer = QFormer::load(vb, &config.qformer_config, config.num_query_tokens, false);
+        let vision = VisionModel::load(&vb.pp("vision_model"), &config.vision_config)?;
+        let qformer = QFormer::load(vb, &config.qformer_config, config.num_query_tokens, false)?;
         let (lm, lm_dim) = match text {
             TextConfig::Opt(c) => (
                 LanguageModel::Opt(Opt::load(&vb.pp("language_model"), c)?),

@@ -64,6 +64,11 @@ impl Opt {
                 cfg.word_embed_proj_dim
             )));
         }
+        if !cfg.layer_norm_elementwise_affine {
+            return Err(crate::ModelError::Unsupported(
+                "OPT with layer_norm_elementwise_affine = false (LayerNorms without weights) is not supported".into(),
+            ));
+        }
         let dec = vb.pp("model.decoder");
         let bias = cfg.enable_bias;
         let layers = (0..cfg.num_hidden_layers)
@@ -71,12 +76,12 @@ impl Opt {
                 let l = dec.pp("layers").pp(i.to_string());
                 let a = l.pp("self_attn");
                 Layer {
-                    ln_attn: LayerNorm::load(&l.pp("self_attn_layer_norm"), d, 1e-5),
+                    ln_attn: LayerNorm::load(&l.pp("self_attn_layer_norm"), d, cfg.layer_norm_eps),
                     q: Linear::load(&a.pp("q_proj"), d, d, bias),
                     k: Linear::load(&a.pp("k_proj"), d, d, bias),
                     v: Linear::load(&a.pp("v_proj"), d, d, bias),
                     out: Linear::load(&a.pp("out_proj"), d, d, bias),
-                    ln_ffn: LayerNorm::load(&l.pp("final_layer_norm"), d, 1e-5),
+                    ln_ffn: LayerNorm::load(&l.pp("final_layer_norm"), d, cfg.layer_norm_eps),
                     fc1: Linear::load(&l.pp("fc1"), d, cfg.ffn_dim, bias),
                     fc2: Linear::load(&l.pp("fc2"), cfg.ffn_dim, d, bias),
                 }
@@ -95,9 +100,9 @@ impl Opt {
             ),
             embed_tokens,
             layers,
-            final_ln: cfg
-                .do_layer_norm_before
-                .then(|| LayerNorm::load(&dec.pp("final_layer_norm"), d, 1e-5)),
+            // HF: a final LayerNorm only with pre-LN and unless `_remove_final_layer_norm`.
+            final_ln: (cfg.do_layer_norm_before && !cfg.remove_final_layer_norm)
+                .then(|| LayerNorm::load(&dec.pp("final_layer_norm"), d, cfg.layer_norm_eps)),
             lm_head,
             act: activation(&cfg.activation_function)?,
             pre_ln: cfg.do_layer_norm_before,

@@ -5,7 +5,7 @@
 use blip2_engine::{AttnOpts, Result, Tensor, ops};
 
 use crate::config::QFormerConfig;
-use crate::nn::{LayerNorm, Linear};
+use crate::nn::{LayerNorm, Linear, activation};
 use crate::weights::WeightLoader;
 
 /// BertAttention: q/k/v projections, then LN(dense(context) + input).
@@ -55,16 +55,26 @@ impl Attention {
     }
 }
 
-/// intermediate (GELU) + output: LN(dense(act(dense(x))) + x).
+/// intermediate (the config's activation, GELU for BLIP-2) + output: LN(dense(act(dense(x))) + x).
 struct Ffn {
     up: Linear,
     down: Linear,
     ln: LayerNorm,
+    act: ops::Unary,
 }
 
 impl Ffn {
-    fn load(vb: &WeightLoader, inter: &str, out: &str, d: usize, ff: usize, eps: f64) -> Ffn {
+    fn load(
+        vb: &WeightLoader,
+        inter: &str,
+        out: &str,
+        d: usize,
+        ff: usize,
+        eps: f64,
+        act: ops::Unary,
+    ) -> Ffn {
         Ffn {
+            act,
             up: Linear::load(&vb.pp(inter).pp("dense"), d, ff, true),
             down: Linear::load(&vb.pp(out).pp("dense"), ff, d, true),
             ln: LayerNorm::load(&vb.pp(out).pp("LayerNorm"), d, eps),
@@ -72,7 +82,9 @@ impl Ffn {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.down.forward(&ops::gelu(&self.up.forward(x)?)?)?;
+        let h = self
+            .down
+            .forward(&ops::unary(&self.up.forward(x)?, self.act)?)?;
         self.ln.forward(&ops::add(&h, x)?)
     }
 }
@@ -100,9 +112,10 @@ impl QFormer {
         cfg: &QFormerConfig,
         num_query_tokens: usize,
         with_text: bool,
-    ) -> QFormer {
+    ) -> crate::Result<QFormer> {
         let d = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
+        let act = activation(&cfg.hidden_act)?;
         let q = vb.pp("qformer");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
@@ -113,19 +126,19 @@ impl QFormer {
                     cross_attn: (i % cfg.cross_attention_frequency == 0).then(|| {
                         Attention::load(&l.pp("crossattention"), d, cfg.encoder_hidden_size, eps)
                     }),
-                    ffn_query: Ffn::load(&l, "intermediate_query", "output_query", d, ff, eps),
+                    ffn_query: Ffn::load(&l, "intermediate_query", "output_query", d, ff, eps, act),
                     ffn_text: with_text
-                        .then(|| Ffn::load(&l, "intermediate", "output", d, ff, eps)),
+                        .then(|| Ffn::load(&l, "intermediate", "output", d, ff, eps, act)),
                 }
             })
             .collect();
-        QFormer {
+        Ok(QFormer {
             query_tokens: vb.get_f32("query_tokens", &[1, num_query_tokens, d]),
             layernorm: LayerNorm::load(&q.pp("layernorm"), d, eps),
             layers,
             heads: cfg.num_attention_heads,
             hidden: d,
-        }
+        })
     }
 
     /// Runs the encoder on `embeds` `[B, L, D]` (already holding queries and text

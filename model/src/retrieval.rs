@@ -239,8 +239,8 @@ impl Blip2Retrieval {
         let e = config.image_text_hidden_size;
         let emb = vb.pp("embeddings");
         let model = Blip2Retrieval {
-            vision: VisionModel::load(&vb.pp("vision_model"), &config.vision_config),
-            qformer: QFormer::load(&vb, qc, config.num_query_tokens, true),
+            vision: VisionModel::load(&vb.pp("vision_model"), &config.vision_config)?,
+            qformer: QFormer::load(&vb, qc, config.num_query_tokens, true)?,
             word_embeddings: emb.get("word_embeddings.weight", &[qc.vocab_size, d]),
             position_embeddings: emb.get(
                 "position_embeddings.weight",

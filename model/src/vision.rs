@@ -4,7 +4,7 @@
 use blip2_engine::{AttnOpts, Result, Tensor, ops};
 
 use crate::config::VisionConfig;
-use crate::nn::{LayerNorm, Linear, repeat_batch};
+use crate::nn::{LayerNorm, Linear, activation, repeat_batch};
 use crate::weights::WeightLoader;
 
 struct VisionLayer {
@@ -23,13 +23,14 @@ pub struct VisionModel {
     position_embedding: Tensor,
     layers: Vec<VisionLayer>,
     post_layernorm: LayerNorm,
+    act: ops::Unary,
     heads: usize,
     hidden: usize,
 }
 
 impl VisionModel {
     /// `vb` is rooted at `vision_model`.
-    pub fn load(vb: &WeightLoader, cfg: &VisionConfig) -> VisionModel {
+    pub fn load(vb: &WeightLoader, cfg: &VisionConfig) -> crate::Result<VisionModel> {
         let d = cfg.hidden_size;
         let p = cfg.patch_size;
         let n_pos = (cfg.image_size / p) * (cfg.image_size / p) + 1;
@@ -47,7 +48,8 @@ impl VisionModel {
                 }
             })
             .collect();
-        VisionModel {
+        Ok(VisionModel {
+            act: activation(&cfg.hidden_act)?,
             patch_w: emb.get("patch_embedding.weight", &[d, cfg.num_channels, p, p]),
             patch_b: emb.get("patch_embedding.bias", &[d]),
             class_embedding: emb.get_f32("class_embedding", &[1, 1, d]),
@@ -56,7 +58,7 @@ impl VisionModel {
             post_layernorm: LayerNorm::load(&vb.pp("post_layernorm"), d, cfg.layer_norm_eps),
             heads: cfg.num_attention_heads,
             hidden: d,
-        }
+        })
     }
 
     /// pixel_values `[B, 3, H, W]` -> last_hidden_state `[B, 1 + (H/p)(W/p), D]` (post-LN).
@@ -97,7 +99,7 @@ impl VisionModel {
             let a = l.proj.forward(&ops::merge_heads(&a)?)?;
             x = ops::add(&x, &a)?;
             let h = l.ln2.forward(&x)?;
-            let h = l.fc2.forward(&ops::gelu(&l.fc1.forward(&h)?)?)?;
+            let h = l.fc2.forward(&ops::unary(&l.fc1.forward(&h)?, self.act)?)?;
             x = ops::add(&x, &h)?;
         }
         self.post_layernorm.forward(&x)
