@@ -24,14 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = std::time::Instant::now();
     let s = evaluate(&model, first, count)?;
     println!(
-        "seeds {first}..{} on {device:?}: captions {}/{} = {:.2}%, answers {}/{} = {:.2}% ({:.1} s)",
+        "seeds {first}..{} on {device:?}: {s} ({:.1} s)",
         first + count,
-        s.captions_correct,
-        s.scenes,
-        100.0 * s.caption_accuracy(),
-        s.answers_correct,
-        s.questions,
-        100.0 * s.vqa_accuracy(),
         t.elapsed().as_secs_f64()
     );
     for (seed, want, got) in &s.mistakes {

@@ -33,6 +33,21 @@ pub struct DemoScores {
     pub mistakes: Vec<(u64, String, String)>,
 }
 
+impl std::fmt::Display for DemoScores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "captions {}/{} = {:.2}%, answers {}/{} = {:.2}%",
+            self.captions_correct,
+            self.scenes,
+            100.0 * self.caption_accuracy(),
+            self.answers_correct,
+            self.questions,
+            100.0 * self.vqa_accuracy()
+        )
+    }
+}
+
 impl DemoScores {
     pub fn caption_accuracy(&self) -> f64 {
         self.captions_correct as f64 / self.scenes.max(1) as f64

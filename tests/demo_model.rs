@@ -4,9 +4,19 @@
 
 use std::collections::HashMap;
 
-use blip2::demo::load_demo;
-use blip2::scene::{draw_scene, vqa_prompt};
-use blip2::{DType, Device, GenerationConfig, LoadOptions};
+use blip2::demo::{evaluate, load_demo};
+use blip2::scene::{draw_scene, normalize_answer, vqa_prompt};
+use blip2::{Blip2, DType, Device, GenerationConfig, LoadOptions};
+
+/// The embedded model with f32 activations, as `blip2 caption` runs it by default.
+fn demo(device: &Device) -> Blip2 {
+    load_demo(LoadOptions {
+        device: device.clone(),
+        dtype: DType::F32,
+        progress: None,
+    })
+    .unwrap()
+}
 
 fn predictions() -> serde_json::Value {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,12 +28,7 @@ fn predictions() -> serde_json::Value {
 /// first `scenes` scenes (the model's greedy margins on these scenes are what they are, so
 /// a near-tie could in principle flip; none does on this set).
 fn check(device: Device, scenes: usize) {
-    let model = load_demo(LoadOptions {
-        device: device.clone(),
-        dtype: DType::F32,
-        progress: None,
-    })
-    .unwrap();
+    let model = demo(&device);
     let p = predictions();
     let mut qa: HashMap<(u64, String), String> = HashMap::new();
     for r in p["qa"].as_array().unwrap() {
@@ -84,6 +89,80 @@ fn demo_model_matches_transformers_on_gpu() {
     if let Some(gpu) = blip2::engine::testing::gpu() {
         check(gpu, 6);
     }
+}
+
+/// Issue 7's bar, through our engine, on scenes drawn for this test only: seeds from
+/// 7_000_000 (training used 1_000_000..1_039_999; the documented evaluation 9_000_000..).
+/// Exact match, case and a trailing period aside: captions >= 90%, answers >= 95%.
+fn check_accuracy(device: Device, scenes: u64) {
+    let model = demo(&device);
+    let s = evaluate(&model, 7_000_000, scenes).unwrap();
+    eprintln!(
+        "{device:?}: {s}; first mistakes: {:?}",
+        &s.mistakes[..s.mistakes.len().min(5)]
+    );
+    assert_eq!(s.scenes as u64, scenes);
+    assert!(
+        s.caption_accuracy() >= 0.90,
+        "caption exact match {:.3} < 0.90 on {device:?}",
+        s.caption_accuracy()
+    );
+    assert!(
+        s.vqa_accuracy() >= 0.95,
+        "answer accuracy {:.3} < 0.95 on {device:?}",
+        s.vqa_accuracy()
+    );
+}
+
+#[test]
+fn demo_model_accuracy_on_fresh_scenes_cpu() {
+    check_accuracy(Device::cpu(), 300);
+}
+
+/// The first 30 of the same scenes on the GPU adapter (llvmpipe in CI runs ~1 scene/s).
+#[test]
+fn demo_model_accuracy_on_fresh_scenes_gpu() {
+    if let Some(gpu) = blip2::engine::testing::gpu() {
+        check_accuracy(gpu, 30);
+    }
+}
+
+/// The README's quick start points at `examples/*.png`: each has its ground truth beside it
+/// (`blip2 demo-scene --json`), and the embedded model must caption it and answer every one of
+/// its questions exactly.
+#[test]
+fn examples_are_captioned_and_answered_exactly() {
+    let model = demo(&Device::cpu());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let png = entry.unwrap().path();
+        if png.extension().and_then(|e| e.to_str()) != Some("png") {
+            continue;
+        }
+        let truth: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(png.with_extension("json")).unwrap()).unwrap();
+        let image = blip2::load_image(&png).unwrap();
+        let caption = model.caption(&image).unwrap().text;
+        assert_eq!(
+            normalize_answer(&caption),
+            normalize_answer(truth["caption"].as_str().unwrap()),
+            "{}",
+            png.display()
+        );
+        for qa in truth["qa"].as_array().unwrap() {
+            let question = qa["question"].as_str().unwrap();
+            let answer = model.ask(&image, question).unwrap().text;
+            assert_eq!(
+                normalize_answer(&answer),
+                normalize_answer(qa["answer"].as_str().unwrap()),
+                "{}: {question}",
+                png.display()
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 3, "examples/ should hold the README's scenes");
 }
 
 #[test]

@@ -7,8 +7,9 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug)]
 pub struct SceneOpts {
-    /// Seed of the (first) scene; the demo model was trained on other seeds.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Seed of the (first) scene. The demo model was trained on seeds 1000000..1039999;
+    /// any other seed draws a scene it never saw.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output PNG (single scene).
     #[arg(required_unless_present = "out_dir")]
@@ -19,6 +20,7 @@ pub struct SceneOpts {
     /// Batch mode: write COUNT scenes as DIR/{seed}.png plus DIR/scenes.jsonl.
     #[arg(long, requires = "count")]
     pub out_dir: Option<PathBuf>,
+    /// Number of scenes in batch mode (seeds SEED..SEED+COUNT).
     #[arg(long)]
     pub count: Option<u64>,
 }

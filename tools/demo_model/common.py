@@ -148,10 +148,14 @@ def format_summary(s):
 
 def pixel_values_uint8(images_u8, mean, std):
     """BlipImageProcessor's arithmetic for images already at the model size: x/255, CLIP mean/std, CHW."""
-    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).to(torch.float64) / 255.0
     mean = torch.tensor(mean, dtype=torch.float64)[None, :, None, None]
     std = torch.tensor(std, dtype=torch.float64)[None, :, None, None]
-    return ((x - mean) / std).to(torch.float32)
+    out = torch.empty((images_u8.shape[0], 3, images_u8.shape[1], images_u8.shape[2]), dtype=torch.float32)
+    # In chunks: float64 intermediates for 40,000 images at once would need ~12 GB.
+    for start in range(0, images_u8.shape[0], 4096):
+        x = torch.from_numpy(images_u8[start : start + 4096]).permute(0, 3, 1, 2).to(torch.float64) / 255.0
+        out[start : start + 4096] = ((x - mean) / std).to(torch.float32)
+    return out
 
 
 def images_to_array(images):

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,6 +30,8 @@ def main():
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
+    p.add_argument("--fixture", default=None, help="compact predictions of the first --fixture-scenes scenes")
+    p.add_argument("--fixture-scenes", type=int, default=40)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     # The f16 weights upcast to f32, as our engine runs them by default.
@@ -39,6 +42,18 @@ def main():
     print(format_summary(res["summary"]))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    if args.fixture:
+        seeds = [r["seed"] for r in records[: args.fixture_scenes]]
+        keep = set(seeds)
+        fixture = {
+            "description": f"transformers {transformers.__version__} greedy predictions of {args.model} "
+            f"(f16 file loaded as f32) on scenes {seeds[0]}..{seeds[-1]}, from tools/demo_model/evaluate.py --fixture",
+            "captions": [{"seed": c["seed"], "got": c["got"]} for c in res["captions"] if c["seed"] in keep],
+            "qa": [
+                {"seed": q["seed"], "question": q["question"], "got": q["got"]} for q in res["qa"] if q["seed"] in keep
+            ],
+        }
+        Path(args.fixture).write_text(json.dumps(fixture, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -211,13 +211,91 @@ class Batches:
 
 def lm_logits(model, pixel_values, input_ids, attention, per_image):
     """Blip2ForConditionalGeneration.forward with the image tower run once per image and its projected
-    queries shared by that image's `per_image` sequences (checked against forward() at start-up)."""
-    feats = model.get_image_features(pixel_values=pixel_values).pooler_output
-    feats = feats.repeat_interleave(per_image, dim=0)
+    queries shared by that image's `per_image` sequences (checked against forward() at start-up).
+    Returns the LM logits and the vision tower's patch outputs [B, patches, hidden] (for the auxiliary loss)."""
+    image = model.get_image_features(pixel_values=pixel_values)
+    feats = image.pooler_output.repeat_interleave(per_image, dim=0)
     embeds = model.get_input_embeddings()(input_ids)
     mask = (input_ids == model.config.image_token_index).unsqueeze(-1)
     embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
-    return model.language_model(inputs_embeds=embeds, attention_mask=attention).logits
+    logits = model.language_model(inputs_embeds=embeds, attention_mask=attention).logits
+    return logits, image.last_hidden_state[:, 1:]
+
+
+# Auxiliary per-patch targets: what the object covering most of a patch is. Colours are unique within a
+# scene and objects never overlap, so a pixel's exact colour names its object (src/scene.rs).
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 70, 220),
+    "yellow": (240, 210, 20),
+    "purple": (140, 50, 170),
+    "orange": (245, 130, 20),
+}
+SHAPES = ["circle", "square", "triangle"]
+SIZES = ["small", "large"]
+POSITIONS = ["left", "center", "right"]
+# Class 0 of each head is "no object in this patch".
+AUX_HEADS = {
+    "shape": 1 + len(SHAPES),
+    "colour": 1 + len(COLOURS),
+    "size": 1 + len(SIZES),
+    "position": 1 + len(POSITIONS),
+}
+
+
+def patch_targets(images_u8, records, patch):
+    """[N, patches] class indices per auxiliary head, patches row-major as the ViT's patch embedding."""
+    n, h, w, _ = images_u8.shape
+    gh, gw = h // patch, w // patch
+    counts = np.zeros((n, len(COLOURS), gh * gw), dtype=np.int32)
+    for c, rgb in enumerate(COLOURS.values()):
+        hit = np.all(images_u8 == np.array(rgb, dtype=np.uint8), axis=-1)
+        counts[:, c] = hit.reshape(n, gh, patch, gw, patch).sum(axis=(2, 4)).reshape(n, gh * gw)
+    colour_idx = counts.argmax(axis=1)  # [N, patches]
+    empty = counts.max(axis=1) == 0
+    # Per scene, colour -> (shape, size, position) from its QA ground truth.
+    table = np.zeros((n, len(COLOURS), 3), dtype=np.int64)
+    names = list(COLOURS)
+    for i, r in enumerate(records):
+        answers = {qa["question"]: qa["answer"] for qa in r["qa"]}
+        for shape in SHAPES:
+            colour = answers.get(f"what color is the {shape}?")
+            if colour is None:
+                continue
+            table[i, names.index(colour)] = (
+                1 + SHAPES.index(shape),
+                1 + SIZES.index(answers[f"what size is the {shape}?"]),
+                1 + POSITIONS.index(answers[f"where is the {shape}?"]),
+            )
+    picked = np.take_along_axis(table, colour_idx[:, :, None].repeat(3, axis=2), axis=1)  # [N, patches, 3]
+    out = {
+        "shape": picked[:, :, 0],
+        "colour": 1 + colour_idx,
+        "size": picked[:, :, 1],
+        "position": picked[:, :, 2],
+    }
+    for v in out.values():
+        v[empty] = 0
+    assert (out["shape"][~empty] > 0).all(), "a coloured patch whose colour no QA pair names"
+    return {k: torch.from_numpy(v.astype(np.int64)) for k, v in out.items()}
+
+
+class AuxHead(torch.nn.Module):
+    """Linear classifiers on the vision tower's patch outputs. Training only: not part of the export.
+    They give the tower a dense, direct signal for shape (the language loss alone reaches the tower
+    through the Q-Former and the LM, and shapes were the slowest thing it learnt)."""
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, n) for k, n in AUX_HEADS.items()})
+
+    def loss(self, patches, targets):
+        total = 0.0
+        for k, head in self.heads.items():
+            logits = head(patches)
+            total = total + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[k].reshape(-1))
+        return total / len(self.heads)
 
 
 def shifted_loss(logits, labels):
@@ -243,9 +321,10 @@ def check_inputs(processor, batches, records, images, pixel_values):
         assert whole == seq[batches.q : len(seq) - 1], (whole, seq)
 
 
-def save_checkpoint(path, model, optimizer, step):
+def save_checkpoint(path, model, aux, optimizer, step):
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+    state = {"model": model.state_dict(), "aux": aux.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
@@ -262,7 +341,7 @@ def main():
     p.add_argument("--eval-scenes", required=True, help="held-out scenes (different seeds)")
     p.add_argument("--work", required=True, help="checkpoints, logs and evaluation results")
     p.add_argument("--out", required=True, help="save_pretrained directory of the f16 model + processor")
-    p.add_argument("--steps", type=int, default=4500)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-images", type=int, default=32)
     p.add_argument("--qa-per-image", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -270,8 +349,9 @@ def main():
     p.add_argument("--min-lr-frac", type=float, default=0.02)
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-patch auxiliary loss (0 = off)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vision-hidden", type=int, default=128)
     p.add_argument("--vision-layers", type=int, default=4)
     p.add_argument("--vision-heads", type=int, default=4)
@@ -320,12 +400,14 @@ def main():
     # Our shared-image forward must equal the model's own forward on the same sequences.
     with torch.no_grad():
         ids, att, lab, per = batches.make([0, 1], np.random.default_rng(0), args.qa_per_image)
-        mine = lm_logits(model, pixel_values[:2], ids, att, per)
+        mine, _ = lm_logits(model, pixel_values[:2], ids, att, per)
         ref = model(pixel_values=pixel_values[:2].repeat_interleave(per, 0), input_ids=ids, attention_mask=att).logits
         assert torch.allclose(mine, ref, atol=1e-5), (mine - ref).abs().max()
 
+    aux = AuxHead(args.vision_hidden)
+    targets = patch_targets(images_to_array(pil_images), records, args.patch)
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for name, param in list(model.named_parameters()) + list(aux.named_parameters(prefix="aux")):
         (no_decay if param.ndim < 2 or "embed" in name or "query_tokens" in name else decay).append(param)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -336,32 +418,42 @@ def main():
     step = 0
     if ckpt_path.exists() and not args.no_resume:
         state = torch.load(ckpt_path, weights_only=True)
+        if "aux" not in state:
+            sys.exit(f"{ckpt_path} predates the auxiliary heads; delete it (or pass --no-resume) to train from scratch")
         model.load_state_dict(state["model"])
+        aux.load_state_dict(state["aux"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
         print(f"resumed from step {step}", flush=True)
 
     model.train()
-    t_loop, steps_run, running = time.time(), 0, None
+    t_loop, steps_run, running, aux_running = time.time(), 0, None, None
     while step < args.steps:
         rng = np.random.default_rng([args.seed, step])  # per-step stream: a resumed run sees the same batches
         idx = rng.choice(len(records), size=args.batch_images, replace=False)
         ids, att, lab, per = batches.make(idx, rng, args.qa_per_image)
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, args)
-        loss = shifted_loss(lm_logits(model, pixel_values[idx], ids, att, per), lab)
+        logits, patches = lm_logits(model, pixel_values[idx], ids, att, per)
+        loss = shifted_loss(logits, lab)
+        aux_loss = aux.loss(patches, {k: v[idx] for k, v in targets.items()})
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        (loss + args.aux_weight * aux_loss).backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux.parameters()), 1.0)
         optimizer.step()
         step += 1
         steps_run += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        aux_running = aux_loss.item() if aux_running is None else 0.98 * aux_running + 0.02 * aux_loss.item()
         if step % 50 == 0:
             rate = steps_run / (time.time() - t_loop)
-            print(f"step {step}/{args.steps} loss {running:.4f} lr {lr_at(step, args):.2e} {rate:.2f} steps/s", flush=True)
+            print(
+                f"step {step}/{args.steps} loss {running:.4f} aux {aux_running:.4f} "
+                f"lr {lr_at(step, args):.2e} {rate:.2f} steps/s",
+                flush=True,
+            )
         if step % args.checkpoint_every == 0 or step == args.steps:
-            save_checkpoint(ckpt_path, model, optimizer, step)
+            save_checkpoint(ckpt_path, model, aux, optimizer, step)
         if args.monitor_every and step % args.monitor_every == 0 and step < args.steps:
             res = evaluate(model, processor, eval_records[:100], eval_images[:100], args.max_new_tokens)
             print(f"[monitor step {step}]\n{format_summary(res['summary'])}", flush=True)
