@@ -223,3 +223,34 @@ fn cli_uses_the_embedded_model_without_model_flag() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Several images (here a directory): one line per image, `PATH: caption`, in name order.
+#[test]
+fn cli_labels_each_caption_with_its_image() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args(["caption", "--device", "cpu", "-q"])
+        .arg(&examples)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let mut pngs: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("png"))
+        .collect();
+    pngs.sort();
+    assert_eq!(lines.len(), pngs.len(), "{stdout}");
+    for (line, png) in lines.iter().zip(&pngs) {
+        let truth: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(png.with_extension("json")).unwrap()).unwrap();
+        let want = format!("{}: {}", png.display(), truth["caption"].as_str().unwrap());
+        assert_eq!(*line, want);
+    }
+}

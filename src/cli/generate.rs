@@ -104,6 +104,8 @@ pub fn caption(
         anyhow::bail!("--batch-size must be at least 1");
     }
     let images = expand_images(images)?;
+    // With several images each plain-text line says which image it is about.
+    let labelled = images.len() > 1;
     let (model, load, cfg) = setup(o)?;
     for chunk in images.chunks(batch_size) {
         let imgs = chunk
@@ -111,6 +113,11 @@ pub fn caption(
             .map(|p| open_image(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
         if chunk.len() == 1 && !o.model.json {
+            if labelled {
+                let mut out = std::io::stdout().lock();
+                write!(out, "{}: ", chunk[0].display())?;
+                out.flush()?;
+            }
             let feats = model.image_features(&[&imgs[0]])?;
             let gens = print_streamed(
                 |on| model.generate_from_features_with(&feats, &[prompt], &cfg, on),
@@ -123,7 +130,8 @@ pub fn caption(
         let refs: Vec<&blip2::image::DynamicImage> = imgs.iter().collect();
         let gens = model.generate_batch(&refs, &vec![prompt; chunk.len()], &cfg)?;
         for (path, g) in chunk.iter().zip(&gens) {
-            print_result(json_record(path, None, g, load, &cfg), g, o)?;
+            let label = labelled.then_some(path.as_path());
+            print_result(json_record(path, None, g, load, &cfg), g, label, o)?;
         }
         summary(load, &gens, o);
     }
@@ -142,6 +150,7 @@ pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
         print_result(
             json_record(image, Some(question.trim()), &g, load, &cfg),
             &g,
+            None,
             o,
         )
     } else {
@@ -187,7 +196,7 @@ pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
         }
         if o.model.json {
             let g = chat.ask(q, &cfg)?;
-            print_result(json_record(image, Some(q), &g, load, &cfg), &g, o)?;
+            print_result(json_record(image, Some(q), &g, load, &cfg), &g, None, o)?;
         } else {
             let gens = print_streamed(
                 |on| chat.ask_stream(q, &cfg, on).map(|g| vec![g]),
@@ -278,10 +287,18 @@ fn json_record(
     v
 }
 
-fn print_result(record: serde_json::Value, g: &Generation, o: &GenOpts) -> anyhow::Result<()> {
+/// One result: the JSON record with `--json`, else the text, after `PATH: ` when `label` is set.
+fn print_result(
+    record: serde_json::Value,
+    g: &Generation,
+    label: Option<&Path>,
+    o: &GenOpts,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if o.model.json {
         writeln!(out, "{record}")?;
+    } else if let Some(path) = label {
+        writeln!(out, "{}: {}", path.display(), g.text)?;
     } else {
         writeln!(out, "{}", g.text)?;
     }
