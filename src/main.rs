@@ -101,7 +101,23 @@ enum Command {
     Bench(cli::bench::BenchOpts),
 }
 
+/// `blip2 ... | head` should end quietly when the reader goes away, as other Unix tools do,
+/// rather than panic in `println!`: restore the default SIGPIPE action that Rust's runtime
+/// replaces with "ignore".
+#[cfg(unix)]
+fn default_sigpipe() {
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn default_sigpipe() {}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Caption {

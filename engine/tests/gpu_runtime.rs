@@ -99,6 +99,13 @@ fn adapter_is_found_and_described() {
     // The kernels need 256 invocations and 8 KiB of workgroup memory (WebGPU's minimums).
     assert!(info.max_compute_invocations_per_workgroup >= 256);
     assert!(info.max_compute_workgroup_storage_size >= 16384);
+    // `blip2 info`'s listing includes the adapter the device opened.
+    let listed = blip2_engine::gpu::list_adapters();
+    assert!(
+        listed.iter().any(|a| a.name == info.name),
+        "{} not in {listed:?}",
+        info.name
+    );
 }
 
 #[test]

@@ -3,6 +3,17 @@
 use blip2::Device;
 
 pub fn info() -> anyhow::Result<()> {
+    let adapters = blip2::engine::gpu::list_adapters();
+    println!("wgpu adapters: {}", adapters.len());
+    for a in &adapters {
+        println!(
+            "  - {} ({}, {}; driver: {})",
+            a.name,
+            a.backend,
+            a.device_type,
+            if a.driver.is_empty() { "-" } else { &a.driver }
+        );
+    }
     let mut devices = vec![Device::cpu()];
     match Device::gpu() {
         Ok(g) => devices.push(g),
@@ -10,11 +21,20 @@ pub fn info() -> anyhow::Result<()> {
     }
     for d in devices {
         let i = d.info();
-        println!("{}: {}", if d.is_gpu() { "gpu" } else { "cpu" }, i.name);
-        println!(
-            "  backend: {}  driver: {}  type: {}",
-            i.backend, i.driver, i.device_type
-        );
+        let role = if d.is_gpu() {
+            "gpu (used by --device gpu)"
+        } else {
+            "cpu"
+        };
+        println!("{role}: {}", i.name);
+        if d.is_gpu() {
+            println!(
+                "  backend: {}  driver: {}  type: {}",
+                i.backend, i.driver, i.device_type
+            );
+        } else {
+            println!("  backend: {}  type: {}", i.backend, i.device_type);
+        }
         if d.is_gpu() {
             println!(
                 "  shader_f16: {}  subgroups: {} ({}..{})  timestamps: {}  cooperative_matrix: {}",

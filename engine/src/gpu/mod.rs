@@ -484,6 +484,39 @@ impl GpuContext {
     }
 }
 
+/// One wgpu adapter as the system reports it (for listings; `Device::gpu` picks one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+}
+
+/// Every adapter wgpu can see with the backends `WGPU_BACKEND` allows (all by default).
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            let driver = [i.driver.as_str(), i.driver_info.as_str()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ");
+            AdapterSummary {
+                name: i.name,
+                backend: format!("{:?}", i.backend),
+                device_type: format!("{:?}", i.device_type),
+                driver,
+            }
+        })
+        .collect()
+}
+
 /// The adapter named by `WGPU_ADAPTER_NAME` (substring, case-insensitive), else the one
 /// wgpu prefers for `WGPU_POWER_PREF` (default: high performance). Errors list what exists.
 async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
