@@ -13,7 +13,8 @@ use cli::generate::GenOpts;
 #[command(
     name = "blip2",
     version,
-    about = "BLIP-2 image captioning and visual question answering on CPU or any wgpu GPU"
+    about = "BLIP-2 image captioning and visual question answering on CPU or any wgpu GPU",
+    after_help = "Without --model, caption/ask/chat use the small demo model built into the binary, which\nknows the synthetic scenes of `blip2 demo-scene`. Quick start:\n  blip2 demo-scene --seed 42 scene.png\n  blip2 caption scene.png\n  blip2 ask scene.png \"how many shapes are there?\""
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,7 +25,7 @@ struct Cli {
 enum Command {
     /// Caption one or more images.
     #[command(
-        after_help = "Examples:\n  blip2 caption photo.jpg --model ./blip2-opt-2.7b\n  blip2 caption a.png b.png --model DIR --prompt \"a photo of\" --json\n  blip2 caption a.jpg b.jpg c.jpg --model DIR --batch-size 2 --num-beams 3"
+        after_help = "Examples:\n  blip2 caption examples/three_shapes.png            (embedded demo model)\n  blip2 caption photo.jpg --model ./blip2-opt-2.7b\n  blip2 caption a.png b.png --model DIR --prompt \"a photo of\" --json\n  blip2 caption a.jpg b.jpg c.jpg --model DIR --batch-size 2 --num-beams 3"
     )]
     Caption {
         /// Image files, directories of images, or - for image bytes on stdin.
@@ -41,7 +42,7 @@ enum Command {
     },
     /// Answer a question about an image (prompt "Question: {q} Answer:").
     #[command(
-        after_help = "Example:\n  blip2 ask photo.jpg \"what is the dog doing?\" --model ./blip2-opt-2.7b"
+        after_help = "Examples:\n  blip2 ask examples/three_shapes.png \"what shape is orange?\"   (embedded demo model)\n  blip2 ask photo.jpg \"what is the dog doing?\" --model ./blip2-opt-2.7b"
     )]
     Ask {
         image: PathBuf,
@@ -87,6 +88,9 @@ enum Command {
         opts: cli::common::ModelOpts,
     },
     /// List the compute devices (CPU and GPU adapters) and what they support.
+    #[command(
+        after_help = "Examples:\n  blip2 info\n  WGPU_BACKEND=vulkan blip2 info      (only Vulkan adapters)\n  WGPU_ADAPTER_NAME=nvidia blip2 info (the adapter --device gpu opens)"
+    )]
     Info,
     /// Draw a scene like those the demo model learned, and print its ground truth.
     #[command(
