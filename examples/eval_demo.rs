@@ -2,8 +2,10 @@
 //! docs/demo-model.md:
 //!
 //! ```sh
-//! cargo run --release --example eval_demo -- 9000000 1000 [cpu|gpu]
+//! cargo run --release --example eval_demo -- 9000000 1000 [cpu|gpu] [f32|f16]
 //! ```
+//!
+//! The last argument is the activation dtype (`--dtype` of the CLI; default f32).
 
 use blip2::demo::{evaluate, load_demo};
 use blip2::{DType, Device, LoadOptions};
@@ -16,15 +18,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("gpu") => Device::gpu()?,
         _ => Device::cpu(),
     };
+    let dtype = match args.get(3).map(String::as_str) {
+        Some("f16") => DType::F16,
+        _ => DType::F32,
+    };
     let model = load_demo(LoadOptions {
         device: device.clone(),
-        dtype: DType::F32,
+        dtype,
         progress: None,
     })?;
     let t = std::time::Instant::now();
     let s = evaluate(&model, first, count)?;
     println!(
-        "seeds {first}..{} on {device:?}: {s} ({:.1} s)",
+        "seeds {first}..{} on {device:?}, {dtype:?}: {s} ({:.1} s)",
         first + count,
         t.elapsed().as_secs_f64()
     );
