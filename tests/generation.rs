@@ -656,7 +656,8 @@ fn cli_caption_batches_and_reports_settings() {
             }
         }
     }
-    // Streamed text output (one image per forward) prints the same texts.
+    // Streamed text output (one image per forward) prints the same texts, each after its
+    // image's path since there are several.
     let model = load("blip2-opt-tiny", &Device::cpu(), DType::F32);
     let text = run_ok(
         blip2_cmd(&[
@@ -666,7 +667,8 @@ fn cli_caption_batches_and_reports_settings() {
     );
     let want: Vec<String> = keys[..2]
         .iter()
-        .map(|k| model.caption(&image(k)).unwrap().text)
+        .zip(&paths)
+        .map(|(k, p)| format!("{p}: {}", model.caption(&image(k)).unwrap().text))
         .collect();
     assert_eq!(text.lines().collect::<Vec<_>>(), want);
 }
