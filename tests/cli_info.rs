@@ -1,17 +1,10 @@
 //! `blip2 info`: devices, adapters and the embedded model's configuration, exit 0.
 
+mod common;
+
 #[test]
 fn info_lists_devices_adapters_and_the_embedded_model() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blip2"))
-        .arg("info")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::blip2_ok(&["info"]);
     for want in [
         "wgpu adapters:",
         "cpu: ",

@@ -2,11 +2,14 @@
 //! held-out scenes (`tests/fixtures/demo/transformers_predictions.json`, written by
 //! tools/demo_model/evaluate.py), and the binary uses it when `--model` is absent.
 
+mod common;
+
 use std::collections::HashMap;
 
 use blip2::demo::{evaluate, load_demo};
 use blip2::scene::{draw_scene, normalize_answer, vqa_prompt};
 use blip2::{Blip2, DType, Device, GenerationConfig, LoadOptions};
+use common::blip2_ok;
 
 /// The embedded model with f32 activations, as `blip2 caption` runs it by default.
 fn demo(device: &Device) -> Blip2 {
@@ -172,46 +175,34 @@ fn cli_uses_the_embedded_model_without_model_flag() {
     let png = dir.join("scene.png");
     let bin = env!("CARGO_BIN_EXE_blip2");
     let seed = "9000001";
-    let out = std::process::Command::new(bin)
-        .args(["demo-scene", "--seed", seed, "--json"])
-        .arg(&png)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let truth: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let png_arg = png.to_str().unwrap();
+    let truth: serde_json::Value = serde_json::from_str(&blip2_ok(&[
+        "demo-scene",
+        "--seed",
+        seed,
+        "--json",
+        png_arg,
+    ]))
+    .unwrap();
     assert_eq!(
         truth["caption"],
         "a small yellow triangle on a gray background"
     );
-    let out = std::process::Command::new(bin)
-        .args(["caption", "--device", "cpu", "--json", "-q"])
-        .arg(&png)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: serde_json::Value = serde_json::from_str(&blip2_ok(&[
+        "caption", "--device", "cpu", "--json", "-q", png_arg,
+    ]))
+    .unwrap();
     // transformers captions this scene correctly; so must we.
     assert_eq!(got["text"], truth["caption"]);
-    let out = std::process::Command::new(bin)
-        .args(["ask", "--device", "cpu", "-q"])
-        .arg(&png)
-        .arg("what color is the background?")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "gray");
+    let answer = blip2_ok(&[
+        "ask",
+        "--device",
+        "cpu",
+        "-q",
+        png_arg,
+        "what color is the background?",
+    ]);
+    assert_eq!(answer.trim(), "gray");
     // Retrieval needs a real checkpoint: a clear error, not the demo model.
     let out = std::process::Command::new(bin)
         .args(["match", "--device", "cpu"])
@@ -228,17 +219,13 @@ fn cli_uses_the_embedded_model_without_model_flag() {
 #[test]
 fn cli_labels_each_caption_with_its_image() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blip2"))
-        .args(["caption", "--device", "cpu", "-q"])
-        .arg(&examples)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = blip2_ok(&[
+        "caption",
+        "--device",
+        "cpu",
+        "-q",
+        examples.to_str().unwrap(),
+    ]);
     let lines: Vec<&str> = stdout.lines().collect();
     let mut pngs: Vec<_> = std::fs::read_dir(&examples)
         .unwrap()

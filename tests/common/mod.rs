@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+#[allow(unused_imports)] // not every test binary uses it
 pub use blip2::engine::testing::devices;
 
 pub fn fixtures() -> PathBuf {
@@ -145,4 +146,20 @@ pub fn check_rel(what: &str, got: &blip2::engine::Tensor, want: &RefTensor, tol:
     assert_eq!(got.shape(), &want.shape[..], "{what}: shape");
     let e = rel_err(&got.to_vec_f32().unwrap(), &want.f);
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
+/// Runs the `blip2` binary with `args`; fails the test with its stderr unless it exits 0.
+/// Returns stdout.
+pub fn blip2_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "blip2 exited with {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
