@@ -67,9 +67,14 @@ pub fn evaluate(model: &Blip2, first_seed: u64, count: u64) -> Result<DemoScores
             s.mistakes.push((seed, want.to_string(), got.to_string()));
         }
     };
-    for seed in first_seed..first_seed.saturating_add(count) {
-        let scene = draw_scene(seed);
-        let image = image::DynamicImage::ImageRgb8(scene.image.clone());
+    let end = first_seed.checked_add(count).ok_or_else(|| {
+        crate::Error::Invalid(format!(
+            "scenes {first_seed} + {count} overflow the u64 seed range"
+        ))
+    })?;
+    for seed in first_seed..end {
+        let mut scene = draw_scene(seed);
+        let image = image::DynamicImage::ImageRgb8(std::mem::take(&mut scene.image));
         let feats = model.image_features(&[&image])?;
         let cap = model
             .generate_from_features(&feats, &[None], &cfg)?

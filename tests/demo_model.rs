@@ -44,7 +44,7 @@ fn check(device: Device, scenes: usize) {
         );
     }
     let cfg = GenerationConfig::default();
-    let (mut n, mut same) = (0, 0);
+    let mut n = 0;
     for c in p["captions"].as_array().unwrap().iter().take(scenes) {
         let seed = c["seed"].as_u64().unwrap();
         let scene = draw_scene(seed);
@@ -55,7 +55,6 @@ fn check(device: Device, scenes: usize) {
             .unwrap()
             .remove(0);
         n += 1;
-        same += usize::from(cap.text.trim() == c["got"].as_str().unwrap().trim());
         assert_eq!(
             cap.text.trim(),
             c["got"].as_str().unwrap().trim(),
@@ -69,7 +68,6 @@ fn check(device: Device, scenes: usize) {
                 .unwrap()
                 .remove(0);
             n += 1;
-            same += usize::from(ans.text.trim() == want.trim());
             assert_eq!(
                 ans.text.trim(),
                 want.trim(),
@@ -78,7 +76,7 @@ fn check(device: Device, scenes: usize) {
             );
         }
     }
-    eprintln!("{device:?}: {same}/{n} texts identical to transformers");
+    eprintln!("{device:?}: all {n} texts identical to transformers");
 }
 
 #[test]

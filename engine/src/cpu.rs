@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::ops::{AttnDims, AttnOpts, Binary, MatmulDims, Unary, split_at_axis};
 use crate::tensor::CpuStorage;
-use crate::{DType, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 /// f32 view of a tensor's data (borrowed when it is already f32).
 fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
@@ -51,7 +51,8 @@ pub(crate) fn linear(
 ) -> Result<Tensor> {
     let kdim = w.dim(1);
     let n = w.dim(0);
-    let m = x.elem_count() / kdim.max(1);
+    // Rows = every dimension but the last (x's last is K; `ops::linear` checked rank >= 1).
+    let m: usize = x.shape()[..x.rank() - 1].iter().product();
     let xa = f32_data(x);
     let bias = b.map(f32_data);
     let mut c = vec![0f32; m * n];
@@ -224,40 +225,49 @@ macro_rules! with_storage {
 pub(crate) fn concat(ts: &[&Tensor], axis: usize, out_shape: Vec<usize>) -> Result<Tensor> {
     let (outer, _, inner) = split_at_axis(&out_shape, axis);
     let total = out_shape.iter().product();
-    // `ops::concat` checked that every input has the first one's dtype.
     let storage = match ts[0].cpu_storage() {
         CpuStorage::F32(_) => {
             CpuStorage::F32(concat_blocks(ts, axis, outer, inner, total, |s| match s {
-                CpuStorage::F32(v) => v,
-                CpuStorage::F16(_) => unreachable!("mixed dtypes rejected by ops::concat"),
-            }))
+                CpuStorage::F32(v) => Some(v),
+                CpuStorage::F16(_) => None,
+            })?)
         }
         CpuStorage::F16(_) => {
             CpuStorage::F16(concat_blocks(ts, axis, outer, inner, total, |s| match s {
-                CpuStorage::F16(v) => v,
-                CpuStorage::F32(_) => unreachable!("mixed dtypes rejected by ops::concat"),
-            }))
+                CpuStorage::F16(v) => Some(v),
+                CpuStorage::F32(_) => None,
+            })?)
         }
     };
     Ok(Tensor::from_cpu(out_shape, storage))
 }
 
+/// `get` returns `None` for an input whose dtype differs from the first one's.
 fn concat_blocks<T: Copy>(
     ts: &[&Tensor],
     axis: usize,
     outer: usize,
     inner: usize,
     total: usize,
-    get: impl Fn(&CpuStorage) -> &Vec<T>,
-) -> Vec<T> {
+    get: impl Fn(&CpuStorage) -> Option<&Vec<T>>,
+) -> Result<Vec<T>> {
+    let mut parts = Vec::with_capacity(ts.len());
+    for t in ts {
+        let v = get(t.cpu_storage()).ok_or(Error::DType {
+            op: "concat",
+            operand: "inputs",
+            expected: "the first input's dtype",
+            found: t.dtype(),
+        })?;
+        parts.push((v, t.dim(axis) * inner));
+    }
     let mut out = Vec::with_capacity(total);
     for o in 0..outer {
-        for t in ts {
-            let span = t.dim(axis) * inner;
-            out.extend_from_slice(&get(t.cpu_storage())[o * span..(o + 1) * span]);
+        for (v, span) in &parts {
+            out.extend_from_slice(&v[o * span..(o + 1) * span]);
         }
     }
-    out
+    Ok(out)
 }
 
 pub(crate) fn narrow(
@@ -283,15 +293,22 @@ pub(crate) fn write_at(dst: &mut Tensor, src: &Tensor, axis: usize, offset: usiz
     let (outer, dim, inner) = split_at_axis(dst.shape(), axis);
     let len = src.dim(axis);
     let span = len * inner;
-    let src_st = src.cpu_storage().clone();
-    match (dst.cpu_storage_mut(), &src_st) {
+    let found = src.dtype();
+    match (dst.cpu_storage_mut(), src.cpu_storage()) {
         (CpuStorage::F32(d), CpuStorage::F32(s)) => {
             copy_blocks(d, s, outer, dim, inner, offset, span)
         }
         (CpuStorage::F16(d), CpuStorage::F16(s)) => {
             copy_blocks(d, s, outer, dim, inner, offset, span)
         }
-        _ => unreachable!("write_at checked equal dtypes"),
+        _ => {
+            return Err(Error::DType {
+                op: "write_at",
+                operand: "src",
+                expected: "dst's dtype",
+                found,
+            });
+        }
     }
     Ok(())
 }
@@ -336,8 +353,19 @@ pub(crate) fn attention(
     d: &AttnDims,
 ) -> Result<Tensor> {
     let qa = f32_data(q);
-    let ka = f32_data(kt);
-    let va = f32_data(vt);
+    // An f16 KV cache is widened only where it is filled (lk of lk_cap rows per slab), not
+    // whole on every decode step; f32 caches are read in place.
+    let f16_kv = kt.dtype() == DType::F16 || vt.dtype() == DType::F16;
+    let slabs = d.batch * d.heads;
+    let (ka, va, lk_cap) = if f16_kv {
+        (
+            filled_rows_f32(kt, slabs, d.lk, d.lk_cap, d.head_dim),
+            filled_rows_f32(vt, slabs, d.lk, d.lk_cap, d.head_dim),
+            d.lk,
+        )
+    } else {
+        (f32_data(kt), f32_data(vt), d.lk_cap)
+    };
     let mask = opts.mask.map(f32_data);
     let bias = opts.bias.map(f32_data);
     let mut out = vec![0f32; qa.len()];
@@ -346,7 +374,7 @@ pub(crate) fn attention(
         heads: d.heads,
         lq: d.lq,
         lk: d.lk,
-        lk_cap: d.lk_cap,
+        lk_cap,
         head_dim: d.head_dim,
         scale: opts.scale,
         causal_offset: opts.causal.then(|| d.lk - d.lq),
@@ -361,6 +389,25 @@ pub(crate) fn attention(
         &p,
     );
     output(out, q.shape().to_vec(), q.dtype())
+}
+
+/// The first `lk` of `lk_cap` rows (width `dh`) of each of `slabs` slabs, as compact f32.
+fn filled_rows_f32(
+    t: &Tensor,
+    slabs: usize,
+    lk: usize,
+    lk_cap: usize,
+    dh: usize,
+) -> Cow<'_, [f32]> {
+    let mut out = vec![0f32; slabs * lk * dh];
+    for (s, o) in out.chunks_mut((lk * dh).max(1)).enumerate().take(slabs) {
+        let src = s * lk_cap * dh..(s * lk_cap + lk) * dh;
+        match t.cpu_storage() {
+            CpuStorage::F32(v) => o.copy_from_slice(&v[src]),
+            CpuStorage::F16(v) => k::f16_to_f32(&v[src], o),
+        }
+    }
+    Cow::Owned(out)
 }
 
 pub(crate) fn im2col(pixels: &Tensor, p: usize) -> Result<Tensor> {

@@ -38,8 +38,18 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
-fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+/// Element count of a shape that comes from outside (a config, a file, a caller), checked:
+/// a plain product would wrap in release builds and let a short buffer pass for a huge shape.
+fn numel(what: &'static str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            Error::shape(
+                what,
+                format!("shape {shape:?} has more elements than usize holds"),
+            )
+        })
 }
 
 impl Tensor {
@@ -66,13 +76,11 @@ impl Tensor {
     }
 
     fn check_len(what: &'static str, len: usize, shape: &[usize]) -> Result<()> {
-        if len != numel(shape) {
+        let n = numel(what, shape)?;
+        if len != n {
             return Err(Error::shape(
                 what,
-                format!(
-                    "{len} elements given for shape {shape:?} ({} expected)",
-                    numel(shape)
-                ),
+                format!("{len} elements given for shape {shape:?} ({n} expected)"),
             ));
         }
         Ok(())
@@ -118,14 +126,19 @@ impl Tensor {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
-        let n = numel(shape);
-        if bytes.len() != n * stored.size_of() {
+        let n = numel("from_bytes", shape)?;
+        let want = n.checked_mul(stored.size_of()).ok_or_else(|| {
+            Error::shape(
+                "from_bytes",
+                format!("{n} {stored:?} elements overflow usize bytes"),
+            )
+        })?;
+        if bytes.len() != want {
             return Err(Error::shape(
                 "from_bytes",
                 format!(
-                    "{} bytes given for {n} {stored:?} elements of shape {shape:?} ({} expected)",
+                    "{} bytes given for {n} {stored:?} elements of shape {shape:?} ({want} expected)",
                     bytes.len(),
-                    n * stored.size_of()
                 ),
             ));
         }
@@ -183,7 +196,7 @@ impl Tensor {
 
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        let n = numel(shape);
+        let n = numel("zeros", shape)?;
         match device {
             Device::Cpu => Ok(Tensor::from_cpu(
                 shape.to_vec(),
@@ -215,7 +228,8 @@ impl Tensor {
     }
 
     pub fn elem_count(&self) -> usize {
-        numel(&self.shape)
+        // Checked when the tensor was made (its storage holds this many elements).
+        self.shape.iter().product()
     }
 
     pub fn dtype(&self) -> DType {
@@ -232,7 +246,7 @@ impl Tensor {
 
     /// Same data, new shape (no copy).
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        if numel(shape) != self.elem_count() {
+        if numel("reshape", shape)? != self.elem_count() {
             return Err(Error::shape(
                 "reshape",
                 format!("cannot reshape {:?} into {shape:?}", self.shape),

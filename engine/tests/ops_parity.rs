@@ -110,6 +110,46 @@ fn linear_matches_reference() {
     }
 }
 
+/// K = 0: x @ W^T is an empty sum, so every output row is the bias (exact).
+#[test]
+fn linear_with_empty_inner_dimension_is_the_bias() {
+    for dev in devices() {
+        let x = Tensor::zeros(&[3, 0], DType::F32, &dev).unwrap();
+        let w = Tensor::zeros(&[4, 0], DType::F32, &dev).unwrap();
+        let b = Tensor::from_f32(vec![1.0, -2.0, 0.5, 3.0], &[4], &dev).unwrap();
+        let y = ops::linear(&x, &w, Some(&b)).unwrap();
+        assert_eq!(y.shape(), &[3, 4]);
+        assert_eq!(
+            y.to_vec_f32().unwrap(),
+            [1.0, -2.0, 0.5, 3.0].repeat(3),
+            "{dev:?}"
+        );
+    }
+}
+
+/// Shapes whose element count overflows usize are shape errors, not wrapped products.
+#[test]
+fn overflowing_shapes_are_rejected() {
+    let huge = [usize::MAX / 2 + 1, 2, 1];
+    let err = Tensor::zeros(&huge, DType::F32, &Device::cpu()).unwrap_err();
+    assert!(
+        err.to_string().contains("more elements than usize"),
+        "{err}"
+    );
+    let err = Tensor::from_bytes(
+        &[0u8; 8],
+        blip2_engine::StoredDType::F32,
+        &huge,
+        DType::F32,
+        &Device::cpu(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("more elements than usize"),
+        "{err}"
+    );
+}
+
 #[test]
 fn linear_rejects_bad_shapes() {
     for dev in devices() {

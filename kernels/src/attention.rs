@@ -2,7 +2,7 @@
 //! S = Q·Kᵀ with the packed GEMM, scale + bias + mask + causal cut + softmax per row, O = P·V.
 
 use crate::elementwise::softmax_body;
-use crate::gemm::{gemm_rows, tile_rows};
+use crate::gemm::{Shared, gemm_rows, resolve_threads, tile_rows};
 use crate::isa::multiversion;
 use crate::{Isa, isa};
 use rayon::prelude::*;
@@ -123,11 +123,7 @@ pub fn attention_with(
         out.fill(0.0);
         return;
     }
-    let threads = if threads == 0 {
-        rayon::current_num_threads()
-    } else {
-        threads
-    };
+    let threads = resolve_threads(threads);
     // Query blocks bound the score scratch (≤ 128 rows × lk) and give idle threads work when
     // b·h is small; block sizes are whole microkernel tiles.
     let nqb = lq.div_ceil(128).max((2 * threads).div_ceil(bh)).min(lq);
@@ -171,7 +167,6 @@ pub fn attention_with(
             probs_isa(isa, &mut row[..vis], scale, b, m);
             row[vis..].fill(0.0);
         }
-        let op = outp;
         // SAFETY: as above.
         unsafe {
             gemm_rows(
@@ -184,7 +179,7 @@ pub fn attention_with(
                 v.as_ptr().add(ko),
                 d,
                 false,
-                op.0.add(qo),
+                outp.get().add(qo),
                 d,
             );
         }
@@ -199,10 +194,3 @@ pub fn attention_with(
         (0..total).into_par_iter().for_each(task);
     }
 }
-
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: tasks write disjoint row ranges through it.
-unsafe impl Send for Shared {}
-// SAFETY: as above.
-unsafe impl Sync for Shared {}

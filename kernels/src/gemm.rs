@@ -82,7 +82,7 @@ impl MatB {
 
 /// Raw pointers shared by tasks that touch disjoint output tiles.
 #[derive(Clone, Copy)]
-struct Shared<T>(T);
+pub(crate) struct Shared<T>(pub(crate) T);
 // SAFETY: used only to hand read-only inputs and disjoint output tiles to rayon tasks.
 unsafe impl<T> Send for Shared<T> {}
 // SAFETY: as above.
@@ -90,7 +90,7 @@ unsafe impl<T> Sync for Shared<T> {}
 
 impl<T: Copy> Shared<T> {
     /// By-value access, so closures capture the whole wrapper (not its non-Send fields).
-    fn get(self) -> T {
+    pub(crate) fn get(self) -> T {
         self.0
     }
 }
@@ -594,7 +594,7 @@ fn split(m: usize, n: usize, k: usize, tasks: usize, mr: usize) -> (usize, usize
     (pm, pn)
 }
 
-fn resolve_threads(threads: usize) -> usize {
+pub(crate) fn resolve_threads(threads: usize) -> usize {
     if threads == 0 {
         rayon::current_num_threads()
     } else {

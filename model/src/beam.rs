@@ -154,7 +154,12 @@ pub(crate) fn beam_search(
                 for j in 0..nb {
                     src.push(it.rows[j]);
                     it.rows[j] = src.len() - 1;
-                    next_tokens.push(*it.new[j].last().expect("a running beam has a token"));
+                    let Some(&token) = it.new[j].last() else {
+                        return Err(ModelError::Invalid(format!(
+                            "beam search: running beam {j} has no token at step {t}"
+                        )));
+                    };
+                    next_tokens.push(token);
                 }
             }
         }

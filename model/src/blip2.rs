@@ -465,7 +465,7 @@ impl Blip2 {
         let b = ids.len();
         let pad = cfg.pad_token_id.unwrap_or_else(|| self.pad_id());
         let batch = PaddedBatch::new(ids, pad, self.image_token_id()?, PaddingSide::Left);
-        let capacity = batch.len + cfg.max_new_tokens;
+        let capacity = batch.len.saturating_add(cfg.max_new_tokens);
         if capacity > opt.max_positions {
             return Err(ModelError::Invalid(format!(
                 "prompt of {} tokens + {} new tokens exceeds the model's {} positions",
@@ -515,7 +515,9 @@ impl Blip2 {
         })?;
         let mask = batch.mask_tensor(&self.device)?;
         let enc = t5.encode(&embeds, mask.as_ref())?;
-        let cache = t5.new_decoder_cache(&enc, mask.as_ref(), cfg.max_new_tokens + 1)?;
+        // The decoder cache holds the start token and every new token.
+        let cache =
+            t5.new_decoder_cache(&enc, mask.as_ref(), cfg.max_new_tokens.saturating_add(1))?;
         let mut state = T5Decoder { t5, cache };
         let first = vec![start; b];
         let logits = state.step(&first)?;

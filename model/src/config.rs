@@ -418,6 +418,11 @@ impl Blip2Config {
                 self.qformer_config.cross_attention_frequency,
             ),
             ("num_query_tokens", self.num_query_tokens),
+            ("image_text_hidden_size", self.image_text_hidden_size),
+            (
+                "text_config.vocab_size",
+                self.text_config.as_ref().map_or(1, TextConfig::vocab_size),
+            ),
         ] {
             if x == 0 {
                 return err(k, "must be at least 1".into());
@@ -475,6 +480,17 @@ impl Blip2Config {
                     return err(
                         "text_config.relative_attention_num_buckets",
                         "must be at least 2".into(),
+                    );
+                }
+                // The log-spaced buckets run from num_buckets/2 (causal) up to max_distance.
+                if t.relative_attention_max_distance <= t.relative_attention_num_buckets / 2 {
+                    return err(
+                        "text_config.relative_attention_max_distance",
+                        format!(
+                            "{} must exceed relative_attention_num_buckets / 2 = {}",
+                            t.relative_attention_max_distance,
+                            t.relative_attention_num_buckets / 2
+                        ),
                     );
                 }
             }

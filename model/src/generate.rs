@@ -297,7 +297,7 @@ pub fn decode(
 ) -> Result<DecodeOutput> {
     cfg.validate()?;
     let vocab = model.vocab();
-    if first.len() != seen.len() * vocab || seen.is_empty() {
+    if vocab == 0 || first.len() != seen.len() * vocab || seen.is_empty() {
         return Err(ModelError::Invalid(format!(
             "{} logits for {} rows of vocabulary {vocab}",
             first.len(),

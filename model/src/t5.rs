@@ -33,8 +33,9 @@ pub fn relative_position_bucket(
     } else {
         let ratio = ((n as f32) / (max_exact as f32)).ln()
             / ((max_distance as f64 / max_exact as f64).ln() as f32);
-        let large = max_exact + (ratio * (nb - max_exact) as f32) as i64;
-        bucket += large.min(nb - 1);
+        // `as` saturates on f32 -> i64; the clamp keeps any config in the table's range.
+        let large = max_exact.saturating_add((ratio * (nb - max_exact) as f32) as i64);
+        bucket += large.clamp(max_exact, nb - 1);
     }
     bucket as usize
 }

@@ -134,7 +134,9 @@ fn parse_shard(path: &Path, mmap: ShardData) -> Result<Shard> {
             format!("truncated: {len} bytes, shorter than the 8-byte safetensors header length"),
         ));
     }
-    let n = u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes checked above"));
+    let mut n_bytes = [0u8; 8];
+    n_bytes.copy_from_slice(&mmap[..8]);
+    let n = u64::from_le_bytes(n_bytes);
     let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
         let msg = match e {
             SafeTensorError::InvalidHeaderLength => format!(

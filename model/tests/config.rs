@@ -213,6 +213,22 @@ fn errors_name_file_and_key() {
         "{err}"
     );
 
+    // T5's log-spaced position buckets need max_distance > num_buckets / 2 (else ln <= 0).
+    let err = parse(
+        r#"{"text_config": {"model_type": "t5", "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 16}}"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("text_config.relative_attention_max_distance"),
+        "{err}"
+    );
+    let err = parse(r#"{"image_text_hidden_size": 0}"#).unwrap_err();
+    assert!(err.to_string().contains("image_text_hidden_size"), "{err}");
+    let err = parse(r#"{"text_config": {"model_type": "opt", "vocab_size": 0}}"#).unwrap_err();
+    assert!(err.to_string().contains("text_config.vocab_size"), "{err}");
+
     let err = parse("{ not json").unwrap_err();
     assert!(
         err.to_string()

@@ -64,7 +64,7 @@ pub fn pick_device_explained(arg: DeviceArg) -> anyhow::Result<(Device, String)>
 
 /// A byte progress bar on stderr while weights load; hidden when stderr is not a
 /// terminal or with `--quiet`.
-pub fn progress_bar(quiet: bool) -> Option<indicatif::ProgressBar> {
+fn progress_bar(quiet: bool) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     if quiet || !std::io::stderr().is_terminal() {
         return None;
@@ -104,20 +104,27 @@ pub fn load_options(
     ))
 }
 
-/// Loads the checkpoint of `o` and returns it with the load time (device setup included).
-pub fn load_model(o: &ModelOpts) -> anyhow::Result<(Blip2, Duration)> {
+/// Runs `load` with the load options of `o` (device, progress bar) and returns its model
+/// with the load time, device setup included.
+pub fn load_timed<T>(
+    o: &ModelOpts,
+    load: impl FnOnce(LoadOptions) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Duration)> {
     let t = Instant::now();
     let (opts, bar) = load_options(o)?;
-    let model = match &o.model {
-        Some(dir) => {
-            Blip2::load(dir, opts).with_context(|| format!("loading {}", dir.display()))?
-        }
-        None => blip2::demo::load_demo(opts).context("loading the embedded demo model")?,
-    };
+    let model = load(opts)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     Ok((model, t.elapsed()))
+}
+
+/// Loads the checkpoint of `o` (the embedded demo model without `--model`).
+pub fn load_model(o: &ModelOpts) -> anyhow::Result<(Blip2, Duration)> {
+    load_timed(o, |opts| match &o.model {
+        Some(dir) => Blip2::load(dir, opts).with_context(|| format!("loading {}", dir.display())),
+        None => blip2::demo::load_demo(opts).context("loading the embedded demo model"),
+    })
 }
 
 /// One line of stage timings for a terminal reader.

@@ -86,11 +86,12 @@ impl GenOpts {
     }
 }
 
-/// Loads the model and the effective settings (checked before any image is read).
+/// Loads the model and the effective settings (checked before the weights load).
 fn setup(o: &GenOpts) -> anyhow::Result<(Blip2, Duration, GenerationConfig)> {
-    o.config().validate()?;
+    let requested = o.config();
+    requested.validate()?;
     let (model, load) = load_model(&o.model)?;
-    let cfg = model.resolve_generation_config(&o.config());
+    let cfg = model.resolve_generation_config(&requested);
     Ok((model, load, cfg))
 }
 
@@ -139,16 +140,18 @@ pub fn caption(
 }
 
 pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
-    let (model, load, cfg) = setup(o)?;
+    // A bad image fails before gigabytes of weights load.
     let img = open_image(image)?;
-    let prompt = format!("Question: {} Answer:", question.trim());
+    let (model, load, cfg) = setup(o)?;
+    let question = question.trim();
+    let prompt = blip2::scene::vqa_prompt(question);
     let feats = model.image_features(&[&img])?;
     if o.model.json {
         let g = model
             .generate_from_features(&feats, &[Some(&prompt)], &cfg)?
             .remove(0);
         print_result(
-            json_record(image, Some(question.trim()), &g, load, &cfg),
+            json_record(image, Some(question), &g, load, &cfg),
             &g,
             None,
             o,
@@ -167,8 +170,12 @@ pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
 /// Questions from stdin, one per line, each answered in the context of the earlier ones.
 /// The image goes through the vision model once. "/reset" forgets the conversation.
 pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
-    let (model, load, cfg) = setup(o)?;
+    anyhow::ensure!(
+        image.as_os_str() != "-",
+        "chat reads its questions from stdin, so the image must be a file, not -"
+    );
     let img = open_image(image)?;
+    let (model, load, cfg) = setup(o)?;
     let mut chat = model.chat(&img)?;
     let stdin = std::io::stdin();
     let interactive = stdin.is_terminal();

@@ -8,20 +8,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use blip2::Blip2Retrieval;
 
-use super::common::{ModelOpts, load_options, ms};
+use super::common::{ModelOpts, expand_images, load_timed, ms, open_image};
 
 /// Loads the retrieval checkpoint of `o` and returns it with the load time. A captioning
 /// checkpoint fails here with the library's "has no retrieval heads" error.
 pub fn load_retrieval(o: &ModelOpts) -> anyhow::Result<(Blip2Retrieval, Duration)> {
-    let t = Instant::now();
     let dir = o.model_dir("image-text matching")?;
-    let (opts, bar) = load_options(o)?;
-    let model =
-        Blip2Retrieval::load(dir, opts).with_context(|| format!("loading {}", dir.display()))?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    Ok((model, t.elapsed()))
+    load_timed(o, |opts| {
+        Blip2Retrieval::load(dir, opts).with_context(|| format!("loading {}", dir.display()))
+    })
 }
 
 /// Prints the ITM probability and the ITC similarity of each text with `image`.
@@ -29,8 +24,9 @@ pub fn match_texts(image: &Path, texts: &[String], o: &ModelOpts) -> anyhow::Res
     if texts.is_empty() {
         bail!("no texts given");
     }
+    // A bad image fails before gigabytes of weights load.
+    let img = open_image(image)?;
     let (model, load) = load_retrieval(o)?;
-    let img = blip2::load_image(image)?;
     let t = Instant::now();
     let scores = model.match_scores(&img, texts)?;
     let took = t.elapsed();
@@ -71,10 +67,11 @@ fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
 /// Ranks the texts of `texts_file` for each image, best ITM probability first.
 pub fn rank(images: &[PathBuf], texts_file: &Path, o: &ModelOpts) -> anyhow::Result<()> {
     let texts = read_texts(texts_file)?;
+    let images = expand_images(images)?;
     let (model, load) = load_retrieval(o)?;
     let mut out = std::io::stdout().lock();
-    for path in images {
-        let img = blip2::load_image(path)?;
+    for path in &images {
+        let img = open_image(path)?;
         let t = Instant::now();
         let ranked = model.rank(&img, &texts)?;
         let took = t.elapsed();

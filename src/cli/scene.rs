@@ -21,7 +21,7 @@ pub struct SceneOpts {
     #[arg(long, requires = "count")]
     pub out_dir: Option<PathBuf>,
     /// Number of scenes in batch mode (seeds SEED..SEED+COUNT).
-    #[arg(long)]
+    #[arg(long, requires = "out_dir")]
     pub count: Option<u64>,
 }
 

@@ -391,8 +391,9 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {len(tokenizer)} tokens; model: {n_params} parameters", flush=True)
 
+    images_u8 = images_to_array(pil_images)
     pixel_values = pixel_values_uint8(
-        images_to_array(pil_images), processor.image_processor.image_mean, processor.image_processor.image_std
+        images_u8, processor.image_processor.image_mean, processor.image_processor.image_std
     )
     batches = Batches(records, tokenizer, args.queries, model.config.image_token_index)
     check_inputs(processor, batches, records, pil_images, pixel_values)
@@ -405,7 +406,7 @@ def main():
         assert torch.allclose(mine, ref, atol=1e-5), (mine - ref).abs().max()
 
     aux = AuxHead(args.vision_hidden)
-    targets = patch_targets(images_to_array(pil_images), records, args.patch)
+    targets = patch_targets(images_u8, records, args.patch)
     decay, no_decay = [], []
     for name, param in list(model.named_parameters()) + list(aux.named_parameters(prefix="aux")):
         (no_decay if param.ndim < 2 or "embed" in name or "query_tokens" in name else decay).append(param)

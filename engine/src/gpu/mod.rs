@@ -340,28 +340,18 @@ impl GpuContext {
             });
         }
         self.check()?;
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let val = pollster::block_on(val.pop());
-        let oom = pollster::block_on(oom.pop());
-        if let Some(e) = oom {
-            return Err(Error::OutOfMemory(format!(
-                "allocating a buffer of {size} bytes: {e}"
-            )));
-        }
-        if let Some(e) = val {
-            return Err(Error::OutOfMemory(format!(
-                "allocating a buffer of {size} bytes failed: {e}"
-            )));
-        }
+        let buffer = runtime::create_buffer_checked(
+            &self.device,
+            &wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            },
+            || format!("allocating a buffer of {size} bytes"),
+        )?;
         self.pool.created(size);
         Ok(GpuStorage {
             buf: Arc::new(PooledBuffer {

@@ -127,6 +127,22 @@ fn scope_error(
     Ok(())
 }
 
+/// Creates a buffer inside out-of-memory and validation error scopes, so a failure is a
+/// typed error (`OutOfMemory` or `Gpu`) naming `what` instead of an uncaptured device error.
+pub(crate) fn create_buffer_checked(
+    device: &wgpu::Device,
+    desc: &wgpu::BufferDescriptor<'_>,
+    what: impl Fn() -> String,
+) -> Result<wgpu::Buffer> {
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let buffer = device.create_buffer(desc);
+    let val = pollster::block_on(val.pop());
+    let oom = pollster::block_on(oom.pop());
+    scope_error(oom, val, what)?;
+    Ok(buffer)
+}
+
 impl Recorder {
     pub(crate) fn new(
         device: &wgpu::Device,
@@ -136,19 +152,16 @@ impl Recorder {
         let align = (limits.min_uniform_buffer_offset_alignment as u64).max(16);
         let stride = round_up(PARAMS_BYTES, align) as usize;
         let slots = max_batch.max(1);
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let arena = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("blip2 uniform arena"),
-            size: (stride * slots) as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let val = pollster::block_on(val.pop());
-        let oom = pollster::block_on(oom.pop());
-        scope_error(oom, val, || {
-            format!("creating the uniform arena ({} bytes)", stride * slots)
-        })?;
+        let arena = create_buffer_checked(
+            device,
+            &wgpu::BufferDescriptor {
+                label: Some("blip2 uniform arena"),
+                size: (stride * slots) as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            },
+            || format!("creating the uniform arena ({} bytes)", stride * slots),
+        )?;
         Ok(Recorder {
             pass: None,
             encoder: None,
@@ -178,20 +191,17 @@ impl Recorder {
     }
 
     fn pass(&mut self, ctx: &GpuContext) -> &mut wgpu::ComputePass<'static> {
-        if self.pass.is_none() {
-            let enc = self.encoder(ctx);
-            let pass = enc
+        let pass = match self.pass.take() {
+            Some(p) => p,
+            None => self
+                .encoder(ctx)
                 .begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("blip2 ops"),
                     timestamp_writes: None,
                 })
-                .forget_lifetime();
-            self.pass = Some(pass);
-        }
-        match &mut self.pass {
-            Some(p) => p,
-            None => unreachable!("pass opened above"),
-        }
+                .forget_lifetime(),
+        };
+        self.pass.insert(pass)
     }
 
     fn layout(
@@ -501,22 +511,16 @@ impl Recorder {
         });
         let staging = match kept {
             Some(b) => b,
-            None => {
-                let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-                let val = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-                let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            None => create_buffer_checked(
+                &ctx.device,
+                &wgpu::BufferDescriptor {
                     label: Some("blip2 readback"),
                     size,
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
-                });
-                let val = pollster::block_on(val.pop());
-                let oom = pollster::block_on(oom.pop());
-                scope_error(oom, val, || {
-                    format!("allocating a readback buffer of {size} bytes")
-                })?;
-                b
-            }
+                },
+                || format!("allocating a readback buffer of {size} bytes"),
+            )?,
         };
         self.encoder(ctx)
             .copy_buffer_to_buffer(s.buf.raw(), 0, &staging, 0, bytes);
