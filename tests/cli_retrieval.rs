@@ -1,18 +1,8 @@
 //! `blip2 match` and `blip2 rank` run as a process on the retrieval fixture (CPU).
 
-#[allow(unused_imports)] // `devices` is not needed: the CLI runs on the CPU.
 mod common;
 
-use std::process::{Command, Output};
-
 use common::*;
-
-fn blip2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blip2"))
-        .args(args)
-        .output()
-        .expect("the blip2 binary runs")
-}
 
 fn path(p: std::path::PathBuf) -> String {
     p.to_string_lossy().into_owned()
@@ -28,12 +18,9 @@ const NONMATCH: &str = "a dog sleeping on a wooden boat at night";
 fn match_json_scores_each_text() {
     let img = path(fixtures().join("images/scene_rgb.png"));
     let dir = path(model_dir("blip2-itm-tiny"));
-    let out = blip2(&[
+    let stdout = blip2_ok(&[
         "match", &img, MATCH, NONMATCH, "--model", &dir, "--device", "cpu", "--json",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
-    let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
@@ -62,13 +49,7 @@ fn match_plain_and_rank() {
     let img = path(fixtures().join("images/scene_rgb.png"));
     let img2 = path(fixtures().join("images/small_gray.png"));
     let dir = path(model_dir("blip2-itm-tiny"));
-    let out = blip2(&["match", &img, MATCH, "--model", &dir, "--device", "cpu"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = blip2_ok(&["match", &img, MATCH, "--model", &dir, "--device", "cpu"]);
     assert_eq!(stdout.lines().count(), 1);
     assert!(
         stdout.starts_with("itm ") && stdout.trim_end().ends_with(MATCH),
@@ -77,7 +58,7 @@ fn match_plain_and_rank() {
 
     let file = std::env::temp_dir().join(format!("blip2-rank-texts-{}.txt", std::process::id()));
     std::fs::write(&file, format!("{NONMATCH}\n\n{MATCH}\na circle\n")).unwrap();
-    let out = blip2(&[
+    let stdout = blip2_ok(&[
         "rank",
         "--model",
         &dir,
@@ -89,13 +70,6 @@ fn match_plain_and_rank() {
         &img2,
         "--json",
     ]);
-    std::fs::remove_file(&file).ok();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
     let per_image: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -117,6 +91,26 @@ fn match_plain_and_rank() {
         .collect();
     let pos = |t: &str| texts.iter().position(|&x| x == t).unwrap();
     assert!(pos(MATCH) < pos(NONMATCH), "{texts:?}");
+
+    // A directory stands for every image inside it, in name order (as for `caption`).
+    let images = path(fixtures().join("images"));
+    let stdout = blip2_ok(&[
+        "rank",
+        "--model",
+        &dir,
+        "--device",
+        "cpu",
+        "--texts",
+        &path(file.clone()),
+        &images,
+        "--json",
+    ]);
+    std::fs::remove_file(&file).ok();
+    let ranked: Vec<String> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["image"].to_string())
+        .collect();
+    assert_eq!(ranked.len(), IMAGES.len(), "{stdout}");
 }
 
 /// A captioning checkpoint: non-zero exit and a message that it has no retrieval heads.
@@ -124,9 +118,6 @@ fn match_plain_and_rank() {
 fn caption_checkpoint_is_refused() {
     let img = path(fixtures().join("images/scene_rgb.png"));
     let dir = path(model_dir("blip2-opt-tiny"));
-    let out = blip2(&["match", &img, MATCH, "--model", &dir, "--device", "cpu"]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = blip2_err(&["match", &img, MATCH, "--model", &dir, "--device", "cpu"]);
     assert!(stderr.contains("no retrieval heads"), "{stderr}");
-    assert!(out.stdout.is_empty());
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use blip2::demo::{evaluate, load_demo};
 use blip2::scene::{draw_scene, normalize_answer, vqa_prompt};
 use blip2::{Blip2, DType, Device, GenerationConfig, LoadOptions};
-use common::blip2_ok;
+use common::{blip2_err, blip2_ok};
 
 /// The embedded model with f32 activations, as `blip2 caption` runs it by default.
 fn demo(device: &Device) -> Blip2 {
@@ -171,7 +171,6 @@ fn cli_uses_the_embedded_model_without_model_flag() {
     let dir = std::env::temp_dir().join(format!("blip2-demo-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let png = dir.join("scene.png");
-    let bin = env!("CARGO_BIN_EXE_blip2");
     let seed = "9000001";
     let png_arg = png.to_str().unwrap();
     let truth: serde_json::Value = serde_json::from_str(&blip2_ok(&[
@@ -202,14 +201,14 @@ fn cli_uses_the_embedded_model_without_model_flag() {
     ]);
     assert_eq!(answer.trim(), "gray");
     // Retrieval needs a real checkpoint: a clear error, not the demo model.
-    let out = std::process::Command::new(bin)
-        .args(["match", "--device", "cpu"])
-        .arg(&png)
-        .arg("a triangle")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
+    let stderr = blip2_err(&["match", "--device", "cpu", png_arg, "a triangle"]);
+    assert!(stderr.contains("--model"), "{stderr}");
+    // chat reads questions from stdin, so the image cannot come from there too.
+    let stderr = blip2_err(&["chat", "--device", "cpu", "-"]);
+    assert!(stderr.contains("stdin"), "{stderr}");
+    // A missing image is reported by name.
+    let stderr = blip2_err(&["ask", "--device", "cpu", "/nonexistent.png", "what?"]);
+    assert!(stderr.contains("/nonexistent.png"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

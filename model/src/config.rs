@@ -805,9 +805,14 @@ impl ImageProcessorConfig {
         if image_std.contains(&0.0) {
             return Err(o.err("image_std", "a standard deviation of 0".to_string()));
         }
+        let resample = o.opt_u32("resample")?.unwrap_or(d.resample);
+        // Checked here so a bad filter is a config error at load, not a failure on the
+        // first image that needs resizing.
+        crate::preprocess::Filter::from_pil_code(resample)
+            .map_err(|e| o.err("resample", e.to_string()))?;
         Ok(ImageProcessorConfig {
             size,
-            resample: o.opt_u32("resample")?.unwrap_or(d.resample),
+            resample,
             do_resize: o.bool("do_resize", d.do_resize)?,
             do_rescale: o.bool("do_rescale", d.do_rescale)?,
             rescale_factor: o.f64("rescale_factor", d.rescale_factor)?,

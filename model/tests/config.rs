@@ -339,6 +339,13 @@ fn processor_layouts() {
         err.to_string().contains("pre.json") && err.to_string().contains("image_std"),
         "{err}"
     );
+    // Nearest (0) and unknown filters fail at load, naming the key.
+    let err =
+        ImageProcessorConfig::from_preprocessor_json(r#"{"resample": 0}"#, "pre.json").unwrap_err();
+    assert!(
+        err.to_string().contains("pre.json") && err.to_string().contains("resample"),
+        "{err}"
+    );
     let err = ImageProcessorConfig::from_preprocessor_json(r#"{"size": {"w": 3}}"#, "pre.json")
         .unwrap_err();
     assert!(err.to_string().contains("'size'"), "{err}");

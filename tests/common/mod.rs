@@ -163,3 +163,21 @@ pub fn blip2_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Runs the `blip2` binary with `args`, which must fail; returns its stderr.
+pub fn blip2_err<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "blip2 should have failed; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "a failed run prints nothing on stdout"
+    );
+    String::from_utf8(out.stderr).unwrap()
+}

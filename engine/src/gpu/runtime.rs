@@ -16,6 +16,45 @@ const MAX_PENDING_UPLOAD: u64 = 256 << 20;
 /// Readback staging buffers larger than this are not kept for reuse.
 const MAX_KEPT_STAGING: u64 = 64 << 20;
 
+/// A pipeline constant's value; formatted as WGSL only when a pipeline is compiled.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum ConstVal {
+    Bool(bool),
+    U32(u32),
+}
+
+impl ConstVal {
+    fn wgsl(self) -> String {
+        match self {
+            ConstVal::Bool(v) => blip2_shaders::wgsl_bool(v),
+            ConstVal::U32(v) => blip2_shaders::wgsl_u32(v),
+        }
+    }
+}
+
+/// What identifies a compiled pipeline. Hashed as is on every dispatch, so the lookup
+/// allocates nothing (kernel sources and layouts follow from the family).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct PipelineKey {
+    family: &'static str,
+    consts: Vec<(&'static str, ConstVal)>,
+    subgroups: bool,
+}
+
+impl PipelineKey {
+    /// "family NAME=value ... [+subgroups]", for messages and dumped file names.
+    fn name(&self) -> String {
+        let mut k = String::from(self.family);
+        for (n, v) in &self.consts {
+            k.push_str(&format!(" {n}={}", v.wgsl()));
+        }
+        if self.subgroups {
+            k.push_str(" +subgroups");
+        }
+        k
+    }
+}
+
 /// One pipeline variant: a kernel family, its constants and its binding signature
 /// (`n_ro` read-only storage bindings after the uniform, then `n_rw` read-write ones).
 pub(crate) struct Spec {
@@ -23,8 +62,7 @@ pub(crate) struct Spec {
     src: &'static str,
     n_ro: usize,
     n_rw: usize,
-    consts: Vec<(&'static str, String)>,
-    subgroups: bool,
+    key: PipelineKey,
 }
 
 impl Spec {
@@ -34,36 +72,28 @@ impl Spec {
             src,
             n_ro,
             n_rw,
-            consts: Vec::new(),
-            subgroups: false,
+            key: PipelineKey {
+                family,
+                consts: Vec::with_capacity(12),
+                subgroups: false,
+            },
         }
     }
 
     pub(crate) fn b(mut self, name: &'static str, v: bool) -> Spec {
-        self.consts.push((name, blip2_shaders::wgsl_bool(v)));
+        self.key.consts.push((name, ConstVal::Bool(v)));
         self
     }
 
     pub(crate) fn u(mut self, name: &'static str, v: u32) -> Spec {
-        self.consts.push((name, blip2_shaders::wgsl_u32(v)));
+        self.key.consts.push((name, ConstVal::U32(v)));
         self
     }
 
     /// Uses the kernel's subgroup variant when `on`.
     pub(crate) fn sg(mut self, on: bool) -> Spec {
-        self.subgroups = on;
+        self.key.subgroups = on;
         self
-    }
-
-    fn key(&self) -> String {
-        let mut k = String::from(self.family);
-        for (n, v) in &self.consts {
-            k.push_str(&format!(" {n}={v}"));
-        }
-        if self.subgroups {
-            k.push_str(" +subgroups");
-        }
-        k
     }
 }
 
@@ -106,7 +136,7 @@ pub(crate) struct Recorder {
     used: usize,
     upload_bytes: u64,
     layouts: HashMap<(usize, usize), (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
-    pipelines: HashMap<String, Arc<wgpu::ComputePipeline>>,
+    pipelines: HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>,
     bind_groups: HashMap<Vec<u64>, wgpu::BindGroup>,
     bg_epoch: u64,
     staging: BTreeMap<u64, Vec<wgpu::Buffer>>,
@@ -253,11 +283,17 @@ impl Recorder {
     }
 
     fn pipeline(&mut self, ctx: &GpuContext, spec: &Spec) -> Result<Arc<wgpu::ComputePipeline>> {
-        let key = spec.key();
-        if let Some(p) = self.pipelines.get(&key) {
+        if let Some(p) = self.pipelines.get(&spec.key) {
             return Ok(p.clone());
         }
-        let text = blip2_shaders::specialise(spec.src, &spec.consts, spec.subgroups)
+        let key = spec.key.name();
+        let consts: Vec<(&str, String)> = spec
+            .key
+            .consts
+            .iter()
+            .map(|&(n, v)| (n, v.wgsl()))
+            .collect();
+        let text = blip2_shaders::specialise(spec.src, &consts, spec.key.subgroups)
             .map_err(|e| Error::Gpu(format!("kernel {key}: {e}")))?;
         if let Some(dir) = &ctx.opts.dump_wgsl {
             let name: String = key
@@ -296,7 +332,7 @@ impl Recorder {
         }
         self.stats.pipelines_compiled += 1;
         let p = Arc::new(pipeline);
-        self.pipelines.insert(key, p.clone());
+        self.pipelines.insert(spec.key.clone(), p.clone());
         Ok(p)
     }
 
