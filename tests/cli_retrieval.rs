@@ -58,18 +58,22 @@ fn match_plain_and_rank() {
 
     let file = std::env::temp_dir().join(format!("blip2-rank-texts-{}.txt", std::process::id()));
     std::fs::write(&file, format!("{NONMATCH}\n\n{MATCH}\na circle\n")).unwrap();
-    let stdout = blip2_ok(&[
-        "rank",
-        "--model",
-        &dir,
-        "--device",
-        "cpu",
-        "--texts",
-        &path(file.clone()),
-        &img,
-        &img2,
-        "--json",
-    ]);
+    let texts_file = path(file.clone());
+    let rank = |images: &[&str]| {
+        let mut args = vec![
+            "rank",
+            "--model",
+            &dir,
+            "--device",
+            "cpu",
+            "--texts",
+            &texts_file,
+            "--json",
+        ];
+        args.extend_from_slice(images);
+        blip2_ok(&args)
+    };
+    let stdout = rank(&[&img, &img2]);
     let per_image: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -94,17 +98,7 @@ fn match_plain_and_rank() {
 
     // A directory stands for every image inside it, in name order (as for `caption`).
     let images = path(fixtures().join("images"));
-    let stdout = blip2_ok(&[
-        "rank",
-        "--model",
-        &dir,
-        "--device",
-        "cpu",
-        "--texts",
-        &path(file.clone()),
-        &images,
-        "--json",
-    ]);
+    let stdout = rank(&[&images]);
     std::fs::remove_file(&file).ok();
     let ranked: Vec<String> = stdout
         .lines()

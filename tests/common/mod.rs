@@ -148,13 +148,17 @@ pub fn check_rel(what: &str, got: &blip2::engine::Tensor, want: &RefTensor, tol:
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
 }
 
+fn run_blip2<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_blip2"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// Runs the `blip2` binary with `args`; fails the test with its stderr unless it exits 0.
 /// Returns stdout.
 pub fn blip2_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blip2"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = run_blip2(args);
     assert!(
         out.status.success(),
         "blip2 exited with {:?}: {}",
@@ -166,10 +170,7 @@ pub fn blip2_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
 
 /// Runs the `blip2` binary with `args`, which must fail; returns its stderr.
 pub fn blip2_err<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blip2"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = run_blip2(args);
     assert!(
         !out.status.success(),
         "blip2 should have failed; stdout: {}",
