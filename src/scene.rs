@@ -376,9 +376,7 @@ fn questions(background: Background, objects: &[SceneObject]) -> Vec<QaPair> {
 }
 
 /// The VQA prompt the demo model was trained with (the BLIP-2 OPT convention).
-pub fn vqa_prompt(question: &str) -> String {
-    format!("Question: {question} Answer:")
-}
+pub use blip2_model::prompt::vqa_prompt;
 
 /// Normalises a generated or expected answer for comparison: trimmed, lower case, no trailing period.
 pub fn normalize_answer(text: &str) -> String {

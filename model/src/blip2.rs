@@ -1,45 +1,27 @@
 //! The BLIP-2 pipeline: image -> ViT -> Q-Former -> language_projection -> language model
 //! -> tokens, with the inputs built exactly as `Blip2Processor` + `generate` build them.
+//! The language model is any family behind [`LanguageModel`]; nothing here knows which.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use blip2_engine::{DType, Device, Tensor, ops};
+use blip2_engine::{DType, Device, Tensor};
 use image::DynamicImage;
 
 use crate::chat::Chat;
-use crate::config::{Blip2Config, ImageProcessorConfig, ProcessorConfig, TextConfig};
-use crate::generate::{DecodeModel, GenerationConfig, TokenEvent, decode};
+use crate::config::Blip2Config;
+use crate::embedded::EmbeddedCheckpoint;
+use crate::generate::{GenerationConfig, TokenEvent, decode};
+use crate::image_encoder::ImageEncoder;
 use crate::inputs::{PaddedBatch, image_scatter};
+use crate::lm::{LanguageModel, LmInput};
+pub use crate::loading::LoadOptions;
+use crate::loading::{self, ModelFiles, Source};
 use crate::nn::Linear;
-use crate::opt::KvCache;
-use crate::opt::Opt;
-use crate::qformer::QFormer;
-use crate::t5::T5;
-use crate::t5::T5DecoderCache;
-use crate::tokenizer::{Blip2Tokenizer, PaddingSide};
-use crate::vision::VisionModel;
-use crate::weights::{Checkpoint, WeightLoader};
-use crate::{ModelError, Result, preprocess, sampling};
-
-/// How to load a checkpoint.
-pub struct LoadOptions {
-    pub device: Device,
-    /// Storage dtype of weight matrices (activations stay f32).
-    pub dtype: DType,
-    /// Called with (bytes loaded, bytes total) while weights are read.
-    pub progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            device: Device::Cpu,
-            dtype: DType::F32,
-            progress: None,
-        }
-    }
-}
+use crate::prompt::vqa_prompt;
+use crate::tokenizer::Blip2Tokenizer;
+use crate::weights::WeightLoader;
+use crate::{ModelError, Result, sampling};
 
 /// Wall-clock time of each stage of one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -65,21 +47,13 @@ pub struct Generation {
     pub timings: Timings,
 }
 
-pub enum LanguageModel {
-    Opt(Opt),
-    T5(T5),
-}
-
 /// A loaded BLIP-2 checkpoint on a device.
 pub struct Blip2 {
     pub config: Blip2Config,
-    pub image_config: ImageProcessorConfig,
     pub tokenizer: Blip2Tokenizer,
-    device: Device,
-    vision: VisionModel,
-    qformer: QFormer,
+    image: ImageEncoder,
     projection: Linear,
-    lm: LanguageModel,
+    lm: Box<dyn LanguageModel>,
     pub load_time: Duration,
 }
 
@@ -96,30 +70,42 @@ impl Blip2 {
     /// Loads a Hugging Face BLIP-2 checkpoint directory (config.json, safetensors, tokenizer,
     /// processor config).
     pub fn load(dir: impl AsRef<Path>, opts: LoadOptions) -> Result<Blip2> {
-        let t0 = Instant::now();
-        let dir = dir.as_ref();
-        let config = Blip2Config::from_dir(dir)?;
-        let image_config = ProcessorConfig::from_dir(dir)?.image;
-        let tokenizer = Blip2Tokenizer::from_dir(dir)?;
-        let ckpt = Checkpoint::open(dir)?;
-        let mut vb = WeightLoader::new(&ckpt, &opts.device, opts.dtype);
-        if let Some(p) = opts.progress {
-            vb = vb.with_progress(p);
-        }
-        let mut model = Self::from_loader(config, image_config, tokenizer, &vb)?;
-        model.load_time = t0.elapsed();
+        Self::load_from(Source::Dir(dir.as_ref()), opts)
+    }
+
+    /// Loads a checkpoint compiled into the binary, exactly as [`Blip2::load`] loads a
+    /// directory holding the same files.
+    pub fn load_embedded(files: &EmbeddedCheckpoint, opts: LoadOptions) -> Result<Blip2> {
+        Self::load_from(Source::Embedded(files), opts)
+    }
+
+    /// A model of `config`'s sizes with seeded random weights (see
+    /// [`crate::weights::Checkpoint::random`]) and a word-level tokenizer covering the
+    /// whole vocabulary, for benchmarks.
+    pub fn random(config: Blip2Config, device: &Device, dtype: DType, seed: u64) -> Result<Blip2> {
+        let opts = LoadOptions {
+            device: device.clone(),
+            dtype,
+            progress: None,
+        };
+        Self::load_from(Source::Random { config, seed }, opts)
+    }
+
+    /// Loads from any [`Source`]; fails with one error listing every missing or
+    /// mismatched tensor.
+    pub fn load_from(source: Source, opts: LoadOptions) -> Result<Blip2> {
+        let (mut model, took) = loading::load(source, opts, Self::build)?;
+        model.load_time = took;
         Ok(model)
     }
 
-    /// Builds the model from the weights `vb` provides (a checkpoint, or random weights for
-    /// benchmarks); fails with one error listing every missing or mismatched tensor.
-    pub fn from_loader(
-        config: Blip2Config,
-        image_config: ImageProcessorConfig,
-        tokenizer: Blip2Tokenizer,
-        vb: &WeightLoader,
-    ) -> Result<Blip2> {
-        let t0 = Instant::now();
+    /// The pipeline's components from the checkpoint's files and weights.
+    fn build(files: ModelFiles, vb: &WeightLoader) -> Result<Blip2> {
+        let ModelFiles {
+            config,
+            image_config,
+            tokenizer,
+        } = files;
         if config.is_retrieval() {
             return Err(ModelError::Unsupported(format!(
                 "{} is an image-text retrieval checkpoint (Blip2ForImageTextRetrieval): it scores and embeds, it does not generate text; use Blip2Retrieval or `blip2 match`",
@@ -132,68 +118,56 @@ impl Blip2 {
                 vb.checkpoint().path().display()
             ))
         })?;
-        let vision = VisionModel::load(&vb.pp("vision_model"), &config.vision_config)?;
-        let qformer = QFormer::load(vb, &config.qformer_config, config.num_query_tokens, false)?;
-        let (lm, lm_dim) = match text {
-            TextConfig::Opt(c) => (
-                LanguageModel::Opt(Opt::load(&vb.pp("language_model"), c)?),
-                c.hidden_size,
-            ),
-            TextConfig::T5(c) => (
-                LanguageModel::T5(T5::load(&vb.pp("language_model"), c)?),
-                c.d_model,
-            ),
-        };
+        let image = ImageEncoder::load(vb, &config, image_config, false)?;
+        let lm = text.load(&vb.pp("language_model"))?;
         let projection = Linear::load(
             &vb.pp("language_projection"),
             config.qformer_config.hidden_size,
-            lm_dim,
+            lm.hidden_size(),
             true,
         );
-        vb.finish()?;
         Ok(Blip2 {
             config,
-            image_config,
             tokenizer,
-            device: vb.device().clone(),
-            vision,
-            qformer,
+            image,
             projection,
             lm,
-            load_time: t0.elapsed(),
+            load_time: Duration::ZERO,
         })
     }
 
     pub fn device(&self) -> &Device {
-        &self.device
+        self.image.device()
+    }
+
+    /// The shared image half (preprocessing, ViT, Q-Former).
+    pub fn image_encoder(&self) -> &ImageEncoder {
+        &self.image
+    }
+
+    /// The language model, of whichever family the checkpoint names.
+    pub fn language_model(&self) -> &dyn LanguageModel {
+        &*self.lm
     }
 
     /// Preprocesses the images and runs ViT, Q-Former and the projection.
     pub fn image_features(&self, images: &[&DynamicImage]) -> Result<ImageFeatures> {
-        let t = Instant::now();
-        let pixels = preprocess::pixel_values(images, &self.image_config, &self.device)?;
-        let preprocess = t.elapsed();
-        let t = Instant::now();
-        let vis = self.vision.forward(&pixels)?;
-        self.device.synchronize()?;
-        let vision = t.elapsed();
-        let t = Instant::now();
-        let q = self.qformer.forward(&vis)?;
-        let projected = self.projection.forward(&q)?;
-        self.device.synchronize()?;
+        let (projected, t) = self
+            .image
+            .encode(images, |q| Ok(self.projection.forward(q)?))?;
         Ok(ImageFeatures {
             projected,
-            preprocess,
-            vision,
-            qformer: t.elapsed(),
+            preprocess: t.preprocess,
+            vision: t.vision,
+            qformer: t.qformer,
         })
     }
 
     /// The stages up to the language model on given pixel values, for parity checks:
     /// [vision last_hidden_state, Q-Former last_hidden_state, projection output].
     pub fn stages(&self, pixels: &Tensor) -> Result<[Tensor; 3]> {
-        let vis = self.vision.forward(pixels)?;
-        let q = self.qformer.forward(&vis)?;
+        let vis = self.image.vision(pixels)?;
+        let q = self.image.queries(&vis)?;
         let p = self.projection.forward(&q)?;
         Ok([vis, q, p])
     }
@@ -250,12 +224,7 @@ impl Blip2 {
             );
         }
         if c.pad_token_id.is_none() {
-            c.pad_token_id = Some(
-                self.config
-                    .text_config
-                    .as_ref()
-                    .map_or(0, |t| t.pad_token_id()),
-            );
+            c.pad_token_id = Some(self.pad_id());
         }
         if c.do_sample && c.seed.is_none() {
             c.seed = Some(sampling::random_seed());
@@ -277,8 +246,11 @@ impl Blip2 {
 
     /// Answers a question about the image with the prompt "Question: {q} Answer:".
     pub fn ask(&self, image: &DynamicImage, question: &str) -> Result<Generation> {
-        let prompt = format!("Question: {} Answer:", question.trim());
-        self.generate(image, Some(&prompt), &GenerationConfig::default())
+        self.generate(
+            image,
+            Some(&vqa_prompt(question)),
+            &GenerationConfig::default(),
+        )
     }
 
     /// A conversation about `image`: its features are computed once here and reused by
@@ -315,7 +287,8 @@ impl Blip2 {
 
     /// Generation for a batch of images with one prompt each (None = no text), in one
     /// forward per step; prompts of different lengths are padded as HF pads them (left for
-    /// OPT, right for T5). Each row gets the tokens it would get alone.
+    /// decoder-only models, right for encoder-decoder ones). Each row gets the tokens it
+    /// would get alone.
     pub fn generate_batch(
         &self,
         images: &[&DynamicImage],
@@ -354,6 +327,68 @@ impl Blip2 {
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<Vec<Generation>> {
         cfg.validate()?;
+        let cfg = self.resolve_generation_config(cfg);
+        let pad = cfg.pad_token_id.unwrap_or_else(|| self.pad_id());
+        let t = Instant::now();
+        let input = self.lm_input(feats, prompts, pad)?;
+        let prefill = self.lm.prefill(input, cfg.max_new_tokens)?;
+        let prefill_time = t.elapsed();
+        let t = Instant::now();
+        let mut decoder = prefill.decoder;
+        let eos = cfg.eos_token_ids.as_deref().unwrap_or(&[]);
+        let out = decode(
+            prefill.logits,
+            prefill.seen,
+            &cfg,
+            eos,
+            cfg.seed.unwrap_or(0),
+            &mut *decoder,
+            on_token,
+        )?;
+        let timings = Timings {
+            preprocess: feats.preprocess,
+            vision: feats.vision,
+            qformer: feats.qformer,
+            prefill: prefill_time,
+            decode: t.elapsed(),
+            decode_tokens: out.steps,
+        };
+        out.tokens
+            .into_iter()
+            .zip(out.scores)
+            .map(|(toks, score)| {
+                Ok(Generation {
+                    text: self.tokenizer.decode(&toks, true)?.trim().to_string(),
+                    token_ids: toks,
+                    score,
+                    timings,
+                })
+            })
+            .collect()
+    }
+
+    /// Language-model logits for parity tests. Decoder-only: over the whole padded prompt
+    /// `[B, L, V]`. Encoder-decoder: decoder logits `[B, L_dec, V]` for `decoder_ids`
+    /// (teacher forcing), returned with the encoder output `[B, L, D]`.
+    pub fn prompt_logits(
+        &self,
+        feats: &ImageFeatures,
+        prompts: &[Option<&str>],
+        decoder_ids: Option<&[Vec<u32>]>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let input = self.lm_input(feats, prompts, self.pad_id())?;
+        self.lm.prompt_logits(input, decoder_ids)
+    }
+
+    /// The language model's input for one prompt per image row: ids padded on the model's
+    /// side with `pad`, and token embeddings with the `<image>` positions replaced by the
+    /// projected query outputs.
+    fn lm_input(
+        &self,
+        feats: &ImageFeatures,
+        prompts: &[Option<&str>],
+        pad: u32,
+    ) -> Result<LmInput> {
         if prompts.len() != feats.projected.dim(0) || prompts.is_empty() {
             return Err(ModelError::Invalid(format!(
                 "{} prompts for {} images",
@@ -361,268 +396,15 @@ impl Blip2 {
                 feats.projected.dim(0)
             )));
         }
-        let cfg = self.resolve_generation_config(cfg);
         let ids: Vec<Vec<u32>> = prompts
             .iter()
             .map(|p| self.prompt_ids(*p))
             .collect::<Result<_>>()?;
-        let run = match &self.lm {
-            LanguageModel::Opt(opt) => {
-                self.decode_opt(opt, &feats.projected, &ids, &cfg, on_token)?
-            }
-            LanguageModel::T5(t5) => self.decode_t5(t5, &feats.projected, &ids, &cfg, on_token)?,
-        };
-        run.tokens
-            .into_iter()
-            .zip(run.scores)
-            .map(|(toks, score)| {
-                Ok(Generation {
-                    text: self.tokenizer.decode(&toks, true)?.trim().to_string(),
-                    token_ids: toks,
-                    score,
-                    timings: Timings {
-                        preprocess: feats.preprocess,
-                        vision: feats.vision,
-                        qformer: feats.qformer,
-                        prefill: run.prefill,
-                        decode: run.decode,
-                        decode_tokens: run.steps,
-                    },
-                })
-            })
-            .collect()
-    }
-
-    /// Language-model logits for parity tests. OPT: over the whole padded prompt `[B, L, V]`.
-    /// T5: decoder logits `[B, L_dec, V]` for `decoder_ids` (teacher forcing), returned with
-    /// the encoder output `[B, L, D]`.
-    pub fn prompt_logits(
-        &self,
-        feats: &ImageFeatures,
-        prompts: &[Option<&str>],
-        decoder_ids: Option<&[Vec<u32>]>,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let ids: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| self.prompt_ids(*p))
-            .collect::<Result<_>>()?;
-        let batch = PaddedBatch::new(
-            &ids,
-            self.pad_id(),
-            self.image_token_id()?,
-            self.padding_side(),
-        );
-        let mask = batch.mask_tensor(&self.device)?;
-        match &self.lm {
-            LanguageModel::Opt(opt) => {
-                let embeds =
-                    image_scatter(&batch.rows, self.image_token_id()?, &feats.projected, |t| {
-                        opt.embed(t)
-                    })?;
-                let mut cache = opt.new_cache(ids.len(), batch.len, &self.device)?;
-                let h = opt.forward(&embeds, &batch.positions(), mask.as_ref(), &mut cache)?;
-                Ok((opt.logits(&h)?, None))
-            }
-            LanguageModel::T5(t5) => {
-                let embeds =
-                    image_scatter(&batch.rows, self.image_token_id()?, &feats.projected, |t| {
-                        t5.embed(t)
-                    })?;
-                let enc = t5.encode(&embeds, mask.as_ref())?;
-                let dec = decoder_ids
-                    .ok_or_else(|| ModelError::Invalid("T5 logits need decoder ids".into()))?;
-                let l = dec.first().map_or(0, Vec::len);
-                if dec.len() != ids.len() || dec.iter().any(|r| r.len() != l) || l == 0 {
-                    return Err(ModelError::Invalid(
-                        "decoder ids must be one non-empty row of equal length per prompt".into(),
-                    ));
-                }
-                let mut cache = t5.new_decoder_cache(&enc, mask.as_ref(), l)?;
-                let flat: Vec<u32> = dec.concat();
-                let emb = t5.embed(&flat)?.reshape(&[dec.len(), l, t5.d_model])?;
-                Ok((t5.decode(&emb, &mut cache)?, Some(enc)))
-            }
-        }
-    }
-
-    /// Padding side of the processor for this language model: left for decoder-only
-    /// generation, right (the tokenizer default) for encoder-decoder models.
-    fn padding_side(&self) -> PaddingSide {
-        match self.lm {
-            LanguageModel::Opt(_) => PaddingSide::Left,
-            LanguageModel::T5(_) => PaddingSide::Right,
-        }
-    }
-
-    fn decode_opt(
-        &self,
-        opt: &Opt,
-        projected: &Tensor,
-        ids: &[Vec<u32>],
-        cfg: &GenerationConfig,
-        on_token: &mut dyn FnMut(&TokenEvent),
-    ) -> Result<DecodeRun> {
-        let b = ids.len();
-        let pad = cfg.pad_token_id.unwrap_or_else(|| self.pad_id());
-        let batch = PaddedBatch::new(ids, pad, self.image_token_id()?, PaddingSide::Left);
-        let capacity = batch.len.saturating_add(cfg.max_new_tokens);
-        if capacity > opt.max_positions {
-            return Err(ModelError::Invalid(format!(
-                "prompt of {} tokens + {} new tokens exceeds the model's {} positions",
-                batch.len, cfg.max_new_tokens, opt.max_positions
-            )));
-        }
-        let t = Instant::now();
-        let embeds = image_scatter(&batch.rows, self.image_token_id()?, projected, |t| {
-            opt.embed(t)
+        let image_id = self.image_token_id()?;
+        let batch = PaddedBatch::new(&ids, pad, image_id, self.lm.padding_side());
+        let embeds = image_scatter(&batch.rows, image_id, &feats.projected, |t| {
+            self.lm.embed(t)
         })?;
-        let mut cache = opt.new_cache(b, capacity, &self.device)?;
-        let mask = batch.mask_tensor(&self.device)?;
-        let h = opt.forward(&embeds, &batch.positions(), mask.as_ref(), &mut cache)?;
-        let last = ops::narrow(&h, 1, batch.len - 1, 1)?;
-        let logits = opt.logits(&last)?.to_vec_f32()?;
-        let prefill = t.elapsed();
-        let t = Instant::now();
-        // Penalties see every input id, image and padding ids included, as HF's do.
-        let seen = batch.rows.clone();
-        let mut state = OptDecoder {
-            opt,
-            cache,
-            batch,
-            device: &self.device,
-        };
-        run_decode(logits, seen, cfg, &mut state, on_token, prefill, t)
-    }
-
-    fn decode_t5(
-        &self,
-        t5: &T5,
-        projected: &Tensor,
-        ids: &[Vec<u32>],
-        cfg: &GenerationConfig,
-        on_token: &mut dyn FnMut(&TokenEvent),
-    ) -> Result<DecodeRun> {
-        let b = ids.len();
-        let pad = cfg.pad_token_id.unwrap_or_else(|| self.pad_id());
-        let batch = PaddedBatch::new(ids, pad, self.image_token_id()?, PaddingSide::Right);
-        let start = match &self.config.text_config {
-            Some(TextConfig::T5(c)) => c.decoder_start_token_id,
-            _ => 0,
-        };
-        let t = Instant::now();
-        let embeds = image_scatter(&batch.rows, self.image_token_id()?, projected, |t| {
-            t5.embed(t)
-        })?;
-        let mask = batch.mask_tensor(&self.device)?;
-        let enc = t5.encode(&embeds, mask.as_ref())?;
-        // The decoder cache holds the start token and every new token.
-        let cache =
-            t5.new_decoder_cache(&enc, mask.as_ref(), cfg.max_new_tokens.saturating_add(1))?;
-        let mut state = T5Decoder { t5, cache };
-        let first = vec![start; b];
-        let logits = state.step(&first)?;
-        let prefill = t.elapsed();
-        let t = Instant::now();
-        // For encoder-decoder models HF's penalties see the decoder ids only.
-        let seen = vec![vec![start]; b];
-        run_decode(logits, seen, cfg, &mut state, on_token, prefill, t)
-    }
-}
-
-/// The decoding loop after the prefill, timed from `t`.
-fn run_decode(
-    logits: Vec<f32>,
-    seen: Vec<Vec<u32>>,
-    cfg: &GenerationConfig,
-    state: &mut dyn DecodeModel,
-    on_token: &mut dyn FnMut(&TokenEvent),
-    prefill: Duration,
-    t: Instant,
-) -> Result<DecodeRun> {
-    let eos = cfg.eos_token_ids.as_deref().unwrap_or(&[]);
-    let out = decode(
-        logits,
-        seen,
-        cfg,
-        eos,
-        cfg.seed.unwrap_or(0),
-        state,
-        on_token,
-    )?;
-    Ok(DecodeRun {
-        tokens: out.tokens,
-        scores: out.scores,
-        prefill,
-        decode: t.elapsed(),
-        steps: out.steps,
-    })
-}
-
-struct DecodeRun {
-    tokens: Vec<Vec<u32>>,
-    scores: Vec<Option<f32>>,
-    prefill: Duration,
-    decode: Duration,
-    steps: usize,
-}
-
-/// OPT decoding state: the KV cache and the growing padded id rows (mask and positions).
-struct OptDecoder<'a> {
-    opt: &'a Opt,
-    cache: KvCache,
-    batch: PaddedBatch,
-    device: &'a Device,
-}
-
-impl DecodeModel for OptDecoder<'_> {
-    fn vocab(&self) -> usize {
-        self.opt.vocab
-    }
-
-    fn select_rows(&mut self, src: &[usize]) -> Result<()> {
-        self.cache.select_rows(src)?;
-        self.batch.select_rows(src);
-        Ok(())
-    }
-
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        // HF appends the token and a 1 to the attention mask.
-        self.batch.push(tokens);
-        let embeds = self
-            .opt
-            .embed(tokens)?
-            .reshape(&[tokens.len(), 1, self.opt.hidden])?;
-        let mask = self.batch.mask_tensor(self.device)?;
-        let h = self.opt.forward(
-            &embeds,
-            &self.batch.last_positions(),
-            mask.as_ref(),
-            &mut self.cache,
-        )?;
-        Ok(self.opt.logits(&h)?.to_vec_f32()?)
-    }
-}
-
-/// T5 decoding state: self-attention cache and cross-attention K/V.
-struct T5Decoder<'a> {
-    t5: &'a T5,
-    cache: T5DecoderCache,
-}
-
-impl DecodeModel for T5Decoder<'_> {
-    fn vocab(&self) -> usize {
-        self.t5.vocab
-    }
-
-    fn select_rows(&mut self, src: &[usize]) -> Result<()> {
-        Ok(self.cache.select_rows(src)?)
-    }
-
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let embeds = self
-            .t5
-            .embed(tokens)?
-            .reshape(&[tokens.len(), 1, self.t5.d_model])?;
-        Ok(self.t5.decode(&embeds, &mut self.cache)?.to_vec_f32()?)
+        Ok(LmInput { embeds, batch })
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::blip2::{Blip2, Generation, ImageFeatures};
 use crate::generate::{GenerationConfig, TokenEvent};
+use crate::prompt::vqa_prompt;
 use crate::{ModelError, Result};
 
 /// One question and the answer the model gave.
@@ -20,7 +21,7 @@ pub fn chat_prompt(history: &[Turn], question: &str) -> String {
     let mut p = String::new();
     for t in history {
         let a = t.answer.trim();
-        p.push_str(&format!("Question: {} Answer:", t.question.trim()));
+        p.push_str(&vqa_prompt(&t.question));
         if !a.is_empty() {
             p.push(' ');
             p.push_str(a);
@@ -30,7 +31,7 @@ pub fn chat_prompt(history: &[Turn], question: &str) -> String {
         }
         p.push(' ');
     }
-    p.push_str(&format!("Question: {} Answer:", question.trim()));
+    p.push_str(&vqa_prompt(question));
     p
 }
 

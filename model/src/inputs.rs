@@ -9,7 +9,8 @@ use crate::{ModelError, Result};
 /// Padded id rows and their attention mask (1 = real token), laid out as `Blip2Processor`
 /// lays them out: the text is padded first and the `<image>` tokens are prepended
 /// afterwards, so with left padding the padding sits between the image tokens and the text.
-pub(crate) struct PaddedBatch {
+/// `len` is the padded row length.
+pub struct PaddedBatch {
     pub rows: Vec<Vec<u32>>,
     pub mask: Vec<Vec<u8>>,
     pub len: usize,

@@ -1,5 +1,11 @@
-//! BLIP-2 model: configuration, checkpoint loading, preprocessing, tokenizer and the
-//! model components.
+//! BLIP-2 model: configuration, checkpoint loading, preprocessing, tokenizer, the model
+//! components and generation.
+//!
+//! Layout: `config` (HF files), `loading` (one loader over directory, embedded and random
+//! sources), `weights` (safetensors, shape-checked gets), `preprocess` + `tokenizer`
+//! (processor parity), `image_encoder` (ViT + Q-Former, shared by captioning and
+//! retrieval), `lm` (language-model families behind one trait), `blip2` (the captioning /
+//! VQA pipeline), `retrieval` (ITM/ITC), `generate` (settings, processors, search).
 
 pub mod config;
 pub mod embedded;
@@ -13,6 +19,7 @@ pub use config::{
     TextConfig, VisionConfig,
 };
 pub use error::{ModelError, Result, WeightProblem, WeightProblems};
+pub use loading::{LoadOptions, Source};
 pub use preprocess::{ImageInput, load_image, load_image_from_bytes, pixel_values, preprocess};
 pub use tokenizer::{BatchEncoding, Blip2Tokenizer, PaddingSide};
 pub use weights::{Checkpoint, WeightLoader};
@@ -20,13 +27,15 @@ pub mod beam;
 pub mod blip2;
 pub mod chat;
 pub mod generate;
-mod inputs;
+pub mod image_encoder;
+pub mod inputs;
+pub mod lm;
+pub mod loading;
 pub mod nn;
-pub mod opt;
+pub mod prompt;
 pub mod qformer;
 mod random;
 pub mod retrieval;
 pub mod sampling;
 pub mod stream;
-pub mod t5;
 pub mod vision;

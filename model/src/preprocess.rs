@@ -150,8 +150,9 @@ pub fn to_rgb8_like_pil(img: &DynamicImage) -> RgbImage {
 }
 
 /// Pillow resampling filters (PIL codes: 1 lanczos, 2 bilinear, 3 bicubic, 4 box,
-/// 5 hamming, 6 mks2013, 7 mks2021).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// 5 hamming, 6 mks2013, 7 mks2021); the processor config's `resample`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Filter {
     Box,
     Bilinear,
@@ -179,6 +180,19 @@ impl Filter {
                 )));
             }
         })
+    }
+
+    /// PIL's integer code, as the processor JSON stores it.
+    pub fn pil_code(self) -> u32 {
+        match self {
+            Filter::Lanczos => 1,
+            Filter::Bilinear => 2,
+            Filter::Bicubic => 3,
+            Filter::Box => 4,
+            Filter::Hamming => 5,
+            Filter::Mks2013 => 6,
+            Filter::Mks2021 => 7,
+        }
     }
 
     fn support(self) -> f64 {
@@ -465,7 +479,7 @@ pub fn preprocess(img: &DynamicImage, cfg: &ImageProcessorConfig) -> Result<Vec<
             3,
             out_w,
             out_h,
-            Filter::from_pil_code(cfg.resample)?,
+            cfg.resample,
         )?)
     } else {
         Cow::Borrowed(rgb.as_raw())

@@ -1,33 +1,13 @@
-//! Random-weight models at real sizes, for benchmarks (`blip2 bench`): no checkpoint and
-//! no tokenizer files are needed.
+//! The tokenizer of random-weight models at real sizes (`blip2 bench`,
+//! [`crate::loading::Source::Random`]): no checkpoint and no tokenizer files are needed.
 
-use blip2_engine::{DType, Device};
-
-use crate::blip2::Blip2;
-use crate::config::{Blip2Config, ImageProcessorConfig, TextConfig};
+use crate::config::Blip2Config;
 use crate::tokenizer::Blip2Tokenizer;
-use crate::weights::{Checkpoint, WeightLoader};
 use crate::{ModelError, Result};
-
-impl Blip2 {
-    /// A model of `config`'s sizes with seeded random weights (see [`Checkpoint::random`])
-    /// and a word-level tokenizer covering the whole vocabulary.
-    pub fn random(config: Blip2Config, device: &Device, dtype: DType, seed: u64) -> Result<Blip2> {
-        let ckpt = Checkpoint::random(seed);
-        let vb = WeightLoader::new(&ckpt, device, dtype);
-        let size = config.vision_config.image_size;
-        let image_config = ImageProcessorConfig {
-            size: (size, size),
-            ..Default::default()
-        };
-        let tokenizer = synthetic_tokenizer(&config)?;
-        Blip2::from_loader(config, image_config, tokenizer, &vb)
-    }
-}
 
 /// A WordLevel tokenizer with one token per id (`<t123>`), `</s>`/`<pad>` at the language
 /// model's ids and `<image>` at `image_token_index`: enough to build prompts and decode.
-fn synthetic_tokenizer(config: &Blip2Config) -> Result<Blip2Tokenizer> {
+pub(crate) fn synthetic_tokenizer(config: &Blip2Config) -> Result<Blip2Tokenizer> {
     let text = config.text_config.as_ref().ok_or_else(|| {
         ModelError::Invalid("a random generation model needs a text_config".into())
     })?;
@@ -38,7 +18,7 @@ fn synthetic_tokenizer(config: &Blip2Config) -> Result<Blip2Tokenizer> {
     let name = |i: usize| -> String {
         if i == image {
             "<image>".into()
-        } else if i == bos || i == eos && matches!(text, TextConfig::T5(_)) {
+        } else if i == bos || i == eos && text.is_encoder_decoder() {
             "</s>".into()
         } else if i == pad {
             "<pad>".into()
@@ -75,7 +55,10 @@ fn synthetic_tokenizer(config: &Blip2Config) -> Result<Blip2Tokenizer> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use blip2_engine::{DType, Device};
+
+    use crate::blip2::Blip2;
+    use crate::config::Blip2Config;
     use crate::generate::GenerationConfig;
 
     #[test]

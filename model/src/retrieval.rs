@@ -18,20 +18,19 @@
 
 use std::cmp::Ordering;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use blip2_engine::{DType, Device, Tensor, ops};
 use image::DynamicImage;
 use serde::Serialize;
 
-use crate::blip2::LoadOptions;
-use crate::config::{Blip2Config, ImageProcessorConfig, ProcessorConfig};
+use crate::config::Blip2Config;
+use crate::image_encoder::ImageEncoder;
+use crate::loading::{self, LoadOptions, ModelFiles, Source};
 use crate::nn::{Linear, repeat_batch};
-use crate::qformer::QFormer;
 use crate::tokenizer::{BatchEncoding, Blip2Tokenizer, PaddingSide};
-use crate::vision::VisionModel;
-use crate::weights::{Checkpoint, WeightLoader};
-use crate::{ModelError, Result, preprocess};
+use crate::weights::WeightLoader;
+use crate::{ModelError, Result};
 
 /// Texts per Q-Former pass. ITM repeats the image's vision features once per text
 /// (`[B, 257, 1408]` f32 is 1.4 MB per text on the hub model), so very long lists are cut
@@ -190,11 +189,8 @@ fn sort_desc<T>(items: &mut [T], key: impl Fn(&T) -> (f32, f32)) {
 /// A loaded `Blip2ForImageTextRetrieval` checkpoint (e.g. Salesforce/blip2-itm-vit-g).
 pub struct Blip2Retrieval {
     pub config: Blip2Config,
-    pub image_config: ImageProcessorConfig,
     pub tokenizer: Blip2Tokenizer,
-    device: Device,
-    vision: VisionModel,
-    qformer: QFormer,
+    image: ImageEncoder,
     /// Blip2TextEmbeddings: `[V, D]` and `[P, D]`.
     word_embeddings: Tensor,
     position_embeddings: Tensor,
@@ -210,10 +206,23 @@ impl Blip2Retrieval {
     /// projections or Q-Former word embeddings) is refused with
     /// [`ModelError::Unsupported`] saying that it has no retrieval heads.
     pub fn load(dir: impl AsRef<Path>, opts: LoadOptions) -> Result<Blip2Retrieval> {
-        let t0 = Instant::now();
-        let dir = dir.as_ref();
-        let config = Blip2Config::from_dir(dir)?;
-        let ckpt = Checkpoint::open(dir)?;
+        Self::load_from(Source::Dir(dir.as_ref()), opts)
+    }
+
+    /// Loads from any [`Source`] (see [`Blip2Retrieval::load`]).
+    pub fn load_from(source: Source, opts: LoadOptions) -> Result<Blip2Retrieval> {
+        let (mut model, took) = loading::load(source, opts, Self::build)?;
+        model.load_time = took;
+        Ok(model)
+    }
+
+    fn build(files: ModelFiles, vb: &WeightLoader) -> Result<Blip2Retrieval> {
+        let ModelFiles {
+            config,
+            image_config,
+            tokenizer,
+        } = files;
+        let ckpt = vb.checkpoint();
         let missing: Vec<&str> = HEAD_WEIGHTS
             .iter()
             .copied()
@@ -223,24 +232,17 @@ impl Blip2Retrieval {
             return Err(ModelError::Unsupported(format!(
                 "{}: this checkpoint has no retrieval heads (missing {}; architectures {:?}): image-text \
                  matching needs a Blip2ForImageTextRetrieval checkpoint such as Salesforce/blip2-itm-vit-g",
-                dir.display(),
+                ckpt.path().display(),
                 missing.join(", "),
                 config.architectures
             )));
-        }
-        let image_config = ProcessorConfig::from_dir(dir)?.image;
-        let tokenizer = Blip2Tokenizer::from_dir(dir)?;
-        let mut vb = WeightLoader::new(&ckpt, &opts.device, opts.dtype);
-        if let Some(p) = opts.progress {
-            vb = vb.with_progress(p);
         }
         let qc = &config.qformer_config;
         let d = qc.hidden_size;
         let e = config.image_text_hidden_size;
         let emb = vb.pp("embeddings");
-        let model = Blip2Retrieval {
-            vision: VisionModel::load(&vb.pp("vision_model"), &config.vision_config)?,
-            qformer: QFormer::load(&vb, qc, config.num_query_tokens, true)?,
+        Ok(Blip2Retrieval {
+            image: ImageEncoder::load(vb, &config, image_config, true)?,
             word_embeddings: emb.get("word_embeddings.weight", &[qc.vocab_size, d]),
             position_embeddings: emb.get(
                 "position_embeddings.weight",
@@ -249,21 +251,19 @@ impl Blip2Retrieval {
             vision_projection: Linear::load(&vb.pp("vision_projection"), d, e, true),
             text_projection: Linear::load(&vb.pp("text_projection"), d, e, true),
             itm_head: Linear::load(&vb.pp("itm_head"), d, 2, true),
-            device: opts.device,
-            image_config,
             tokenizer,
             load_time: Duration::ZERO,
             config,
-        };
-        vb.finish()?;
-        Ok(Blip2Retrieval {
-            load_time: t0.elapsed(),
-            ..model
         })
     }
 
     pub fn device(&self) -> &Device {
-        &self.device
+        self.image.device()
+    }
+
+    /// The shared image half (preprocessing, ViT, Q-Former).
+    pub fn image_encoder(&self) -> &ImageEncoder {
+        &self.image
     }
     pub fn num_query_tokens(&self) -> usize {
         self.config.num_query_tokens
@@ -403,17 +403,17 @@ impl Blip2Retrieval {
 
     /// `[B, 3, H, W]` pixel values as the processor computes them.
     pub fn pixel_values(&self, images: &[&DynamicImage]) -> Result<Tensor> {
-        preprocess::pixel_values(images, &self.image_config, &self.device)
+        self.image.pixel_values(images)
     }
 
     /// Vision encoder output (after post_layernorm) `[B, N, Dv]`.
     pub fn vision_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self.vision.forward(pixels)?)
+        self.image.vision(pixels)
     }
 
     /// Q-Former output of the queries alone over the image `[B, Q, D]` (the ITC image path).
     pub fn query_output(&self, vision: &Tensor) -> Result<Tensor> {
-        Ok(self.qformer.forward(vision)?)
+        self.image.queries(vision)
     }
 
     /// Normalised ITC image embeddings from vision features `[B, N, Dv]`.
@@ -433,7 +433,7 @@ impl Blip2Retrieval {
     fn embed_text(&self, enc: &BatchEncoding) -> Result<Tensor> {
         let (b, l) = (enc.batch_size(), enc.seq_len());
         let flat: Vec<u32> = enc.ids.concat();
-        let d = self.qformer.hidden;
+        let d = self.image.qformer().hidden;
         let words =
             ops::embedding(&self.word_embeddings, &flat, DType::F32)?.reshape(&[b, l, d])?;
         let positions: Vec<u32> = (0..l as u32).collect();
@@ -458,7 +458,7 @@ impl Blip2Retrieval {
         Ok(Some(Tensor::from_f32(
             data,
             &[enc.batch_size(), 1, lead + enc.seq_len()],
-            &self.device,
+            self.device(),
         )?))
     }
 
@@ -476,11 +476,12 @@ impl Blip2Retrieval {
             }
         };
         let nq = self.num_query_tokens();
-        let queries = repeat_batch(&self.qformer.query_tokens, b)?;
+        let queries = repeat_batch(&self.image.qformer().query_tokens, b)?;
         let embeds = ops::concat(&[&queries, &self.embed_text(enc)?], 1)?;
         let mask = self.text_mask(enc, nq)?;
         let out = self
-            .qformer
+            .image
+            .qformer()
             .encode(&embeds, nq, Some(&vis), mask.as_ref())?;
         let logits = self
             .itm_head
@@ -504,7 +505,8 @@ impl Blip2Retrieval {
     pub fn text_embeddings_from_tokens(&self, enc: &BatchEncoding) -> Result<Vec<TextEmbedding>> {
         let mask = self.text_mask(enc, 0)?;
         let out = self
-            .qformer
+            .image
+            .qformer()
             .encode(&self.embed_text(enc)?, 0, None, mask.as_ref())?;
         let cls = ops::narrow(&out, 1, 0, 1)?;
         let p = self.text_projection.forward(&cls)?;

@@ -144,7 +144,7 @@ pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
     let img = open_image(image)?;
     let (model, load, cfg) = setup(o)?;
     let question = question.trim();
-    let prompt = blip2::scene::vqa_prompt(question);
+    let prompt = blip2::vqa_prompt(question);
     let feats = model.image_features(&[&img])?;
     if o.model.json {
         let g = model

@@ -71,11 +71,8 @@ pub fn info() -> anyhow::Result<()> {
         "  q-former: hidden {}, {} layers, {} heads, {} queries",
         q.hidden_size, q.num_hidden_layers, q.num_attention_heads, c.num_query_tokens
     );
-    if let Some(blip2::model::TextConfig::Opt(t)) = &c.text_config {
-        println!(
-            "  opt: hidden {}, {} layers, {} heads, vocab {}",
-            t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.vocab_size
-        );
+    if let Some(t) = &c.text_config {
+        println!("  {}", t.summary());
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
-use crate::config::T5Config;
+use super::T5Config;
 use crate::nn::{Linear, RmsNorm, activation};
 use crate::weights::WeightLoader;
 
@@ -126,6 +126,8 @@ pub struct T5 {
     d_kv: usize,
     pub d_model: usize,
     pub vocab: usize,
+    /// The first decoder input (`decoder_start_token_id`).
+    pub decoder_start: u32,
     buckets: usize,
     max_distance: usize,
 }
@@ -228,6 +230,7 @@ impl T5 {
             d_kv: cfg.d_kv,
             d_model: d,
             vocab: cfg.vocab_size,
+            decoder_start: cfg.decoder_start_token_id,
             buckets: cfg.relative_attention_num_buckets,
             max_distance: cfg.relative_attention_max_distance,
         })

@@ -3,7 +3,7 @@
 
 use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
-use crate::config::OptConfig;
+use super::OptConfig;
 use crate::nn::{LayerNorm, Linear, activation};
 use crate::weights::WeightLoader;
 

@@ -1,0 +1,149 @@
+//! One loading path for every model: a [`Source`] (a checkpoint directory, files compiled
+//! into the binary, or seeded random weights) is opened into its [`CheckpointFiles`]
+//! (config, processor config, tokenizer, weights), and [`load`] hands them with a
+//! [`WeightLoader`] (device, dtype, progress) to the model's builder, then reports every
+//! missing or mismatched tensor at once.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use blip2_engine::{DType, Device};
+
+use crate::config::{Blip2Config, ImageProcessorConfig, ProcessorConfig};
+use crate::embedded::EmbeddedCheckpoint;
+use crate::error::{ModelError, Result};
+use crate::tokenizer::Blip2Tokenizer;
+use crate::weights::{Checkpoint, WeightLoader};
+
+/// How to load a checkpoint.
+pub struct LoadOptions {
+    pub device: Device,
+    /// Storage dtype of weight matrices (activations stay f32).
+    pub dtype: DType,
+    /// Called with (bytes loaded, bytes total) while weights are read.
+    pub progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            progress: None,
+        }
+    }
+}
+
+/// Where a checkpoint's files come from.
+pub enum Source<'a> {
+    /// A Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json,
+    /// processor config).
+    Dir(&'a Path),
+    /// The same files compiled into the binary (the bundled demo model).
+    Embedded(&'a EmbeddedCheckpoint),
+    /// Seeded random weights at `config`'s sizes with a word-level tokenizer over the whole
+    /// vocabulary, for benchmarks at real sizes (see [`Checkpoint::random`]).
+    Random { config: Blip2Config, seed: u64 },
+}
+
+/// A checkpoint's files, opened and parsed (the weights memory-mapped, not yet read).
+pub struct CheckpointFiles {
+    pub config: Blip2Config,
+    pub image_config: ImageProcessorConfig,
+    pub tokenizer: Blip2Tokenizer,
+    pub checkpoint: Checkpoint,
+}
+
+/// The parsed files a model keeps (what [`load`] passes to a builder beside the weights).
+pub struct ModelFiles {
+    pub config: Blip2Config,
+    pub image_config: ImageProcessorConfig,
+    pub tokenizer: Blip2Tokenizer,
+}
+
+impl Source<'_> {
+    /// Reads and validates the source's files.
+    pub fn open(self) -> Result<CheckpointFiles> {
+        match self {
+            Source::Dir(dir) => Ok(CheckpointFiles {
+                config: Blip2Config::from_dir(dir)?,
+                image_config: ProcessorConfig::from_dir(dir)?.image,
+                tokenizer: Blip2Tokenizer::from_dir(dir)?,
+                checkpoint: Checkpoint::open(dir)?,
+            }),
+            Source::Embedded(files) => open_embedded(files),
+            Source::Random { config, seed } => {
+                let size = config.vision_config.image_size;
+                Ok(CheckpointFiles {
+                    image_config: ImageProcessorConfig {
+                        size: (size, size),
+                        ..Default::default()
+                    },
+                    tokenizer: crate::random::synthetic_tokenizer(&config)?,
+                    config,
+                    checkpoint: Checkpoint::random(seed),
+                })
+            }
+        }
+    }
+}
+
+/// An embedded checkpoint, read exactly as a directory holding the same files.
+fn open_embedded(files: &EmbeddedCheckpoint) -> Result<CheckpointFiles> {
+    let dir = Path::new(files.name);
+    let proc_path = dir.join("processor_config.json");
+    let image_config =
+        ProcessorConfig::from_processor_json(files.processor_config_json, &proc_path)?
+            .0
+            .unwrap_or_default();
+    let tok_cfg = match files.tokenizer_config_json {
+        Some(t) => Some(serde_json::from_str::<serde_json::Value>(t).map_err(|e| {
+            ModelError::tokenizer(dir.join("tokenizer_config.json"), e.to_string())
+        })?),
+        None => None,
+    };
+    let tokenizer = Blip2Tokenizer::from_parts(
+        files.tokenizer_json,
+        dir.join("tokenizer.json"),
+        tok_cfg.as_ref().and_then(|v| v.as_object()),
+        None,
+    )?;
+    Ok(CheckpointFiles {
+        config: files.config()?,
+        image_config,
+        tokenizer,
+        checkpoint: Checkpoint::from_static(
+            &dir.join("model.safetensors").to_string_lossy(),
+            files.weights,
+        )?,
+    })
+}
+
+/// Opens `source` and builds a model with `build` from its files and a [`WeightLoader`] set
+/// up from `opts`; fails with one error listing every missing, mismatched or unreadable
+/// tensor. Returns the model and the time the whole load took.
+pub fn load<T>(
+    source: Source,
+    opts: LoadOptions,
+    build: impl FnOnce(ModelFiles, &WeightLoader) -> Result<T>,
+) -> Result<(T, Duration)> {
+    let t0 = Instant::now();
+    let CheckpointFiles {
+        config,
+        image_config,
+        tokenizer,
+        checkpoint,
+    } = source.open()?;
+    let mut vb = WeightLoader::new(&checkpoint, &opts.device, opts.dtype);
+    if let Some(p) = opts.progress {
+        vb = vb.with_progress(p);
+    }
+    let files = ModelFiles {
+        config,
+        image_config,
+        tokenizer,
+    };
+    let model = build(files, &vb)?;
+    vb.finish()?;
+    Ok((model, t0.elapsed()))
+}
