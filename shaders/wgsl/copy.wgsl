@@ -20,7 +20,12 @@ struct Params {
     groups_x: u32,
 }
 
-const MODE: u32 = 0u;
+// Modes: the discriminants of `blip2_shaders::CopyMode` (a test checks they agree).
+const MODE_BOX: u32 = 0u;
+const MODE_PERMUTE_0213: u32 = 1u;
+const MODE_IM2COL: u32 = 2u;
+
+const MODE: u32 = MODE_BOX;
 const F16: bool = false;
 const WG: u32 = 256u;
 
@@ -37,7 +42,7 @@ fn ld_bits(i: u32) -> u32 {
 }
 
 fn gather_src(e: u32) -> u32 {
-    if (MODE == 1u) {
+    if (MODE == MODE_PERMUTE_0213) {
         let a_n = p.a0;
         let c_n = p.a1;
         let d_n = p.a2;
@@ -49,6 +54,7 @@ fn gather_src(e: u32) -> u32 {
         let b = t2 / c_n;
         return ((b * a_n + a) * c_n + c) * d_n + dd;
     }
+    // MODE_IM2COL
     let c_n = p.a0;
     let h_n = p.a1;
     let w_n = p.a2;
@@ -71,7 +77,7 @@ fn gather_src(e: u32) -> u32 {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = (wid.x + wid.y * p.groups_x) * WG + lid;
-    if (MODE == 0u) {
+    if (MODE == MODE_BOX) {
         let o = g / p.units;
         let u = g % p.units;
         if (o >= p.rows) {
