@@ -394,7 +394,10 @@ fn specialised_sources_are_dumped() {
         .collect();
     names.sort();
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names[0].starts_with("elementwise_OP=2u_X_F16=false"), "{names:?}");
+    assert!(
+        names[0].starts_with("elementwise_OP=2u_X_F16=false"),
+        "{names:?}"
+    );
     assert!(names[1].starts_with("norm_WG=64u_RMS=false"), "{names:?}");
     for n in &names {
         let text = std::fs::read_to_string(dir.join(n)).unwrap();

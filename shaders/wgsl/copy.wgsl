@@ -1,12 +1,13 @@
 // Data movement without arithmetic; f16 halves are moved as bits (exact).
-// MODE 0, box copy (narrow, concat, in-place write_at): for each outer row o < rows,
-//   dst[o * a0 + a1 + l] = src[o * a2 + a3 + l] for l < len. With f16 an invocation owns one
-//   destination word and keeps the half that lies outside the box (read-modify-write), so
-//   boxes need not start on a word.
-// MODE 1, permute 0213: out [B, C, A, D] from x [B, A, C, D] (a0 = A, a1 = C, a2 = D).
-// MODE 2, im2col: x [B, C, H, W] -> out [B, (H/P)(W/P), C*P*P], inner order (c, ky, kx)
+// MODE_BOX, box copy (narrow, concat, in-place write_at, row gathers): for each outer row
+//   o < rows, dst[o * a0 + a1 + l] = src[o * a2 + a3 + l] for l < len. With f16 an invocation
+//   owns one destination word of one row and keeps the half that lies outside the box
+//   (read-modify-write), so boxes need not start on a word; two rows of one dispatch must
+//   not meet inside a word (the engine copies such rows in separate dispatches).
+// MODE_PERMUTE_0213: out [B, C, A, D] from x [B, A, C, D] (a0 = A, a1 = C, a2 = D).
+// MODE_IM2COL: x [B, C, H, W] -> out [B, (H/P)(W/P), C*P*P], inner order (c, ky, kx)
 //   (a0 = C, a1 = H, a2 = W, a3 = P).
-// Modes 1 and 2 write every output element: an invocation owns elements (2u, 2u+1).
+// The gather modes write every output element: an invocation owns elements (2u, 2u+1).
 
 struct Params {
     // Mode 0: invocations per outer row; modes 1/2: output elements.
