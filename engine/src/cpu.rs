@@ -8,7 +8,7 @@ use blip2_kernels as k;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::ops::{AttnDims, AttnOpts, Binary, MatmulDims, Unary, split_at_axis};
+use crate::desc::{AttnDims, AttnOpts, Binary, MatmulDims, Unary, split_at_axis};
 use crate::tensor::CpuStorage;
 use crate::{DType, Error, Result, Tensor};
 
@@ -90,13 +90,15 @@ pub(crate) fn matmul(
     output(c, out_shape, a.dtype())
 }
 
-pub(crate) fn layer_norm(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    eps: f32,
-    rms: bool,
-) -> Result<Tensor> {
+pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    norm(x, w, Some(b), eps, false)
+}
+
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    norm(x, w, None, eps, true)
+}
+
+fn norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32, rms: bool) -> Result<Tensor> {
     let cols = w.dim(0);
     let xa = f32_data(x);
     let wa = f32_data(w);
@@ -220,6 +222,18 @@ macro_rules! with_storage {
             CpuStorage::F16($v) => CpuStorage::F16($body),
         }
     };
+}
+
+pub(crate) fn gather_rows(x: &Tensor, rows: &[usize], out_shape: Vec<usize>) -> Result<Tensor> {
+    let inner: usize = x.shape()[1..].iter().product();
+    let storage = with_storage!(x, v => {
+        let mut out = Vec::with_capacity(rows.len() * inner);
+        for &r in rows {
+            out.extend_from_slice(&v[r * inner..(r + 1) * inner]);
+        }
+        out
+    });
+    Ok(Tensor::from_cpu(out_shape, storage))
 }
 
 pub(crate) fn concat(ts: &[&Tensor], axis: usize, out_shape: Vec<usize>) -> Result<Tensor> {

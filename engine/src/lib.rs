@@ -5,6 +5,7 @@
 //! is always f32 whatever the storage dtype.
 
 mod cpu;
+mod desc;
 mod device;
 mod dtype;
 mod error;

@@ -5,6 +5,7 @@
 //! operand of add/mul, embedding tables) may have either dtype independently; backends
 //! convert as they read. Masks and attention biases are F32. All arithmetic is f32.
 
+pub use crate::desc::{AttnDims, AttnOpts, Binary, MatmulDims, Unary};
 use crate::{DType, Device, Error, Result, Tensor, cpu, gpu};
 
 fn check_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -139,18 +140,6 @@ pub fn matmul(a: &Tensor, b: &Tensor, b_trans: bool) -> Result<Tensor> {
     }
 }
 
-/// Sizes of a validated batched matmul (see [`matmul`]).
-#[derive(Clone, Copy, Debug)]
-pub struct MatmulDims {
-    pub batch: usize,
-    pub m: usize,
-    pub k: usize,
-    pub n: usize,
-    pub b_trans: bool,
-    /// b is one `[K,N]`/`[N,K]` matrix used by every batch.
-    pub b_shared: bool,
-}
-
 fn check_norm_param(op: &'static str, operand: &str, x: &Tensor, p: &Tensor) -> Result<()> {
     check_device(op, x, p)?;
     check_shape(op, operand, p, &[last(x)])
@@ -163,8 +152,8 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor
     check_norm_param(OP, "weight", x, w)?;
     check_norm_param(OP, "bias", x, b)?;
     match x.device() {
-        Device::Cpu => cpu::layer_norm(x, w, Some(b), eps, false),
-        Device::Gpu(g) => gpu::ops::norm(g, x, w, Some(b), eps, false),
+        Device::Cpu => cpu::layer_norm(x, w, b, eps),
+        Device::Gpu(g) => gpu::ops::layer_norm(g, x, w, b, eps),
     }
 }
 
@@ -174,8 +163,8 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     check_rank_min(OP, "x", x, 1)?;
     check_norm_param(OP, "weight", x, w)?;
     match x.device() {
-        Device::Cpu => cpu::layer_norm(x, w, None, eps, true),
-        Device::Gpu(g) => gpu::ops::norm(g, x, w, None, eps, true),
+        Device::Cpu => cpu::rms_norm(x, w, eps),
+        Device::Gpu(g) => gpu::ops::rms_norm(g, x, w, eps),
     }
 }
 
@@ -234,16 +223,6 @@ pub fn softmax(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
-/// Element-wise activations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Unary {
-    /// Exact GELU: 0.5·x·(1 + erf(x/√2)).
-    Gelu,
-    /// GELU with the tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
-    GeluTanh,
-    Relu,
-}
-
 pub fn unary(x: &Tensor, f: Unary) -> Result<Tensor> {
     match x.device() {
         Device::Cpu => cpu::unary(x, f),
@@ -261,12 +240,6 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Relu)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Binary {
-    Add,
-    Mul,
 }
 
 /// `a ∘ b` where b's shape equals a's or a suffix of it (b repeats over a's leading dims:
@@ -324,6 +297,48 @@ pub fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Tensor> {
     }
 }
 
+/// Rows of `x` along axis 0 in the order of `rows`, repeats allowed (beam search expanding
+/// one hypothesis into several) -> `[rows.len(), x.shape()[1..]]` in x's dtype, bits as they
+/// are. The identity selection returns a clone sharing x's storage.
+pub fn gather_rows(x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    const OP: &str = "gather_rows";
+    check_rank_min(OP, "x", x, 1)?;
+    let n = x.dim(0);
+    if let Some((pos, &bad)) = rows.iter().enumerate().find(|&(_, &r)| r >= n) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "row index {bad} (at position {pos}) out of range for x {:?} with {n} rows",
+                x.shape()
+            ),
+        ));
+    }
+    if rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r) {
+        return Ok(x.clone());
+    }
+    let mut out_shape = x.shape().to_vec();
+    out_shape[0] = rows.len();
+    // A long selection of wide rows could overflow the element count.
+    if out_shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .is_none()
+    {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "{} rows of {:?} overflow usize",
+                rows.len(),
+                &x.shape()[1..]
+            ),
+        ));
+    }
+    match x.device() {
+        Device::Cpu => cpu::gather_rows(x, rows, out_shape),
+        Device::Gpu(g) => gpu::ops::gather_rows(g, x, rows, out_shape),
+    }
+}
+
 fn check_axis(op: &'static str, t: &Tensor, axis: usize) -> Result<()> {
     if axis >= t.rank() {
         return Err(Error::shape(
@@ -332,15 +347,6 @@ fn check_axis(op: &'static str, t: &Tensor, axis: usize) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// (outer, dim, inner) sizes around `axis`.
-pub(crate) fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (
-        shape[..axis].iter().product(),
-        shape[axis],
-        shape[axis + 1..].iter().product(),
-    )
 }
 
 /// Concatenation along `axis`; all other dims and the dtype must agree.
@@ -471,45 +477,6 @@ fn permute_0213(x: &Tensor, dims: [usize; 4]) -> Result<Tensor> {
         Device::Cpu => cpu::permute_0213(&x4),
         Device::Gpu(g) => gpu::ops::permute_0213(g, &x4),
     }
-}
-
-/// Options of [`attention`].
-#[derive(Clone, Copy, Debug)]
-pub struct AttnOpts<'a> {
-    /// Multiplies q·kᵀ (hd^-0.5 for ViT/BERT/OPT, 1.0 for T5).
-    pub scale: f32,
-    /// Query i (of lq) may see keys j <= i + (kv_len - lq).
-    pub causal: bool,
-    /// Number of leading key rows of k/v to use (a preallocated cache); None = all.
-    pub kv_len: Option<usize>,
-    /// Additive f32 mask `[B, 1 | Lq, kv_len]` (padding: 0 or a large negative).
-    pub mask: Option<&'a Tensor>,
-    /// Additive f32 per-head bias `[H, Lq, kv_len]` (T5 relative positions).
-    pub bias: Option<&'a Tensor>,
-}
-
-impl Default for AttnOpts<'_> {
-    fn default() -> Self {
-        AttnOpts {
-            scale: 1.0,
-            causal: false,
-            kv_len: None,
-            mask: None,
-            bias: None,
-        }
-    }
-}
-
-/// Validated sizes of an [`attention`] call.
-#[derive(Clone, Copy, Debug)]
-pub struct AttnDims {
-    pub batch: usize,
-    pub heads: usize,
-    pub lq: usize,
-    pub lk: usize,
-    pub lk_cap: usize,
-    pub head_dim: usize,
-    pub mask_rows: usize,
 }
 
 /// Multi-head attention: q `[B, H, Lq, d]`, k/v `[B, H, Lcap, d]` -> `[B, H, Lq, d]`;

@@ -336,6 +336,79 @@ fn chunked_paths_under_a_small_binding_limit() {
     }
 }
 
+/// Row gathers are box copies: past one storage binding they are refused with the same
+/// typed Limit error as the other copies.
+#[test]
+fn gather_rows_past_one_binding_is_a_limit_error() {
+    let Some(dev) = open(GpuOptions {
+        max_binding: Some(4096),
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    let small: Vec<f32> = (0..32).map(|v| v as f32).collect();
+    let x = Tensor::from_f32(small, &[8, 4], &dev).unwrap();
+    let got = ops::gather_rows(&x, &[7, 0, 0])
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    assert_eq!(
+        got,
+        [
+            28.0, 29.0, 30.0, 31.0, 0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0
+        ]
+    );
+    let big = Tensor::zeros(&[64, 64], DType::F32, &dev).unwrap();
+    match ops::gather_rows(&big, &[1, 0]) {
+        Err(Error::Limit {
+            what,
+            needed,
+            limit,
+        }) => {
+            assert!(what.contains("copy"), "{what}");
+            assert!(needed > limit);
+        }
+        other => panic!("expected a Limit error, got {other:?}"),
+    }
+}
+
+/// `dump_wgsl` writes each compiled variant with its fragments pasted in and its constants
+/// set, named after the kernel and constants.
+#[test]
+fn specialised_sources_are_dumped() {
+    let dir = std::env::temp_dir().join(format!("blip2-wgsl-dump-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let Some(dev) = open(GpuOptions {
+        dump_wgsl: Some(dir.clone()),
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    let x = Tensor::from_f32(vec![-1.0, 2.0, 0.5, 4.0], &[2, 2], &dev).unwrap();
+    let w = Tensor::from_f32(vec![1.0, 1.0], &[2], &dev).unwrap();
+    let y = ops::layer_norm(&ops::relu(&x).unwrap(), &w, &w, 1e-5).unwrap();
+    y.to_vec_f32().unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names[0].starts_with("elementwise_OP=2u_X_F16=false"),
+        "{names:?}"
+    );
+    assert!(names[1].starts_with("norm_WG=64u_RMS=false"), "{names:?}");
+    for n in &names {
+        let text = std::fs::read_to_string(dir.join(n)).unwrap();
+        let unresolved = text
+            .lines()
+            .any(|l| l.trim_start().starts_with("// #include"));
+        assert!(text.contains("fn st_pair(") && !unresolved, "{n}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn fallbacks_match_fast_paths() {
     // Every kill switch off at once: tiled matmul for M=1, scalar loads, no subgroups,

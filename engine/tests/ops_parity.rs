@@ -4,7 +4,7 @@
 mod common;
 
 use blip2_engine::ops::{self, AttnOpts};
-use blip2_engine::{DType, Device, Tensor};
+use blip2_engine::{DType, Device, Error, Tensor};
 use common::*;
 
 fn erf64(x: f64) -> f64 {
@@ -460,6 +460,98 @@ fn embedding_gathers_rows() {
                 assert!(err.contains("1000"), "{err}");
             }
         }
+    }
+}
+
+#[test]
+fn gather_rows_picks_rows_in_order() {
+    // Row orders: beam-search expansion of one row, reorders with repeats, strided and
+    // contiguous runs, a reversal, a single row, the empty selection.
+    let selections: [&[usize]; 9] = [
+        &[0, 0, 0, 0],
+        &[2, 0, 1, 1],
+        &[4, 3, 2, 1, 0],
+        &[1, 2, 3],
+        &[0, 2, 4],
+        &[3],
+        &[],
+        &[1, 1, 2, 3, 4, 0, 0],
+        &[4, 4, 4, 2, 2, 0, 1, 2],
+    ];
+    for dev in devices() {
+        for dt in DTYPES {
+            let mut rng = Rng::new(21);
+            // Odd row widths put f16 rows mid-word; rank 1 gathers scalars.
+            for shape in [&[5usize, 7][..], &[6, 3, 3], &[5, 2, 4], &[7]] {
+                let (x, xv) = tensor(&mut rng, shape, dt, &dev, -1.0, 1.0);
+                let inner: usize = shape[1..].iter().product();
+                for rows in selections {
+                    let got = ops::gather_rows(&x, rows).unwrap();
+                    let mut want_shape = shape.to_vec();
+                    want_shape[0] = rows.len();
+                    assert_eq!((got.shape(), got.dtype()), (&want_shape[..], dt));
+                    let want: Vec<f64> = rows
+                        .iter()
+                        .flat_map(|&r| xv[r * inner..(r + 1) * inner].to_vec())
+                        .collect();
+                    assert_close(
+                        &format!("gather_rows {shape:?} {rows:?}"),
+                        &dev,
+                        dt,
+                        &got.to_vec_f32().unwrap(),
+                        &want,
+                        0.0,
+                    );
+                }
+                let all: Vec<usize> = (0..shape[0]).collect();
+                let same = ops::gather_rows(&x, &all).unwrap();
+                assert_eq!(same.shape(), x.shape());
+                assert_close(
+                    "gather_rows identity",
+                    &dev,
+                    dt,
+                    &same.to_vec_f32().unwrap(),
+                    &xv,
+                    0.0,
+                );
+                let err = ops::gather_rows(&x, &[0, shape[0]]).unwrap_err();
+                assert!(
+                    matches!(&err, Error::Shape { .. })
+                        && err.to_string().contains(&format!("index {}", shape[0])),
+                    "{err}"
+                );
+            }
+            let scalar = Tensor::from_slice(&[1.0], &[], dt, &dev).unwrap();
+            assert!(matches!(
+                ops::gather_rows(&scalar, &[0]),
+                Err(Error::Shape { .. })
+            ));
+        }
+    }
+}
+
+/// f16 copies whose destination rows meet inside a word (odd widths) write every row: each
+/// invocation rewrites a whole word, so the rows sharing it must not be copied concurrently.
+#[test]
+fn f16_copies_of_odd_rows_keep_every_element() {
+    for dev in devices() {
+        let mut rng = Rng::new(22);
+        let (x, xv) = tensor(&mut rng, &[300, 3], DType::F16, &dev, -1.0, 1.0);
+        let col: Vec<f64> = (0..300).map(|r| xv[r * 3 + 1]).collect();
+        let got = ops::narrow(&x, 1, 1, 1).unwrap().to_vec_f32().unwrap();
+        assert_close("narrow odd rows", &dev, DType::F16, &got, &col, 0.0);
+        let got = ops::gather_rows(&x, &[7; 301])
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        assert_close(
+            "gather_rows repeats",
+            &dev,
+            DType::F16,
+            &got,
+            &xv[21..24].repeat(301),
+            0.0,
+        );
     }
 }
 

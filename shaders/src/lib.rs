@@ -1,7 +1,23 @@
-//! WGSL sources of the blip2 GPU kernels, one file per kernel family, plus the small
-//! specialisation step that turns a source into one pipeline variant.
+//! WGSL sources of the blip2 GPU kernels, one file per kernel family, the typed contract
+//! between them and the engine, and the specialisation step that turns a source into one
+//! pipeline variant.
 //!
-//! Conventions shared by every kernel (the engine's GPU runtime relies on them):
+//! # The contract, declared once on the Rust side
+//! Each kernel family has, in this crate (see [`Kernel`]):
+//! - a consts struct ([`GemvConsts`], [`MatmulConsts`], ...): its specialisation constants as
+//!   typed fields, plus `subgroups` where the kernel has a subgroup variant. A value of it *is*
+//!   a pipeline variant: the engine dispatches it and caches pipelines keyed by it (it derives
+//!   `Hash`/`Eq`), and [`Kernel::constants`] is the only place that names the WGSL constants.
+//!   [`Kernel::variants`] lists every variant the engine can build; the tests validate each.
+//! - a `#[repr(C)]` [`Params`] struct ([`GemvParams`], ...) that mirrors the WGSL
+//!   `struct Params` field by field; a test compares names, types and size with the WGSL.
+//! - its binding signature ([`Kernel::READ_ONLY`], [`Kernel::READ_WRITE`]), checked against
+//!   the WGSL declarations by a test.
+//! - op-code enums ([`ElementwiseOp`], [`CopyMode`]) where a constant selects an operation.
+//!   The WGSL names each code too (`const OP_GELU: u32 = 0u;`) and switches on the names; a
+//!   test checks every enum discriminant against the WGSL constant of the same name.
+//!
+//! # Conventions shared by every kernel (the engine's GPU runtime relies on them)
 //! - Binding 0 is a `var<uniform> p: Params` read at a dynamic offset in one uniform arena.
 //!   `Params` holds 4-byte scalars only (no vectors, so its layout is sequential) and is at
 //!   most [`PARAMS_BYTES`] bytes.
@@ -17,9 +33,20 @@
 //!   `wid.x + wid.y * p.groups_x`.
 //! - Subgroup code (when the adapter has `SUBGROUP`) lives in lines starting `//SG ` that
 //!   [`specialise`] un-comments, and the plain fallback in lines ending `//NOSG` that it
-//!   comments out; the file as stored is the portable fallback, valid WGSL on its own.
-//!   (naga 30 rejects `enable subgroups;` as not yet implemented and accepts the subgroup
-//!   builtins when the device has the `SUBGROUP` feature, so no directive is emitted.)
+//!   comments out. (naga 30 rejects `enable subgroups;` as not yet implemented and accepts
+//!   the subgroup builtins when the device has the `SUBGROUP` feature, so no directive is
+//!   emitted.)
+//! - Helpers shared by several kernels live once, in fragments under `wgsl/include/`
+//!   ([`INCLUDES`]): a kernel line `// #include "pack.wgsl"` is replaced by the fragment's
+//!   text before anything else (a comment line, so no other tool mistakes it for code).
+//!   `pack.wgsl` has the f16/f32 word loads and the pair store, `reduce.wgsl` the workgroup
+//!   and subgroup sum/max reductions; each documents at its top what it needs from the
+//!   including kernel. A kernel that includes fragments is valid WGSL once they are pasted
+//!   in (its default constants are then a valid variant); `copy.wgsl` includes none.
+
+mod kernels;
+
+pub use kernels::*;
 
 /// Largest `Params` struct of any kernel, in bytes (the uniform binding size).
 pub const PARAMS_BYTES: u64 = 128;
@@ -34,7 +61,7 @@ pub const NORM: &str = include_str!("../wgsl/norm.wgsl");
 pub const SOFTMAX: &str = include_str!("../wgsl/softmax.wgsl");
 /// Activations, scale, add/mul with a repeating operand, dtype casts.
 pub const ELEMENTWISE: &str = include_str!("../wgsl/elementwise.wgsl");
-/// Box copies (narrow, concat, in-place write), head permutation, im2col.
+/// Box copies (narrow, concat, in-place write, row gathers), head permutation, im2col.
 pub const COPY: &str = include_str!("../wgsl/copy.wgsl");
 /// Embedding row gather.
 pub const EMBEDDING: &str = include_str!("../wgsl/embedding.wgsl");
@@ -42,20 +69,117 @@ pub const EMBEDDING: &str = include_str!("../wgsl/embedding.wgsl");
 /// in one dispatch per (batch, head, query).
 pub const ATTENTION: &str = include_str!("../wgsl/attention.wgsl");
 
-/// Every kernel family, by name (for tests that compile them all).
+/// Every kernel family, by name (for tests that look at all sources).
 pub const ALL: &[(&str, &str)] = &[
-    ("gemv", GEMV),
-    ("matmul", MATMUL),
-    ("norm", NORM),
-    ("softmax", SOFTMAX),
-    ("elementwise", ELEMENTWISE),
-    ("copy", COPY),
-    ("embedding", EMBEDDING),
-    ("attention", ATTENTION),
+    (GemvConsts::NAME, GEMV),
+    (MatmulConsts::NAME, MATMUL),
+    (NormConsts::NAME, NORM),
+    (SoftmaxConsts::NAME, SOFTMAX),
+    (ElementwiseConsts::NAME, ELEMENTWISE),
+    (CopyConsts::NAME, COPY),
+    (EmbeddingConsts::NAME, EMBEDDING),
+    (AttentionConsts::NAME, ATTENTION),
 ];
 
+/// Shared WGSL fragments (not kernels on their own), by the name kernels include them with.
+pub const INCLUDES: &[(&str, &str)] = &[
+    ("pack.wgsl", include_str!("../wgsl/include/pack.wgsl")),
+    ("reduce.wgsl", include_str!("../wgsl/include/reduce.wgsl")),
+];
+
+/// One kernel family's side of the contract; a value is one pipeline variant.
+pub trait Kernel: Copy + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static {
+    /// Family name, for pipeline labels, messages and dumped file names.
+    const NAME: &'static str;
+    /// The stored source (`// #include` lines not yet resolved).
+    const SOURCE: &'static str;
+    /// Read-only storage bindings, at bindings 1..=READ_ONLY.
+    const READ_ONLY: usize;
+    /// Read-write storage bindings, after the read-only ones.
+    const READ_WRITE: usize;
+    /// The uniform at binding 0.
+    type Params: Params;
+
+    /// This variant's module-scope constants, by WGSL name. Called when a pipeline is
+    /// compiled, never per dispatch.
+    fn constants(&self) -> Vec<(&'static str, ConstValue)>;
+
+    /// Whether this variant enables the `//SG` lines (always false without a subgroup
+    /// variant).
+    fn subgroups(&self) -> bool {
+        false
+    }
+
+    /// Every variant the engine can build (each is validated by the tests).
+    fn variants() -> Vec<Self>;
+
+    /// Op codes the source declares as named WGSL constants: (name, value).
+    fn op_codes() -> Vec<(&'static str, u32)> {
+        Vec::new()
+    }
+
+    /// The WGSL of this variant: fragments included, constants set, subgroup lines toggled.
+    fn wgsl(&self) -> Result<String, SpecError> {
+        let consts: Vec<(&str, String)> = self
+            .constants()
+            .into_iter()
+            .map(|(n, v)| (n, v.to_string()))
+            .collect();
+        specialise(Self::SOURCE, &consts, self.subgroups())
+    }
+
+    /// "family NAME=value ... [+subgroups]", for messages and dumped file names.
+    fn label(&self) -> String {
+        let mut k = String::from(Self::NAME);
+        for (n, v) in self.constants() {
+            k.push_str(&format!(" {n}={v}"));
+        }
+        if self.subgroups() {
+            k.push_str(" +subgroups");
+        }
+        k
+    }
+}
+
+/// A kernel's uniform block: `#[repr(C)]` 4-byte scalars in the order of the WGSL
+/// `struct Params`, uploaded as its bytes.
+pub trait Params: bytemuck::Pod + std::fmt::Debug {
+    /// (field name, WGSL scalar type) in declaration order; the tests compare it with the
+    /// WGSL struct.
+    const FIELDS: &'static [(&'static str, &'static str)];
+}
+
+/// A specialisation constant's value.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ConstValue {
+    Bool(bool),
+    U32(u32),
+}
+
+/// The WGSL literal.
+impl std::fmt::Display for ConstValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ConstValue::Bool(b) => f.write_str(if b { "true" } else { "false" }),
+            ConstValue::U32(v) => write!(f, "{v}u"),
+        }
+    }
+}
+
+impl From<bool> for ConstValue {
+    fn from(v: bool) -> Self {
+        ConstValue::Bool(v)
+    }
+}
+
+impl From<u32> for ConstValue {
+    fn from(v: u32) -> Self {
+        ConstValue::U32(v)
+    }
+}
+
 /// Why a specialisation failed (a programming error in the caller: a constant that the
-/// source does not declare).
+/// source does not declare, or an unknown fragment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecError(pub String);
 
@@ -67,14 +191,50 @@ impl std::fmt::Display for SpecError {
 
 impl std::error::Error for SpecError {}
 
-/// Produces one variant of `src`: each `(NAME, value)` replaces the initialiser of the
-/// module-scope line `const NAME: T = ...;` (the line must exist exactly once), and with
-/// `subgroups` the `//SG ` lines are enabled and the `//NOSG` lines disabled.
+/// The fragment a line `// #include "NAME"` asks for, if it is such a line.
+fn include_name(line: &str) -> Option<&str> {
+    line.trim()
+        .strip_prefix("// #include \"")?
+        .strip_suffix('"')
+}
+
+/// `src` with every `// #include "NAME"` line replaced by the fragment [`INCLUDES`] names
+/// (fragments include nothing themselves).
+pub fn resolve_includes(src: &str) -> Result<String, SpecError> {
+    let mut out = String::with_capacity(src.len() + 4096);
+    for line in src.lines() {
+        match include_name(line) {
+            Some(name) => {
+                let (_, text) = INCLUDES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .ok_or_else(|| SpecError(format!("unknown WGSL fragment \"{name}\"")))?;
+                if text.lines().any(|l| include_name(l).is_some()) {
+                    return Err(SpecError(format!("fragment {name} includes another")));
+                }
+                out.push_str(&format!("// ---- {name}\n"));
+                out.push_str(text);
+                out.push_str(&format!("// ---- end of {name}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Produces one variant of `src`: fragments are included ([`resolve_includes`]), each
+/// `(NAME, value)` replaces the initialiser of the module-scope line `const NAME: T = ...;`
+/// (the line must exist exactly once), and with `subgroups` the `//SG ` lines are enabled
+/// and the `//NOSG` lines disabled.
 pub fn specialise(
     src: &str,
     consts: &[(&str, String)],
     subgroups: bool,
 ) -> Result<String, SpecError> {
+    let src = resolve_includes(src)?;
     let mut found = vec![0usize; consts.len()];
     let mut out = String::with_capacity(src.len() + 64);
     for line in src.lines() {
@@ -127,12 +287,12 @@ pub fn specialise(
 
 /// WGSL literal for a bool constant.
 pub fn wgsl_bool(b: bool) -> String {
-    if b { "true".into() } else { "false".into() }
+    ConstValue::Bool(b).to_string()
 }
 
 /// WGSL literal for a u32 constant.
 pub fn wgsl_u32(v: u32) -> String {
-    format!("{v}u")
+    ConstValue::U32(v).to_string()
 }
 
 #[cfg(test)]
@@ -166,5 +326,45 @@ mod tests {
                 "{name} must bind its Params at binding 0"
             );
         }
+    }
+
+    #[test]
+    fn includes_paste_fragments_and_reject_unknown_ones() {
+        let out = specialise("a\n  // #include \"pack.wgsl\"\nb\n", &[], false).unwrap();
+        assert!(out.starts_with("a\n// ---- pack.wgsl\n"));
+        assert!(out.contains("fn st_pair("));
+        assert!(out.ends_with("// ---- end of pack.wgsl\nb\n"));
+        let err = specialise("// #include \"nope.wgsl\"\n", &[], false).unwrap_err();
+        assert!(err.0.contains("nope.wgsl"), "{err}");
+        // Constants and subgroup lines inside fragments are specialised too.
+        let sg = specialise("// #include \"reduce.wgsl\"\n", &[], true).unwrap();
+        assert!(sg.contains("subgroupAdd"));
+    }
+
+    #[test]
+    fn fragments_are_documented_as_fragments() {
+        for (name, text) in INCLUDES {
+            assert!(
+                text.starts_with("// FRAGMENT, not a kernel"),
+                "{name} must say at its top that it is a fragment"
+            );
+        }
+    }
+
+    #[test]
+    fn params_fit_the_uniform_slot() {
+        use std::mem::size_of;
+        let sizes = [
+            size_of::<GemvParams>(),
+            size_of::<MatmulParams>(),
+            size_of::<NormParams>(),
+            size_of::<SoftmaxParams>(),
+            size_of::<ElementwiseParams>(),
+            size_of::<CopyParams>(),
+            size_of::<EmbeddingParams>(),
+            size_of::<AttentionParams>(),
+        ];
+        let largest = sizes.into_iter().max().unwrap_or(0);
+        assert!(largest as u64 <= PARAMS_BYTES, "{largest} > {PARAMS_BYTES}");
     }
 }

@@ -28,6 +28,7 @@ const WG: u32 = 128u;
 // Output element pairs per invocation.
 const NS: u32 = 2u;
 const DMAX: u32 = 2u * WG * NS;
+const RED_N: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<u32>;
@@ -39,22 +40,23 @@ const DMAX: u32 = 2u * WG * NS;
 
 var<workgroup> qs: array<f32, DMAX>;
 var<workgroup> ps: array<f32, WG>;
-var<workgroup> red: array<f32, WG>;
 
 const NEG_INF: f32 = -3.40282347e38;
 
+// Shared helpers, pasted in by `specialise` (the file is not valid WGSL without them).
+// #include "pack.wgsl"
+// #include "reduce.wgsl"
+
+// Element i of q (buf 0), k (1) or v (2).
 fn ld1(buf: u32, i: u32) -> f32 {
     var w = 0u;
-    let wi = select(i, i >> 1u, QKV_F16);
+    let wi = word_of(i, QKV_F16);
     switch (buf) {
         case 0u: { w = q[wi]; }
         case 1u: { w = k[wi]; }
         default: { w = v[wi]; }
     }
-    if (QKV_F16) {
-        return unpack2x16float(w)[i & 1u];
-    }
-    return bitcast<f32>(w);
+    return elem(w, i, QKV_F16);
 }
 
 // Elements i, i+1 (i even when D_EVEN).
@@ -69,55 +71,6 @@ fn ld2(buf: u32, i: u32) -> vec2<f32> {
         return unpack2x16float(w);
     }
     return vec2<f32>(ld1(buf, i), ld1(buf, i + 1u));
-}
-
-fn st_pair(i: u32, v0: f32, v1: f32, two: bool) {
-    if (OUT_F16) {
-        out[i >> 1u] = pack2x16float(vec2<f32>(v0, v1));
-    } else {
-        out[i] = bitcast<u32>(v0);
-        if (two) {
-            out[i + 1u] = bitcast<u32>(v1);
-        }
-    }
-}
-
-fn wg_sum(x: f32, lid: u32, sg: vec3<u32>) -> f32 {
-    //SG let s = subgroupAdd(x);
-    //SG if (sg.x == 0u) { red[sg.y] = s; }
-    //SG workgroupBarrier();
-    //SG var t = 0.0;
-    //SG for (var i = 0u; i < sg.z; i++) { t += red[i]; }
-    //SG workgroupBarrier();
-    //SG return t;
-    red[lid] = x; //NOSG
-    workgroupBarrier(); //NOSG
-    for (var s = WG / 2u; s > 0u; s >>= 1u) { //NOSG
-        if (lid < s) { red[lid] += red[lid + s]; } //NOSG
-        workgroupBarrier(); //NOSG
-    } //NOSG
-    let t = red[0]; //NOSG
-    workgroupBarrier(); //NOSG
-    return t; //NOSG
-}
-
-fn wg_max(x: f32, lid: u32, sg: vec3<u32>) -> f32 {
-    //SG let s = subgroupMax(x);
-    //SG if (sg.x == 0u) { red[sg.y] = s; }
-    //SG workgroupBarrier();
-    //SG var t = red[0];
-    //SG for (var i = 1u; i < sg.z; i++) { t = max(t, red[i]); }
-    //SG workgroupBarrier();
-    //SG return t;
-    red[lid] = x; //NOSG
-    workgroupBarrier(); //NOSG
-    for (var s = WG / 2u; s > 0u; s >>= 1u) { //NOSG
-        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); } //NOSG
-        workgroupBarrier(); //NOSG
-    } //NOSG
-    let t = red[0]; //NOSG
-    workgroupBarrier(); //NOSG
-    return t; //NOSG
 }
 
 @compute @workgroup_size(WG)

@@ -1,12 +1,13 @@
 // Data movement without arithmetic; f16 halves are moved as bits (exact).
-// MODE 0, box copy (narrow, concat, in-place write_at): for each outer row o < rows,
-//   dst[o * a0 + a1 + l] = src[o * a2 + a3 + l] for l < len. With f16 an invocation owns one
-//   destination word and keeps the half that lies outside the box (read-modify-write), so
-//   boxes need not start on a word.
-// MODE 1, permute 0213: out [B, C, A, D] from x [B, A, C, D] (a0 = A, a1 = C, a2 = D).
-// MODE 2, im2col: x [B, C, H, W] -> out [B, (H/P)(W/P), C*P*P], inner order (c, ky, kx)
+// MODE_BOX, box copy (narrow, concat, in-place write_at, row gathers): for each outer row
+//   o < rows, dst[o * a0 + a1 + l] = src[o * a2 + a3 + l] for l < len. With f16 an invocation
+//   owns one destination word of one row and keeps the half that lies outside the box
+//   (read-modify-write), so boxes need not start on a word; two rows of one dispatch must
+//   not meet inside a word (the engine copies such rows in separate dispatches).
+// MODE_PERMUTE_0213: out [B, C, A, D] from x [B, A, C, D] (a0 = A, a1 = C, a2 = D).
+// MODE_IM2COL: x [B, C, H, W] -> out [B, (H/P)(W/P), C*P*P], inner order (c, ky, kx)
 //   (a0 = C, a1 = H, a2 = W, a3 = P).
-// Modes 1 and 2 write every output element: an invocation owns elements (2u, 2u+1).
+// The gather modes write every output element: an invocation owns elements (2u, 2u+1).
 
 struct Params {
     // Mode 0: invocations per outer row; modes 1/2: output elements.
@@ -20,7 +21,12 @@ struct Params {
     groups_x: u32,
 }
 
-const MODE: u32 = 0u;
+// Modes: the discriminants of `blip2_shaders::CopyMode` (a test checks they agree).
+const MODE_BOX: u32 = 0u;
+const MODE_PERMUTE_0213: u32 = 1u;
+const MODE_IM2COL: u32 = 2u;
+
+const MODE: u32 = MODE_BOX;
 const F16: bool = false;
 const WG: u32 = 256u;
 
@@ -37,7 +43,7 @@ fn ld_bits(i: u32) -> u32 {
 }
 
 fn gather_src(e: u32) -> u32 {
-    if (MODE == 1u) {
+    if (MODE == MODE_PERMUTE_0213) {
         let a_n = p.a0;
         let c_n = p.a1;
         let d_n = p.a2;
@@ -49,6 +55,7 @@ fn gather_src(e: u32) -> u32 {
         let b = t2 / c_n;
         return ((b * a_n + a) * c_n + c) * d_n + dd;
     }
+    // MODE_IM2COL
     let c_n = p.a0;
     let h_n = p.a1;
     let w_n = p.a2;
@@ -71,7 +78,7 @@ fn gather_src(e: u32) -> u32 {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = (wid.x + wid.y * p.groups_x) * WG + lid;
-    if (MODE == 0u) {
+    if (MODE == MODE_BOX) {
         let o = g / p.units;
         let u = g % p.units;
         if (o >= p.rows) {

@@ -14,8 +14,17 @@ struct Params {
     groups_x: u32,
 }
 
-// 0 gelu (erf), 1 gelu (tanh), 2 relu, 3 scale, 4 add, 5 mul, 6 copy/cast.
-const OP: u32 = 0u;
+// Op codes: the discriminants of `blip2_shaders::ElementwiseOp` (a test checks they agree).
+const OP_GELU: u32 = 0u;
+const OP_GELU_TANH: u32 = 1u;
+const OP_RELU: u32 = 2u;
+const OP_SCALE: u32 = 3u;
+const OP_ADD: u32 = 4u;
+const OP_MUL: u32 = 5u;
+// Copy / dtype cast.
+const OP_COPY: u32 = 6u;
+
+const OP: u32 = OP_GELU;
 const X_F16: bool = false;
 const B_F16: bool = false;
 const OUT_F16: bool = false;
@@ -26,18 +35,15 @@ const WG: u32 = 256u;
 @group(0) @binding(2) var<storage, read> b: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
 
+// Shared helpers, pasted in by `specialise` (the file is not valid WGSL without them).
+// #include "pack.wgsl"
+
 fn ld_x(i: u32) -> f32 {
-    if (X_F16) {
-        return unpack2x16float(x[i >> 1u])[i & 1u];
-    }
-    return bitcast<f32>(x[i]);
+    return elem(x[word_of(i, X_F16)], i, X_F16);
 }
 
 fn ld_b(i: u32) -> f32 {
-    if (B_F16) {
-        return unpack2x16float(b[i >> 1u])[i & 1u];
-    }
-    return bitcast<f32>(b[i]);
+    return elem(b[word_of(i, B_F16)], i, B_F16);
 }
 
 // erfc-based erf (Numerical Recipes erfcc): fractional error < 1.2e-7 everywhere.
@@ -53,27 +59,28 @@ fn erf_approx(v: f32) -> f32 {
 
 fn apply(v: f32, i: u32) -> f32 {
     switch (OP) {
-        case 0u: {
+        case OP_GELU: {
             return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
         }
-        case 1u: {
+        case OP_GELU_TANH: {
             // tanh(u) for |u| > 15 is ±1 in f32; clamping keeps exp-based tanh finite.
             let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
             return 0.5 * v * (1.0 + tanh(u));
         }
-        case 2u: {
+        case OP_RELU: {
             return max(v, 0.0);
         }
-        case 3u: {
+        case OP_SCALE: {
             return v * p.s;
         }
-        case 4u: {
+        case OP_ADD: {
             return v + ld_b((p.b_base + i) % p.b_len);
         }
-        case 5u: {
+        case OP_MUL: {
             return v * ld_b((p.b_base + i) % p.b_len);
         }
         default: {
+            // OP_COPY
             return v;
         }
     }
@@ -92,13 +99,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (two) {
         v1 = apply(ld_x(i0 + 1u), i0 + 1u);
     }
-    if (OUT_F16) {
-        // A lone last element shares its word with the tensor's padding half only.
-        out[pair] = pack2x16float(vec2<f32>(v0, v1));
-    } else {
-        out[i0] = bitcast<u32>(v0);
-        if (two) {
-            out[i0 + 1u] = bitcast<u32>(v1);
-        }
-    }
+    // With an f16 output a lone last element shares its word with the tensor's padding only.
+    st_pair(i0, v0, v1, two);
 }

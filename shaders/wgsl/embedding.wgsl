@@ -21,11 +21,11 @@ const WG: u32 = 256u;
 @group(0) @binding(2) var<storage, read> table: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
 
+// Shared helpers, pasted in by `specialise` (the file is not valid WGSL without them).
+// #include "pack.wgsl"
+
 fn ld_t(i: u32) -> f32 {
-    if (T_F16) {
-        return unpack2x16float(table[i >> 1u])[i & 1u];
-    }
-    return bitcast<f32>(table[i]);
+    return elem(table[word_of(i, T_F16)], i, T_F16);
 }
 
 // Table row of output element e, or false when its id is outside this chunk.

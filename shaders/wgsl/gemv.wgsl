@@ -26,6 +26,8 @@ const W_F16: bool = false;
 const B_F16: bool = false;
 const OUT_F16: bool = false;
 const NACC: u32 = ROWS * M;
+// Every accumulator is reduced in one pass (reduce.wgsl).
+const RED_N: u32 = NACC;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;
@@ -33,7 +35,9 @@ const NACC: u32 = ROWS * M;
 @group(0) @binding(3) var<storage, read> b: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
 
-var<workgroup> red: array<f32, NACC * WG>;
+// Shared helpers, pasted in by `specialise` (the file is not valid WGSL without them).
+// #include "pack.wgsl"
+// #include "reduce.wgsl"
 
 fn word_x(i: u32) -> u32 {
     return x[i >> 2u][i & 3u];
@@ -44,58 +48,30 @@ fn word_w(i: u32) -> u32 {
 }
 
 fn ld_x1(i: u32) -> f32 {
-    if (X_F16) {
-        return unpack2x16float(word_x(i >> 1u))[i & 1u];
-    }
-    return bitcast<f32>(word_x(i));
+    return elem(word_x(word_of(i, X_F16)), i, X_F16);
 }
 
 fn ld_w1(i: u32) -> f32 {
-    if (W_F16) {
-        return unpack2x16float(word_w(i >> 1u))[i & 1u];
-    }
-    return bitcast<f32>(word_w(i));
+    return elem(word_w(word_of(i, W_F16)), i, W_F16);
 }
 
 fn ld_b(i: u32) -> f32 {
-    if (B_F16) {
-        return unpack2x16float(b[i >> 1u])[i & 1u];
-    }
-    return bitcast<f32>(b[i]);
+    return elem(b[word_of(i, B_F16)], i, B_F16);
 }
 
 // Elements i..i+8 (i % 8 == 0) as two vec4s.
 fn ld_x8(i: u32) -> mat2x4<f32> {
     if (X_F16) {
-        let q = x[i >> 3u];
-        return mat2x4<f32>(
-            vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
-            vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)),
-        );
+        return halves8(x[i >> 3u]);
     }
     return mat2x4<f32>(bitcast<vec4<f32>>(x[i >> 2u]), bitcast<vec4<f32>>(x[(i >> 2u) + 1u]));
 }
 
 fn ld_w8(i: u32) -> mat2x4<f32> {
     if (W_F16) {
-        let q = w[i >> 3u];
-        return mat2x4<f32>(
-            vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
-            vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)),
-        );
+        return halves8(w[i >> 3u]);
     }
     return mat2x4<f32>(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u]));
-}
-
-fn st_pair(i: u32, v0: f32, v1: f32, two: bool) {
-    if (OUT_F16) {
-        out[i >> 1u] = pack2x16float(vec2<f32>(v0, v1));
-    } else {
-        out[i] = bitcast<u32>(v0);
-        if (two) {
-            out[i + 1u] = bitcast<u32>(v1);
-        }
-    }
 }
 
 @compute @workgroup_size(WG)
@@ -104,6 +80,8 @@ fn main(
     //SG @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    let sg = vec3<u32>(0u); //NOSG
+    //SG let sg = vec3<u32>(sg_lane, sg_id, n_sg);
     let n0 = (wid.x + wid.y * p.groups_x) * ROWS;
     if (n0 >= p.n) {
         return;
@@ -141,23 +119,8 @@ fn main(
         }
     }
 
-    // Workgroup reduction of every accumulator; afterwards `parts` partial sums per
-    // accumulator a sit at red[a * WG + 0 .. parts].
-    var parts = 1u;
-    //SG parts = n_sg;
-    //SG for (var a = 0u; a < NACC; a++) {
-    //SG     let s = subgroupAdd(acc[a]);
-    //SG     if (sg_lane == 0u) { red[a * WG + sg_id] = s; }
-    //SG }
-    //SG workgroupBarrier();
-    for (var a = 0u; a < NACC; a++) { red[a * WG + lid] = acc[a]; } //NOSG
-    workgroupBarrier(); //NOSG
-    for (var s = WG / 2u; s > 0u; s >>= 1u) { //NOSG
-        if (lid < s) { //NOSG
-            for (var a = 0u; a < NACC; a++) { red[a * WG + lid] += red[a * WG + lid + s]; } //NOSG
-        } //NOSG
-        workgroupBarrier(); //NOSG
-    } //NOSG
+    // Afterwards `parts` partial sums per accumulator a sit at red[a * WG + 0 .. parts].
+    let parts = wg_partial_sums(acc, lid, sg);
 
     // Invocation (m, pair) writes outputs n0 + 2*pair and n0 + 2*pair + 1 of row m.
     if (lid < M * (ROWS / 2u)) {

@@ -36,56 +36,48 @@ const OUT_F16: bool = false;
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> bias: array<u32>;
-@group(0) @binding(4) var<storage, read_write> c: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<u32>;
 
 // As[kk * TM/4 + r/4][r % 4] = A[m0 + r, k0 + kk]; Bs[kk * TN/4 + j/4][j % 4] = opB[k0 + kk, n0 + j].
 var<workgroup> As: array<vec4<f32>, BK * TM / 4u>;
 var<workgroup> Bs: array<vec4<f32>, BK * TN / 4u>;
 
+// Shared helpers, pasted in by `specialise` (the file is not valid WGSL without them).
+// #include "pack.wgsl"
+
+fn word_a(i: u32) -> u32 {
+    return a[i >> 2u][i & 3u];
+}
+
+fn word_b(i: u32) -> u32 {
+    return b[i >> 2u][i & 3u];
+}
+
 fn ld_a1(i: u32) -> f32 {
-    if (A_F16) {
-        let wi = i >> 1u;
-        return unpack2x16float(a[wi >> 2u][wi & 3u])[i & 1u];
-    }
-    return bitcast<f32>(a[i >> 2u][i & 3u]);
+    return elem(word_a(word_of(i, A_F16)), i, A_F16);
 }
 
 fn ld_b1(i: u32) -> f32 {
-    if (B_F16) {
-        let wi = i >> 1u;
-        return unpack2x16float(b[wi >> 2u][wi & 3u])[i & 1u];
-    }
-    return bitcast<f32>(b[i >> 2u][i & 3u]);
+    return elem(word_b(word_of(i, B_F16)), i, B_F16);
 }
 
 // Elements i..i+4 with i % 4 == 0.
 fn ld_a4(i: u32) -> vec4<f32> {
     if (A_F16) {
-        let q = a[i >> 3u];
-        if ((i & 4u) == 0u) {
-            return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-        }
-        return vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+        return halves4(a[i >> 3u], (i & 4u) != 0u);
     }
     return bitcast<vec4<f32>>(a[i >> 2u]);
 }
 
 fn ld_b4(i: u32) -> vec4<f32> {
     if (B_F16) {
-        let q = b[i >> 3u];
-        if ((i & 4u) == 0u) {
-            return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-        }
-        return vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+        return halves4(b[i >> 3u], (i & 4u) != 0u);
     }
     return bitcast<vec4<f32>>(b[i >> 2u]);
 }
 
 fn ld_bias(i: u32) -> f32 {
-    if (BIAS_F16) {
-        return unpack2x16float(bias[i >> 1u])[i & 1u];
-    }
-    return bitcast<f32>(bias[i]);
+    return elem(bias[word_of(i, BIAS_F16)], i, BIAS_F16);
 }
 
 // 4 consecutive elements of row `row` (< rows) from column `col`, zero past `cols`.
@@ -121,17 +113,6 @@ fn ld_b_row4(base: u32, row: u32, rows: u32, col: u32, cols: u32, ld: u32) -> ve
         }
     }
     return v;
-}
-
-fn st_pair(i: u32, v0: f32, v1: f32, two: bool) {
-    if (OUT_F16) {
-        c[i >> 1u] = pack2x16float(vec2<f32>(v0, v1));
-    } else {
-        c[i] = bitcast<u32>(v0);
-        if (two) {
-            c[i + 1u] = bitcast<u32>(v1);
-        }
-    }
 }
 
 @compute @workgroup_size(WG)

@@ -18,6 +18,7 @@ const W_F16: bool = false;
 const B_F16: bool = false;
 const OUT_F16: bool = false;
 const WG: u32 = 256u;
+const RED_N: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<u32>;
@@ -25,59 +26,20 @@ const WG: u32 = 256u;
 @group(0) @binding(3) var<storage, read> b: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
 
-var<workgroup> red: array<f32, WG>;
+// Shared helpers, pasted in by `specialise` (the file is not valid WGSL without them).
+// #include "pack.wgsl"
+// #include "reduce.wgsl"
 
 fn ld_x(i: u32) -> f32 {
-    if (X_F16) {
-        return unpack2x16float(x[i >> 1u])[i & 1u];
-    }
-    return bitcast<f32>(x[i]);
+    return elem(x[word_of(i, X_F16)], i, X_F16);
 }
 
 fn ld_w(i: u32) -> f32 {
-    if (W_F16) {
-        return unpack2x16float(w[i >> 1u])[i & 1u];
-    }
-    return bitcast<f32>(w[i]);
+    return elem(w[word_of(i, W_F16)], i, W_F16);
 }
 
 fn ld_b(i: u32) -> f32 {
-    if (B_F16) {
-        return unpack2x16float(b[i >> 1u])[i & 1u];
-    }
-    return bitcast<f32>(b[i]);
-}
-
-fn st_pair(i: u32, v0: f32, v1: f32, two: bool) {
-    if (OUT_F16) {
-        out[i >> 1u] = pack2x16float(vec2<f32>(v0, v1));
-    } else {
-        out[i] = bitcast<u32>(v0);
-        if (two) {
-            out[i + 1u] = bitcast<u32>(v1);
-        }
-    }
-}
-
-// Sum over the workgroup, returned to every invocation. sg = (lane, subgroup id, subgroups);
-// the subgroup variant never assumes a subgroup size.
-fn wg_sum(v: f32, lid: u32, sg: vec3<u32>) -> f32 {
-    //SG let s = subgroupAdd(v);
-    //SG if (sg.x == 0u) { red[sg.y] = s; }
-    //SG workgroupBarrier();
-    //SG var t = 0.0;
-    //SG for (var i = 0u; i < sg.z; i++) { t += red[i]; }
-    //SG workgroupBarrier();
-    //SG return t;
-    red[lid] = v; //NOSG
-    workgroupBarrier(); //NOSG
-    for (var s = WG / 2u; s > 0u; s >>= 1u) { //NOSG
-        if (lid < s) { red[lid] += red[lid + s]; } //NOSG
-        workgroupBarrier(); //NOSG
-    } //NOSG
-    let t = red[0]; //NOSG
-    workgroupBarrier(); //NOSG
-    return t; //NOSG
+    return elem(b[word_of(i, B_F16)], i, B_F16);
 }
 
 @compute @workgroup_size(WG)

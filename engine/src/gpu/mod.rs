@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use config::GpuOptions;
-pub(crate) use runtime::{Bind, Recorder, Spec};
+pub(crate) use runtime::{Bind, Recorder};
 
 use crate::{DType, DeviceInfo, Error, Result};
 use pool::Pool;

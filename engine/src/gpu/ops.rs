@@ -1,6 +1,8 @@
-//! GPU implementations of the ops validated in `crate::ops`: kernel choice by shape and
-//! device features, sub-range bindings for tensors larger than one storage binding, and the
-//! dispatch parameters of every WGSL kernel.
+//! GPU implementations of the ops validated in `crate::ops`, under the same names and in the
+//! same order as the CPU backend (`crate::cpu`): kernel choice by shape and device features,
+//! sub-range bindings for tensors larger than one storage binding, and the typed constants
+//! and parameters of every WGSL kernel (declared in `blip2_shaders`). The kernel-recording
+//! helpers follow the ops.
 //!
 //! f16 outputs are written a word (two elements) per invocation. Where a row of an f16
 //! output would start in the middle of a word (odd row length and more than one row), two
@@ -9,10 +11,15 @@
 
 use std::sync::Arc;
 
-use blip2_shaders as sh;
+use blip2_shaders::{
+    AttentionConsts, AttentionParams, CopyConsts, CopyMode, CopyParams, ElementwiseConsts,
+    ElementwiseOp, ElementwiseParams, EmbeddingConsts, EmbeddingParams, GemvConsts, GemvParams,
+    MatmulConsts, MatmulParams, MatmulTile, NormConsts, NormParams, RowWorkgroup, SoftmaxConsts,
+    SoftmaxParams,
+};
 
-use super::{Bind, GpuContext, GpuStorage, Recorder, Spec, data_bytes};
-use crate::ops::{AttnDims, AttnOpts, Binary, MatmulDims, Unary, split_at_axis};
+use super::{Bind, GpuContext, GpuStorage, Recorder, data_bytes};
+use crate::desc::{AttnDims, AttnOpts, Binary, MatmulDims, Unary, split_at_axis};
 use crate::tensor::Storage;
 use crate::{DType, Device, Error, Result, Tensor};
 
@@ -48,8 +55,12 @@ fn grid(g: &GpuContext, groups: usize) -> Result<[u32; 3]> {
 
 /// Invocations of a one-workgroup-per-row reduction: short rows (attention scores over a
 /// few hundred keys) waste fewer idle invocations and barrier steps with 64.
-fn row_workgroup(n: usize) -> u32 {
-    if n <= 1024 { 64 } else { 256 }
+fn row_workgroup(n: usize) -> RowWorkgroup {
+    if n <= 1024 {
+        RowWorkgroup::Wg64
+    } else {
+        RowWorkgroup::Wg256
+    }
 }
 
 /// Fails when one operand would need a storage binding larger than the device allows.
@@ -106,216 +117,19 @@ fn with_out_dtype(
         return f(dtype);
     }
     let tmp = f(DType::F32)?;
-    elementwise(g, &tmp, DType::F32, n, None, EW_COPY, 1.0, DType::F16)
-}
-
-const EW_GELU: u32 = 0;
-const EW_GELU_TANH: u32 = 1;
-const EW_RELU: u32 = 2;
-const EW_SCALE: u32 = 3;
-const EW_ADD: u32 = 4;
-const EW_MUL: u32 = 5;
-const EW_COPY: u32 = 6;
-
-/// Element-wise kernel over `n` elements of x; `b` = (storage, dtype, elements) repeats over
-/// x. Ranges larger than one binding are processed in aligned chunks.
-#[allow(clippy::too_many_arguments)]
-fn elementwise(
-    g: &Ctx,
-    x: &GpuStorage,
-    xdt: DType,
-    n: usize,
-    b: Option<(&GpuStorage, DType, usize)>,
-    op: u32,
-    s: f32,
-    odt: DType,
-) -> Result<GpuStorage> {
-    let out = g.alloc(data_bytes(n, odt), true)?;
-    if n == 0 {
-        return Ok(out);
-    }
-    // Chunk starts are multiples of the offset alignment in elements, so every operand's
-    // byte offset is aligned whatever its dtype; 4 bytes per element bounds every binding.
-    let align = g.storage_align as usize;
-    let chunk = ((g.max_binding as usize) / 4 / align * align).max(align);
-    let bdt = b.map_or(DType::F32, |b| b.1);
-    let spec = Spec::new("elementwise", sh::ELEMENTWISE, 2, 1)
-        .u("OP", op)
-        .b("X_F16", is_f16(xdt))
-        .b("B_F16", is_f16(bdt))
-        .b("OUT_F16", is_f16(odt));
-    let mut rec = g.recorder()?;
-    let mut e0 = 0;
-    while e0 < n {
-        let len = chunk.min(n - e0);
-        let xb = Bind::range(x, (e0 * xdt.size_of()) as u64, data_bytes(len, xdt));
-        let ob = Bind::range(&out, (e0 * odt.size_of()) as u64, data_bytes(len, odt));
-        let (bb, b_len, b_base) = match b {
-            None => (Bind::whole(&g.dummy), 1, 0),
-            Some((bs, bdt, bl)) => {
-                if data_bytes(bl, bdt) <= g.max_binding {
-                    (Bind::whole(bs), bl, e0 % bl)
-                } else if bl == n {
-                    (
-                        Bind::range(bs, (e0 * bdt.size_of()) as u64, data_bytes(len, bdt)),
-                        len,
-                        0,
-                    )
-                } else {
-                    return Err(Error::Limit {
-                        what: "repeating operand of add/mul in one storage binding".into(),
-                        needed: data_bytes(bl, bdt),
-                        limit: g.max_binding,
-                    });
-                }
-            }
-        };
-        let groups = grid(g, len.div_ceil(2).div_ceil(256))?;
-        let params = [
-            len as u32,
-            b_len as u32,
-            b_base as u32,
-            s.to_bits(),
-            groups[0],
-        ];
-        rec.dispatch(g, &spec, &params, &[xb, bb, ob], groups)?;
-        e0 += len;
-    }
-    Ok(out)
-}
-
-pub(crate) fn unary(g: &Ctx, x: &Tensor, f: Unary) -> Result<Tensor> {
-    let op = match f {
-        Unary::Gelu => EW_GELU,
-        Unary::GeluTanh => EW_GELU_TANH,
-        Unary::Relu => EW_RELU,
-    };
-    let n = x.elem_count();
-    let out = elementwise(g, x.gpu_storage(), x.dtype(), n, None, op, 1.0, x.dtype())?;
-    Ok(tensor(g, x.shape().to_vec(), x.dtype(), out))
-}
-
-pub(crate) fn scale(g: &Ctx, x: &Tensor, s: f32) -> Result<Tensor> {
-    let out = elementwise(
+    elementwise(
         g,
-        x.gpu_storage(),
-        x.dtype(),
-        x.elem_count(),
+        &tmp,
+        DType::F32,
+        n,
         None,
-        EW_SCALE,
-        s,
-        x.dtype(),
-    )?;
-    Ok(tensor(g, x.shape().to_vec(), x.dtype(), out))
-}
-
-pub(crate) fn binary(g: &Ctx, a: &Tensor, b: &Tensor, f: Binary) -> Result<Tensor> {
-    let op = match f {
-        Binary::Add => EW_ADD,
-        Binary::Mul => EW_MUL,
-    };
-    let out = elementwise(
-        g,
-        a.gpu_storage(),
-        a.dtype(),
-        a.elem_count(),
-        Some((b.gpu_storage(), b.dtype(), b.elem_count())),
-        op,
+        ElementwiseOp::Copy,
         1.0,
-        a.dtype(),
-    )?;
-    Ok(tensor(g, a.shape().to_vec(), a.dtype(), out))
-}
-
-pub(crate) fn cast(g: &Ctx, x: &Tensor, dtype: DType) -> Result<Tensor> {
-    let out = elementwise(
-        g,
-        x.gpu_storage(),
-        x.dtype(),
-        x.elem_count(),
-        None,
-        EW_COPY,
-        1.0,
-        dtype,
-    )?;
-    Ok(tensor(g, x.shape().to_vec(), dtype, out))
-}
-
-/// A batched matmul of the tiled kernel: C[z] = A[z] . op(B[z]) with explicit strides
-/// (elements). B_TRANS: B rows are output columns (ldb = k).
-struct Mm {
-    batch: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    b_trans: bool,
-    lda: usize,
-    ldb: usize,
-    ldc: usize,
-    n_off: usize,
-    a_bs: usize,
-    b_bs: usize,
-    c_bs: usize,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn record_matmul(
-    g: &Ctx,
-    rec: &mut Recorder,
-    a: Bind,
-    adt: DType,
-    b: Bind,
-    bdt: DType,
-    bias: Option<(&GpuStorage, DType)>,
-    c: &GpuStorage,
-    cdt: DType,
-    mm: &Mm,
-) -> Result<()> {
-    let (tm, wg) = if mm.m <= 32 {
-        (32u32, 128u32)
-    } else {
-        (64, 256)
-    };
-    let vec = g.opts.vec4;
-    let a_vec = vec && mm.lda.is_multiple_of(4) && mm.a_bs.is_multiple_of(4);
-    let b_vec = vec && mm.ldb.is_multiple_of(4) && mm.b_bs.is_multiple_of(4);
-    let spec = Spec::new("matmul", sh::MATMUL, 3, 1)
-        .u("TM", tm)
-        .u("WG", wg)
-        .b("B_TRANS", mm.b_trans)
-        .b("HAS_BIAS", bias.is_some())
-        .b("A_VEC", a_vec)
-        .b("B_VEC", b_vec)
-        .b("A_F16", is_f16(adt))
-        .b("B_F16", is_f16(bdt))
-        .b("BIAS_F16", bias.is_some_and(|b| is_f16(b.1)))
-        .b("OUT_F16", is_f16(cdt));
-    let params = [
-        mm.m as u32,
-        mm.n as u32,
-        mm.k as u32,
-        mm.lda as u32,
-        mm.ldb as u32,
-        mm.ldc as u32,
-        mm.n_off as u32,
-        mm.a_bs as u32,
-        mm.b_bs as u32,
-        mm.c_bs as u32,
-    ];
-    let groups = [
-        mm.n.div_ceil(64) as u32,
-        mm.m.div_ceil(tm as usize) as u32,
-        mm.batch as u32,
-    ];
-    let bias_bind = Bind::whole(bias.map_or(&g.dummy, |b| b.0));
-    rec.dispatch(
-        g,
-        &spec,
-        &params,
-        &[a, b, bias_bind, Bind::whole(c)],
-        groups,
+        DType::F16,
     )
 }
+
+// ------------------------------------------------------------------------------------ ops
 
 pub(crate) fn linear(
     g: &Ctx,
@@ -335,70 +149,6 @@ pub(crate) fn linear(
         linear_into(g, x, w, b, m, k, n, odt)
     })?;
     Ok(tensor(g, out_shape, dt, out))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn linear_into(
-    g: &Ctx,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    m: usize,
-    k: usize,
-    n: usize,
-    odt: DType,
-) -> Result<GpuStorage> {
-    let (xdt, wdt) = (x.dtype(), w.dtype());
-    check_binding(g, "linear input", data_bytes(m * k, xdt))?;
-    check_binding(g, "linear output", data_bytes(m * n, odt))?;
-    let out = g.alloc(data_bytes(m * n, odt), true)?;
-    // Weights larger than one binding are bound in row chunks (multiples of 4 rows so GEMV
-    // row groups and f16 output pairs never straddle chunks).
-    let row_bytes = (k * wdt.size_of()).max(1) as u64;
-    let rows = chunk_rows(g, "linear weight", n, row_bytes, data_bytes(n * k, wdt), 4)?;
-    let bias = b.map(|b| (b.gpu_storage(), b.dtype()));
-    let use_gemv = g.opts.gemv && m <= 4 && k > 0;
-    let mut rec = g.recorder()?;
-    let ws = w.gpu_storage();
-    let mut n0 = 0;
-    while n0 < n {
-        let nc = rows.min(n - n0);
-        let wb = Bind::range(ws, n0 as u64 * row_bytes, data_bytes(nc * k, wdt));
-        let xb = Bind::whole(x.gpu_storage());
-        if use_gemv {
-            let spec = Spec::new("gemv", sh::GEMV, 3, 1)
-                .u("M", m as u32)
-                .b("VEC", g.opts.vec4 && k.is_multiple_of(8))
-                .b("HAS_BIAS", bias.is_some())
-                .b("X_F16", is_f16(xdt))
-                .b("W_F16", is_f16(wdt))
-                .b("B_F16", bias.is_some_and(|b| is_f16(b.1)))
-                .b("OUT_F16", is_f16(odt))
-                .sg(g.subgroups);
-            let groups = grid(g, nc.div_ceil(4))?;
-            let params = [nc as u32, k as u32, n as u32, n0 as u32, groups[0]];
-            let bb = Bind::whole(bias.map_or(&g.dummy, |b| b.0));
-            rec.dispatch(g, &spec, &params, &[xb, wb, bb, Bind::whole(&out)], groups)?;
-        } else {
-            let mm = Mm {
-                batch: 1,
-                m,
-                n: nc,
-                k,
-                b_trans: true,
-                lda: k,
-                ldb: k,
-                ldc: n,
-                n_off: n0,
-                a_bs: 0,
-                b_bs: 0,
-                c_bs: 0,
-            };
-            record_matmul(g, &mut rec, xb, xdt, wb, wdt, bias, &out, odt, &mm)?;
-        }
-        n0 += nc;
-    }
-    Ok(out)
 }
 
 pub(crate) fn matmul(
@@ -448,98 +198,12 @@ pub(crate) fn matmul(
     Ok(tensor(g, out_shape, dt, out))
 }
 
-pub(crate) fn norm(
-    g: &Ctx,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    eps: f32,
-    rms: bool,
-) -> Result<Tensor> {
-    let dt = x.dtype();
-    let d = *x.shape().last().unwrap_or(&1);
-    let n = x.elem_count();
-    if n == 0 || d == 0 {
-        return Ok(tensor(g, x.shape().to_vec(), dt, g.zeros(n, dt)?));
-    }
-    let rows = n / d;
-    check_binding(g, "norm input", data_bytes(n, dt))?;
-    let out = with_out_dtype(g, dt, d.is_multiple_of(2) || rows == 1, n, |odt| {
-        let out = g.alloc(data_bytes(n, odt), true)?;
-        let spec = Spec::new("norm", sh::NORM, 3, 1)
-            .u("WG", row_workgroup(d))
-            .b("RMS", rms)
-            .b("HAS_BIAS", b.is_some())
-            .b("X_F16", is_f16(dt))
-            .b("W_F16", is_f16(w.dtype()))
-            .b("B_F16", b.is_some_and(|b| is_f16(b.dtype())))
-            .b("OUT_F16", is_f16(odt))
-            .sg(g.subgroups);
-        let groups = grid(g, rows)?;
-        let params = [rows as u32, d as u32, eps.to_bits(), groups[0]];
-        let bb = Bind::whole(b.map_or(&g.dummy, |b| b.gpu_storage()));
-        let binds = [
-            Bind::whole(x.gpu_storage()),
-            Bind::whole(w.gpu_storage()),
-            bb,
-            Bind::whole(&out),
-        ];
-        g.recorder()?.dispatch(g, &spec, &params, &binds, groups)?;
-        Ok(out)
-    })?;
-    Ok(tensor(g, x.shape().to_vec(), dt, out))
+pub(crate) fn layer_norm(g: &Ctx, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    norm(g, x, w, Some(b), eps, false)
 }
 
-/// Softmax rows of x viewed as [d0, d1, d2, n] with broadcast mask / bias strides.
-struct Sm<'a> {
-    rows: usize,
-    n: usize,
-    d1: usize,
-    d2: usize,
-    mask: Option<(&'a GpuStorage, [usize; 4])>,
-    bias: Option<(&'a GpuStorage, [usize; 4])>,
-    scale: f32,
-    causal_off: Option<usize>,
-}
-
-fn softmax_into(g: &Ctx, x: &GpuStorage, xdt: DType, sm: &Sm, odt: DType) -> Result<GpuStorage> {
-    let out = g.alloc(data_bytes(sm.rows * sm.n, odt), true)?;
-    let spec = Spec::new("softmax", sh::SOFTMAX, 3, 1)
-        .u("WG", row_workgroup(sm.n))
-        .b("HAS_MASK", sm.mask.is_some())
-        .b("HAS_BIAS", sm.bias.is_some())
-        .b("X_F16", is_f16(xdt))
-        .b("OUT_F16", is_f16(odt))
-        .sg(g.subgroups);
-    let groups = grid(g, sm.rows)?;
-    let ms = sm.mask.map_or([0; 4], |m| m.1);
-    let bs = sm.bias.map_or([0; 4], |b| b.1);
-    let params = [
-        sm.rows as u32,
-        sm.n as u32,
-        sm.d1 as u32,
-        sm.d2 as u32,
-        ms[0] as u32,
-        ms[1] as u32,
-        ms[2] as u32,
-        ms[3] as u32,
-        bs[0] as u32,
-        bs[1] as u32,
-        bs[2] as u32,
-        bs[3] as u32,
-        sm.scale.to_bits(),
-        sm.causal_off.is_some() as u32,
-        sm.causal_off.unwrap_or(0) as u32,
-        groups[0],
-    ];
-    let binds = [
-        Bind::whole(x),
-        Bind::whole(sm.mask.map_or(&g.dummy, |m| m.0)),
-        Bind::whole(sm.bias.map_or(&g.dummy, |b| b.0)),
-        Bind::whole(&out),
-    ];
-    g.recorder()?.dispatch(g, &spec, &params, &binds, groups)?;
-    Ok(out)
+pub(crate) fn rms_norm(g: &Ctx, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    norm(g, x, w, None, eps, true)
 }
 
 pub(crate) fn softmax(
@@ -600,135 +264,47 @@ pub(crate) fn softmax(
     Ok(tensor(g, shape.to_vec(), dt, out))
 }
 
-pub(crate) fn attention(
-    g: &Ctx,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    opts: &AttnOpts,
-    d: &AttnDims,
-) -> Result<Tensor> {
-    let dt = q.dtype();
-    let (bh, lq, lk, hd) = (d.batch * d.heads, d.lq, d.lk, d.head_dim);
-    let out_shape = vec![d.batch, d.heads, lq, hd];
-    let total = bh * lq * hd;
-    if total == 0 {
-        return Ok(tensor(g, out_shape, dt, g.zeros(0, dt)?));
-    }
-    for (what, t) in [("attention q", q), ("attention k", k), ("attention v", v)] {
-        check_binding(g, what, data_bytes(t.elem_count(), dt))?;
-    }
-    let scores_bytes = (bh * lq * lk * 4) as u64;
-    let fusable = hd <= 512;
-    let fused = fusable && ((g.opts.fused_attention && lq <= 32) || scores_bytes > g.max_binding);
-    // Only read when causal, where the op guarantees lq <= lk (cross-attention may have lq > lk).
-    let causal_off = lk.saturating_sub(lq);
-    let direct = hd.is_multiple_of(2) || bh * lq == 1;
-    let out = with_out_dtype(g, dt, direct, total, |odt| {
-        let out = g.alloc(data_bytes(total, odt), true)?;
-        if fused {
-            let spec = Spec::new("attention", sh::ATTENTION, 5, 1)
-                .b("QKV_F16", is_f16(dt))
-                .b("OUT_F16", is_f16(odt))
-                .b("HAS_MASK", opts.mask.is_some())
-                .b("HAS_BIAS", opts.bias.is_some())
-                .b("D_EVEN", hd.is_multiple_of(2))
-                .sg(g.subgroups);
-            let rows = bh * lq;
-            let groups = grid(g, rows)?;
-            let params = [
-                lq as u32,
-                lk as u32,
-                d.lk_cap as u32,
-                hd as u32,
-                d.heads as u32,
-                rows as u32,
-                opts.scale.to_bits(),
-                opts.causal as u32,
-                causal_off as u32,
-                d.mask_rows.max(1) as u32,
-                groups[0],
-            ];
-            let binds = [
-                Bind::whole(q.gpu_storage()),
-                Bind::whole(k.gpu_storage()),
-                Bind::whole(v.gpu_storage()),
-                Bind::whole(opts.mask.map_or(&g.dummy, |m| m.gpu_storage())),
-                Bind::whole(opts.bias.map_or(&g.dummy, |b| b.gpu_storage())),
-                Bind::whole(&out),
-            ];
-            g.recorder()?.dispatch(g, &spec, &params, &binds, groups)?;
-            return Ok(out);
-        }
-        if scores_bytes > g.max_binding {
-            check_binding(g, "attention scores", scores_bytes)?;
-        }
-        if bh > g.limits.max_compute_workgroups_per_dimension as usize {
-            return Err(Error::Limit {
-                what: "attention batch x heads (one workgroup layer each)".into(),
-                needed: bh as u64,
-                limit: g.limits.max_compute_workgroups_per_dimension as u64,
-            });
-        }
-        // scores = q . k^T over the first lk keys of each [lk_cap, hd] slab.
-        let scores = g.alloc(scores_bytes, true)?;
-        {
-            let mut rec = g.recorder()?;
-            let mm = Mm {
-                batch: bh,
-                m: lq,
-                n: lk,
-                k: hd,
-                b_trans: true,
-                lda: hd,
-                ldb: hd,
-                ldc: lk,
-                n_off: 0,
-                a_bs: lq * hd,
-                b_bs: d.lk_cap * hd,
-                c_bs: lq * lk,
-            };
-            let (qb, kb) = (Bind::whole(q.gpu_storage()), Bind::whole(k.gpu_storage()));
-            record_matmul(g, &mut rec, qb, dt, kb, dt, None, &scores, DType::F32, &mm)?;
-        }
-        let mr = d.mask_rows.max(1);
-        let sm = Sm {
-            rows: bh * lq,
-            n: lk,
-            d1: d.heads,
-            d2: lq,
-            mask: opts.mask.map(|m| {
-                (
-                    m.gpu_storage(),
-                    [mr * lk, 0, if mr == 1 { 0 } else { lk }, 1],
-                )
-            }),
-            bias: opts.bias.map(|b| (b.gpu_storage(), [0, lq * lk, lk, 1])),
-            scale: opts.scale,
-            causal_off: opts.causal.then_some(causal_off),
-        };
-        let probs = softmax_into(g, &scores, DType::F32, &sm, DType::F32)?;
-        drop(scores);
-        let mut rec = g.recorder()?;
-        let mm = Mm {
-            batch: bh,
-            m: lq,
-            n: hd,
-            k: lk,
-            b_trans: false,
-            lda: lk,
-            ldb: hd,
-            ldc: hd,
-            n_off: 0,
-            a_bs: lq * lk,
-            b_bs: d.lk_cap * hd,
-            c_bs: lq * hd,
-        };
-        let (pb, vb) = (Bind::whole(&probs), Bind::whole(v.gpu_storage()));
-        record_matmul(g, &mut rec, pb, DType::F32, vb, dt, None, &out, odt, &mm)?;
-        Ok(out)
-    })?;
-    Ok(tensor(g, out_shape, dt, out))
+pub(crate) fn unary(g: &Ctx, x: &Tensor, f: Unary) -> Result<Tensor> {
+    let op = match f {
+        Unary::Gelu => ElementwiseOp::Gelu,
+        Unary::GeluTanh => ElementwiseOp::GeluTanh,
+        Unary::Relu => ElementwiseOp::Relu,
+    };
+    let n = x.elem_count();
+    let out = elementwise(g, x.gpu_storage(), x.dtype(), n, None, op, 1.0, x.dtype())?;
+    Ok(tensor(g, x.shape().to_vec(), x.dtype(), out))
+}
+
+pub(crate) fn binary(g: &Ctx, a: &Tensor, b: &Tensor, f: Binary) -> Result<Tensor> {
+    let op = match f {
+        Binary::Add => ElementwiseOp::Add,
+        Binary::Mul => ElementwiseOp::Mul,
+    };
+    let out = elementwise(
+        g,
+        a.gpu_storage(),
+        a.dtype(),
+        a.elem_count(),
+        Some((b.gpu_storage(), b.dtype(), b.elem_count())),
+        op,
+        1.0,
+        a.dtype(),
+    )?;
+    Ok(tensor(g, a.shape().to_vec(), a.dtype(), out))
+}
+
+pub(crate) fn scale(g: &Ctx, x: &Tensor, s: f32) -> Result<Tensor> {
+    let out = elementwise(
+        g,
+        x.gpu_storage(),
+        x.dtype(),
+        x.elem_count(),
+        None,
+        ElementwiseOp::Scale,
+        s,
+        x.dtype(),
+    )?;
+    Ok(tensor(g, x.shape().to_vec(), x.dtype(), out))
 }
 
 pub(crate) fn embedding(g: &Ctx, table: &Tensor, ids: &[u32], dtype: DType) -> Result<Tensor> {
@@ -751,9 +327,10 @@ pub(crate) fn embedding(g: &Ctx, table: &Tensor, ids: &[u32], dtype: DType) -> R
     )?;
     let ids_s = g.upload_u32(ids)?;
     let out = g.alloc(data_bytes(n, dtype), true)?;
-    let spec = Spec::new("embedding", sh::EMBEDDING, 2, 1)
-        .b("T_F16", is_f16(tdt))
-        .b("OUT_F16", is_f16(dtype));
+    let kernel = EmbeddingConsts {
+        t_f16: is_f16(tdt),
+        out_f16: is_f16(dtype),
+    };
     let groups = grid(g, n.div_ceil(2).div_ceil(256))?;
     let mut rec = g.recorder()?;
     let mut r0 = 0;
@@ -769,10 +346,16 @@ pub(crate) fn embedding(g: &Ctx, table: &Tensor, ids: &[u32], dtype: DType) -> R
                 r0 as u64 * row_bytes,
                 data_bytes(rc * dim, tdt),
             );
-            let params = [n as u32, dim as u32, r0 as u32, rc as u32, groups[0]];
+            let params = EmbeddingParams {
+                n: n as u32,
+                d: dim as u32,
+                row0: r0 as u32,
+                rows: rc as u32,
+                groups_x: groups[0],
+            };
             rec.dispatch(
                 g,
-                &spec,
+                &kernel,
                 &params,
                 &[Bind::whole(&ids_s), tb, Bind::whole(&out)],
                 groups,
@@ -783,83 +366,52 @@ pub(crate) fn embedding(g: &Ctx, table: &Tensor, ids: &[u32], dtype: DType) -> R
     Ok(tensor(g, out_shape, dtype, out))
 }
 
-/// Box copy: for o < rows, dst[o * dst_stride + dst_start + l] = src[o * src_stride +
-/// src_start + l] for l < len (elements).
-#[allow(clippy::too_many_arguments)]
-fn box_copy(
+/// One box copy per run of rows whose source index advances by a constant step (0 for a
+/// repeated row, 1 for a contiguous block), recorded into one encoder; bits are moved as
+/// they are. Like the other copies, refuses (Limit) a tensor larger than one binding.
+pub(crate) fn gather_rows(
     g: &Ctx,
-    rec: &mut Recorder,
-    src: &GpuStorage,
-    dst: &GpuStorage,
-    dt: DType,
-    rows: usize,
-    len: usize,
-    dst_stride: usize,
-    dst_start: usize,
-    src_stride: usize,
-    src_start: usize,
-) -> Result<()> {
-    if rows == 0 || len == 0 {
-        return Ok(());
-    }
-    check_binding(g, "copy source", src.bytes)?;
-    check_binding(g, "copy destination", dst.bytes)?;
-    let units = if is_f16(dt) {
-        len.div_ceil(2) + 1
-    } else {
-        len.div_ceil(2)
-    };
-    let groups = grid(g, (rows * units).div_ceil(256))?;
-    let spec = Spec::new("copy", sh::COPY, 1, 1)
-        .u("MODE", 0)
-        .b("F16", is_f16(dt));
-    let params = [
-        units as u32,
-        rows as u32,
-        len as u32,
-        dst_stride as u32,
-        dst_start as u32,
-        src_stride as u32,
-        src_start as u32,
-        groups[0],
-    ];
-    rec.dispatch(
-        g,
-        &spec,
-        &params,
-        &[Bind::whole(src), Bind::whole(dst)],
-        groups,
-    )
-}
-
-/// Gather copies that write every output element (MODE 1 permute, MODE 2 im2col).
-fn gather(g: &Ctx, x: &Tensor, mode: u32, a: [usize; 4], out_shape: Vec<usize>) -> Result<Tensor> {
+    x: &Tensor,
+    rows: &[usize],
+    out_shape: Vec<usize>,
+) -> Result<Tensor> {
     let dt = x.dtype();
-    let n = x.elem_count();
+    let inner: usize = x.shape()[1..].iter().product();
+    let n = rows.len() * inner;
     let out = g.alloc(data_bytes(n, dt), true)?;
     if n > 0 {
-        check_binding(g, "copy source", data_bytes(n, dt))?;
-        let groups = grid(g, n.div_ceil(2).div_ceil(256))?;
-        let spec = Spec::new("copy", sh::COPY, 1, 1)
-            .u("MODE", mode)
-            .b("F16", is_f16(dt));
-        let params = [
-            n as u32,
-            0,
-            0,
-            a[0] as u32,
-            a[1] as u32,
-            a[2] as u32,
-            a[3] as u32,
-            groups[0],
-        ];
-        g.recorder()?.dispatch(
-            g,
-            &spec,
-            &params,
-            &[Bind::whole(x.gpu_storage()), Bind::whole(&out)],
-            groups,
-        )?;
+        let mut rec = g.recorder()?;
+        let mut i = 0;
+        while i < rows.len() {
+            let step = match rows.get(i + 1) {
+                Some(&next) if next >= rows[i] => next - rows[i],
+                _ => 0,
+            };
+            let mut j = i + 1;
+            while j < rows.len() && rows[j] == rows[j - 1] + step {
+                j += 1;
+            }
+            // A contiguous block is one long row; other runs are one box row per output row.
+            let (box_rows, len, src_stride) = if step == 1 {
+                (1, (j - i) * inner, 0)
+            } else {
+                (j - i, inner, step * inner)
+            };
+            box_copy(
+                g,
+                &mut rec,
+                x.gpu_storage(),
+                &out,
+                dt,
+                box_rows,
+                len,
+                inner,
+                i * inner,
+                src_stride,
+                rows[i] * inner,
+            )?;
+            i = j;
+        }
     }
     Ok(tensor(g, out_shape, dt, out))
 }
@@ -972,17 +524,618 @@ pub(crate) fn write_at(
 pub(crate) fn permute_0213(g: &Ctx, x4: &Tensor) -> Result<Tensor> {
     let s = x4.shape();
     let (b, a, c, d) = (s[0], s[1], s[2], s[3]);
-    gather(g, x4, 1, [a, c, d, 0], vec![b, c, a, d])
+    gather_copy(g, x4, CopyMode::Permute0213, [a, c, d, 0], vec![b, c, a, d])
+}
+
+pub(crate) fn attention(
+    g: &Ctx,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttnOpts,
+    d: &AttnDims,
+) -> Result<Tensor> {
+    let dt = q.dtype();
+    let (bh, lq, lk, hd) = (d.batch * d.heads, d.lq, d.lk, d.head_dim);
+    let out_shape = vec![d.batch, d.heads, lq, hd];
+    let total = bh * lq * hd;
+    if total == 0 {
+        return Ok(tensor(g, out_shape, dt, g.zeros(0, dt)?));
+    }
+    for (what, t) in [("attention q", q), ("attention k", k), ("attention v", v)] {
+        check_binding(g, what, data_bytes(t.elem_count(), dt))?;
+    }
+    let scores_bytes = (bh * lq * lk * 4) as u64;
+    let fusable = hd <= 512;
+    let fused = fusable && ((g.opts.fused_attention && lq <= 32) || scores_bytes > g.max_binding);
+    // Only read when causal, where the op guarantees lq <= lk (cross-attention may have lq > lk).
+    let causal_off = lk.saturating_sub(lq);
+    let direct = hd.is_multiple_of(2) || bh * lq == 1;
+    let out = with_out_dtype(g, dt, direct, total, |odt| {
+        let out = g.alloc(data_bytes(total, odt), true)?;
+        if fused {
+            let kernel = AttentionConsts {
+                qkv_f16: is_f16(dt),
+                out_f16: is_f16(odt),
+                has_mask: opts.mask.is_some(),
+                has_bias: opts.bias.is_some(),
+                d_even: hd.is_multiple_of(2),
+                subgroups: g.subgroups,
+            };
+            let rows = bh * lq;
+            let groups = grid(g, rows)?;
+            let params = AttentionParams {
+                lq: lq as u32,
+                lk: lk as u32,
+                lk_cap: d.lk_cap as u32,
+                d: hd as u32,
+                heads: d.heads as u32,
+                rows: rows as u32,
+                scale: opts.scale,
+                causal: opts.causal as u32,
+                causal_off: causal_off as u32,
+                mask_rows: d.mask_rows.max(1) as u32,
+                groups_x: groups[0],
+            };
+            let binds = [
+                Bind::whole(q.gpu_storage()),
+                Bind::whole(k.gpu_storage()),
+                Bind::whole(v.gpu_storage()),
+                Bind::whole(opts.mask.map_or(&g.dummy, |m| m.gpu_storage())),
+                Bind::whole(opts.bias.map_or(&g.dummy, |b| b.gpu_storage())),
+                Bind::whole(&out),
+            ];
+            g.recorder()?
+                .dispatch(g, &kernel, &params, &binds, groups)?;
+            return Ok(out);
+        }
+        if scores_bytes > g.max_binding {
+            check_binding(g, "attention scores", scores_bytes)?;
+        }
+        if bh > g.limits.max_compute_workgroups_per_dimension as usize {
+            return Err(Error::Limit {
+                what: "attention batch x heads (one workgroup layer each)".into(),
+                needed: bh as u64,
+                limit: g.limits.max_compute_workgroups_per_dimension as u64,
+            });
+        }
+        // scores = q . k^T over the first lk keys of each [lk_cap, hd] slab.
+        let scores = g.alloc(scores_bytes, true)?;
+        {
+            let mut rec = g.recorder()?;
+            let mm = Mm {
+                batch: bh,
+                m: lq,
+                n: lk,
+                k: hd,
+                b_trans: true,
+                lda: hd,
+                ldb: hd,
+                ldc: lk,
+                n_off: 0,
+                a_bs: lq * hd,
+                b_bs: d.lk_cap * hd,
+                c_bs: lq * lk,
+            };
+            let (qb, kb) = (Bind::whole(q.gpu_storage()), Bind::whole(k.gpu_storage()));
+            record_matmul(g, &mut rec, qb, dt, kb, dt, None, &scores, DType::F32, &mm)?;
+        }
+        let mr = d.mask_rows.max(1);
+        let sm = Sm {
+            rows: bh * lq,
+            n: lk,
+            d1: d.heads,
+            d2: lq,
+            mask: opts.mask.map(|m| {
+                (
+                    m.gpu_storage(),
+                    [mr * lk, 0, if mr == 1 { 0 } else { lk }, 1],
+                )
+            }),
+            bias: opts.bias.map(|b| (b.gpu_storage(), [0, lq * lk, lk, 1])),
+            scale: opts.scale,
+            causal_off: opts.causal.then_some(causal_off),
+        };
+        let probs = softmax_into(g, &scores, DType::F32, &sm, DType::F32)?;
+        drop(scores);
+        let mut rec = g.recorder()?;
+        let mm = Mm {
+            batch: bh,
+            m: lq,
+            n: hd,
+            k: lk,
+            b_trans: false,
+            lda: lk,
+            ldb: hd,
+            ldc: hd,
+            n_off: 0,
+            a_bs: lq * lk,
+            b_bs: d.lk_cap * hd,
+            c_bs: lq * hd,
+        };
+        let (pb, vb) = (Bind::whole(&probs), Bind::whole(v.gpu_storage()));
+        record_matmul(g, &mut rec, pb, DType::F32, vb, dt, None, &out, odt, &mm)?;
+        Ok(out)
+    })?;
+    Ok(tensor(g, out_shape, dt, out))
 }
 
 pub(crate) fn im2col(g: &Ctx, pixels: &Tensor, p: usize) -> Result<Tensor> {
     let s = pixels.shape();
     let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
-    gather(
+    gather_copy(
         g,
         pixels,
-        2,
+        CopyMode::Im2col,
         [c, h, w, p],
         vec![b, (h / p) * (w / p), c * p * p],
     )
+}
+
+pub(crate) fn cast(g: &Ctx, x: &Tensor, dtype: DType) -> Result<Tensor> {
+    let out = elementwise(
+        g,
+        x.gpu_storage(),
+        x.dtype(),
+        x.elem_count(),
+        None,
+        ElementwiseOp::Copy,
+        1.0,
+        dtype,
+    )?;
+    Ok(tensor(g, x.shape().to_vec(), dtype, out))
+}
+
+// ------------------------------------------------------------------- kernel recording
+
+/// Element-wise kernel over `n` elements of x; `b` = (storage, dtype, elements) repeats over
+/// x. Ranges larger than one binding are processed in aligned chunks.
+#[allow(clippy::too_many_arguments)]
+fn elementwise(
+    g: &Ctx,
+    x: &GpuStorage,
+    xdt: DType,
+    n: usize,
+    b: Option<(&GpuStorage, DType, usize)>,
+    op: ElementwiseOp,
+    s: f32,
+    odt: DType,
+) -> Result<GpuStorage> {
+    let out = g.alloc(data_bytes(n, odt), true)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    // Chunk starts are multiples of the offset alignment in elements, so every operand's
+    // byte offset is aligned whatever its dtype; 4 bytes per element bounds every binding.
+    let align = g.storage_align as usize;
+    let chunk = ((g.max_binding as usize) / 4 / align * align).max(align);
+    let bdt = b.map_or(DType::F32, |b| b.1);
+    let kernel = ElementwiseConsts {
+        op,
+        x_f16: is_f16(xdt),
+        b_f16: is_f16(bdt),
+        out_f16: is_f16(odt),
+    };
+    let mut rec = g.recorder()?;
+    let mut e0 = 0;
+    while e0 < n {
+        let len = chunk.min(n - e0);
+        let xb = Bind::range(x, (e0 * xdt.size_of()) as u64, data_bytes(len, xdt));
+        let ob = Bind::range(&out, (e0 * odt.size_of()) as u64, data_bytes(len, odt));
+        let (bb, b_len, b_base) = match b {
+            None => (Bind::whole(&g.dummy), 1, 0),
+            Some((bs, bdt, bl)) => {
+                if data_bytes(bl, bdt) <= g.max_binding {
+                    (Bind::whole(bs), bl, e0 % bl)
+                } else if bl == n {
+                    (
+                        Bind::range(bs, (e0 * bdt.size_of()) as u64, data_bytes(len, bdt)),
+                        len,
+                        0,
+                    )
+                } else {
+                    return Err(Error::Limit {
+                        what: "repeating operand of add/mul in one storage binding".into(),
+                        needed: data_bytes(bl, bdt),
+                        limit: g.max_binding,
+                    });
+                }
+            }
+        };
+        let groups = grid(g, len.div_ceil(2).div_ceil(256))?;
+        let params = ElementwiseParams {
+            n: len as u32,
+            b_len: b_len as u32,
+            b_base: b_base as u32,
+            s,
+            groups_x: groups[0],
+        };
+        rec.dispatch(g, &kernel, &params, &[xb, bb, ob], groups)?;
+        e0 += len;
+    }
+    Ok(out)
+}
+
+/// A batched matmul of the tiled kernel: C[z] = A[z] . op(B[z]) with explicit strides
+/// (elements). B_TRANS: B rows are output columns (ldb = k).
+struct Mm {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    b_trans: bool,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    n_off: usize,
+    a_bs: usize,
+    b_bs: usize,
+    c_bs: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_matmul(
+    g: &Ctx,
+    rec: &mut Recorder,
+    a: Bind,
+    adt: DType,
+    b: Bind,
+    bdt: DType,
+    bias: Option<(&GpuStorage, DType)>,
+    c: &GpuStorage,
+    cdt: DType,
+    mm: &Mm,
+) -> Result<()> {
+    let tile = if mm.m <= 32 {
+        MatmulTile::M32
+    } else {
+        MatmulTile::M64
+    };
+    let vec = g.opts.vec4;
+    let kernel = MatmulConsts {
+        tile,
+        b_trans: mm.b_trans,
+        has_bias: bias.is_some(),
+        a_vec: vec && mm.lda.is_multiple_of(4) && mm.a_bs.is_multiple_of(4),
+        b_vec: vec && mm.ldb.is_multiple_of(4) && mm.b_bs.is_multiple_of(4),
+        a_f16: is_f16(adt),
+        b_f16: is_f16(bdt),
+        bias_f16: bias.is_some_and(|b| is_f16(b.1)),
+        out_f16: is_f16(cdt),
+    };
+    let params = MatmulParams {
+        m: mm.m as u32,
+        n: mm.n as u32,
+        k: mm.k as u32,
+        lda: mm.lda as u32,
+        ldb: mm.ldb as u32,
+        ldc: mm.ldc as u32,
+        n_off: mm.n_off as u32,
+        a_bs: mm.a_bs as u32,
+        b_bs: mm.b_bs as u32,
+        c_bs: mm.c_bs as u32,
+    };
+    let groups = [
+        mm.n.div_ceil(64) as u32,
+        mm.m.div_ceil(tile.tm() as usize) as u32,
+        mm.batch as u32,
+    ];
+    let bias_bind = Bind::whole(bias.map_or(&g.dummy, |b| b.0));
+    rec.dispatch(
+        g,
+        &kernel,
+        &params,
+        &[a, b, bias_bind, Bind::whole(c)],
+        groups,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_into(
+    g: &Ctx,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    m: usize,
+    k: usize,
+    n: usize,
+    odt: DType,
+) -> Result<GpuStorage> {
+    let (xdt, wdt) = (x.dtype(), w.dtype());
+    check_binding(g, "linear input", data_bytes(m * k, xdt))?;
+    check_binding(g, "linear output", data_bytes(m * n, odt))?;
+    let out = g.alloc(data_bytes(m * n, odt), true)?;
+    // Weights larger than one binding are bound in row chunks (multiples of 4 rows so GEMV
+    // row groups and f16 output pairs never straddle chunks).
+    let row_bytes = (k * wdt.size_of()).max(1) as u64;
+    let rows = chunk_rows(g, "linear weight", n, row_bytes, data_bytes(n * k, wdt), 4)?;
+    let bias = b.map(|b| (b.gpu_storage(), b.dtype()));
+    let use_gemv = g.opts.gemv && m <= 4 && k > 0;
+    let gemv = GemvConsts {
+        m: m as u32,
+        vec: g.opts.vec4 && k.is_multiple_of(8),
+        has_bias: bias.is_some(),
+        x_f16: is_f16(xdt),
+        w_f16: is_f16(wdt),
+        b_f16: bias.is_some_and(|b| is_f16(b.1)),
+        out_f16: is_f16(odt),
+        subgroups: g.subgroups,
+    };
+    let mut rec = g.recorder()?;
+    let ws = w.gpu_storage();
+    let mut n0 = 0;
+    while n0 < n {
+        let nc = rows.min(n - n0);
+        let wb = Bind::range(ws, n0 as u64 * row_bytes, data_bytes(nc * k, wdt));
+        let xb = Bind::whole(x.gpu_storage());
+        if use_gemv {
+            let groups = grid(g, nc.div_ceil(4))?;
+            let params = GemvParams {
+                n: nc as u32,
+                k: k as u32,
+                ldo: n as u32,
+                n_off: n0 as u32,
+                groups_x: groups[0],
+            };
+            let bb = Bind::whole(bias.map_or(&g.dummy, |b| b.0));
+            rec.dispatch(g, &gemv, &params, &[xb, wb, bb, Bind::whole(&out)], groups)?;
+        } else {
+            let mm = Mm {
+                batch: 1,
+                m,
+                n: nc,
+                k,
+                b_trans: true,
+                lda: k,
+                ldb: k,
+                ldc: n,
+                n_off: n0,
+                a_bs: 0,
+                b_bs: 0,
+                c_bs: 0,
+            };
+            record_matmul(g, &mut rec, xb, xdt, wb, wdt, bias, &out, odt, &mm)?;
+        }
+        n0 += nc;
+    }
+    Ok(out)
+}
+
+fn norm(
+    g: &Ctx,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    eps: f32,
+    rms: bool,
+) -> Result<Tensor> {
+    let dt = x.dtype();
+    let d = *x.shape().last().unwrap_or(&1);
+    let n = x.elem_count();
+    if n == 0 || d == 0 {
+        return Ok(tensor(g, x.shape().to_vec(), dt, g.zeros(n, dt)?));
+    }
+    let rows = n / d;
+    check_binding(g, "norm input", data_bytes(n, dt))?;
+    let out = with_out_dtype(g, dt, d.is_multiple_of(2) || rows == 1, n, |odt| {
+        let out = g.alloc(data_bytes(n, odt), true)?;
+        let kernel = NormConsts {
+            wg: row_workgroup(d),
+            rms,
+            has_bias: b.is_some(),
+            x_f16: is_f16(dt),
+            w_f16: is_f16(w.dtype()),
+            b_f16: b.is_some_and(|b| is_f16(b.dtype())),
+            out_f16: is_f16(odt),
+            subgroups: g.subgroups,
+        };
+        let groups = grid(g, rows)?;
+        let params = NormParams {
+            rows: rows as u32,
+            d: d as u32,
+            eps,
+            groups_x: groups[0],
+        };
+        let bb = Bind::whole(b.map_or(&g.dummy, |b| b.gpu_storage()));
+        let binds = [
+            Bind::whole(x.gpu_storage()),
+            Bind::whole(w.gpu_storage()),
+            bb,
+            Bind::whole(&out),
+        ];
+        g.recorder()?
+            .dispatch(g, &kernel, &params, &binds, groups)?;
+        Ok(out)
+    })?;
+    Ok(tensor(g, x.shape().to_vec(), dt, out))
+}
+
+/// Softmax rows of x viewed as [d0, d1, d2, n] with broadcast mask / bias strides.
+struct Sm<'a> {
+    rows: usize,
+    n: usize,
+    d1: usize,
+    d2: usize,
+    mask: Option<(&'a GpuStorage, [usize; 4])>,
+    bias: Option<(&'a GpuStorage, [usize; 4])>,
+    scale: f32,
+    causal_off: Option<usize>,
+}
+
+fn softmax_into(g: &Ctx, x: &GpuStorage, xdt: DType, sm: &Sm, odt: DType) -> Result<GpuStorage> {
+    let out = g.alloc(data_bytes(sm.rows * sm.n, odt), true)?;
+    let kernel = SoftmaxConsts {
+        wg: row_workgroup(sm.n),
+        has_mask: sm.mask.is_some(),
+        has_bias: sm.bias.is_some(),
+        x_f16: is_f16(xdt),
+        out_f16: is_f16(odt),
+        subgroups: g.subgroups,
+    };
+    let groups = grid(g, sm.rows)?;
+    let ms = sm.mask.map_or([0; 4], |m| m.1);
+    let bs = sm.bias.map_or([0; 4], |b| b.1);
+    let params = SoftmaxParams {
+        rows: sm.rows as u32,
+        n: sm.n as u32,
+        d1: sm.d1 as u32,
+        d2: sm.d2 as u32,
+        ms0: ms[0] as u32,
+        ms1: ms[1] as u32,
+        ms2: ms[2] as u32,
+        ms3: ms[3] as u32,
+        bs0: bs[0] as u32,
+        bs1: bs[1] as u32,
+        bs2: bs[2] as u32,
+        bs3: bs[3] as u32,
+        scale: sm.scale,
+        causal: sm.causal_off.is_some() as u32,
+        causal_off: sm.causal_off.unwrap_or(0) as u32,
+        groups_x: groups[0],
+    };
+    let binds = [
+        Bind::whole(x),
+        Bind::whole(sm.mask.map_or(&g.dummy, |m| m.0)),
+        Bind::whole(sm.bias.map_or(&g.dummy, |b| b.0)),
+        Bind::whole(&out),
+    ];
+    g.recorder()?
+        .dispatch(g, &kernel, &params, &binds, groups)?;
+    Ok(out)
+}
+
+/// Box copy: for o < rows, dst[o * dst_stride + dst_start + l] = src[o * src_stride +
+/// src_start + l] for l < len (elements).
+#[allow(clippy::too_many_arguments)]
+fn box_copy(
+    g: &Ctx,
+    rec: &mut Recorder,
+    src: &GpuStorage,
+    dst: &GpuStorage,
+    dt: DType,
+    rows: usize,
+    len: usize,
+    dst_stride: usize,
+    dst_start: usize,
+    src_stride: usize,
+    src_start: usize,
+) -> Result<()> {
+    if rows == 0 || len == 0 {
+        return Ok(());
+    }
+    check_binding(g, "copy source", src.bytes)?;
+    check_binding(g, "copy destination", dst.bytes)?;
+    // An f16 invocation read-modify-writes one destination word of one row, so rows that
+    // touch (len == dst_stride) and meet inside a word (an odd boundary) would race on it.
+    // Even and odd rows never share a word: copy them in two dispatches, which are ordered.
+    let odd_boundary = !dst_stride.is_multiple_of(2) || !dst_start.is_multiple_of(2);
+    if is_f16(dt) && rows > 1 && len == dst_stride && odd_boundary {
+        for parity in 0..2 {
+            let (r, ds, ss) = (
+                (rows - parity).div_ceil(2),
+                dst_start + parity * dst_stride,
+                src_start + parity * src_stride,
+            );
+            record_box(
+                g,
+                rec,
+                src,
+                dst,
+                dt,
+                r,
+                len,
+                2 * dst_stride,
+                ds,
+                2 * src_stride,
+                ss,
+            )?;
+        }
+        return Ok(());
+    }
+    record_box(
+        g, rec, src, dst, dt, rows, len, dst_stride, dst_start, src_stride, src_start,
+    )
+}
+
+/// One dispatch of [`box_copy`].
+#[allow(clippy::too_many_arguments)]
+fn record_box(
+    g: &Ctx,
+    rec: &mut Recorder,
+    src: &GpuStorage,
+    dst: &GpuStorage,
+    dt: DType,
+    rows: usize,
+    len: usize,
+    dst_stride: usize,
+    dst_start: usize,
+    src_stride: usize,
+    src_start: usize,
+) -> Result<()> {
+    let units = if is_f16(dt) {
+        len.div_ceil(2) + 1
+    } else {
+        len.div_ceil(2)
+    };
+    let groups = grid(g, (rows * units).div_ceil(256))?;
+    let kernel = CopyConsts {
+        mode: CopyMode::Box,
+        f16: is_f16(dt),
+    };
+    let params = CopyParams {
+        units: units as u32,
+        rows: rows as u32,
+        len: len as u32,
+        a0: dst_stride as u32,
+        a1: dst_start as u32,
+        a2: src_stride as u32,
+        a3: src_start as u32,
+        groups_x: groups[0],
+    };
+    rec.dispatch(
+        g,
+        &kernel,
+        &params,
+        &[Bind::whole(src), Bind::whole(dst)],
+        groups,
+    )
+}
+
+/// Gather copies that write every output element (permute, im2col).
+fn gather_copy(
+    g: &Ctx,
+    x: &Tensor,
+    mode: CopyMode,
+    a: [usize; 4],
+    out_shape: Vec<usize>,
+) -> Result<Tensor> {
+    let dt = x.dtype();
+    let n = x.elem_count();
+    let out = g.alloc(data_bytes(n, dt), true)?;
+    if n > 0 {
+        check_binding(g, "copy source", data_bytes(n, dt))?;
+        let groups = grid(g, n.div_ceil(2).div_ceil(256))?;
+        let kernel = CopyConsts {
+            mode,
+            f16: is_f16(dt),
+        };
+        let params = CopyParams {
+            units: n as u32,
+            rows: 0,
+            len: 0,
+            a0: a[0] as u32,
+            a1: a[1] as u32,
+            a2: a[2] as u32,
+            a3: a[3] as u32,
+            groups_x: groups[0],
+        };
+        g.recorder()?.dispatch(
+            g,
+            &kernel,
+            &params,
+            &[Bind::whole(x.gpu_storage()), Bind::whole(&out)],
+            groups,
+        )?;
+    }
+    Ok(tensor(g, out_shape, dt, out))
 }

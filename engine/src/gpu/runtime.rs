@@ -1,11 +1,12 @@
 //! The recorder: pending encoder and compute pass, uniform arena, pipeline / layout / bind
 //! group caches, submission and readback.
 
+use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
-use blip2_shaders::PARAMS_BYTES;
+use blip2_shaders::{Kernel, PARAMS_BYTES};
 
 use super::{GpuContext, GpuStats, GpuStorage, round_up};
 use crate::{Error, Result};
@@ -16,86 +17,10 @@ const MAX_PENDING_UPLOAD: u64 = 256 << 20;
 /// Readback staging buffers larger than this are not kept for reuse.
 const MAX_KEPT_STAGING: u64 = 64 << 20;
 
-/// A pipeline constant's value; formatted as WGSL only when a pipeline is compiled.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-enum ConstVal {
-    Bool(bool),
-    U32(u32),
-}
-
-impl ConstVal {
-    fn wgsl(self) -> String {
-        match self {
-            ConstVal::Bool(v) => blip2_shaders::wgsl_bool(v),
-            ConstVal::U32(v) => blip2_shaders::wgsl_u32(v),
-        }
-    }
-}
-
-/// What identifies a compiled pipeline. Hashed as is on every dispatch, so the lookup
-/// allocates nothing (kernel sources and layouts follow from the family).
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct PipelineKey {
-    family: &'static str,
-    consts: Vec<(&'static str, ConstVal)>,
-    subgroups: bool,
-}
-
-impl PipelineKey {
-    /// "family NAME=value ... [+subgroups]", for messages and dumped file names.
-    fn name(&self) -> String {
-        let mut k = String::from(self.family);
-        for (n, v) in &self.consts {
-            k.push_str(&format!(" {n}={}", v.wgsl()));
-        }
-        if self.subgroups {
-            k.push_str(" +subgroups");
-        }
-        k
-    }
-}
-
-/// One pipeline variant: a kernel family, its constants and its binding signature
-/// (`n_ro` read-only storage bindings after the uniform, then `n_rw` read-write ones).
-pub(crate) struct Spec {
-    pub(crate) family: &'static str,
-    src: &'static str,
-    n_ro: usize,
-    n_rw: usize,
-    key: PipelineKey,
-}
-
-impl Spec {
-    pub(crate) fn new(family: &'static str, src: &'static str, n_ro: usize, n_rw: usize) -> Spec {
-        Spec {
-            family,
-            src,
-            n_ro,
-            n_rw,
-            key: PipelineKey {
-                family,
-                consts: Vec::with_capacity(12),
-                subgroups: false,
-            },
-        }
-    }
-
-    pub(crate) fn b(mut self, name: &'static str, v: bool) -> Spec {
-        self.key.consts.push((name, ConstVal::Bool(v)));
-        self
-    }
-
-    pub(crate) fn u(mut self, name: &'static str, v: u32) -> Spec {
-        self.key.consts.push((name, ConstVal::U32(v)));
-        self
-    }
-
-    /// Uses the kernel's subgroup variant when `on`.
-    pub(crate) fn sg(mut self, on: bool) -> Spec {
-        self.key.subgroups = on;
-        self
-    }
-}
+/// Compiled pipelines of one kernel family keyed by its typed constants (the consts struct
+/// itself): the per-dispatch lookup hashes a few bools and integers, formats and allocates
+/// nothing.
+type Pipelines<K> = HashMap<K, Arc<wgpu::ComputePipeline>>;
 
 /// A storage binding: `size` bytes (a multiple of 16) of a tensor's buffer from `offset`
 /// (a multiple of the storage offset alignment).
@@ -136,7 +61,8 @@ pub(crate) struct Recorder {
     used: usize,
     upload_bytes: u64,
     layouts: HashMap<(usize, usize), (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
-    pipelines: HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>,
+    /// One `Pipelines<K>` per kernel family, found by a short linear scan of type ids.
+    pipelines: Vec<(TypeId, Box<dyn Any + Send>)>,
     bind_groups: HashMap<Vec<u64>, wgpu::BindGroup>,
     bg_epoch: u64,
     staging: BTreeMap<u64, Vec<wgpu::Buffer>>,
@@ -202,7 +128,7 @@ impl Recorder {
             used: 0,
             upload_bytes: 0,
             layouts: HashMap::new(),
-            pipelines: HashMap::new(),
+            pipelines: Vec::new(),
             bind_groups: HashMap::new(),
             bg_epoch: 0,
             staging: BTreeMap::new(),
@@ -282,18 +208,23 @@ impl Recorder {
         })
     }
 
-    fn pipeline(&mut self, ctx: &GpuContext, spec: &Spec) -> Result<Arc<wgpu::ComputePipeline>> {
-        if let Some(p) = self.pipelines.get(&spec.key) {
+    fn pipelines<K: Kernel>(&mut self) -> Option<&mut Pipelines<K>> {
+        let id = TypeId::of::<K>();
+        let (_, map) = self.pipelines.iter_mut().find(|(t, _)| *t == id)?;
+        map.downcast_mut::<Pipelines<K>>()
+    }
+
+    fn pipeline<K: Kernel>(
+        &mut self,
+        ctx: &GpuContext,
+        kernel: &K,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        if let Some(p) = self.pipelines::<K>().and_then(|m| m.get(kernel)) {
             return Ok(p.clone());
         }
-        let key = spec.key.name();
-        let consts: Vec<(&str, String)> = spec
-            .key
-            .consts
-            .iter()
-            .map(|&(n, v)| (n, v.wgsl()))
-            .collect();
-        let text = blip2_shaders::specialise(spec.src, &consts, spec.key.subgroups)
+        let key = kernel.label();
+        let text = kernel
+            .wgsl()
             .map_err(|e| Error::Gpu(format!("kernel {key}: {e}")))?;
         if let Some(dir) = &ctx.opts.dump_wgsl {
             let name: String = key
@@ -313,14 +244,14 @@ impl Recorder {
                 })?;
         }
         let device = ctx.device.clone();
-        let (_, layout) = self.layout(ctx, spec.n_ro, spec.n_rw);
+        let (_, layout) = self.layout(ctx, K::READ_ONLY, K::READ_WRITE);
         let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(spec.family),
+            label: Some(K::NAME),
             source: wgpu::ShaderSource::Wgsl(text.into()),
         });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(spec.family),
+            label: Some(K::NAME),
             layout: Some(layout),
             module: &module,
             entry_point: Some("main"),
@@ -332,14 +263,19 @@ impl Recorder {
         }
         self.stats.pipelines_compiled += 1;
         let p = Arc::new(pipeline);
-        self.pipelines.insert(spec.key.clone(), p.clone());
+        if self.pipelines::<K>().is_none() {
+            self.pipelines
+                .push((TypeId::of::<K>(), Box::new(Pipelines::<K>::new())));
+        }
+        if let Some(map) = self.pipelines::<K>() {
+            map.insert(*kernel, p.clone());
+        }
         Ok(p)
     }
 
-    fn bind_group(
+    fn bind_group<K: Kernel>(
         &mut self,
         ctx: &GpuContext,
-        spec: &Spec,
         binds: &[Bind],
     ) -> Result<wgpu::BindGroup> {
         let epoch = ctx.pool.epoch();
@@ -348,7 +284,7 @@ impl Recorder {
             self.bg_epoch = epoch;
         }
         let mut key = Vec::with_capacity(2 + 3 * binds.len());
-        key.extend([spec.n_ro as u64, spec.n_rw as u64]);
+        key.extend([K::READ_ONLY as u64, K::READ_WRITE as u64]);
         for b in binds {
             key.extend([b.s.buf.id, b.offset, b.size]);
         }
@@ -366,13 +302,18 @@ impl Recorder {
                 return Err(Error::Gpu(format!(
                     "kernel {}: binding of {} bytes at offset {} (buffer of {}) breaks the limits \
                      (max binding {}, offset alignment {})",
-                    spec.family, b.size, b.offset, b.s.buf.size, ctx.max_binding, ctx.storage_align
+                    K::NAME,
+                    b.size,
+                    b.offset,
+                    b.s.buf.size,
+                    ctx.max_binding,
+                    ctx.storage_align
                 )));
             }
         }
         let device = ctx.device.clone();
         let arena = self.arena.clone();
-        let (bgl, _) = self.layout(ctx, spec.n_ro, spec.n_rw);
+        let (bgl, _) = self.layout(ctx, K::READ_ONLY, K::READ_WRITE);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -400,7 +341,7 @@ impl Recorder {
         if let Some(e) = pollster::block_on(val.pop()) {
             return Err(Error::Gpu(format!(
                 "binding operands of kernel {}: {e}",
-                spec.family
+                K::NAME
             )));
         }
         self.stats.bind_groups_created += 1;
@@ -410,24 +351,24 @@ impl Recorder {
         Ok(bg)
     }
 
-    /// Records one dispatch of `spec` with `params` (4-byte words) in the uniform arena and
+    /// Records one dispatch of the variant `kernel` with `params` in the uniform arena and
     /// `binds` (read-only ones first) over `groups` workgroups.
-    pub(crate) fn dispatch(
+    pub(crate) fn dispatch<K: Kernel>(
         &mut self,
         ctx: &GpuContext,
-        spec: &Spec,
-        params: &[u32],
+        kernel: &K,
+        params: &K::Params,
         binds: &[Bind],
         groups: [u32; 3],
     ) -> Result<()> {
-        if binds.len() != spec.n_ro + spec.n_rw || params.len() * 4 > PARAMS_BYTES as usize {
+        const { assert!(size_of::<K::Params>() <= PARAMS_BYTES as usize) };
+        if binds.len() != K::READ_ONLY + K::READ_WRITE {
             return Err(Error::Invalid(format!(
-                "kernel {}: {} bindings / {} parameter words for a signature of {} + {} bindings",
-                spec.family,
+                "kernel {}: {} bindings for a signature of {} + {} bindings",
+                K::NAME,
                 binds.len(),
-                params.len(),
-                spec.n_ro,
-                spec.n_rw
+                K::READ_ONLY,
+                K::READ_WRITE
             )));
         }
         if groups.contains(&0) {
@@ -436,7 +377,7 @@ impl Recorder {
         let max_groups = ctx.limits.max_compute_workgroups_per_dimension;
         if let Some(&g) = groups.iter().find(|&&g| g > max_groups) {
             return Err(Error::Limit {
-                what: format!("workgroups per dimension of kernel {}", spec.family),
+                what: format!("workgroups per dimension of kernel {}", K::NAME),
                 needed: g as u64,
                 limit: max_groups as u64,
             });
@@ -444,11 +385,11 @@ impl Recorder {
         if self.used >= self.slots {
             self.flush(ctx)?;
         }
-        let pipeline = self.pipeline(ctx, spec)?;
-        let bg = self.bind_group(ctx, spec, binds)?;
+        let pipeline = self.pipeline(ctx, kernel)?;
+        let bg = self.bind_group::<K>(ctx, binds)?;
         let off = self.used * self.stride;
-        let words: &[u8] = bytemuck::cast_slice(params);
-        self.arena_host[off..off + words.len()].copy_from_slice(words);
+        let bytes = bytemuck::bytes_of(params);
+        self.arena_host[off..off + bytes.len()].copy_from_slice(bytes);
         self.used += 1;
         let pass = self.pass(ctx);
         pass.set_pipeline(&pipeline);

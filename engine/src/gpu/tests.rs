@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use super::{Bind, GpuContext, GpuOptions, Spec};
+use blip2_shaders::{ConstValue, ElementwiseConsts, ElementwiseOp, ElementwiseParams, Kernel};
+
+use super::{Bind, GpuContext, GpuOptions};
 use crate::{DType, Device, Error, Tensor, ops};
 
 fn open() -> Option<Arc<GpuContext>> {
@@ -21,19 +23,53 @@ fn open() -> Option<Arc<GpuContext>> {
     }
 }
 
-#[test]
-fn invalid_kernel_is_an_error_and_the_device_survives() {
-    let Some(g) = open() else { return };
-    const BROKEN: &str = "struct Params { n: u32 }\n\
+/// A kernel whose WGSL does not compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Broken;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct BrokenParams {
+    n: u32,
+}
+
+impl blip2_shaders::Params for BrokenParams {
+    const FIELDS: &'static [(&'static str, &'static str)] = &[("n", "u32")];
+}
+
+impl Kernel for Broken {
+    const NAME: &'static str = "broken";
+    const SOURCE: &'static str = "struct Params { n: u32 }\n\
         @group(0) @binding(0) var<uniform> p: Params;\n\
         @group(0) @binding(1) var<storage, read_write> out: array<u32>;\n\
         @compute @workgroup_size(64) fn main() { out[0] = undefined_name; }\n";
+    const READ_ONLY: usize = 0;
+    const READ_WRITE: usize = 1;
+    type Params = BrokenParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        Vec::new()
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![Broken]
+    }
+}
+
+#[test]
+fn invalid_kernel_is_an_error_and_the_device_survives() {
+    let Some(g) = open() else { return };
     let out = g.alloc(64, true).unwrap();
-    let spec = Spec::new("broken", BROKEN, 0, 1);
     let err = g
         .recorder()
         .unwrap()
-        .dispatch(&g, &spec, &[1], &[Bind::whole(&out)], [1, 1, 1])
+        .dispatch(
+            &g,
+            &Broken,
+            &BrokenParams { n: 1 },
+            &[Bind::whole(&out)],
+            [1, 1, 1],
+        )
         .unwrap_err();
     assert!(
         matches!(&err, Error::Gpu(m) if m.contains("broken")),
@@ -45,14 +81,26 @@ fn invalid_kernel_is_an_error_and_the_device_survives() {
         offset: 0,
         size: out.buf.size + 256,
     };
-    let spec = Spec::new("elementwise", blip2_shaders::ELEMENTWISE, 2, 1);
+    let kernel = ElementwiseConsts {
+        op: ElementwiseOp::Gelu,
+        x_f16: false,
+        b_f16: false,
+        out_f16: false,
+    };
+    let params = ElementwiseParams {
+        n: 1,
+        b_len: 1,
+        b_base: 0,
+        s: 0.0,
+        groups_x: 1,
+    };
     let err = g
         .recorder()
         .unwrap()
         .dispatch(
             &g,
-            &spec,
-            &[1, 1, 0, 0, 1],
+            &kernel,
+            &params,
             &[Bind::whole(&out), Bind::whole(&out), bad],
             [1, 1, 1],
         )

@@ -1,0 +1,681 @@
+//! The Rust side of every kernel family: specialisation constants, uniform parameters,
+//! binding signature and op codes (see the crate docs for what the tests check).
+
+use crate::{ConstValue, Kernel, Params};
+
+/// Declares a `Params` struct: `#[repr(C)]` plain-old-data whose field list is also kept as
+/// names and types, so the tests can compare it with the WGSL struct of the same name.
+macro_rules! params {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ident,)* }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+
+        impl Params for $name {
+            const FIELDS: &'static [(&'static str, &'static str)] =
+                &[$((stringify!($field), stringify!($ty)),)*];
+        }
+
+        const _: () = assert!(std::mem::size_of::<$name>() as u64 <= crate::PARAMS_BYTES);
+    };
+}
+
+/// Declares an op-code enum whose discriminants a kernel switches on; each code is also a
+/// named WGSL constant in the kernel source (checked by the tests).
+macro_rules! op_codes {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $var:ident = $code:literal => $wgsl:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u32)]
+        pub enum $name {
+            $($(#[$vmeta])* $var = $code,)*
+        }
+
+        impl $name {
+            /// Every code, in discriminant order.
+            pub const ALL: &'static [$name] = &[$($name::$var,)*];
+
+            /// The value the kernel's constant takes.
+            pub const fn code(self) -> u32 {
+                self as u32
+            }
+
+            /// The WGSL constant that names this code in the kernel source.
+            pub const fn wgsl_name(self) -> &'static str {
+                match self {
+                    $($name::$var => $wgsl,)*
+                }
+            }
+
+            fn named_codes() -> Vec<(&'static str, u32)> {
+                Self::ALL.iter().map(|c| (c.wgsl_name(), c.code())).collect()
+            }
+        }
+    };
+}
+
+/// Every assignment of `N` flags.
+fn flags<const N: usize>() -> impl Iterator<Item = [bool; N]> {
+    (0..1u32 << N).map(|bits| std::array::from_fn(|i| (bits >> i) & 1 == 1))
+}
+
+/// An optional operand's storage dtype as the pair of flags a kernel takes (present, f16):
+/// the engine never sets the dtype flag of an absent operand.
+const OPTIONAL: [(bool, bool); 3] = [(false, false), (true, false), (true, true)];
+
+/// Invocations of a one-workgroup-per-row reduction (norm, softmax).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowWorkgroup {
+    /// For short rows: fewer idle invocations and barrier steps.
+    Wg64,
+    Wg256,
+}
+
+impl RowWorkgroup {
+    pub const ALL: [RowWorkgroup; 2] = [RowWorkgroup::Wg64, RowWorkgroup::Wg256];
+
+    pub const fn size(self) -> u32 {
+        match self {
+            RowWorkgroup::Wg64 => 64,
+            RowWorkgroup::Wg256 => 256,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------- gemv
+
+params! {
+    /// Uniform of gemv.wgsl.
+    GemvParams {
+        /// Weight rows (outputs) in this chunk.
+        n: u32,
+        k: u32,
+        /// Output row stride (total N).
+        ldo: u32,
+        /// First output column of this chunk.
+        n_off: u32,
+        groups_x: u32,
+    }
+}
+
+/// gemv.wgsl: linear layers with 1..=4 rows of x (decode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemvConsts {
+    /// Rows of x, 1..=4.
+    pub m: u32,
+    /// 16-byte loads (K % 8 == 0).
+    pub vec: bool,
+    pub has_bias: bool,
+    pub x_f16: bool,
+    pub w_f16: bool,
+    pub b_f16: bool,
+    pub out_f16: bool,
+    pub subgroups: bool,
+}
+
+impl Kernel for GemvConsts {
+    const NAME: &'static str = "gemv";
+    const SOURCE: &'static str = crate::GEMV;
+    /// x, w, bias.
+    const READ_ONLY: usize = 3;
+    const READ_WRITE: usize = 1;
+    type Params = GemvParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("M", self.m.into()),
+            ("VEC", self.vec.into()),
+            ("HAS_BIAS", self.has_bias.into()),
+            ("X_F16", self.x_f16.into()),
+            ("W_F16", self.w_f16.into()),
+            ("B_F16", self.b_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+        ]
+    }
+
+    fn subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut v = Vec::new();
+        for m in 1..=4 {
+            for (has_bias, b_f16) in OPTIONAL {
+                for [vec, x_f16, w_f16, out_f16, subgroups] in flags() {
+                    v.push(GemvConsts {
+                        m,
+                        vec,
+                        has_bias,
+                        x_f16,
+                        w_f16,
+                        b_f16,
+                        out_f16,
+                        subgroups,
+                    });
+                }
+            }
+        }
+        v
+    }
+}
+
+// -------------------------------------------------------------------------------- matmul
+
+params! {
+    /// Uniform of matmul.wgsl; strides and batch strides in elements.
+    MatmulParams {
+        m: u32,
+        /// Columns of C in this dispatch (rows of a weight chunk with B_TRANS).
+        n: u32,
+        k: u32,
+        lda: u32,
+        ldb: u32,
+        ldc: u32,
+        /// First column of C (and of the bias) of this chunk.
+        n_off: u32,
+        a_bs: u32,
+        b_bs: u32,
+        c_bs: u32,
+    }
+}
+
+/// Tile shape of the matmul kernel: TM rows x 64 columns of C per workgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulTile {
+    /// 32 rows, 128 invocations: for M <= 32, where 64-row tiles would idle half the work.
+    M32,
+    /// 64 rows, 256 invocations.
+    M64,
+}
+
+impl MatmulTile {
+    pub const ALL: [MatmulTile; 2] = [MatmulTile::M32, MatmulTile::M64];
+
+    /// Rows of C per workgroup.
+    pub const fn tm(self) -> u32 {
+        match self {
+            MatmulTile::M32 => 32,
+            MatmulTile::M64 => 64,
+        }
+    }
+
+    /// Invocations per workgroup.
+    pub const fn wg(self) -> u32 {
+        match self {
+            MatmulTile::M32 => 128,
+            MatmulTile::M64 => 256,
+        }
+    }
+}
+
+/// matmul.wgsl: tiled batched matmul (linear with M > 4, attention matmuls).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulConsts {
+    pub tile: MatmulTile,
+    /// B is [N, K] (nn.Linear weights, k of q.k^T).
+    pub b_trans: bool,
+    pub has_bias: bool,
+    /// Rows of A (B) hold a multiple of 4 elements: vector tile loads.
+    pub a_vec: bool,
+    pub b_vec: bool,
+    pub a_f16: bool,
+    pub b_f16: bool,
+    pub bias_f16: bool,
+    pub out_f16: bool,
+}
+
+impl Kernel for MatmulConsts {
+    const NAME: &'static str = "matmul";
+    const SOURCE: &'static str = crate::MATMUL;
+    /// a, b, bias.
+    const READ_ONLY: usize = 3;
+    const READ_WRITE: usize = 1;
+    type Params = MatmulParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("TM", self.tile.tm().into()),
+            ("WG", self.tile.wg().into()),
+            ("B_TRANS", self.b_trans.into()),
+            ("HAS_BIAS", self.has_bias.into()),
+            ("A_VEC", self.a_vec.into()),
+            ("B_VEC", self.b_vec.into()),
+            ("A_F16", self.a_f16.into()),
+            ("B_F16", self.b_f16.into()),
+            ("BIAS_F16", self.bias_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+        ]
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut v = Vec::new();
+        for tile in MatmulTile::ALL {
+            for (has_bias, bias_f16) in OPTIONAL {
+                for [b_trans, a_vec, b_vec, a_f16, b_f16, out_f16] in flags() {
+                    v.push(MatmulConsts {
+                        tile,
+                        b_trans,
+                        has_bias,
+                        a_vec,
+                        b_vec,
+                        a_f16,
+                        b_f16,
+                        bias_f16,
+                        out_f16,
+                    });
+                }
+            }
+        }
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------- norm
+
+params! {
+    /// Uniform of norm.wgsl.
+    NormParams {
+        rows: u32,
+        d: u32,
+        eps: f32,
+        groups_x: u32,
+    }
+}
+
+/// norm.wgsl: LayerNorm (with bias) or RMSNorm (without) over the last dim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NormConsts {
+    pub wg: RowWorkgroup,
+    pub rms: bool,
+    pub has_bias: bool,
+    pub x_f16: bool,
+    pub w_f16: bool,
+    pub b_f16: bool,
+    pub out_f16: bool,
+    pub subgroups: bool,
+}
+
+impl Kernel for NormConsts {
+    const NAME: &'static str = "norm";
+    const SOURCE: &'static str = crate::NORM;
+    /// x, w, bias.
+    const READ_ONLY: usize = 3;
+    const READ_WRITE: usize = 1;
+    type Params = NormParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("WG", self.wg.size().into()),
+            ("RMS", self.rms.into()),
+            ("HAS_BIAS", self.has_bias.into()),
+            ("X_F16", self.x_f16.into()),
+            ("W_F16", self.w_f16.into()),
+            ("B_F16", self.b_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+        ]
+    }
+
+    fn subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut v = Vec::new();
+        for wg in RowWorkgroup::ALL {
+            for (has_bias, b_f16) in OPTIONAL {
+                for [rms, x_f16, w_f16, out_f16, subgroups] in flags() {
+                    v.push(NormConsts {
+                        wg,
+                        rms,
+                        has_bias,
+                        x_f16,
+                        w_f16,
+                        b_f16,
+                        out_f16,
+                        subgroups,
+                    });
+                }
+            }
+        }
+        v
+    }
+}
+
+// ------------------------------------------------------------------------------- softmax
+
+params! {
+    /// Uniform of softmax.wgsl: x viewed as [d0, d1, d2, n]; mask (ms*) and bias (bs*)
+    /// element strides per dim, 0 where broadcast.
+    SoftmaxParams {
+        rows: u32,
+        n: u32,
+        d1: u32,
+        d2: u32,
+        ms0: u32,
+        ms1: u32,
+        ms2: u32,
+        ms3: u32,
+        bs0: u32,
+        bs1: u32,
+        bs2: u32,
+        bs3: u32,
+        scale: f32,
+        /// 1: entry j of a row with dim-2 index i is excluded when j > i + causal_off.
+        causal: u32,
+        causal_off: u32,
+        groups_x: u32,
+    }
+}
+
+/// softmax.wgsl: softmax over the last dim with broadcast mask, per-head bias, scale and
+/// causal masking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SoftmaxConsts {
+    pub wg: RowWorkgroup,
+    pub has_mask: bool,
+    pub has_bias: bool,
+    pub x_f16: bool,
+    pub out_f16: bool,
+    pub subgroups: bool,
+}
+
+impl Kernel for SoftmaxConsts {
+    const NAME: &'static str = "softmax";
+    const SOURCE: &'static str = crate::SOFTMAX;
+    /// x, mask, bias.
+    const READ_ONLY: usize = 3;
+    const READ_WRITE: usize = 1;
+    type Params = SoftmaxParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("WG", self.wg.size().into()),
+            ("HAS_MASK", self.has_mask.into()),
+            ("HAS_BIAS", self.has_bias.into()),
+            ("X_F16", self.x_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+        ]
+    }
+
+    fn subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut v = Vec::new();
+        for wg in RowWorkgroup::ALL {
+            for [has_mask, has_bias, x_f16, out_f16, subgroups] in flags() {
+                v.push(SoftmaxConsts {
+                    wg,
+                    has_mask,
+                    has_bias,
+                    x_f16,
+                    out_f16,
+                    subgroups,
+                });
+            }
+        }
+        v
+    }
+}
+
+// --------------------------------------------------------------------------- elementwise
+
+params! {
+    /// Uniform of elementwise.wgsl.
+    ElementwiseParams {
+        /// Elements in this dispatch's range (ranges start at an even element).
+        n: u32,
+        /// Elements of b; element i of the range pairs with b[(b_base + i) % b_len].
+        b_len: u32,
+        b_base: u32,
+        /// Multiplier of the scale op.
+        s: f32,
+        groups_x: u32,
+    }
+}
+
+op_codes! {
+    /// What elementwise.wgsl computes (its `OP` constant).
+    ElementwiseOp {
+        /// Exact GELU (erf).
+        Gelu = 0 => "OP_GELU",
+        /// GELU, tanh approximation.
+        GeluTanh = 1 => "OP_GELU_TANH",
+        Relu = 2 => "OP_RELU",
+        /// x * p.s.
+        Scale = 3 => "OP_SCALE",
+        /// x + b, b repeating.
+        Add = 4 => "OP_ADD",
+        /// x * b, b repeating.
+        Mul = 5 => "OP_MUL",
+        /// x as is: a copy, or a dtype cast.
+        Copy = 6 => "OP_COPY",
+    }
+}
+
+/// elementwise.wgsl: activations, scale, add/mul with a repeating operand, casts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ElementwiseConsts {
+    pub op: ElementwiseOp,
+    pub x_f16: bool,
+    pub b_f16: bool,
+    pub out_f16: bool,
+}
+
+impl Kernel for ElementwiseConsts {
+    const NAME: &'static str = "elementwise";
+    const SOURCE: &'static str = crate::ELEMENTWISE;
+    /// x, b.
+    const READ_ONLY: usize = 2;
+    const READ_WRITE: usize = 1;
+    type Params = ElementwiseParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("OP", self.op.code().into()),
+            ("X_F16", self.x_f16.into()),
+            ("B_F16", self.b_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+        ]
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut v = Vec::new();
+        for &op in ElementwiseOp::ALL {
+            for [x_f16, b_f16, out_f16] in flags() {
+                v.push(ElementwiseConsts {
+                    op,
+                    x_f16,
+                    b_f16,
+                    out_f16,
+                });
+            }
+        }
+        v
+    }
+
+    fn op_codes() -> Vec<(&'static str, u32)> {
+        ElementwiseOp::named_codes()
+    }
+}
+
+// ---------------------------------------------------------------------------------- copy
+
+params! {
+    /// Uniform of copy.wgsl; a0..a3 are the mode's arguments (see the kernel).
+    CopyParams {
+        /// Box: invocations per outer row; other modes: output elements.
+        units: u32,
+        rows: u32,
+        len: u32,
+        a0: u32,
+        a1: u32,
+        a2: u32,
+        a3: u32,
+        groups_x: u32,
+    }
+}
+
+op_codes! {
+    /// What copy.wgsl moves (its `MODE` constant).
+    CopyMode {
+        /// dst[o * a0 + a1 + l] = src[o * a2 + a3 + l] for o < rows, l < len.
+        Box = 0 => "MODE_BOX",
+        /// [B, A, C, D] -> [B, C, A, D].
+        Permute0213 = 1 => "MODE_PERMUTE_0213",
+        /// [B, C, H, W] -> patches [B, (H/P)(W/P), C*P*P].
+        Im2col = 2 => "MODE_IM2COL",
+    }
+}
+
+/// copy.wgsl: data movement without arithmetic (f16 halves moved as bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CopyConsts {
+    pub mode: CopyMode,
+    pub f16: bool,
+}
+
+impl Kernel for CopyConsts {
+    const NAME: &'static str = "copy";
+    const SOURCE: &'static str = crate::COPY;
+    /// src.
+    const READ_ONLY: usize = 1;
+    const READ_WRITE: usize = 1;
+    type Params = CopyParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![("MODE", self.mode.code().into()), ("F16", self.f16.into())]
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut v = Vec::new();
+        for &mode in CopyMode::ALL {
+            for [f16] in flags() {
+                v.push(CopyConsts { mode, f16 });
+            }
+        }
+        v
+    }
+
+    fn op_codes() -> Vec<(&'static str, u32)> {
+        CopyMode::named_codes()
+    }
+}
+
+// ----------------------------------------------------------------------------- embedding
+
+params! {
+    /// Uniform of embedding.wgsl.
+    EmbeddingParams {
+        /// Output elements (ids * d).
+        n: u32,
+        d: u32,
+        /// Table rows [row0, row0 + rows) bound in this dispatch.
+        row0: u32,
+        rows: u32,
+        groups_x: u32,
+    }
+}
+
+/// embedding.wgsl: rows of a table picked by ids, converted to the output dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EmbeddingConsts {
+    pub t_f16: bool,
+    pub out_f16: bool,
+}
+
+impl Kernel for EmbeddingConsts {
+    const NAME: &'static str = "embedding";
+    const SOURCE: &'static str = crate::EMBEDDING;
+    /// ids, table.
+    const READ_ONLY: usize = 2;
+    const READ_WRITE: usize = 1;
+    type Params = EmbeddingParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("T_F16", self.t_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+        ]
+    }
+
+    fn variants() -> Vec<Self> {
+        flags()
+            .map(|[t_f16, out_f16]| EmbeddingConsts { t_f16, out_f16 })
+            .collect()
+    }
+}
+
+// ----------------------------------------------------------------------------- attention
+
+params! {
+    /// Uniform of attention.wgsl.
+    AttentionParams {
+        lq: u32,
+        lk: u32,
+        lk_cap: u32,
+        d: u32,
+        heads: u32,
+        /// batch * heads * lq.
+        rows: u32,
+        scale: f32,
+        causal: u32,
+        causal_off: u32,
+        mask_rows: u32,
+        groups_x: u32,
+    }
+}
+
+/// attention.wgsl: fused attention for few queries, one workgroup per (batch, head, query).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttentionConsts {
+    pub qkv_f16: bool,
+    pub out_f16: bool,
+    pub has_mask: bool,
+    pub has_bias: bool,
+    /// Head dim is even: rows start on a word, element pairs are read.
+    pub d_even: bool,
+    pub subgroups: bool,
+}
+
+impl Kernel for AttentionConsts {
+    const NAME: &'static str = "attention";
+    const SOURCE: &'static str = crate::ATTENTION;
+    /// q, k, v, mask, bias.
+    const READ_ONLY: usize = 5;
+    const READ_WRITE: usize = 1;
+    type Params = AttentionParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("QKV_F16", self.qkv_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+            ("HAS_MASK", self.has_mask.into()),
+            ("HAS_BIAS", self.has_bias.into()),
+            ("D_EVEN", self.d_even.into()),
+        ]
+    }
+
+    fn subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    fn variants() -> Vec<Self> {
+        flags()
+            .map(
+                |[qkv_f16, out_f16, has_mask, has_bias, d_even, subgroups]| AttentionConsts {
+                    qkv_f16,
+                    out_f16,
+                    has_mask,
+                    has_bias,
+                    d_even,
+                    subgroups,
+                },
+            )
+            .collect()
+    }
+}
