@@ -141,28 +141,3 @@ pub(crate) fn image_scatter(
     let refs: Vec<&Tensor> = per_row.iter().collect();
     Ok(ops::concat(&refs, 0)?)
 }
-
-/// Rows `src` of `t` along axis 0 (repeats allowed), copied with one narrow per run of
-/// consecutive rows: beam reordering of caches without a gather op in the engine.
-pub(crate) fn gather_rows(t: &Tensor, src: &[usize]) -> blip2_engine::Result<Tensor> {
-    if src.len() == t.dim(0) && src.iter().enumerate().all(|(i, &s)| i == s) {
-        return Ok(t.clone());
-    }
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < src.len() {
-        let mut j = i + 1;
-        while j < src.len() && src[j] == src[j - 1] + 1 {
-            j += 1;
-        }
-        parts.push(ops::narrow(t, 0, src[i], j - i)?);
-        i = j;
-    }
-    if parts.len() == 1
-        && let Some(only) = parts.pop()
-    {
-        return Ok(only);
-    }
-    let refs: Vec<&Tensor> = parts.iter().collect();
-    ops::concat(&refs, 0)
-}

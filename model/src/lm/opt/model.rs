@@ -48,7 +48,7 @@ impl KvCache {
     /// dropping finished rows).
     pub fn select_rows(&mut self, src: &[usize]) -> Result<()> {
         for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            *t = crate::inputs::gather_rows(t, src)?;
+            *t = ops::gather_rows(t, src)?;
         }
         Ok(())
     }

@@ -151,15 +151,15 @@ impl T5DecoderCache {
     /// rows).
     pub fn select_rows(&mut self, src: &[usize]) -> Result<()> {
         for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            *t = crate::inputs::gather_rows(t, src)?;
+            *t = ops::gather_rows(t, src)?;
         }
         let enc_rows: Vec<usize> = src.iter().map(|&s| self.enc_rows[s]).collect();
         if enc_rows != self.enc_rows {
             for t in self.cross_k.iter_mut().chain(self.cross_v.iter_mut()) {
-                *t = crate::inputs::gather_rows(t, src)?;
+                *t = ops::gather_rows(t, src)?;
             }
             if let Some(m) = &self.enc_mask {
-                self.enc_mask = Some(crate::inputs::gather_rows(m, src)?);
+                self.enc_mask = Some(ops::gather_rows(m, src)?);
             }
             self.enc_rows = enc_rows;
         }
