@@ -9,7 +9,9 @@ use image::DynamicImage;
 
 use crate::chat::Chat;
 use crate::config::{Blip2Config, ImageProcessorConfig, ProcessorConfig, TextConfig};
-use crate::generate::{DecodeModel, GenerationConfig, TokenEvent, decode};
+use crate::generate::{
+    DecodeModel, GenerationConfig, GenerationDefaults, ResolvedGeneration, TokenEvent, decode,
+};
 use crate::inputs::{PaddedBatch, image_scatter};
 use crate::nn::Linear;
 use crate::opt::KvCache;
@@ -20,7 +22,7 @@ use crate::t5::T5DecoderCache;
 use crate::tokenizer::{Blip2Tokenizer, PaddingSide};
 use crate::vision::VisionModel;
 use crate::weights::{Checkpoint, WeightLoader};
-use crate::{ModelError, Result, preprocess, sampling};
+use crate::{ModelError, Result, preprocess};
 
 /// How to load a checkpoint.
 pub struct LoadOptions {
@@ -235,32 +237,20 @@ impl Blip2 {
         }
     }
 
-    /// `cfg` with every checkpoint-dependent value filled in: eos and pad ids from the
-    /// language model's config, and a fresh seed when sampling without one. This is what a
-    /// generation call with `cfg` uses.
-    pub fn resolve_generation_config(&self, cfg: &GenerationConfig) -> GenerationConfig {
-        let mut c = cfg.clone();
-        if c.eos_token_ids.is_none() {
-            c.eos_token_ids = Some(
-                self.config
-                    .text_config
-                    .as_ref()
-                    .map(|t| vec![t.eos_token_id()])
-                    .unwrap_or_default(),
-            );
-        }
-        if c.pad_token_id.is_none() {
-            c.pad_token_id = Some(
-                self.config
-                    .text_config
-                    .as_ref()
-                    .map_or(0, |t| t.pad_token_id()),
-            );
-        }
-        if c.do_sample && c.seed.is_none() {
-            c.seed = Some(sampling::random_seed());
-        }
-        c
+    /// `cfg` validated and completed for this checkpoint: eos and pad ids from the language
+    /// model's config where `cfg` sets none, and a fresh seed when sampling without one.
+    /// This is what a generation call with `cfg` uses.
+    pub fn resolve_generation(&self, cfg: &GenerationConfig) -> Result<ResolvedGeneration> {
+        let defaults = self
+            .config
+            .text_config
+            .as_ref()
+            .map(|t| GenerationDefaults {
+                eos_token_ids: vec![t.eos_token_id()],
+                pad_token_id: t.pad_token_id(),
+            })
+            .unwrap_or_default();
+        cfg.resolve(&defaults)
     }
 
     fn pad_id(&self) -> u32 {
@@ -308,7 +298,9 @@ impl Blip2 {
         mut on_token: impl FnMut(&TokenEvent),
     ) -> Result<Generation> {
         let feats = self.image_features(&[image])?;
-        let mut out = self.generate_from_features_with(&feats, &[prompt], cfg, &mut on_token)?;
+        let settings = self.resolve_generation(cfg)?;
+        let mut out =
+            self.generate_from_features_with(&feats, &[prompt], &settings, &mut on_token)?;
         out.pop()
             .ok_or_else(|| ModelError::Invalid("empty generation batch".into()))
     }
@@ -340,20 +332,20 @@ impl Blip2 {
         prompts: &[Option<&str>],
         cfg: &GenerationConfig,
     ) -> Result<Vec<Generation>> {
-        self.generate_from_features_with(feats, prompts, cfg, &mut |_| {})
+        let settings = self.resolve_generation(cfg)?;
+        self.generate_from_features_with(feats, prompts, &settings, &mut |_| {})
     }
 
-    /// The general entry point: precomputed features, one prompt per image row, any
-    /// [`GenerationConfig`], and a callback that sees every new token (`TokenEvent::row`
-    /// is the prompt's index).
+    /// The general entry point: precomputed features, one prompt per image row, settings
+    /// resolved by [`Blip2::resolve_generation`], and a callback that sees every new token
+    /// (`TokenEvent::row` is the prompt's index).
     pub fn generate_from_features_with(
         &self,
         feats: &ImageFeatures,
         prompts: &[Option<&str>],
-        cfg: &GenerationConfig,
+        settings: &ResolvedGeneration,
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<Vec<Generation>> {
-        cfg.validate()?;
         if prompts.len() != feats.projected.dim(0) || prompts.is_empty() {
             return Err(ModelError::Invalid(format!(
                 "{} prompts for {} images",
@@ -361,16 +353,17 @@ impl Blip2 {
                 feats.projected.dim(0)
             )));
         }
-        let cfg = self.resolve_generation_config(cfg);
         let ids: Vec<Vec<u32>> = prompts
             .iter()
             .map(|p| self.prompt_ids(*p))
             .collect::<Result<_>>()?;
         let run = match &self.lm {
             LanguageModel::Opt(opt) => {
-                self.decode_opt(opt, &feats.projected, &ids, &cfg, on_token)?
+                self.decode_opt(opt, &feats.projected, &ids, settings, on_token)?
             }
-            LanguageModel::T5(t5) => self.decode_t5(t5, &feats.projected, &ids, &cfg, on_token)?,
+            LanguageModel::T5(t5) => {
+                self.decode_t5(t5, &feats.projected, &ids, settings, on_token)?
+            }
         };
         run.tokens
             .into_iter()
@@ -459,17 +452,23 @@ impl Blip2 {
         opt: &Opt,
         projected: &Tensor,
         ids: &[Vec<u32>],
-        cfg: &GenerationConfig,
+        settings: &ResolvedGeneration,
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<DecodeRun> {
         let b = ids.len();
-        let pad = cfg.pad_token_id.unwrap_or_else(|| self.pad_id());
-        let batch = PaddedBatch::new(ids, pad, self.image_token_id()?, PaddingSide::Left);
-        let capacity = batch.len.saturating_add(cfg.max_new_tokens);
+        let batch = PaddedBatch::new(
+            ids,
+            settings.pad_token_id(),
+            self.image_token_id()?,
+            PaddingSide::Left,
+        );
+        let capacity = batch.len.saturating_add(settings.max_new_tokens());
         if capacity > opt.max_positions {
             return Err(ModelError::Invalid(format!(
                 "prompt of {} tokens + {} new tokens exceeds the model's {} positions",
-                batch.len, cfg.max_new_tokens, opt.max_positions
+                batch.len,
+                settings.max_new_tokens(),
+                opt.max_positions
             )));
         }
         let t = Instant::now();
@@ -491,7 +490,7 @@ impl Blip2 {
             batch,
             device: &self.device,
         };
-        run_decode(logits, seen, cfg, &mut state, on_token, prefill, t)
+        run_decode(logits, seen, settings, &mut state, on_token, prefill, t)
     }
 
     fn decode_t5(
@@ -499,12 +498,16 @@ impl Blip2 {
         t5: &T5,
         projected: &Tensor,
         ids: &[Vec<u32>],
-        cfg: &GenerationConfig,
+        settings: &ResolvedGeneration,
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<DecodeRun> {
         let b = ids.len();
-        let pad = cfg.pad_token_id.unwrap_or_else(|| self.pad_id());
-        let batch = PaddedBatch::new(ids, pad, self.image_token_id()?, PaddingSide::Right);
+        let batch = PaddedBatch::new(
+            ids,
+            settings.pad_token_id(),
+            self.image_token_id()?,
+            PaddingSide::Right,
+        );
         let start = match &self.config.text_config {
             Some(TextConfig::T5(c)) => c.decoder_start_token_id,
             _ => 0,
@@ -516,8 +519,11 @@ impl Blip2 {
         let mask = batch.mask_tensor(&self.device)?;
         let enc = t5.encode(&embeds, mask.as_ref())?;
         // The decoder cache holds the start token and every new token.
-        let cache =
-            t5.new_decoder_cache(&enc, mask.as_ref(), cfg.max_new_tokens.saturating_add(1))?;
+        let cache = t5.new_decoder_cache(
+            &enc,
+            mask.as_ref(),
+            settings.max_new_tokens().saturating_add(1),
+        )?;
         let mut state = T5Decoder { t5, cache };
         let first = vec![start; b];
         let logits = state.step(&first)?;
@@ -525,7 +531,7 @@ impl Blip2 {
         let t = Instant::now();
         // For encoder-decoder models HF's penalties see the decoder ids only.
         let seen = vec![vec![start]; b];
-        run_decode(logits, seen, cfg, &mut state, on_token, prefill, t)
+        run_decode(logits, seen, settings, &mut state, on_token, prefill, t)
     }
 }
 
@@ -533,22 +539,13 @@ impl Blip2 {
 fn run_decode(
     logits: Vec<f32>,
     seen: Vec<Vec<u32>>,
-    cfg: &GenerationConfig,
+    settings: &ResolvedGeneration,
     state: &mut dyn DecodeModel,
     on_token: &mut dyn FnMut(&TokenEvent),
     prefill: Duration,
     t: Instant,
 ) -> Result<DecodeRun> {
-    let eos = cfg.eos_token_ids.as_deref().unwrap_or(&[]);
-    let out = decode(
-        logits,
-        seen,
-        cfg,
-        eos,
-        cfg.seed.unwrap_or(0),
-        state,
-        on_token,
-    )?;
+    let out = decode(logits, seen, settings, state, on_token)?;
     Ok(DecodeRun {
         tokens: out.tokens,
         scores: out.scores,
