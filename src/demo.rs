@@ -60,7 +60,7 @@ impl DemoScores {
 /// Captions every scene and asks every question of its ground truth (greedy, 20 new
 /// tokens), comparing exactly (case and a trailing period aside).
 pub fn evaluate(model: &Blip2, first_seed: u64, count: u64) -> Result<DemoScores> {
-    let cfg = GenerationConfig::default();
+    let settings = model.resolve_generation(&GenerationConfig::default())?;
     let mut s = DemoScores::default();
     let miss = |s: &mut DemoScores, seed, want: &str, got: &str| {
         if s.mistakes.len() < 20 {
@@ -77,7 +77,7 @@ pub fn evaluate(model: &Blip2, first_seed: u64, count: u64) -> Result<DemoScores
         let image = image::DynamicImage::ImageRgb8(std::mem::take(&mut scene.image));
         let feats = model.image_features(&[&image])?;
         let cap = model
-            .generate_from_features(&feats, &[None], &cfg)?
+            .generate_from_features_with(&feats, &[None], &settings, &mut |_| {})?
             .remove(0);
         s.scenes += 1;
         if normalize_answer(&cap.text) == normalize_answer(&scene.caption) {
@@ -88,7 +88,7 @@ pub fn evaluate(model: &Blip2, first_seed: u64, count: u64) -> Result<DemoScores
         for qa in &scene.qa {
             let prompt = vqa_prompt(&qa.question);
             let ans = model
-                .generate_from_features(&feats, &[Some(&prompt)], &cfg)?
+                .generate_from_features_with(&feats, &[Some(&prompt)], &settings, &mut |_| {})?
                 .remove(0);
             s.questions += 1;
             if normalize_answer(&ans.text) == normalize_answer(&qa.answer) {

@@ -9,8 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use blip2::engine::{DType, Device};
-use blip2::model::generate::{DecodeModel, decode};
-use blip2::model::sampling;
+use blip2::model::generate::{DecodeModel, GenerationDefaults, decode, sampling};
 use blip2::{Chat, EarlyStopping, GenerationConfig, TextStream, TokenEvent};
 use common::*;
 
@@ -180,12 +179,14 @@ fn sampling_is_reproducible_per_seed() {
                 others.iter().any(|o| *o != a.token_ids),
                 "{name} on {dev:?}: 5 seeds gave one sample"
             );
-            // Sampling without a seed: resolve_generation_config draws one and reports it.
-            let r = model.resolve_generation_config(&GenerationConfig {
-                do_sample: true,
-                ..Default::default()
-            });
-            assert!(r.seed.is_some());
+            // Sampling without a seed: resolve_generation draws one and reports it.
+            let r = model
+                .resolve_generation(&GenerationConfig {
+                    do_sample: true,
+                    ..Default::default()
+                })
+                .unwrap();
+            assert!(r.seed().is_some());
         }
     }
 }
@@ -291,16 +292,9 @@ fn top_k_and_top_p_never_emit_excluded_tokens() {
                 ..base.clone()
             };
             let mut m = Fixed(logits.clone());
-            let out = decode(
-                logits.clone(),
-                vec![vec![]],
-                &cfg,
-                &[],
-                seed,
-                &mut m,
-                &mut |_| {},
-            )
-            .unwrap();
+            // No eos: every draw is a plain token.
+            let cfg = cfg.resolve(&GenerationDefaults::default()).unwrap();
+            let out = decode(logits.clone(), vec![vec![]], &cfg, &mut m, &mut |_| {}).unwrap();
             counts[out.tokens[0][0] as usize] += 1;
         }
         for (i, &c) in counts.iter().enumerate() {
@@ -385,9 +379,10 @@ fn streaming_matches_the_final_result() {
             let recs = records(name);
             let model = load(name, &dev, DType::F32);
             let eos = model
-                .resolve_generation_config(&GenerationConfig::default())
-                .eos_token_ids
-                .unwrap();
+                .resolve_generation(&GenerationConfig::default())
+                .unwrap()
+                .eos_token_ids()
+                .to_vec();
             for (key, _) in IMAGES {
                 let img = image(key);
                 for p in ["noprompt", "question"] {
@@ -549,17 +544,19 @@ fn invalid_settings_are_clear_errors() {
             "{e}"
         );
     }
-    let r = model.resolve_generation_config(&GenerationConfig {
-        early_stopping: EarlyStopping::Never,
-        ..Default::default()
-    });
+    let r = model
+        .resolve_generation(&GenerationConfig {
+            early_stopping: EarlyStopping::Never,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(
-        r.eos_token_ids,
-        Some(vec![202]),
+        r.eos_token_ids(),
+        &[202],
         "OPT fixture eos is \"\\n\" (id 202)"
     );
-    assert_eq!(r.pad_token_id, Some(1));
-    assert_eq!(r.seed, None, "no seed is drawn for greedy search");
+    assert_eq!(r.pad_token_id(), 1);
+    assert_eq!(r.seed(), None, "no seed is drawn for greedy search");
 }
 
 // ---- CLI ------------------------------------------------------------------------------

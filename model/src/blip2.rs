@@ -11,7 +11,9 @@ use image::DynamicImage;
 use crate::chat::Chat;
 use crate::config::Blip2Config;
 use crate::embedded::EmbeddedCheckpoint;
-use crate::generate::{GenerationConfig, TokenEvent, decode};
+use crate::generate::{
+    GenerationConfig, GenerationDefaults, ResolvedGeneration, TokenEvent, decode,
+};
 use crate::image_encoder::ImageEncoder;
 use crate::inputs::{PaddedBatch, image_scatter};
 use crate::lm::{LanguageModel, LmInput};
@@ -21,7 +23,7 @@ use crate::nn::Linear;
 use crate::prompt::vqa_prompt;
 use crate::tokenizer::Blip2Tokenizer;
 use crate::weights::WeightLoader;
-use crate::{ModelError, Result, sampling};
+use crate::{ModelError, Result};
 
 /// Wall-clock time of each stage of one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -209,27 +211,20 @@ impl Blip2 {
         }
     }
 
-    /// `cfg` with every checkpoint-dependent value filled in: eos and pad ids from the
-    /// language model's config, and a fresh seed when sampling without one. This is what a
-    /// generation call with `cfg` uses.
-    pub fn resolve_generation_config(&self, cfg: &GenerationConfig) -> GenerationConfig {
-        let mut c = cfg.clone();
-        if c.eos_token_ids.is_none() {
-            c.eos_token_ids = Some(
-                self.config
-                    .text_config
-                    .as_ref()
-                    .map(|t| vec![t.eos_token_id()])
-                    .unwrap_or_default(),
-            );
-        }
-        if c.pad_token_id.is_none() {
-            c.pad_token_id = Some(self.pad_id());
-        }
-        if c.do_sample && c.seed.is_none() {
-            c.seed = Some(sampling::random_seed());
-        }
-        c
+    /// `cfg` validated and completed for this checkpoint: eos and pad ids from the language
+    /// model's config where `cfg` sets none, and a fresh seed when sampling without one.
+    /// This is what a generation call with `cfg` uses.
+    pub fn resolve_generation(&self, cfg: &GenerationConfig) -> Result<ResolvedGeneration> {
+        let defaults = self
+            .config
+            .text_config
+            .as_ref()
+            .map(|t| GenerationDefaults {
+                eos_token_ids: vec![t.eos_token_id()],
+                pad_token_id: t.pad_token_id(),
+            })
+            .unwrap_or_default();
+        cfg.resolve(&defaults)
     }
 
     fn pad_id(&self) -> u32 {
@@ -280,7 +275,9 @@ impl Blip2 {
         mut on_token: impl FnMut(&TokenEvent),
     ) -> Result<Generation> {
         let feats = self.image_features(&[image])?;
-        let mut out = self.generate_from_features_with(&feats, &[prompt], cfg, &mut on_token)?;
+        let settings = self.resolve_generation(cfg)?;
+        let mut out =
+            self.generate_from_features_with(&feats, &[prompt], &settings, &mut on_token)?;
         out.pop()
             .ok_or_else(|| ModelError::Invalid("empty generation batch".into()))
     }
@@ -313,35 +310,30 @@ impl Blip2 {
         prompts: &[Option<&str>],
         cfg: &GenerationConfig,
     ) -> Result<Vec<Generation>> {
-        self.generate_from_features_with(feats, prompts, cfg, &mut |_| {})
+        let settings = self.resolve_generation(cfg)?;
+        self.generate_from_features_with(feats, prompts, &settings, &mut |_| {})
     }
 
-    /// The general entry point: precomputed features, one prompt per image row, any
-    /// [`GenerationConfig`], and a callback that sees every new token (`TokenEvent::row`
-    /// is the prompt's index).
+    /// The general entry point: precomputed features, one prompt per image row, settings
+    /// resolved by [`Blip2::resolve_generation`], and a callback that sees every new token
+    /// (`TokenEvent::row` is the prompt's index).
     pub fn generate_from_features_with(
         &self,
         feats: &ImageFeatures,
         prompts: &[Option<&str>],
-        cfg: &GenerationConfig,
+        settings: &ResolvedGeneration,
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<Vec<Generation>> {
-        cfg.validate()?;
-        let cfg = self.resolve_generation_config(cfg);
-        let pad = cfg.pad_token_id.unwrap_or_else(|| self.pad_id());
         let t = Instant::now();
-        let input = self.lm_input(feats, prompts, pad)?;
-        let prefill = self.lm.prefill(input, cfg.max_new_tokens)?;
+        let input = self.lm_input(feats, prompts, settings.pad_token_id())?;
+        let prefill = self.lm.prefill(input, settings.max_new_tokens())?;
         let prefill_time = t.elapsed();
         let t = Instant::now();
         let mut decoder = prefill.decoder;
-        let eos = cfg.eos_token_ids.as_deref().unwrap_or(&[]);
         let out = decode(
             prefill.logits,
             prefill.seen,
-            &cfg,
-            eos,
-            cfg.seed.unwrap_or(0),
+            settings,
             &mut *decoder,
             on_token,
         )?;

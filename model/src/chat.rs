@@ -3,7 +3,7 @@
 //! format of the BLIP-2 examples: "Question: q1 Answer: a1. Question: q2 Answer:".
 
 use crate::blip2::{Blip2, Generation, ImageFeatures};
-use crate::generate::{GenerationConfig, TokenEvent};
+use crate::generate::{GenerationConfig, ResolvedGeneration, TokenEvent};
 use crate::prompt::vqa_prompt;
 use crate::{ModelError, Result};
 
@@ -93,12 +93,25 @@ impl<'a> Chat<'a> {
         cfg: &GenerationConfig,
         mut on_token: impl FnMut(&TokenEvent),
     ) -> Result<Generation> {
+        let settings = self.model.resolve_generation(cfg)?;
+        self.ask_with(question, &settings, &mut on_token)
+    }
+
+    /// The general form of [`Chat::ask`]: settings resolved by `Blip2::resolve_generation`
+    /// (so that every turn can share one sampler seed, for instance) and a callback that
+    /// sees each new token as it is chosen.
+    pub fn ask_with(
+        &mut self,
+        question: &str,
+        settings: &ResolvedGeneration,
+        on_token: &mut dyn FnMut(&TokenEvent),
+    ) -> Result<Generation> {
         let prompt = self.prompt(question);
         let mut out = self.model.generate_from_features_with(
             &self.features,
             &[Some(&prompt)],
-            cfg,
-            &mut on_token,
+            settings,
+            on_token,
         )?;
         let g = out
             .pop()

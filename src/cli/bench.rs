@@ -85,17 +85,17 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
         })
         .collect();
     let refs: Vec<&blip2::image::DynamicImage> = images.iter().collect();
-    let cfg = GenerationConfig {
+    let settings = model.resolve_generation(&GenerationConfig {
         max_new_tokens: o.new_tokens,
         min_new_tokens: o.new_tokens,
         ..Default::default()
-    };
+    })?;
     let prompts = vec![None; o.batch_size];
     let mut best: Option<Run> = None;
     let mut last_feats = None;
     for i in 0..=o.runs {
         let feats = model.image_features(&refs)?;
-        let out = model.generate_from_features(&feats, &prompts, &cfg)?;
+        let out = model.generate_from_features_with(&feats, &prompts, &settings, &mut |_| {})?;
         let t = &out[0].timings;
         let run = Run {
             preprocess: feats.preprocess,

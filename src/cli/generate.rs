@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use blip2::{Blip2, EarlyStopping, Generation, GenerationConfig, TextStream, TokenEvent};
+use blip2::{
+    Blip2, EarlyStopping, Generation, GenerationConfig, ResolvedGeneration, TextStream, TokenEvent,
+};
 use clap::{Args, ValueEnum};
 
 use super::common::{ModelOpts, expand_images, load_model, ms, open_image, timing_summary};
@@ -86,12 +88,14 @@ impl GenOpts {
     }
 }
 
-/// Loads the model and the effective settings (checked before the weights load).
-fn setup(o: &GenOpts) -> anyhow::Result<(Blip2, Duration, GenerationConfig)> {
+/// Loads the model and resolves the settings once: every generation of the command uses
+/// (and `--json` reports) this value, sampler seed included.
+fn setup(o: &GenOpts) -> anyhow::Result<(Blip2, Duration, ResolvedGeneration)> {
     let requested = o.config();
+    // Resolving needs the checkpoint's ids; checking first fails before the weights load.
     requested.validate()?;
     let (model, load) = load_model(&o.model)?;
-    let cfg = model.resolve_generation_config(&requested);
+    let cfg = model.resolve_generation(&requested)?;
     Ok((model, load, cfg))
 }
 
@@ -129,7 +133,13 @@ pub fn caption(
             continue;
         }
         let refs: Vec<&blip2::image::DynamicImage> = imgs.iter().collect();
-        let gens = model.generate_batch(&refs, &vec![prompt; chunk.len()], &cfg)?;
+        let feats = model.image_features(&refs)?;
+        let gens = model.generate_from_features_with(
+            &feats,
+            &vec![prompt; chunk.len()],
+            &cfg,
+            &mut |_| {},
+        )?;
         for (path, g) in chunk.iter().zip(&gens) {
             let label = labelled.then_some(path.as_path());
             print_result(json_record(path, None, g, load, &cfg), g, label, o)?;
@@ -148,7 +158,7 @@ pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
     let feats = model.image_features(&[&img])?;
     if o.model.json {
         let g = model
-            .generate_from_features(&feats, &[Some(&prompt)], &cfg)?
+            .generate_from_features_with(&feats, &[Some(&prompt)], &cfg, &mut |_| {})?
             .remove(0);
         print_result(
             json_record(image, Some(question), &g, load, &cfg),
@@ -202,11 +212,11 @@ pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
             continue;
         }
         if o.model.json {
-            let g = chat.ask(q, &cfg)?;
+            let g = chat.ask_with(q, &cfg, &mut |_| {})?;
             print_result(json_record(image, Some(q), &g, load, &cfg), &g, None, o)?;
         } else {
             let gens = print_streamed(
-                |on| chat.ask_stream(q, &cfg, on).map(|g| vec![g]),
+                |on| chat.ask_with(q, &cfg, on).map(|g| vec![g]),
                 &model,
                 &cfg,
             )?;
@@ -221,10 +231,9 @@ pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
 fn print_streamed(
     run: impl FnOnce(&mut dyn FnMut(&TokenEvent)) -> blip2::Result<Vec<Generation>>,
     model: &Blip2,
-    cfg: &GenerationConfig,
+    cfg: &ResolvedGeneration,
 ) -> anyhow::Result<Vec<Generation>> {
-    let eos = cfg.eos_token_ids.clone().unwrap_or_default();
-    let mut stream = TextStream::new(&model.tokenizer, &eos);
+    let mut stream = TextStream::new(&model.tokenizer, cfg.eos_token_ids());
     let mut out = std::io::stdout().lock();
     let mut failure: Option<anyhow::Error> = None;
     let gens = run(&mut |e: &TokenEvent| {
@@ -268,7 +277,7 @@ fn json_record(
     question: Option<&str>,
     g: &Generation,
     load: Duration,
-    cfg: &GenerationConfig,
+    cfg: &ResolvedGeneration,
 ) -> serde_json::Value {
     let t = &g.timings;
     let mut v = serde_json::json!({

@@ -15,10 +15,10 @@
 //! Each batch row is searched independently (HF's batched search gives each row the same
 //! result it gives alone), and a row that is done leaves the model state.
 
-use crate::generate::{
-    DecodeModel, DecodeOutput, EarlyStopping, GenerationConfig, apply_processors,
-};
-use crate::sampling::{self, Rng};
+use super::decode_model::{DecodeModel, DecodeOutput};
+use super::processors::apply_processors;
+use super::sampling::{self, Rng};
+use super::settings::{EarlyStopping, ResolvedGeneration};
 use crate::{ModelError, Result};
 
 /// HF's "impossible" score offset (`-1.0e9`).
@@ -85,16 +85,17 @@ fn length_norm(len: usize, length_penalty: f32) -> f32 {
     (len as f64).powf(length_penalty as f64) as f32
 }
 
-pub(crate) fn beam_search(
+/// Beam search over a batch whose prefill logits are `logits` (see
+/// [`super::search::decode`], which dispatches here when `num_beams > 1`).
+pub(super) fn beam_search(
     mut logits: Vec<f32>,
     seen: Vec<Vec<u32>>,
-    cfg: &GenerationConfig,
-    eos: &[u32],
-    seed: u64,
+    cfg: &ResolvedGeneration,
     model: &mut dyn DecodeModel,
 ) -> Result<DecodeOutput> {
     let vocab = model.vocab();
-    let nb = cfg.num_beams;
+    let eos = cfg.eos_token_ids();
+    let nb = cfg.num_beams();
     let keep = 2usize.max(1 + eos.len()) * nb;
     let min_keep = eos.len() + 1;
     let mut items: Vec<Item> = seen
@@ -116,11 +117,11 @@ pub(crate) fn beam_search(
             ],
             improvable: true,
             done: false,
-            rng: Rng::stream(seed, b as u64),
+            rng: Rng::stream(cfg.rng_seed(), b as u64),
         })
         .collect();
     let mut steps = 0;
-    for t in 0..cfg.max_new_tokens {
+    for t in 0..cfg.max_new_tokens() {
         let n_rows = logits.len() / vocab;
         if logits.len() != n_rows * vocab {
             return Err(ModelError::Invalid(format!(
@@ -140,16 +141,16 @@ pub(crate) fn beam_search(
             let Some((b, j)) = *o else { continue };
             let row = &mut logits[r * vocab..(r + 1) * vocab];
             log_softmax(row);
-            apply_processors(row, &items[b].seen[j], t, cfg, eos);
-            if cfg.do_sample {
-                sampling::warp(row, cfg.temperature, cfg.top_k, cfg.top_p, min_keep);
+            apply_processors(row, &items[b].seen[j], t, cfg);
+            if cfg.do_sample() {
+                sampling::warp(row, cfg.temperature(), cfg.top_k(), cfg.top_p(), min_keep);
             }
         }
         let mut src = Vec::new();
         let mut next_tokens = Vec::new();
         for it in items.iter_mut().filter(|it| !it.done) {
-            let cands = candidates(&logits, vocab, it, keep, cfg.do_sample)?;
-            advance(it, &cands, t, cfg, eos);
+            let cands = candidates(&logits, vocab, it, keep, cfg.do_sample())?;
+            advance(it, &cands, t, cfg);
             if !it.done {
                 for j in 0..nb {
                     src.push(it.rows[j]);
@@ -186,7 +187,7 @@ pub(crate) fn beam_search(
             None => {
                 tokens.push(it.new[0].clone());
                 scores.push(Some(
-                    it.scores[0] / length_norm(it.new[0].len().max(1), cfg.length_penalty),
+                    it.scores[0] / length_norm(it.new[0].len().max(1), cfg.length_penalty()),
                 ));
             }
         }
@@ -234,25 +235,20 @@ fn candidates(
 }
 
 /// One HF beam step for one item given its sorted candidates.
-fn advance(
-    it: &mut Item,
-    cands: &[(usize, u32, f32)],
-    t: usize,
-    cfg: &GenerationConfig,
-    eos: &[u32],
-) {
+fn advance(it: &mut Item, cands: &[(usize, u32, f32)], t: usize, cfg: &ResolvedGeneration) {
     let nb = it.scores.len();
+    let eos = cfg.eos_token_ids();
     let hits: Vec<bool> = cands
         .iter()
-        .map(|c| eos.contains(&c.1) || t + 1 >= cfg.max_new_tokens)
+        .map(|c| eos.contains(&c.1) || t + 1 >= cfg.max_new_tokens())
         .collect();
 
     // Finished hypotheses: only the first num_beams candidates qualify; none is added once
     // the item cannot improve or (early_stopping = true) all slots are finished.
     let all_finished = it.slots.iter().all(|s| s.finished);
-    let frozen = !it.improvable || (cfg.early_stopping == EarlyStopping::True && all_finished);
+    let frozen = !it.improvable || (cfg.early_stopping() == EarlyStopping::True && all_finished);
     if !frozen {
-        let norm = length_norm(t + 1, cfg.length_penalty);
+        let norm = length_norm(t + 1, cfg.length_penalty());
         let mut merged = it.slots.clone();
         for (i, &(j, tok, score)) in cands.iter().enumerate().take(nb) {
             if hits[i] {
@@ -300,12 +296,12 @@ fn advance(
 
     // HF _check_early_stop_heuristic at the new length.
     let cur = t + 1;
-    let hyp_len = if cfg.early_stopping == EarlyStopping::Never && cfg.length_penalty > 0.0 {
-        cfg.max_new_tokens
+    let hyp_len = if cfg.early_stopping() == EarlyStopping::Never && cfg.length_penalty() > 0.0 {
+        cfg.max_new_tokens()
     } else {
         cur
     };
-    let best_possible = it.scores[0] / length_norm(hyp_len, cfg.length_penalty);
+    let best_possible = it.scores[0] / length_norm(hyp_len, cfg.length_penalty());
     let worst = if it.slots.iter().all(|s| s.finished) {
         it.slots
             .iter()
@@ -317,15 +313,15 @@ fn advance(
     it.improvable &= best_possible > worst;
     let full = it.slots.iter().all(|s| s.finished);
     it.done = !it.improvable
-        || (cfg.early_stopping == EarlyStopping::True && full)
+        || (cfg.early_stopping() == EarlyStopping::True && full)
         || hits.iter().all(|&h| h);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::tests::TableModel;
-    use crate::generate::{TokenEvent, decode};
+    use crate::generate::settings::GenerationConfig;
+    use crate::generate::test_util::{TableModel, resolved};
 
     fn lp(p: &[f32]) -> Vec<f32> {
         p.iter().map(|&v| v.ln()).collect()
@@ -338,73 +334,6 @@ mod tests {
         let s: f32 = r.iter().map(|v| v.exp()).sum();
         // f32 exp/ln: a few ulps.
         assert!((s - 1.0).abs() < 1e-6, "{s}");
-    }
-
-    /// A hand-checked search where greedy and beam search disagree: greedy takes token 1
-    /// (p 0.5) and then a flat tail; beam search finds 2 → eos with joint probability 0.4·0.9.
-    #[test]
-    fn beam_finds_the_better_joint_sequence() {
-        // vocab: 0 = eos, 1, 2, 3
-        let table = vec![
-            lp(&[0.25, 0.25, 0.25, 0.25]),
-            lp(&[0.3, 0.3, 0.2, 0.2]),
-            lp(&[0.9, 0.04, 0.03, 0.03]),
-            lp(&[0.25, 0.25, 0.25, 0.25]),
-        ];
-        let first = lp(&[0.05, 0.5, 0.4, 0.05]);
-        let cfg = GenerationConfig {
-            num_beams: 2,
-            max_new_tokens: 5,
-            ..Default::default()
-        };
-        let mut m = TableModel {
-            vocab: 4,
-            table: table.clone(),
-            rows: 1,
-            selects: vec![],
-        };
-        let mut ev: Vec<TokenEvent> = Vec::new();
-        let out = decode(
-            first.clone(),
-            vec![vec![3]],
-            &cfg,
-            &[0],
-            0,
-            &mut m,
-            &mut |e| ev.push(*e),
-        )
-        .unwrap();
-        assert_eq!(out.tokens, vec![vec![2, 0]]);
-        // Score = (ln 0.4 + ln 0.9) / 2; f32 log-softmax of exact logs: 1e-6.
-        let want = (0.4f32.ln() + 0.9f32.ln()) / 2.0;
-        assert!((out.scores[0].unwrap() - want).abs() < 1e-6);
-        // The first reorder expands prefill row 0 to both beams.
-        assert_eq!(m.selects[0], vec![0, 0]);
-        assert_eq!(
-            ev.iter().map(|e| e.token_id).collect::<Vec<_>>(),
-            vec![2, 0]
-        );
-        // Greedy on the same model goes 1 → (0.3 tie → first index) 0.
-        let mut m = TableModel {
-            vocab: 4,
-            table,
-            rows: 1,
-            selects: vec![],
-        };
-        let g = decode(
-            first,
-            vec![vec![3]],
-            &GenerationConfig {
-                max_new_tokens: 5,
-                ..Default::default()
-            },
-            &[0],
-            0,
-            &mut m,
-            &mut |_| {},
-        )
-        .unwrap();
-        assert_eq!(g.tokens, vec![vec![1, 0]]);
     }
 
     /// length_penalty and early_stopping change which finished hypothesis wins.
@@ -432,16 +361,7 @@ mod tests {
                 rows: 1,
                 selects: vec![],
             };
-            decode(
-                first.clone(),
-                vec![vec![2]],
-                &cfg,
-                &[0],
-                0,
-                &mut m,
-                &mut |_| {},
-            )
-            .unwrap()
+            beam_search(first.clone(), vec![vec![2]], &resolved(cfg, &[0]), &mut m).unwrap()
         };
         // lp 1: −0.703/2 = −0.351 beats −0.799.
         assert_eq!(run(1.0, EarlyStopping::False, 6).tokens[0], vec![1, 0]);
@@ -471,11 +391,14 @@ mod tests {
                 r
             })
             .collect();
-        let cfg = GenerationConfig {
-            num_beams: 3,
-            max_new_tokens: 8,
-            ..Default::default()
-        };
+        let cfg = resolved(
+            GenerationConfig {
+                num_beams: 3,
+                max_new_tokens: 8,
+                ..Default::default()
+            },
+            &[0],
+        );
         let single = |p: usize| {
             let mut m = TableModel {
                 vocab: v,
@@ -483,16 +406,7 @@ mod tests {
                 rows: 1,
                 selects: vec![],
             };
-            decode(
-                table[p].clone(),
-                vec![vec![p as u32]],
-                &cfg,
-                &[0],
-                0,
-                &mut m,
-                &mut |_| {},
-            )
-            .unwrap()
+            beam_search(table[p].clone(), vec![vec![p as u32]], &cfg, &mut m).unwrap()
         };
         let mut m = TableModel {
             vocab: v,
@@ -501,16 +415,7 @@ mod tests {
             selects: vec![],
         };
         let first = [table[1].clone(), table[2].clone(), table[4].clone()].concat();
-        let batch = decode(
-            first,
-            vec![vec![1], vec![2], vec![4]],
-            &cfg,
-            &[0],
-            0,
-            &mut m,
-            &mut |_| {},
-        )
-        .unwrap();
+        let batch = beam_search(first, vec![vec![1], vec![2], vec![4]], &cfg, &mut m).unwrap();
         for (r, p) in [1, 2, 4].into_iter().enumerate() {
             let s = single(p);
             assert_eq!(batch.tokens[r], s.tokens[0], "row {r}");
@@ -534,6 +439,7 @@ mod tests {
                 do_sample: true,
                 top_k: 0,
                 max_new_tokens: 10,
+                seed: Some(seed),
                 ..Default::default()
             };
             let mut m = TableModel {
@@ -542,14 +448,11 @@ mod tests {
                 rows: 1,
                 selects: vec![],
             };
-            decode(
+            beam_search(
                 table[3].clone(),
                 vec![vec![3]],
-                &cfg,
-                &[0],
-                seed,
+                &resolved(cfg, &[0]),
                 &mut m,
-                &mut |_| {},
             )
             .unwrap()
             .tokens

@@ -1,0 +1,157 @@
+//! The logits processors applied to each step's scores on the host, in the order
+//! `transformers` applies them, and the greedy choice.
+
+use super::settings::ResolvedGeneration;
+
+/// HF RepetitionPenaltyLogitsProcessor: every id already in `seen` (prompt included)
+/// gets score/p when positive, score·p when negative (each distinct id once).
+pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut done = std::collections::HashSet::with_capacity(seen.len());
+    for &id in seen {
+        let i = id as usize;
+        if i < logits.len() && done.insert(i) {
+            let s = logits[i];
+            logits[i] = if s < 0.0 { s * penalty } else { s / penalty };
+        }
+    }
+}
+
+/// HF NoRepeatNGramLogitsProcessor: a token that would complete an n-gram already present
+/// in `seen` (prompt included) becomes impossible.
+pub fn apply_no_repeat_ngram(logits: &mut [f32], seen: &[u32], n: usize) {
+    if n == 0 || seen.len() < n {
+        return;
+    }
+    let prefix = &seen[seen.len() + 1 - n..];
+    for w in seen.windows(n) {
+        if &w[..n - 1] == prefix
+            && let Some(l) = logits.get_mut(w[n - 1] as usize)
+        {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// HF MinNewTokensLengthLogitsProcessor: eos is impossible before `min_new_tokens`.
+pub fn apply_min_new_tokens(
+    logits: &mut [f32],
+    new_tokens: usize,
+    min_new_tokens: usize,
+    eos: &[u32],
+) {
+    if new_tokens < min_new_tokens {
+        for &e in eos {
+            if let Some(l) = logits.get_mut(e as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// The logits processors HF builds for these settings, in HF's order: repetition penalty,
+/// n-gram ban, min_new_tokens. `seen` is the row's HF `input_ids` (for decoder-only
+/// models the prompt, image and padding ids included); `new_tokens` how many it has made.
+pub fn apply_processors(
+    logits: &mut [f32],
+    seen: &[u32],
+    new_tokens: usize,
+    cfg: &ResolvedGeneration,
+) {
+    apply_repetition_penalty(logits, seen, cfg.repetition_penalty());
+    apply_no_repeat_ngram(logits, seen, cfg.no_repeat_ngram_size());
+    apply_min_new_tokens(
+        logits,
+        new_tokens,
+        cfg.min_new_tokens(),
+        cfg.eos_token_ids(),
+    );
+}
+
+/// First index of the maximum (torch.argmax's tie rule); NaN never wins.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    let mut bv = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > bv {
+            bv = v;
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// One greedy choice after the processors.
+pub fn greedy_step(
+    logits: &mut [f32],
+    seen: &[u32],
+    new_tokens: usize,
+    cfg: &ResolvedGeneration,
+) -> u32 {
+    apply_processors(logits, seen, new_tokens, cfg);
+    argmax(logits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::settings::GenerationConfig;
+    use crate::generate::test_util::resolved;
+
+    #[test]
+    fn repetition_penalty_follows_hf_signs() {
+        let mut l = vec![2.0, -2.0, 1.0];
+        apply_repetition_penalty(&mut l, &[0, 1, 1], 2.0);
+        assert_eq!(l, vec![1.0, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn min_new_tokens_blocks_eos() {
+        let cfg = resolved(
+            GenerationConfig {
+                min_new_tokens: 1,
+                ..Default::default()
+            },
+            &[1],
+        );
+        let mut l = vec![0.0, 5.0, 1.0];
+        assert_eq!(greedy_step(&mut l, &[], 0, &cfg), 2);
+        let mut l = vec![0.0, 5.0, 1.0];
+        assert_eq!(greedy_step(&mut l, &[], 1, &cfg), 1);
+    }
+
+    #[test]
+    fn no_repeat_ngram_bans_completions() {
+        // seen "1 2 3 1 2": the bigram ban (n=2) forbids what followed "2" before (3); the
+        // trigram ban forbids what followed "1 2" (3); unigram bans every seen id.
+        let seen = [1, 2, 3, 1, 2];
+        let mut l = vec![0.0; 5];
+        apply_no_repeat_ngram(&mut l, &seen, 2);
+        assert_eq!(l, vec![0.0, 0.0, 0.0, f32::NEG_INFINITY, 0.0]);
+        let mut l = vec![0.0; 5];
+        apply_no_repeat_ngram(&mut l, &seen, 3);
+        assert_eq!(l, vec![0.0, 0.0, 0.0, f32::NEG_INFINITY, 0.0]);
+        let mut l = vec![0.0; 5];
+        apply_no_repeat_ngram(&mut l, &seen, 1);
+        assert_eq!(
+            l,
+            vec![
+                0.0,
+                f32::NEG_INFINITY,
+                f32::NEG_INFINITY,
+                f32::NEG_INFINITY,
+                0.0
+            ]
+        );
+        // Shorter than n: nothing to ban.
+        let mut l = vec![0.0; 5];
+        apply_no_repeat_ngram(&mut l, &[1, 2], 3);
+        assert!(l.iter().all(|&v| v == 0.0));
+        // "2 2": the last bigram "2 2" (window 1..3) ends in 2 and starts with the prefix 2.
+        let mut l = vec![0.0; 5];
+        apply_no_repeat_ngram(&mut l, &[2, 2], 2);
+        assert_eq!(l[2], f32::NEG_INFINITY);
+    }
+}
