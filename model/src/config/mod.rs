@@ -1,10 +1,10 @@
 //! Hugging Face configuration files, split by job:
-//! - [`schema`]: `config.json` (`Blip2ForConditionalGeneration` / `Blip2ForImageTextRetrieval`)
+//! - `schema`: `config.json` (`Blip2ForConditionalGeneration` / `Blip2ForImageTextRetrieval`)
 //!   and transformers' defaults for every absent key; the language model's half is parsed by
-//!   its family in [`crate::lm`];
-//! - [`processor`]: the image-processor settings;
-//! - [`presets`]: configs at the published sizes for random-weight benchmarks;
-//! - [`validate`]: invariants checked once at parse time;
+//!   its family in `crate::lm`;
+//! - `processor`: the image-processor settings;
+//! - `presets`: configs at the published sizes for random-weight benchmarks;
+//! - `validate`: invariants checked once at parse time;
 //! - `json`: the typed JSON reader whose errors name the file and the dotted key
 //!   (`config.json: key 'text_config.d_model': expected an unsigned integer, found "abc"`).
 
