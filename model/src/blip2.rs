@@ -142,16 +142,6 @@ impl Blip2 {
         self.image.device()
     }
 
-    /// The shared image half (preprocessing, ViT, Q-Former).
-    pub fn image_encoder(&self) -> &ImageEncoder {
-        &self.image
-    }
-
-    /// The language model, of whichever family the checkpoint names.
-    pub fn language_model(&self) -> &dyn LanguageModel {
-        &*self.lm
-    }
-
     /// Preprocesses the images and runs ViT, Q-Former and the projection.
     pub fn image_features(&self, images: &[&DynamicImage]) -> Result<ImageFeatures> {
         let (projected, t) = self

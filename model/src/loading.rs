@@ -48,11 +48,10 @@ pub enum Source<'a> {
     Random { config: Blip2Config, seed: u64 },
 }
 
-/// A checkpoint's files, opened and parsed (the weights memory-mapped, not yet read).
+/// A checkpoint's files, opened and parsed: what a model keeps, and its weights
+/// (memory-mapped, not yet read).
 pub struct CheckpointFiles {
-    pub config: Blip2Config,
-    pub image_config: ImageProcessorConfig,
-    pub tokenizer: Blip2Tokenizer,
+    pub files: ModelFiles,
     pub checkpoint: Checkpoint,
 }
 
@@ -68,21 +67,25 @@ impl Source<'_> {
     pub fn open(self) -> Result<CheckpointFiles> {
         match self {
             Source::Dir(dir) => Ok(CheckpointFiles {
-                config: Blip2Config::from_dir(dir)?,
-                image_config: ProcessorConfig::from_dir(dir)?.image,
-                tokenizer: Blip2Tokenizer::from_dir(dir)?,
+                files: ModelFiles {
+                    config: Blip2Config::from_dir(dir)?,
+                    image_config: ProcessorConfig::from_dir(dir)?.image,
+                    tokenizer: Blip2Tokenizer::from_dir(dir)?,
+                },
                 checkpoint: Checkpoint::open(dir)?,
             }),
             Source::Embedded(files) => open_embedded(files),
             Source::Random { config, seed } => {
                 let size = config.vision_config.image_size;
                 Ok(CheckpointFiles {
-                    image_config: ImageProcessorConfig {
-                        size: (size, size),
-                        ..Default::default()
+                    files: ModelFiles {
+                        image_config: ImageProcessorConfig {
+                            size: (size, size),
+                            ..Default::default()
+                        },
+                        tokenizer: crate::random::synthetic_tokenizer(&config)?,
+                        config,
                     },
-                    tokenizer: crate::random::synthetic_tokenizer(&config)?,
-                    config,
                     checkpoint: Checkpoint::random(seed),
                 })
             }
@@ -111,9 +114,11 @@ fn open_embedded(files: &EmbeddedCheckpoint) -> Result<CheckpointFiles> {
         None,
     )?;
     Ok(CheckpointFiles {
-        config: files.config()?,
-        image_config,
-        tokenizer,
+        files: ModelFiles {
+            config: files.config()?,
+            image_config,
+            tokenizer,
+        },
         checkpoint: Checkpoint::from_static(
             &dir.join("model.safetensors").to_string_lossy(),
             files.weights,
@@ -130,21 +135,11 @@ pub fn load<T>(
     build: impl FnOnce(ModelFiles, &WeightLoader) -> Result<T>,
 ) -> Result<(T, Duration)> {
     let t0 = Instant::now();
-    let CheckpointFiles {
-        config,
-        image_config,
-        tokenizer,
-        checkpoint,
-    } = source.open()?;
+    let CheckpointFiles { files, checkpoint } = source.open()?;
     let mut vb = WeightLoader::new(&checkpoint, &opts.device, opts.dtype);
     if let Some(p) = opts.progress {
         vb = vb.with_progress(p);
     }
-    let files = ModelFiles {
-        config,
-        image_config,
-        tokenizer,
-    };
     let model = build(files, &vb)?;
     vb.finish()?;
     Ok((model, t0.elapsed()))

@@ -260,11 +260,6 @@ impl Blip2Retrieval {
     pub fn device(&self) -> &Device {
         self.image.device()
     }
-
-    /// The shared image half (preprocessing, ViT, Q-Former).
-    pub fn image_encoder(&self) -> &ImageEncoder {
-        &self.image
-    }
     pub fn num_query_tokens(&self) -> usize {
         self.config.num_query_tokens
     }

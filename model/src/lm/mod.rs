@@ -147,7 +147,6 @@ pub struct Prefill<'a> {
 
 /// A language model of any family, as the BLIP-2 pipeline uses it.
 pub trait LanguageModel: Send + Sync {
-    fn model_type(&self) -> &'static str;
     /// Width of the token embeddings (the projection's output).
     fn hidden_size(&self) -> usize;
     fn vocab_size(&self) -> usize;

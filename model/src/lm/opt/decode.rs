@@ -12,9 +12,6 @@ use crate::lm::{LanguageModel, LmInput, Prefill};
 use crate::tokenizer::PaddingSide;
 
 impl LanguageModel for Opt {
-    fn model_type(&self) -> &'static str {
-        "opt"
-    }
     fn hidden_size(&self) -> usize {
         self.hidden
     }

@@ -11,9 +11,6 @@ use crate::lm::{LanguageModel, LmInput, Prefill};
 use crate::tokenizer::PaddingSide;
 
 impl LanguageModel for T5 {
-    fn model_type(&self) -> &'static str {
-        "t5"
-    }
     fn hidden_size(&self) -> usize {
         self.d_model
     }
