@@ -21,6 +21,8 @@ fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
             k::f16_to_f32(v, &mut out);
             Cow::Owned(out)
         }
+        // `ops` admits quantized tensors only as linear weights; dequantize defensively.
+        CpuStorage::Quant(q) => Cow::Owned(q.dequantize()),
     }
 }
 
@@ -28,6 +30,9 @@ fn b_slice(t: &Tensor) -> k::BSlice<'_> {
     match t.cpu_storage() {
         CpuStorage::F32(v) => k::BSlice::F32(v),
         CpuStorage::F16(v) => k::BSlice::F16(v),
+        CpuStorage::Quant(_) => {
+            unreachable!("ops::check_float keeps quantized tensors out of matmul")
+        }
     }
 }
 
@@ -39,6 +44,9 @@ fn output(data: Vec<f32>, shape: Vec<usize>, dtype: DType) -> Result<Tensor> {
             let mut h = vec![f16::ZERO; data.len()];
             k::f32_to_f16(&data, &mut h);
             Tensor::from_cpu(shape, CpuStorage::F16(h))
+        }
+        DType::Q8 | DType::Q4 => {
+            return Tensor::from_slice(&data, &shape, dtype, &crate::Device::Cpu);
         }
     })
 }
@@ -57,7 +65,10 @@ pub(crate) fn linear(
     let bias = b.map(f32_data);
     let mut c = vec![0f32; m * n];
     if m > 0 && n > 0 {
-        k::matmul(&xa, b_slice(w), bias.as_deref(), &mut c, m, kdim, n, true);
+        match w.cpu_storage() {
+            CpuStorage::Quant(q) => k::matmul_q(&xa, &q.matrix(), bias.as_deref(), &mut c, m),
+            _ => k::matmul(&xa, b_slice(w), bias.as_deref(), &mut c, m, kdim, n, true),
+        }
     }
     output(c, out_shape, x.dtype())
 }
@@ -209,6 +220,9 @@ pub(crate) fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Ten
         match table.cpu_storage() {
             CpuStorage::F32(v) => o.copy_from_slice(&v[r]),
             CpuStorage::F16(v) => k::f16_to_f32(&v[r], o),
+            CpuStorage::Quant(_) => {
+                unreachable!("ops::check_float admits quantized tensors only as linear weights")
+            }
         }
     }
     output(out, vec![ids.len(), d], dtype)
@@ -220,6 +234,9 @@ macro_rules! with_storage {
         match $t.cpu_storage() {
             CpuStorage::F32($v) => CpuStorage::F32($body),
             CpuStorage::F16($v) => CpuStorage::F16($body),
+            CpuStorage::Quant(_) => {
+                unreachable!("ops::check_float admits quantized tensors only as linear weights")
+            }
         }
     };
 }
@@ -243,14 +260,17 @@ pub(crate) fn concat(ts: &[&Tensor], axis: usize, out_shape: Vec<usize>) -> Resu
         CpuStorage::F32(_) => {
             CpuStorage::F32(concat_blocks(ts, axis, outer, inner, total, |s| match s {
                 CpuStorage::F32(v) => Some(v),
-                CpuStorage::F16(_) => None,
+                _ => None,
             })?)
         }
         CpuStorage::F16(_) => {
             CpuStorage::F16(concat_blocks(ts, axis, outer, inner, total, |s| match s {
                 CpuStorage::F16(v) => Some(v),
-                CpuStorage::F32(_) => None,
+                _ => None,
             })?)
+        }
+        CpuStorage::Quant(_) => {
+            unreachable!("ops::check_float admits quantized tensors only as linear weights")
         }
     };
     Ok(Tensor::from_cpu(out_shape, storage))
@@ -419,6 +439,9 @@ fn filled_rows_f32(
         match t.cpu_storage() {
             CpuStorage::F32(v) => o.copy_from_slice(&v[src]),
             CpuStorage::F16(v) => k::f16_to_f32(&v[src], o),
+            CpuStorage::Quant(_) => {
+                unreachable!("ops::check_float admits quantized tensors only as linear weights")
+            }
         }
     }
     Cow::Owned(out)

@@ -1,17 +1,59 @@
 use std::fmt;
 
+pub use blip2_kernels::QFormat;
+
 /// Storage dtype of a tensor. Arithmetic always accumulates in f32.
+///
+/// `Q8` and `Q4` are block-quantized weight matrices (32 values per block with an f16 scale;
+/// layout in `docs/quantization.md`): they are accepted as the weight of [`crate::ops::linear`]
+/// and by [`crate::ops::cast`] / [`crate::Tensor::to_vec_f32`], and rejected with
+/// [`crate::Error::DType`] by every other op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     F16,
+    Q8,
+    Q4,
 }
 
 impl DType {
+    /// Bytes per element of a float dtype. Quantized dtypes have no per-element size (a
+    /// block of 32 shares its scale): this returns their per-value byte count rounded up (1),
+    /// and [`crate::Tensor::size_in_bytes`] gives exact sizes.
     pub fn size_of(self) -> usize {
         match self {
             DType::F32 => 4,
             DType::F16 => 2,
+            DType::Q8 | DType::Q4 => 1,
+        }
+    }
+
+    /// The block format of a quantized dtype.
+    pub fn quant_format(self) -> Option<QFormat> {
+        match self {
+            DType::Q8 => Some(QFormat::Q8),
+            DType::Q4 => Some(QFormat::Q4),
+            DType::F32 | DType::F16 => None,
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        self.quant_format().is_some()
+    }
+
+    /// The dtype of a block format.
+    pub fn from_format(f: QFormat) -> DType {
+        match f {
+            QFormat::Q8 => DType::Q8,
+            QFormat::Q4 => DType::Q4,
+        }
+    }
+
+    /// Storage bits per weight (scales included for quantized dtypes).
+    pub fn bits_per_weight(self) -> f64 {
+        match self.quant_format() {
+            Some(f) => f.bits_per_weight(),
+            None => (self.size_of() * 8) as f64,
         }
     }
 }
@@ -21,6 +63,8 @@ impl fmt::Display for DType {
         f.write_str(match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
+            DType::Q8 => "q8",
+            DType::Q4 => "q4",
         })
     }
 }
@@ -28,11 +72,13 @@ impl fmt::Display for DType {
 impl std::str::FromStr for DType {
     type Err = crate::Error;
     fn from_str(s: &str) -> crate::Result<Self> {
-        match s {
+        match s.to_ascii_lowercase().as_str() {
             "f32" | "float32" => Ok(DType::F32),
             "f16" | "float16" => Ok(DType::F16),
+            "q8" | "q8_0" => Ok(DType::Q8),
+            "q4" | "q4_0" => Ok(DType::Q4),
             _ => Err(crate::Error::Invalid(format!(
-                "unknown dtype '{s}' (expected f32 or f16)"
+                "unknown dtype '{s}' (expected f32, f16, q8 or q4)"
             ))),
         }
     }

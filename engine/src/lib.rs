@@ -11,12 +11,14 @@ mod dtype;
 mod error;
 pub mod gpu;
 pub mod ops;
+mod quant;
 mod tensor;
 #[doc(hidden)]
 pub mod testing;
 
 pub use device::{Device, DeviceInfo};
-pub use dtype::{DType, StoredDType};
+pub use dtype::{DType, QFormat, StoredDType};
 pub use error::{Error, Result};
 pub use ops::AttnOpts;
+pub use quant::QuantBytes;
 pub use tensor::Tensor;

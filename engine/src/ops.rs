@@ -32,6 +32,21 @@ fn check_f32(op: &'static str, operand: &'static str, t: &Tensor) -> Result<()> 
     Ok(())
 }
 
+/// Quantized tensors are linear weights only: every other operand must be f32 or f16.
+fn check_float(op: &'static str, operands: &[(&'static str, &Tensor)]) -> Result<()> {
+    for &(operand, t) in operands {
+        if t.dtype().is_quantized() {
+            return Err(Error::DType {
+                op,
+                operand,
+                expected: "f32 or f16 (quantized tensors are linear weights only)",
+                found: t.dtype(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_rank_min(op: &'static str, operand: &str, t: &Tensor, min: usize) -> Result<()> {
     if t.rank() < min {
         return Err(Error::shape(
@@ -65,6 +80,10 @@ fn last(t: &Tensor) -> usize {
 /// `x · wᵀ + b`: x `[.., K]`, w `[N, K]` (nn.Linear layout), b `[N]` -> `[.., N]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     const OP: &str = "linear";
+    check_float(OP, &[("x", x)])?;
+    if let Some(b) = b {
+        check_float(OP, &[("bias", b)])?;
+    }
     check_device(OP, x, w)?;
     check_rank_min(OP, "x", x, 1)?;
     if w.rank() != 2 || w.dim(1) != last(x) {
@@ -96,6 +115,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// Leading (batch) dims must be equal, or b may be rank 2 and shared by every batch.
 pub fn matmul(a: &Tensor, b: &Tensor, b_trans: bool) -> Result<Tensor> {
     const OP: &str = "matmul";
+    check_float(OP, &[("a", a), ("b", b)])?;
     check_device(OP, a, b)?;
     check_rank_min(OP, "a", a, 2)?;
     check_rank_min(OP, "b", b, 2)?;
@@ -148,6 +168,7 @@ fn check_norm_param(op: &'static str, operand: &str, x: &Tensor, p: &Tensor) -> 
 /// LayerNorm over the last dim: (x - mean) / sqrt(var + eps) * w + b.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
     const OP: &str = "layer_norm";
+    check_float(OP, &[("x", x), ("weight", w), ("bias", b)])?;
     check_rank_min(OP, "x", x, 1)?;
     check_norm_param(OP, "weight", x, w)?;
     check_norm_param(OP, "bias", x, b)?;
@@ -160,6 +181,7 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor
 /// RMSNorm over the last dim as T5 does it: x * rsqrt(mean(x²) + eps) * w (variance in f32).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     const OP: &str = "rms_norm";
+    check_float(OP, &[("x", x), ("weight", w)])?;
     check_rank_min(OP, "x", x, 1)?;
     check_norm_param(OP, "weight", x, w)?;
     match x.device() {
@@ -208,6 +230,7 @@ fn broadcast_strides(op: &'static str, x: &Tensor, mask: &Tensor) -> Result<Vec<
 /// Rows whose entries are all masked with `f32::MIN` give uniform weights, not NaN.
 pub fn softmax(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     const OP: &str = "softmax";
+    check_float(OP, &[("x", x)])?;
     check_rank_min(OP, "x", x, 1)?;
     let strides = match mask {
         Some(m) => {
@@ -224,6 +247,7 @@ pub fn softmax(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
 }
 
 pub fn unary(x: &Tensor, f: Unary) -> Result<Tensor> {
+    check_float("unary", &[("x", x)])?;
     match x.device() {
         Device::Cpu => cpu::unary(x, f),
         Device::Gpu(g) => gpu::ops::unary(g, x, f),
@@ -246,6 +270,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// a bias row `[C]`, position embeddings `[L, C]` against `[B, L, C]`).
 pub fn binary(a: &Tensor, b: &Tensor, f: Binary) -> Result<Tensor> {
     const OP: &str = "add/mul";
+    check_float(OP, &[("a", a), ("b", b)])?;
     check_device(OP, a, b)?;
     if b.rank() > a.rank() || a.shape()[a.rank() - b.rank()..] != *b.shape() || b.elem_count() == 0
     {
@@ -270,6 +295,7 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `x * s`.
 pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
+    check_float("scale", &[("x", x)])?;
     match x.device() {
         Device::Cpu => cpu::scale(x, s),
         Device::Gpu(g) => gpu::ops::scale(g, x, s),
@@ -279,6 +305,7 @@ pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
 /// Rows of `table` `[V, D]` picked by `ids` -> `[ids.len(), D]` in `dtype`.
 pub fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Tensor> {
     const OP: &str = "embedding";
+    check_float(OP, &[("table", table)])?;
     if table.rank() != 2 {
         return Err(Error::shape(
             OP,
@@ -302,6 +329,7 @@ pub fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Tensor> {
 /// are. The identity selection returns a clone sharing x's storage.
 pub fn gather_rows(x: &Tensor, rows: &[usize]) -> Result<Tensor> {
     const OP: &str = "gather_rows";
+    check_float(OP, &[("x", x)])?;
     check_rank_min(OP, "x", x, 1)?;
     let n = x.dim(0);
     if let Some((pos, &bad)) = rows.iter().enumerate().find(|&(_, &r)| r >= n) {
@@ -355,6 +383,7 @@ pub fn concat(ts: &[&Tensor], axis: usize) -> Result<Tensor> {
     let first = ts
         .first()
         .ok_or_else(|| Error::Invalid("concat of zero tensors".into()))?;
+    check_float(OP, &[("input", first)])?;
     check_axis(OP, first, axis)?;
     let mut total = 0;
     for t in ts {
@@ -392,6 +421,7 @@ pub fn concat(ts: &[&Tensor], axis: usize) -> Result<Tensor> {
 /// Copy of `len` entries starting at `start` along `axis`.
 pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
     const OP: &str = "narrow";
+    check_float(OP, &[("x", x)])?;
     check_axis(OP, x, axis)?;
     if start + len > x.dim(axis) {
         return Err(Error::shape(
@@ -415,6 +445,7 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
 /// reallocation). Shapes must agree outside `axis`.
 pub fn write_at(dst: &mut Tensor, src: &Tensor, axis: usize, offset: usize) -> Result<()> {
     const OP: &str = "write_at";
+    check_float(OP, &[("dst", dst), ("src", src)])?;
     check_device(OP, dst, src)?;
     check_axis(OP, dst, axis)?;
     let fits = src.rank() == dst.rank()
@@ -447,6 +478,7 @@ pub fn write_at(dst: &mut Tensor, src: &Tensor, axis: usize, offset: usize) -> R
 /// `[B, L, H·d]` -> `[B, H, L, d]`.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     const OP: &str = "split_heads";
+    check_float(OP, &[("x", x)])?;
     if x.rank() != 3 || heads == 0 || !x.dim(2).is_multiple_of(heads) {
         return Err(Error::shape(
             OP,
@@ -460,6 +492,7 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 /// `[B, H, L, d]` -> `[B, L, H·d]`.
 pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     const OP: &str = "merge_heads";
+    check_float(OP, &[("x", x)])?;
     if x.rank() != 4 {
         return Err(Error::shape(
             OP,
@@ -483,6 +516,7 @@ fn permute_0213(x: &Tensor, dims: [usize; 4]) -> Result<Tensor> {
 /// softmax(q·kᵀ·scale + bias + mask) · v over the first `kv_len` keys.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<Tensor> {
     const OP: &str = "attention";
+    check_float(OP, &[("q", q), ("k", k), ("v", v)])?;
     check_device(OP, q, k)?;
     check_device(OP, q, v)?;
     if q.rank() != 4 || k.rank() != 4 || k.shape() != v.shape() {
@@ -570,6 +604,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<
 /// in row-major patch order, as ViT flattens the conv output.
 pub fn patch_embed(pixels: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     const OP: &str = "patch_embed";
+    check_float(OP, &[("pixels", pixels), ("weight", w), ("bias", b)])?;
     check_device(OP, pixels, w)?;
     check_device(OP, pixels, b)?;
     if pixels.rank() != 4 || w.rank() != 4 || w.dim(1) != pixels.dim(1) || w.dim(2) != w.dim(3) {
@@ -604,6 +639,11 @@ pub fn patch_embed(pixels: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     if x.dtype() == dtype {
         return Ok(x.clone());
+    }
+    if dtype.is_quantized() || x.dtype().is_quantized() {
+        // Quantizing and dequantizing happen on the host (load-time work, not a hot path).
+        let host = x.to_vec_f32()?;
+        return Tensor::from_slice(&host, x.shape(), dtype, x.device());
     }
     match x.device() {
         Device::Cpu => cpu::cast(x, dtype),

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use half::{bf16, f16};
 
 use crate::gpu::GpuStorage;
+use crate::quant::QuantData;
 use crate::{DType, Device, Error, Result, StoredDType};
 
 /// Host storage: contiguous, row-major.
@@ -10,6 +11,7 @@ use crate::{DType, Device, Error, Result, StoredDType};
 pub(crate) enum CpuStorage {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    Quant(QuantData),
 }
 
 #[derive(Clone)]
@@ -71,6 +73,7 @@ impl Tensor {
         let dtype = match storage {
             CpuStorage::F32(_) => DType::F32,
             CpuStorage::F16(_) => DType::F16,
+            CpuStorage::Quant(ref q) => DType::from_format(q.format),
         };
         Tensor::from_parts(shape, dtype, Device::Cpu, Storage::Cpu(Arc::new(storage)))
     }
@@ -98,7 +101,8 @@ impl Tensor {
         Self::upload(CpuStorage::F16(data), shape, device)
     }
 
-    /// A tensor of `dtype` from f32 host values (converted when `dtype` is F16).
+    /// A tensor of `dtype` from f32 host values (converted when `dtype` is F16, quantized
+    /// along the last dim when it is Q8/Q4).
     pub fn from_slice(
         data: &[f32],
         shape: &[usize],
@@ -106,6 +110,9 @@ impl Tensor {
         device: &Device,
     ) -> Result<Tensor> {
         Self::check_len("from_slice", data.len(), shape)?;
+        if dtype.is_quantized() {
+            return Tensor::quantize(data, shape, dtype, device);
+        }
         let storage = match dtype {
             DType::F32 => CpuStorage::F32(data.to_vec()),
             DType::F16 => {
@@ -113,6 +120,7 @@ impl Tensor {
                 blip2_kernels::f32_to_f16(data, &mut out);
                 CpuStorage::F16(out)
             }
+            DType::Q8 | DType::Q4 => unreachable!("quantized dtypes returned above"),
         };
         Self::upload(storage, shape, device)
     }
@@ -142,6 +150,14 @@ impl Tensor {
                 ),
             ));
         }
+        if dtype.is_quantized() {
+            let v = Self::from_bytes(bytes, stored, shape, DType::F32, &Device::Cpu)?;
+            let data = match v.cpu_storage() {
+                CpuStorage::F32(d) => d,
+                _ => unreachable!("converted to f32 just above"),
+            };
+            return Tensor::quantize(data, shape, dtype, device);
+        }
         let storage = match (stored, dtype) {
             (StoredDType::F32, DType::F32) => CpuStorage::F32(read_le(bytes, f32::from_le_bytes)),
             (StoredDType::F16, DType::F16) => {
@@ -165,13 +181,14 @@ impl Tensor {
                 blip2_kernels::bf16_to_f32(&v, &mut out);
                 match dtype {
                     DType::F32 => CpuStorage::F32(out),
-                    DType::F16 => {
+                    _ => {
                         let mut h = vec![f16::ZERO; n];
                         blip2_kernels::f32_to_f16(&out, &mut h);
                         CpuStorage::F16(h)
                     }
                 }
             }
+            (_, DType::Q8 | DType::Q4) => unreachable!("quantized dtypes returned above"),
         };
         Self::upload(storage, shape, device)
     }
@@ -180,9 +197,10 @@ impl Tensor {
         match device {
             Device::Cpu => Ok(Tensor::from_cpu(shape.to_vec(), storage)),
             Device::Gpu(g) => {
-                let (dtype, s) = match &storage {
-                    CpuStorage::F32(v) => (DType::F32, g.upload_f32(v)?),
-                    CpuStorage::F16(v) => (DType::F16, g.upload_f16(v)?),
+                let (dtype, s) = match storage {
+                    CpuStorage::F32(v) => (DType::F32, g.upload_f32(&v)?),
+                    CpuStorage::F16(v) => (DType::F16, g.upload_f16(&v)?),
+                    CpuStorage::Quant(q) => return Tensor::upload_quant(q, shape, device),
                 };
                 Ok(Tensor::from_parts(
                     shape.to_vec(),
@@ -197,12 +215,19 @@ impl Tensor {
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         let n = numel("zeros", shape)?;
+        if let Some(format) = dtype.quant_format() {
+            let cols = shape.last().copied().unwrap_or(1);
+            let rows = n.checked_div(cols).unwrap_or(0);
+            let q = QuantData::quantize(format, &vec![0.0; n], rows, cols);
+            return Tensor::upload_quant(q, shape, device);
+        }
         match device {
             Device::Cpu => Ok(Tensor::from_cpu(
                 shape.to_vec(),
                 match dtype {
                     DType::F32 => CpuStorage::F32(vec![0.0; n]),
                     DType::F16 => CpuStorage::F16(vec![f16::ZERO; n]),
+                    DType::Q8 | DType::Q4 => unreachable!("quantized dtypes returned above"),
                 },
             )),
             Device::Gpu(g) => Ok(Tensor::from_parts(
@@ -240,8 +265,16 @@ impl Tensor {
         &self.device
     }
 
+    /// Bytes of storage (quantized: quants plus scales).
     pub fn size_in_bytes(&self) -> usize {
-        self.elem_count() * self.dtype.size_of()
+        match self.dtype.quant_format() {
+            Some(f) => {
+                let cols = self.shape.last().copied().unwrap_or(1);
+                let rows = self.elem_count().checked_div(cols).unwrap_or(0);
+                rows * (f.row_bytes(cols) + 2 * blip2_kernels::QFormat::row_blocks(cols))
+            }
+            None => self.elem_count() * self.dtype.size_of(),
+        }
     }
 
     /// Same data, new shape (no copy).
@@ -267,7 +300,9 @@ impl Tensor {
                     blip2_kernels::f16_to_f32(v, &mut out);
                     out
                 }
+                CpuStorage::Quant(q) => q.dequantize(),
             }),
+            Storage::Gpu(_) if self.dtype.is_quantized() => Ok(self.quant_data()?.dequantize()),
             Storage::Gpu(s) => match &self.device {
                 Device::Gpu(g) => g.download_f32(s, self.dtype, self.elem_count()),
                 Device::Cpu => Err(Error::Invalid("GPU storage on a CPU tensor".into())),
@@ -279,6 +314,9 @@ impl Tensor {
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         if self.device.same(device) {
             return Ok(self.clone());
+        }
+        if self.dtype.is_quantized() {
+            return Tensor::upload_quant(self.quant_data()?, &self.shape, device);
         }
         let host = self.to_vec_f32()?;
         Tensor::from_slice(&host, &self.shape, self.dtype, device)

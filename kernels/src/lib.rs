@@ -16,9 +16,12 @@ mod isa;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod norm;
+mod quant;
 mod vmath;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_quant;
 
 pub use attention::{AttnParams, attention, attention_with};
 pub use convert::{
@@ -34,3 +37,7 @@ pub use gemm::{BSlice, batched_matmul, batched_matmul_with, matmul, matmul_with}
 pub use im2col::im2col_patches;
 pub use isa::{Isa, best_isa, isa, supported_isas};
 pub use norm::{layer_norm, layer_norm_with, rms_norm, rms_norm_with};
+pub use quant::{
+    QBLOCK, QFormat, QMatrix, dequantize, dequantize_row, matmul_q, matmul_q_with, quantize_row,
+    quantize_rows,
+};

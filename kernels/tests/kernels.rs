@@ -794,3 +794,128 @@ fn isa_selection() {
     assert_eq!(supported_isas().first().copied(), Some(best_isa()));
     eprintln!("supported: {:?}, default: {}", supported_isas(), isa());
 }
+
+/// Dequantized weights `[n, k]` of a quantized matrix, read back through the portable path.
+fn dequant_all(fmt: QFormat, qs: &[u8], sc: &[f16], n: usize, k: usize) -> Vec<f32> {
+    let w = QMatrix {
+        format: fmt,
+        rows: n,
+        cols: k,
+        qs,
+        scales: sc,
+    };
+    let mut out = vec![0f32; n * k];
+    dequantize(&w, &mut out);
+    // The SIMD dequantizer (used by `dequantize`) must equal the portable one exactly.
+    let (rb, nb) = (fmt.row_bytes(k), QFormat::row_blocks(k));
+    for j in 0..n {
+        let mut r = vec![0f32; k];
+        dequantize_row(
+            fmt,
+            &qs[j * rb..(j + 1) * rb],
+            &sc[j * nb..(j + 1) * nb],
+            &mut r,
+        );
+        assert_eq!(
+            r,
+            out[j * k..(j + 1) * k],
+            "{fmt:?} row {j}: SIMD dequantize differs"
+        );
+    }
+    out
+}
+
+#[test]
+fn quantize_round_trip_error_bounds() {
+    // Per element |x − deq(x)| ≤ d/2 (round to nearest) plus the f16 rounding of d itself,
+    // which moves every value by ≤ |q|·|d − d16| ≤ amax·2⁻¹¹: bound (0.5 + 2⁻¹¹·qmax)·d.
+    // q4's largest-magnitude value maps exactly to q = 0 (−8·d = m) up to that d rounding.
+    let mut rng = Rng::new(7);
+    for &k in &[1usize, 31, 32, 33, 100, 257] {
+        let n = 5;
+        let mut x = rng.vec(n * k, -2.0, 2.0);
+        x[0] = 0.0; // a zero block stays zero
+        if k > 40 {
+            x[k..k + 32].iter_mut().for_each(|v| *v = 0.0);
+        }
+        for fmt in [QFormat::Q8, QFormat::Q4] {
+            let mut qs = vec![0u8; n * fmt.row_bytes(k)];
+            let mut sc = vec![f16::ZERO; n * QFormat::row_blocks(k)];
+            quantize_rows(fmt, &x, n, k, &mut qs, &mut sc);
+            let y = dequant_all(fmt, &qs, &sc, n, k);
+            let qmax = if fmt == QFormat::Q8 { 127.0 } else { 8.0 };
+            // q4 stores q − 8 in [−8, 7]: values of the opposite sign to the largest one
+            // clamp at 7·d, so its rounding error reaches a whole step d (Q4_0 behaviour).
+            let step = if fmt == QFormat::Q8 { 0.5 } else { 1.0 };
+            for j in 0..n {
+                for (b, blk) in x[j * k..(j + 1) * k].chunks(QBLOCK).enumerate() {
+                    let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                    let d = amax / qmax;
+                    for (i, &v) in blk.iter().enumerate() {
+                        let got = y[j * k + b * QBLOCK + i] as f64;
+                        let e = (got - v as f64).abs();
+                        let bound = (step + qmax / 2048.0) * d * 1.0001 + 1e-12;
+                        assert!(
+                            e <= bound,
+                            "{fmt:?} k={k} row {j} block {b} elem {i}: {v} -> {got} (err {e:e} > {bound:e})"
+                        );
+                    }
+                }
+            }
+            // The zero block (and the zero element) dequantize to exactly zero.
+            assert_eq!(y[0], 0.0);
+            if k > 40 {
+                assert!(y[k..k + 32].iter().all(|&v| v == 0.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_matmul_all_isas_odd_sizes() {
+    // C = A·deq(W)ᵀ + bias against f64 on the dequantized weights: the quantized kernels must
+    // do exactly the dequantized math, so the same rigorous f32-accumulation bound as the
+    // float matmul applies (γ_{k+2}·Σ|a·w|, plus one rounding of the per-block scale multiply
+    // per block, covered by using γ_{k+2+blocks}). Sizes: K not a multiple of 32 (tail block),
+    // N not a multiple of the 4-row blocking, M = 1 (GEMV), M ≤ 4 (small-M) and M > 4 (the
+    // dequantize-and-pack path), N past one 64-row dequantization block.
+    let shapes = [
+        (1, 1, 1),
+        (1, 33, 5),
+        (1, 1408, 67),
+        (3, 100, 9),
+        (4, 257, 130),
+        (5, 31, 7),
+        (17, 64, 65),
+        (40, 300, 129),
+    ];
+    let mut rng = Rng::new(11);
+    for (si, &(m, k, n)) in shapes.iter().enumerate() {
+        let a = rng.vec(m * k, -1.0, 1.0);
+        let w = rng.vec(n * k, -1.0, 1.0);
+        let bias = rng.vec(n, -1.0, 1.0);
+        for fmt in [QFormat::Q8, QFormat::Q4] {
+            let mut qs = vec![0u8; n * fmt.row_bytes(k)];
+            let mut sc = vec![f16::ZERO; n * QFormat::row_blocks(k)];
+            quantize_rows(fmt, &w, n, k, &mut qs, &mut sc);
+            let wd = dequant_all(fmt, &qs, &sc, n, k);
+            let qm = QMatrix {
+                format: fmt,
+                rows: n,
+                cols: k,
+                qs: &qs,
+                scales: &sc,
+            };
+            let bias_opt = si.is_multiple_of(2).then_some(&bias[..]);
+            let (r, abs) = matmul_ref(&a, &wd, bias_opt, m, k, n, true);
+            for isa in isas() {
+                for threads in [1, 0] {
+                    let mut c = vec![f32::NAN; m * n];
+                    matmul_q_with(isa, threads, &a, &qm, bias_opt, &mut c, m);
+                    let what = format!("{fmt:?} {isa} t={threads} m={m} k={k} n={n}");
+                    check_matmul(&what, &c, &r, &abs, k + 2 + QFormat::row_blocks(k));
+                }
+            }
+        }
+    }
+}

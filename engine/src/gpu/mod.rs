@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 pub use config::GpuOptions;
 pub(crate) use runtime::{Bind, Recorder};
 
-use crate::{DType, DeviceInfo, Error, Result};
+use crate::{DType, DeviceInfo, Error, QFormat, Result};
 use pool::Pool;
 
 /// A tensor's GPU buffer. Clones share it; when the last clone drops, the buffer returns to
@@ -98,6 +98,12 @@ pub(crate) struct ErrorSink {
 /// Rounds `v` up to a multiple of `a` (a > 0).
 pub(crate) fn round_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
+}
+
+/// Byte offset of the scales in a quantized matrix's buffer: after `qs_len` bytes of quants,
+/// rounded up to the storage-binding offset alignment.
+pub(crate) fn quant_scales_offset(qs_len: usize, align: u32) -> usize {
+    round_up(qs_len as u64, align.max(4) as u64) as usize
 }
 
 /// Bytes of `n` elements of `dtype` rounded up to whole words (f16 packs two per word).
@@ -394,6 +400,51 @@ impl GpuContext {
         self.upload_bytes(bytemuck::cast_slice(data))
     }
 
+    /// A quantized matrix in one buffer: the quants as packed words from byte 0, then the
+    /// f16 scales (two per word) from [`quant_scales_offset`], which is aligned for binding.
+    pub(crate) fn upload_quant(&self, q: &crate::quant::QuantData) -> Result<GpuStorage> {
+        let qs = q.qs.as_slice();
+        let off = quant_scales_offset(qs.len(), self.limits.min_storage_buffer_offset_alignment);
+        let mut bytes = Vec::with_capacity(off + 2 * q.scales.len());
+        bytes.extend_from_slice(qs);
+        bytes.resize(off, 0);
+        bytes.extend_from_slice(bytemuck::cast_slice(&q.scales));
+        self.upload_bytes(&bytes)
+    }
+
+    /// Reads a quantized matrix stored by [`Self::upload_quant`] back to the host.
+    pub(crate) fn download_quant(
+        &self,
+        s: &GpuStorage,
+        format: QFormat,
+        rows: usize,
+        cols: usize,
+    ) -> Result<crate::quant::QuantData> {
+        let qlen = rows * format.row_bytes(cols);
+        let nsc = rows * QFormat::row_blocks(cols);
+        let off = quant_scales_offset(qlen, self.limits.min_storage_buffer_offset_alignment);
+        // Read as f32 words (bit patterns), then split the bytes.
+        let words = self.download_words(s, (off + 2 * nsc).div_ceil(4))?;
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        let scales = bytes[off..off + 2 * nsc]
+            .chunks_exact(2)
+            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+            .collect();
+        Ok(crate::quant::QuantData {
+            format,
+            rows,
+            cols,
+            qs: crate::quant::QuantBytes::Owned(bytes[..qlen].to_vec()),
+            scales,
+        })
+    }
+
+    /// Reads `n` raw 32-bit words back.
+    fn download_words(&self, s: &GpuStorage, n: usize) -> Result<Vec<u32>> {
+        let v = self.download_f32(s, DType::F32, n)?;
+        Ok(v.into_iter().map(f32::to_bits).collect())
+    }
+
     pub(crate) fn upload_u32(&self, data: &[u32]) -> Result<GpuStorage> {
         self.upload_bytes(bytemuck::cast_slice(data))
     }
@@ -411,6 +462,11 @@ impl GpuContext {
     /// Reads `n` elements of `dtype` back as f32 (submits pending work and waits for it).
     /// The recorder is released while waiting, so other threads keep recording.
     pub(crate) fn download_f32(&self, s: &GpuStorage, dtype: DType, n: usize) -> Result<Vec<f32>> {
+        if dtype.is_quantized() {
+            return Err(Error::Invalid(
+                "download_f32 of quantized storage (use download_quant)".into(),
+            ));
+        }
         let bytes = data_bytes(n, dtype);
         if n == 0 {
             return Ok(Vec::new());
@@ -463,6 +519,7 @@ impl GpuContext {
                     blip2_kernels::f16_to_f32(&h, &mut out);
                     out
                 }
+                DType::Q8 | DType::Q4 => unreachable!("rejected at the top"),
             }
         };
         staging.unmap();

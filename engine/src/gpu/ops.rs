@@ -144,6 +144,14 @@ pub(crate) fn linear(
     if m == 0 || n == 0 {
         return Ok(tensor(g, out_shape, dt, g.zeros(0, dt)?));
     }
+    if w.dtype().is_quantized() {
+        return Err(Error::DType {
+            op: "linear",
+            operand: "weight",
+            expected: "f32 or f16 on the GPU backend (quantized GPU kernels pending)",
+            found: w.dtype(),
+        });
+    }
     let direct = n.is_multiple_of(2) || m == 1;
     let out = with_out_dtype(g, dt, direct, m * n, |odt| {
         linear_into(g, x, w, b, m, k, n, odt)

@@ -1,0 +1,499 @@
+//! Block-quantized weight matrices (`q8`, `q4`): the format, quantization and dequantization,
+//! and x·Wᵀ with a quantized W.
+//!
+//! A matrix is quantized row by row (W is `[rows, cols]`, nn.Linear layout, blocks run along
+//! `cols` = the dot-product axis). Each row is cut into blocks of [`QBLOCK`] = 32 values; a
+//! row whose length is not a multiple of 32 is zero-padded to whole blocks, so every row
+//! starts on a block. Each block has one f16 scale `d`:
+//!
+//! * `q8` (Q8_0-like): 32 signed bytes, value = d·q, d = max|x|/127, q = round(x/d) in
+//!   [-127, 127]. 34 bytes per 32 weights = 8.5 bits per weight.
+//! * `q4` (Q4_0-like): 16 bytes, byte i holds value i in its low nibble and value i+16 in its
+//!   high nibble, value = d·(q − 8), d = −m/8 where m is the value of largest magnitude (so
+//!   it maps exactly to q = 0), q = round(x/d) + 8 clamped to [0, 15]. 18 bytes per 32
+//!   weights = 4.5 bits per weight.
+//!
+//! Scales and quants are separate arrays (`scales[row·blocks + b]`, `qs[row·row_bytes + ..]`)
+//! so SIMD loads of the quants stay aligned to their block and the scales can be read as one
+//! f16 vector. `q` is computed from the f16-rounded scale, so dequantization reproduces
+//! exactly the values the rounding chose.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::gemm::{BPtr, MatB, gemm_serial, resolve_threads};
+use crate::{Isa, isa};
+
+/// Values per quantization block.
+pub const QBLOCK: usize = 32;
+
+/// A block-quantized format (see the module documentation for the layouts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QFormat {
+    /// 8-bit signed values, one f16 scale per 32.
+    Q8,
+    /// 4-bit values with offset 8, one f16 scale per 32.
+    Q4,
+}
+
+impl QFormat {
+    /// Bytes of quantized values per block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            QFormat::Q8 => QBLOCK,
+            QFormat::Q4 => QBLOCK / 2,
+        }
+    }
+
+    /// Blocks per row of `cols` values (the last one zero-padded).
+    pub const fn row_blocks(cols: usize) -> usize {
+        cols.div_ceil(QBLOCK)
+    }
+
+    /// Bytes of quantized values per row of `cols` values.
+    pub const fn row_bytes(self, cols: usize) -> usize {
+        Self::row_blocks(cols) * self.block_bytes()
+    }
+
+    /// Storage bits per weight, scales included (for a row length that is a multiple of 32).
+    pub const fn bits_per_weight(self) -> f64 {
+        ((self.block_bytes() + 2) * 8) as f64 / QBLOCK as f64
+    }
+
+    /// Lower-case name (`q8`, `q4`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            QFormat::Q8 => "q8",
+            QFormat::Q4 => "q4",
+        }
+    }
+}
+
+/// A borrowed quantized matrix `[rows, cols]`.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    pub format: QFormat,
+    pub rows: usize,
+    pub cols: usize,
+    /// `rows · format.row_bytes(cols)` bytes.
+    pub qs: &'a [u8],
+    /// `rows · row_blocks(cols)` scales.
+    pub scales: &'a [f16],
+}
+
+impl QMatrix<'_> {
+    /// Whether the arrays have the lengths the shape implies.
+    pub fn is_consistent(&self) -> bool {
+        self.rows.checked_mul(self.format.row_bytes(self.cols)) == Some(self.qs.len())
+            && self.rows.checked_mul(QFormat::row_blocks(self.cols)) == Some(self.scales.len())
+    }
+
+    fn row(&self, j: usize) -> (&[u8], &[f16]) {
+        let (rb, nb) = (
+            self.format.row_bytes(self.cols),
+            QFormat::row_blocks(self.cols),
+        );
+        (
+            &self.qs[j * rb..(j + 1) * rb],
+            &self.scales[j * nb..(j + 1) * nb],
+        )
+    }
+}
+
+/// The f16 scale of one block and, for it, the quantized bytes (`out`, block_bytes long).
+fn quantize_block(format: QFormat, x: &[f32], out: &mut [u8]) -> f16 {
+    // `x` may be shorter than a block (the row's tail); the rest counts as zeros.
+    match format {
+        QFormat::Q8 => {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = f16::from_f32(amax / 127.0);
+            let df = d.to_f32();
+            let inv = if df > 0.0 { 1.0 / df } else { 0.0 };
+            for (i, o) in out.iter_mut().enumerate() {
+                let v = x.get(i).copied().unwrap_or(0.0);
+                *o = ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8;
+            }
+            d
+        }
+        QFormat::Q4 => {
+            let m = x
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = f16::from_f32(m / -8.0);
+            let df = d.to_f32();
+            let inv = if df != 0.0 { 1.0 / df } else { 0.0 };
+            let q = |i: usize| {
+                let v = x.get(i).copied().unwrap_or(0.0);
+                ((v * inv).round() + 8.0).clamp(0.0, 15.0) as u8
+            };
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = q(i) | (q(i + QBLOCK / 2) << 4);
+            }
+            d
+        }
+    }
+}
+
+/// Quantizes one row of `cols = src.len()` values into `qs` (row_bytes) and `scales`
+/// (row_blocks).
+pub fn quantize_row(format: QFormat, src: &[f32], qs: &mut [u8], scales: &mut [f16]) {
+    let bb = format.block_bytes();
+    assert!(
+        qs.len() == format.row_bytes(src.len()) && scales.len() == QFormat::row_blocks(src.len()),
+        "quantize_row: output lengths"
+    );
+    for (b, (q, s)) in qs.chunks_exact_mut(bb).zip(scales.iter_mut()).enumerate() {
+        let x = &src[b * QBLOCK..((b + 1) * QBLOCK).min(src.len())];
+        *s = quantize_block(format, x, q);
+    }
+}
+
+/// Quantizes `src` `[rows, cols]` (parallel over rows) into `qs` and `scales` sized as
+/// [`QMatrix`] describes.
+pub fn quantize_rows(
+    format: QFormat,
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    qs: &mut [u8],
+    scales: &mut [f16],
+) {
+    let (rb, nb) = (format.row_bytes(cols), QFormat::row_blocks(cols));
+    assert!(
+        src.len() == rows * cols && qs.len() == rows * rb && scales.len() == rows * nb,
+        "quantize_rows: lengths"
+    );
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    qs.par_chunks_mut(rb)
+        .zip(scales.par_chunks_mut(nb))
+        .zip(src.par_chunks(cols))
+        .with_min_len(16)
+        .for_each(|((q, s), x)| quantize_row(format, x, q, s));
+}
+
+/// The value of element `i` of a block.
+#[inline(always)]
+fn block_value(format: QFormat, q: &[u8], d: f32, i: usize) -> f32 {
+    match format {
+        QFormat::Q8 => d * (q[i] as i8) as f32,
+        QFormat::Q4 => {
+            let h = QBLOCK / 2;
+            let nib = if i < h { q[i] & 15 } else { q[i - h] >> 4 };
+            d * (nib as i32 - 8) as f32
+        }
+    }
+}
+
+/// Dequantizes one row (`out.len()` = cols values) from its bytes and scales (portable).
+pub fn dequantize_row(format: QFormat, qs: &[u8], scales: &[f16], out: &mut [f32]) {
+    let bb = format.block_bytes();
+    for (b, chunk) in out.chunks_mut(QBLOCK).enumerate() {
+        let q = &qs[b * bb..(b + 1) * bb];
+        let d = scales[b].to_f32();
+        for (i, o) in chunk.iter_mut().enumerate() {
+            *o = block_value(format, q, d, i);
+        }
+    }
+}
+
+/// Dequantizes a whole matrix into `out` (`rows·cols` floats, row-major), parallel over rows.
+pub fn dequantize(w: &QMatrix, out: &mut [f32]) {
+    assert!(
+        w.is_consistent() && out.len() == w.rows * w.cols,
+        "dequantize: lengths"
+    );
+    if w.cols == 0 {
+        return;
+    }
+    out.par_chunks_mut(w.cols)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(j, o)| {
+            let (q, s) = w.row(j);
+            dequantize_row_isa(isa(), w.format, q, s, o);
+        });
+}
+
+/// [`dequantize_row`] on an instruction set (SIMD for whole blocks).
+fn dequantize_row_isa(isa: Isa, format: QFormat, qs: &[u8], scales: &[f16], out: &mut [f32]) {
+    let full = out.len() / QBLOCK;
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2Fma | Isa::Avx512) && full > 0 {
+        // SAFETY: the ISA is resolved (AVX2+FMA+F16C present); `full` whole blocks of bytes,
+        // scales and outputs exist (checked by the slicing below).
+        unsafe {
+            let (q, s, o) = (
+                &qs[..full * format.block_bytes()],
+                &scales[..full],
+                &mut out[..full * QBLOCK],
+            );
+            crate::x86_quant::dequant_avx2(format, full, q.as_ptr(), s.as_ptr(), o.as_mut_ptr());
+        }
+        let bb = format.block_bytes();
+        return dequantize_row(
+            format,
+            &qs[full * bb..],
+            &scales[full..],
+            &mut out[full * QBLOCK..],
+        );
+    }
+    let _ = (isa, full);
+    dequantize_row(format, qs, scales, out)
+}
+
+/// out[j] = Σ_p a[p]·W[j, p] for `n` rows of W starting at row `j0` (portable).
+fn dot_rows_portable(a: &[f32], w: &QMatrix, j0: usize, out: &mut [f32]) {
+    let mut row = [0f32; QBLOCK];
+    let bb = w.format.block_bytes();
+    for (jj, o) in out.iter_mut().enumerate() {
+        let (q, s) = w.row(j0 + jj);
+        let mut acc = 0f32;
+        for (b, ab) in a.chunks(QBLOCK).enumerate() {
+            dequantize_row(
+                w.format,
+                &q[b * bb..(b + 1) * bb],
+                &s[b..b + 1],
+                &mut row[..ab.len()],
+            );
+            // Per-block partial sums, as the SIMD paths do (keeps the rounding comparable).
+            let mut part = 0f32;
+            for (x, y) in ab.iter().zip(&row) {
+                part += x * y;
+            }
+            acc += part;
+        }
+        *o = acc;
+    }
+}
+
+/// out[j] = Σ_p a[p]·W[j0 + j, p] for j < out.len(), on `isa`.
+fn dot_rows(isa: Isa, a: &[f32], w: &QMatrix, j0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (rb, nb) = (w.format.row_bytes(w.cols), QFormat::row_blocks(w.cols));
+        let n = out.len();
+        assert!(j0 + n <= w.rows && a.len() == w.cols);
+        // SAFETY: rows j0..j0+n exist (asserted); the ISA is resolved; the kernels read
+        // `cols` values of `a`, whole blocks of each row and write n outputs.
+        unsafe {
+            let qs = w.qs.as_ptr().add(j0 * rb);
+            let sc = w.scales.as_ptr().add(j0 * nb);
+            match isa {
+                Isa::Avx512 => {
+                    return crate::x86_quant::dot_rows_avx512(
+                        w.format,
+                        w.cols,
+                        a.as_ptr(),
+                        qs,
+                        sc,
+                        n,
+                        out.as_mut_ptr(),
+                    );
+                }
+                Isa::Avx2Fma => {
+                    return crate::x86_quant::dot_rows_avx2(
+                        w.format,
+                        w.cols,
+                        a.as_ptr(),
+                        qs,
+                        sc,
+                        n,
+                        out.as_mut_ptr(),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = isa;
+    dot_rows_portable(a, w, j0, out)
+}
+
+/// At or below this many rows of A, x·Wᵀ dots A rows with W rows dequantized in registers
+/// (W streamed once); above, W is dequantized a column block at a time and multiplied by the
+/// packed f32 GEMM (the dequantization is then amortised over the rows).
+const SMALL_M: usize = 4;
+
+/// W rows dequantized per block of the large-M path (`NB·cols` floats of scratch per task).
+const NB: usize = 64;
+
+/// C[m×n] = A[m×k]·Wᵀ (+ bias) with W a quantized `[n, k]` matrix; f32 activations and
+/// accumulation. Multi-threaded over the rayon global pool.
+///
+/// Preconditions (asserted; the engine validates user shapes first): `w.is_consistent()`,
+/// `a.len() == m·w.cols`, `c.len() == m·w.rows`, `bias.len() == w.rows`.
+pub fn matmul_q(a: &[f32], w: &QMatrix, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
+    matmul_q_with(isa(), 0, a, w, bias, c, m)
+}
+
+/// [`matmul_q`] on a chosen instruction set and thread count (0 = the whole rayon pool,
+/// 1 = the calling thread).
+pub fn matmul_q_with(
+    isa: Isa,
+    threads: usize,
+    a: &[f32],
+    w: &QMatrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    assert!(
+        w.is_consistent() && a.len() == m * k && c.len() == m * n,
+        "matmul_q: operand lengths"
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "matmul_q: bias length");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in c.chunks_mut(n) {
+            match bias {
+                Some(b) => row.copy_from_slice(b),
+                None => row.fill(0.0),
+            }
+        }
+        return;
+    }
+    let isa = isa.resolve();
+    let threads = resolve_threads(threads);
+    if m <= SMALL_M {
+        small_m(isa, threads, a, w, bias, c, m);
+    } else {
+        large_m(isa, threads, a, w, bias, c, m);
+    }
+}
+
+/// Column parts for `tasks` threads, each at least `min` columns (aligned to `align`).
+fn column_parts(n: usize, tasks: usize, min: usize, align: usize) -> Vec<(usize, usize)> {
+    let parts = tasks.min(n.div_ceil(min)).max(1);
+    let units = n.div_ceil(align);
+    (0..parts)
+        .map(|i| {
+            let s = (i * units / parts * align).min(n);
+            let e = ((i + 1) * units / parts * align).min(n);
+            (s, e)
+        })
+        .filter(|(s, e)| s < e)
+        .collect()
+}
+
+fn small_m(
+    isa: Isa,
+    threads: usize,
+    a: &[f32],
+    w: &QMatrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    // Rows are cut in parts of ≥ 64 (a multiple of 4 rows, the register blocking).
+    let parts = if threads > 1 && n * k >= 1 << 18 {
+        column_parts(n, threads * 2, 64, 4)
+    } else {
+        vec![(0, n)]
+    };
+    let mut tmp = vec![0f32; m * n];
+    let run = |(j0, j1): (usize, usize), out: &mut [f32]| {
+        for i in 0..m {
+            dot_rows(
+                isa,
+                &a[i * k..(i + 1) * k],
+                w,
+                j0,
+                &mut out[i * (j1 - j0)..(i + 1) * (j1 - j0)],
+            );
+        }
+    };
+    // Each part writes its own [m × width] block of `tmp`, laid out part after part.
+    let mut blocks: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(parts.len());
+    let mut rest = tmp.as_mut_slice();
+    for &(j0, j1) in &parts {
+        let (head, tail) = rest.split_at_mut(m * (j1 - j0));
+        blocks.push((j0, j1, head));
+        rest = tail;
+    }
+    if blocks.len() > 1 {
+        blocks
+            .par_iter_mut()
+            .for_each(|(j0, j1, out)| run((*j0, *j1), out));
+    } else {
+        for (j0, j1, out) in blocks.iter_mut() {
+            run((*j0, *j1), out);
+        }
+    }
+    let mut off = 0;
+    for &(j0, j1) in &parts {
+        let wd = j1 - j0;
+        for i in 0..m {
+            let dst = &mut c[i * n + j0..i * n + j1];
+            dst.copy_from_slice(&tmp[off + i * wd..off + (i + 1) * wd]);
+            if let Some(b) = bias {
+                for (d, bv) in dst.iter_mut().zip(&b[j0..j1]) {
+                    *d += bv;
+                }
+            }
+        }
+        off += m * wd;
+    }
+}
+
+fn large_m(
+    isa: Isa,
+    threads: usize,
+    a: &[f32],
+    w: &QMatrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    let parts = if threads > 1 {
+        column_parts(n, threads, NB, NB)
+    } else {
+        vec![(0, n)]
+    };
+    let cptr = crate::gemm::Shared(c.as_mut_ptr());
+    let task = |&(j0, j1): &(usize, usize)| {
+        let mut scratch = vec![0f32; NB.min(j1 - j0) * k];
+        for b0 in (j0..j1).step_by(NB) {
+            let nb = NB.min(j1 - b0);
+            for (jj, o) in scratch[..nb * k].chunks_mut(k).enumerate() {
+                let (q, s) = w.row(b0 + jj);
+                dequantize_row_isa(isa, w.format, q, s, o);
+            }
+            let mb = MatB {
+                ptr: BPtr::F32(scratch.as_ptr()),
+                ld: k,
+                trans: true,
+            };
+            let c = cptr.get();
+            // SAFETY: A is m×k, the scratch holds nb rows of k, C columns b0..b0+nb of its m
+            // rows (stride n) belong to this task only; bias has n entries.
+            unsafe {
+                gemm_serial(
+                    isa,
+                    m,
+                    nb,
+                    k,
+                    a.as_ptr(),
+                    k,
+                    mb,
+                    bias.map(|b| b.as_ptr().add(b0)),
+                    c.add(b0),
+                    n,
+                );
+            }
+        }
+    };
+    if parts.len() > 1 {
+        parts.par_iter().for_each(task);
+    } else {
+        parts.iter().for_each(task);
+    }
+}
