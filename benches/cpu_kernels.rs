@@ -202,6 +202,60 @@ fn gemv(c: &mut Criterion) {
     g.finish();
 }
 
+/// Quantized weights against f16 at OPT-2.7B decode (1×2560·10240×2560) and prefill/ViT size
+/// (257 rows): "elem/s" here is weights per second (the GEMV is bound by their bytes).
+fn quantized(c: &mut Criterion) {
+    let mut g = c.benchmark_group("quantized_weights");
+    short(&mut g);
+    let best = isa();
+    let (k, n) = (2560usize, 10240usize);
+    let w = rand_vec(k * n, 6);
+    let w16: Vec<f16> = w.iter().copied().map(f16::from_f32).collect();
+    let packed: Vec<(QFormat, Vec<u8>, Vec<f16>)> = [QFormat::Q8, QFormat::Q4]
+        .into_iter()
+        .map(|f| {
+            let mut qs = vec![0u8; n * f.row_bytes(k)];
+            let mut sc = vec![f16::ZERO; n * QFormat::row_blocks(k)];
+            quantize_rows(f, &w, n, k, &mut qs, &mut sc);
+            (f, qs, sc)
+        })
+        .collect();
+    for m in [1usize, 257] {
+        let a = rand_vec(m * k, 5);
+        let mut out = vec![0.0f32; m * n];
+        g.throughput(Throughput::Elements((k * n) as u64));
+        g.bench_function(BenchmarkId::new("f16", format!("{m}x{k}x{n}")), |bch| {
+            bch.iter(|| {
+                matmul_with(
+                    best,
+                    0,
+                    black_box(&a),
+                    BSlice::F16(&w16),
+                    None,
+                    &mut out,
+                    m,
+                    k,
+                    n,
+                    true,
+                )
+            })
+        });
+        for (f, qs, sc) in &packed {
+            let qm = QMatrix {
+                format: *f,
+                rows: n,
+                cols: k,
+                qs,
+                scales: sc,
+            };
+            g.bench_function(BenchmarkId::new(f.name(), format!("{m}x{k}x{n}")), |bch| {
+                bch.iter(|| matmul_q_with(best, 0, black_box(&a), &qm, None, &mut out, m))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn attention_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention_flops");
     short(&mut g);
@@ -316,6 +370,7 @@ criterion_group!(
     matmul_vit,
     matmul_blip2,
     gemv,
+    quantized,
     attention_bench,
     rowwise
 );

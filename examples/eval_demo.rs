@@ -2,10 +2,10 @@
 //! docs/demo-model.md:
 //!
 //! ```sh
-//! cargo run --release --example eval_demo -- 9000000 1000 [cpu|gpu] [f32|f16]
+//! cargo run --release --example eval_demo -- 9000000 1000 [cpu|gpu] [f32|f16|q8|q4]
 //! ```
 //!
-//! The last argument is the activation dtype (`--dtype` of the CLI; default f32).
+//! The last argument is the weight storage dtype (`--dtype` of the CLI; default f32).
 
 use blip2::demo::{evaluate, load_demo};
 use blip2::{DType, Device, LoadOptions};
@@ -18,9 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("gpu") => Device::gpu()?,
         _ => Device::cpu(),
     };
-    let dtype = match args.get(3).map(String::as_str) {
-        Some("f16") => DType::F16,
-        _ => DType::F32,
+    let dtype: DType = match args.get(3) {
+        Some(s) => s.parse()?,
+        None => DType::F32,
     };
     let model = load_demo(LoadOptions {
         device: device.clone(),

@@ -243,84 +243,111 @@ fn dequantize_row_isa(isa: Isa, format: QFormat, qs: &[u8], scales: &[f16], out:
     dequantize_row(format, qs, scales, out)
 }
 
-/// out[j] = Σ_p a[p]·W[j, p] for `n` rows of W starting at row `j0` (portable).
-fn dot_rows_portable(a: &[f32], w: &QMatrix, j0: usize, out: &mut [f32]) {
-    let mut row = [0f32; QBLOCK];
+/// One row of activations quantized for the integer dot products of the small-M path: 8-bit
+/// values per block of 32 (zero-padded to whole blocks, like the weight rows), an f32 scale
+/// per block (d = max|x|/127, q = round(x/d)), kept in f32 since it is never stored.
+pub struct QActivations {
+    pub qs: Vec<i8>,
+    pub scales: Vec<f32>,
+}
+
+impl QActivations {
+    /// Quantizes `x` (portable; k values per linear call, negligible next to the weights).
+    pub fn new(x: &[f32]) -> QActivations {
+        let blocks = QFormat::row_blocks(x.len());
+        let mut qs = vec![0i8; blocks * QBLOCK];
+        let mut scales = vec![0f32; blocks];
+        for (b, (q, d)) in qs
+            .chunks_exact_mut(QBLOCK)
+            .zip(scales.iter_mut())
+            .enumerate()
+        {
+            let blk = &x[b * QBLOCK..((b + 1) * QBLOCK).min(x.len())];
+            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            *d = amax / 127.0;
+            let inv = if *d > 0.0 { 1.0 / *d } else { 0.0 };
+            for (o, &v) in q.iter_mut().zip(blk) {
+                *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        QActivations { qs, scales }
+    }
+}
+
+/// The signed 4- or 8-bit value of element `i` of a weight block (q − 8 for q4).
+#[inline(always)]
+fn block_int(format: QFormat, q: &[u8], i: usize) -> i32 {
+    match format {
+        QFormat::Q8 => (q[i] as i8) as i32,
+        QFormat::Q4 => {
+            let h = QBLOCK / 2;
+            let nib = if i < h { q[i] & 15 } else { q[i - h] >> 4 };
+            nib as i32 - 8
+        }
+    }
+}
+
+/// out[j] = Σ_b d_w·d_x·Σ_i qw·qx over the blocks of W row j0 + j (portable; the integer
+/// block sums are exact, as in the SIMD paths).
+fn dot_rows_portable(x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32]) {
     let bb = w.format.block_bytes();
     for (jj, o) in out.iter_mut().enumerate() {
         let (q, s) = w.row(j0 + jj);
         let mut acc = 0f32;
-        for (b, ab) in a.chunks(QBLOCK).enumerate() {
-            dequantize_row(
-                w.format,
-                &q[b * bb..(b + 1) * bb],
-                &s[b..b + 1],
-                &mut row[..ab.len()],
-            );
-            // Per-block partial sums, as the SIMD paths do (keeps the rounding comparable).
-            let mut part = 0f32;
-            for (x, y) in ab.iter().zip(&row) {
-                part += x * y;
-            }
-            acc += part;
+        for (b, (xq, &dx)) in x.qs.chunks_exact(QBLOCK).zip(&x.scales).enumerate() {
+            let qb = &q[b * bb..(b + 1) * bb];
+            let isum: i32 = (0..QBLOCK)
+                .map(|i| block_int(w.format, qb, i) * xq[i] as i32)
+                .sum();
+            acc += (s[b].to_f32() * dx) * isum as f32;
         }
         *o = acc;
     }
 }
 
-/// out[j] = Σ_p a[p]·W[j0 + j, p] for j < out.len(), on `isa`.
-fn dot_rows(isa: Isa, a: &[f32], w: &QMatrix, j0: usize, out: &mut [f32]) {
+/// out[j] = W[j0 + j, :]·x for j < out.len() with quantized activations, on `isa`.
+fn dot_rows(isa: Isa, x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         let (rb, nb) = (w.format.row_bytes(w.cols), QFormat::row_blocks(w.cols));
         let n = out.len();
-        assert!(j0 + n <= w.rows && a.len() == w.cols);
-        // SAFETY: rows j0..j0+n exist (asserted); the ISA is resolved; the kernels read
-        // `cols` values of `a`, whole blocks of each row and write n outputs.
-        unsafe {
-            let qs = w.qs.as_ptr().add(j0 * rb);
-            let sc = w.scales.as_ptr().add(j0 * nb);
-            match isa {
-                Isa::Avx512 => {
-                    return crate::x86_quant::dot_rows_avx512(
-                        w.format,
-                        w.cols,
-                        a.as_ptr(),
-                        qs,
-                        sc,
-                        n,
-                        out.as_mut_ptr(),
-                    );
-                }
-                Isa::Avx2Fma => {
-                    return crate::x86_quant::dot_rows_avx2(
-                        w.format,
-                        w.cols,
-                        a.as_ptr(),
-                        qs,
-                        sc,
-                        n,
-                        out.as_mut_ptr(),
-                    );
-                }
-                _ => {}
+        assert!(j0 + n <= w.rows && x.scales.len() == nb);
+        // AVX-512 machines run the AVX2 integer kernel (they all have AVX2): the GEMV is
+        // bound by weight bytes, and no 512-bit variant has been verified on hardware yet.
+        if matches!(isa, Isa::Avx2Fma | Isa::Avx512) {
+            // SAFETY: rows j0..j0+n exist (asserted), the activations have the row's block
+            // count, AVX2+FMA+F16C are present (ISA resolved); n outputs are written.
+            unsafe {
+                return crate::x86_quant::dot_rows_i8_avx2(
+                    w.format,
+                    nb,
+                    x.qs.as_ptr(),
+                    x.scales.as_ptr(),
+                    w.qs.as_ptr().add(j0 * rb),
+                    w.scales.as_ptr().add(j0 * nb),
+                    n,
+                    out.as_mut_ptr(),
+                );
             }
         }
     }
     let _ = isa;
-    dot_rows_portable(a, w, j0, out)
+    dot_rows_portable(x, w, j0, out)
 }
 
-/// At or below this many rows of A, x·Wᵀ dots A rows with W rows dequantized in registers
-/// (W streamed once); above, W is dequantized a column block at a time and multiplied by the
-/// packed f32 GEMM (the dequantization is then amortised over the rows).
+/// At or below this many rows of A (decode), x·Wᵀ quantizes each A row to 8 bits per block
+/// and takes exact integer dot products with the weight blocks (W streamed once; llama.cpp's
+/// Q8_0 activations); above (prefill, vision), W is dequantized a column block at a time and
+/// multiplied by the packed f32 GEMM with f32 activations, the dequantization amortised over
+/// the rows.
 const SMALL_M: usize = 4;
 
 /// W rows dequantized per block of the large-M path (`NB·cols` floats of scratch per task).
 const NB: usize = 64;
 
-/// C[m×n] = A[m×k]·Wᵀ (+ bias) with W a quantized `[n, k]` matrix; f32 activations and
-/// accumulation. Multi-threaded over the rayon global pool.
+/// C[m×n] = A[m×k]·Wᵀ (+ bias) with W a quantized `[n, k]` matrix, f32 accumulation: for
+/// m ≤ 4 with A quantized to 8 bits per block and integer block dot products, otherwise with
+/// f32 A and dequantized W (see [`SMALL_M`]). Multi-threaded over the rayon global pool.
 ///
 /// Preconditions (asserted; the engine validates user shapes first): `w.is_consistent()`,
 /// `a.len() == m·w.cols`, `c.len() == m·w.rows`, `bias.len() == w.rows`.
@@ -398,16 +425,11 @@ fn small_m(
     } else {
         vec![(0, n)]
     };
+    let xq: Vec<QActivations> = a.chunks(k).map(QActivations::new).collect();
     let mut tmp = vec![0f32; m * n];
     let run = |(j0, j1): (usize, usize), out: &mut [f32]| {
-        for i in 0..m {
-            dot_rows(
-                isa,
-                &a[i * k..(i + 1) * k],
-                w,
-                j0,
-                &mut out[i * (j1 - j0)..(i + 1) * (j1 - j0)],
-            );
+        for (i, x) in xq.iter().enumerate() {
+            dot_rows(isa, x, w, j0, &mut out[i * (j1 - j0)..(i + 1) * (j1 - j0)]);
         }
     };
     // Each part writes its own [m × width] block of `tmp`, laid out part after part.

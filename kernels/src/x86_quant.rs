@@ -89,169 +89,103 @@ pub(crate) unsafe fn dequant_avx2(
     }
 }
 
-/// The last, partial block of a row: Σ a[i]·value(i) for i < rem (portable).
-///
-/// # Safety
-/// `a` holds rem floats, `q` one block, `s` one scale.
-unsafe fn tail_dot(format: QFormat, rem: usize, a: *const f32, q: *const u8, s: *const f16) -> f32 {
-    // SAFETY: per the contract above.
-    unsafe {
-        let q = std::slice::from_raw_parts(q, format.block_bytes());
-        let mut vals = [0f32; QBLOCK];
-        crate::quant::dequantize_row(format, q, std::slice::from_ref(&*s), &mut vals[..rem]);
-        (0..rem).map(|i| *a.add(i) * vals[i]).sum()
-    }
-}
-
-/// out[q] = Σ_p a[p]·W[q, p] for q < n, W given by its first row's quants `qs` (stride
-/// row_bytes(cols)) and scales (stride row_blocks(cols)). Four rows at a time share the
-/// loads of `a`.
-///
-/// # Safety
-/// AVX2+FMA+F16C present; `a` holds cols floats; n rows of quants/scales; `out` n floats.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)]
-pub(crate) unsafe fn dot_rows_avx2(
-    format: QFormat,
-    cols: usize,
-    a: *const f32,
-    qs: *const u8,
-    scales: *const f16,
-    n: usize,
-    out: *mut f32,
-) {
-    let (bb, rb, nb) = (
-        format.block_bytes(),
-        format.row_bytes(cols),
-        QFormat::row_blocks(cols),
-    );
-    let (full, rem) = (cols / QBLOCK, cols % QBLOCK);
-    // SAFETY: per the contract above; row pointers are clamped to the last valid row.
-    unsafe {
-        let mut j = 0;
-        while j < n {
-            let r = (n - j).min(4);
-            let row = |q: usize| j + q.min(r - 1);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for b in 0..full {
-                let x = [
-                    _mm256_loadu_ps(a.add(b * QBLOCK)),
-                    _mm256_loadu_ps(a.add(b * QBLOCK + 8)),
-                    _mm256_loadu_ps(a.add(b * QBLOCK + 16)),
-                    _mm256_loadu_ps(a.add(b * QBLOCK + 24)),
-                ];
-                for q in 0..4 {
-                    let p = qs.add(row(q) * rb + b * bb);
-                    _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(PREFETCH_BYTES));
-                    let w = block_avx2(format, p);
-                    let mut s = _mm256_mul_ps(w[0], x[0]);
-                    s = _mm256_fmadd_ps(w[1], x[1], s);
-                    s = _mm256_fmadd_ps(w[2], x[2], s);
-                    s = _mm256_fmadd_ps(w[3], x[3], s);
-                    let d = _mm256_set1_ps(scale(scales.add(row(q) * nb + b)));
-                    acc[q] = _mm256_fmadd_ps(s, d, acc[q]);
-                }
-            }
-            for q in 0..r {
-                let mut v = hsum256(acc[q]);
-                if rem > 0 {
-                    v += tail_dot(
-                        format,
-                        rem,
-                        a.add(full * QBLOCK),
-                        qs.add((j + q) * rb + full * bb),
-                        scales.add((j + q) * nb + full),
-                    );
-                }
-                *out.add(j + q) = v;
-            }
-            j += r;
-        }
-    }
-}
-
-/// The 32 values of one block (unscaled, q − 8 for q4) as two 16-lane vectors.
+/// Σ over 32 lanes of w·x as 8 i32 lanes, w and x signed bytes in [−127, 127] (the sign
+/// trick: |w| as unsigned times x·sign(w), so maddubs' u8×i8 pairs never saturate: 2·127²).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn block_avx512(format: QFormat, q: *const u8) -> [__m512; 2] {
-    // SAFETY: the caller passes block_bytes readable bytes.
-    unsafe {
-        match format {
-            QFormat::Q8 => {
-                let ld = |t: usize| {
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                        q.add(16 * t) as *const __m128i
-                    )))
-                };
-                [ld(0), ld(1)]
-            }
-            QFormat::Q4 => {
-                let v = _mm_loadu_si128(q as *const __m128i);
-                let m = _mm_set1_epi8(15);
-                let lo = _mm_and_si128(v, m);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), m);
-                let eight = _mm512_set1_epi32(8);
-                let cv = |x: __m128i| {
-                    _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(x), eight))
-                };
-                [cv(lo), cv(hi)]
-            }
-        }
-    }
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_i8_avx2(w: __m256i, x: __m256i) -> __m256i {
+    let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
 }
 
-/// [`dot_rows_avx2`] with 16-lane vectors.
+/// out[q] = Σ_b d_w[q,b]·d_x[b]·(Σ_i w[q,b,i]·x[b,i]) for q < n, with the activations
+/// quantized to bytes (`xq`, `xd`: `blocks` blocks) and W given by its first row's quants
+/// `qs` (stride row_bytes) and scales (stride `blocks`). Four rows share the loads of x.
 ///
 /// # Safety
-/// AVX-512F/BW/VL (and AVX2+FMA+F16C) present; otherwise as [`dot_rows_avx2`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)]
-pub(crate) unsafe fn dot_rows_avx512(
+/// AVX2+FMA+F16C present; xq holds blocks·32 bytes, xd blocks floats; n rows of quants and
+/// scales; `out` n floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub(crate) unsafe fn dot_rows_i8_avx2(
     format: QFormat,
-    cols: usize,
-    a: *const f32,
+    blocks: usize,
+    xq: *const i8,
+    xd: *const f32,
     qs: *const u8,
     scales: *const f16,
     n: usize,
     out: *mut f32,
 ) {
-    let (bb, rb, nb) = (
-        format.block_bytes(),
-        format.row_bytes(cols),
-        QFormat::row_blocks(cols),
-    );
-    let (full, rem) = (cols / QBLOCK, cols % QBLOCK);
+    let (bb, rb) = (format.block_bytes(), blocks * format.block_bytes());
+    // d_w·d_x of every block of the four current rows, converted 8 at a time up front, so
+    // the block loop only broadcasts it.
+    let mut ds = vec![0f32; 4 * blocks];
     // SAFETY: per the contract above; row pointers are clamped to the last valid row.
     unsafe {
         let mut j = 0;
         while j < n {
             let r = (n - j).min(4);
             let row = |q: usize| j + q.min(r - 1);
-            let mut acc = [_mm512_setzero_ps(); 4];
-            for b in 0..full {
-                let x0 = _mm512_loadu_ps(a.add(b * QBLOCK));
-                let x1 = _mm512_loadu_ps(a.add(b * QBLOCK + 16));
-                for q in 0..4 {
-                    let p = qs.add(row(q) * rb + b * bb);
-                    _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(PREFETCH_BYTES));
-                    let w = block_avx512(format, p);
-                    let s = _mm512_fmadd_ps(w[1], x1, _mm512_mul_ps(w[0], x0));
-                    let d = _mm512_set1_ps(scale(scales.add(row(q) * nb + b)));
-                    acc[q] = _mm512_fmadd_ps(s, d, acc[q]);
+            for q in 0..4 {
+                let (src, dst) = (scales.add(row(q) * blocks), ds.as_mut_ptr().add(q * blocks));
+                let mut b = 0;
+                while b + 8 <= blocks {
+                    let h = _mm_loadu_si128(src.add(b) as *const __m128i);
+                    let v = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xd.add(b)));
+                    _mm256_storeu_ps(dst.add(b), v);
+                    b += 8;
+                }
+                for b in b..blocks {
+                    *dst.add(b) = scale(src.add(b)) * *xd.add(b);
+                }
+            }
+            let mut acc = [_mm256_setzero_ps(); 4];
+            match format {
+                QFormat::Q8 => {
+                    for b in 0..blocks {
+                        let x = _mm256_loadu_si256(xq.add(b * QBLOCK) as *const __m256i);
+                        for q in 0..4 {
+                            let p = qs.add(row(q) * rb + b * bb);
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                (p as *const i8).wrapping_add(PREFETCH_BYTES),
+                            );
+                            let w = _mm256_loadu_si256(p as *const __m256i);
+                            let s = _mm256_cvtepi32_ps(dot_i8_avx2(w, x));
+                            let d = _mm256_broadcast_ss(&*ds.as_ptr().add(q * blocks + b));
+                            acc[q] = _mm256_fmadd_ps(s, d, acc[q]);
+                        }
+                    }
+                }
+                QFormat::Q4 => {
+                    // Unsigned nibbles times x never saturate vpmaddubsw (2·15·127), so the
+                    // offset is taken out afterwards: Σ(n − 8)·x = Σ n·x − corr, with corr
+                    // (8·Σx per 4-value lane) computed once per activation block.
+                    let ones = _mm256_set1_epi16(1);
+                    let mask = _mm_set1_epi8(15);
+                    for b in 0..blocks {
+                        let x = _mm256_loadu_si256(xq.add(b * QBLOCK) as *const __m256i);
+                        let corr =
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(8), x), ones);
+                        for q in 0..4 {
+                            let p = qs.add(row(q) * rb + b * bb);
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                (p as *const i8).wrapping_add(PREFETCH_BYTES),
+                            );
+                            let v = _mm_loadu_si128(p as *const __m128i);
+                            let lo = _mm_and_si128(v, mask);
+                            let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+                            let nib = _mm256_set_m128i(hi, lo);
+                            let i = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), ones);
+                            let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(i, corr));
+                            let d = _mm256_broadcast_ss(&*ds.as_ptr().add(q * blocks + b));
+                            acc[q] = _mm256_fmadd_ps(s, d, acc[q]);
+                        }
+                    }
                 }
             }
             for q in 0..r {
-                let mut v = _mm512_reduce_add_ps(acc[q]);
-                if rem > 0 {
-                    v += tail_dot(
-                        format,
-                        rem,
-                        a.add(full * QBLOCK),
-                        qs.add((j + q) * rb + full * bb),
-                        scales.add((j + q) * nb + full),
-                    );
-                }
-                *out.add(j + q) = v;
+                *out.add(j + q) = hsum256(acc[q]);
             }
             j += r;
         }

@@ -871,14 +871,58 @@ fn quantize_round_trip_error_bounds() {
     }
 }
 
+/// Reference of the small-M (m ≤ 4) path: the activations quantized as the kernel does
+/// ([`QActivations`]), exact integer block sums, then Σ_b d_w·d_x·I_b in f64; plus the bound's
+/// Σ_b |d_w·d_x·I_b| (+ |bias|).
+fn matmul_q_int_ref(
+    a: &[f32],
+    fmt: QFormat,
+    qs: &[u8],
+    sc: &[f16],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (rb, nb) = (fmt.row_bytes(k), QFormat::row_blocks(k));
+    let mut r = vec![0.0; m * n];
+    let mut abs = vec![0.0; m * n];
+    for i in 0..m {
+        let x = QActivations::new(&a[i * k..(i + 1) * k]);
+        for j in 0..n {
+            let mut wrow = vec![0f32; nb * QBLOCK];
+            // Integer weight values: dequantize with unit scales.
+            let ones = vec![f16::ONE; nb];
+            dequantize_row(fmt, &qs[j * rb..(j + 1) * rb], &ones, &mut wrow);
+            let (mut s, mut sa) = (0.0f64, 0.0f64);
+            for b in 0..nb {
+                let isum: f64 = (0..QBLOCK)
+                    .map(|t| wrow[b * QBLOCK + t] as f64 * x.qs[b * QBLOCK + t] as f64)
+                    .sum();
+                let t = sc[j * nb + b].to_f32() as f64 * x.scales[b] as f64 * isum;
+                s += t;
+                sa += t.abs();
+            }
+            if let Some(bias) = bias {
+                s += bias[j] as f64;
+                sa += (bias[j] as f64).abs();
+            }
+            r[i * n + j] = s;
+            abs[i * n + j] = sa;
+        }
+    }
+    (r, abs)
+}
+
 #[test]
 fn quantized_matmul_all_isas_odd_sizes() {
-    // C = A·deq(W)ᵀ + bias against f64 on the dequantized weights: the quantized kernels must
-    // do exactly the dequantized math, so the same rigorous f32-accumulation bound as the
-    // float matmul applies (γ_{k+2}·Σ|a·w|, plus one rounding of the per-block scale multiply
-    // per block, covered by using γ_{k+2+blocks}). Sizes: K not a multiple of 32 (tail block),
-    // N not a multiple of the 4-row blocking, M = 1 (GEMV), M ≤ 4 (small-M) and M > 4 (the
-    // dequantize-and-pack path), N past one 64-row dequantization block.
+    // m ≤ 4 (decode): activations quantized to 8 bits per block, exact integer block sums;
+    // reference `matmul_q_int_ref`, bound γ_{blocks+8}·Σ_b|d_w·d_x·I_b| (one rounding of the
+    // scale product and one fma per block, 3 for the lane sum, the bias, slack).
+    // m > 4 (prefill): C = A·deq(W)ᵀ + bias against f64 on the dequantized weights; the
+    // f32-GEMM bound γ_{k+2}·Σ|a·w| applies. Sizes: K not a multiple of 32 (padded tail
+    // block), N not a multiple of the 4-row blocking, M = 1, M ≤ 4, M > 4, N past one 64-row
+    // dequantization block.
     let shapes = [
         (1, 1, 1),
         (1, 33, 5),
@@ -907,13 +951,19 @@ fn quantized_matmul_all_isas_odd_sizes() {
                 scales: &sc,
             };
             let bias_opt = si.is_multiple_of(2).then_some(&bias[..]);
-            let (r, abs) = matmul_ref(&a, &wd, bias_opt, m, k, n, true);
+            let (r, abs, terms) = if m <= 4 {
+                let (r, abs) = matmul_q_int_ref(&a, fmt, &qs, &sc, bias_opt, m, k, n);
+                (r, abs, QFormat::row_blocks(k) + 8)
+            } else {
+                let (r, abs) = matmul_ref(&a, &wd, bias_opt, m, k, n, true);
+                (r, abs, k + 2)
+            };
             for isa in isas() {
                 for threads in [1, 0] {
                     let mut c = vec![f32::NAN; m * n];
                     matmul_q_with(isa, threads, &a, &qm, bias_opt, &mut c, m);
                     let what = format!("{fmt:?} {isa} t={threads} m={m} k={k} n={n}");
-                    check_matmul(&what, &c, &r, &abs, k + 2 + QFormat::row_blocks(k));
+                    check_matmul(&what, &c, &r, &abs, terms);
                 }
             }
         }
