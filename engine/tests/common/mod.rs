@@ -33,6 +33,7 @@ pub fn quantize(v: &[f32], dtype: DType) -> Vec<f32> {
     match dtype {
         DType::F32 => v.to_vec(),
         DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        DType::Q8 | DType::Q4 => panic!("quantize: {dtype} is not a float storage dtype"),
     }
 }
 
@@ -81,6 +82,7 @@ pub fn tol(dtype: DType) -> f64 {
     match dtype {
         DType::F32 => 1e-10,
         DType::F16 => 1e-6,
+        DType::Q8 | DType::Q4 => panic!("tol: {dtype} is not a float storage dtype"),
     }
 }
 
