@@ -161,20 +161,28 @@ fn quantized_linear_matches_the_dequantized_reference() {
 }
 
 #[test]
-fn quantized_linear_without_gemv_or_vector_loads() {
-    // The kill switches: 1..=4 rows through the tiled kernel, every load scalar.
-    let Some(dev) = open(GpuOptions {
-        gemv: false,
-        vec4: false,
-        ..GpuOptions::default()
-    }) else {
-        return;
-    };
+fn quantized_linear_under_the_kill_switches() {
+    // Plain workgroup reductions in qgemv (llvmpipe has subgroups, so the default device
+    // runs the subgroup variant); then 1..=4 rows through the tiled kernel, every load scalar.
+    let switches = [
+        GpuOptions {
+            subgroups: false,
+            ..GpuOptions::default()
+        },
+        GpuOptions {
+            gemv: false,
+            vec4: false,
+            ..GpuOptions::default()
+        },
+    ];
     let mut rng = Rng::new(22);
-    for wdt in QTYPES {
-        for xdt in FLOATS {
-            for (m, k, n) in [(1, 33, 5), (3, 64, 9), (4, 257, 130), (17, 64, 65)] {
-                check_linear(&dev, &mut rng, wdt, xdt, true, m, k, n);
+    for opts in switches {
+        let Some(dev) = open(opts) else { return };
+        for wdt in QTYPES {
+            for xdt in FLOATS {
+                for (m, k, n) in [(1, 33, 5), (2, 64, 9), (4, 257, 130), (17, 64, 65)] {
+                    check_linear(&dev, &mut rng, wdt, xdt, true, m, k, n);
+                }
             }
         }
     }
