@@ -2,7 +2,8 @@
 //!
 //! Every iteration runs the op and `Device::synchronize` (submit + wait), so times include
 //! one submission. Matmul and attention groups report `Throughput::Elements(FLOPs)`:
-//! criterion's "elem/s" there means FLOP/s. GEMV reports weight bytes streamed per second,
+//! criterion's "elem/s" there means FLOP/s. GEMV (f32, f16, q8, q4 weights) reports weight
+//! bytes streamed per second,
 //! layer_norm/softmax bytes read + written per second.
 //!
 //! On a software adapter (llvmpipe, ~1 GFLOP/s) only one shape per group runs, with the
@@ -117,17 +118,27 @@ fn gemv(c: &mut Criterion) {
     // OPT-2.7B decode: MLP up (2560 -> 10240) and the LM head (2560 -> 50304).
     let mut g = c.benchmark_group("gpu_gemv");
     configure(&mut g, s.slow);
+    // q8 / q4: qgemv.wgsl, the weight dequantized in registers (throughput counts the
+    // quant and scale bytes streamed).
     let mut cases = vec![
         (2560usize, 10240usize, DType::F32),
         (2560, 10240, DType::F16),
+        (2560, 10240, DType::Q8),
+        (2560, 10240, DType::Q4),
     ];
     if !s.slow {
         cases.push((2560, 50304, DType::F16));
+        cases.push((2560, 50304, DType::Q8));
+        cases.push((2560, 50304, DType::Q4));
     }
     for (k, n, wdt) in cases {
         let x = rand_tensor(&[1, k], DType::F32, dev, 4);
-        let w = rand_tensor(&[n, k], wdt, dev, 5);
-        g.throughput(Throughput::Bytes((n * k * wdt.size_of()) as u64));
+        let w = if wdt.is_quantized() {
+            Tensor::quantize(&rand_vec(n * k, 5), &[n, k], wdt, dev).expect("quantize")
+        } else {
+            rand_tensor(&[n, k], wdt, dev, 5)
+        };
+        g.throughput(Throughput::Bytes(w.size_in_bytes() as u64));
         g.bench_function(
             BenchmarkId::new(format!("w_{wdt}"), format!("1x{k}x{n}")),
             |it| {

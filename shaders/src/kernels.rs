@@ -273,6 +273,142 @@ impl Kernel for MatmulConsts {
     }
 }
 
+// -------------------------------------------------------------------- quantized linear
+
+/// qgemv.wgsl: linear layers with a q8/q4 weight and 1..=4 rows of x (decode). Its uniform
+/// is [`GemvParams`] (same fields and meaning as gemv.wgsl's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QGemvConsts {
+    /// Rows of x, 1..=4.
+    pub m: u32,
+    /// The weight is q4 (else q8).
+    pub q4: bool,
+    /// K % 32 == 0: whole blocks, 16-byte x loads.
+    pub vec: bool,
+    pub has_bias: bool,
+    pub x_f16: bool,
+    pub b_f16: bool,
+    pub out_f16: bool,
+    pub subgroups: bool,
+}
+
+impl Kernel for QGemvConsts {
+    const NAME: &'static str = "qgemv";
+    const SOURCE: &'static str = crate::QGEMV;
+    /// x, quants, scales, bias.
+    const READ_ONLY: usize = 4;
+    const READ_WRITE: usize = 1;
+    type Params = GemvParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("M", self.m.into()),
+            ("Q4", self.q4.into()),
+            ("VEC", self.vec.into()),
+            ("HAS_BIAS", self.has_bias.into()),
+            ("X_F16", self.x_f16.into()),
+            ("B_F16", self.b_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+        ]
+    }
+
+    fn subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut v = Vec::new();
+        for m in 1..=4 {
+            for (has_bias, b_f16) in OPTIONAL {
+                for [q4, vec, x_f16, out_f16, subgroups] in flags() {
+                    v.push(QGemvConsts {
+                        m,
+                        q4,
+                        vec,
+                        has_bias,
+                        x_f16,
+                        b_f16,
+                        out_f16,
+                        subgroups,
+                    });
+                }
+            }
+        }
+        v
+    }
+}
+
+params! {
+    /// Uniform of qmatmul.wgsl (x is contiguous: its row stride is k).
+    QMatmulParams {
+        m: u32,
+        /// Weight rows (output columns) in this chunk.
+        n: u32,
+        k: u32,
+        /// Output row stride (total N).
+        ldc: u32,
+        /// First output column (and bias element) of this chunk.
+        n_off: u32,
+    }
+}
+
+/// qmatmul.wgsl: tiled linear with a q8/q4 weight (M > 4), the weight dequantized one
+/// 32-deep block at a time into workgroup memory. Tiles as [`MatmulTile`] (x 64 columns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QMatmulConsts {
+    pub tile: MatmulTile,
+    /// The weight is q4 (else q8).
+    pub q4: bool,
+    pub has_bias: bool,
+    /// K % 4 == 0: vector loads of x quads.
+    pub a_vec: bool,
+    pub a_f16: bool,
+    pub bias_f16: bool,
+    pub out_f16: bool,
+}
+
+impl Kernel for QMatmulConsts {
+    const NAME: &'static str = "qmatmul";
+    const SOURCE: &'static str = crate::QMATMUL;
+    /// x, quants, scales, bias.
+    const READ_ONLY: usize = 4;
+    const READ_WRITE: usize = 1;
+    type Params = QMatmulParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("TM", self.tile.tm().into()),
+            ("WG", self.tile.wg().into()),
+            ("Q4", self.q4.into()),
+            ("HAS_BIAS", self.has_bias.into()),
+            ("A_VEC", self.a_vec.into()),
+            ("A_F16", self.a_f16.into()),
+            ("BIAS_F16", self.bias_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+        ]
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut v = Vec::new();
+        for tile in MatmulTile::ALL {
+            for (has_bias, bias_f16) in OPTIONAL {
+                for [q4, a_vec, a_f16, out_f16] in flags() {
+                    v.push(QMatmulConsts {
+                        tile,
+                        q4,
+                        has_bias,
+                        a_vec,
+                        a_f16,
+                        bias_f16,
+                        out_f16,
+                    });
+                }
+            }
+        }
+        v
+    }
+}
+
 // ---------------------------------------------------------------------------------- norm
 
 params! {

@@ -40,7 +40,7 @@
 //!   ([`INCLUDES`]): a kernel line `// #include "pack.wgsl"` is replaced by the fragment's
 //!   text before anything else (a comment line, so no other tool mistakes it for code).
 //!   `pack.wgsl` has the f16/f32 word loads and the pair store, `reduce.wgsl` the workgroup
-//!   and subgroup sum/max reductions; each documents at its top what it needs from the
+//!   and subgroup sum/max reductions, `quant.wgsl` the q8/q4 dequantization; each documents at its top what it needs from the
 //!   including kernel. A kernel that includes fragments is valid WGSL once they are pasted
 //!   in (its default constants are then a valid variant); `copy.wgsl` includes none.
 
@@ -55,6 +55,10 @@ pub const PARAMS_BYTES: u64 = 128;
 pub const GEMV: &str = include_str!("../wgsl/gemv.wgsl");
 /// Tiled, register-blocked batched matmul (linear with M > 4, attention matmuls).
 pub const MATMUL: &str = include_str!("../wgsl/matmul.wgsl");
+/// GEMV with a block-quantized (q8 / q4) weight, dequantized in registers (decode).
+pub const QGEMV: &str = include_str!("../wgsl/qgemv.wgsl");
+/// Tiled matmul with a block-quantized weight, dequantized into workgroup memory (M > 4).
+pub const QMATMUL: &str = include_str!("../wgsl/qmatmul.wgsl");
 /// LayerNorm / RMSNorm, one workgroup per row.
 pub const NORM: &str = include_str!("../wgsl/norm.wgsl");
 /// Softmax over the last dim with broadcast mask, per-head bias, scale and causal masking.
@@ -73,6 +77,8 @@ pub const ATTENTION: &str = include_str!("../wgsl/attention.wgsl");
 pub const ALL: &[(&str, &str)] = &[
     (GemvConsts::NAME, GEMV),
     (MatmulConsts::NAME, MATMUL),
+    (QGemvConsts::NAME, QGEMV),
+    (QMatmulConsts::NAME, QMATMUL),
     (NormConsts::NAME, NORM),
     (SoftmaxConsts::NAME, SOFTMAX),
     (ElementwiseConsts::NAME, ELEMENTWISE),
@@ -85,6 +91,7 @@ pub const ALL: &[(&str, &str)] = &[
 pub const INCLUDES: &[(&str, &str)] = &[
     ("pack.wgsl", include_str!("../wgsl/include/pack.wgsl")),
     ("reduce.wgsl", include_str!("../wgsl/include/reduce.wgsl")),
+    ("quant.wgsl", include_str!("../wgsl/include/quant.wgsl")),
 ];
 
 /// One kernel family's side of the contract; a value is one pipeline variant.
@@ -357,6 +364,7 @@ mod tests {
         let sizes = [
             size_of::<GemvParams>(),
             size_of::<MatmulParams>(),
+            size_of::<QMatmulParams>(),
             size_of::<NormParams>(),
             size_of::<SoftmaxParams>(),
             size_of::<ElementwiseParams>(),

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use blip2_shaders::{
     AttentionConsts, CopyConsts, ElementwiseConsts, EmbeddingConsts, GemvConsts, INCLUDES, Kernel,
-    MatmulConsts, NormConsts, Params, SoftmaxConsts, specialise,
+    MatmulConsts, NormConsts, Params, QGemvConsts, QMatmulConsts, SoftmaxConsts, specialise,
 };
 
 fn compile(what: &str, text: &str) -> naga::Module {
@@ -170,11 +170,13 @@ fn reductions_validate_with_and_without_subgroups() {
     variants_validate::<SoftmaxConsts>();
     variants_validate::<AttentionConsts>();
     variants_validate::<GemvConsts>();
+    variants_validate::<QGemvConsts>();
 }
 
 #[test]
 fn matmul_tiles_validate() {
     variants_validate::<MatmulConsts>();
+    variants_validate::<QMatmulConsts>();
 }
 
 #[test]
@@ -187,6 +189,8 @@ fn copies_validate() {
 fn rust_declarations_match_the_wgsl() {
     contract_holds::<GemvConsts>();
     contract_holds::<MatmulConsts>();
+    contract_holds::<QGemvConsts>();
+    contract_holds::<QMatmulConsts>();
     contract_holds::<NormConsts>();
     contract_holds::<SoftmaxConsts>();
     contract_holds::<ElementwiseConsts>();

@@ -400,11 +400,17 @@ impl GpuContext {
         self.upload_bytes(bytemuck::cast_slice(data))
     }
 
+    /// Where [`Self::upload_quant`] puts the scales after `qs_len` bytes of quants: aligned
+    /// as the kernels' bindings require (`storage_align`, at least 16 bytes).
+    pub(crate) fn quant_scales_offset(&self, qs_len: usize) -> usize {
+        quant_scales_offset(qs_len, self.storage_align as u32)
+    }
+
     /// A quantized matrix in one buffer: the quants as packed words from byte 0, then the
-    /// f16 scales (two per word) from [`quant_scales_offset`], which is aligned for binding.
+    /// f16 scales (two per word) from [`Self::quant_scales_offset`], aligned for binding.
     pub(crate) fn upload_quant(&self, q: &crate::quant::QuantData) -> Result<GpuStorage> {
         let qs = q.qs.as_slice();
-        let off = quant_scales_offset(qs.len(), self.limits.min_storage_buffer_offset_alignment);
+        let off = self.quant_scales_offset(qs.len());
         let mut bytes = Vec::with_capacity(off + 2 * q.scales.len());
         bytes.extend_from_slice(qs);
         bytes.resize(off, 0);
@@ -422,7 +428,7 @@ impl GpuContext {
     ) -> Result<crate::quant::QuantData> {
         let qlen = rows * format.row_bytes(cols);
         let nsc = rows * QFormat::row_blocks(cols);
-        let off = quant_scales_offset(qlen, self.limits.min_storage_buffer_offset_alignment);
+        let off = self.quant_scales_offset(qlen);
         // Read as f32 words (bit patterns), then split the bytes.
         let words = self.download_words(s, (off + 2 * nsc).div_ceil(4))?;
         let bytes: &[u8] = bytemuck::cast_slice(&words);

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use blip2_shaders::{
     AttentionConsts, AttentionParams, CopyConsts, CopyMode, CopyParams, ElementwiseConsts,
     ElementwiseOp, ElementwiseParams, EmbeddingConsts, EmbeddingParams, GemvConsts, GemvParams,
-    MatmulConsts, MatmulParams, MatmulTile, NormConsts, NormParams, RowWorkgroup, SoftmaxConsts,
-    SoftmaxParams,
+    MatmulConsts, MatmulParams, MatmulTile, NormConsts, NormParams, QGemvConsts, QMatmulConsts,
+    QMatmulParams, RowWorkgroup, SoftmaxConsts, SoftmaxParams,
 };
 
 use super::{Bind, GpuContext, GpuStorage, Recorder, data_bytes};
 use crate::desc::{AttnDims, AttnOpts, Binary, MatmulDims, Unary, split_at_axis};
 use crate::tensor::Storage;
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, QFormat, Result, Tensor};
 
 type Ctx = Arc<GpuContext>;
 
@@ -104,6 +104,30 @@ fn chunk_rows(
     Ok(fit as usize)
 }
 
+/// Row chunk for binding a quantized `[rows, k]` weight larger than one binding: quants
+/// (`q_row` bytes a row) and scales (`s_row` bytes a row) are bound as the same row range, so
+/// the chunk start must keep both byte offsets aligned; a multiple of 4 rows as for floats.
+fn quant_chunk_rows(g: &GpuContext, rows: usize, q_row: u64, s_row: u64) -> Result<usize> {
+    let (q_total, s_total) = (rows as u64 * q_row, rows as u64 * s_row);
+    if q_total <= g.max_binding && s_total <= g.max_binding {
+        return Ok(rows.max(1));
+    }
+    let align = g.storage_align;
+    let lcm = |a: u64, b: u64| a / gcd(a, b) * b;
+    let step = lcm(lcm(align / gcd(q_row, align), align / gcd(s_row, align)), 4);
+    let fit = (g.max_binding / q_row.max(s_row)) / step * step;
+    if fit == 0 {
+        return Err(Error::Limit {
+            what: format!(
+                "quantized linear weight: {step} rows of {q_row} quant bytes in one storage binding"
+            ),
+            needed: step * q_row,
+            limit: g.max_binding,
+        });
+    }
+    Ok(fit as usize)
+}
+
 /// Runs `f` with output dtype `dtype` when `direct` (f16 rows start on words), else with an
 /// f32 output that is then cast to f16.
 fn with_out_dtype(
@@ -144,17 +168,10 @@ pub(crate) fn linear(
     if m == 0 || n == 0 {
         return Ok(tensor(g, out_shape, dt, g.zeros(0, dt)?));
     }
-    if w.dtype().is_quantized() {
-        return Err(Error::DType {
-            op: "linear",
-            operand: "weight",
-            expected: "f32 or f16 on the GPU backend (quantized GPU kernels pending)",
-            found: w.dtype(),
-        });
-    }
     let direct = n.is_multiple_of(2) || m == 1;
-    let out = with_out_dtype(g, dt, direct, m * n, |odt| {
-        linear_into(g, x, w, b, m, k, n, odt)
+    let out = with_out_dtype(g, dt, direct, m * n, |odt| match w.dtype().quant_format() {
+        Some(format) => qlinear_into(g, x, w, format, b, m, k, n, odt),
+        None => linear_into(g, x, w, b, m, k, n, odt),
     })?;
     Ok(tensor(g, out_shape, dt, out))
 }
@@ -903,6 +920,105 @@ fn linear_into(
                 c_bs: 0,
             };
             record_matmul(g, &mut rec, xb, xdt, wb, wdt, bias, &out, odt, &mm)?;
+        }
+        n0 += nc;
+    }
+    Ok(out)
+}
+
+/// `linear` with a q8/q4 weight: qgemv.wgsl for 1..=4 rows of x, qmatmul.wgsl above. The
+/// quants and the scales of one buffer (`GpuContext::upload_quant`) are two bindings, cut
+/// into matching row chunks when the weight is larger than one binding.
+#[allow(clippy::too_many_arguments)]
+fn qlinear_into(
+    g: &Ctx,
+    x: &Tensor,
+    w: &Tensor,
+    format: QFormat,
+    b: Option<&Tensor>,
+    m: usize,
+    k: usize,
+    n: usize,
+    odt: DType,
+) -> Result<GpuStorage> {
+    let xdt = x.dtype();
+    check_binding(g, "linear input", data_bytes(m * k, xdt))?;
+    check_binding(g, "linear output", data_bytes(m * n, odt))?;
+    if let Some(b) = b {
+        check_binding(g, "linear bias", data_bytes(n, b.dtype()))?;
+    }
+    let q4 = format == QFormat::Q4;
+    let q_row = format.row_bytes(k) as u64;
+    let s_row = 2 * QFormat::row_blocks(k) as u64;
+    let s_base = g.quant_scales_offset(n * q_row as usize) as u64;
+    let rows = quant_chunk_rows(g, n, q_row, s_row)?;
+    let out = g.alloc(data_bytes(m * n, odt), true)?;
+    let bias = b.map(|b| (b.gpu_storage(), b.dtype()));
+    let b_f16 = bias.is_some_and(|b| is_f16(b.1));
+    let use_gemv = g.opts.gemv && m <= 4;
+    let gemv = QGemvConsts {
+        m: m as u32,
+        q4,
+        vec: g.opts.vec4 && k.is_multiple_of(32),
+        has_bias: bias.is_some(),
+        x_f16: is_f16(xdt),
+        b_f16,
+        out_f16: is_f16(odt),
+        subgroups: g.subgroups,
+    };
+    let tile = if m <= 32 {
+        MatmulTile::M32
+    } else {
+        MatmulTile::M64
+    };
+    let mm = QMatmulConsts {
+        tile,
+        q4,
+        has_bias: bias.is_some(),
+        a_vec: g.opts.vec4 && k.is_multiple_of(4),
+        a_f16: is_f16(xdt),
+        bias_f16: b_f16,
+        out_f16: is_f16(odt),
+    };
+    let maxd = g.limits.max_compute_workgroups_per_dimension as usize;
+    let row_tiles = m.div_ceil(tile.tm() as usize);
+    if !use_gemv && (row_tiles > maxd || rows.div_ceil(64) > maxd) {
+        return Err(Error::Limit {
+            what: format!("workgroups of one quantized matmul dispatch ({m} x {n} output)"),
+            needed: row_tiles.max(rows.div_ceil(64)) as u64,
+            limit: maxd as u64,
+        });
+    }
+    let mut rec = g.recorder()?;
+    let ws = w.gpu_storage();
+    let mut n0 = 0;
+    while n0 < n {
+        let nc = rows.min(n - n0);
+        let xb = Bind::whole(x.gpu_storage());
+        let qb = Bind::range(ws, n0 as u64 * q_row, nc as u64 * q_row);
+        let sb = Bind::range(ws, s_base + n0 as u64 * s_row, nc as u64 * s_row);
+        let bb = Bind::whole(bias.map_or(&g.dummy, |b| b.0));
+        let ob = Bind::whole(&out);
+        if use_gemv {
+            let groups = grid(g, nc.div_ceil(4))?;
+            let params = GemvParams {
+                n: nc as u32,
+                k: k as u32,
+                ldo: n as u32,
+                n_off: n0 as u32,
+                groups_x: groups[0],
+            };
+            rec.dispatch(g, &gemv, &params, &[xb, qb, sb, bb, ob], groups)?;
+        } else {
+            let params = QMatmulParams {
+                m: m as u32,
+                n: nc as u32,
+                k: k as u32,
+                ldc: n as u32,
+                n_off: n0 as u32,
+            };
+            let groups = [nc.div_ceil(64) as u32, row_tiles as u32, 1];
+            rec.dispatch(g, &mm, &params, &[xb, qb, sb, bb, ob], groups)?;
         }
         n0 += nc;
     }
