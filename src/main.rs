@@ -87,11 +87,18 @@ enum Command {
         #[command(flatten)]
         opts: cli::common::ModelOpts,
     },
-    /// List the compute devices (CPU and GPU adapters) and what they support.
+    /// List the compute devices (CPU and GPU adapters) and what they support, and the
+    /// weights of a model (the embedded demo model without --model).
     #[command(
-        after_help = "Examples:\n  blip2 info\n  WGPU_BACKEND=vulkan blip2 info      (only Vulkan adapters)\n  WGPU_ADAPTER_NAME=nvidia blip2 info (the adapter --device gpu opens)"
+        after_help = "Examples:\n  blip2 info\n  blip2 info --model DIR --dtype q4 --json\n  WGPU_BACKEND=vulkan blip2 info      (only Vulkan adapters)\n  WGPU_ADAPTER_NAME=nvidia blip2 info (the adapter --device gpu opens)"
     )]
-    Info,
+    Info(cli::info::InfoOpts),
+    /// Write a copy of a checkpoint with its linear weights quantized (q8 or q4), which
+    /// later loads map in place instead of quantizing again.
+    #[command(
+        after_help = "Example:\n  blip2 quantize --model ./blip2-opt-2.7b --dtype q4 --out ./blip2-opt-2.7b-q4\n  blip2 caption photo.jpg --model ./blip2-opt-2.7b-q4"
+    )]
+    Quantize(cli::quantize::QuantizeOpts),
     /// Draw a scene like those the demo model learned, and print its ground truth.
     #[command(
         name = "demo-scene",
@@ -142,7 +149,8 @@ fn main() -> ExitCode {
             texts,
             opts,
         } => cli::retrieval::rank(&images, &texts, &opts),
-        Command::Info => cli::info::info(),
+        Command::Info(o) => cli::info::info(&o),
+        Command::Quantize(o) => cli::quantize::quantize(&o),
         Command::Bench(o) => cli::bench::bench(&o),
         Command::DemoScene(o) => cli::scene::demo_scene(&o),
     };

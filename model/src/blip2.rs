@@ -22,7 +22,7 @@ use crate::loading::{self, ModelFiles, Source};
 use crate::nn::Linear;
 use crate::prompt::vqa_prompt;
 use crate::tokenizer::Blip2Tokenizer;
-use crate::weights::WeightLoader;
+use crate::weights::{WeightLoader, WeightStats};
 use crate::{ModelError, Result};
 
 /// Wall-clock time of each stage of one request.
@@ -57,6 +57,7 @@ pub struct Blip2 {
     projection: Linear,
     lm: Box<dyn LanguageModel>,
     pub load_time: Duration,
+    weight_stats: WeightStats,
 }
 
 /// Query features of a batch of images, computed once and reusable across prompts.
@@ -96,13 +97,14 @@ impl Blip2 {
     /// Loads from any [`Source`]; fails with one error listing every missing or
     /// mismatched tensor.
     pub fn load_from(source: Source, opts: LoadOptions) -> Result<Blip2> {
-        let (mut model, took) = loading::load(source, opts, Self::build)?;
+        let (mut model, took, stats) = loading::load(source, opts, Self::build)?;
         model.load_time = took;
+        model.weight_stats = stats;
         Ok(model)
     }
 
     /// The pipeline's components from the checkpoint's files and weights.
-    fn build(files: ModelFiles, vb: &WeightLoader) -> Result<Blip2> {
+    pub(crate) fn build(files: ModelFiles, vb: &WeightLoader) -> Result<Blip2> {
         let ModelFiles {
             config,
             image_config,
@@ -135,7 +137,14 @@ impl Blip2 {
             projection,
             lm,
             load_time: Duration::ZERO,
+            weight_stats: WeightStats::default(),
         })
+    }
+
+    /// What the loaded weights occupy: bytes per storage dtype, the linear weights' dtype,
+    /// and how many tensors were quantized at load or used pre-quantized from the files.
+    pub fn weight_stats(&self) -> &WeightStats {
+        &self.weight_stats
     }
 
     pub fn device(&self) -> &Device {

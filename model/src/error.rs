@@ -25,6 +25,13 @@ pub enum WeightProblem {
         dtype: String,
         file: PathBuf,
     },
+    /// A quantized tensor (as `blip2 quantize` writes it) or its `.qscales` companion is
+    /// inconsistent: wrong dtype, byte count or shape, a missing or extra scales tensor.
+    Quantized {
+        name: String,
+        file: PathBuf,
+        msg: String,
+    },
     /// The bytes could not be turned into a tensor (engine refused, device upload failed...).
     Read {
         name: String,
@@ -39,6 +46,7 @@ impl WeightProblem {
             WeightProblem::Missing { name, .. }
             | WeightProblem::ShapeMismatch { name, .. }
             | WeightProblem::UnsupportedDType { name, .. }
+            | WeightProblem::Quantized { name, .. }
             | WeightProblem::Read { name, .. } => name,
         }
     }
@@ -73,6 +81,13 @@ impl fmt::Display for WeightProblem {
                 "unsupported dtype: {name} is {dtype} in {} (only F32, F16 and BF16 are read)",
                 file.display()
             ),
+            WeightProblem::Quantized { name, file, msg } => {
+                write!(
+                    f,
+                    "bad quantized tensor: {name} in {}: {msg}",
+                    file.display()
+                )
+            }
             WeightProblem::Read { name, file, msg } => {
                 write!(f, "unreadable: {name} in {}: {msg}", file.display())
             }

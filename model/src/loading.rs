@@ -13,7 +13,7 @@ use crate::config::{Blip2Config, ImageProcessorConfig, ProcessorConfig};
 use crate::embedded::EmbeddedCheckpoint;
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Blip2Tokenizer;
-use crate::weights::{Checkpoint, WeightLoader};
+use crate::weights::{Checkpoint, WeightLoader, WeightStats};
 
 /// How to load a checkpoint.
 pub struct LoadOptions {
@@ -66,14 +66,16 @@ impl Source<'_> {
     /// Reads and validates the source's files.
     pub fn open(self) -> Result<CheckpointFiles> {
         match self {
-            Source::Dir(dir) => Ok(CheckpointFiles {
-                files: ModelFiles {
+            Source::Dir(dir) => {
+                let files = ModelFiles {
                     config: Blip2Config::from_dir(dir)?,
                     image_config: ProcessorConfig::from_dir(dir)?.image,
                     tokenizer: Blip2Tokenizer::from_dir(dir)?,
-                },
-                checkpoint: Checkpoint::open(dir)?,
-            }),
+                };
+                let checkpoint = Checkpoint::open(dir)?;
+                check_quantization_config(dir, &checkpoint)?;
+                Ok(CheckpointFiles { files, checkpoint })
+            }
             Source::Embedded(files) => open_embedded(files),
             Source::Random { config, seed } => {
                 let size = config.vision_config.image_size;
@@ -91,6 +93,53 @@ impl Source<'_> {
             }
         }
     }
+}
+
+/// `config.json`'s `quantization_config` (written by `blip2 quantize`) must agree with what
+/// the safetensors files declare; a config naming another quantizer (GPTQ, bitsandbytes...)
+/// is refused by name rather than failing later on tensor dtypes. A quantized checkpoint
+/// without the object is fine: the files' metadata decides.
+fn check_quantization_config(dir: &Path, ckpt: &Checkpoint) -> Result<()> {
+    let path = dir.join("config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(()); // Blip2Config::from_dir already read it; nothing new to report.
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(());
+    };
+    let Some(q) = v.get("quantization_config") else {
+        return Ok(());
+    };
+    let key = |k: &str| format!("quantization_config.{k}");
+    let method = q.get("quant_method").and_then(|m| m.as_str()).unwrap_or("");
+    if method != crate::save::QUANT_METHOD {
+        return Err(ModelError::Unsupported(format!(
+            "{}: quantization_config.quant_method '{method}' (only '{}' checkpoints written by `blip2 quantize` are read)",
+            path.display(),
+            crate::save::QUANT_METHOD
+        )));
+    }
+    let dtype = q.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
+    let declared = ckpt.quant_dtype();
+    if declared.map(|d| d.to_string()).as_deref() != Some(dtype) {
+        return Err(ModelError::config(
+            &path,
+            key("dtype"),
+            format!(
+                "says '{dtype}' but the safetensors files declare {}",
+                declared.map_or("no quantization".into(), |d| d.to_string())
+            ),
+        ));
+    }
+    let block = q.get("block_size").and_then(|b| b.as_u64());
+    if block != Some(crate::save::BLOCK_SIZE) {
+        return Err(ModelError::config(
+            &path,
+            key("block_size"),
+            format!("is {block:?}, only 32 is supported"),
+        ));
+    }
+    Ok(())
 }
 
 /// An embedded checkpoint, read exactly as a directory holding the same files.
@@ -128,12 +177,12 @@ fn open_embedded(files: &EmbeddedCheckpoint) -> Result<CheckpointFiles> {
 
 /// Opens `source` and builds a model with `build` from its files and a [`WeightLoader`] set
 /// up from `opts`; fails with one error listing every missing, mismatched or unreadable
-/// tensor. Returns the model and the time the whole load took.
+/// tensor. Returns the model, the time the whole load took and what the weights occupy.
 pub fn load<T>(
     source: Source,
     opts: LoadOptions,
     build: impl FnOnce(ModelFiles, &WeightLoader) -> Result<T>,
-) -> Result<(T, Duration)> {
+) -> Result<(T, Duration, WeightStats)> {
     let t0 = Instant::now();
     let CheckpointFiles { files, checkpoint } = source.open()?;
     let mut vb = WeightLoader::new(&checkpoint, &opts.device, opts.dtype);
@@ -142,5 +191,5 @@ pub fn load<T>(
     }
     let model = build(files, &vb)?;
     vb.finish()?;
-    Ok((model, t0.elapsed()))
+    Ok((model, t0.elapsed(), vb.stats()))
 }

@@ -12,9 +12,11 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// The weight goes through [`WeightLoader::get_linear`], the one place that decides
+    /// whether a matrix is quantized.
     pub fn load(vb: &WeightLoader, in_dim: usize, out_dim: usize, bias: bool) -> Linear {
         Linear {
-            w: vb.get("weight", &[out_dim, in_dim]),
+            w: vb.get_linear("weight", &[out_dim, in_dim]),
             b: bias.then(|| vb.get("bias", &[out_dim])),
         }
     }

@@ -29,7 +29,7 @@ use crate::image_encoder::ImageEncoder;
 use crate::loading::{self, LoadOptions, ModelFiles, Source};
 use crate::nn::{Linear, repeat_batch};
 use crate::tokenizer::{BatchEncoding, Blip2Tokenizer, PaddingSide};
-use crate::weights::WeightLoader;
+use crate::weights::{WeightLoader, WeightStats};
 use crate::{ModelError, Result};
 
 /// Texts per Q-Former pass. ITM repeats the image's vision features once per text
@@ -198,6 +198,7 @@ pub struct Blip2Retrieval {
     text_projection: Linear,
     itm_head: Linear,
     pub load_time: Duration,
+    weight_stats: WeightStats,
 }
 
 impl Blip2Retrieval {
@@ -211,12 +212,13 @@ impl Blip2Retrieval {
 
     /// Loads from any [`Source`] (see [`Blip2Retrieval::load`]).
     pub fn load_from(source: Source, opts: LoadOptions) -> Result<Blip2Retrieval> {
-        let (mut model, took) = loading::load(source, opts, Self::build)?;
+        let (mut model, took, stats) = loading::load(source, opts, Self::build)?;
         model.load_time = took;
+        model.weight_stats = stats;
         Ok(model)
     }
 
-    fn build(files: ModelFiles, vb: &WeightLoader) -> Result<Blip2Retrieval> {
+    pub(crate) fn build(files: ModelFiles, vb: &WeightLoader) -> Result<Blip2Retrieval> {
         let ModelFiles {
             config,
             image_config,
@@ -253,8 +255,15 @@ impl Blip2Retrieval {
             itm_head: Linear::load(&vb.pp("itm_head"), d, 2, true),
             tokenizer,
             load_time: Duration::ZERO,
+            weight_stats: WeightStats::default(),
             config,
         })
+    }
+
+    /// What the loaded weights occupy: bytes per storage dtype, the linear weights' dtype,
+    /// and how many tensors were quantized at load or used pre-quantized from the files.
+    pub fn weight_stats(&self) -> &WeightStats {
+        &self.weight_stats
     }
 
     pub fn device(&self) -> &Device {

@@ -8,17 +8,27 @@
 //! vb.finish()?; // one error listing every missing / mismatched tensor
 //! ```
 //!
-//! Dtype policy of [`WeightLoader::get`]: matrices and higher-rank tensors are stored in the
-//! loader's dtype (f32 or f16); vectors (biases, norm weights) always in f32, which the
-//! engine's ops expect and which costs nothing. [`WeightLoader::get_f32`] forces f32 (query
-//! tokens, position and class embeddings). Stored F32/F16/BF16 are converted by the engine.
+//! Dtype policy, in one place ([`WeightLoader::get_linear`] and `policy_dtype`):
+//! * linear-layer weights (every `nn::Linear`) are stored in the loader's dtype: f32, f16,
+//!   or quantized (q8/q4) when the loader's dtype is quantized;
+//! * other matrices and higher-rank tensors ([`WeightLoader::get`]: token embeddings, the
+//!   tied lm_head, position embeddings, the patch-embedding conv) in the loader's dtype,
+//!   except that a quantized loader keeps them in f16 (only `ops::linear` takes quantized
+//!   weights, and embeddings are gathered, not multiplied);
+//! * vectors (biases, norm weights) always in f32, which the engine's ops expect and which
+//!   costs nothing. [`WeightLoader::get_f32`] forces f32 (query tokens, position and class
+//!   embeddings).
+//!
+//! Stored F32/F16/BF16 are converted by the engine. A checkpoint written by `blip2 quantize`
+//! (see [`crate::save`]) holds linear weights already quantized: those are used in place from
+//! the memory map, whatever the loader's dtype (the saved format wins).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use blip2_engine::{DType, Device, StoredDType, Tensor};
+use blip2_engine::{DType, Device, QFormat, QuantBytes, StoredDType, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Metadata, SafeTensorError};
 use safetensors::{Dtype, SafeTensors};
@@ -27,11 +37,31 @@ use crate::error::{ModelError, Result, WeightProblem, WeightProblems};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// Companion of a quantized tensor `name`: `name.qscales`, its F16 block scales.
+pub const QSCALES_SUFFIX: &str = ".qscales";
+/// `__metadata__` key naming the quantized dtype of a file written by `blip2 quantize`.
+pub const META_QUANT_DTYPE: &str = "blip2.quant_dtype";
+/// `__metadata__` key of the format version of such a file.
+pub const META_QUANT_VERSION: &str = "blip2.quant_version";
+/// The only version written and read.
+pub const QUANT_VERSION: &str = "1";
 
 /// Bytes of one safetensors file: memory-mapped from disk, or embedded in the binary.
+// `Arc` so quantized tensors can keep using the mapped bytes after the checkpoint is dropped.
 enum ShardData {
-    Mapped(Mmap),
+    Mapped(Arc<Mmap>),
     Static(&'static [u8]),
+}
+
+impl ShardData {
+    /// `len` bytes at `start`, shared in place (no copy).
+    fn shared(&self, start: usize, len: usize) -> QuantBytes {
+        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = match self {
+            ShardData::Mapped(m) => m.clone(),
+            ShardData::Static(b) => Arc::new(*b),
+        };
+        QuantBytes::Shared { owner, start, len }
+    }
 }
 
 impl std::ops::Deref for ShardData {
@@ -50,6 +80,8 @@ struct Shard {
     /// Offset of the tensor data (8 + header length).
     data_start: usize,
     meta: Metadata,
+    /// `__metadata__` [`META_QUANT_DTYPE`] of a file written by `blip2 quantize`.
+    quant: Option<DType>,
 }
 
 /// One or more safetensors files, memory-mapped, with their headers validated.
@@ -122,7 +154,7 @@ fn open_shard(path: &Path) -> Result<Shard> {
     // no tensor slice points past the end of the file. (A file truncated by another process
     // while mapped can still fault; nothing in a process can prevent that.)
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-    parse_shard(path, ShardData::Mapped(mmap))
+    parse_shard(path, ShardData::Mapped(Arc::new(mmap)))
 }
 
 /// Validates a safetensors header against the data it describes.
@@ -160,12 +192,40 @@ fn parse_shard(path: &Path, mmap: ShardData) -> Result<Shard> {
         };
         ModelError::checkpoint(path, msg)
     })?;
+    let quant = quant_metadata(path, &meta)?;
     Ok(Shard {
         path: path.to_path_buf(),
         mmap,
         data_start: 8 + header_len,
         meta,
+        quant,
     })
+}
+
+/// The quantized dtype a file declares in its `__metadata__`, checked.
+fn quant_metadata(path: &Path, meta: &Metadata) -> Result<Option<DType>> {
+    let Some(m) = meta.metadata() else {
+        return Ok(None);
+    };
+    let Some(d) = m.get(META_QUANT_DTYPE) else {
+        return Ok(None);
+    };
+    let version = m.get(META_QUANT_VERSION).map(String::as_str);
+    if version != Some(QUANT_VERSION) {
+        return Err(ModelError::checkpoint(
+            path,
+            format!(
+                "__metadata__ {META_QUANT_VERSION} is {version:?}, this build reads version {QUANT_VERSION}"
+            ),
+        ));
+    }
+    match d.parse::<DType>() {
+        Ok(q) if q.is_quantized() => Ok(Some(q)),
+        _ => Err(ModelError::checkpoint(
+            path,
+            format!("__metadata__ {META_QUANT_DTYPE} is '{d}', expected q8 or q4"),
+        )),
+    }
 }
 
 impl Checkpoint {
@@ -272,6 +332,20 @@ impl Checkpoint {
             .iter()
             .map(|f| open_shard(f))
             .collect::<Result<Vec<_>>>()?;
+        // One quantized dtype per checkpoint: shards of two `blip2 quantize` runs mixed up
+        // would otherwise load half q8, half q4.
+        let mut declared = shards.iter().filter_map(|s| s.quant.map(|q| (q, &s.path)));
+        if let Some((q, first)) = declared.next()
+            && let Some((other, file)) = declared.find(|(d, _)| *d != q)
+        {
+            return Err(ModelError::checkpoint(
+                file,
+                format!(
+                    "declares {other} quantization but {} declares {q}",
+                    first.display()
+                ),
+            ));
+        }
         Ok(Self::from_shards(path, shards))
     }
 
@@ -367,6 +441,26 @@ impl Checkpoint {
         shard.mmap.get(shard.data_start + s..shard.data_start + e)
     }
 
+    /// The quantized dtype of a checkpoint written by `blip2 quantize` (its files'
+    /// `__metadata__`), `None` for a float checkpoint.
+    pub fn quant_dtype(&self) -> Option<DType> {
+        self.shards.iter().find_map(|s| s.quant)
+    }
+
+    /// The quantized dtype declared by the file holding `name`.
+    fn quant_of(&self, name: &str) -> Option<DType> {
+        self.shards[*self.names.get(name)?].quant
+    }
+
+    /// The bytes of `name`, shared in place from the map (no copy).
+    fn shared(&self, name: &str) -> Option<QuantBytes> {
+        let shard = &self.shards[*self.names.get(name)?];
+        let (s, e) = shard.meta.info(name)?.data_offsets;
+        let start = shard.data_start.checked_add(s)?;
+        let len = e.checked_sub(s)?;
+        (start.checked_add(len)? <= shard.mmap.len()).then(|| shard.mmap.shared(start, len))
+    }
+
     /// How many tensors are stored in each dtype ("F32" -> 120, ...).
     pub fn dtype_counts(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -387,6 +481,54 @@ struct LoadState {
     used: HashSet<String>,
     cache: HashMap<(String, DType), Tensor>,
     bytes_done: u64,
+    /// Names loaded through [`WeightLoader::get_linear`] (for [`WeightStats`]).
+    linear: HashSet<String>,
+    /// Quantized tensors taken in place from a pre-quantized file.
+    prequantized: usize,
+    /// Tensors quantized while loading (from float data).
+    quantized_at_load: usize,
+}
+
+/// What a model's loaded weights occupy, from every tensor the loader produced (a tied
+/// weight counts once).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WeightStats {
+    pub tensors: usize,
+    /// Exact storage bytes ([`Tensor::size_in_bytes`]), scales included.
+    pub bytes: u64,
+    /// Bytes per storage dtype ("q4" -> .., "f16" -> .., "f32" -> ..).
+    pub bytes_by_dtype: BTreeMap<String, u64>,
+    /// Linear-layer weights ([`WeightLoader::get_linear`]): count, bytes, and their dtype
+    /// ("mixed" if they differ, "" when there are none).
+    pub linear_weights: usize,
+    pub linear_bytes: u64,
+    pub linear_dtype: String,
+    /// Quantized tensors used in place from a `blip2 quantize` file (never re-quantized).
+    pub prequantized: usize,
+    /// Tensors quantized from float data while loading.
+    pub quantized_at_load: usize,
+}
+
+impl WeightStats {
+    /// The weights' dtype as a user would name it: the linear weights' dtype (what
+    /// `--dtype` chooses), or the single dtype of all matrices for a model without linears.
+    pub fn weight_dtype(&self) -> &str {
+        &self.linear_dtype
+    }
+
+    /// A JSON object of these numbers (for `--json` outputs).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "weight_dtype": self.linear_dtype,
+            "tensors": self.tensors,
+            "bytes": self.bytes,
+            "bytes_by_dtype": self.bytes_by_dtype,
+            "linear_weights": self.linear_weights,
+            "linear_bytes": self.linear_bytes,
+            "prequantized": self.prequantized,
+            "quantized_at_load": self.quantized_at_load,
+        })
+    }
 }
 
 /// Prefix builder over a [`Checkpoint`]: shape-checked gets that record problems instead of
@@ -463,11 +605,125 @@ impl<'a> WeightLoader<'a> {
         self.ckpt.contains(&self.full_name(name))
     }
 
+    /// Storage dtype of a non-linear tensor (the module doc has the policy).
     fn policy_dtype(&self, shape: &[usize]) -> DType {
-        if shape.len() >= 2 {
-            self.dtype
-        } else {
+        if shape.len() < 2 {
             DType::F32
+        } else if self.dtype.is_quantized() {
+            DType::F16
+        } else {
+            self.dtype
+        }
+    }
+
+    /// The weight `prefix.name` `[out, in]` of a linear layer, the one kind of tensor that
+    /// may be quantized: in the loader's dtype (quantized from the stored floats when that
+    /// is q8/q4), or used in place when the checkpoint stores it quantized.
+    pub fn get_linear(&self, name: &str, shape: &[usize]) -> Tensor {
+        let full = self.full_name(name);
+        self.lock().linear.insert(full.clone());
+        let scales = format!("{full}{QSCALES_SUFFIX}");
+        let stored_u8 = self.ckpt.meta(&full).is_some_and(|m| m.dtype == Dtype::U8);
+        if self.ckpt.random.is_none() && (stored_u8 || self.ckpt.names.contains_key(&scales)) {
+            return self.load_prequantized(&full, &scales, shape);
+        }
+        self.get_dtype(name, shape, self.dtype)
+    }
+
+    /// A quantized tensor as `blip2 quantize` writes it: `full` the U8 quants
+    /// `[rows, row_bytes]`, `scales` the F16 scales `[rows, row_blocks]`, both checked against
+    /// the logical `shape` and the file's declared dtype; the quants are not copied.
+    fn load_prequantized(&self, full: &str, scales: &str, shape: &[usize]) -> Tensor {
+        let ckpt = self.ckpt;
+        let file = ckpt
+            .meta(full)
+            .or_else(|| ckpt.meta(scales))
+            .map_or_else(|| ckpt.path.clone(), |m| m.file.to_path_buf());
+        let bad = |msg: String| {
+            self.record(WeightProblem::Quantized {
+                name: full.to_string(),
+                file: file.clone(),
+                msg,
+            });
+            self.placeholder(shape, DType::F16)
+        };
+        let Some(meta) = ckpt.meta(full) else {
+            return bad(format!(
+                "the scales tensor {scales} exists but the quantized tensor does not"
+            ));
+        };
+        let Some(qdtype) = ckpt.quant_of(full) else {
+            return bad(format!(
+                "stored quantized ({:?} with {scales}) but the file's __metadata__ declares no {META_QUANT_DTYPE}",
+                meta.dtype
+            ));
+        };
+        let key = (full.to_string(), qdtype);
+        if let Some(t) = self.lock().cache.get(&key)
+            && t.shape() == shape
+        {
+            return t.clone();
+        }
+        let Some(format) = qdtype.quant_format() else {
+            return bad(format!("{qdtype} is not a quantized dtype"));
+        };
+        let Some((&cols, lead)) = shape.split_last() else {
+            return bad("a quantized tensor needs rank >= 1".into());
+        };
+        let rows: usize = lead.iter().product();
+        if meta.dtype != Dtype::U8 {
+            return bad(format!(
+                "has a scales tensor {scales} but is stored as {:?}, not U8 quants",
+                meta.dtype
+            ));
+        }
+        let want_q = [rows, format.row_bytes(cols)];
+        if meta.shape != want_q {
+            let other = match format {
+                QFormat::Q8 => QFormat::Q4,
+                QFormat::Q4 => QFormat::Q8,
+            };
+            let hint = if meta.shape == [rows, other.row_bytes(cols)] {
+                format!(" (that is {}-sized)", other.name())
+            } else {
+                String::new()
+            };
+            return bad(format!(
+                "{qdtype} quants of {shape:?} need U8 shape {want_q:?}, found {:?}{hint}",
+                meta.shape
+            ));
+        }
+        let Some(smeta) = ckpt.meta(scales) else {
+            return bad(format!("its scales tensor {scales} is missing"));
+        };
+        let want_s = [rows, QFormat::row_blocks(cols)];
+        if smeta.dtype != Dtype::F16 || smeta.shape != want_s {
+            return bad(format!(
+                "scales tensor {scales} must be F16 {want_s:?}, found {:?} {:?}",
+                smeta.dtype, smeta.shape
+            ));
+        }
+        let (Some(qs), Some(sbytes)) = (ckpt.shared(full), ckpt.raw(scales)) else {
+            return bad("tensor data lies outside the file".into());
+        };
+        let qlen = qs.as_slice().len() as u64;
+        match Tensor::from_quantized(qdtype, shape, qs, sbytes, &self.device) {
+            Ok(t) => {
+                let (done, total) = {
+                    let mut st = self.lock();
+                    st.used.insert(full.to_string());
+                    st.used.insert(scales.to_string());
+                    st.cache.insert(key, t.clone());
+                    st.prequantized += 1;
+                    st.bytes_done += qlen + sbytes.len() as u64;
+                    (st.bytes_done, ckpt.total_bytes)
+                };
+                if let Some(p) = &self.progress {
+                    p(done, total);
+                }
+                t
+            }
+            Err(e) => bad(e.to_string()),
         }
     }
 
@@ -537,7 +793,9 @@ impl<'a> WeightLoader<'a> {
             let t = random_tensor(full, shape, dtype, seed, &self.device);
             return match t {
                 Ok(t) => {
-                    self.lock().cache.insert(key, t.clone());
+                    let mut st = self.lock();
+                    st.quantized_at_load += usize::from(dtype.is_quantized());
+                    st.cache.insert(key, t.clone());
                     t
                 }
                 Err(e) => {
@@ -566,6 +824,17 @@ impl<'a> WeightLoader<'a> {
             });
             return self.placeholder(shape, dtype);
         }
+        let scales = format!("{full}{QSCALES_SUFFIX}");
+        if self.ckpt.names.contains_key(&scales) {
+            self.record(WeightProblem::Quantized {
+                name: full.to_string(),
+                file: meta.file.to_path_buf(),
+                msg: format!(
+                    "has a scales tensor {scales}, but the model reads it as a float tensor (only linear-layer weights are quantized)"
+                ),
+            });
+            return self.placeholder(shape, dtype);
+        }
         let Some(stored) = stored_dtype(meta.dtype) else {
             self.record(WeightProblem::UnsupportedDType {
                 name: full.to_string(),
@@ -589,6 +858,7 @@ impl<'a> WeightLoader<'a> {
                     let mut st = self.lock();
                     st.used.insert(full.to_string());
                     st.cache.insert(key, t.clone());
+                    st.quantized_at_load += usize::from(dtype.is_quantized());
                     st.bytes_done += bytes.len() as u64;
                     (st.bytes_done, self.ckpt.total_bytes)
                 };
@@ -673,6 +943,47 @@ impl<'a> WeightLoader<'a> {
     /// Bytes of tensor data loaded so far.
     pub fn bytes_loaded(&self) -> u64 {
         self.lock().bytes_done
+    }
+
+    /// Sizes of every tensor loaded so far (see [`WeightStats`]).
+    pub fn stats(&self) -> WeightStats {
+        let st = self.lock();
+        let mut s = WeightStats {
+            prequantized: st.prequantized,
+            quantized_at_load: st.quantized_at_load,
+            ..Default::default()
+        };
+        let mut linear_dtypes = std::collections::BTreeSet::new();
+        for ((name, _), t) in &st.cache {
+            let b = t.size_in_bytes() as u64;
+            s.tensors += 1;
+            s.bytes += b;
+            *s.bytes_by_dtype.entry(t.dtype().to_string()).or_insert(0) += b;
+            if st.linear.contains(name) {
+                s.linear_weights += 1;
+                s.linear_bytes += b;
+                linear_dtypes.insert(t.dtype().to_string());
+            }
+        }
+        s.linear_dtype = match linear_dtypes.len() {
+            0 => String::new(),
+            1 => linear_dtypes.pop_first().unwrap_or_default(),
+            _ => "mixed".into(),
+        };
+        s
+    }
+
+    /// Every tensor loaded so far with its checkpoint name, sorted by name (what
+    /// `blip2 quantize` writes).
+    pub fn loaded_tensors(&self) -> Vec<(String, Tensor)> {
+        let st = self.lock();
+        let mut v: Vec<(String, Tensor)> = st
+            .cache
+            .iter()
+            .map(|((n, _), t)| (n.clone(), t.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Drops the cache of loaded tensors (the model keeps its own references).

@@ -8,7 +8,7 @@ use blip2::model::Blip2Config;
 use blip2::{Blip2, GenerationConfig};
 use clap::Args;
 
-use super::common::{DTypeArg, DeviceArg, ms, pick_device};
+use super::common::{DTypeArg, DeviceArg, ms, pick_device, weight_summary};
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchOpts {
@@ -22,7 +22,8 @@ pub struct BenchOpts {
     pub new_tokens: usize,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// Weight storage dtype; f16 halves memory (needed for opt-6.7b within 24 GiB).
+    /// Weight storage dtype; f16 halves memory (needed for opt-6.7b within 24 GiB); q8/q4
+    /// quantize the linear weights.
     #[arg(long, value_enum, default_value_t = DTypeArg::F16)]
     pub dtype: DTypeArg,
     /// Timed repetitions after one warm-up run; the best is reported.
@@ -146,6 +147,7 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
             "decode_tokens_per_s": tok_s,
             "logits_finite": finite,
             "peak_rss_bytes": peak_rss(), "gpu_buffer_bytes": gpu_bytes(&device),
+            "weights": model.weight_stats().to_json(),
         });
         println!("{v}");
     } else {
@@ -165,6 +167,7 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
         ] {
             println!("{name:<24}{:>12.2}", d.as_secs_f64() * 1e3);
         }
+        println!("{}", weight_summary(model.weight_stats()));
         println!("decode throughput: {tok_s:.2} tokens/s");
         println!("prompt logits finite: {finite}");
         if let Some(b) = peak_rss() {

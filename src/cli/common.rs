@@ -16,7 +16,9 @@ pub struct ModelOpts {
     pub model: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// Storage dtype of the weights (activations are f32).
+    /// Storage dtype of the weights (activations are f32). q8/q4 quantize the linear-layer
+    /// weights at load (other matrices f16); a `blip2 quantize` directory keeps its saved
+    /// quantization whatever this says.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// One JSON object per result on its own line.
@@ -38,6 +40,10 @@ pub enum DeviceArg {
 pub enum DTypeArg {
     F32,
     F16,
+    /// 8-bit block-quantized linear weights (8.5 bits per weight).
+    Q8,
+    /// 4-bit block-quantized linear weights (4.5 bits per weight).
+    Q4,
 }
 
 impl DTypeArg {
@@ -45,8 +51,32 @@ impl DTypeArg {
         match self {
             DTypeArg::F32 => DType::F32,
             DTypeArg::F16 => DType::F16,
+            DTypeArg::Q8 => DType::Q8,
+            DTypeArg::Q4 => DType::Q4,
         }
     }
+}
+
+/// One line of weight sizes: "q4 weights: 1.23 MB (q4 0.50 MB, f16 0.70 MB, f32 0.03 MB)".
+pub fn weight_summary(s: &blip2::model::WeightStats) -> String {
+    let mb = |b: u64| b as f64 / 1e6;
+    let parts: Vec<String> = s
+        .bytes_by_dtype
+        .iter()
+        .map(|(d, b)| format!("{d} {:.2} MB", mb(*b)))
+        .collect();
+    format!(
+        "{} weights: {:.2} MB in {} tensors ({}); linear weights {:.2} MB",
+        if s.linear_dtype.is_empty() {
+            "-"
+        } else {
+            &s.linear_dtype
+        },
+        mb(s.bytes),
+        s.tensors,
+        parts.join(", "),
+        mb(s.linear_bytes)
+    )
 }
 
 pub fn pick_device(arg: DeviceArg) -> anyhow::Result<Device> {

@@ -1,8 +1,93 @@
-//! `blip2 info`: compute devices and what they support.
+//! `blip2 info`: compute devices and what they support, and a model's weights.
 
-use blip2::Device;
+use std::path::PathBuf;
 
-pub fn info() -> anyhow::Result<()> {
+use anyhow::Context;
+use blip2::model::WeightStats;
+use blip2::{Blip2, Blip2Retrieval, Device, LoadOptions};
+use clap::Args;
+
+use super::common::{DTypeArg, weight_summary};
+
+#[derive(Args, Clone, Debug)]
+pub struct InfoOpts {
+    /// Checkpoint directory whose weights to report (loaded on the CPU); the embedded demo
+    /// model without it.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Storage dtype to load the weights with (q8/q4 quantize the linear weights).
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+    /// One JSON object (devices and the model's weights) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The weights of `--model` (or the demo model) loaded on the CPU with `--dtype`.
+fn model_weights(o: &InfoOpts) -> anyhow::Result<(String, WeightStats)> {
+    let opts = LoadOptions {
+        device: Device::cpu(),
+        dtype: o.dtype.dtype(),
+        progress: None,
+    };
+    let Some(dir) = &o.model else {
+        let m = blip2::demo::load_demo(opts).context("loading the embedded demo model")?;
+        return Ok((
+            "Blip2ForConditionalGeneration".into(),
+            m.weight_stats().clone(),
+        ));
+    };
+    let cfg = blip2::model::Blip2Config::from_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?;
+    let ctx = || format!("loading {}", dir.display());
+    if cfg.is_retrieval() {
+        let m = Blip2Retrieval::load(dir, opts).with_context(ctx)?;
+        Ok((
+            "Blip2ForImageTextRetrieval".into(),
+            m.weight_stats().clone(),
+        ))
+    } else {
+        let m = Blip2::load(dir, opts).with_context(ctx)?;
+        Ok((
+            "Blip2ForConditionalGeneration".into(),
+            m.weight_stats().clone(),
+        ))
+    }
+}
+
+fn info_json(o: &InfoOpts) -> anyhow::Result<()> {
+    let adapters: Vec<serde_json::Value> = blip2::engine::gpu::list_adapters()
+        .iter()
+        .map(|a| {
+            serde_json::json!({"name": a.name, "backend": a.backend,
+                               "device_type": a.device_type, "driver": a.driver})
+        })
+        .collect();
+    let cpu = Device::cpu().info();
+    let gpu = Device::gpu().ok().map(|g| {
+        let i = g.info();
+        serde_json::json!({"name": i.name, "backend": i.backend, "device_type": i.device_type})
+    });
+    let (arch, stats) = model_weights(o)?;
+    let v = serde_json::json!({
+        "adapters": adapters,
+        "cpu": {"name": cpu.name, "threads": cpu.threads},
+        "gpu": gpu,
+        "model": {
+            "path": o.model.as_ref().map(|p| p.display().to_string()),
+            "architecture": arch,
+            "dtype": o.dtype.dtype().to_string(),
+            "weights": stats.to_json(),
+        },
+    });
+    println!("{v}");
+    Ok(())
+}
+
+pub fn info(o: &InfoOpts) -> anyhow::Result<()> {
+    if o.json {
+        return info_json(o);
+    }
     let adapters = blip2::engine::gpu::list_adapters();
     println!("wgpu adapters: {}", adapters.len());
     for a in &adapters {
@@ -74,5 +159,14 @@ pub fn info() -> anyhow::Result<()> {
     if let Some(t) = &c.text_config {
         println!("  {}", t.summary());
     }
+    let (arch, stats) = model_weights(o)?;
+    match &o.model {
+        Some(dir) => println!("model {} ({arch}):", dir.display()),
+        None => println!(
+            "embedded demo model loaded with --dtype {}:",
+            o.dtype.dtype()
+        ),
+    }
+    println!("  {}", weight_summary(&stats));
     Ok(())
 }

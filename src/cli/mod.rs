@@ -4,5 +4,6 @@ pub mod bench;
 pub mod common;
 pub mod generate;
 pub mod info;
+pub mod quantize;
 pub mod retrieval;
 pub mod scene;
