@@ -4,10 +4,9 @@
 //! weights are transformers' random initialisation, so these bound the kernels' and the
 //! formats' error, not a trained model's task accuracy (docs/quantization.md has that).
 //!
-//! Thresholds: measured on 2026-12-02 (printed by each run: `cargo test --test
-//! quantized_accuracy -- --nocapture`) with headroom for another summation order: the
-//! relative-error bound is 2× the largest measured value over all stages and devices,
-//! rounded up; the cosine floor is 1 − 2·(1 − the smallest measured cosine).
+//! Thresholds: measured on 2026-12-02 (each run prints its values: `cargo test --test
+//! quantized_accuracy -- --nocapture`), with headroom: about 2× the largest measured
+//! relative error and 1 − 2·(1 − the smallest measured cosine), rounded (see `limits`).
 
 mod common;
 
@@ -26,24 +25,34 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
     ab / (aa.sqrt() * bb.sqrt()).max(1e-300)
 }
 
-/// (max relative error, min cosine) allowed per dtype.
-fn limits(dtype: DType) -> (f64, f64) {
-    match dtype {
-        DType::Q8 => (Q8_REL, Q8_COS),
-        DType::Q4 => (Q4_REL, Q4_COS),
-        _ => unreachable!(),
+/// (max relative error, min cosine) allowed per dtype and stage. Measured maxima (CPU and
+/// llvmpipe agree to 4 digits: the error is the formats', not the summation order's), OPT
+/// and T5 fixtures, 4 images, both prompts:
+///
+/// | stage | q8 rel / cos | q4 rel / cos |
+/// |---|---|---|
+/// | vision | 1.16e-2 / 0.999946 | 1.88e-1 / 0.98878 |
+/// | qformer, projection | 1.92e-2 / 0.999863 | 3.25e-1 / 0.96453 |
+/// | T5 encoder, logits | 4.22e-2 / 0.999508 | 4.27e-1 / 0.93400 |
+///
+/// q4's large errors on these fixtures come from transformers' random initialisation
+/// (normal weights with no structure for a scale to exploit) compounding over the layers;
+/// on the trained demo model q4 keeps every answer (docs/quantization.md).
+fn limits(dtype: DType, stage: &str) -> (f64, f64) {
+    let late = stage.contains("logits") || stage.contains("encoder");
+    match (dtype, stage) {
+        (DType::Q8, _) => (0.1, 0.999),
+        (DType::Q4, "vision") => (0.4, 0.975),
+        (DType::Q4, _) if !late => (0.7, 0.93),
+        (DType::Q4, _) => (0.9, 0.85),
+        _ => unreachable!("quantized dtypes only"),
     }
 }
 
-const Q8_REL: f64 = 0.05;
-const Q8_COS: f64 = 0.999;
-const Q4_REL: f64 = 0.5;
-const Q4_COS: f64 = 0.95;
-
-fn check(what: &str, dtype: DType, got: &blip2::engine::Tensor, want: &RefTensor) {
+fn check(what: &str, stage: &str, dtype: DType, got: &blip2::engine::Tensor, want: &RefTensor) {
     let g = got.to_vec_f32().unwrap();
     let (e, c) = (rel_err(&g, &want.f), cosine(&g, &want.f));
-    let (max_e, min_c) = limits(dtype);
+    let (max_e, min_c) = limits(dtype, stage);
     eprintln!("{what}: rel_err {e:.3e} cosine {c:.6}");
     assert!(e <= max_e, "{what}: relative error {e:e} > {max_e:e}");
     assert!(c >= min_c, "{what}: cosine {c} < {min_c}");
@@ -61,18 +70,21 @@ fn opt_stages_and_logits_with_quantized_weights() {
                 let [vis, q, proj] = model.stages(&ref_pixels(&images, key, &dev)).unwrap();
                 check(
                     &what("vision"),
+                    "vision",
                     dtype,
                     &vis,
                     &refs[&format!("{key}.vision_last_hidden_state")],
                 );
                 check(
                     &what("qformer"),
+                    "qformer",
                     dtype,
                     &q,
                     &refs[&format!("{key}.qformer_last_hidden_state")],
                 );
                 check(
                     &what("projection"),
+                    "projection",
                     dtype,
                     &proj,
                     &refs[&format!("{key}.language_projection")],
@@ -84,6 +96,7 @@ fn opt_stages_and_logits_with_quantized_weights() {
                         .unwrap();
                     check(
                         &what(&format!("{p} logits")),
+                        "logits",
                         dtype,
                         &logits,
                         &refs[&format!("{key}.{p}.logits")],
@@ -106,18 +119,21 @@ fn t5_stages_encoder_and_logits_with_quantized_weights() {
                 let [vis, q, proj] = model.stages(&ref_pixels(&images, key, &dev)).unwrap();
                 check(
                     &what("vision"),
+                    "vision",
                     dtype,
                     &vis,
                     &refs[&format!("{key}.vision_last_hidden_state")],
                 );
                 check(
                     &what("qformer"),
+                    "qformer",
                     dtype,
                     &q,
                     &refs[&format!("{key}.qformer_last_hidden_state")],
                 );
                 check(
                     &what("projection"),
+                    "projection",
                     dtype,
                     &proj,
                     &refs[&format!("{key}.language_projection")],
@@ -130,12 +146,14 @@ fn t5_stages_encoder_and_logits_with_quantized_weights() {
                         .unwrap();
                     check(
                         &what(&format!("{p} encoder")),
+                        "encoder",
                         dtype,
                         &enc.unwrap(),
                         &refs[&format!("{key}.{p}.encoder_last_hidden_state")],
                     );
                     check(
                         &what(&format!("{p} logits")),
+                        "logits",
                         dtype,
                         &logits,
                         &refs[&format!("{key}.{p}.logits")],

@@ -33,6 +33,23 @@ pub struct BenchOpts {
     pub seed: u64,
     #[arg(long)]
     pub json: bool,
+    /// After the timed runs, also build the f32 model from the same seed and report the
+    /// cosine similarity of the prompt logits (same images) to it: the accuracy cost of
+    /// `--dtype` at this size. Needs the f32 model's memory (peak RSS is read before it).
+    #[arg(long)]
+    pub compare_f32: bool,
+}
+
+/// Cosine similarity of two equally long vectors (f64 sums).
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64, y as f64);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa.sqrt() * bb.sqrt()).max(1e-300)
 }
 
 struct Run {
@@ -124,7 +141,24 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
         .is_some_and(|t| t.is_encoder_decoder());
     let dec = vec![vec![0u32]; o.batch_size];
     let (logits, _) = model.prompt_logits(&feats, &prompts, encdec.then_some(&dec[..]))?;
-    let finite = logits.to_vec_f32()?.iter().all(|v| v.is_finite());
+    let logits = logits.to_vec_f32()?;
+    let finite = logits.iter().all(|v| v.is_finite());
+    let rss = peak_rss();
+    let weights = model.weight_stats().clone();
+    let cosine_f32 = if o.compare_f32 {
+        drop((model, feats));
+        let reference = Blip2::random(
+            Blip2Config::preset(&o.preset)?,
+            &device,
+            blip2::DType::F32,
+            o.seed,
+        )?;
+        let f = reference.image_features(&refs)?;
+        let (l, _) = reference.prompt_logits(&f, &prompts, encdec.then_some(&dec[..]))?;
+        Some(cosine(&logits, &l.to_vec_f32()?))
+    } else {
+        None
+    };
     let per_token = r
         .decode
         .checked_div(r.decode_tokens.max(1) as u32)
@@ -145,9 +179,9 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
                 "per_token_decode": ms(per_token),
             },
             "decode_tokens_per_s": tok_s,
-            "logits_finite": finite,
-            "peak_rss_bytes": peak_rss(), "gpu_buffer_bytes": gpu_bytes(&device),
-            "weights": model.weight_stats().to_json(),
+            "logits_finite": finite, "logits_cosine_vs_f32": cosine_f32,
+            "peak_rss_bytes": rss, "gpu_buffer_bytes": gpu_bytes(&device),
+            "weights": weights.to_json(),
         });
         println!("{v}");
     } else {
@@ -167,10 +201,13 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
         ] {
             println!("{name:<24}{:>12.2}", d.as_secs_f64() * 1e3);
         }
-        println!("{}", weight_summary(model.weight_stats()));
+        println!("{}", weight_summary(&weights));
         println!("decode throughput: {tok_s:.2} tokens/s");
         println!("prompt logits finite: {finite}");
-        if let Some(b) = peak_rss() {
+        if let Some(c) = cosine_f32 {
+            println!("prompt logits cosine vs f32: {c:.6}");
+        }
+        if let Some(b) = rss {
             println!("peak RSS: {:.2} GiB", b as f64 / (1u64 << 30) as f64);
         }
         if let Some(b) = gpu_bytes(&device) {
