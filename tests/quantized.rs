@@ -48,7 +48,7 @@ fn is_encdec(m: &Blip2) -> bool {
 fn run(m: &Blip2) -> (Vec<f32>, Vec<u32>) {
     let img = image("rgb");
     let feats = m.image_features(&[&img]).unwrap();
-    let dec = vec![vec![0u32]];
+    let dec = [vec![0u32]];
     let (logits, _) = m
         .prompt_logits(
             &feats,

@@ -874,6 +874,7 @@ fn quantize_round_trip_error_bounds() {
 /// Reference of the small-M (m ≤ 4) path: the activations quantized as the kernel does
 /// ([`QActivations`]), exact integer block sums, then Σ_b d_w·d_x·I_b in f64; plus the bound's
 /// Σ_b |d_w·d_x·I_b| (+ |bias|).
+#[allow(clippy::too_many_arguments)]
 fn matmul_q_int_ref(
     a: &[f32],
     fmt: QFormat,

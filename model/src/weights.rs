@@ -758,6 +758,11 @@ impl<'a> WeightLoader<'a> {
     pub fn get_with_fallback(&self, name: &str, fallback: &str, shape: &[usize]) -> Tensor {
         let full = self.full_name(name);
         let dtype = self.policy_dtype(shape);
+        // Random weights stand for a checkpoint saved by transformers, which stores a tied
+        // head once, under the embedding's name: one copy, as with the real files.
+        if self.ckpt.random.is_some() {
+            return self.load(&self.full_name(fallback), shape, dtype);
+        }
         if self.ckpt.contains(&full) {
             return self.load(&full, shape, dtype);
         }

@@ -43,6 +43,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--compare-f32", action="store_true")
+    p.add_argument("--save", help="also write every run's JSON here")
     args = p.parse_args()
 
     results = {d: [] for d in args.dtypes}
@@ -50,13 +51,16 @@ def main():
         for d in args.dtypes:
             results[d].append(run(args, d))
             print(f"round {r + 1}/{args.rounds} {d}: done", file=sys.stderr)
+            if args.save:
+                with open(args.save, "w") as f:
+                    json.dump(results, f)
 
     def med(d, f):
         return statistics.median(f(x) for x in results[d])
 
     rows = [(label, lambda x, k=key: x["timings_ms"][k]) for key, label, _ in STAGES]
     rows.append(("peak RSS (GiB)", lambda x: x["peak_rss_bytes"] / 2**30))
-    rows.append(("weights (GiB)", lambda x: x["weights"]["total_bytes"] / 2**30))
+    rows.append(("weights (GiB)", lambda x: x["weights"]["bytes"] / 2**30))
     base = args.dtypes[0]
     first = results[base][0]
     print(f"preset {args.preset}, device {first['device']} ({first['backend']}), "

@@ -26,6 +26,7 @@ impl Rng {
     }
 }
 
+#[allow(unused_imports)] // not every test file uses `gpu`
 pub use blip2_engine::testing::{devices, gpu};
 
 /// Values as stored in `dtype` (f16 rounding applied), so references see what the op sees.
