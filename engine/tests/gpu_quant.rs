@@ -223,7 +223,16 @@ fn cpu_parity(dev: &Device, rng: &mut Rng, sizes: &[(usize, usize, usize)]) {
                     let b = Tensor::from_slice(&bv, &[n], xdt, d).unwrap();
                     ops::linear(&x, w, Some(&b)).unwrap().to_vec_f32().unwrap()
                 };
-                let tol = if xdt == DType::F16 { 1e-3 } else { 1e-5 };
+                // For m ≤ 4 the CPU quantizes activations to 8 bits per block (integer dot
+                // products; the GPU keeps them f32): relative error up to ~1/254 per value,
+                // measured 3.7e-3 here, so 2e-2 there; otherwise f32/f16 rounding only.
+                let tol = if m <= 4 {
+                    2e-2
+                } else if xdt == DType::F16 {
+                    1e-3
+                } else {
+                    1e-5
+                };
                 let e = rel_err(&run(dev, &wg), &run(&cpu, &wc));
                 assert!(
                     e < tol,
