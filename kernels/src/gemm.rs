@@ -570,7 +570,7 @@ pub(crate) fn tile_rows(isa: Isa) -> usize {
 }
 
 /// Splits `len` into `parts` ranges whose boundaries are multiples of `align`; returns part `i`.
-fn part(len: usize, parts: usize, align: usize, i: usize) -> (usize, usize) {
+pub(crate) fn part(len: usize, parts: usize, align: usize, i: usize) -> (usize, usize) {
     let units = len.div_ceil(align);
     let s = (i * units / parts * align).min(len);
     let e = ((i + 1) * units / parts * align).min(len);

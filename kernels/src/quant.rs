@@ -398,13 +398,8 @@ pub fn matmul_q_with(
 /// Column parts for `tasks` threads, each at least `min` columns (aligned to `align`).
 fn column_parts(n: usize, tasks: usize, min: usize, align: usize) -> Vec<(usize, usize)> {
     let parts = tasks.min(n.div_ceil(min)).max(1);
-    let units = n.div_ceil(align);
     (0..parts)
-        .map(|i| {
-            let s = (i * units / parts * align).min(n);
-            let e = ((i + 1) * units / parts * align).min(n);
-            (s, e)
-        })
+        .map(|i| crate::gemm::part(n, parts, align, i))
         .filter(|(s, e)| s < e)
         .collect()
 }
