@@ -93,7 +93,8 @@ enum Command {
         after_help = "Examples:\n  blip2 info\n  blip2 info --model DIR --dtype q4 --json\n  WGPU_BACKEND=vulkan blip2 info      (only Vulkan adapters)\n  WGPU_ADAPTER_NAME=nvidia blip2 info (the adapter --device gpu opens)"
     )]
     Info(cli::info::InfoOpts),
-    /// Write a copy of a checkpoint with its linear weights quantized (q8 or q4), which
+    /// Write a copy of a checkpoint with its linear weights and token embeddings
+    /// quantized (q8 or q4), which
     /// later loads map in place instead of quantizing again.
     #[command(
         after_help = "Example:\n  blip2 quantize --model ./blip2-opt-2.7b --dtype q4 --out ./blip2-opt-2.7b-q4\n  blip2 caption photo.jpg --model ./blip2-opt-2.7b-q4"

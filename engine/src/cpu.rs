@@ -220,9 +220,7 @@ pub(crate) fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Ten
         match table.cpu_storage() {
             CpuStorage::F32(v) => o.copy_from_slice(&v[r]),
             CpuStorage::F16(v) => k::f16_to_f32(&v[r], o),
-            CpuStorage::Quant(_) => {
-                unreachable!("ops::check_float admits quantized tensors only as linear weights")
-            }
+            CpuStorage::Quant(q) => k::dequantize_matrix_row(&q.matrix(), id as usize, o),
         }
     }
     output(out, vec![ids.len(), d], dtype)

@@ -32,14 +32,15 @@ fn check_f32(op: &'static str, operand: &'static str, t: &Tensor) -> Result<()> 
     Ok(())
 }
 
-/// Quantized tensors are linear weights only: every other operand must be f32 or f16.
+/// Quantized tensors are linear weights and embedding tables only: every other operand must be
+/// f32 or f16.
 fn check_float(op: &'static str, operands: &[(&'static str, &Tensor)]) -> Result<()> {
     for &(operand, t) in operands {
         if t.dtype().is_quantized() {
             return Err(Error::DType {
                 op,
                 operand,
-                expected: "f32 or f16 (quantized tensors are linear weights only)",
+                expected: "f32 or f16 (quantized tensors are linear weights and embedding tables only)",
                 found: t.dtype(),
             });
         }
@@ -305,7 +306,16 @@ pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
 /// Rows of `table` `[V, D]` picked by `ids` -> `[ids.len(), D]` in `dtype`.
 pub fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Tensor> {
     const OP: &str = "embedding";
-    check_float(OP, &[("table", table)])?;
+    // A quantized table (a tied embedding / lm_head) is dequantized row by row; the output
+    // is always float.
+    if dtype.is_quantized() {
+        return Err(Error::DType {
+            op: OP,
+            operand: "output",
+            expected: "f32 or f16",
+            found: dtype,
+        });
+    }
     if table.rank() != 2 {
         return Err(Error::shape(
             OP,

@@ -1,7 +1,8 @@
 //! Quantized (q8 / q4) linear layers on the GPU (llvmpipe in CI): qgemv.wgsl for 1..=4 rows
 //! of x, qmatmul.wgsl above, checked against an f64 reference on the dequantized weights and
 //! against the CPU backend; the quantized upload/download round trip; weights bound in row
-//! chunks under a lowered binding limit, and the typed error when even one chunk cannot fit.
+//! chunks under a lowered binding limit (embedding lookups too), and the typed error when even
+//! one chunk cannot fit.
 //!
 //! Without an adapter these tests print why and pass, unless `BLIP2_REQUIRE_GPU=1`, where
 //! they fail.
@@ -281,6 +282,23 @@ fn quantized_weights_in_row_chunks_under_a_small_binding_limit() {
     let mut rng = Rng::new(26);
     for (m, k, n) in sizes {
         check_linear(&dev, &mut rng, DType::Q4, DType::F16, true, m, k, n);
+    }
+    // Embedding lookups in a chunked table: each id read from its own chunk, bit-identical
+    // to the CPU's dequantized rows.
+    for qd in QTYPES {
+        let (vocab, d) = (300, 33);
+        let w = rng.vec(vocab * d);
+        let cpu = Tensor::quantize(&w, &[vocab, d], qd, &Device::Cpu).unwrap();
+        let ids = [299u32, 0, 150, 7, 299];
+        let want = ops::embedding(&cpu, &ids, DType::F32).unwrap();
+        let before = g.stats().dispatches;
+        let got = ops::embedding(&cpu.to_device(&dev).unwrap(), &ids, DType::F32).unwrap();
+        assert!(g.stats().dispatches - before >= 3, "table was not chunked");
+        assert_eq!(
+            got.to_vec_f32().unwrap(),
+            want.to_vec_f32().unwrap(),
+            "{qd}"
+        );
     }
 
     // q8 rows of K = 2000 are 2016 bytes: 4 rows (the chunk multiple) exceed 4 KiB. (x in

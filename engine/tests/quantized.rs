@@ -1,5 +1,6 @@
 //! Quantized tensors (Q8/Q4) through the engine on every device: `ops::linear` against f64 on
-//! the dequantized weights, the dtype guard of the other ops, casts and device moves.
+//! the dequantized weights, embedding lookups in quantized tables, the dtype guard of the
+//! other ops, casts and device moves.
 
 mod common;
 
@@ -120,6 +121,44 @@ fn linear_with_quantized_weights_matches_dequantized_math() {
 }
 
 #[test]
+fn embedding_from_a_quantized_table_is_its_dequantized_rows() {
+    // Dequantization is d·q in f32 on every backend, so the rows are bit-identical to the
+    // CPU's dequantized table (no tolerance); f16 outputs are those values rounded to f16.
+    // Sizes: one padded block, a padded last block, whole blocks; ids repeat and include the
+    // last row.
+    let mut rng = Rng::new(31);
+    for dev in devices() {
+        for qd in QDTYPES {
+            for (vocab, d) in [(3usize, 1usize), (37, 70), (9, 64)] {
+                let w = rng.vec(vocab * d, -2.0, 2.0);
+                let table = Tensor::quantize(&w, &[vocab, d], qd, &Device::Cpu).unwrap();
+                let deq = table.to_vec_f32().unwrap();
+                let ids = [vocab as u32 - 1, 0, 1 % vocab as u32, vocab as u32 - 1];
+                let want: Vec<f32> = ids
+                    .iter()
+                    .flat_map(|&i| deq[i as usize * d..(i as usize + 1) * d].to_vec())
+                    .collect();
+                let t = table.to_device(&dev).unwrap();
+                let got = ops::embedding(&t, &ids, DType::F32).unwrap();
+                assert_eq!(got.shape(), &[ids.len(), d]);
+                assert_eq!(
+                    got.to_vec_f32().unwrap(),
+                    want,
+                    "{qd} {vocab}x{d} on {dev:?}"
+                );
+                let h = ops::embedding(&t, &ids, DType::F16).unwrap();
+                assert_eq!(h.dtype(), DType::F16);
+                let want16: Vec<f32> = want
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_f32())
+                    .collect();
+                assert_eq!(h.to_vec_f32().unwrap(), want16, "{qd} f16 on {dev:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn quantized_tensors_are_rejected_outside_linear() {
     let dev = Device::Cpu;
     let q = Tensor::quantize(&[0.5; 64], &[2, 32], DType::Q4, &dev).unwrap();
@@ -137,7 +176,14 @@ fn quantized_tensors_are_rejected_outside_linear() {
     expect_dtype(ops::softmax(&q, None), "softmax");
     expect_dtype(ops::narrow(&q, 0, 0, 1), "narrow");
     expect_dtype(ops::concat(&[&q, &q], 0), "concat");
-    expect_dtype(ops::embedding(&q, &[0], DType::F32), "embedding");
+    // A quantized table is gathered (see below), but never into a quantized output.
+    assert!(matches!(
+        ops::embedding(&q, &[0], DType::Q8),
+        Err(Error::DType {
+            found: DType::Q8,
+            ..
+        })
+    ));
     // As the activation of linear, too.
     expect_dtype(ops::linear(&q, &f, None), "linear x");
     // Quantizing needs a rank ≥ 1 shape whose size matches the data.

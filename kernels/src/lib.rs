@@ -38,6 +38,6 @@ pub use im2col::im2col_patches;
 pub use isa::{Isa, best_isa, isa, supported_isas};
 pub use norm::{layer_norm, layer_norm_with, rms_norm, rms_norm_with};
 pub use quant::{
-    QActivations, QBLOCK, QFormat, QMatrix, dequantize, dequantize_row, matmul_q, matmul_q_with,
-    quantize_row, quantize_rows,
+    QActivations, QBLOCK, QFormat, QMatrix, dequantize, dequantize_matrix_row, dequantize_row,
+    matmul_q, matmul_q_with, quantize_row, quantize_rows,
 };

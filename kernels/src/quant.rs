@@ -216,6 +216,17 @@ pub fn dequantize(w: &QMatrix, out: &mut [f32]) {
         });
 }
 
+/// Dequantizes row `j` of `w` into `out` (cols floats; SIMD where available): an embedding
+/// lookup in a quantized table.
+pub fn dequantize_matrix_row(w: &QMatrix, j: usize, out: &mut [f32]) {
+    assert!(
+        w.is_consistent() && j < w.rows && out.len() == w.cols,
+        "dequantize_matrix_row: lengths"
+    );
+    let (q, s) = w.row(j);
+    dequantize_row_isa(isa(), w.format, q, s, out);
+}
+
 /// [`dequantize_row`] on an instruction set (SIMD for whole blocks).
 fn dequantize_row_isa(isa: Isa, format: QFormat, qs: &[u8], scales: &[f16], out: &mut [f32]) {
     let full = out.len() / QBLOCK;

@@ -8,19 +8,20 @@
 //! vb.finish()?; // one error listing every missing / mismatched tensor
 //! ```
 //!
-//! Dtype policy, in one place ([`WeightLoader::get_linear`] and `policy_dtype`):
-//! * linear-layer weights (every `nn::Linear`) are stored in the loader's dtype: f32, f16,
-//!   or quantized (q8/q4) when the loader's dtype is quantized;
-//! * other matrices and higher-rank tensors ([`WeightLoader::get`]: token embeddings, the
-//!   tied lm_head, position embeddings, the patch-embedding conv) in the loader's dtype,
-//!   except that a quantized loader keeps them in f16 (only `ops::linear` takes quantized
-//!   weights, and embeddings are gathered, not multiplied);
+//! Dtype policy, in one place ([`WeightLoader::get_linear`], [`WeightLoader::get_embedding`]
+//! and `policy_dtype`):
+//! * linear-layer weights (every `nn::Linear`) and the token-embedding tables of the language
+//!   models (which are, or may be tied to, the LM head) are stored in the loader's dtype:
+//!   f32, f16, or quantized (q8/q4) when the loader's dtype is quantized;
+//! * other matrices and higher-rank tensors ([`WeightLoader::get`]: position embeddings, the
+//!   patch-embedding conv, the Q-Former's word embeddings) in the loader's dtype, except that
+//!   a quantized loader keeps them in f16 (they are small, and read by ops that take floats);
 //! * vectors (biases, norm weights) always in f32, which the engine's ops expect and which
 //!   costs nothing. [`WeightLoader::get_f32`] forces f32 (query tokens, position and class
 //!   embeddings).
 //!
 //! Stored F32/F16/BF16 are converted by the engine. A checkpoint written by `blip2 quantize`
-//! (see [`crate::save`]) holds linear weights already quantized: those are used in place from
+//! (see [`crate::save`]) holds those quantizable weights already quantized: those are used in place from
 //! the memory map, whatever the loader's dtype (the saved format wins).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -481,7 +482,8 @@ struct LoadState {
     used: HashSet<String>,
     cache: HashMap<(String, DType), Tensor>,
     bytes_done: u64,
-    /// Names loaded through [`WeightLoader::get_linear`] (for [`WeightStats`]).
+    /// Names loaded through [`WeightLoader::get_linear`] and [`WeightLoader::get_embedding`]
+    /// (for [`WeightStats`]).
     linear: HashSet<String>,
     /// Quantized tensors taken in place from a pre-quantized file.
     prequantized: usize,
@@ -498,8 +500,9 @@ pub struct WeightStats {
     pub bytes: u64,
     /// Bytes per storage dtype ("q4" -> .., "f16" -> .., "f32" -> ..).
     pub bytes_by_dtype: BTreeMap<String, u64>,
-    /// Linear-layer weights ([`WeightLoader::get_linear`]): count, bytes, and their dtype
-    /// ("mixed" if they differ, "" when there are none).
+    /// The tensors `--dtype` quantizes, linear-layer weights and token-embedding tables
+    /// ([`WeightLoader::get_linear`], [`WeightLoader::get_embedding`]): count, bytes, and
+    /// their dtype ("mixed" if they differ, "" when there are none).
     pub linear_weights: usize,
     pub linear_bytes: u64,
     pub linear_dtype: String,
@@ -616,18 +619,62 @@ impl<'a> WeightLoader<'a> {
         }
     }
 
-    /// The weight `prefix.name` `[out, in]` of a linear layer, the one kind of tensor that
-    /// may be quantized: in the loader's dtype (quantized from the stored floats when that
-    /// is q8/q4), or used in place when the checkpoint stores it quantized.
+    /// The weight `prefix.name` `[out, in]` of a linear layer, one of the two kinds of
+    /// tensor that may be quantized: in the loader's dtype (quantized from the stored floats
+    /// when that is q8/q4), or used in place when the checkpoint stores it quantized.
     pub fn get_linear(&self, name: &str, shape: &[usize]) -> Tensor {
-        let full = self.full_name(name);
+        self.get_quantizable(name, None, shape)
+    }
+
+    /// A token-embedding table `[vocab, d]`, the other kind of quantizable tensor: it is
+    /// the tied LM head of OPT and T5 (a GEMV over the whole vocabulary every token), and
+    /// gathering rows dequantizes them exactly as the head's matmul does.
+    pub fn get_embedding(&self, name: &str, shape: &[usize]) -> Tensor {
+        self.get_quantizable(name, None, shape)
+    }
+
+    /// [`Self::get_linear`] for a head that may be tied: `prefix.name`, or `prefix.fallback`
+    /// (the embedding table, loaded once for both) when the first is absent.
+    pub fn get_linear_with_fallback(&self, name: &str, fallback: &str, shape: &[usize]) -> Tensor {
+        self.get_quantizable(name, Some(fallback), shape)
+    }
+
+    fn get_quantizable(&self, name: &str, fallback: Option<&str>, shape: &[usize]) -> Tensor {
+        let Some(full) = self.resolve(name, fallback, shape) else {
+            return self.placeholder(shape, self.dtype);
+        };
         self.lock().linear.insert(full.clone());
         let scales = format!("{full}{QSCALES_SUFFIX}");
         let stored_u8 = self.ckpt.meta(&full).is_some_and(|m| m.dtype == Dtype::U8);
         if self.ckpt.random.is_none() && (stored_u8 || self.ckpt.names.contains_key(&scales)) {
             return self.load_prequantized(&full, &scales, shape);
         }
-        self.get_dtype(name, shape, self.dtype)
+        self.load(&full, shape, self.dtype)
+    }
+
+    /// The checkpoint name to load for `prefix.name`, else `prefix.fallback` (tied weights:
+    /// OPT `lm_head.weight` -> `model.decoder.embed_tokens.weight`; T5 `lm_head.weight` ->
+    /// `shared.weight`); `None`, recorded as missing, when neither exists.
+    fn resolve(&self, name: &str, fallback: Option<&str>, shape: &[usize]) -> Option<String> {
+        let full = self.full_name(name);
+        let fb = fallback.map(|f| self.full_name(f));
+        // Random weights stand for a checkpoint saved by transformers, which stores a tied
+        // head once, under the embedding's name: one copy, as with the real files.
+        if self.ckpt.random.is_some() {
+            return Some(fb.unwrap_or(full));
+        }
+        if self.ckpt.contains(&full) {
+            return Some(full);
+        }
+        if let Some(fb) = fb.filter(|f| self.ckpt.contains(f)) {
+            return Some(fb);
+        }
+        self.record(WeightProblem::Missing {
+            name: full,
+            expected: shape.to_vec(),
+            fallback: fallback.map(|f| self.full_name(f)),
+        });
+        None
     }
 
     /// A quantized tensor as `blip2 quantize` writes it: `full` the U8 quants
@@ -740,42 +787,10 @@ impl<'a> WeightLoader<'a> {
 
     /// Like [`Self::get`] with an explicit storage dtype.
     pub fn get_dtype(&self, name: &str, shape: &[usize], dtype: DType) -> Tensor {
-        let full = self.full_name(name);
-        if !self.ckpt.contains(&full) {
-            self.record(WeightProblem::Missing {
-                name: full,
-                expected: shape.to_vec(),
-                fallback: None,
-            });
-            return self.placeholder(shape, dtype);
+        match self.resolve(name, None, shape) {
+            Some(full) => self.load(&full, shape, dtype),
+            None => self.placeholder(shape, dtype),
         }
-        self.load(&full, shape, dtype)
-    }
-
-    /// `prefix.name`, or `prefix.fallback` when the first is absent (tied weights: OPT
-    /// `lm_head.weight` -> `model.decoder.embed_tokens.weight`; T5 `encoder.embed_tokens.weight`
-    /// -> `shared.weight`). Only recorded as missing when both are absent.
-    pub fn get_with_fallback(&self, name: &str, fallback: &str, shape: &[usize]) -> Tensor {
-        let full = self.full_name(name);
-        let dtype = self.policy_dtype(shape);
-        // Random weights stand for a checkpoint saved by transformers, which stores a tied
-        // head once, under the embedding's name: one copy, as with the real files.
-        if self.ckpt.random.is_some() {
-            return self.load(&self.full_name(fallback), shape, dtype);
-        }
-        if self.ckpt.contains(&full) {
-            return self.load(&full, shape, dtype);
-        }
-        let fb = self.full_name(fallback);
-        if self.ckpt.contains(&fb) {
-            return self.load(&fb, shape, dtype);
-        }
-        self.record(WeightProblem::Missing {
-            name: full,
-            expected: shape.to_vec(),
-            fallback: Some(fb),
-        });
-        self.placeholder(shape, dtype)
     }
 
     /// `Some(tensor)` when `prefix.name` exists (shape-checked like `get`), `None` otherwise
@@ -835,7 +850,7 @@ impl<'a> WeightLoader<'a> {
                 name: full.to_string(),
                 file: meta.file.to_path_buf(),
                 msg: format!(
-                    "has a scales tensor {scales}, but the model reads it as a float tensor (only linear-layer weights are quantized)"
+                    "has a scales tensor {scales}, but the model reads it as a float tensor (only linear weights and token embeddings are quantized)"
                 ),
             });
             return self.placeholder(shape, dtype);

@@ -177,7 +177,7 @@ fn every_problem_is_reported_at_once() {
     let _ = enc.get("steps", &[2]); // I64
     let _ = vb.get("a.missing.bias", &[7]);
     let _ = vb.get("a.missing.bias", &[7]); // asked twice, reported once
-    let _ = vb.get_with_fallback("lm_head.weight", "embed.weight", &[10, 4]);
+    let _ = vb.get_linear_with_fallback("lm_head.weight", "embed.weight", &[10, 4]);
 
     let problems = vb.problems();
     assert_eq!(problems.len(), 5, "{problems:#?}");
@@ -234,9 +234,9 @@ fn fallback_and_optional_weights() {
     let ckpt = Checkpoint::open(dir.path()).unwrap();
     let vb = WeightLoader::new(&ckpt, &Device::Cpu, DType::F32).pp("lm");
     // Tied lm_head: absent, so the embedding is used (and shared, not loaded twice).
-    let head = vb.get_with_fallback("lm_head.weight", "model.embed.weight", &[2, 3]);
+    let head = vb.get_linear_with_fallback("lm_head.weight", "model.embed.weight", &[2, 3]);
     assert_eq!(values(&head), W);
-    let emb = vb.get("model.embed.weight", &[2, 3]);
+    let emb = vb.get_embedding("model.embed.weight", &[2, 3]);
     assert_eq!(values(&emb), W);
     assert_eq!(
         vb.bytes_loaded(),

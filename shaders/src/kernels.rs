@@ -746,6 +746,45 @@ impl Kernel for EmbeddingConsts {
     }
 }
 
+params! {
+    /// Uniform of qembedding.wgsl.
+    QEmbeddingParams {
+        /// Output elements (ids * d).
+        n: u32,
+        d: u32,
+        /// Blocks per table row.
+        rb: u32,
+        /// Table rows [row0, row0 + rows) bound in this dispatch.
+        row0: u32,
+        rows: u32,
+        groups_x: u32,
+    }
+}
+
+/// qembedding.wgsl: rows of a q8/q4 table picked by ids, dequantized to f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QEmbeddingConsts {
+    /// The table is q4 (else q8).
+    pub q4: bool,
+}
+
+impl Kernel for QEmbeddingConsts {
+    const NAME: &'static str = "qembedding";
+    const SOURCE: &'static str = crate::QEMBEDDING;
+    /// ids, quants, scales.
+    const READ_ONLY: usize = 3;
+    const READ_WRITE: usize = 1;
+    type Params = QEmbeddingParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![("Q4", self.q4.into())]
+    }
+
+    fn variants() -> Vec<Self> {
+        flags().map(|[q4]| QEmbeddingConsts { q4 }).collect()
+    }
+}
+
 // ----------------------------------------------------------------------------- attention
 
 params! {

@@ -69,6 +69,8 @@ pub const ELEMENTWISE: &str = include_str!("../wgsl/elementwise.wgsl");
 pub const COPY: &str = include_str!("../wgsl/copy.wgsl");
 /// Embedding row gather.
 pub const EMBEDDING: &str = include_str!("../wgsl/embedding.wgsl");
+/// Embedding row gather from a block-quantized (q8 / q4) table.
+pub const QEMBEDDING: &str = include_str!("../wgsl/qembedding.wgsl");
 /// Fused attention for few queries (decode, Q-Former): scores, online softmax and values
 /// in one dispatch per (batch, head, query).
 pub const ATTENTION: &str = include_str!("../wgsl/attention.wgsl");
@@ -84,6 +86,7 @@ pub const ALL: &[(&str, &str)] = &[
     (ElementwiseConsts::NAME, ELEMENTWISE),
     (CopyConsts::NAME, COPY),
     (EmbeddingConsts::NAME, EMBEDDING),
+    (QEmbeddingConsts::NAME, QEMBEDDING),
     (AttentionConsts::NAME, ATTENTION),
 ];
 

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 
 use blip2_shaders::{
     AttentionConsts, CopyConsts, ElementwiseConsts, EmbeddingConsts, GemvConsts, INCLUDES, Kernel,
-    MatmulConsts, NormConsts, Params, QGemvConsts, QMatmulConsts, SoftmaxConsts, specialise,
+    MatmulConsts, NormConsts, Params, QEmbeddingConsts, QGemvConsts, QMatmulConsts, SoftmaxConsts,
+    specialise,
 };
 
 fn compile(what: &str, text: &str) -> naga::Module {
@@ -183,6 +184,7 @@ fn matmul_tiles_validate() {
 fn copies_validate() {
     variants_validate::<CopyConsts>();
     variants_validate::<EmbeddingConsts>();
+    variants_validate::<QEmbeddingConsts>();
 }
 
 #[test]
@@ -196,6 +198,7 @@ fn rust_declarations_match_the_wgsl() {
     contract_holds::<ElementwiseConsts>();
     contract_holds::<CopyConsts>();
     contract_holds::<EmbeddingConsts>();
+    contract_holds::<QEmbeddingConsts>();
     contract_holds::<AttentionConsts>();
 }
 

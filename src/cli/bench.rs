@@ -23,7 +23,7 @@ pub struct BenchOpts {
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     /// Weight storage dtype; f16 halves memory (needed for opt-6.7b within 24 GiB); q8/q4
-    /// quantize the linear weights.
+    /// quantize the linear weights and token embeddings.
     #[arg(long, value_enum, default_value_t = DTypeArg::F16)]
     pub dtype: DTypeArg,
     /// Timed repetitions after one warm-up run; the best is reported.

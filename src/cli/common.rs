@@ -17,7 +17,7 @@ pub struct ModelOpts {
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     /// Storage dtype of the weights (activations are f32). q8/q4 quantize the linear-layer
-    /// weights at load (other matrices f16); a `blip2 quantize` directory keeps its saved
+    /// weights and token embeddings at load (other matrices f16); a `blip2 quantize` directory keeps its saved
     /// quantization whatever this says.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
@@ -40,9 +40,9 @@ pub enum DeviceArg {
 pub enum DTypeArg {
     F32,
     F16,
-    /// 8-bit block-quantized linear weights (8.5 bits per weight).
+    /// 8-bit block-quantized linear weights and embeddings (8.5 bits per weight).
     Q8,
-    /// 4-bit block-quantized linear weights (4.5 bits per weight).
+    /// 4-bit block-quantized linear weights and embeddings (4.5 bits per weight).
     Q4,
 }
 
@@ -66,7 +66,7 @@ pub fn weight_summary(s: &blip2::model::WeightStats) -> String {
         .map(|(d, b)| format!("{d} {:.2} MB", mb(*b)))
         .collect();
     format!(
-        "{} weights: {:.2} MB in {} tensors ({}); linear weights {:.2} MB",
+        "{} weights: {:.2} MB in {} tensors ({}); linear weights and embeddings {:.2} MB",
         if s.linear_dtype.is_empty() {
             "-"
         } else {

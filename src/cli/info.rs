@@ -15,7 +15,8 @@ pub struct InfoOpts {
     /// model without it.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Storage dtype to load the weights with (q8/q4 quantize the linear weights).
+    /// Storage dtype to load the weights with (q8/q4 quantize the linear weights and
+    /// token embeddings).
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// One JSON object (devices and the model's weights) instead of text.

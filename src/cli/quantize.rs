@@ -1,4 +1,5 @@
-//! `blip2 quantize`: a checkpoint directory rewritten with quantized linear weights.
+//! `blip2 quantize`: a checkpoint directory rewritten with quantized linear weights and token
+//! embeddings.
 
 use std::path::PathBuf;
 use std::time::Instant;

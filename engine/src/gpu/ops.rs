@@ -14,8 +14,9 @@ use std::sync::Arc;
 use blip2_shaders::{
     AttentionConsts, AttentionParams, CopyConsts, CopyMode, CopyParams, ElementwiseConsts,
     ElementwiseOp, ElementwiseParams, EmbeddingConsts, EmbeddingParams, GemvConsts, GemvParams,
-    MatmulConsts, MatmulParams, MatmulTile, NormConsts, NormParams, QGemvConsts, QMatmulConsts,
-    QMatmulParams, RowWorkgroup, SoftmaxConsts, SoftmaxParams,
+    MatmulConsts, MatmulParams, MatmulTile, NormConsts, NormParams, QEmbeddingConsts,
+    QEmbeddingParams, QGemvConsts, QMatmulConsts, QMatmulParams, RowWorkgroup, SoftmaxConsts,
+    SoftmaxParams,
 };
 
 use super::{Bind, GpuContext, GpuStorage, Recorder, data_bytes};
@@ -339,8 +340,16 @@ pub(crate) fn embedding(g: &Ctx, table: &Tensor, ids: &[u32], dtype: DType) -> R
     if n == 0 {
         return Ok(tensor(g, out_shape, dtype, g.zeros(0, dtype)?));
     }
-    check_binding(g, "embedding output", data_bytes(n, dtype))?;
     let tdt = table.dtype();
+    if let Some(format) = tdt.quant_format() {
+        let out = qembedding(g, table, format, ids)?;
+        return if dtype == DType::F32 {
+            Ok(out)
+        } else {
+            cast(g, &out, dtype)
+        };
+    }
+    check_binding(g, "embedding output", data_bytes(n, dtype))?;
     let row_bytes = (dim * tdt.size_of()) as u64;
     let rows = chunk_rows(
         g,
@@ -358,37 +367,76 @@ pub(crate) fn embedding(g: &Ctx, table: &Tensor, ids: &[u32], dtype: DType) -> R
     };
     let groups = grid(g, n.div_ceil(2).div_ceil(256))?;
     let mut rec = g.recorder()?;
-    let mut r0 = 0;
-    while r0 < vocab {
-        let rc = rows.min(vocab - r0);
-        // Only chunks that hold a requested row need a dispatch.
-        if ids
-            .iter()
-            .any(|&i| (i as usize) >= r0 && (i as usize) < r0 + rc)
-        {
-            let tb = Bind::range(
-                table.gpu_storage(),
-                r0 as u64 * row_bytes,
-                data_bytes(rc * dim, tdt),
-            );
-            let params = EmbeddingParams {
-                n: n as u32,
-                d: dim as u32,
-                row0: r0 as u32,
-                rows: rc as u32,
-                groups_x: groups[0],
-            };
-            rec.dispatch(
-                g,
-                &kernel,
-                &params,
-                &[Bind::whole(&ids_s), tb, Bind::whole(&out)],
-                groups,
-            )?;
-        }
-        r0 += rc;
+    for (r0, rc) in id_chunks(ids, vocab, rows) {
+        let tb = Bind::range(
+            table.gpu_storage(),
+            r0 as u64 * row_bytes,
+            data_bytes(rc * dim, tdt),
+        );
+        let params = EmbeddingParams {
+            n: n as u32,
+            d: dim as u32,
+            row0: r0 as u32,
+            rows: rc as u32,
+            groups_x: groups[0],
+        };
+        rec.dispatch(
+            g,
+            &kernel,
+            &params,
+            &[Bind::whole(&ids_s), tb, Bind::whole(&out)],
+            groups,
+        )?;
     }
     Ok(tensor(g, out_shape, dtype, out))
+}
+
+/// Row chunks `(row0, rows)` of a `vocab`-row table cut every `rows` rows, only those that
+/// hold a requested id (the others need no dispatch).
+fn id_chunks(ids: &[u32], vocab: usize, rows: usize) -> Vec<(usize, usize)> {
+    (0..vocab)
+        .step_by(rows.max(1))
+        .map(|r0| (r0, rows.min(vocab - r0)))
+        .filter(|&(r0, rc)| ids.iter().any(|&i| (r0..r0 + rc).contains(&(i as usize))))
+        .collect()
+}
+
+/// [`embedding`] from a q8/q4 table, into f32: rows dequantized by qembedding.wgsl, the
+/// table bound in row chunks like a quantized linear weight.
+fn qembedding(g: &Ctx, table: &Tensor, format: QFormat, ids: &[u32]) -> Result<Tensor> {
+    let (vocab, dim) = (table.dim(0), table.dim(1));
+    let n = ids.len() * dim;
+    check_binding(g, "embedding output", data_bytes(n, DType::F32))?;
+    let q_row = format.row_bytes(dim) as u64;
+    let s_row = 2 * QFormat::row_blocks(dim) as u64;
+    let s_base = g.quant_scales_offset(vocab * q_row as usize) as u64;
+    let rows = quant_chunk_rows(g, vocab, q_row, s_row)?;
+    let ids_s = g.upload_u32(ids)?;
+    let out = g.alloc(data_bytes(n, DType::F32), true)?;
+    let kernel = QEmbeddingConsts {
+        q4: format == QFormat::Q4,
+    };
+    let groups = grid(g, n.div_ceil(256))?;
+    let ts = table.gpu_storage();
+    let mut rec = g.recorder()?;
+    for (r0, rc) in id_chunks(ids, vocab, rows) {
+        let params = QEmbeddingParams {
+            n: n as u32,
+            d: dim as u32,
+            rb: QFormat::row_blocks(dim) as u32,
+            row0: r0 as u32,
+            rows: rc as u32,
+            groups_x: groups[0],
+        };
+        let binds = [
+            Bind::whole(&ids_s),
+            Bind::range(ts, r0 as u64 * q_row, rc as u64 * q_row),
+            Bind::range(ts, s_base + r0 as u64 * s_row, rc as u64 * s_row),
+            Bind::whole(&out),
+        ];
+        rec.dispatch(g, &kernel, &params, &binds, groups)?;
+    }
+    Ok(tensor(g, vec![ids.len(), dim], DType::F32, out))
 }
 
 /// One box copy per run of rows whose source index advances by a constant step (0 for a

@@ -87,8 +87,9 @@ impl Opt {
                 }
             })
             .collect();
-        let embed_tokens = dec.get("embed_tokens.weight", &[cfg.vocab_size, d]);
-        let lm_head = vb.get_with_fallback(
+        // Tied in every BLIP-2 OPT checkpoint: one tensor (and one quantization) for both.
+        let embed_tokens = dec.get_embedding("embed_tokens.weight", &[cfg.vocab_size, d]);
+        let lm_head = vb.get_linear_with_fallback(
             "lm_head.weight",
             "model.decoder.embed_tokens.weight",
             &[cfg.vocab_size, d],

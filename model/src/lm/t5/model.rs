@@ -172,7 +172,7 @@ impl T5 {
     pub fn load(vb: &WeightLoader, cfg: &T5Config) -> crate::Result<T5> {
         let d = cfg.d_model;
         let inner = cfg.num_heads * cfg.d_kv;
-        let shared = vb.get("shared.weight", &[cfg.vocab_size, d]);
+        let shared = vb.get_embedding("shared.weight", &[cfg.vocab_size, d]);
         let enc = vb.pp("encoder");
         let dec = vb.pp("decoder");
         let eps = cfg.layer_norm_epsilon;
@@ -210,9 +210,9 @@ impl T5 {
         // A stored lm_head is used even when the config says "tied" (transformers 5 writes
         // tie_word_embeddings=true for Flan-T5 whose checkpoints hold a separate head).
         let lm_head = if cfg.tie_word_embeddings {
-            vb.get_with_fallback("lm_head.weight", "shared.weight", &[cfg.vocab_size, d])
+            vb.get_linear_with_fallback("lm_head.weight", "shared.weight", &[cfg.vocab_size, d])
         } else {
-            vb.get("lm_head.weight", &[cfg.vocab_size, d])
+            vb.get_linear("lm_head.weight", &[cfg.vocab_size, d])
         };
         Ok(T5 {
             shared,
