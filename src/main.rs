@@ -130,6 +130,7 @@ fn default_sigpipe() {}
 
 fn main() -> ExitCode {
     default_sigpipe();
+    quiet_mesa_device_select();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Caption {
@@ -161,6 +162,20 @@ fn main() -> ExitCode {
             eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Mesa's implicit Vulkan layer `VK_LAYER_MESA_device_select` connects to the display
+/// server to reorder GPUs, and on a headless machine prints "XDG_RUNTIME_DIR is invalid or
+/// not set" twice to stderr for every Vulkan instance, on successful runs. wgpu chooses the
+/// adapter itself (power preference, `WGPU_ADAPTER_NAME`), so the binary turns the layer off
+/// through its documented switch unless the user configured it.
+fn quiet_mesa_device_select() {
+    if std::env::var_os("NODEVICE_SELECT").is_none()
+        && std::env::var_os("MESA_VK_DEVICE_SELECT").is_none()
+    {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
 }
 

@@ -139,9 +139,22 @@ impl GpuContext {
     }
 
     pub fn with_options(opts: GpuOptions) -> Result<GpuContext> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(pick_adapter(&instance))?;
+        let mut first_err = None;
+        let mut found = None;
+        for backends in backend_tiers() {
+            match pollster::block_on(pick_adapter(&instance(backends))) {
+                Ok(a) => {
+                    found = Some(a);
+                    break;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let Some(adapter) = found else {
+            return Err(first_err.unwrap_or_else(|| Error::NoAdapter("no backends".into())));
+        };
         let ainfo = adapter.get_info();
         let afeat = adapter.features();
         let limits = adapter.limits();
@@ -546,11 +559,39 @@ pub struct AdapterSummary {
     pub driver: String,
 }
 
-/// Every adapter wgpu can see with the backends `WGPU_BACKEND` allows (all by default).
+/// The backends tried in turn when opening or listing adapters: `WGPU_BACKEND`'s when it is
+/// set (GL included if it names it), else Vulkan/Metal/DX12 first and GL only if those find
+/// nothing. Probing GL initialises EGL, which on a headless Linux machine prints
+/// "XDG_RUNTIME_DIR is invalid" twice to stderr from inside Mesa, on every run.
+fn backend_tiers() -> Vec<Option<wgpu::Backends>> {
+    if std::env::var_os("WGPU_BACKEND").is_some() {
+        vec![None]
+    } else {
+        vec![
+            Some(wgpu::Backends::PRIMARY),
+            Some(wgpu::Backends::SECONDARY),
+        ]
+    }
+}
+
+/// An instance over `backends` (`None`: as the environment says).
+fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Some(b) = backends {
+        desc.backends = b;
+    }
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see in the first backend tier that has any (see
+/// `backend_tiers`: `WGPU_BACKEND`'s backends, else Vulkan/Metal/DX12, else GL).
 pub fn list_adapters() -> Vec<AdapterSummary> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+    let adapters = backend_tiers()
+        .into_iter()
+        .map(|b| pollster::block_on(instance(b).enumerate_adapters(wgpu::Backends::all())))
+        .find(|a| !a.is_empty())
+        .unwrap_or_default();
+    adapters
         .iter()
         .map(|a| {
             let i = a.get_info();
