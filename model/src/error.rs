@@ -95,24 +95,44 @@ impl fmt::Display for WeightProblem {
     }
 }
 
+/// At most this many problems are kept per checkpoint (a config asking for a million layers
+/// must not build a million-line error); the rest are counted in [`WeightProblems::more`].
+pub const MAX_WEIGHT_PROBLEMS: usize = 1000;
+/// At most this many problems are printed; the message ends with how many were left out.
+pub const SHOWN_WEIGHT_PROBLEMS: usize = 40;
+
 /// The sorted list of [`WeightProblem`]s of one checkpoint, displayed one per line with a count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightProblems {
     pub checkpoint: PathBuf,
+    /// The first [`MAX_WEIGHT_PROBLEMS`] distinct problems, sorted by tensor name.
     pub problems: Vec<WeightProblem>,
+    /// Further problems not kept.
+    pub more: usize,
+}
+
+impl WeightProblems {
+    /// Every problem found, kept or not.
+    pub fn total(&self) -> usize {
+        self.problems.len() + self.more
+    }
 }
 
 impl fmt::Display for WeightProblems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
+        let n = self.total();
         write!(
             f,
             "checkpoint {} does not fit the model: {n} problem{}",
             self.checkpoint.display(),
             if n == 1 { "" } else { "s" }
         )?;
-        for p in &self.problems {
+        for p in self.problems.iter().take(SHOWN_WEIGHT_PROBLEMS) {
             write!(f, "\n  {p}")?;
+        }
+        let hidden = n - self.problems.len().min(SHOWN_WEIGHT_PROBLEMS);
+        if hidden > 0 {
+            write!(f, "\n  ... and {hidden} more")?;
         }
         Ok(())
     }

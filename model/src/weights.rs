@@ -34,7 +34,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Metadata, SafeTensorError};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::error::{ModelError, Result, WeightProblem, WeightProblems};
+use crate::error::{MAX_WEIGHT_PROBLEMS, ModelError, Result, WeightProblem, WeightProblems};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -479,6 +479,10 @@ type Progress<'a> = Arc<dyn Fn(u64, u64) + Send + Sync + 'a>;
 #[derive(Default)]
 struct LoadState {
     problems: Vec<WeightProblem>,
+    /// The text of each kept problem, to keep it once.
+    problem_texts: HashSet<String>,
+    /// Problems beyond [`MAX_WEIGHT_PROBLEMS`], counted only.
+    problems_more: usize,
     used: HashSet<String>,
     cache: HashMap<(String, DType), Tensor>,
     bytes_done: u64,
@@ -903,8 +907,21 @@ impl<'a> WeightLoader<'a> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Keeps a problem once (the same tensor may be asked for twice), up to
+    /// [`MAX_WEIGHT_PROBLEMS`]; beyond that only counts it (repeats of problems not kept
+    /// are counted again: remembering them would be the unbounded list).
     fn record(&self, p: WeightProblem) {
-        self.lock().problems.push(p);
+        let text = p.to_string();
+        let mut st = self.lock();
+        if st.problem_texts.contains(&text) {
+            return;
+        }
+        if st.problems.len() >= MAX_WEIGHT_PROBLEMS {
+            st.problems_more += 1;
+        } else {
+            st.problem_texts.insert(text);
+            st.problems.push(p);
+        }
     }
 
     /// A tensor with no elements standing in for a bad weight: same rank, first dimension 0.
@@ -942,6 +959,7 @@ impl<'a> WeightLoader<'a> {
         Err(ModelError::Weights(WeightProblems {
             checkpoint: self.ckpt.path.clone(),
             problems,
+            more: self.lock().problems_more,
         }))
     }
 

@@ -225,6 +225,37 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn problem_lists_are_capped() {
+    // A config asking for far more layers than the file has must not build an unbounded
+    // error: MAX_WEIGHT_PROBLEMS are kept, the rest counted, SHOWN_WEIGHT_PROBLEMS printed.
+    use blip2_model::error::{MAX_WEIGHT_PROBLEMS, SHOWN_WEIGHT_PROBLEMS};
+    let dir = TempDir::new("capped");
+    write(
+        &dir.path().join("model.safetensors"),
+        &[f32s("a.weight", &[2, 3], &W)],
+    );
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let vb = WeightLoader::new(&ckpt, &Device::Cpu, DType::F32);
+    let asked = MAX_WEIGHT_PROBLEMS + 500;
+    for i in 0..asked {
+        let _ = vb.get(&format!("layers.{i}.bias"), &[4]);
+    }
+    let _ = vb.get("layers.0.bias", &[4]); // a repeat within the kept ones counts once
+    let Err(ModelError::Weights(w)) = vb.finish() else {
+        panic!("expected a weights error");
+    };
+    assert_eq!(w.problems.len(), MAX_WEIGHT_PROBLEMS);
+    assert_eq!(w.total(), asked);
+    let msg = w.to_string();
+    assert!(msg.contains(&format!("{asked} problems")), "{msg}");
+    assert!(
+        msg.ends_with(&format!("... and {} more", asked - SHOWN_WEIGHT_PROBLEMS)),
+        "{msg}"
+    );
+    assert_eq!(msg.lines().count(), 1 + SHOWN_WEIGHT_PROBLEMS + 1);
+}
+
+#[test]
 fn fallback_and_optional_weights() {
     let dir = TempDir::new("fallback");
     write(
