@@ -140,6 +140,30 @@ pub(crate) unsafe fn dot_rows_i8_avx2(
     let mut ds = vec![0f32; 4 * blocks];
     // SAFETY: per the contract above; row pointers are clamped to the last valid row.
     unsafe {
+        // q4: per pair of activation blocks, values 0..16 of both blocks, then values 16..32
+        // of both (the order of the low and high nibbles of the pair's 32 quant bytes), and
+        // the offset correction 8·Σx per 4-value lane; built once, shared by every row.
+        let q4x: Vec<[__m256i; 3]> = if format == QFormat::Q4 {
+            let (eight, ones) = (_mm256_set1_epi8(8), _mm256_set1_epi16(1));
+            (0..blocks / 2)
+                .map(|pb| {
+                    let x0 = _mm256_loadu_si256(xq.add(2 * pb * QBLOCK) as *const __m256i);
+                    let x1 = _mm256_loadu_si256(xq.add((2 * pb + 1) * QBLOCK) as *const __m256i);
+                    let xl = _mm256_permute2x128_si256::<0x20>(x0, x1);
+                    let xh = _mm256_permute2x128_si256::<0x31>(x0, x1);
+                    let corr = _mm256_madd_epi16(
+                        _mm256_add_epi16(
+                            _mm256_maddubs_epi16(eight, xl),
+                            _mm256_maddubs_epi16(eight, xh),
+                        ),
+                        ones,
+                    );
+                    [xl, xh, corr]
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut j = 0;
         while j < n {
             let r = (n - j).min(4);
@@ -198,25 +222,11 @@ pub(crate) unsafe fn dot_rows_i8_avx2(
                     // Unsigned nibbles times x never saturate vpmaddubsw (2·15·127, and the
                     // low- and high-nibble products summed: 4·15·127 < 2¹⁵), so the offset is
                     // taken out afterwards: Σ(n − 8)·x = Σ n·x − corr, with corr (8·Σx per
-                    // 4-value lane) computed once per pair of activation blocks.
+                    // 4-value lane) computed once per pair of activation blocks (`q4x`).
                     let ones = _mm256_set1_epi16(1);
-                    let eight = _mm256_set1_epi8(8);
                     let mask = _mm256_set1_epi8(15);
-                    for pb in 0..pairs {
+                    for (pb, &[xl, xh, corr]) in q4x.iter().enumerate() {
                         let b = 2 * pb;
-                        let x0 = _mm256_loadu_si256(xq.add(b * QBLOCK) as *const __m256i);
-                        let x1 = _mm256_loadu_si256(xq.add((b + 1) * QBLOCK) as *const __m256i);
-                        // Values 0..16 of both blocks, then values 16..32 of both: the order
-                        // of the low and high nibbles of the pair's 32 quant bytes.
-                        let xl = _mm256_permute2x128_si256::<0x20>(x0, x1);
-                        let xh = _mm256_permute2x128_si256::<0x31>(x0, x1);
-                        let corr = _mm256_madd_epi16(
-                            _mm256_add_epi16(
-                                _mm256_maddubs_epi16(eight, xl),
-                                _mm256_maddubs_epi16(eight, xh),
-                            ),
-                            ones,
-                        );
                         for q in 0..4 {
                             let p = qs.add(row(q) * rb + b * bb);
                             if pb % 2 == 0 {

@@ -670,13 +670,13 @@ impl<'a> WeightLoader<'a> {
         if self.ckpt.contains(&full) {
             return Some(full);
         }
-        if let Some(fb) = fb.filter(|f| self.ckpt.contains(f)) {
-            return Some(fb);
+        if let Some(fb) = fb.as_ref().filter(|f| self.ckpt.contains(f)) {
+            return Some(fb.clone());
         }
         self.record(WeightProblem::Missing {
             name: full,
             expected: shape.to_vec(),
-            fallback: fallback.map(|f| self.full_name(f)),
+            fallback: fb,
         });
         None
     }
@@ -945,7 +945,6 @@ impl<'a> WeightLoader<'a> {
                 .cmp(b.name())
                 .then_with(|| format!("{a}").cmp(&format!("{b}")))
         });
-        v.dedup();
         v
     }
 
