@@ -365,12 +365,46 @@ fn rowwise(c: &mut Criterion) {
     g.finish();
 }
 
+/// Packed bf16 linear weights against f32 and f16 at the ViT shapes (AMX where present, the
+/// widened f32 GEMM otherwise: `amx_off`) and at decode (m = 1, memory-bound): all threads.
+fn bf16_weights(c: &mut Criterion) {
+    let best = isa();
+    for &(m, k, n) in VIT.iter().chain(&[(1, 2560, 10240)]) {
+        let mut g = c.benchmark_group(format!("bf16_weights/{m}x{k}x{n}"));
+        short(&mut g);
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        let a = rand_vec(m * k, 7);
+        let w = rand_vec(n * k, 8);
+        let w16: Vec<f16> = w.iter().copied().map(f16::from_f32).collect();
+        let mut wb = vec![half::bf16::ZERO; bf16_packed_len(n, k)];
+        pack_bf16(&w, n, k, &mut wb);
+        let wm = Bf16Matrix {
+            rows: n,
+            cols: k,
+            data: &wb,
+        };
+        let mut out = vec![0.0f32; m * n];
+        for (name, b) in [("f32", BSlice::F32(&w)), ("f16", BSlice::F16(&w16))] {
+            g.bench_function(name, |bch| {
+                bch.iter(|| matmul_with(best, 0, black_box(&a), b, None, &mut out, m, k, n, true))
+            });
+        }
+        for (name, amx) in [("bf16", true), ("bf16_amx_off", false)] {
+            g.bench_function(name, |bch| {
+                bch.iter(|| matmul_bf16_with(best, 0, amx, black_box(&a), &wm, None, &mut out, m))
+            });
+        }
+        g.finish();
+    }
+}
+
 criterion_group!(
     benches,
     matmul_vit,
     matmul_blip2,
     gemv,
     quantized,
+    bf16_weights,
     attention_bench,
     rowwise
 );

@@ -516,3 +516,43 @@ fn cli_quantize_info_and_bench_report_dtype_and_bytes() {
     assert_eq!(b["weights"]["weight_dtype"], "q8");
     assert!(b["weights"]["bytes_by_dtype"]["q8"].as_u64().unwrap() > 0);
 }
+
+/// `--dtype bf16` packs every linear weight for the CPU's matrix engine (embeddings and LM
+/// heads stay f16); the demo model still captions its scene exactly, and a GPU device refuses
+/// the dtype with one typed error rather than a list of unreadable tensors.
+#[test]
+fn bf16_weights_on_the_cpu_and_a_typed_refusal_on_the_gpu() {
+    for fixture in FAMILIES {
+        let m = Blip2::load(model_dir(fixture), opts(DType::BF16)).unwrap();
+        let kinds: Vec<String> = m.weight_stats().bytes_by_dtype.keys().cloned().collect();
+        assert_eq!(kinds, ["bf16", "f16", "f32"], "{fixture}");
+        let (logits, tokens) = run(&m);
+        assert!(logits.iter().all(|v| v.is_finite()), "{fixture}");
+        assert!(!tokens.is_empty(), "{fixture}");
+    }
+    let out = blip2_ok(&[
+        "caption",
+        "examples/circle_and_triangle.png",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bf16",
+        "-q",
+    ]);
+    assert_eq!(
+        out.trim(),
+        "a large green circle and a small blue triangle on a gray background"
+    );
+    for dev in devices().into_iter().filter(|d| !matches!(d, Device::Cpu)) {
+        let opts = LoadOptions {
+            device: dev,
+            dtype: DType::BF16,
+            progress: None,
+        };
+        match Blip2::load(model_dir("blip2-opt-tiny"), opts) {
+            Err(ModelError::Unsupported(msg)) => assert!(msg.contains("bf16"), "{msg}"),
+            Err(e) => panic!("bf16 on a GPU: {e}"),
+            Ok(_) => panic!("bf16 on a GPU loaded"),
+        }
+    }
+}

@@ -23,6 +23,7 @@ fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
         }
         // `ops` admits quantized tensors only as linear weights; dequantize defensively.
         CpuStorage::Quant(q) => Cow::Owned(q.dequantize()),
+        CpuStorage::Bf16(b) => Cow::Owned(b.unpack()),
     }
 }
 
@@ -30,8 +31,8 @@ fn b_slice(t: &Tensor) -> k::BSlice<'_> {
     match t.cpu_storage() {
         CpuStorage::F32(v) => k::BSlice::F32(v),
         CpuStorage::F16(v) => k::BSlice::F16(v),
-        CpuStorage::Quant(_) => {
-            unreachable!("ops::check_float keeps quantized tensors out of matmul")
+        CpuStorage::Quant(_) | CpuStorage::Bf16(_) => {
+            unreachable!("ops::check_float keeps packed tensors out of matmul")
         }
     }
 }
@@ -45,7 +46,7 @@ fn output(data: Vec<f32>, shape: Vec<usize>, dtype: DType) -> Result<Tensor> {
             k::f32_to_f16(&data, &mut h);
             Tensor::from_cpu(shape, CpuStorage::F16(h))
         }
-        DType::Q8 | DType::Q4 => {
+        DType::Q8 | DType::Q4 | DType::BF16 => {
             return Tensor::from_slice(&data, &shape, dtype, &crate::Device::Cpu);
         }
     })
@@ -67,6 +68,7 @@ pub(crate) fn linear(
     if m > 0 && n > 0 {
         match w.cpu_storage() {
             CpuStorage::Quant(q) => k::matmul_q(&xa, &q.matrix(), bias.as_deref(), &mut c, m),
+            CpuStorage::Bf16(p) => k::matmul_bf16(&xa, &p.matrix(), bias.as_deref(), &mut c, m),
             _ => k::matmul(&xa, b_slice(w), bias.as_deref(), &mut c, m, kdim, n, true),
         }
     }
@@ -221,6 +223,7 @@ pub(crate) fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Ten
             CpuStorage::F32(v) => o.copy_from_slice(&v[r]),
             CpuStorage::F16(v) => k::f16_to_f32(&v[r], o),
             CpuStorage::Quant(q) => k::dequantize_matrix_row(&q.matrix(), id as usize, o),
+            CpuStorage::Bf16(b) => k::unpack_bf16_row(&b.matrix(), id as usize, o),
         }
     }
     output(out, vec![ids.len(), d], dtype)
@@ -232,8 +235,8 @@ macro_rules! with_storage {
         match $t.cpu_storage() {
             CpuStorage::F32($v) => CpuStorage::F32($body),
             CpuStorage::F16($v) => CpuStorage::F16($body),
-            CpuStorage::Quant(_) => {
-                unreachable!("ops::check_float admits quantized tensors only as linear weights")
+            CpuStorage::Quant(_) | CpuStorage::Bf16(_) => {
+                unreachable!("ops::check_float admits packed tensors only as linear weights")
             }
         }
     };
@@ -267,8 +270,8 @@ pub(crate) fn concat(ts: &[&Tensor], axis: usize, out_shape: Vec<usize>) -> Resu
                 _ => None,
             })?)
         }
-        CpuStorage::Quant(_) => {
-            unreachable!("ops::check_float admits quantized tensors only as linear weights")
+        CpuStorage::Quant(_) | CpuStorage::Bf16(_) => {
+            unreachable!("ops::check_float admits packed tensors only as linear weights")
         }
     };
     Ok(Tensor::from_cpu(out_shape, storage))
@@ -437,8 +440,8 @@ fn filled_rows_f32(
         match t.cpu_storage() {
             CpuStorage::F32(v) => o.copy_from_slice(&v[src]),
             CpuStorage::F16(v) => k::f16_to_f32(&v[src], o),
-            CpuStorage::Quant(_) => {
-                unreachable!("ops::check_float admits quantized tensors only as linear weights")
+            CpuStorage::Quant(_) | CpuStorage::Bf16(_) => {
+                unreachable!("ops::check_float admits packed tensors only as linear weights")
             }
         }
     }

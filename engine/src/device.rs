@@ -84,9 +84,15 @@ impl Device {
         match self {
             Device::Cpu => {
                 let isa = blip2_kernels::isa();
+                // AMX is what the bf16 weights use for their matmuls (docs/cpu.md).
+                let amx = if blip2_kernels::amx_available() {
+                    ", AMX-BF16"
+                } else {
+                    ""
+                };
                 DeviceInfo {
                     name: "cpu".into(),
-                    backend: format!("cpu ({isa:?})"),
+                    backend: format!("cpu ({isa:?}{amx})"),
                     driver: String::new(),
                     device_type: "Cpu".into(),
                     threads: rayon::current_num_threads(),

@@ -8,12 +8,18 @@ pub use blip2_kernels::QFormat;
 /// layout in `docs/quantization.md`): they are accepted as the weight of [`crate::ops::linear`]
 /// and by [`crate::ops::cast`] / [`crate::Tensor::to_vec_f32`], and rejected with
 /// [`crate::Error::DType`] by every other op.
+///
+/// `BF16` is a packed weight format of the same kind (CPU only): a linear weight rounded to
+/// bf16 once and laid out for the matrix engines (`blip2_kernels::Bf16Matrix`), multiplied
+/// with AMX tiles where the CPU has them (activations rounded to bf16, f32 sums) and with f32
+/// activations otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     F16,
     Q8,
     Q4,
+    BF16,
 }
 
 impl DType {
@@ -23,7 +29,7 @@ impl DType {
     pub fn size_of(self) -> usize {
         match self {
             DType::F32 => 4,
-            DType::F16 => 2,
+            DType::F16 | DType::BF16 => 2,
             DType::Q8 | DType::Q4 => 1,
         }
     }
@@ -33,12 +39,19 @@ impl DType {
         match self {
             DType::Q8 => Some(QFormat::Q8),
             DType::Q4 => Some(QFormat::Q4),
-            DType::F32 | DType::F16 => None,
+            DType::F32 | DType::F16 | DType::BF16 => None,
         }
     }
 
     pub fn is_quantized(self) -> bool {
         self.quant_format().is_some()
+    }
+
+    /// A packed weight format (Q8, Q4, BF16): the weight of [`crate::ops::linear`] only (Q8/Q4
+    /// also embedding tables), read back with [`crate::Tensor::to_vec_f32`] or
+    /// [`crate::ops::cast`], rejected by every other op.
+    pub fn is_packed(self) -> bool {
+        self.is_quantized() || self == DType::BF16
     }
 
     /// The dtype of a block format.
@@ -65,6 +78,7 @@ impl fmt::Display for DType {
             DType::F16 => "f16",
             DType::Q8 => "q8",
             DType::Q4 => "q4",
+            DType::BF16 => "bf16",
         })
     }
 }
@@ -77,8 +91,9 @@ impl std::str::FromStr for DType {
             "f16" | "float16" => Ok(DType::F16),
             "q8" | "q8_0" => Ok(DType::Q8),
             "q4" | "q4_0" => Ok(DType::Q4),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
             _ => Err(crate::Error::Invalid(format!(
-                "unknown dtype '{s}' (expected f32, f16, q8 or q4)"
+                "unknown dtype '{s}' (expected f32, f16, bf16, q8 or q4)"
             ))),
         }
     }

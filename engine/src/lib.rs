@@ -4,6 +4,7 @@
 //! Every op checks shapes and dtypes and returns [`Error`] instead of panicking; accumulation
 //! is always f32 whatever the storage dtype.
 
+mod bf16;
 mod cpu;
 mod desc;
 mod device;

@@ -32,15 +32,15 @@ fn check_f32(op: &'static str, operand: &'static str, t: &Tensor) -> Result<()> 
     Ok(())
 }
 
-/// Quantized tensors are linear weights and embedding tables only: every other operand must be
-/// f32 or f16.
+/// Packed tensors (Q8, Q4, BF16) are linear weights and embedding tables only: every other
+/// operand must be f32 or f16.
 fn check_float(op: &'static str, operands: &[(&'static str, &Tensor)]) -> Result<()> {
     for &(operand, t) in operands {
-        if t.dtype().is_quantized() {
+        if t.dtype().is_packed() {
             return Err(Error::DType {
                 op,
                 operand,
-                expected: "f32 or f16 (quantized tensors are linear weights and embedding tables only)",
+                expected: "f32 or f16 (packed q8/q4/bf16 tensors are linear weights and embedding tables only)",
                 found: t.dtype(),
             });
         }
@@ -308,7 +308,7 @@ pub fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Tensor> {
     const OP: &str = "embedding";
     // A quantized table (a tied embedding / lm_head) is dequantized row by row; the output
     // is always float.
-    if dtype.is_quantized() {
+    if dtype.is_packed() {
         return Err(Error::DType {
             op: OP,
             operand: "output",
@@ -650,8 +650,8 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     if x.dtype() == dtype {
         return Ok(x.clone());
     }
-    if dtype.is_quantized() || x.dtype().is_quantized() {
-        // Quantizing and dequantizing happen on the host (load-time work, not a hot path).
+    if dtype.is_packed() || x.dtype().is_packed() {
+        // Packing and unpacking happen on the host (load-time work, not a hot path).
         let host = x.to_vec_f32()?;
         return Tensor::from_slice(&host, x.shape(), dtype, x.device());
     }

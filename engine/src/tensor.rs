@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use half::{bf16, f16};
 
+use crate::bf16::Bf16Data;
 use crate::gpu::GpuStorage;
 use crate::quant::QuantData;
 use crate::{DType, Device, Error, Result, StoredDType};
@@ -12,6 +13,7 @@ pub(crate) enum CpuStorage {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Quant(QuantData),
+    Bf16(Bf16Data),
 }
 
 #[derive(Clone)]
@@ -74,6 +76,7 @@ impl Tensor {
             CpuStorage::F32(_) => DType::F32,
             CpuStorage::F16(_) => DType::F16,
             CpuStorage::Quant(ref q) => DType::from_format(q.format),
+            CpuStorage::Bf16(_) => DType::BF16,
         };
         Tensor::from_parts(shape, dtype, Device::Cpu, Storage::Cpu(Arc::new(storage)))
     }
@@ -113,6 +116,9 @@ impl Tensor {
         if dtype.is_quantized() {
             return Tensor::quantize(data, shape, dtype, device);
         }
+        if dtype == DType::BF16 {
+            return Tensor::pack_bf16(data, shape, device);
+        }
         let storage = match dtype {
             DType::F32 => CpuStorage::F32(data.to_vec()),
             DType::F16 => {
@@ -120,7 +126,7 @@ impl Tensor {
                 blip2_kernels::f32_to_f16(data, &mut out);
                 CpuStorage::F16(out)
             }
-            DType::Q8 | DType::Q4 => unreachable!("quantized dtypes returned above"),
+            DType::Q8 | DType::Q4 | DType::BF16 => unreachable!("packed dtypes returned above"),
         };
         Self::upload(storage, shape, device)
     }
@@ -150,13 +156,13 @@ impl Tensor {
                 ),
             ));
         }
-        if dtype.is_quantized() {
+        if dtype.is_packed() {
             let v = Self::from_bytes(bytes, stored, shape, DType::F32, &Device::Cpu)?;
             let data = match v.cpu_storage() {
                 CpuStorage::F32(d) => d,
                 _ => unreachable!("converted to f32 just above"),
             };
-            return Tensor::quantize(data, shape, dtype, device);
+            return Tensor::from_slice(data, shape, dtype, device);
         }
         let storage = match (stored, dtype) {
             (StoredDType::F32, DType::F32) => CpuStorage::F32(read_le(bytes, f32::from_le_bytes)),
@@ -188,7 +194,9 @@ impl Tensor {
                     }
                 }
             }
-            (_, DType::Q8 | DType::Q4) => unreachable!("quantized dtypes returned above"),
+            (_, DType::Q8 | DType::Q4 | DType::BF16) => {
+                unreachable!("packed dtypes returned above")
+            }
         };
         Self::upload(storage, shape, device)
     }
@@ -201,6 +209,7 @@ impl Tensor {
                     CpuStorage::F32(v) => (DType::F32, g.upload_f32(&v)?),
                     CpuStorage::F16(v) => (DType::F16, g.upload_f16(&v)?),
                     CpuStorage::Quant(q) => return Tensor::upload_quant(q, shape, device),
+                    CpuStorage::Bf16(b) => return Tensor::pack_bf16(&b.unpack(), shape, device),
                 };
                 Ok(Tensor::from_parts(
                     shape.to_vec(),
@@ -221,13 +230,18 @@ impl Tensor {
             let q = QuantData::quantize(format, &vec![0.0; n], rows, cols);
             return Tensor::upload_quant(q, shape, device);
         }
+        if dtype == DType::BF16 {
+            return Tensor::pack_bf16(&vec![0.0; n], shape, device);
+        }
         match device {
             Device::Cpu => Ok(Tensor::from_cpu(
                 shape.to_vec(),
                 match dtype {
                     DType::F32 => CpuStorage::F32(vec![0.0; n]),
                     DType::F16 => CpuStorage::F16(vec![f16::ZERO; n]),
-                    DType::Q8 | DType::Q4 => unreachable!("quantized dtypes returned above"),
+                    DType::Q8 | DType::Q4 | DType::BF16 => {
+                        unreachable!("packed dtypes returned above")
+                    }
                 },
             )),
             Device::Gpu(g) => Ok(Tensor::from_parts(
@@ -273,7 +287,11 @@ impl Tensor {
                 let rows = self.elem_count().checked_div(cols).unwrap_or(0);
                 rows * (f.row_bytes(cols) + 2 * blip2_kernels::QFormat::row_blocks(cols))
             }
-            None => self.elem_count() * self.dtype.size_of(),
+            None => match self.bf16_data() {
+                // Padding included: what the packed matrix really holds.
+                Some(b) => b.data.len() * 2,
+                None => self.elem_count() * self.dtype.size_of(),
+            },
         }
     }
 
@@ -283,6 +301,16 @@ impl Tensor {
             return Err(Error::shape(
                 "reshape",
                 format!("cannot reshape {:?} into {shape:?}", self.shape),
+            ));
+        }
+        // Packed formats lay rows out along the last dim: only the leading dims may change.
+        if self.dtype.is_packed() && shape.last() != self.shape.last() {
+            return Err(Error::shape(
+                "reshape",
+                format!(
+                    "a {} tensor keeps its last dim: cannot reshape {:?} into {shape:?}",
+                    self.dtype, self.shape
+                ),
             ));
         }
         let mut t = self.clone();
@@ -301,6 +329,7 @@ impl Tensor {
                     out
                 }
                 CpuStorage::Quant(q) => q.dequantize(),
+                CpuStorage::Bf16(b) => b.unpack(),
             }),
             Storage::Gpu(_) if self.dtype.is_quantized() => Ok(self.quant_data()?.dequantize()),
             Storage::Gpu(s) => match &self.device {

@@ -1,16 +1,21 @@
-//! Decode-step GEMV throughput with weights streamed from DRAM: f16 vs q8 vs q4, one row of
+//! Decode-step GEMV throughput with weights streamed from DRAM: f16 vs q8 vs q4 vs packed
+//! bf16, one row of
 //! activations, `MATRICES` distinct weight matrices per timing (more than the last-level
-//! cache holds, as in a real decode step), the three dtypes interleaved round by round;
+//! cache holds, as in a real decode step), the dtypes interleaved round by round;
 //! prints medians, bytes per second and the ratio to f16.
 //!
-//!     cargo run --release -p blip2-kernels --example gemv_stream -- [threads] [k] [n] [rounds]
+//!     cargo run --release -p blip2-kernels --example gemv_stream -- [threads] [k] [n] [rounds] [m]
 //!
-//! Defaults: all threads, OPT-2.7B's fc1 (k = 2560, n = 10240), 15 rounds.
+//! Defaults: all threads, OPT-2.7B's fc1 (k = 2560, n = 10240), 15 rounds, m = 1 row (m = 8:
+//! a batch-8 decode step).
 
 use std::time::Instant;
 
-use blip2_kernels::{BSlice, QFormat, QMatrix, isa, matmul_q_with, matmul_with, quantize_rows};
-use half::f16;
+use blip2_kernels::{
+    BSlice, Bf16Matrix, QFormat, QMatrix, bf16_packed_len, isa, matmul_bf16_with, matmul_q_with,
+    matmul_with, pack_bf16, quantize_rows,
+};
+use half::{bf16, f16};
 
 const MATRICES: usize = 6;
 
@@ -28,6 +33,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let (threads, k, n, rounds) = (arg(1, 0), arg(2, 2560), arg(3, 10240), arg(4, 15).max(1));
+    let m = arg(5, 1).max(1);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut uniform = move || {
         seed ^= seed << 13;
@@ -36,11 +42,15 @@ fn main() {
         (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     };
     let mut w16 = Vec::new();
+    let mut wb = Vec::new();
     let mut quant: [Vec<(Vec<u8>, Vec<f16>)>; 2] = [Vec::new(), Vec::new()];
     let formats = [QFormat::Q8, QFormat::Q4];
     for _ in 0..MATRICES {
         let w: Vec<f32> = (0..k * n).map(|_| uniform()).collect();
         w16.push(w.iter().map(|&v| f16::from_f32(v)).collect::<Vec<f16>>());
+        let mut p = vec![bf16::ZERO; bf16_packed_len(n, k)];
+        pack_bf16(&w, n, k, &mut p);
+        wb.push(p);
         for (f, out) in formats.iter().zip(quant.iter_mut()) {
             let mut qs = vec![0u8; n * f.row_bytes(k)];
             let mut sc = vec![f16::ZERO; n * QFormat::row_blocks(k)];
@@ -48,10 +58,10 @@ fn main() {
             out.push((qs, sc));
         }
     }
-    let a: Vec<f32> = (0..k).map(|_| uniform()).collect();
-    let mut c = vec![0f32; n];
+    let a: Vec<f32> = (0..m * k).map(|_| uniform()).collect();
+    let mut c = vec![0f32; m * n];
     let isa = isa();
-    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..rounds {
         let t = Instant::now();
         for w in &w16 {
@@ -62,7 +72,7 @@ fn main() {
                 BSlice::F16(w),
                 None,
                 &mut c,
-                1,
+                m,
                 k,
                 n,
                 true,
@@ -79,18 +89,33 @@ fn main() {
                     qs,
                     scales,
                 };
-                matmul_q_with(isa, threads, &a, &w, None, &mut c, 1);
+                matmul_q_with(isa, threads, &a, &w, None, &mut c, m);
             }
             times[fi + 1].push(t.elapsed().as_secs_f64() / MATRICES as f64);
         }
+        let t = Instant::now();
+        for data in &wb {
+            let w = Bf16Matrix {
+                rows: n,
+                cols: k,
+                data,
+            };
+            matmul_bf16_with(isa, threads, true, &a, &w, None, &mut c, m);
+        }
+        times[3].push(t.elapsed().as_secs_f64() / MATRICES as f64);
     }
     let weights = (k * n) as f64;
-    let bytes = [2.0 * weights, 34.0 / 32.0 * weights, 18.0 / 32.0 * weights];
+    let bytes = [
+        2.0 * weights,
+        34.0 / 32.0 * weights,
+        18.0 / 32.0 * weights,
+        2.0 * weights,
+    ];
     let meds: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
     println!(
-        "{isa:?}, threads {threads} (0 = all), 1 x {k} . {n} x {k}, {rounds} rounds, medians:"
+        "{isa:?}, threads {threads} (0 = all), {m} x {k} . {n} x {k}, {rounds} rounds, medians:"
     );
-    for (i, name) in ["f16", "q8", "q4"].iter().enumerate() {
+    for (i, name) in ["f16", "q8", "q4", "bf16"].iter().enumerate() {
         println!(
             "{name}: {:8.3} ms  {:5.1} GB/s  ratio to f16 {:.3}",
             meds[i] * 1e3,

@@ -486,6 +486,12 @@ pub(crate) unsafe fn gemm_serial(
             add_bias(c);
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if b.trans && m <= SMALL_M && isa == Isa::Avx512 {
+            small_t_avx512(m, n, k, a, lda, b, c, ldc);
+            add_bias(c);
+            return;
+        }
         if b.trans && m <= SMALL_M {
             for j0 in (0..n).step_by(4) {
                 let w = 4.min(n - j0);
@@ -501,6 +507,40 @@ pub(crate) unsafe fn gemm_serial(
             Ok(mut bufs) => run(&mut bufs),
             Err(_) => run(&mut PackBufs::default()),
         });
+    }
+}
+
+/// x·Wᵀ for 2 ≤ m ≤ [`SMALL_M`] rows on AVX-512: one pass over W for all rows.
+///
+/// # Safety
+/// As [`gemm_serial`], with `b.trans` and AVX-512 present.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_t_avx512(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: MatB,
+    c: *mut f32,
+    ldc: usize,
+) {
+    use crate::x86::{gemm_small_t_f16_avx512 as h, gemm_small_t_f32_avx512 as f};
+    macro_rules! rows {
+        ($k:ident, $p:expr, $($m:literal)*) => {
+            match m {
+                $($m => $k::<$m>(k, a, lda, $p, b.ld, n, c, ldc),)*
+                _ => unreachable!("m <= SMALL_M"),
+            }
+        };
+    }
+    // SAFETY: per the contract above.
+    unsafe {
+        match b.ptr {
+            BPtr::F32(p) => rows!(f, p, 1 2 3 4 5 6 7 8),
+            BPtr::F16(p) => rows!(h, p, 1 2 3 4 5 6 7 8),
+        }
     }
 }
 

@@ -527,3 +527,74 @@ pub(crate) unsafe fn transpose_pack_avx2(
         transpose_scalar(src, ld, 0, wf, kf, kc, dst, nr);
     }
 }
+
+/// Small-M x·Wᵀ (M ≤ 8 activation rows, W stored [n×k]): each 16-weight chunk of two W
+/// rows is loaded (and widened from f16) once and multiplied into all M rows, so a batch of
+/// decode rows costs one pass over W instead of M (the per-row GEMV widened every weight M
+/// times and was compute-bound at batch 8).
+macro_rules! gemm_small_t_x86 {
+    ($ty:ty, $kind:tt, $name:ident) => {
+        /// out[i·ldc + j] = Σ_p a[i·lda + p]·w[j·ld + p] for i < M, j < n.
+        ///
+        /// # Safety
+        /// AVX-512F/BW/VL and F16C present; `a` valid for M rows of stride `lda` (k used),
+        /// `w` for n rows of stride `ld` (k used), `out` for M rows of stride `ldc` (n used).
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+        #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+        pub(crate) unsafe fn $name<const M: usize>(
+            k: usize,
+            a: *const f32,
+            lda: usize,
+            w: *const $ty,
+            ld: usize,
+            n: usize,
+            out: *mut f32,
+            ldc: usize,
+        ) {
+            // SAFETY: per the contract above.
+            unsafe {
+                let mut j = 0;
+                while j < n {
+                    let r = (n - j).min(2);
+                    let rows = [w.add(j * ld), w.add((j + 1.min(r - 1)) * ld)];
+                    let mut acc = [[_mm512_setzero_ps(); 2]; M];
+                    let mut p = 0;
+                    while p + 16 <= k {
+                        for q in 0..2 {
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                (rows[q].add(p) as *const i8).wrapping_add(PREFETCH_BYTES),
+                            );
+                        }
+                        let w0 = w512!($kind, rows[0].add(p));
+                        let w1 = w512!($kind, rows[1].add(p));
+                        for i in 0..M {
+                            let x = _mm512_loadu_ps(a.add(i * lda + p));
+                            acc[i][0] = _mm512_fmadd_ps(x, w0, acc[i][0]);
+                            acc[i][1] = _mm512_fmadd_ps(x, w1, acc[i][1]);
+                        }
+                        p += 16;
+                    }
+                    if p < k {
+                        let m = ((1u32 << (k - p)) - 1) as u16;
+                        let w0 = w512!($kind, m, rows[0].add(p));
+                        let w1 = w512!($kind, m, rows[1].add(p));
+                        for i in 0..M {
+                            let x = _mm512_maskz_loadu_ps(m, a.add(i * lda + p));
+                            acc[i][0] = _mm512_fmadd_ps(x, w0, acc[i][0]);
+                            acc[i][1] = _mm512_fmadd_ps(x, w1, acc[i][1]);
+                        }
+                    }
+                    for i in 0..M {
+                        for q in 0..r {
+                            *out.add(i * ldc + j + q) = _mm512_reduce_add_ps(acc[i][q]);
+                        }
+                    }
+                    j += r;
+                }
+            }
+        }
+    };
+}
+
+gemm_small_t_x86!(f32, f32, gemm_small_t_f32_avx512);
+gemm_small_t_x86!(half::f16, f16, gemm_small_t_f16_avx512);

@@ -116,6 +116,8 @@ fn matmul_all_isas_shapes_dtypes() {
         (64, 300, 100),
         (257, 17, 1),
         (20, 300, 2100),
+        (8, 33, 5),
+        (3, 16, 2),
     ];
     let mut rng = Rng::new(1);
     for (si, &(m, k, n)) in shapes.iter().enumerate() {

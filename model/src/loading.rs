@@ -184,6 +184,12 @@ pub fn load<T>(
     build: impl FnOnce(ModelFiles, &WeightLoader) -> Result<T>,
 ) -> Result<(T, Duration, WeightStats)> {
     let t0 = Instant::now();
+    if opts.dtype == DType::BF16 && !matches!(opts.device, Device::Cpu) {
+        return Err(ModelError::Unsupported(format!(
+            "--dtype bf16 packs weights for the CPU's matrix engine; the GPU ({}) takes f32, f16, q8 or q4",
+            opts.device.info().name
+        )));
+    }
     let CheckpointFiles { files, checkpoint } = source.open()?;
     let mut vb = WeightLoader::new(&checkpoint, &opts.device, opts.dtype);
     if let Some(p) = opts.progress {

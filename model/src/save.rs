@@ -85,7 +85,8 @@ impl Entry<'_> {
         match &self.data {
             Data::Bytes(b) => b.len() as u64,
             Data::Scales(s) => s.len() as u64 * 2,
-            Data::Float(t) => t.size_in_bytes() as u64,
+            // Logical elements: a packed bf16 matrix is written unpacked (no padding).
+            Data::Float(t) => (t.elem_count() * t.dtype().size_of()) as u64,
         }
     }
 
@@ -113,6 +114,11 @@ impl Entry<'_> {
                         .iter()
                         .flat_map(|x| f16::from_f32(*x).to_le_bytes())
                         .collect(),
+                    // bf16 -> f32 -> bf16 is exact.
+                    DType::BF16 => vals
+                        .iter()
+                        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                        .collect(),
                     _ => vals.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 };
                 w.write_all(&bytes)
@@ -124,12 +130,12 @@ impl Entry<'_> {
 /// The file entries of one loaded tensor (two for a quantized one).
 fn entries<'a>(name: &str, t: &'a Tensor) -> Result<Vec<Entry<'a>>> {
     match t.dtype() {
-        DType::F32 | DType::F16 => Ok(vec![Entry {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(vec![Entry {
             name: name.to_string(),
-            dtype: if t.dtype() == DType::F32 {
-                "F32"
-            } else {
-                "F16"
+            dtype: match t.dtype() {
+                DType::F32 => "F32",
+                DType::F16 => "F16",
+                _ => "BF16",
             },
             shape: t.shape().to_vec(),
             data: Data::Float(t),

@@ -12,10 +12,13 @@
 //! and `policy_dtype`):
 //! * linear-layer weights (every `nn::Linear`) and the token-embedding tables of the language
 //!   models (which are, or may be tied to, the LM head) are stored in the loader's dtype:
-//!   f32, f16, or quantized (q8/q4) when the loader's dtype is quantized;
+//!   f32, f16, or quantized (q8/q4) when the loader's dtype is quantized; a bf16 loader
+//!   packs the linear weights to bf16 (CPU only) and keeps the embedding tables and LM heads
+//!   in f16;
 //! * other matrices and higher-rank tensors ([`WeightLoader::get`]: position embeddings, the
 //!   patch-embedding conv, the Q-Former's word embeddings) in the loader's dtype, except that
-//!   a quantized loader keeps them in f16 (they are small, and read by ops that take floats);
+//!   a packed (q8/q4/bf16) loader keeps them in f16 (they are small, and read by ops that
+//!   take floats);
 //! * vectors (biases, norm weights) always in f32, which the engine's ops expect and which
 //!   costs nothing. [`WeightLoader::get_f32`] forces f32 (query tokens, position and class
 //!   embeddings).
@@ -442,6 +445,45 @@ impl Checkpoint {
         shard.mmap.get(shard.data_start + s..shard.data_start + e)
     }
 
+    /// Drops the mapped pages that lie wholly inside `name`'s bytes from this process's
+    /// resident set, once the loader holds its own converted copy: without it a load kept
+    /// both the copy and the file's pages resident (twice the weights at peak). The pages
+    /// stay in the page cache, so a later load is still warm. Best effort: embedded
+    /// checkpoints and non-Unix systems keep their pages.
+    fn release(&self, name: &str) {
+        #[cfg(unix)]
+        {
+            let Some(&i) = self.names.get(name) else {
+                return;
+            };
+            let shard = &self.shards[i];
+            let ShardData::Mapped(map) = &shard.mmap else {
+                return;
+            };
+            let Some(info) = shard.meta.info(name) else {
+                return;
+            };
+            let (s, e) = info.data_offsets;
+            let page = 4096;
+            let start = (shard.data_start + s).div_ceil(page) * page;
+            let end = ((shard.data_start + e) / page * page).min(map.len());
+            if end > start {
+                // SAFETY: the map is a read-only MAP_SHARED mapping of the file: MADV_DONTNEED
+                // only unmaps the pages, and any later read faults the same file bytes back
+                // in (it never sees zero-filled or stale memory, unlike a private mapping).
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+    }
+
     /// The quantized dtype of a checkpoint written by `blip2 quantize` (its files'
     /// `__metadata__`), `None` for a float checkpoint.
     pub fn quant_dtype(&self) -> Option<DType> {
@@ -616,7 +658,7 @@ impl<'a> WeightLoader<'a> {
     fn policy_dtype(&self, shape: &[usize]) -> DType {
         if shape.len() < 2 {
             DType::F32
-        } else if self.dtype.is_quantized() {
+        } else if self.dtype.is_packed() {
             DType::F16
         } else {
             self.dtype
@@ -627,25 +669,42 @@ impl<'a> WeightLoader<'a> {
     /// tensor that may be quantized: in the loader's dtype (quantized from the stored floats
     /// when that is q8/q4), or used in place when the checkpoint stores it quantized.
     pub fn get_linear(&self, name: &str, shape: &[usize]) -> Tensor {
-        self.get_quantizable(name, None, shape)
+        self.get_quantizable(name, None, shape, self.dtype)
+    }
+
+    /// The dtype of an embedding table or a (possibly tied) LM head: the loader's, except
+    /// that bf16 packs linear weights only (the gather of rows and the decode head GEMV read
+    /// f16 as fast, and a tied table stays one copy).
+    fn table_dtype(&self) -> DType {
+        if self.dtype == DType::BF16 {
+            DType::F16
+        } else {
+            self.dtype
+        }
     }
 
     /// A token-embedding table `[vocab, d]`, the other kind of quantizable tensor: it is
     /// the tied LM head of OPT and T5 (a GEMV over the whole vocabulary every token), and
     /// gathering rows dequantizes them exactly as the head's matmul does.
     pub fn get_embedding(&self, name: &str, shape: &[usize]) -> Tensor {
-        self.get_quantizable(name, None, shape)
+        self.get_quantizable(name, None, shape, self.table_dtype())
     }
 
     /// [`Self::get_linear`] for a head that may be tied: `prefix.name`, or `prefix.fallback`
     /// (the embedding table, loaded once for both) when the first is absent.
     pub fn get_linear_with_fallback(&self, name: &str, fallback: &str, shape: &[usize]) -> Tensor {
-        self.get_quantizable(name, Some(fallback), shape)
+        self.get_quantizable(name, Some(fallback), shape, self.table_dtype())
     }
 
-    fn get_quantizable(&self, name: &str, fallback: Option<&str>, shape: &[usize]) -> Tensor {
+    fn get_quantizable(
+        &self,
+        name: &str,
+        fallback: Option<&str>,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Tensor {
         let Some(full) = self.resolve(name, fallback, shape) else {
-            return self.placeholder(shape, self.dtype);
+            return self.placeholder(shape, dtype);
         };
         self.lock().linear.insert(full.clone());
         let scales = format!("{full}{QSCALES_SUFFIX}");
@@ -653,7 +712,7 @@ impl<'a> WeightLoader<'a> {
         if self.ckpt.random.is_none() && (stored_u8 || self.ckpt.names.contains_key(&scales)) {
             return self.load_prequantized(&full, &scales, shape);
         }
-        self.load(&full, shape, self.dtype)
+        self.load(&full, shape, dtype)
     }
 
     /// The checkpoint name to load for `prefix.name`, else `prefix.fallback` (tied weights:
@@ -878,6 +937,9 @@ impl<'a> WeightLoader<'a> {
         };
         match Tensor::from_bytes(bytes, stored, shape, dtype, &self.device) {
             Ok(t) => {
+                // from_bytes copied (and converted) the bytes: the file's pages are not
+                // needed any more.
+                self.ckpt.release(full);
                 let (done, total) = {
                     let mut st = self.lock();
                     st.used.insert(full.to_string());

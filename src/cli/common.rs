@@ -40,6 +40,9 @@ pub enum DeviceArg {
 pub enum DTypeArg {
     F32,
     F16,
+    /// bf16 linear weights packed for the CPU's matrix engine (AMX where present: bf16
+    /// products with f32 sums); CPU only.
+    Bf16,
     /// 8-bit block-quantized linear weights and embeddings (8.5 bits per weight).
     Q8,
     /// 4-bit block-quantized linear weights and embeddings (4.5 bits per weight).
@@ -51,6 +54,7 @@ impl DTypeArg {
         match self {
             DTypeArg::F32 => DType::F32,
             DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
             DTypeArg::Q8 => DType::Q8,
             DTypeArg::Q4 => DType::Q4,
         }

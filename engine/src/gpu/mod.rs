@@ -481,9 +481,10 @@ impl GpuContext {
     /// Reads `n` elements of `dtype` back as f32 (submits pending work and waits for it).
     /// The recorder is released while waiting, so other threads keep recording.
     pub(crate) fn download_f32(&self, s: &GpuStorage, dtype: DType, n: usize) -> Result<Vec<f32>> {
-        if dtype.is_quantized() {
+        if dtype.is_packed() {
             return Err(Error::Invalid(
-                "download_f32 of quantized storage (use download_quant)".into(),
+                "download_f32 of packed storage (quantized: use download_quant; bf16 is CPU only)"
+                    .into(),
             ));
         }
         let bytes = data_bytes(n, dtype);
@@ -538,7 +539,7 @@ impl GpuContext {
                     blip2_kernels::f16_to_f32(&h, &mut out);
                     out
                 }
-                DType::Q8 | DType::Q4 => unreachable!("rejected at the top"),
+                DType::Q8 | DType::Q4 | DType::BF16 => unreachable!("rejected at the top"),
             }
         };
         staging.unmap();

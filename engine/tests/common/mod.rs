@@ -34,7 +34,9 @@ pub fn quantize(v: &[f32], dtype: DType) -> Vec<f32> {
     match dtype {
         DType::F32 => v.to_vec(),
         DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-        DType::Q8 | DType::Q4 => panic!("quantized dtypes: use Tensor::quantize + to_vec_f32"),
+        DType::Q8 | DType::Q4 | DType::BF16 => {
+            panic!("packed dtypes: use Tensor::from_slice + to_vec_f32")
+        }
     }
 }
 
@@ -83,7 +85,9 @@ pub fn tol(dtype: DType) -> f64 {
     match dtype {
         DType::F32 => 1e-10,
         DType::F16 => 1e-6,
-        DType::Q8 | DType::Q4 => panic!("quantized tolerances are stated per test"),
+        DType::Q8 | DType::Q4 | DType::BF16 => {
+            panic!("packed-dtype tolerances are stated per test")
+        }
     }
 }
 

@@ -1,0 +1,564 @@
+//! bf16 weight matrices packed once, at load, in the layout of the CPU's matrix engine, and
+//! the linear layer over them (`y = x·Wᵀ + b`, f32 in and out, f32 accumulation).
+//!
+//! Layout ([`Bf16Matrix`]): W `[rows × cols]` (nn.Linear `[out, in]`) is cut into blocks of
+//! 16 rows; within a block, K runs in pairs: element (r, k) lives at
+//! `(r / 16)·16·kp + (k / 2)·32 + (r % 16)·2 + k % 2`, with `kp` = cols rounded up to 32 and
+//! rows rounded up to 32 (zero padding). One 16-pair slice (64 bytes) is one row of an AMX
+//! `tdpbf16ps` B tile and one zmm operand of AVX512-BF16 `vdpbf16ps`, so the kernels load the
+//! packed bytes as they are: nothing is repacked or widened per call.
+//!
+//! Paths, chosen per call:
+//! - m ≥ [`AMX_MIN_M`] on a CPU with AMX-BF16 (Linux grants the tile state at first use):
+//!   activations rounded to bf16 (round to nearest even), 32×32 output blocks from four
+//!   16×16 f32 accumulator tiles. This is the reduced-precision path: products of bf16
+//!   values, f32 sums (as PyTorch's bf16 matmul on the same CPU).
+//! - small m: f32 activations against weights widened in registers (a GEMV over the packed
+//!   pairs; decode is memory-bound, so the two bytes per weight are what count).
+//! - otherwise: blocks of W widened to f32 into scratch and multiplied by the f32 GEMM.
+//!
+//! The two f32-activation paths differ from an f32 matmul on the bf16-rounded weights only by
+//! summation order; the AMX path additionally rounds the activations to bf16.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::gemm::{BPtr, MatB, Shared, gemm_serial, resolve_threads};
+use crate::isa::multiversion;
+use crate::{Isa, isa};
+
+/// Rows per block of the packed layout (one tile's N).
+pub const BF16_BLOCK_ROWS: usize = 16;
+/// K granularity of the packed layout (one tile's K).
+pub const BF16_BLOCK_K: usize = 32;
+/// Smallest M the AMX path takes. Decode (m ≤ 4) keeps f32 activations on the memory-bound
+/// GEMV; from 5 rows (batched decode) the widening GEMV is compute-bound and one 16-row
+/// tile pass streams W at memory speed instead.
+pub const AMX_MIN_M: usize = 5;
+/// M at or below which the register-widening GEMV path runs.
+const SMALL_M: usize = 8;
+/// Rows of W widened per scratch block in the f32 fallback.
+const NB: usize = 64;
+/// K per chunk of the AMX walk (a multiple of 32). Measured on a 2-core Sapphire Rapids VM
+/// (2026-12-05, `linear_vit` example) at the ViT shapes: 256 and 512 (operands L1-resident)
+/// were up to 15% slower than 2048 (the accumulator reloads cost more than L2 reads save);
+/// 2048 keeps a pair of B chunks (128 KiB) in L2 for the widest K (fc2's 6144).
+const AMX_KC: usize = 2048;
+
+/// A packed bf16 weight matrix (see the module docs for the layout).
+#[derive(Clone, Copy, Debug)]
+pub struct Bf16Matrix<'a> {
+    /// Output features (N).
+    pub rows: usize,
+    /// Input features (K).
+    pub cols: usize,
+    /// [`bf16_packed_len`]`(rows, cols)` values.
+    pub data: &'a [bf16],
+}
+
+/// Padded K of the layout.
+fn padded_k(cols: usize) -> usize {
+    cols.div_ceil(BF16_BLOCK_K) * BF16_BLOCK_K
+}
+
+/// Padded rows of the layout (whole pairs of 16-row blocks, so the AMX kernel always has a
+/// pair of B tiles).
+fn padded_rows(rows: usize) -> usize {
+    rows.div_ceil(2 * BF16_BLOCK_ROWS) * 2 * BF16_BLOCK_ROWS
+}
+
+/// Number of bf16 values a packed `rows × cols` matrix takes (padding included).
+pub fn bf16_packed_len(rows: usize, cols: usize) -> usize {
+    padded_rows(rows) * padded_k(cols)
+}
+
+impl Bf16Matrix<'_> {
+    /// Whether `data` has the length the layout needs.
+    pub fn is_consistent(&self) -> bool {
+        self.data.len() == bf16_packed_len(self.rows, self.cols)
+    }
+
+    /// Offset of element (r, k).
+    #[inline(always)]
+    fn index(&self, r: usize, k: usize) -> usize {
+        index(padded_k(self.cols), r, k)
+    }
+}
+
+#[inline(always)]
+fn index(kp: usize, r: usize, k: usize) -> usize {
+    (r / 16) * 16 * kp + (k / 2) * 32 + (r % 16) * 2 + (k & 1)
+}
+
+/// f32 → bf16 bits, round to nearest even; NaN stays a (quiet) NaN.
+#[inline(always)]
+fn round_bits(x: u32) -> u16 {
+    let r = x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16;
+    let nan = (x & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { (x >> 16) | 0x40 } else { r }) as u16
+}
+
+#[inline(always)]
+fn round_row_body(src: &[f32], dst: &mut [u16]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = round_bits(s.to_bits());
+    }
+}
+
+multiversion! {
+    fn round_row_isa(src: &[f32], dst: &mut [u16]) = round_row_body;
+}
+
+/// Packs the row-major f32 matrix `w` (`rows × cols`) into `out`
+/// ([`bf16_packed_len`] values), rounding to nearest even.
+///
+/// Preconditions (asserted): `w.len() == rows·cols`, `out.len() == bf16_packed_len(..)`.
+pub fn pack_bf16(w: &[f32], rows: usize, cols: usize, out: &mut [bf16]) {
+    assert!(
+        w.len() == rows * cols && out.len() == bf16_packed_len(rows, cols),
+        "pack_bf16: operand lengths"
+    );
+    let kp = padded_k(cols);
+    let isa = isa();
+    out.fill(bf16::ZERO);
+    let mut row = vec![0u16; cols];
+    for (r, src) in w.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        round_row_isa(isa, src, &mut row);
+        for (k, &v) in row.iter().enumerate() {
+            out[index(kp, r, k)] = bf16::from_bits(v);
+        }
+    }
+}
+
+/// Row `r` of a packed matrix widened to f32 (`out.len() == w.cols`).
+pub fn unpack_bf16_row(w: &Bf16Matrix, r: usize, out: &mut [f32]) {
+    assert!(r < w.rows && out.len() == w.cols && w.is_consistent());
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = w.data[w.index(r, k)].to_f32();
+    }
+}
+
+/// The whole matrix widened to row-major f32 (`out.len() == rows·cols`).
+pub fn unpack_bf16(w: &Bf16Matrix, out: &mut [f32]) {
+    assert_eq!(out.len(), w.rows * w.cols, "unpack_bf16: output length");
+    for (r, o) in out.chunks_exact_mut(w.cols.max(1)).take(w.rows).enumerate() {
+        unpack_bf16_row(w, r, o);
+    }
+}
+
+/// Whether [`matmul_bf16`] can use AMX tiles on this machine (CPU support and, on Linux,
+/// the kernel's permission for the tile state); `BLIP2_CPU_AMX=0` turns it off. Checked once.
+pub fn amx_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| {
+            let off = std::env::var("BLIP2_CPU_AMX").is_ok_and(|v| v.trim() == "0");
+            !off && crate::x86_amx::enable()
+        })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+/// C[m×rows] = A[m×cols]·Wᵀ (+ bias) for a packed bf16 W, multi-threaded over the rayon pool.
+///
+/// Preconditions (asserted; the engine validates user shapes first): `w.is_consistent()`,
+/// `a.len() == m·w.cols`, `c.len() == m·w.rows`, `bias.len() == w.rows`.
+pub fn matmul_bf16(a: &[f32], w: &Bf16Matrix, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
+    matmul_bf16_with(isa(), 0, amx_available(), a, w, bias, c, m)
+}
+
+/// [`matmul_bf16`] on a chosen instruction set and thread count (0 = the whole rayon pool,
+/// 1 = the calling thread); `amx` allows the AMX path (ignored where AMX is unavailable).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bf16_with(
+    isa: Isa,
+    threads: usize,
+    amx: bool,
+    a: &[f32],
+    w: &Bf16Matrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    assert!(
+        w.is_consistent() && a.len() == m * k && c.len() == m * n,
+        "matmul_bf16: operand lengths"
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "matmul_bf16: bias length");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in c.chunks_mut(n) {
+            match bias {
+                Some(b) => row.copy_from_slice(b),
+                None => row.fill(0.0),
+            }
+        }
+        return;
+    }
+    let isa = isa.resolve();
+    let threads = resolve_threads(threads);
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if amx && m >= AMX_MIN_M && amx_available() {
+        return amx_m(isa, threads, a, w, bias, c, m);
+    }
+    let _ = amx;
+    if m <= SMALL_M {
+        small_m(isa, threads, a, w, bias, c, m);
+    } else {
+        large_m(isa, threads, a, w, bias, c, m);
+    }
+}
+
+/// Pairs of 16-row blocks cut into `tasks` contiguous parts.
+fn block_pair_parts(n: usize, tasks: usize) -> Vec<(usize, usize)> {
+    let pairs = padded_rows(n) / 32;
+    let parts = tasks.min(pairs).max(1);
+    (0..parts)
+        .map(|i| (i * pairs / parts, (i + 1) * pairs / parts))
+        .filter(|(s, e)| s < e)
+        .collect()
+}
+
+/// Runs `task` on each part, in parallel when there are several.
+fn for_parts(parts: &[(usize, usize)], task: impl Fn(usize, usize) + Sync) {
+    if parts.len() > 1 {
+        parts.par_iter().for_each(|&(s, e)| task(s, e));
+    } else {
+        parts.iter().for_each(|&(s, e)| task(s, e));
+    }
+}
+
+/// Output rows `[j0, j1)` (clipped to n) of C for each of the m activation rows, with the
+/// weights widened in registers: the 16 lanes of one packed pair slice are 16 rows of W.
+#[inline(always)]
+fn gemv_block_body(a: &[f32], m: usize, k: usize, blk: &[bf16], acc: &mut [[f32; 16]]) {
+    for row in acc.iter_mut() {
+        *row = [0.0; 16];
+    }
+    let full = k / 2;
+    for p in 0..full {
+        let pair = &blk[p * 32..p * 32 + 32];
+        let mut even = [0f32; 16];
+        let mut odd = [0f32; 16];
+        for j in 0..16 {
+            even[j] = pair[2 * j].to_f32();
+            odd[j] = pair[2 * j + 1].to_f32();
+        }
+        for i in 0..m {
+            let (x0, x1) = (a[i * k + 2 * p], a[i * k + 2 * p + 1]);
+            for j in 0..16 {
+                acc[i][j] += x0 * even[j] + x1 * odd[j];
+            }
+        }
+    }
+    if k % 2 == 1 {
+        let p = full;
+        let pair = &blk[p * 32..p * 32 + 32];
+        for i in 0..m {
+            let x0 = a[i * k + 2 * p];
+            for j in 0..16 {
+                acc[i][j] += x0 * pair[2 * j].to_f32();
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn gemv_block_portable(a: &[f32], m: usize, k: usize, blk: &[bf16], acc: &mut [[f32; 16]]) = gemv_block_body;
+}
+
+/// One 16-row block of the small-m product (`acc[i][j]` = row i of A · row j of the block).
+fn gemv_block_isa(
+    isa: Isa,
+    a: &[f32],
+    m: usize,
+    k: usize,
+    kp: usize,
+    blk: &[bf16],
+    acc: &mut [[f32; 16]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && m <= SMALL_M {
+        debug_assert!(a.len() >= m * k && blk.len() >= 16 * kp && acc.len() >= m);
+        // SAFETY: the ISA is resolved (AVX-512 present); A holds m rows of k, the block
+        // 16·kp values, acc m rows.
+        unsafe {
+            macro_rules! rows {
+                ($($m:literal)*) => {
+                    match m {
+                        $($m => gemv_block_avx512::<$m>(a.as_ptr(), k, blk.as_ptr() as *const u16, acc),)*
+                        _ => unreachable!("m <= SMALL_M"),
+                    }
+                };
+            }
+            rows!(1 2 3 4 5 6 7 8);
+        }
+        return;
+    }
+    gemv_block_portable(isa, a, m, k, blk, acc)
+}
+
+/// [`gemv_block_body`] for M rows in zmm registers: each 64-byte pair slice is widened to
+/// the 16 even-K and 16 odd-K weights (a shift and a mask: bf16 is the top half of f32) and
+/// multiplied with broadcast activations. Prefetches 16 KiB ahead: decode streams W from
+/// memory once, and the prefetcher alone leaves bandwidth unused (as in the quantized GEMV).
+///
+/// # Safety
+/// AVX-512F present; `a` valid for M rows of k, `blk` for 16·kp values (kp ≥ k rounded up
+/// to pairs), `acc` for M rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn gemv_block_avx512<const M: usize>(
+    a: *const f32,
+    k: usize,
+    blk: *const u16,
+    acc: &mut [[f32; 16]],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: per the contract above.
+    unsafe {
+        let hi = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let mut s = [_mm512_setzero_ps(); M];
+        let mut t = [_mm512_setzero_ps(); M];
+        for p in 0..k / 2 {
+            let src = blk.add(p * 32);
+            _mm_prefetch::<_MM_HINT_T0>((src as *const i8).wrapping_add(16384));
+            let v = _mm512_loadu_si512(src as *const __m512i);
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+            let odd = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+            for i in 0..M {
+                let x = a.add(i * k + 2 * p);
+                s[i] = _mm512_fmadd_ps(_mm512_set1_ps(*x), even, s[i]);
+                t[i] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(1)), odd, t[i]);
+            }
+        }
+        if k % 2 == 1 {
+            let p = k / 2;
+            let v = _mm512_loadu_si512(blk.add(p * 32) as *const __m512i);
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+            for i in 0..M {
+                s[i] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(i * k + 2 * p)), even, s[i]);
+            }
+        }
+        for i in 0..M {
+            _mm512_storeu_ps(acc[i].as_mut_ptr(), _mm512_add_ps(s[i], t[i]));
+        }
+    }
+}
+
+fn small_m(
+    isa: Isa,
+    threads: usize,
+    a: &[f32],
+    w: &Bf16Matrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    let kp = padded_k(k);
+    let tasks = if threads > 1 && n * k >= 1 << 18 {
+        threads * 2
+    } else {
+        1
+    };
+    let parts = block_pair_parts(n, tasks);
+    let cptr = Shared(c.as_mut_ptr());
+    for_parts(&parts, |p0, p1| {
+        let mut acc = vec![[0f32; 16]; m];
+        for blk in 2 * p0..2 * p1 {
+            let r0 = blk * 16;
+            if r0 >= n {
+                break;
+            }
+            let data = &w.data[blk * 16 * kp..(blk + 1) * 16 * kp];
+            gemv_block_isa(isa, a, m, k, kp, data, &mut acc);
+            let rows = 16.min(n - r0);
+            let c = cptr.get();
+            for (i, acc) in acc.iter().enumerate() {
+                for j in 0..rows {
+                    let b = bias.map_or(0.0, |b| b[r0 + j]);
+                    // SAFETY: row r0 + j < n of output row i < m; this part owns those rows.
+                    unsafe { *c.add(i * n + r0 + j) = acc[j] + b };
+                }
+            }
+        }
+    });
+}
+
+fn large_m(
+    isa: Isa,
+    threads: usize,
+    a: &[f32],
+    w: &Bf16Matrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    let parts: Vec<(usize, usize)> = if threads > 1 {
+        let p = threads.min(n.div_ceil(NB)).max(1);
+        (0..p)
+            .map(|i| crate::gemm::part(n, p, NB, i))
+            .filter(|(s, e)| s < e)
+            .collect()
+    } else {
+        vec![(0, n)]
+    };
+    let cptr = Shared(c.as_mut_ptr());
+    for_parts(&parts, |j0, j1| {
+        let mut scratch = vec![0f32; NB.min(j1 - j0) * k];
+        for b0 in (j0..j1).step_by(NB) {
+            let nb = NB.min(j1 - b0);
+            for (jj, o) in scratch[..nb * k].chunks_mut(k).enumerate() {
+                unpack_bf16_row(w, b0 + jj, o);
+            }
+            let mb = MatB {
+                ptr: BPtr::F32(scratch.as_ptr()),
+                ld: k,
+                trans: true,
+            };
+            let c = cptr.get();
+            // SAFETY: A is m×k, the scratch holds nb rows of k, C columns b0..b0+nb of its m
+            // rows (stride n) belong to this task only; bias has n entries.
+            unsafe {
+                gemm_serial(
+                    isa,
+                    m,
+                    nb,
+                    k,
+                    a.as_ptr(),
+                    k,
+                    mb,
+                    bias.map(|b| b.as_ptr().add(b0)),
+                    c.add(b0),
+                    n,
+                );
+            }
+        }
+    });
+}
+
+/// The AMX path: A rounded to bf16 once into tiles (rows padded to 32, K to 32), then each
+/// task takes pairs of 16-row blocks of W and walks every 32-row block of A under them.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_m(
+    isa: Isa,
+    threads: usize,
+    a: &[f32],
+    w: &Bf16Matrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let k = w.cols;
+    let kp = padded_k(k);
+    let mp = m.div_ceil(32) * 32;
+    // Rounded A, reused across calls on this thread (a fresh zeroed buffer per call cost
+    // ~5% of the ViT in page clearing and memset); only the padding is zeroed.
+    thread_local! {
+        static ABF: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut abf = ABF.with(|b| b.take());
+    abf.resize(mp * kp, 0);
+    // Tile layout: row r, K step s (32 values) at (r/16)·16·kp + s·512 + (r%16)·32, so each
+    // A tile is one contiguous KiB like W's (strided 16-row tile loads were ~35% slower).
+    let mut row = vec![0u16; kp];
+    for r in 0..mp {
+        if r < m {
+            round_row_isa(isa, &a[r * k..(r + 1) * k], &mut row[..k]);
+        } else {
+            row[..k].fill(0);
+        }
+        let base = (r / 16) * 16 * kp + (r % 16) * 32;
+        for (st, chunk) in row.chunks_exact(32).enumerate() {
+            abf[base + st * 512..base + st * 512 + 32].copy_from_slice(chunk);
+        }
+    }
+    amx_tiles(&abf, kp, threads, w, bias, c, m);
+    ABF.with(|b| b.replace(abf));
+}
+
+/// The tile walk of [`amx_m`] over the rounded A (tile layout, `kp` values per row, rows
+/// padded to 32).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_tiles(
+    abf: &[u16],
+    kp: usize,
+    threads: usize,
+    w: &Bf16Matrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let n = w.rows;
+    let parts = block_pair_parts(n, if threads > 1 { threads } else { 1 });
+    let cptr = Shared(c.as_mut_ptr());
+    let blocks = m.div_ceil(32);
+    for_parts(&parts, |p0, p1| {
+        // One 32×32 accumulator per row block of A: K is walked in chunks of AMX_KC so
+        // that the pair of B chunks stays in cache while every row block of A passes
+        // under it.
+        let mut acc: Vec<crate::x86_amx::Tile32> =
+            (0..blocks).map(|_| Default::default()).collect();
+        // SAFETY: AMX is available (checked by the caller); A holds `blocks`·32 rows of kp,
+        // W's pairs p0..p1 hold 32 rows of kp each (kp a multiple of 32).
+        unsafe {
+            crate::x86_amx::configure();
+            for pair in p0..p1 {
+                let b = w.data.as_ptr().add(pair * 32 * kp) as *const u16;
+                let r0 = pair * 32;
+                for k0 in (0..kp).step_by(AMX_KC) {
+                    let steps = AMX_KC.min(kp - k0) / 32;
+                    for (ib, t) in acc.iter_mut().enumerate() {
+                        // The last block takes only the tile rows it needs.
+                        let block = if m - ib * 32 <= 16 {
+                            crate::x86_amx::block_16x32
+                        } else {
+                            crate::x86_amx::block_32x32
+                        };
+                        block(
+                            abf.as_ptr().add(ib * 32 * kp + k0 * 16),
+                            16 * kp,
+                            b.add(k0 * 16),
+                            16 * kp,
+                            steps,
+                            k0 > 0,
+                            t,
+                        );
+                    }
+                }
+                let c = cptr.get();
+                let cols = 32.min(n.saturating_sub(r0));
+                for (ib, t) in acc.iter().enumerate() {
+                    let i0 = ib * 32;
+                    for i in 0..32.min(m - i0) {
+                        // Row i0 + i, columns r0..r0 + cols of C belong to this part only.
+                        let out = std::slice::from_raw_parts_mut(c.add((i0 + i) * n + r0), cols);
+                        let src = &t.0[i * 32..i * 32 + cols];
+                        match bias {
+                            Some(bv) => {
+                                for ((o, v), b) in out.iter_mut().zip(src).zip(&bv[r0..]) {
+                                    *o = v + b;
+                                }
+                            }
+                            None => out.copy_from_slice(src),
+                        }
+                    }
+                }
+            }
+            crate::x86_amx::release();
+        }
+    });
+}

@@ -1,0 +1,258 @@
+//! Intel AMX (Advanced Matrix Extensions) for the bf16 linear layer: tile configuration,
+//! Linux's tile-state permission, and one 32×32 output block of `tdpbf16ps`.
+//!
+//! Rust has no stable AMX intrinsics, so the instructions are inline assembly. Tile
+//! registers are not known to the compiler: they are configured, used and released inside
+//! one task on one thread ([`configure`] … [`release`]), and nothing else in the process
+//! touches them.
+
+use std::arch::asm;
+
+/// Output scratch of one 32×32 block (row stride 32 floats).
+#[repr(C, align(64))]
+pub(crate) struct Tile32(pub [f32; 32 * 32]);
+
+impl Default for Tile32 {
+    fn default() -> Self {
+        Tile32([0.0; 32 * 32])
+    }
+}
+
+/// The 64-byte tile configuration: palette 1, tiles 0–7 all 16 rows × 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+const TILE_CONFIG: TileConfig = {
+    let mut c = [0u8; 64];
+    c[0] = 1;
+    let mut t = 0;
+    while t < 8 {
+        c[16 + 2 * t] = 64; // bytes per row
+        c[48 + t] = 16; // rows
+        t += 1;
+    }
+    TileConfig(c)
+};
+
+/// CPU support (CPUID.7.0:EDX bits 22 AMX-BF16 and 24 AMX-TILE) and the kernel's permission
+/// for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, which
+/// fails on kernels or VMs without AMX support).
+pub(crate) fn enable() -> bool {
+    let max_leaf = std::arch::x86_64::__cpuid(0).eax;
+    if max_leaf < 7 {
+        return false;
+    }
+    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+    if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+        return false;
+    }
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: a plain Linux system call; it only changes this process's permitted xsave
+    // features. rcx and r11 are clobbered by `syscall`.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+/// Bytes ahead of the current B tiles that [`prefetch_b`] requests. At OPT-2.7B's fc1 with
+/// 33 rows (prefill; `gemv_stream` example, 2026-12-05) it took 3.4–3.7 ms against 4.0
+/// without; 2 and 8 KiB were no better.
+const B_PREFETCH: usize = 4096;
+
+/// Prefetches the B tiles a few steps ahead (one KiB per step and block: 16 lines each).
+/// With few rows of A (prefill, batched decode) W streams from memory, and a tile load that
+/// misses stalls the tile unit for the whole DRAM latency.
+#[inline(always)]
+fn prefetch_b(b0: *const u8, b1: *const u8) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    for l in 0..16 {
+        // SAFETY: SSE is baseline on x86-64, and a prefetch never faults, even past the end
+        // of the matrix.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(B_PREFETCH + 64 * l) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b1.wrapping_add(B_PREFETCH + 64 * l) as *const i8);
+        }
+    }
+}
+
+/// Loads the tile configuration on the calling thread.
+///
+/// # Safety
+/// AMX must be available ([`enable`] returned true).
+pub(crate) unsafe fn configure() {
+    // SAFETY: per the contract; the config is a valid palette-1 configuration.
+    unsafe { asm!("ldtilecfg [{0}]", in(reg) TILE_CONFIG.0.as_ptr(), options(nostack)) }
+}
+
+/// Releases the tile state of the calling thread.
+///
+/// # Safety
+/// As [`configure`].
+pub(crate) unsafe fn release() {
+    // SAFETY: per the contract.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) }
+}
+
+/// out[32×32] (+)= A[32 rows × 32·steps]·B where A is two 16-row blocks of tiles (each K
+/// step one contiguous 16×32 bf16 tile; the second block `a1_off` values after the first)
+/// and B is two packed 16-row blocks of W starting at the same K (the second `b1_off` values
+/// after the first): tiles 0–3 accumulate the four 16×16 quarters, 4–5 hold A's two row
+/// tiles, 6–7 B's two column tiles. With `accumulate` the quarters start from `out`,
+/// otherwise from zero.
+///
+/// # Safety
+/// [`configure`] was called on this thread; `a`, `a + a1_off`, `b` and `b + b1_off` are each
+/// valid for 512·steps values.
+pub(crate) unsafe fn block_32x32(
+    a: *const u16,
+    a1_off: usize,
+    b: *const u16,
+    b1_off: usize,
+    steps: usize,
+    accumulate: bool,
+    out: &mut Tile32,
+) {
+    let o = out.0.as_mut_ptr() as *mut u8;
+    // SAFETY: per the contract: every load stays inside A's two blocks and B's two, and
+    // the quarters of `out` are 16 rows of 64 bytes at a 128-byte stride.
+    unsafe {
+        let (o1, o2, o3) = (o.add(64), o.add(16 * 128), o.add(16 * 128 + 64));
+        if accumulate {
+            asm!(
+                "tileloadd tmm0, [{o} + {s}*1]",
+                "tileloadd tmm1, [{o1} + {s}*1]",
+                "tileloadd tmm2, [{o2} + {s}*1]",
+                "tileloadd tmm3, [{o3} + {s}*1]",
+                o = in(reg) o,
+                o1 = in(reg) o1,
+                o2 = in(reg) o2,
+                o3 = in(reg) o3,
+                s = in(reg) 128usize,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+        }
+        let mut a0 = a as *const u8;
+        let mut a1 = a0.add(a1_off * 2);
+        let mut b0 = b as *const u8;
+        let mut b1 = b0.add(b1_off * 2);
+        for _ in 0..steps {
+            prefetch_b(b0, b1);
+            asm!(
+                "tileloadd tmm4, [{a0} + {s64}*1]",
+                "tileloadd tmm6, [{b0} + {s64}*1]",
+                "tileloadd tmm5, [{a1} + {s64}*1]",
+                "tileloadd tmm7, [{b1} + {s64}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+            // 32 bf16 of K per step: one KiB tile of A and of B.
+            a0 = a0.add(1024);
+            a1 = a1.add(1024);
+            b0 = b0.add(1024);
+            b1 = b1.add(1024);
+        }
+        asm!(
+            "tilestored [{o} + {s}*1], tmm0",
+            "tilestored [{o1} + {s}*1], tmm1",
+            "tilestored [{o2} + {s}*1], tmm2",
+            "tilestored [{o3} + {s}*1], tmm3",
+            o = in(reg) o,
+            o1 = in(reg) o1,
+            o2 = in(reg) o2,
+            o3 = in(reg) o3,
+            s = in(reg) 128usize,
+            options(nostack),
+        );
+    }
+}
+
+/// [`block_32x32`] for 16 rows of A (the top half of `out`): one A tile against the two B
+/// tiles, for batches of a few rows and the last rows of a larger M.
+///
+/// # Safety
+/// As [`block_32x32`], with `a` valid for 16 rows.
+pub(crate) unsafe fn block_16x32(
+    a: *const u16,
+    a1_off: usize,
+    b: *const u16,
+    b1_off: usize,
+    steps: usize,
+    accumulate: bool,
+    out: &mut Tile32,
+) {
+    let _ = a1_off;
+    let o = out.0.as_mut_ptr() as *mut u8;
+    // SAFETY: as in block_32x32, for A's first block and `out`'s first 16 rows.
+    unsafe {
+        let o1 = o.add(64);
+        if accumulate {
+            asm!(
+                "tileloadd tmm0, [{o} + {s}*1]",
+                "tileloadd tmm1, [{o1} + {s}*1]",
+                o = in(reg) o,
+                o1 = in(reg) o1,
+                s = in(reg) 128usize,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+        }
+        let mut a0 = a as *const u8;
+        let mut b0 = b as *const u8;
+        let mut b1 = b0.add(b1_off * 2);
+        for _ in 0..steps {
+            prefetch_b(b0, b1);
+            asm!(
+                "tileloadd tmm4, [{a0} + {s64}*1]",
+                "tileloadd tmm6, [{b0} + {s64}*1]",
+                "tileloadd tmm7, [{b1} + {s64}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                a0 = in(reg) a0,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+            a0 = a0.add(1024);
+            b0 = b0.add(1024);
+            b1 = b1.add(1024);
+        }
+        asm!(
+            "tilestored [{o} + {s}*1], tmm0",
+            "tilestored [{o1} + {s}*1], tmm1",
+            o = in(reg) o,
+            o1 = in(reg) o1,
+            s = in(reg) 128usize,
+            options(nostack),
+        );
+    }
+}

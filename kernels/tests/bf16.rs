@@ -1,0 +1,230 @@
+//! The packed bf16 linear layer (`matmul_bf16`) on every instruction set this CPU supports,
+//! on its AMX path where the CPU has AMX, against f64 references on seeded random inputs
+//! with awkward sizes. Each check states its tolerance.
+
+use blip2_kernels::*;
+use half::bf16;
+
+/// xorshift64*, as in kernels.rs.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let u = (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+/// γ_n = n·u/(1 − n·u) for f32: the bound on an n-term dot product's rounding error in any
+/// summation order, relative to Σ|x_i·y_i|.
+fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * f32::EPSILON as f64 / 2.0;
+    nu / (1.0 - nu)
+}
+
+fn round(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+fn packed(w: &[f32], n: usize, k: usize) -> Vec<bf16> {
+    let mut p = vec![bf16::ZERO; bf16_packed_len(n, k)];
+    pack_bf16(w, n, k, &mut p);
+    p
+}
+
+/// C = A·Wᵀ + bias in f64, and Σ|a||w| + |bias| per element.
+fn reference(
+    a: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut c, mut abs) = (vec![0.0; m * n], vec![0.0; m * n]);
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut t) = (bias[j] as f64, bias[j].abs() as f64);
+            for p in 0..k {
+                let x = a[i * k + p] as f64 * w[j * k + p] as f64;
+                s += x;
+                t += x.abs();
+            }
+            c[i * n + j] = s;
+            abs[i * n + j] = t;
+        }
+    }
+    (c, abs)
+}
+
+fn check(what: &str, c: &[f32], r: &[f64], abs: &[f64], rel: f64) {
+    for (idx, ((&g, &e), &t)) in c.iter().zip(r).zip(abs).enumerate() {
+        let err = (g as f64 - e).abs();
+        assert!(
+            err <= rel * t + 1e-30,
+            "{what}: element {idx}: got {g}, want {e}, err {err:e} > {rel:e}·{t:e}"
+        );
+    }
+}
+
+const SHAPES: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (1, 33, 70),
+    (3, 7, 17),
+    (8, 100, 33),
+    (9, 64, 31),
+    (17, 45, 50),
+    (33, 96, 64),
+    (40, 129, 97),
+    (70, 300, 130),
+];
+
+#[test]
+fn pack_round_trip_is_round_to_nearest_even() {
+    let mut rng = Rng::new(1);
+    for &(n, k) in &[(1, 1), (5, 3), (17, 33), (33, 64), (40, 129)] {
+        let mut w = rng.vec(n * k, -3.0, 3.0);
+        w[0] = f32::NAN;
+        if w.len() > 2 {
+            w[1] = f32::INFINITY;
+            w[2] = 1.0 + 1.0 / 256.0; // a tie: rounds to the even 1.0
+        }
+        let p = packed(&w, n, k);
+        let m = Bf16Matrix {
+            rows: n,
+            cols: k,
+            data: &p,
+        };
+        assert!(m.is_consistent());
+        let mut back = vec![0f32; n * k];
+        unpack_bf16(&m, &mut back);
+        assert!(back[0].is_nan(), "NaN survives packing");
+        for (i, (&b, &x)) in back.iter().zip(&w).enumerate().skip(1) {
+            assert_eq!(
+                b.to_bits(),
+                bf16::from_f32(x).to_f32().to_bits(),
+                "{n}x{k} element {i}"
+            );
+        }
+        if w.len() > 2 {
+            assert_eq!(back[2], 1.0);
+        }
+        // Padding is zero, so the kernels may sum over it.
+        let live = n * k;
+        let nonzero = p.iter().filter(|v| v.to_f32() != 0.0 || v.is_nan()).count();
+        assert!(nonzero <= live);
+    }
+}
+
+/// The f32-activation paths (GEMV widening in registers for m ≤ 8, widened blocks + f32 GEMM
+/// above) compute with the bf16-rounded weights exactly, so only f32 summation error
+/// remains: γ_k·Σ|a||w| (bias added once more: γ_{k+1}).
+#[test]
+fn matmul_bf16_f32_paths_all_isas() {
+    let mut rng = Rng::new(2);
+    for &(m, k, n) in &SHAPES {
+        let a = rng.vec(m * k, -1.0, 1.0);
+        let w = rng.vec(n * k, -1.0, 1.0);
+        let bias = rng.vec(n, -1.0, 1.0);
+        let p = packed(&w, n, k);
+        let wm = Bf16Matrix {
+            rows: n,
+            cols: k,
+            data: &p,
+        };
+        let (r, abs) = reference(&a, &round(&w), &bias, m, k, n);
+        for isa in supported_isas() {
+            for threads in [1, 0] {
+                let mut c = vec![f32::NAN; m * n];
+                matmul_bf16_with(isa, threads, false, &a, &wm, Some(&bias), &mut c, m);
+                check(
+                    &format!("{isa} t{threads} {m}x{k}x{n}"),
+                    &c,
+                    &r,
+                    &abs,
+                    gamma(k + 1),
+                );
+            }
+        }
+    }
+}
+
+/// The AMX path rounds A to bf16 too. Products of two bf16 values are exact in f32 and the
+/// tile sums are f32, so against A and W both rounded the bound is γ_k·Σ|a||w| (plus FTZ of
+/// results below 2^-126, far below these magnitudes); against the f32 activations the
+/// rounding of A adds at most 2^-9 relative per product.
+#[test]
+fn matmul_bf16_amx_path() {
+    if !amx_available() {
+        eprintln!("no AMX on this CPU: the AMX path is not exercised here");
+        return;
+    }
+    let mut rng = Rng::new(3);
+    for &(m, k, n) in SHAPES.iter().filter(|s| s.0 >= AMX_MIN_M) {
+        let a = rng.vec(m * k, -1.0, 1.0);
+        let w = rng.vec(n * k, -1.0, 1.0);
+        let bias = rng.vec(n, -1.0, 1.0);
+        let p = packed(&w, n, k);
+        let wm = Bf16Matrix {
+            rows: n,
+            cols: k,
+            data: &p,
+        };
+        let (rb, absb) = reference(&round(&a), &round(&w), &bias, m, k, n);
+        let (rf, absf) = reference(&a, &round(&w), &bias, m, k, n);
+        let mut first: Option<Vec<f32>> = None;
+        for threads in [1, 0, 3] {
+            let mut c = vec![f32::NAN; m * n];
+            matmul_bf16_with(isa(), threads, true, &a, &wm, Some(&bias), &mut c, m);
+            let what = format!("amx t{threads} {m}x{k}x{n}");
+            check(&what, &c, &rb, &absb, gamma(k + 1));
+            check(&what, &c, &rf, &absf, gamma(k + 1) + 2f64.powi(-9));
+            // Every output is one tile walk over K whatever the split: bit-identical.
+            match &first {
+                None => first = Some(c),
+                Some(f) => assert!(
+                    f.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{what}"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_bf16_k_zero_and_no_bias() {
+    let p = packed(&[], 5, 0);
+    let wm = Bf16Matrix {
+        rows: 5,
+        cols: 0,
+        data: &p,
+    };
+    let bias = [1.0, 2.0, 3.0, 4.0, 5.0];
+    let mut c = vec![f32::NAN; 2 * 5];
+    matmul_bf16(&[], &wm, Some(&bias), &mut c, 2);
+    assert_eq!(&c[5..], &bias);
+    let mut rng = Rng::new(4);
+    let (m, k, n) = (20, 40, 9);
+    let a = rng.vec(m * k, -1.0, 1.0);
+    let w = rng.vec(n * k, -1.0, 1.0);
+    let p = packed(&w, n, k);
+    let wm = Bf16Matrix {
+        rows: n,
+        cols: k,
+        data: &p,
+    };
+    let zero = vec![0f32; n];
+    let (r, abs) = reference(&a, &round(&w), &zero, m, k, n);
+    let mut c = vec![f32::NAN; m * n];
+    matmul_bf16(&a, &wm, None, &mut c, m);
+    check("no bias", &c, &r, &abs, gamma(k) + 2f64.powi(-9));
+}
