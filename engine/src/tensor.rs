@@ -165,24 +165,24 @@ impl Tensor {
             return Tensor::from_slice(data, shape, dtype, device);
         }
         let storage = match (stored, dtype) {
-            (StoredDType::F32, DType::F32) => CpuStorage::F32(read_le(bytes, f32::from_le_bytes)),
+            (StoredDType::F32, DType::F32) => CpuStorage::F32(read_pod(bytes, f32::from_le_bytes)),
             (StoredDType::F16, DType::F16) => {
-                CpuStorage::F16(read_le(bytes, |b| f16::from_bits(u16::from_le_bytes(b))))
+                CpuStorage::F16(read_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b))))
             }
             (StoredDType::F32, DType::F16) => {
-                let v = read_le(bytes, f32::from_le_bytes);
+                let v = read_pod(bytes, f32::from_le_bytes);
                 let mut out = vec![f16::ZERO; n];
                 blip2_kernels::f32_to_f16(&v, &mut out);
                 CpuStorage::F16(out)
             }
             (StoredDType::F16, DType::F32) => {
-                let v = read_le(bytes, |b| f16::from_bits(u16::from_le_bytes(b)));
+                let v = read_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b)));
                 let mut out = vec![0f32; n];
                 blip2_kernels::f16_to_f32(&v, &mut out);
                 CpuStorage::F32(out)
             }
             (StoredDType::BF16, _) => {
-                let v = read_le(bytes, |b| bf16::from_bits(u16::from_le_bytes(b)));
+                let v = read_pod(bytes, |b| bf16::from_bits(u16::from_le_bytes(b)));
                 let mut out = vec![0f32; n];
                 blip2_kernels::bf16_to_f32(&v, &mut out);
                 match dtype {
@@ -382,6 +382,23 @@ impl Tensor {
                 unreachable!("cpu backend given a GPU tensor: ops::check_device guards this")
             }
         }
+    }
+}
+
+/// `bytes` (little-endian, any alignment) as a vector of `T`: one memcpy on little-endian
+/// hosts (loading a checkpoint in its stored dtype was bound by a per-element copy), the
+/// element-wise [`read_le`] elsewhere.
+fn read_pod<T: bytemuck::Pod + Default, const N: usize>(
+    bytes: &[u8],
+    f: impl Fn([u8; N]) -> T,
+) -> Vec<T> {
+    if cfg!(target_endian = "little") && std::mem::size_of::<T>() == N {
+        let n = bytes.len() / N;
+        let mut out = vec![T::default(); n];
+        bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&bytes[..n * N]);
+        out
+    } else {
+        read_le(bytes, f)
     }
 }
 

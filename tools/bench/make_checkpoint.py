@@ -31,8 +31,7 @@ def main():
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
-        # Built in f32 (the fast build fills on the CPU), stored in the requested dtype.
-        model = vs_torch.build_torch_model(args.preset, torch.float32).to(dtype)
+        model = vs_torch.build_torch_model(args.preset, dtype)
         model.save_pretrained(out, max_shard_size=args.shard_size)
     fixture = pathlib.Path(__file__).resolve().parents[2] / "tests/fixtures/models/blip2-opt-tiny"
     for name in ["tokenizer.json", "tokenizer_config.json", "processor_config.json"]:
