@@ -37,8 +37,11 @@ pub const BF16_BLOCK_K: usize = 32;
 pub const AMX_MIN_M: usize = 5;
 /// M at or below which the register-widening GEMV path runs.
 const SMALL_M: usize = 8;
-/// Rows of W widened per scratch block in the f32 fallback.
-const NB: usize = 64;
+/// Rows of W widened per scratch block in the f32 fallback (a multiple of 16). 256 against
+/// 64: the GEMM re-packs A once per block, and at the ViT shapes without AMX (2026-12-05,
+/// `BLIP2_CPU_AMX=0 linear_vit`) 64 was 1.2–1.6× the f32 weights' time, 256 1.0–1.3×
+/// (fc2's K = 6144 the worst; scratch 6 MiB per thread there).
+const NB: usize = 256;
 /// K per chunk of the AMX walk (a multiple of 32). Measured on a 2-core Sapphire Rapids VM
 /// (2026-12-05, `linear_vit` example) at the ViT shapes: 256 and 512 (operands L1-resident)
 /// were up to 15% slower than 2048 (the accumulator reloads cost more than L2 reads save);
@@ -135,6 +138,28 @@ pub fn unpack_bf16_row(w: &Bf16Matrix, r: usize, out: &mut [f32]) {
     assert!(r < w.rows && out.len() == w.cols && w.is_consistent());
     for (k, o) in out.iter_mut().enumerate() {
         *o = w.data[w.index(r, k)].to_f32();
+    }
+}
+
+/// Rows `r0..r0 + nb` (r0 a multiple of 16) widened to row-major f32, reading each packed
+/// 16-row block in order (a row at a time gathers with a stride and was slower than the
+/// GEMM it feeds).
+fn unpack_rows(w: &Bf16Matrix, r0: usize, nb: usize, out: &mut [f32]) {
+    debug_assert!(r0.is_multiple_of(16) && out.len() == nb * w.cols);
+    let (k, kp) = (w.cols, padded_k(w.cols));
+    for blk in r0 / 16..(r0 + nb).div_ceil(16) {
+        let rows = 16.min(r0 + nb - blk * 16);
+        let data = &w.data[blk * 16 * kp..blk * 16 * kp + 16 * kp];
+        let base = blk * 16 - r0;
+        for (p, pair) in data.chunks_exact(32).take(k.div_ceil(2)).enumerate() {
+            for j in 0..rows {
+                let o = (base + j) * k + 2 * p;
+                out[o] = pair[2 * j].to_f32();
+                if 2 * p + 1 < k {
+                    out[o + 1] = pair[2 * j + 1].to_f32();
+                }
+            }
+        }
     }
 }
 
@@ -421,9 +446,7 @@ fn large_m(
         let mut scratch = vec![0f32; NB.min(j1 - j0) * k];
         for b0 in (j0..j1).step_by(NB) {
             let nb = NB.min(j1 - b0);
-            for (jj, o) in scratch[..nb * k].chunks_mut(k).enumerate() {
-                unpack_bf16_row(w, b0 + jj, o);
-            }
+            unpack_rows(w, b0, nb, &mut scratch[..nb * k]);
             let mb = MatB {
                 ptr: BPtr::F32(scratch.as_ptr()),
                 ld: k,

@@ -76,7 +76,7 @@ fn check(what: &str, c: &[f32], r: &[f64], abs: &[f64], rel: f64) {
     }
 }
 
-const SHAPES: [(usize, usize, usize); 9] = [
+const SHAPES: [(usize, usize, usize); 10] = [
     (1, 1, 1),
     (1, 33, 70),
     (3, 7, 17),
@@ -86,6 +86,9 @@ const SHAPES: [(usize, usize, usize); 9] = [
     (33, 96, 64),
     (40, 129, 97),
     (70, 300, 130),
+    // Past the fallback's 256-row scratch blocks (and their 16-row unpacking) and its
+    // per-thread parts.
+    (20, 45, 600),
 ];
 
 #[test]
