@@ -23,7 +23,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::gemm::{BPtr, MatB, Shared, gemm_serial, resolve_threads};
+use crate::gemm::{Shared, linear_trivial, matmul_widened, resolve_threads};
 use crate::isa::multiversion;
 use crate::{Isa, isa};
 
@@ -211,23 +211,7 @@ pub fn matmul_bf16_with(
     m: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
-    assert!(
-        w.is_consistent() && a.len() == m * k && c.len() == m * n,
-        "matmul_bf16: operand lengths"
-    );
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "matmul_bf16: bias length");
-    }
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        for row in c.chunks_mut(n) {
-            match bias {
-                Some(b) => row.copy_from_slice(b),
-                None => row.fill(0.0),
-            }
-        }
+    if linear_trivial("matmul_bf16", w.is_consistent(), a, bias, c, m, k, n) {
         return;
     }
     let isa = isa.resolve();
@@ -432,44 +416,8 @@ fn large_m(
     m: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
-    let parts: Vec<(usize, usize)> = if threads > 1 {
-        let p = threads.min(n.div_ceil(NB)).max(1);
-        (0..p)
-            .map(|i| crate::gemm::part(n, p, NB, i))
-            .filter(|(s, e)| s < e)
-            .collect()
-    } else {
-        vec![(0, n)]
-    };
-    let cptr = Shared(c.as_mut_ptr());
-    for_parts(&parts, |j0, j1| {
-        let mut scratch = vec![0f32; NB.min(j1 - j0) * k];
-        for b0 in (j0..j1).step_by(NB) {
-            let nb = NB.min(j1 - b0);
-            unpack_rows(w, b0, nb, &mut scratch[..nb * k]);
-            let mb = MatB {
-                ptr: BPtr::F32(scratch.as_ptr()),
-                ld: k,
-                trans: true,
-            };
-            let c = cptr.get();
-            // SAFETY: A is m×k, the scratch holds nb rows of k, C columns b0..b0+nb of its m
-            // rows (stride n) belong to this task only; bias has n entries.
-            unsafe {
-                gemm_serial(
-                    isa,
-                    m,
-                    nb,
-                    k,
-                    a.as_ptr(),
-                    k,
-                    mb,
-                    bias.map(|b| b.as_ptr().add(b0)),
-                    c.add(b0),
-                    n,
-                );
-            }
-        }
+    matmul_widened(isa, threads, a, bias, c, m, k, n, NB, |r0, rows, out| {
+        unpack_rows(w, r0, rows, out)
     });
 }
 

@@ -604,6 +604,105 @@ unsafe fn blocked(
     }
 }
 
+/// The shared prologue of the packed-weight linear layers (`matmul_q`, `matmul_bf16`): the
+/// operand-length asserts, and the products with nothing to sum (m or n zero; k zero gives
+/// the bias). Returns true when C is complete.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_trivial(
+    op: &str,
+    consistent: bool,
+    a: &[f32],
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> bool {
+    assert!(
+        consistent && a.len() == m * k && c.len() == m * n,
+        "{op}: operand lengths"
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "{op}: bias length");
+    }
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k == 0 {
+        for row in c.chunks_mut(n) {
+            match bias {
+                Some(b) => row.copy_from_slice(b),
+                None => row.fill(0.0),
+            }
+        }
+        return true;
+    }
+    false
+}
+
+/// C[m×n] = A[m×k]·Wᵀ (+ bias) for a W that is not f32 in memory (quantized, packed bf16):
+/// `widen(r0, rows, out)` writes rows r0..r0+rows of W as row-major f32 into `out`, at most
+/// `nb` rows at a time (r0 a multiple of `nb`), and each block goes through the packed f32
+/// GEMM. Tasks take column ranges of at least `nb` (aligned to it) over the rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_widened(
+    isa: Isa,
+    threads: usize,
+    a: &[f32],
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    nb: usize,
+    widen: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let tasks = if threads > 1 {
+        threads.min(n.div_ceil(nb)).max(1)
+    } else {
+        1
+    };
+    let cptr = Shared(c.as_mut_ptr());
+    let task = |t: usize| {
+        let (j0, j1) = part(n, tasks, nb, t);
+        if j0 >= j1 {
+            return;
+        }
+        let mut scratch = vec![0f32; nb.min(j1 - j0) * k];
+        for b0 in (j0..j1).step_by(nb) {
+            let rows = nb.min(j1 - b0);
+            widen(b0, rows, &mut scratch[..rows * k]);
+            let mb = MatB {
+                ptr: BPtr::F32(scratch.as_ptr()),
+                ld: k,
+                trans: true,
+            };
+            let c = cptr.get();
+            // SAFETY: A is m×k, the scratch holds `rows` rows of k, C columns b0..b0+rows of
+            // its m rows (stride n) belong to this task only; bias has n entries.
+            unsafe {
+                gemm_serial(
+                    isa,
+                    m,
+                    rows,
+                    k,
+                    a.as_ptr(),
+                    k,
+                    mb,
+                    bias.map(|b| b.as_ptr().add(b0)),
+                    c.add(b0),
+                    n,
+                );
+            }
+        }
+    };
+    if tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        task(0);
+    }
+}
+
 /// Rows per microkernel tile for `isa` (attention sizes its query blocks by it).
 pub(crate) fn tile_rows(isa: Isa) -> usize {
     cfg(isa).mr

@@ -21,7 +21,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use crate::gemm::{BPtr, MatB, gemm_serial, resolve_threads};
+use crate::gemm::{linear_trivial, matmul_widened, resolve_threads};
 use crate::{Isa, isa};
 
 /// Values per quantization block.
@@ -378,23 +378,7 @@ pub fn matmul_q_with(
     m: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
-    assert!(
-        w.is_consistent() && a.len() == m * k && c.len() == m * n,
-        "matmul_q: operand lengths"
-    );
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "matmul_q: bias length");
-    }
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        for row in c.chunks_mut(n) {
-            match bias {
-                Some(b) => row.copy_from_slice(b),
-                None => row.fill(0.0),
-            }
-        }
+    if linear_trivial("matmul_q", w.is_consistent(), a, bias, c, m, k, n) {
         return;
     }
     let isa = isa.resolve();
@@ -481,47 +465,10 @@ fn large_m(
     m: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
-    let parts = if threads > 1 {
-        column_parts(n, threads, NB, NB)
-    } else {
-        vec![(0, n)]
-    };
-    let cptr = crate::gemm::Shared(c.as_mut_ptr());
-    let task = |&(j0, j1): &(usize, usize)| {
-        let mut scratch = vec![0f32; NB.min(j1 - j0) * k];
-        for b0 in (j0..j1).step_by(NB) {
-            let nb = NB.min(j1 - b0);
-            for (jj, o) in scratch[..nb * k].chunks_mut(k).enumerate() {
-                let (q, s) = w.row(b0 + jj);
-                dequantize_row_isa(isa, w.format, q, s, o);
-            }
-            let mb = MatB {
-                ptr: BPtr::F32(scratch.as_ptr()),
-                ld: k,
-                trans: true,
-            };
-            let c = cptr.get();
-            // SAFETY: A is m×k, the scratch holds nb rows of k, C columns b0..b0+nb of its m
-            // rows (stride n) belong to this task only; bias has n entries.
-            unsafe {
-                gemm_serial(
-                    isa,
-                    m,
-                    nb,
-                    k,
-                    a.as_ptr(),
-                    k,
-                    mb,
-                    bias.map(|b| b.as_ptr().add(b0)),
-                    c.add(b0),
-                    n,
-                );
-            }
+    matmul_widened(isa, threads, a, bias, c, m, k, n, NB, |r0, _, out| {
+        for (jj, o) in out.chunks_mut(k).enumerate() {
+            let (q, s) = w.row(r0 + jj);
+            dequantize_row_isa(isa, w.format, q, s, o);
         }
-    };
-    if parts.len() > 1 {
-        parts.par_iter().for_each(task);
-    } else {
-        parts.iter().for_each(task);
-    }
+    });
 }
