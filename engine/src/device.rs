@@ -90,9 +90,15 @@ impl Device {
                 } else {
                     ""
                 };
+                // VNNI is what the q8/q4 decode GEMV uses on AVX-512 (docs/quantization.md).
+                let vnni = if isa == blip2_kernels::Isa::Avx512 && blip2_kernels::vnni_available() {
+                    ", VNNI"
+                } else {
+                    ""
+                };
                 DeviceInfo {
                     name: "cpu".into(),
-                    backend: format!("cpu ({isa:?}{amx})"),
+                    backend: format!("cpu ({isa:?}{amx}{vnni})"),
                     driver: String::new(),
                     device_type: "Cpu".into(),
                     threads: rayon::current_num_threads(),

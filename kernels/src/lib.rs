@@ -25,6 +25,8 @@ mod x86;
 mod x86_amx;
 #[cfg(target_arch = "x86_64")]
 mod x86_quant;
+#[cfg(target_arch = "x86_64")]
+mod x86_vnni;
 
 pub use attention::{AttnParams, attention, attention_with};
 pub use bf16::{
@@ -46,5 +48,5 @@ pub use isa::{Isa, best_isa, isa, supported_isas};
 pub use norm::{layer_norm, layer_norm_with, rms_norm, rms_norm_with};
 pub use quant::{
     QActivations, QBLOCK, QFormat, QMatrix, dequantize, dequantize_matrix_row, dequantize_row,
-    matmul_q, matmul_q_with, quantize_row, quantize_rows,
+    matmul_q, matmul_q_with, quantize_row, quantize_rows, vnni_available,
 };

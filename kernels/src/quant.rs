@@ -316,6 +316,20 @@ fn dot_rows_portable(x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32]) 
     }
 }
 
+/// Whether the decode GEMV of q8/q4 weights (m ≤ 4) runs the AVX-512 VNNI kernel when the
+/// instruction set is AVX-512: the CPU has AVX-512 VNNI and `BLIP2_CPU_VNNI` is not `0`.
+/// Checked once.
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::x86_vnni::vnni_available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// out[j] = W[j0 + j, :]·x for j < out.len() with quantized activations, on `isa`.
 fn dot_rows(isa: Isa, x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -323,8 +337,23 @@ fn dot_rows(isa: Isa, x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32])
         let (rb, nb) = (w.format.row_bytes(w.cols), QFormat::row_blocks(w.cols));
         let n = out.len();
         assert!(j0 + n <= w.rows && x.scales.len() == nb);
-        // AVX-512 machines run the AVX2 integer kernel (they all have AVX2): the GEMV is
-        // bound by weight bytes, and no 512-bit variant has been verified on hardware yet.
+        // AVX-512 with VNNI: one `vpdpbusd` per 64 weight bytes. AVX-512 without VNNI runs
+        // the AVX2 kernel (every such CPU has AVX2).
+        if isa == Isa::Avx512 && crate::x86_vnni::vnni_available() {
+            // SAFETY: as below, and VNNI is present (checked).
+            unsafe {
+                return crate::x86_vnni::dot_rows_vnni(
+                    w.format,
+                    nb,
+                    x.qs.as_ptr(),
+                    x.scales.as_ptr(),
+                    w.qs.as_ptr().add(j0 * rb),
+                    w.scales.as_ptr().add(j0 * nb),
+                    n,
+                    out.as_mut_ptr(),
+                );
+            }
+        }
         if matches!(isa, Isa::Avx2Fma | Isa::Avx512) {
             // SAFETY: rows j0..j0+n exist (asserted), the activations have the row's block
             // count, AVX2+FMA+F16C are present (ISA resolved); n outputs are written.

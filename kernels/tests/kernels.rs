@@ -925,13 +925,16 @@ fn quantized_matmul_all_isas_odd_sizes() {
     // m > 4 (prefill): C = A·deq(W)ᵀ + bias against f64 on the dequantized weights; the
     // f32-GEMM bound γ_{k+2}·Σ|a·w| applies. Sizes: K not a multiple of 32 (padded tail
     // block), N not a multiple of the 4-row blocking, M = 1, M ≤ 4, M > 4, N past one 64-row
-    // dequantization block.
+    // dequantization block; 1..4 blocks past the last whole 64-byte group of the VNNI kernel
+    // (2 q8 / 4 q4 blocks per group).
     let shapes = [
         (1, 1, 1),
         (1, 33, 5),
         (1, 1408, 67),
         (3, 100, 9),
+        (2, 95, 13),
         (4, 257, 130),
+        (1, 2577, 6),
         (5, 31, 7),
         (17, 64, 65),
         (40, 300, 129),

@@ -6,13 +6,16 @@ each stage and its ratio to the first dtype. Standard library only.
     python3 tools/bench/dtypes.py --bin target/release/blip2 --preset opt-2.7b \
         --dtypes f16 q8 q4 --rounds 3 [--new-tokens 16] [--device cpu] [--compare-f32]
 
-Each bench process is fresh (its own load and peak RSS). `--compare-f32` adds the prompt
+A dtype may carry environment settings after `+`, for an A/B of a kernel switch in the same
+interleaved run: `--dtypes q8 q8+BLIP2_CPU_VNNI=0`. Each bench process is fresh (its own
+load and peak RSS). `--compare-f32` adds the prompt
 logits' cosine similarity to the f32 model of the same seed (one extra run per dtype, after
 the timed rounds, since it needs the f32 model's memory).
 """
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,11 +29,19 @@ STAGES = [
 ]
 
 
-def run(args, dtype, extra=()):
+def run(args, spec, extra=()):
+    # "q8+NAME=VALUE+..." = dtype q8 with those environment variables set.
+    dtype, *assignments = spec.split("+")
+    env = dict(os.environ)
+    for a in assignments:
+        name, sep, value = a.partition("=")
+        if not sep:
+            sys.exit(f"bad environment setting {a!r} in {spec!r}: expected NAME=VALUE")
+        env[name] = value
     cmd = [args.bin, "bench", "--preset", args.preset, "--device", args.device,
            "--dtype", dtype, "--new-tokens", str(args.new_tokens), "--runs", "1", "--json",
            *extra]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -1,0 +1,232 @@
+//! The decode GEMV of block-quantized weights on AVX-512 VNNI (`vpdpbusd`: 64 u8×i8 products
+//! summed four at a time into 16 i32 lanes, accumulated, in one instruction). Same contract
+//! and same exact integer block sums as the AVX2 kernel in `x86_quant.rs`; only the f32
+//! accumulation order differs. Layouts: see `quant.rs`.
+//!
+//! `vpdpbusd` wants one unsigned operand. q4's nibbles already are (offset 8 taken out
+//! afterwards, as in the AVX2 kernel); q8's signed weights are made unsigned by flipping
+//! their top bit (w ^ 0x80 = w + 128), and the extra 128·Σx of every 4-value lane is
+//! subtracted by starting the accumulator at −128·Σx. Both corrections depend only on the
+//! activations, so they are built once per call and shared by every weight row.
+//!
+//! One 64-byte load of weights covers two q8 blocks or four q4 blocks; the last, partial
+//! group is read with a byte-masked load (masked-off bytes are never touched, so nothing past
+//! a row is read), which leaves zero weights, zero activations and zero scale lanes.
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use crate::quant::{QBLOCK, QFormat};
+
+/// Bytes ahead of the current group each weight row is prefetched (rows are streamed once;
+/// the distance the AVX2 kernel measured best).
+const PREFETCH_BYTES: usize = 16384;
+
+/// Whether this CPU has AVX-512 VNNI (with F/BW/VL), unless `BLIP2_CPU_VNNI=0`. Checked once.
+pub(crate) fn vnni_available() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let off = std::env::var("BLIP2_CPU_VNNI").is_ok_and(|v| v.trim() == "0");
+        !off && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+/// The activations of one call, regrouped for 64-byte weight groups: per group, the x bytes
+/// each weight byte meets (two layouts for q4's low and high nibbles) and the i32 lanes the
+/// accumulator starts from (minus the offset correction).
+struct Groups {
+    /// q8: the 64 x bytes of a block pair. q4: values 0..16 of four blocks.
+    xa: Vec<[i8; 64]>,
+    /// q4 only: values 16..32 of the same four blocks.
+    xb: Vec<[i8; 64]>,
+    /// −corr per 4-byte lane.
+    init: Vec<[i32; 16]>,
+}
+
+impl Groups {
+    /// `xq` holds `blocks` blocks of 32 bytes.
+    fn new(format: QFormat, blocks: usize, xq: &[i8]) -> Groups {
+        let per = QFormat::group_blocks(format);
+        let groups = blocks.div_ceil(per);
+        let x = |i: usize| xq.get(i).copied().unwrap_or(0);
+        let mut g = Groups {
+            xa: vec![[0; 64]; groups],
+            xb: if format == QFormat::Q4 {
+                vec![[0; 64]; groups]
+            } else {
+                Vec::new()
+            },
+            init: vec![[0; 16]; groups],
+        };
+        for gi in 0..groups {
+            let b0 = gi * per;
+            match format {
+                QFormat::Q8 => {
+                    for i in 0..64 {
+                        g.xa[gi][i] = x(b0 * QBLOCK + i);
+                    }
+                    for l in 0..16 {
+                        let s: i32 = (0..4).map(|t| g.xa[gi][4 * l + t] as i32).sum();
+                        g.init[gi][l] = -128 * s;
+                    }
+                }
+                QFormat::Q4 => {
+                    // Byte i of a q4 block holds value i (low nibble) and i + 16 (high).
+                    for blk in 0..4 {
+                        for i in 0..16 {
+                            let base = (b0 + blk) * QBLOCK;
+                            g.xa[gi][16 * blk + i] = x(base + i);
+                            g.xb[gi][16 * blk + i] = x(base + 16 + i);
+                        }
+                    }
+                    for l in 0..16 {
+                        let s: i32 = (0..4)
+                            .map(|t| g.xa[gi][4 * l + t] as i32 + g.xb[gi][4 * l + t] as i32)
+                            .sum();
+                        g.init[gi][l] = -8 * s;
+                    }
+                }
+            }
+        }
+        g
+    }
+}
+
+impl QFormat {
+    /// Blocks per 64-byte group of weight bytes.
+    const fn group_blocks(self) -> usize {
+        64 / self.block_bytes()
+    }
+}
+
+/// Lane → block-of-group index: q8 [0 × 8, 1 × 8], q4 [0 × 4, 1 × 4, 2 × 4, 3 × 4].
+const LANES_Q8: [i32; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
+const LANES_Q4: [i32; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3];
+
+/// out[q] = Σ_b d_w[q,b]·d_x[b]·(Σ_i w[q,b,i]·x[b,i]) for q < n: the contract of
+/// `x86_quant::dot_rows_i8_avx2`. Four rows share every activation load.
+///
+/// # Safety
+/// [`vnni_available`] is true; xq holds blocks·32 bytes, xd blocks floats; n rows of quants
+/// (stride blocks·block_bytes) and scales (stride blocks); `out` n floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn dot_rows_vnni(
+    format: QFormat,
+    blocks: usize,
+    xq: *const i8,
+    xd: *const f32,
+    qs: *const u8,
+    scales: *const f16,
+    n: usize,
+    out: *mut f32,
+) {
+    let per = format.group_blocks();
+    let rb = blocks * format.block_bytes();
+    // SAFETY: xq holds blocks·32 bytes (contract).
+    let g = Groups::new(format, blocks, unsafe {
+        std::slice::from_raw_parts(xq, blocks * QBLOCK)
+    });
+    // d_w·d_x of every block of the four current rows, padded so a group's scale load never
+    // leaves the buffer (the padding lanes meet zero sums and are masked anyway).
+    let mut ds = vec![0f32; 4 * blocks + 4];
+    let full = blocks / per;
+    let tail_blocks = blocks - full * per;
+    // The last group's valid bytes and lanes.
+    let tail_bytes = (tail_blocks * format.block_bytes()) as u32;
+    let byte_mask: __mmask64 = if tail_bytes == 0 {
+        0
+    } else {
+        u64::MAX >> (64 - tail_bytes)
+    };
+    let lane_mask: __mmask16 = ((1u32 << (tail_bytes / 4)) - 1) as u16;
+    // SAFETY: per the contract; row pointers are clamped to the last valid row.
+    unsafe {
+        let lanes = _mm512_loadu_si512(match format {
+            QFormat::Q8 => LANES_Q8.as_ptr(),
+            QFormat::Q4 => LANES_Q4.as_ptr(),
+        } as *const __m512i);
+        let (flip, nib) = (_mm512_set1_epi8(-128), _mm512_set1_epi8(15));
+        // One group of row q starting at block b: the exact integer block sums in 16 lanes
+        // (tail: byte-masked), each lane carrying its block's d_w·d_x.
+        let group = |p: *const u8, gi: usize, masked: bool| -> __m512i {
+            let w = if masked {
+                _mm512_maskz_loadu_epi8(byte_mask, p as *const i8)
+            } else {
+                _mm512_loadu_si512(p as *const __m512i)
+            };
+            let init = _mm512_loadu_si512(g.init.as_ptr().add(gi) as *const __m512i);
+            let xa = _mm512_loadu_si512(g.xa.as_ptr().add(gi) as *const __m512i);
+            match format {
+                QFormat::Q8 => {
+                    // Masked-off weight bytes become 128 after the flip, but meet x = 0.
+                    _mm512_dpbusd_epi32(init, _mm512_xor_si512(w, flip), xa)
+                }
+                QFormat::Q4 => {
+                    let xb = _mm512_loadu_si512(g.xb.as_ptr().add(gi) as *const __m512i);
+                    let lo = _mm512_and_si512(w, nib);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), nib);
+                    _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, xa), hi, xb)
+                }
+            }
+        };
+        let mut j = 0;
+        while j < n {
+            let r = (n - j).min(4);
+            let row = |q: usize| j + q.min(r - 1);
+            for q in 0..4 {
+                let (src, dst) = (scales.add(row(q) * blocks), ds.as_mut_ptr().add(q * blocks));
+                let mut b = 0;
+                while b + 16 <= blocks {
+                    let h = _mm256_loadu_si256(src.add(b) as *const __m256i);
+                    let v = _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(xd.add(b)));
+                    _mm512_storeu_ps(dst.add(b), v);
+                    b += 16;
+                }
+                for b in b..blocks {
+                    *dst.add(b) = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                        (*src.add(b)).to_bits() as i32,
+                    ))) * *xd.add(b);
+                }
+            }
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for gi in 0..full {
+                let b = gi * per;
+                for (q, a) in acc.iter_mut().enumerate() {
+                    let p = qs.add(row(q) * rb + b * format.block_bytes());
+                    _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(PREFETCH_BYTES));
+                    let s = _mm512_cvtepi32_ps(group(p, gi, false));
+                    // The group's 2 or 4 scales, spread over their lanes.
+                    let d4 = _mm_loadu_ps(ds.as_ptr().add(q * blocks + b));
+                    let d = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(d4));
+                    *a = _mm512_fmadd_ps(s, d, *a);
+                }
+            }
+            if tail_blocks > 0 {
+                let b = full * per;
+                for (q, a) in acc.iter_mut().enumerate() {
+                    let p = qs.add(row(q) * rb + b * format.block_bytes());
+                    let s = _mm512_cvtepi32_ps(group(p, full, true));
+                    // Lanes past the row meet zero sums; masking their scales keeps a
+                    // neighbouring row's (or the padding's) value out entirely.
+                    let d4 = _mm_loadu_ps(ds.as_ptr().add(q * blocks + b));
+                    let d =
+                        _mm512_maskz_permutexvar_ps(lane_mask, lanes, _mm512_castps128_ps512(d4));
+                    *a = _mm512_fmadd_ps(s, d, *a);
+                }
+            }
+            for (q, a) in acc.iter().enumerate().take(r) {
+                *out.add(j + q) = _mm512_reduce_add_ps(*a);
+            }
+            j += r;
+        }
+    }
+}
