@@ -9,6 +9,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::desc::{AttnDims, AttnOpts, Binary, MatmulDims, Unary, split_at_axis};
+use crate::host::HostVec;
 use crate::tensor::CpuStorage;
 use crate::{DType, Error, Result, Tensor};
 
@@ -44,7 +45,7 @@ fn output(data: Vec<f32>, shape: Vec<usize>, dtype: DType) -> Result<Tensor> {
         DType::F16 => {
             let mut h = vec![f16::ZERO; data.len()];
             k::f32_to_f16(&data, &mut h);
-            Tensor::from_cpu(shape, CpuStorage::F16(h))
+            Tensor::from_cpu(shape, CpuStorage::F16(h.into()))
         }
         DType::Q8 | DType::Q4 | DType::BF16 => {
             return Tensor::from_slice(&data, &shape, dtype, &crate::Device::Cpu);
@@ -234,7 +235,7 @@ macro_rules! with_storage {
     ($t:expr, $v:ident => $body:expr) => {
         match $t.cpu_storage() {
             CpuStorage::F32($v) => CpuStorage::F32($body),
-            CpuStorage::F16($v) => CpuStorage::F16($body),
+            CpuStorage::F16($v) => CpuStorage::F16(HostVec::Owned($body)),
             CpuStorage::Quant(_) | CpuStorage::Bf16(_) => {
                 unreachable!("ops::check_float admits packed tensors only as linear weights")
             }
@@ -260,16 +261,17 @@ pub(crate) fn concat(ts: &[&Tensor], axis: usize, out_shape: Vec<usize>) -> Resu
     let storage = match ts[0].cpu_storage() {
         CpuStorage::F32(_) => {
             CpuStorage::F32(concat_blocks(ts, axis, outer, inner, total, |s| match s {
-                CpuStorage::F32(v) => Some(v),
+                CpuStorage::F32(v) => Some(&v[..]),
                 _ => None,
             })?)
         }
-        CpuStorage::F16(_) => {
-            CpuStorage::F16(concat_blocks(ts, axis, outer, inner, total, |s| match s {
-                CpuStorage::F16(v) => Some(v),
+        CpuStorage::F16(_) => CpuStorage::F16(
+            concat_blocks(ts, axis, outer, inner, total, |s| match s {
+                CpuStorage::F16(v) => Some(&v[..]),
                 _ => None,
-            })?)
-        }
+            })?
+            .into(),
+        ),
         CpuStorage::Quant(_) | CpuStorage::Bf16(_) => {
             unreachable!("ops::check_float admits packed tensors only as linear weights")
         }
@@ -284,7 +286,7 @@ fn concat_blocks<T: Copy>(
     outer: usize,
     inner: usize,
     total: usize,
-    get: impl Fn(&CpuStorage) -> Option<&Vec<T>>,
+    get: impl Fn(&CpuStorage) -> Option<&[T]>,
 ) -> Result<Vec<T>> {
     let mut parts = Vec::with_capacity(ts.len());
     for t in ts {
@@ -334,7 +336,7 @@ pub(crate) fn write_at(dst: &mut Tensor, src: &Tensor, axis: usize, offset: usiz
             copy_blocks(d, s, outer, dim, inner, offset, span)
         }
         (CpuStorage::F16(d), CpuStorage::F16(s)) => {
-            copy_blocks(d, s, outer, dim, inner, offset, span)
+            copy_blocks(d.to_mut(), s, outer, dim, inner, offset, span)
         }
         _ => {
             return Err(Error::DType {

@@ -4,6 +4,7 @@ use half::{bf16, f16};
 
 use crate::bf16::Bf16Data;
 use crate::gpu::GpuStorage;
+use crate::host::{HostVec, SharedBytes, SharedSlice};
 use crate::quant::QuantData;
 use crate::{DType, Device, Error, Result, StoredDType};
 
@@ -11,7 +12,8 @@ use crate::{DType, Device, Error, Result, StoredDType};
 #[derive(Clone, Debug)]
 pub(crate) enum CpuStorage {
     F32(Vec<f32>),
-    F16(Vec<f16>),
+    /// Owned, or in place in a mapped checkpoint ([`Tensor::from_shared_bytes`]).
+    F16(HostVec<f16>),
     Quant(QuantData),
     Bf16(Bf16Data),
 }
@@ -101,7 +103,7 @@ impl Tensor {
     /// An f16 tensor from host data.
     pub fn from_f16(data: Vec<f16>, shape: &[usize], device: &Device) -> Result<Tensor> {
         Self::check_len("from_f16", data.len(), shape)?;
-        Self::upload(CpuStorage::F16(data), shape, device)
+        Self::upload(CpuStorage::F16(data.into()), shape, device)
     }
 
     /// A tensor of `dtype` from f32 host values (converted when `dtype` is F16, quantized
@@ -124,7 +126,7 @@ impl Tensor {
             DType::F16 => {
                 let mut out = vec![f16::ZERO; data.len()];
                 blip2_kernels::f32_to_f16(data, &mut out);
-                CpuStorage::F16(out)
+                CpuStorage::F16(out.into())
             }
             DType::Q8 | DType::Q4 | DType::BF16 => unreachable!("packed dtypes returned above"),
         };
@@ -167,13 +169,13 @@ impl Tensor {
         let storage = match (stored, dtype) {
             (StoredDType::F32, DType::F32) => CpuStorage::F32(read_pod(bytes, f32::from_le_bytes)),
             (StoredDType::F16, DType::F16) => {
-                CpuStorage::F16(read_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b))))
+                CpuStorage::F16(read_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b))).into())
             }
             (StoredDType::F32, DType::F16) => {
                 let v = read_pod(bytes, f32::from_le_bytes);
                 let mut out = vec![f16::ZERO; n];
                 blip2_kernels::f32_to_f16(&v, &mut out);
-                CpuStorage::F16(out)
+                CpuStorage::F16(out.into())
             }
             (StoredDType::F16, DType::F32) => {
                 let v = read_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b)));
@@ -190,7 +192,7 @@ impl Tensor {
                     _ => {
                         let mut h = vec![f16::ZERO; n];
                         blip2_kernels::f32_to_f16(&out, &mut h);
-                        CpuStorage::F16(h)
+                        CpuStorage::F16(h.into())
                     }
                 }
             }
@@ -199,6 +201,60 @@ impl Tensor {
             }
         };
         Self::upload(storage, shape, device)
+    }
+
+    /// A tensor of `dtype` from the `len` bytes at `start` of a shared buffer (a
+    /// memory-mapped checkpoint) holding little-endian `stored` elements. f16 data kept as
+    /// f16 on the CPU is used in place when aligned (no copy: its pages are read from the
+    /// page cache when first used, and the tensor keeps the buffer alive); anything else is
+    /// converted as [`Tensor::from_bytes`] does. [`Tensor::is_shared`] tells which.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_shared_bytes(
+        owner: SharedBytes,
+        start: usize,
+        len: usize,
+        stored: StoredDType,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let range = start
+            .checked_add(len)
+            .and_then(|end| (*owner).as_ref().get(start..end))
+            .ok_or_else(|| {
+                Error::shape(
+                    "from_shared_bytes",
+                    format!(
+                        "bytes {start}..{start}+{len} lie outside a {}-byte buffer",
+                        (*owner).as_ref().len()
+                    ),
+                )
+            })?;
+        if (stored, dtype) == (StoredDType::F16, DType::F16) && !device.is_gpu() {
+            let n = numel("from_shared_bytes", shape)?;
+            if n.checked_mul(2) == Some(len)
+                && let Some(view) = SharedSlice::new(owner.clone(), start, n)
+            {
+                return Ok(Tensor::from_cpu(
+                    shape.to_vec(),
+                    CpuStorage::F16(HostVec::Shared(view)),
+                ));
+            }
+        }
+        Self::from_bytes(range, stored, shape, dtype, device)
+    }
+
+    /// Whether this tensor's elements live in place in a shared buffer (a mapped file) rather
+    /// than in memory of its own.
+    pub fn is_shared(&self) -> bool {
+        match &self.storage {
+            Storage::Cpu(s) => match s.as_ref() {
+                CpuStorage::F16(v) => v.is_shared(),
+                CpuStorage::Quant(q) => matches!(q.qs, crate::QuantBytes::Shared { .. }),
+                _ => false,
+            },
+            Storage::Gpu(_) => false,
+        }
     }
 
     fn upload(storage: CpuStorage, shape: &[usize], device: &Device) -> Result<Tensor> {
@@ -238,7 +294,7 @@ impl Tensor {
                 shape.to_vec(),
                 match dtype {
                     DType::F32 => CpuStorage::F32(vec![0.0; n]),
-                    DType::F16 => CpuStorage::F16(vec![f16::ZERO; n]),
+                    DType::F16 => CpuStorage::F16(vec![f16::ZERO; n].into()),
                     DType::Q8 | DType::Q4 | DType::BF16 => {
                         unreachable!("packed dtypes returned above")
                     }

@@ -32,7 +32,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use blip2_engine::{DType, Device, QFormat, QuantBytes, StoredDType, Tensor};
+use blip2_engine::{DType, Device, QFormat, QuantBytes, SharedBytes, StoredDType, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Metadata, SafeTensorError};
 use safetensors::{Dtype, SafeTensors};
@@ -58,13 +58,12 @@ enum ShardData {
 }
 
 impl ShardData {
-    /// `len` bytes at `start`, shared in place (no copy).
-    fn shared(&self, start: usize, len: usize) -> QuantBytes {
-        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = match self {
+    /// The whole buffer, for tensors that use their bytes in place.
+    fn owner(&self) -> SharedBytes {
+        match self {
             ShardData::Mapped(m) => m.clone(),
             ShardData::Static(b) => Arc::new(*b),
-        };
-        QuantBytes::Shared { owner, start, len }
+        }
     }
 }
 
@@ -445,6 +444,27 @@ impl Checkpoint {
         shard.mmap.get(shard.data_start + s..shard.data_start + e)
     }
 
+    /// The mapping holding `name` and the page range of its bytes: the pages lying wholly
+    /// inside (`outward` false) or every page it touches (`outward` true). `None` for an
+    /// embedded checkpoint or an empty range.
+    #[cfg(unix)]
+    fn pages(&self, name: &str, outward: bool) -> Option<(&Mmap, usize, usize)> {
+        let shard = &self.shards[*self.names.get(name)?];
+        let ShardData::Mapped(map) = &shard.mmap else {
+            return None;
+        };
+        let (s, e) = shard.meta.info(name)?.data_offsets;
+        let (s, e) = (shard.data_start + s, shard.data_start + e);
+        let page = 4096;
+        let (start, end) = if outward {
+            (s / page * page, e.div_ceil(page) * page)
+        } else {
+            (s.div_ceil(page) * page, e / page * page)
+        };
+        let end = end.min(map.len());
+        (end > start).then_some((&**map, start, end - start))
+    }
+
     /// Drops the mapped pages that lie wholly inside `name`'s bytes from this process's
     /// resident set, once the loader holds its own converted copy: without it a load kept
     /// both the copy and the file's pages resident (twice the weights at peak). The pages
@@ -452,35 +472,28 @@ impl Checkpoint {
     /// checkpoints and non-Unix systems keep their pages.
     fn release(&self, name: &str) {
         #[cfg(unix)]
-        {
-            let Some(&i) = self.names.get(name) else {
-                return;
+        if let Some((map, start, len)) = self.pages(name, false) {
+            // SAFETY: the map is a read-only MAP_SHARED mapping of the file: MADV_DONTNEED
+            // only unmaps the pages, and any later read faults the same file bytes back in
+            // (it never sees zero-filled or stale memory, unlike a private mapping).
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
             };
-            let shard = &self.shards[i];
-            let ShardData::Mapped(map) = &shard.mmap else {
-                return;
-            };
-            let Some(info) = shard.meta.info(name) else {
-                return;
-            };
-            let (s, e) = info.data_offsets;
-            let page = 4096;
-            let start = (shard.data_start + s).div_ceil(page) * page;
-            let end = ((shard.data_start + e) / page * page).min(map.len());
-            if end > start {
-                // SAFETY: the map is a read-only MAP_SHARED mapping of the file: MADV_DONTNEED
-                // only unmaps the pages, and any later read faults the same file bytes back
-                // in (it never sees zero-filled or stale memory, unlike a private mapping).
-                let _ = unsafe {
-                    map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        start,
-                        end - start,
-                    )
-                };
-            }
         }
         #[cfg(not(unix))]
+        let _ = name;
+    }
+
+    /// Maps in every page of `name`, for a tensor used in place: the load, not the first
+    /// inference, pays for reading the file (from the page cache when warm, else from
+    /// disk), and the first matmuls run without page faults. Best effort (Linux ≥ 5.14's
+    /// MADV_POPULATE_READ; elsewhere pages fault in on first use).
+    fn populate(&self, name: &str) {
+        #[cfg(target_os = "linux")]
+        if let Some((map, start, len)) = self.pages(name, true) {
+            let _ = map.advise_range(memmap2::Advice::PopulateRead, start, len);
+        }
+        #[cfg(not(target_os = "linux"))]
         let _ = name;
     }
 
@@ -495,13 +508,20 @@ impl Checkpoint {
         self.shards[*self.names.get(name)?].quant
     }
 
-    /// The bytes of `name`, shared in place from the map (no copy).
-    fn shared(&self, name: &str) -> Option<QuantBytes> {
+    /// Where the bytes of `name` lie: its file's buffer, the offset and the length (checked
+    /// to lie inside the buffer), for use in place (no copy).
+    fn located(&self, name: &str) -> Option<(SharedBytes, usize, usize)> {
         let shard = &self.shards[*self.names.get(name)?];
         let (s, e) = shard.meta.info(name)?.data_offsets;
         let start = shard.data_start.checked_add(s)?;
         let len = e.checked_sub(s)?;
-        (start.checked_add(len)? <= shard.mmap.len()).then(|| shard.mmap.shared(start, len))
+        (start.checked_add(len)? <= shard.mmap.len()).then(|| (shard.mmap.owner(), start, len))
+    }
+
+    /// The bytes of `name`, shared in place from the map (no copy).
+    fn shared(&self, name: &str) -> Option<QuantBytes> {
+        let (owner, start, len) = self.located(name)?;
+        Some(QuantBytes::Shared { owner, start, len })
     }
 
     /// How many tensors are stored in each dtype ("F32" -> 120, ...).
@@ -927,7 +947,7 @@ impl<'a> WeightLoader<'a> {
             return self.placeholder(shape, dtype);
         };
         let file = meta.file.to_path_buf();
-        let Some(bytes) = self.ckpt.raw(full) else {
+        let Some((owner, start, len)) = self.ckpt.located(full) else {
             self.record(WeightProblem::Read {
                 name: full.to_string(),
                 file,
@@ -935,17 +955,21 @@ impl<'a> WeightLoader<'a> {
             });
             return self.placeholder(shape, dtype);
         };
-        match Tensor::from_bytes(bytes, stored, shape, dtype, &self.device) {
+        match Tensor::from_shared_bytes(owner, start, len, stored, shape, dtype, &self.device) {
             Ok(t) => {
-                // from_bytes copied (and converted) the bytes: the file's pages are not
-                // needed any more.
-                self.ckpt.release(full);
+                // A copied (converted) tensor no longer needs the file's pages; a shared one
+                // reads them in place.
+                if t.is_shared() {
+                    self.ckpt.populate(full);
+                } else {
+                    self.ckpt.release(full);
+                }
                 let (done, total) = {
                     let mut st = self.lock();
                     st.used.insert(full.to_string());
                     st.cache.insert(key, t.clone());
                     st.quantized_at_load += usize::from(dtype.is_quantized());
-                    st.bytes_done += bytes.len() as u64;
+                    st.bytes_done += len as u64;
                     (st.bytes_done, self.ckpt.total_bytes)
                 };
                 if let Some(p) = &self.progress {
