@@ -462,7 +462,7 @@ impl Checkpoint {
             (s.div_ceil(page) * page, e / page * page)
         };
         let end = end.min(map.len());
-        (end > start).then_some((&**map, start, end - start))
+        (end > start).then(|| (&**map, start, end - start))
     }
 
     /// Drops the mapped pages that lie wholly inside `name`'s bytes from this process's
