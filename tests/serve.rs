@@ -587,6 +587,45 @@ fn disconnect_frees_the_slot() {
     }
     let (st, v) = s.post("/v1/chat/completions", &chat_body(&img, None));
     assert_eq!(st, 200, "{v}");
+
+    // A batch whose only client leaves stops at its next decode step (beam search over 110
+    // tokens takes long enough on the demo model; retried in case the machine is so fast
+    // that it finishes before the disconnect is seen).
+    let mut slow = slow_body(&img);
+    slow["stream"] = json!(true);
+    let cancelled = |s: &Server| -> u64 {
+        let (_, m) = s.get("/metrics");
+        m.lines()
+            .find_map(|l| l.strip_prefix("blip2_cancelled_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no blip2_cancelled_total in {m}"))
+    };
+    let mut stopped = false;
+    for _ in 0..5 {
+        let mut r = Server::agent()
+            .post(format!("{}/v1/chat/completions", s.base))
+            .header("content-type", "application/json")
+            .send(slow.to_string())
+            .expect("POST");
+        let mut line = String::new();
+        BufReader::new(r.body_mut().as_reader())
+            .read_line(&mut line)
+            .unwrap();
+        drop(r);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5)
+            && !s.get("/metrics").1.contains("blip2_running 0\n")
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if cancelled(&s) > 0 {
+            stopped = true;
+            break;
+        }
+    }
+    assert!(stopped, "a lone disconnected stream was never cancelled");
+    let (st, v) = s.post("/v1/chat/completions", &chat_body(&img, None));
+    assert_eq!(st, 200, "{v}");
 }
 
 /// Retrieval checkpoint: /v1/match equals `blip2 match --json`; /v1/embeddings embeds texts

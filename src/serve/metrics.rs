@@ -61,6 +61,7 @@ struct Inner {
     images_encoded: u64,
     cache_hits: u64,
     cache_misses: u64,
+    cancelled: u64,
     /// Tokens per second of the last batch's decode (all rows together).
     last_tokens_per_second: f64,
 }
@@ -87,6 +88,7 @@ impl Default for Metrics {
                 images_encoded: 0,
                 cache_hits: 0,
                 cache_misses: 0,
+                cancelled: 0,
                 last_tokens_per_second: 0.0,
             }),
             in_flight: AtomicUsize::new(0),
@@ -129,6 +131,11 @@ impl Metrics {
                 m.per_token.observe(s);
             }
         })
+    }
+
+    /// Requests whose batch was stopped because every client had gone.
+    pub fn cancelled(&self, n: usize) {
+        self.with(|m| m.cancelled += n as u64)
     }
 
     pub fn decode_rate(&self, tokens_per_second: f64) {
@@ -175,6 +182,7 @@ impl Metrics {
                 ("blip2_images_encoded_total", "Images run through the vision tower and Q-Former.", m.images_encoded),
                 ("blip2_feature_cache_hits_total", "Images whose query features came from the cache.", m.cache_hits),
                 ("blip2_feature_cache_misses_total", "Images whose query features were computed.", m.cache_misses),
+                ("blip2_cancelled_total", "Requests stopped mid-generation because their batch's clients had all disconnected.", m.cancelled),
             ];
             for (name, help, v) in counters {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");

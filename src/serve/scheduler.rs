@@ -355,22 +355,35 @@ fn generate(
     let mut first: Vec<Option<Instant>> = vec![None; run.len()];
     let mut last: Vec<Option<Instant>> = vec![None; run.len()];
     let t = Instant::now();
-    let out = model.generate_from_features_with(&features, &prompts, &settings, &mut |e| {
-        let now = Instant::now();
-        let r = e.row;
-        if first[r].is_none() {
-            first[r] = Some(now);
-            metrics.first_token((now - run[r].0.admitted).as_secs_f64());
-        }
-        last[r] = Some(now);
-        if let Ok(d) = streams[r].push(e.token_id)
-            && !d.is_empty()
-        {
-            let _ = run[r].0.events.send(Event::Delta(d));
-        }
-    });
+    // Every client of the batch gone: stop at the next step (a batch with some clients left
+    // runs on; their rows cannot leave a running batch).
+    let all_gone = || run.iter().all(|(j, _)| j.events.is_closed());
+    let out = model.generate_from_features_cancellable(
+        &features,
+        &prompts,
+        &settings,
+        &mut |e| {
+            let now = Instant::now();
+            let r = e.row;
+            if first[r].is_none() {
+                first[r] = Some(now);
+                metrics.first_token((now - run[r].0.admitted).as_secs_f64());
+            }
+            last[r] = Some(now);
+            if let Ok(d) = streams[r].push(e.token_id)
+                && !d.is_empty()
+            {
+                let _ = run[r].0.events.send(Event::Delta(d));
+            }
+        },
+        &all_gone,
+    );
     let gens = match out {
         Ok(g) => g,
+        Err(blip2::Error::Cancelled) => {
+            metrics.cancelled(run.len());
+            return;
+        }
         Err(e) => {
             let e = from_model_error(&e);
             return fail(run.into_iter().map(|(j, _)| j).collect(), &e);
