@@ -162,7 +162,7 @@ fn load(o: &ServeOpts) -> anyhow::Result<(Loaded, ModelInfo)> {
         let config = Blip2Config::preset(p)?;
         let m = Blip2::random(config, &device, o.dtype.dtype(), 0)?;
         let f = family(&m);
-        (Loaded::Gen(m), format!("random-{p}"), f, true)
+        (Loaded::Gen(Box::new(m)), format!("random-{p}"), f, true)
     } else if let Some(dir) = &o.model {
         let name = dir
             .file_name()
@@ -173,7 +173,7 @@ fn load(o: &ServeOpts) -> anyhow::Result<(Loaded, ModelInfo)> {
             let m = Blip2Retrieval::load(dir, opts)
                 .with_context(|| format!("loading {}", dir.display()))?;
             (
-                Loaded::Retrieval(m),
+                Loaded::Retrieval(Box::new(m)),
                 name,
                 "blip2-retrieval".to_string(),
                 false,
@@ -181,12 +181,12 @@ fn load(o: &ServeOpts) -> anyhow::Result<(Loaded, ModelInfo)> {
         } else {
             let m = Blip2::load(dir, opts).with_context(|| format!("loading {}", dir.display()))?;
             let f = family(&m);
-            (Loaded::Gen(m), name, f, true)
+            (Loaded::Gen(Box::new(m)), name, f, true)
         }
     } else {
         let m = blip2::demo::load_demo(opts).context("loading the embedded demo model")?;
         let f = family(&m);
-        (Loaded::Gen(m), "blip2-demo".to_string(), f, true)
+        (Loaded::Gen(Box::new(m)), "blip2-demo".to_string(), f, true)
     };
     let info = ModelInfo {
         id: o.model_id.clone().unwrap_or(id),

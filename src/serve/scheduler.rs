@@ -36,8 +36,8 @@ use super::metrics::Metrics;
 
 /// The loaded checkpoint: a captioning/VQA model or a retrieval one.
 pub enum Loaded {
-    Gen(Blip2),
-    Retrieval(Blip2Retrieval),
+    Gen(Box<Blip2>),
+    Retrieval(Box<Blip2Retrieval>),
 }
 
 /// What a generation request sends back, in order: text deltas, then `Done` (or `Error`).
@@ -83,11 +83,14 @@ pub enum EmbedItem {
     Image(Vec<u8>),
 }
 
+/// One vector per input and its number of rows.
+pub type Embeddings = Vec<(Vec<f32>, usize)>;
+
 pub struct EmbedJob {
     pub inputs: Vec<EmbedItem>,
     /// One vector per input (an image: its Q query embeddings, row after row) and the
     /// number of rows.
-    pub reply: oneshot::Sender<Result<Vec<(Vec<f32>, usize)>, ApiError>>,
+    pub reply: oneshot::Sender<Result<Embeddings, ApiError>>,
     /// Held until the job is dropped.
     pub _slot: Slot,
 }
@@ -427,7 +430,7 @@ fn embed(model: &Loaded, job: EmbedJob, limits: &Limits) {
         )));
         return;
     };
-    let res = (|| -> Result<Vec<(Vec<f32>, usize)>, ApiError> {
+    let res = (|| -> Result<Embeddings, ApiError> {
         let mut texts = Vec::new();
         let mut images = Vec::new();
         for x in &job.inputs {
