@@ -274,13 +274,23 @@ fn health_models_and_metrics() {
     ] {
         assert!(text.contains(series), "missing {series:?} in\n{text}");
     }
-    // Structured request logs: one JSON object per line on stderr.
-    let log = s.log.lock().unwrap().clone();
-    let req = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["path"] == "/v1/chat/completions" && v["status"] == 200)
-        .unwrap_or_else(|| panic!("no request log line in\n{log}"));
+    // Structured request logs: one JSON object per line on stderr (read by a thread, so
+    // give it a moment).
+    let t = Instant::now();
+    let req = loop {
+        let log = s.log.lock().unwrap().clone();
+        let found = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["path"] == "/v1/chat/completions" && v["status"] == 200);
+        match found {
+            Some(v) => break v,
+            None if t.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            None => panic!("no request log line in\n{log}"),
+        }
+    };
     assert_eq!(req["method"], "POST");
     assert!(req["ms"].as_f64().is_some());
 }
