@@ -50,7 +50,7 @@ one=$(run 1 1)
 read -r s0 c0 < <(batch_totals)
 many=$(run "$CONC" 2)
 read -r s1 c1 < <(batch_totals)
-batches=$(awk -v a="$s0" -v b="$c0" -v x="$s1" -v y="$c1" 'BEGIN {printf "%.1f", y > b ? (x - a) / (y - b) : 0}')
+batches=$(awk -v a="$s0" -v b="$c0" -v x="$s1" -v y="$c1" 'BEGIN {m = 0; if (y > b) m = (x - a) / (y - b); printf "%.1f", m}')
 echo "model: $(curl -s "$URL/v1/models" | sed 's/.*"id":"\([^"]*\)".*/\1/')  max_tokens=$MAX_TOKENS  duration=${DURATION}s  cpus=$(nproc)"
 echo "1 client:    $one images/s"
 echo "$CONC clients:  $many images/s (mean batch: $batches requests)"
