@@ -251,6 +251,13 @@ fn health_models_and_metrics() {
         caps.contains(&"caption") && caps.contains(&"vqa") && caps.contains(&"chat"),
         "{caps:?}"
     );
+    let (st, body) = s.get("/v1/models/blip2-demo");
+    assert_eq!(st, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["id"],
+        "blip2-demo"
+    );
+    assert_eq!(s.get("/v1/models/gpt-4").0, 404);
 
     let (st, _) = s.post(
         "/v1/chat/completions",

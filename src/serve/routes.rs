@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as Sse, KeepAlive};
@@ -36,6 +36,7 @@ pub fn router(state: S) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model_by_id))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
@@ -144,10 +145,24 @@ async fn metrics(State(s): State<S>) -> Response {
 }
 
 async fn models(State(s): State<S>) -> Result<Response, ApiError> {
+    Ok(Json(json!({"object": "list", "data": [model_object(&s)?]})).into_response())
+}
+
+/// `GET /v1/models/{id}`: the model object when `id` is the served model's, else 404.
+async fn model_by_id(State(s): State<S>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let m = model_object(&s)?;
+    if m["id"] != id.as_str() {
+        return Err(ApiError::not_found(format!(
+            "no model '{id}' here (this server serves '{}')",
+            m["id"].as_str().unwrap_or("")
+        )));
+    }
+    Ok(Json(m).into_response())
+}
+
+fn model_object(s: &AppState) -> Result<Value, ApiError> {
     let i = s.ready()?;
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{
+    Ok(json!({
             "id": i.id,
             "object": "model",
             "created": s.started,
@@ -158,9 +173,7 @@ async fn models(State(s): State<S>) -> Result<Response, ApiError> {
             "dtype": i.dtype,
             "max_tokens": s.limits.max_tokens,
             "max_prompt_tokens": s.limits.max_prompt_tokens,
-        }]
     }))
-    .into_response())
 }
 
 /// The body as JSON of type `T`: 413 above the limit, 400 when it does not parse.
