@@ -1,6 +1,7 @@
 //! The `blip2` command: captions, answers and device information from the terminal.
 
 mod cli;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,6 +112,13 @@ enum Command {
         after_help = "Examples:\n  blip2 bench --preset opt-2.7b --device cpu --dtype f16\n  blip2 bench --preset tiny --batch-size 4 --json"
     )]
     Bench(cli::bench::BenchOpts),
+    /// Serve the model over HTTP with an OpenAI-compatible API (chat completions with
+    /// images, completions, embeddings and matching for retrieval checkpoints), batching
+    /// concurrent requests (docs/serve.md).
+    #[command(
+        after_help = "Examples:\n  blip2 serve                                   (demo model on http://127.0.0.1:8080)\n  blip2 serve --model ./blip2-opt-2.7b --port 8000 --max-batch 16 --api-key secret\n  blip2 serve --preset opt-2.7b --dtype q8      (random weights, for load tests)"
+    )]
+    Serve(serve::ServeOpts),
 }
 
 /// `blip2 ... | head` should end quietly when the reader goes away, as other Unix tools do,
@@ -155,6 +163,7 @@ fn main() -> ExitCode {
         Command::Quantize(o) => cli::quantize::quantize(&o),
         Command::Bench(o) => cli::bench::bench(&o),
         Command::DemoScene(o) => cli::scene::demo_scene(&o),
+        Command::Serve(o) => serve::serve(&o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ use crate::chat::Chat;
 use crate::config::Blip2Config;
 use crate::embedded::EmbeddedCheckpoint;
 use crate::generate::{
-    GenerationConfig, GenerationDefaults, ResolvedGeneration, TokenEvent, decode,
+    DecodeModel, GenerationConfig, GenerationDefaults, ResolvedGeneration, TokenEvent, decode,
 };
 use crate::image_encoder::ImageEncoder;
 use crate::inputs::{PaddedBatch, image_scatter};
@@ -47,6 +47,27 @@ pub struct Generation {
     /// `sequences_scores`); None for greedy search and sampling.
     pub score: Option<f32>,
     pub timings: Timings,
+}
+
+/// A decode model whose steps fail with [`ModelError::Cancelled`] once `cancelled` says so.
+struct Cancellable<'a> {
+    inner: &'a mut dyn DecodeModel,
+    cancelled: &'a dyn Fn() -> bool,
+}
+
+impl DecodeModel for Cancellable<'_> {
+    fn vocab(&self) -> usize {
+        self.inner.vocab()
+    }
+    fn select_rows(&mut self, src: &[usize]) -> Result<()> {
+        self.inner.select_rows(src)
+    }
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if (self.cancelled)() {
+            return Err(ModelError::Cancelled);
+        }
+        self.inner.step(tokens)
+    }
 }
 
 /// A loaded BLIP-2 checkpoint on a device.
@@ -323,19 +344,31 @@ impl Blip2 {
         settings: &ResolvedGeneration,
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<Vec<Generation>> {
+        self.generate_from_features_cancellable(feats, prompts, settings, on_token, &|| false)
+    }
+
+    /// [`Blip2::generate_from_features_with`] that `cancelled` can stop: it is asked before
+    /// every decode step, and when it says true the generation ends with
+    /// [`ModelError::Cancelled`] (a server stops a batch whose clients have all gone).
+    pub fn generate_from_features_cancellable(
+        &self,
+        feats: &ImageFeatures,
+        prompts: &[Option<&str>],
+        settings: &ResolvedGeneration,
+        on_token: &mut dyn FnMut(&TokenEvent),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<Generation>> {
         let t = Instant::now();
         let input = self.lm_input(feats, prompts, settings.pad_token_id())?;
         let prefill = self.lm.prefill(input, settings.max_new_tokens())?;
         let prefill_time = t.elapsed();
         let t = Instant::now();
         let mut decoder = prefill.decoder;
-        let out = decode(
-            prefill.logits,
-            prefill.seen,
-            settings,
-            &mut *decoder,
-            on_token,
-        )?;
+        let mut model = Cancellable {
+            inner: &mut *decoder,
+            cancelled,
+        };
+        let out = decode(prefill.logits, prefill.seen, settings, &mut model, on_token)?;
         let timings = Timings {
             preprocess: feats.preprocess,
             vision: feats.vision,

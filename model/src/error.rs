@@ -174,6 +174,9 @@ pub enum ModelError {
     /// The checkpoint asks for something this library does not implement (named).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The caller cancelled a generation (`Blip2::generate_from_features_cancellable`).
+    #[error("generation cancelled")]
+    Cancelled,
     #[error(transparent)]
     Engine(#[from] blip2_engine::Error),
 }

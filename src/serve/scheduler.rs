@@ -1,0 +1,483 @@
+//! The model's worker thread and its batching loop. The HTTP side never touches tensors:
+//! handlers send [`Job`]s through a channel, and one std thread owning the model takes
+//! them in waves:
+//!
+//! 1. It blocks for one job, then takes every job already waiting, up to `--max-batch`.
+//!    Jobs whose client went away while they waited are dropped unrun.
+//! 2. Generation jobs with the same settings (greedy or beam search with the same
+//!    max_tokens, penalties...) form one batch; a sampled job runs alone, so that its seed
+//!    gives the text it gives alone.
+//! 3. The images of a batch that are not in the feature cache go through preprocessing,
+//!    the ViT, the Q-Former and the projection together, in one forward pass; the others
+//!    come from the cache (keyed by the SHA-256 of the image bytes).
+//! 4. The batch decodes together: one prefill over the padded prompts, then one forward
+//!    pass per step for all running rows; a row that produces eos leaves the batch
+//!    (`Blip2::generate_from_features_with`). New jobs wait for the next wave: this is
+//!    static batching per wave, not continuous batching (jobs do not join between steps).
+//!
+//! Each wave runs under `catch_unwind`: a panic fails that wave's requests (500) and the
+//! loop goes on.
+
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use blip2::engine::Tensor;
+use blip2::image::DynamicImage;
+use blip2::{Blip2, Blip2Retrieval, GenerationConfig, TextStream};
+use tokio::sync::{mpsc::UnboundedSender, oneshot};
+
+use super::cache::{ImageKey, Lru};
+use super::limits::{ApiError, Limits, from_model_error};
+use super::metrics::Metrics;
+
+/// The loaded checkpoint: a captioning/VQA model or a retrieval one.
+pub enum Loaded {
+    Gen(Box<Blip2>),
+    Retrieval(Box<Blip2Retrieval>),
+}
+
+/// What a generation request sends back, in order: text deltas, then `Done` (or `Error`).
+#[derive(Debug)]
+pub enum Event {
+    Delta(String),
+    Done(Finished),
+    Error(ApiError),
+}
+
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// "stop" (eos) or "length" (max_tokens reached).
+    pub finish_reason: &'static str,
+}
+
+/// An admitted request's place: freed (the in-flight count decremented) when the job is
+/// dropped, whether it finished, failed, or its client left.
+pub struct Slot(pub Arc<Metrics>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub struct GenJob {
+    pub image: Vec<u8>,
+    pub key: ImageKey,
+    pub prompt: Option<String>,
+    pub config: GenerationConfig,
+    pub events: UnboundedSender<Event>,
+    pub admitted: Instant,
+    /// Held until the job is dropped.
+    pub _slot: Slot,
+}
+
+pub enum EmbedItem {
+    Text(String),
+    Image(Vec<u8>),
+}
+
+/// One vector per input and its number of rows.
+pub type Embeddings = Vec<(Vec<f32>, usize)>;
+
+pub struct EmbedJob {
+    pub inputs: Vec<EmbedItem>,
+    /// One vector per input (an image: its Q query embeddings, row after row) and the
+    /// number of rows.
+    pub reply: oneshot::Sender<Result<Embeddings, ApiError>>,
+    /// Held until the job is dropped.
+    pub _slot: Slot,
+}
+
+pub struct MatchJob {
+    pub image: Vec<u8>,
+    pub texts: Vec<String>,
+    pub reply: oneshot::Sender<Result<Vec<blip2::MatchScore>, ApiError>>,
+    /// Held until the job is dropped.
+    pub _slot: Slot,
+}
+
+pub enum Job {
+    Gen(GenJob),
+    Embed(EmbedJob),
+    Match(MatchJob),
+}
+
+impl Job {
+    /// The client is gone (its receiver was dropped): no need to run.
+    fn abandoned(&self) -> bool {
+        match self {
+            Job::Gen(j) => j.events.is_closed(),
+            Job::Embed(j) => j.reply.is_closed(),
+            Job::Match(j) => j.reply.is_closed(),
+        }
+    }
+}
+
+/// Checks that `bytes` are an image of a supported format within the pixel limit, from
+/// its header (nothing is decoded).
+pub fn check_image(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), ApiError> {
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ApiError::bad_image(format!("cannot read the image: {e}")))?;
+    if reader.format().is_none() {
+        return Err(ApiError::bad_image(
+            "not a supported image format (expected PNG, JPEG, WebP, BMP, GIF or TIFF)",
+        ));
+    }
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| ApiError::bad_image(format!("cannot read the image header: {e}")))?;
+    let px = w as u64 * h as u64;
+    if px > max_pixels {
+        return Err(ApiError::bad_image(format!(
+            "image of {w}x{h} = {px} pixels is above the server's limit of {max_pixels} (--max-image-pixels)"
+        )));
+    }
+    Ok((w, h))
+}
+
+/// Decodes an image with the pixel limit enforced by the decoder too (a header that lies
+/// cannot make it allocate more).
+pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ApiError> {
+    let (w, h) = check_image(bytes, max_pixels)?;
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ApiError::bad_image(format!("cannot read the image: {e}")))?;
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(w);
+    lim.max_image_height = Some(h);
+    // 16-bit RGBA is 8 bytes per pixel; leave room for a conversion copy.
+    lim.max_alloc = Some(max_pixels.saturating_mul(16));
+    reader.limits(lim);
+    reader
+        .decode()
+        .map_err(|e| ApiError::bad_image(format!("cannot decode the image: {e}")))
+}
+
+/// The worker loop: runs until every sender of `rx` is gone.
+pub fn run(
+    model: Loaded,
+    rx: Receiver<Job>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    cache_entries: usize,
+) {
+    let cache = Mutex::new(Lru::<Tensor>::new(cache_entries));
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < limits.max_batch.max(1) {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        jobs.retain(|j| !j.abandoned());
+        let mut gens: Vec<Vec<GenJob>> = Vec::new();
+        let mut keys: Vec<Option<String>> = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Gen(g) => {
+                    // Sampled jobs run alone: their seed's stream is the first row's.
+                    let key = (!g.config.do_sample)
+                        .then(|| serde_json::to_string(&g.config).unwrap_or_default());
+                    match keys.iter().position(|k| k.is_some() && *k == key) {
+                        Some(i) => gens[i].push(g),
+                        None => {
+                            keys.push(key);
+                            gens.push(vec![g]);
+                        }
+                    }
+                }
+                Job::Embed(e) => guarded(&metrics, 1, || embed(&model, e, &limits)),
+                Job::Match(m) => guarded(&metrics, 1, || match_job(&model, m, &limits)),
+            }
+        }
+        for group in gens {
+            let n = group.len();
+            metrics.batch(n);
+            guarded(&metrics, n, || {
+                generate(&model, group, &limits, &cache, &metrics)
+            });
+        }
+    }
+}
+
+/// Runs `f` as `n` running requests; a panic is reported and the loop goes on (the jobs
+/// it owned are dropped, so their clients get a 500).
+fn guarded(metrics: &Metrics, n: usize, f: impl FnOnce()) {
+    metrics.running.store(n, Ordering::SeqCst);
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        eprintln!(
+            "{{\"level\":\"error\",\"msg\":\"a batch panicked; its requests failed, the server goes on\"}}"
+        );
+    }
+    metrics.running.store(0, Ordering::SeqCst);
+}
+
+fn fail(jobs: Vec<GenJob>, e: &ApiError) {
+    for j in jobs {
+        let _ = j.events.send(Event::Error(e.clone()));
+    }
+}
+
+/// One batch of generation jobs with the same settings.
+fn generate(
+    model: &Loaded,
+    jobs: Vec<GenJob>,
+    limits: &Limits,
+    cache: &Mutex<Lru<Tensor>>,
+    metrics: &Metrics,
+) {
+    let Loaded::Gen(model) = model else {
+        return fail(
+            jobs,
+            &ApiError::unsupported("this checkpoint does not generate text"),
+        );
+    };
+    let settings = match model.resolve_generation(&jobs[0].config) {
+        Ok(s) => s,
+        Err(e) => return fail(jobs, &from_model_error(&e)),
+    };
+    // Prompt lengths, within the limit.
+    let mut rows = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        match model.prompt_ids(j.prompt.as_deref()) {
+            Ok(ids) if ids.len() > limits.max_prompt_tokens => {
+                let e = ApiError::invalid(
+                    "prompt_too_long",
+                    format!(
+                        "the prompt has {} tokens (image tokens included), above the server's limit of {} (--max-prompt-tokens)",
+                        ids.len(),
+                        limits.max_prompt_tokens
+                    ),
+                );
+                let _ = j.events.send(Event::Error(e));
+            }
+            Ok(ids) => rows.push((j, ids.len())),
+            Err(e) => {
+                let _ = j.events.send(Event::Error(from_model_error(&e)));
+            }
+        }
+    }
+    // Features: cached ones, and the missing images encoded together.
+    let mut feats: Vec<Option<Tensor>> = {
+        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+        rows.iter().map(|(j, _)| c.get(&j.key)).collect()
+    };
+    let hits = feats.iter().filter(|f| f.is_some()).count();
+    let mut missing: Vec<ImageKey> = Vec::new();
+    let mut images: Vec<DynamicImage> = Vec::new();
+    let mut bad: Vec<(ImageKey, ApiError)> = Vec::new();
+    for (i, (j, _)) in rows.iter().enumerate() {
+        if feats[i].is_some() || missing.contains(&j.key) || bad.iter().any(|(k, _)| *k == j.key) {
+            continue;
+        }
+        match decode_image(&j.image, limits.max_image_pixels) {
+            Ok(img) => {
+                missing.push(j.key);
+                images.push(img);
+            }
+            Err(e) => bad.push((j.key, e)),
+        }
+    }
+    if !images.is_empty() {
+        let refs: Vec<&DynamicImage> = images.iter().collect();
+        let projected = match model.image_features(&refs) {
+            Ok(f) => f.projected,
+            Err(e) => {
+                let e = from_model_error(&e);
+                return fail(rows.into_iter().map(|(j, _)| j).collect(), &e);
+            }
+        };
+        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+        for (m, key) in missing.iter().enumerate() {
+            let one = match blip2::engine::ops::narrow(&projected, 0, m, 1) {
+                Ok(t) => t,
+                Err(e) => {
+                    let e = ApiError::internal(e.to_string());
+                    return fail(rows.into_iter().map(|(j, _)| j).collect(), &e);
+                }
+            };
+            c.insert(*key, one.clone());
+            for (i, (j, _)) in rows.iter().enumerate() {
+                if j.key == *key {
+                    feats[i] = Some(one.clone());
+                }
+            }
+        }
+    }
+    metrics.images(images.len(), hits);
+    // Rows whose image could not be decoded leave here.
+    let mut run = Vec::with_capacity(rows.len());
+    let mut row_feats = Vec::with_capacity(rows.len());
+    for ((j, n), f) in rows.into_iter().zip(feats) {
+        match f {
+            Some(f) => {
+                run.push((j, n));
+                row_feats.push(f);
+            }
+            None => {
+                let e = bad
+                    .iter()
+                    .find(|(k, _)| *k == j.key)
+                    .map(|(_, e)| e.clone())
+                    .unwrap_or_else(|| ApiError::internal("image features missing"));
+                let _ = j.events.send(Event::Error(e));
+            }
+        }
+    }
+    if run.is_empty() {
+        return;
+    }
+    let projected = if row_feats.len() == 1 {
+        row_feats.pop().expect("one row")
+    } else {
+        let refs: Vec<&Tensor> = row_feats.iter().collect();
+        match blip2::engine::ops::concat(&refs, 0) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = ApiError::internal(e.to_string());
+                return fail(run.into_iter().map(|(j, _)| j).collect(), &e);
+            }
+        }
+    };
+    let features = model.features_from_projected(projected);
+    let prompts: Vec<Option<&str>> = run.iter().map(|(j, _)| j.prompt.as_deref()).collect();
+    let eos = settings.eos_token_ids().to_vec();
+    let mut streams: Vec<TextStream> = run
+        .iter()
+        .map(|_| TextStream::new(&model.tokenizer, &eos))
+        .collect();
+    let mut first: Vec<Option<Instant>> = vec![None; run.len()];
+    let mut last: Vec<Option<Instant>> = vec![None; run.len()];
+    let t = Instant::now();
+    // Every client of the batch gone: stop at the next step (a batch with some clients left
+    // runs on; their rows cannot leave a running batch).
+    let all_gone = || run.iter().all(|(j, _)| j.events.is_closed());
+    let out = model.generate_from_features_cancellable(
+        &features,
+        &prompts,
+        &settings,
+        &mut |e| {
+            let now = Instant::now();
+            let r = e.row;
+            if first[r].is_none() {
+                first[r] = Some(now);
+                metrics.first_token((now - run[r].0.admitted).as_secs_f64());
+            }
+            last[r] = Some(now);
+            if let Ok(d) = streams[r].push(e.token_id)
+                && !d.is_empty()
+            {
+                let _ = run[r].0.events.send(Event::Delta(d));
+            }
+        },
+        &all_gone,
+    );
+    let gens = match out {
+        Ok(g) => g,
+        Err(blip2::Error::Cancelled) => {
+            metrics.cancelled(run.len());
+            return;
+        }
+        Err(e) => {
+            let e = from_model_error(&e);
+            return fail(run.into_iter().map(|(j, _)| j).collect(), &e);
+        }
+    };
+    let took = t.elapsed().as_secs_f64();
+    let total: usize = gens.iter().map(|g| g.token_ids.len()).sum();
+    if took > 0.0 {
+        metrics.decode_rate(total as f64 / took);
+    }
+    for (r, ((j, prompt_tokens), g)) in run.into_iter().zip(gens).enumerate() {
+        if let Ok(rest) = streams[r].finish()
+            && !rest.is_empty()
+        {
+            let _ = j.events.send(Event::Delta(rest));
+        }
+        let n = g.token_ids.len();
+        let per_token = match (first[r], last[r]) {
+            (Some(a), Some(b)) if n > 1 => Some((b - a).as_secs_f64() / (n - 1) as f64),
+            _ => None,
+        };
+        metrics.sequence(prompt_tokens, n, per_token);
+        let ended = g.token_ids.last().is_some_and(|t| eos.contains(t));
+        let _ = j.events.send(Event::Done(Finished {
+            text: g.text,
+            prompt_tokens,
+            completion_tokens: n,
+            finish_reason: if !ended && n >= settings.max_new_tokens() {
+                "length"
+            } else {
+                "stop"
+            },
+        }));
+    }
+}
+
+fn embed(model: &Loaded, job: EmbedJob, limits: &Limits) {
+    let Loaded::Retrieval(m) = model else {
+        let _ = job.reply.send(Err(ApiError::unsupported(
+            "embeddings need a retrieval checkpoint",
+        )));
+        return;
+    };
+    let res = (|| -> Result<Embeddings, ApiError> {
+        let mut texts = Vec::new();
+        let mut images = Vec::new();
+        for x in &job.inputs {
+            match x {
+                EmbedItem::Text(t) => texts.push(t.as_str()),
+                EmbedItem::Image(b) => images.push(decode_image(b, limits.max_image_pixels)?),
+            }
+        }
+        let refs: Vec<&DynamicImage> = images.iter().collect();
+        let mut imgs = m
+            .image_embeddings(&refs)
+            .map_err(|e| from_model_error(&e))?
+            .into_iter();
+        let mut txts = if texts.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            m.text_embeddings(&texts)
+                .map_err(|e| from_model_error(&e))?
+                .into_iter()
+        };
+        job.inputs
+            .iter()
+            .map(|x| {
+                match x {
+                    EmbedItem::Text(_) => txts.next().map(|t| (t.into_vec(), 1)),
+                    EmbedItem::Image(_) => imgs.next().map(|i| {
+                        let q = i.num_query();
+                        (i.into_vec(), q)
+                    }),
+                }
+                .ok_or_else(|| ApiError::internal("embedding count mismatch"))
+            })
+            .collect()
+    })();
+    let _ = job.reply.send(res);
+}
+
+fn match_job(model: &Loaded, job: MatchJob, limits: &Limits) {
+    let Loaded::Retrieval(m) = model else {
+        let _ = job.reply.send(Err(ApiError::unsupported(
+            "/v1/match needs a retrieval checkpoint",
+        )));
+        return;
+    };
+    let res = decode_image(&job.image, limits.max_image_pixels).and_then(|img| {
+        m.match_scores(&img, &job.texts)
+            .map_err(|e| from_model_error(&e))
+    });
+    let _ = job.reply.send(res);
+}
