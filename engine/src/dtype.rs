@@ -115,4 +115,28 @@ impl StoredDType {
             StoredDType::F16 | StoredDType::BF16 => 2,
         }
     }
+
+    fn bits(self) -> blip2_kernels::FloatBits {
+        match self {
+            StoredDType::F32 => blip2_kernels::FloatBits::F32,
+            StoredDType::F16 => blip2_kernels::FloatBits::F16,
+            StoredDType::BF16 => blip2_kernels::FloatBits::Bf16,
+        }
+    }
+
+    /// How many of the little-endian values in `bytes` are NaN or infinite (SIMD, threaded).
+    pub fn count_nonfinite(self, bytes: &[u8]) -> usize {
+        blip2_kernels::count_nonfinite(self.bits(), bytes)
+    }
+
+    /// The index of the first NaN or infinite value in `bytes`.
+    pub fn first_nonfinite(self, bytes: &[u8]) -> Option<usize> {
+        blip2_kernels::first_nonfinite(self.bits(), bytes)
+    }
+
+    /// How many finite values in `bytes` become ±inf when rounded to f16, and the largest
+    /// magnitude among them (0 when none).
+    pub fn f16_overflow(self, bytes: &[u8]) -> (usize, f32) {
+        blip2_kernels::f16_overflow(self.bits(), bytes)
+    }
 }

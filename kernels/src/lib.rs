@@ -11,6 +11,7 @@ mod attention;
 mod bf16;
 mod convert;
 mod elementwise;
+mod finite;
 mod gemm;
 mod im2col;
 mod isa;
@@ -42,6 +43,7 @@ pub use elementwise::{
     relu_inplace, relu_inplace_with, scale_inplace, scale_inplace_with, softmax_inplace,
     softmax_inplace_with,
 };
+pub use finite::{FloatBits, count_nonfinite, count_nonfinite_with, f16_overflow, first_nonfinite};
 pub use gemm::{BSlice, batched_matmul, batched_matmul_with, matmul, matmul_with};
 pub use im2col::im2col_patches;
 pub use isa::{Isa, best_isa, isa, supported_isas};

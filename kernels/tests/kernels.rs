@@ -975,3 +975,65 @@ fn quantized_matmul_all_isas_odd_sizes() {
         }
     }
 }
+
+#[test]
+fn nonfinite_counts_match_the_float_types() {
+    // Random bit patterns (about 1/32 of f16, 1/256 of bf16 and f32 draws are NaN or inf,
+    // plus planted ones), odd lengths, an unaligned start, and one input past the parallel
+    // chunk size; every ISA against `half`/`f32::is_finite` value by value.
+    let mut rng = Rng::new(21);
+    for &(n, offset) in &[(0, 0), (1, 1), (37, 0), (1001, 3), (5_000_003, 1)] {
+        let mut bytes: Vec<u8> = (0..n * 4 + offset + 3)
+            .map(|_| rng.next_u64() as u8)
+            .collect();
+        // Planted values at the ends: +inf as f16/bf16/f32 bit patterns.
+        if n > 2 {
+            bytes[offset..offset + 2].copy_from_slice(&0x7c00u16.to_le_bytes());
+            let e = offset + 2 * (n - 1);
+            bytes[e..e + 2].copy_from_slice(&0x7f80u16.to_le_bytes());
+        }
+        let data = &bytes[offset..offset + n * 4];
+        let refs = [
+            (
+                FloatBits::F16,
+                data.chunks_exact(2)
+                    .filter(|c| !f16::from_le_bytes([c[0], c[1]]).is_finite())
+                    .count(),
+            ),
+            (
+                FloatBits::Bf16,
+                data.chunks_exact(2)
+                    .filter(|c| !half::bf16::from_le_bytes([c[0], c[1]]).is_finite())
+                    .count(),
+            ),
+            (
+                FloatBits::F32,
+                data.chunks_exact(4)
+                    .filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+                    .count(),
+            ),
+        ];
+        for (fmt, want) in refs {
+            for isa in isas() {
+                assert_eq!(
+                    count_nonfinite_with(isa, fmt, data),
+                    want,
+                    "{fmt:?} {isa} n={n}"
+                );
+            }
+            let first = first_nonfinite(fmt, data);
+            assert_eq!(first.is_some(), want > 0, "{fmt:?} n={n}");
+            if let Some(i) = first {
+                let w = fmt.width();
+                let mut b = [0u8; 4];
+                b[..w].copy_from_slice(&data[i * w..(i + 1) * w]);
+                assert!(fmt.is_nonfinite(u32::from_le_bytes(b)));
+                assert_eq!(
+                    count_nonfinite(fmt, &data[..i * w]),
+                    0,
+                    "{fmt:?}: an earlier one"
+                );
+            }
+        }
+    }
+}

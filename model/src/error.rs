@@ -38,6 +38,22 @@ pub enum WeightProblem {
         file: PathBuf,
         msg: String,
     },
+    /// The stored values include NaN or ±inf (`count` of them, the first at element `first`):
+    /// a model computing with them gives NaN or garbage, never a usable answer.
+    NonFinite {
+        name: String,
+        file: PathBuf,
+        count: usize,
+        first: usize,
+    },
+    /// Finite stored values too large for f16 (`count` of them, largest magnitude `max_abs`,
+    /// formatted) would become ±inf when loaded as f16.
+    F16Overflow {
+        name: String,
+        file: PathBuf,
+        count: usize,
+        max_abs: String,
+    },
 }
 
 impl WeightProblem {
@@ -47,7 +63,9 @@ impl WeightProblem {
             | WeightProblem::ShapeMismatch { name, .. }
             | WeightProblem::UnsupportedDType { name, .. }
             | WeightProblem::Quantized { name, .. }
-            | WeightProblem::Read { name, .. } => name,
+            | WeightProblem::Read { name, .. }
+            | WeightProblem::NonFinite { name, .. }
+            | WeightProblem::F16Overflow { name, .. } => name,
         }
     }
 }
@@ -91,6 +109,28 @@ impl fmt::Display for WeightProblem {
             WeightProblem::Read { name, file, msg } => {
                 write!(f, "unreadable: {name} in {}: {msg}", file.display())
             }
+            WeightProblem::NonFinite {
+                name,
+                file,
+                count,
+                first,
+            } => write!(
+                f,
+                "non-finite values: {name} in {} holds {count} NaN or infinite value{} (the first at element {first})",
+                file.display(),
+                if *count == 1 { "" } else { "s" }
+            ),
+            WeightProblem::F16Overflow {
+                name,
+                file,
+                count,
+                max_abs,
+            } => write!(
+                f,
+                "f16 overflow: {name} in {} has {count} value{} beyond f16's range (largest magnitude {max_abs} > 65504); load it with --dtype f32 or bf16",
+                file.display(),
+                if *count == 1 { "" } else { "s" }
+            ),
         }
     }
 }
@@ -177,6 +217,14 @@ pub enum ModelError {
     /// The caller cancelled a generation (`Blip2::generate_from_features_cancellable`).
     #[error("generation cancelled")]
     Cancelled,
+    /// A computation produced NaN or infinite values where the model needs numbers (`what`
+    /// names the stage): the weights or the inputs are broken, or the dtype overflowed.
+    #[error("{what}: {count} of {total} values are NaN or infinite")]
+    NonFinite {
+        what: String,
+        count: usize,
+        total: usize,
+    },
     #[error(transparent)]
     Engine(#[from] blip2_engine::Error),
 }

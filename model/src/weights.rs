@@ -836,6 +836,11 @@ impl<'a> WeightLoader<'a> {
         let (Some(qs), Some(sbytes)) = (ckpt.shared(full), ckpt.raw(scales)) else {
             return bad("tensor data lies outside the file".into());
         };
+        // Quants are integers; a NaN or infinite scale poisons its whole block.
+        if let Some(p) = value_problem(scales, smeta.file, StoredDType::F16, sbytes, DType::F16) {
+            self.record(p);
+            return self.placeholder(shape, DType::F16);
+        }
         let qlen = qs.as_slice().len() as u64;
         match Tensor::from_quantized(qdtype, shape, qs, sbytes, &self.device) {
             Ok(t) => {
@@ -955,6 +960,16 @@ impl<'a> WeightLoader<'a> {
             });
             return self.placeholder(shape, dtype);
         };
+        if let Some(p) = value_problem(
+            full,
+            &file,
+            stored,
+            &(*owner).as_ref()[start..start + len],
+            dtype,
+        ) {
+            self.record(p);
+            return self.placeholder(shape, dtype);
+        }
         match Tensor::from_shared_bytes(owner, start, len, stored, shape, dtype, &self.device) {
             Ok(t) => {
                 // A copied (converted) tensor no longer needs the file's pages; a shared one
@@ -1116,6 +1131,39 @@ impl<'a> WeightLoader<'a> {
 }
 
 /// Seeded random values for `name` (see [`Checkpoint::random`]), generated in parallel.
+/// Values a model cannot compute with, found before any conversion: NaN or ±inf anywhere
+/// (they turn every answer into NaN or fluent garbage), or finite values that would
+/// overflow to ±inf as f16 when `dtype` stores them as f16.
+fn value_problem(
+    name: &str,
+    file: &Path,
+    stored: StoredDType,
+    bytes: &[u8],
+    dtype: DType,
+) -> Option<WeightProblem> {
+    let count = stored.count_nonfinite(bytes);
+    if count > 0 {
+        return Some(WeightProblem::NonFinite {
+            name: name.to_string(),
+            file: file.to_path_buf(),
+            count,
+            first: stored.first_nonfinite(bytes).unwrap_or(0),
+        });
+    }
+    if dtype == DType::F16 {
+        let (count, max_abs) = stored.f16_overflow(bytes);
+        if count > 0 {
+            return Some(WeightProblem::F16Overflow {
+                name: name.to_string(),
+                file: file.to_path_buf(),
+                count,
+                max_abs: format!("{max_abs:e}"),
+            });
+        }
+    }
+    None
+}
+
 fn random_tensor(
     name: &str,
     shape: &[usize],

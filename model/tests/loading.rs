@@ -225,6 +225,67 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn nonfinite_weights_and_f16_overflow_are_problems_naming_the_tensor() {
+    // NaN / inf in any stored dtype is refused under every load dtype; a finite value past
+    // f16's range (≥ 65520 rounds to inf) only when the load stores the tensor as f16
+    // (matrices; vectors always load as f32); 65504, the largest f16, and 65519, which
+    // rounds to it, are fine.
+    let dir = TempDir::new("nonfinite");
+    let ts = vec![
+        f32s("a.nan", &[1, 3], &[1.0, f32::NAN, 2.0]),
+        f16s("a.inf", &[1, 2], &[f32::INFINITY, 0.0]),
+        bf16s("a.neginf", &[1, 2], &[0.0, f32::NEG_INFINITY]),
+        f32s("a.big", &[2, 2], &[1.0, -1.0e5, 7.0e4, 65520.0]),
+        bf16s("a.bigbf16", &[1, 2], &[1.0, 65536.0]),
+        f32s("a.edge", &[1, 2], &[65504.0, -65519.0]),
+    ];
+    write(&dir.path().join("model.safetensors"), &ts);
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let load = |dtype: DType| {
+        let vb = WeightLoader::new(&ckpt, &Device::Cpu, dtype);
+        for t in &ts {
+            let _ = vb.get(t.name, &t.shape);
+        }
+        vb
+    };
+    let vb = load(DType::F16);
+    let problems = vb.problems();
+    let names: Vec<&str> = problems.iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["a.big", "a.bigbf16", "a.inf", "a.nan", "a.neginf"]);
+    assert!(
+        matches!(&problems[0], WeightProblem::F16Overflow { count: 3, max_abs, .. } if max_abs == "1e5")
+    );
+    assert!(matches!(
+        &problems[3],
+        WeightProblem::NonFinite {
+            count: 1,
+            first: 1,
+            ..
+        }
+    ));
+    let msg = vb.finish().unwrap_err().to_string();
+    for needle in [
+        "non-finite values: a.nan in ",
+        "holds 1 NaN or infinite value (the first at element 1)",
+        "f16 overflow: a.big in ",
+        "has 3 values beyond f16's range (largest magnitude 1e5 > 65504); load it with --dtype f32 or bf16",
+    ] {
+        assert!(msg.contains(needle), "'{needle}' not in:\n{msg}");
+    }
+    assert_eq!(
+        values(&load(DType::F16).get("a.edge", &[1, 2])),
+        [65504.0, -65504.0]
+    );
+    // As f32, large values are fine; non-finite ones are not.
+    let names32: Vec<String> = load(DType::F32)
+        .problems()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    assert_eq!(names32, ["a.inf", "a.nan", "a.neginf"]);
+}
+
+#[test]
 fn problem_lists_are_capped() {
     // A config asking for far more layers than the file has must not build an unbounded
     // error: MAX_WEIGHT_PROBLEMS are kept, the rest counted, SHOWN_WEIGHT_PROBLEMS printed.

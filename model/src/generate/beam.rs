@@ -171,6 +171,7 @@ pub(super) fn beam_search(
             model.select_rows(&src)?;
         }
         logits = model.step(&next_tokens)?;
+        super::search::check_logits(&logits, t + 1)?;
         steps += 1;
     }
     let mut tokens = Vec::with_capacity(items.len());

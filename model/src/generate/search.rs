@@ -27,6 +27,7 @@ pub fn decode(
             seen.len()
         )));
     }
+    check_logits(&first, 0)?;
     let eos = cfg.eos_token_ids();
     if cfg.num_beams() > 1 {
         let out = beam_search(first, seen, cfg, model)?;
@@ -43,6 +44,22 @@ pub fn decode(
         return Ok(out);
     }
     one_path(first, seen, cfg, model, on_token)
+}
+
+/// The model's raw logits for new token `step` must all be numbers: NaN or ±inf there
+/// (broken weights or inputs, an overflow in reduced precision) would make every choice
+/// meaningless, so generation stops with a typed error instead of returning garbage. The
+/// processors' own −inf masks come later and are not checked.
+pub(super) fn check_logits(logits: &[f32], step: usize) -> Result<()> {
+    let count = logits.iter().filter(|v| !v.is_finite()).count();
+    if count == 0 {
+        return Ok(());
+    }
+    Err(ModelError::NonFinite {
+        what: format!("logits for generated token {step}"),
+        count,
+        total: logits.len(),
+    })
 }
 
 /// Greedy search or sampling (num_beams = 1). Rows that end are dropped from the model's
@@ -112,6 +129,7 @@ fn one_path(
             active = keep.iter().map(|&r| active[r]).collect();
         }
         logits = model.step(&next)?;
+        check_logits(&logits, n + 1)?;
         steps += 1;
     }
     Ok(DecodeOutput {
@@ -129,6 +147,62 @@ mod tests {
 
     fn lp(p: &[f32]) -> Vec<f32> {
         p.iter().map(|&v| v.ln()).collect()
+    }
+
+    /// NaN or infinite logits stop greedy, sampling and beam search with a typed error
+    /// naming the step, whether they come from the prefill or from a later step.
+    #[test]
+    fn nonfinite_logits_are_an_error() {
+        let v = 3;
+        // After token 1 the model returns NaN; after 0 it prefers token 1.
+        let table = vec![
+            vec![-50.0, 50.0, -50.0],
+            vec![f32::NAN, 0.0, 0.0],
+            vec![0.0; 3],
+        ];
+        let model = || TableModel {
+            vocab: v,
+            table: table.clone(),
+            rows: 1,
+            selects: vec![],
+        };
+        let greedy = GenerationConfig::default();
+        let sample = GenerationConfig {
+            do_sample: true,
+            seed: Some(1),
+            ..Default::default()
+        };
+        let beams = GenerationConfig {
+            num_beams: 2,
+            ..Default::default()
+        };
+        for cfg in [greedy, sample, beams] {
+            let cfg = resolved(cfg, &[2]);
+            let e = decode(
+                table[0].clone(),
+                vec![vec![0]],
+                &cfg,
+                &mut model(),
+                &mut |_| {},
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&e, ModelError::NonFinite { what, count: 1, total: 3 } if what.ends_with("token 1")),
+                "{e}"
+            );
+            let e = decode(
+                vec![0.0, f32::INFINITY, 0.0],
+                vec![vec![0]],
+                &cfg,
+                &mut model(),
+                &mut |_| {},
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("logits for generated token 0"),
+                "{e}"
+            );
+        }
     }
 
     /// Finished rows leave the model state; the others keep their row order.
