@@ -191,8 +191,8 @@ impl<'a> Decoder<'a> {
                     let seg = self.segment(pos, m)?;
                     match m {
                         0xE0 if seg.len() >= 12 && seg.starts_with(b"JFIF\0") => self.jfif = true,
-                        0xEE if seg.len() >= 10 && seg.starts_with(b"Adobe") => {
-                            self.adobe_transform = Some(seg[9])
+                        0xEE if seg.len() >= 12 && seg.starts_with(b"Adobe") => {
+                            self.adobe_transform = Some(seg[11])
                         }
                         0xE1 if self.orientation.is_none() && seg.starts_with(b"Exif\0\0") => {
                             self.orientation = crate::exif::orientation(&seg[6..]);
