@@ -661,6 +661,14 @@ fn decode_scan(
             eobrun = 0;
         }
         let (mx, my) = (m % mcus_x, m / mcus_x);
+        // A scan that ran out of data is caught at the next MCU row, not after decoding
+        // zeros for the rest of a large image.
+        if mx == 0 && r.overran() {
+            return Err(corrupt(scan_no, seg_start, format!(
+                "entropy data ended (marker or end of file at offset {}) before MCU row {my}",
+                r.pos
+            )));
+        }
         for &(ci, td, ta) in &scan.comps {
             let c = &mut frame.comps[ci];
             let (bh_n, bv_n) = if scan.comps.len() == 1 { (1, 1) } else { (c.h, c.v) };

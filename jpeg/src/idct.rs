@@ -5,6 +5,15 @@
 //! Outputs are clamped to 0..=255 after adding 128: the same as libjpeg-turbo's SIMD code
 //! (saturating packs) and its C code's range-limit table for every in-range value.
 
+use std::num::Wrapping;
+
+type W = Wrapping<i32>;
+#[allow(non_snake_case)]
+#[inline(always)]
+const fn W(v: i32) -> W {
+    Wrapping(v)
+}
+
 const CONST_BITS: i32 = 13;
 const PASS1_BITS: i32 = 2;
 const FIX_0_298631336: i32 = 2446;
@@ -21,20 +30,22 @@ const FIX_2_562915447: i32 = 20995;
 const FIX_3_072711026: i32 = 25172;
 
 /// One 1-D 8-point islow butterfly on 8 lanes at once: `v[k]` holds input `k` of each lane;
-/// returns outputs 0..7 before descaling.
+/// returns outputs 0..7 before descaling. Wrapping arithmetic: identical to libjpeg for
+/// every value a valid stream produces, and no overflow panic on corrupt ones.
 #[inline(always)]
-fn butterfly(v: &[[i32; 8]; 8], even_bias: i32) -> [[i32; 8]; 8] {
-    let mut o = [[0i32; 8]; 8];
+fn butterfly(v: &[[W; 8]; 8], even_bias: i32) -> [[W; 8]; 8] {
+    let f = |c: i32| W(c);
+    let mut o = [[W(0); 8]; 8];
     for l in 0..8 {
         let z2 = v[2][l];
         let z3 = v[6][l];
-        let z1 = (z2 + z3) * FIX_0_541196100;
-        let tmp2 = z1 - z3 * FIX_1_847759065;
-        let tmp3 = z1 + z2 * FIX_0_765366865;
-        let z2 = v[0][l] + even_bias;
+        let z1 = (z2 + z3) * f(FIX_0_541196100);
+        let tmp2 = z1 - z3 * f(FIX_1_847759065);
+        let tmp3 = z1 + z2 * f(FIX_0_765366865);
+        let z2 = v[0][l] + W(even_bias);
         let z3 = v[4][l];
-        let tmp0 = (z2 + z3) << CONST_BITS;
-        let tmp1 = (z2 - z3) << CONST_BITS;
+        let tmp0 = (z2 + z3) << CONST_BITS as usize;
+        let tmp1 = (z2 - z3) << CONST_BITS as usize;
         let tmp10 = tmp0 + tmp3;
         let tmp13 = tmp0 - tmp3;
         let tmp11 = tmp1 + tmp2;
@@ -48,15 +59,15 @@ fn butterfly(v: &[[i32; 8]; 8], even_bias: i32) -> [[i32; 8]; 8] {
         let z2 = t1 + t2;
         let z3 = t0 + t2;
         let z4 = t1 + t3;
-        let z5 = (z3 + z4) * FIX_1_175875602;
-        let t0 = t0 * FIX_0_298631336;
-        let t1 = t1 * FIX_2_053119869;
-        let t2 = t2 * FIX_3_072711026;
-        let t3 = t3 * FIX_1_501321110;
-        let z1 = -z1 * FIX_0_899976223;
-        let z2 = -z2 * FIX_2_562915447;
-        let z3 = -z3 * FIX_1_961570560 + z5;
-        let z4 = -z4 * FIX_0_390180644 + z5;
+        let z5 = (z3 + z4) * f(FIX_1_175875602);
+        let t0 = t0 * f(FIX_0_298631336);
+        let t1 = t1 * f(FIX_2_053119869);
+        let t2 = t2 * f(FIX_3_072711026);
+        let t3 = t3 * f(FIX_1_501321110);
+        let z1 = z1 * f(-FIX_0_899976223);
+        let z2 = z2 * f(-FIX_2_562915447);
+        let z3 = z3 * f(-FIX_1_961570560) + z5;
+        let z4 = z4 * f(-FIX_0_390180644) + z5;
         let t0 = t0 + z1 + z3;
         let t1 = t1 + z2 + z4;
         let t2 = t2 + z2 + z3;
@@ -77,30 +88,30 @@ fn butterfly(v: &[[i32; 8]; 8], even_bias: i32) -> [[i32; 8]; 8] {
 #[inline(always)]
 fn idct_body(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize) {
     // Pass 1: columns (lane = column), dequantised; v[k][c] = input row k of column c.
-    let mut v = [[0i32; 8]; 8];
+    let mut v = [[W(0); 8]; 8];
     for k in 0..8 {
         for c in 0..8 {
-            v[k][c] = coef[k * 8 + c] as i32 * q[k * 8 + c] as i32;
+            v[k][c] = W(coef[k * 8 + c] as i32) * W(q[k * 8 + c] as i32);
         }
     }
     let o = butterfly(&v, 0);
     // ws[r][c] = DESCALE(o[r][c], CONST_BITS - PASS1_BITS); pass 2 wants lanes = rows, so
     // store transposed: w[c][r].
-    let mut w = [[0i32; 8]; 8];
-    let s1 = CONST_BITS - PASS1_BITS;
+    let mut w = [[W(0); 8]; 8];
+    let s1 = (CONST_BITS - PASS1_BITS) as usize;
     for r in 0..8 {
         for c in 0..8 {
-            w[c][r] = (o[r][c] + (1 << (s1 - 1))) >> s1;
+            w[c][r] = (o[r][c] + W(1 << (s1 - 1))) >> s1;
         }
     }
     // Pass 2: rows (lane = row); the rounding of the final descale is folded into the DC
     // term as libjpeg-turbo does (it is exact either way).
     let p = butterfly(&w, 1 << (PASS1_BITS + 2));
-    let s2 = CONST_BITS + PASS1_BITS + 3;
+    let s2 = (CONST_BITS + PASS1_BITS + 3) as usize;
     for r in 0..8 {
         let row = &mut out[r * stride..r * stride + 8];
         for c in 0..8 {
-            row[c] = ((p[c][r] >> s2) + 128).clamp(0, 255) as u8;
+            row[c] = ((p[c][r] >> s2).0 + 128).clamp(0, 255) as u8;
         }
     }
 }
@@ -118,7 +129,7 @@ fn idct_generic(coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize) 
 /// The block's DC-only value: islow with every AC coefficient zero.
 #[inline]
 pub fn dc_only_value(dc: i16, q0: u16) -> u8 {
-    let x = dc as i32 * q0 as i32;
+    let x = dc as i64 * q0 as i64;
     // pass 1: x << PASS1_BITS; pass 2: (that + 16) >> 5
     let v = ((x << PASS1_BITS) + (1 << (PASS1_BITS + 2))) >> (PASS1_BITS + 3);
     (v + 128).clamp(0, 255) as u8
@@ -164,6 +175,10 @@ mod tests {
         let q = [1u16; 64];
         for dc in -2048i16..=2047 {
             for q0 in [1u16, 2, 3, 7, 16, 255] {
+                // Dequantised values of valid 8-bit data stay far inside +-2^15.
+                if (dc as i32 * q0 as i32).abs() > 32767 {
+                    continue;
+                }
                 let mut coef = [0i16; 64];
                 coef[0] = dc;
                 let mut qq = q;
