@@ -8,9 +8,9 @@ use crate::{ColorSpace, DecodeOptions, Image};
 
 /// Zig-zag position -> natural (row-major) index.
 const ZIGZAG: [usize; 64] = [
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27,
-    20, 13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58,
-    59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
+    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
 ];
 
 struct Component {
@@ -271,10 +271,16 @@ impl<'a> Decoder<'a> {
             let c = &s[6 + 3 * i..9 + 3 * i];
             let (h, v) = ((c[1] >> 4) as usize, (c[1] & 15) as usize);
             if !(1..=4).contains(&h) || !(1..=4).contains(&v) {
-                return Err(bad(format!("component {} has sampling factors {h}x{v}", c[0])));
+                return Err(bad(format!(
+                    "component {} has sampling factors {h}x{v}",
+                    c[0]
+                )));
             }
             if c[2] > 3 {
-                return Err(bad(format!("component {} uses quantisation table {}", c[0], c[2])));
+                return Err(bad(format!(
+                    "component {} uses quantisation table {}",
+                    c[0], c[2]
+                )));
             }
             if comps.iter().any(|p: &Component| p.id == c[0]) {
                 return Err(bad(format!("component id {} appears twice", c[0])));
@@ -408,7 +414,10 @@ impl<'a> Decoder<'a> {
         }
         let n = s[0] as usize;
         if n == 0 || n > 4 || s.len() != 4 + 2 * n {
-            return Err(bad(format!("{n} components in a {}-byte header", s.len() + 2)));
+            return Err(bad(format!(
+                "{n} components in a {}-byte header",
+                s.len() + 2
+            )));
         }
         let mut scomp = Vec::with_capacity(n); // (component index, dc table, ac table)
         for i in 0..n {
@@ -421,7 +430,9 @@ impl<'a> Decoder<'a> {
             }
             let (td, ta) = ((t >> 4) as usize, (t & 15) as usize);
             if td > 3 || ta > 3 {
-                return Err(bad(format!("component {cid} uses Huffman tables {td}/{ta}")));
+                return Err(bad(format!(
+                    "component {cid} uses Huffman tables {td}/{ta}"
+                )));
             }
             scomp.push((ci, td, ta));
         }
@@ -432,8 +443,11 @@ impl<'a> Decoder<'a> {
             (s[3 + 2 * n] & 15) as u32,
         );
         if frame.progressive {
-            let ok = if ss == 0 { se == 0 } else { se >= ss && se <= 63 && n == 1 }
-                && (ah == 0 || al + 1 == ah)
+            let ok = if ss == 0 {
+                se == 0
+            } else {
+                se >= ss && se <= 63 && n == 1
+            } && (ah == 0 || al + 1 == ah)
                 && al <= 13;
             if !ok {
                 return Err(bad(format!(
@@ -469,10 +483,14 @@ impl<'a> Decoder<'a> {
             let needs_dc = !frame.progressive || (ss == 0 && ah == 0);
             let needs_ac = !frame.progressive || ss > 0;
             if needs_dc && self.dc[td].is_none() {
-                return Err(bad(format!("component {cid} uses DC Huffman table {td}, which is not defined")));
+                return Err(bad(format!(
+                    "component {cid} uses DC Huffman table {td}, which is not defined"
+                )));
             }
             if needs_ac && self.ac[ta].is_none() {
-                return Err(bad(format!("component {cid} uses AC Huffman table {ta}, which is not defined")));
+                return Err(bad(format!(
+                    "component {cid} uses AC Huffman table {ta}, which is not defined"
+                )));
             }
         }
         if frame.direct.is_none() {
@@ -637,14 +655,22 @@ fn decode_scan(
     for m in 0..total {
         if restart_interval > 0 && m > 0 && m % restart_interval == 0 {
             if r.overran() {
-                return Err(corrupt(scan_no, seg_start, "entropy data ran into a marker before the restart interval ended"));
+                return Err(corrupt(
+                    scan_no,
+                    seg_start,
+                    "entropy data ran into a marker before the restart interval ended",
+                ));
             }
             match r.next_marker() {
                 Some((mk, _)) if mk == 0xD0 + next_rst => {}
                 Some((mk, at)) => {
-                    return Err(corrupt(scan_no, seg_start, format!(
-                        "expected restart marker RST{next_rst} after {m} MCUs, found FF {mk:02X} at offset {at}"
-                    )));
+                    return Err(corrupt(
+                        scan_no,
+                        seg_start,
+                        format!(
+                            "expected restart marker RST{next_rst} after {m} MCUs, found FF {mk:02X} at offset {at}"
+                        ),
+                    ));
                 }
                 None => {
                     return Err(JpegError::Truncated {
@@ -664,14 +690,22 @@ fn decode_scan(
         // A scan that ran out of data is caught at the next MCU row, not after decoding
         // zeros for the rest of a large image.
         if mx == 0 && r.overran() {
-            return Err(corrupt(scan_no, seg_start, format!(
-                "entropy data ended (marker or end of file at offset {}) before MCU row {my}",
-                r.pos
-            )));
+            return Err(corrupt(
+                scan_no,
+                seg_start,
+                format!(
+                    "entropy data ended (marker or end of file at offset {}) before MCU row {my}",
+                    r.pos
+                ),
+            ));
         }
         for &(ci, td, ta) in &scan.comps {
             let c = &mut frame.comps[ci];
-            let (bh_n, bv_n) = if scan.comps.len() == 1 { (1, 1) } else { (c.h, c.v) };
+            let (bh_n, bv_n) = if scan.comps.len() == 1 {
+                (1, 1)
+            } else {
+                (c.h, c.v)
+            };
             for bv in 0..bv_n {
                 for bh in 0..bh_n {
                     let (bx, by) = (mx * bh_n + bh, my * bv_n + bv);
@@ -703,7 +737,13 @@ fn decode_scan(
                     let coefs: &mut [i16; 64] = (&mut c.coefs[i..i + 64]).try_into().unwrap();
                     let res = if scan.ss == 0 {
                         if scan.ah == 0 {
-                            dc_first(&mut r, dc[td].as_ref().unwrap(), &mut c.dc_pred, coefs, scan.al)
+                            dc_first(
+                                &mut r,
+                                dc[td].as_ref().unwrap(),
+                                &mut c.dc_pred,
+                                coefs,
+                                scan.al,
+                            )
                         } else {
                             r.refill();
                             if r.bit() != 0 {
@@ -840,7 +880,11 @@ fn ac_refine(
             r.refill();
         }
         if r.bit() != 0 && (*c & p1) == 0 {
-            *c = if *c >= 0 { c.wrapping_add(p1) } else { c.wrapping_add(m1) };
+            *c = if *c >= 0 {
+                c.wrapping_add(p1)
+            } else {
+                c.wrapping_add(m1)
+            };
         }
     };
     if *eobrun == 0 {
@@ -897,12 +941,7 @@ fn ac_refine(
 }
 
 /// Upsamples and colour-converts the planes as Pillow's decode + `convert("RGB")` would.
-fn output(
-    frame: &Frame,
-    jfif: bool,
-    adobe: Option<u8>,
-    orientation: Option<u16>,
-) -> Result<Image> {
+fn output(frame: &Frame, jfif: bool, adobe: Option<u8>, orientation: Option<u16>) -> Result<Image> {
     let (w, h) = (frame.width, frame.height);
     let n = frame.comps.len();
     let space = match n {
@@ -912,7 +951,11 @@ fn output(
             if jfif {
                 ColorSpace::YCbCr
             } else if let Some(t) = adobe {
-                if t == 0 { ColorSpace::Rgb } else { ColorSpace::YCbCr }
+                if t == 0 {
+                    ColorSpace::Rgb
+                } else {
+                    ColorSpace::YCbCr
+                }
             } else if ids == [82, 71, 66] {
                 ColorSpace::Rgb
             } else {
@@ -937,7 +980,10 @@ fn output(
         .collect();
     let channels = if n == 1 { 1 } else { 3 };
     let mut pixels = vec![0u8; w * h * channels];
-    let mut scratch: Vec<Vec<u8>> = planes.iter().map(|p| vec![0u8; (2 * p.dw).max(w)]).collect();
+    let mut scratch: Vec<Vec<u8>> = planes
+        .iter()
+        .map(|p| vec![0u8; (2 * p.dw).max(w)])
+        .collect();
     for (y, out) in pixels.chunks_exact_mut(w * channels).enumerate() {
         let mut rows: [&[u8]; 4] = [&[]; 4];
         for ((p, s), row) in planes.iter().zip(scratch.iter_mut()).zip(rows.iter_mut()) {

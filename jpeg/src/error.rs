@@ -8,7 +8,10 @@ pub enum JpegError {
     NotJpeg { found: Vec<u8> },
     /// The file ends before the named structure is complete.
     #[error("truncated JPEG: file ends at offset {offset} inside {context}")]
-    Truncated { offset: usize, context: &'static str },
+    Truncated {
+        offset: usize,
+        context: &'static str,
+    },
     /// A marker segment is malformed.
     #[error("bad {marker} segment at offset {offset}: {reason}")]
     BadSegment {
@@ -24,7 +27,9 @@ pub enum JpegError {
         reason: &'static str,
     },
     /// The entropy-coded data of a scan is inconsistent.
-    #[error("corrupt entropy-coded data in scan {scan} (segment starting at offset {offset}): {reason}")]
+    #[error(
+        "corrupt entropy-coded data in scan {scan} (segment starting at offset {offset}): {reason}"
+    )]
     Corrupt {
         scan: usize,
         offset: usize,

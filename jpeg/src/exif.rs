@@ -10,11 +10,19 @@ pub fn orientation(tiff: &[u8]) -> Option<u16> {
     };
     let u16_at = |p: usize| -> Option<u16> {
         let b: [u8; 2] = tiff.get(p..p + 2)?.try_into().ok()?;
-        Some(if le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) })
+        Some(if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        })
     };
     let u32_at = |p: usize| -> Option<u32> {
         let b: [u8; 4] = tiff.get(p..p + 4)?.try_into().ok()?;
-        Some(if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+        Some(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
     };
     let ifd = u32_at(4)? as usize;
     let n = u16_at(ifd)? as usize;
@@ -40,13 +48,13 @@ pub fn apply(o: u16, w: usize, h: usize, ch: usize, pixels: &[u8]) -> (usize, us
     let (ow, oh) = if swap { (h, w) } else { (w, h) };
     let src = |x: usize, y: usize| -> (usize, usize) {
         match o {
-            2 => (w - 1 - x, y),             // FLIP_LEFT_RIGHT
-            3 => (w - 1 - x, h - 1 - y),     // ROTATE_180
-            4 => (x, h - 1 - y),             // FLIP_TOP_BOTTOM
-            5 => (y, x),                     // TRANSPOSE
-            6 => (y, h - 1 - x),             // ROTATE_270 (clockwise quarter turn)
-            7 => (w - 1 - y, h - 1 - x),     // TRANSVERSE
-            8 => (w - 1 - y, x),             // ROTATE_90 (counter-clockwise)
+            2 => (w - 1 - x, y),         // FLIP_LEFT_RIGHT
+            3 => (w - 1 - x, h - 1 - y), // ROTATE_180
+            4 => (x, h - 1 - y),         // FLIP_TOP_BOTTOM
+            5 => (y, x),                 // TRANSPOSE
+            6 => (y, h - 1 - x),         // ROTATE_270 (clockwise quarter turn)
+            7 => (w - 1 - y, h - 1 - x), // TRANSVERSE
+            8 => (w - 1 - y, x),         // ROTATE_90 (counter-clockwise)
             _ => (x, y),
         }
     };

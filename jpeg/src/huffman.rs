@@ -59,7 +59,10 @@ impl HuffTable {
                 maxcode[len as usize] = code - 1;
             }
             // libjpeg refuses tables whose codes overflow a length (or use an all-ones code).
-            let longest = counts.iter().rposition(|&c| c > 0).map_or(0, |i| i as u32 + 1);
+            let longest = counts
+                .iter()
+                .rposition(|&c| c > 0)
+                .map_or(0, |i| i as u32 + 1);
             if len <= longest && code >= (1 << len) {
                 return Err(bad(format!("code lengths oversubscribed at length {len}")));
             }

@@ -185,7 +185,10 @@ mod tests {
                 qq[0] = q0;
                 let mut out = [0u8; 64];
                 idct_generic(&coef, &qq, &mut out, 8);
-                assert!(out.iter().all(|&v| v == dc_only_value(dc, q0)), "dc {dc} q {q0}");
+                assert!(
+                    out.iter().all(|&v| v == dc_only_value(dc, q0)),
+                    "dc {dc} q {q0}"
+                );
             }
         }
     }

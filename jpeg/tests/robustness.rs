@@ -26,10 +26,7 @@ fn check(name: &str, what: &str, data: &[u8], slowest: &mut Duration) {
     let r = std::panic::catch_unwind(|| decode(data, &DecodeOptions::default()));
     let dt = t.elapsed();
     *slowest = (*slowest).max(dt);
-    assert!(
-        dt < Duration::from_secs(2),
-        "{name} {what}: took {dt:?}"
-    );
+    assert!(dt < Duration::from_secs(2), "{name} {what}: took {dt:?}");
     match r {
         Err(_) => panic!("{name} {what}: panicked"),
         Ok(Ok(img)) => assert_eq!(
@@ -65,7 +62,10 @@ fn truncations_give_typed_errors() {
             // Cuts inside the headers or the entropy data never yield an image: the
             // decoder needs EOI (progressive, multi-scan) or every MCU (sequential).
             if let Ok(img) = decode(&data[..cut], &DecodeOptions::default()) {
-                assert_eq!(img, full, "{name}: truncated at {cut} but decoded differently");
+                assert_eq!(
+                    img, full,
+                    "{name}: truncated at {cut} but decoded differently"
+                );
             }
         }
     }
@@ -108,12 +108,17 @@ fn refusals_and_limits_are_typed() {
     let sof = data.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
     let mut d = data.clone();
     d[sof + 4] = 12;
-    assert!(matches!(decode(&d, &DecodeOptions::default()), Err(JpegError::Unsupported(m)) if m.contains("12-bit")));
+    assert!(
+        matches!(decode(&d, &DecodeOptions::default()), Err(JpegError::Unsupported(m)) if m.contains("12-bit"))
+    );
     // Lossless and arithmetic SOF markers.
     for m in [0xC3, 0xC9, 0xCA] {
         let mut d = data.clone();
         d[sof + 1] = m;
-        assert!(matches!(decode(&d, &DecodeOptions::default()), Err(JpegError::Unsupported(_))));
+        assert!(matches!(
+            decode(&d, &DecodeOptions::default()),
+            Err(JpegError::Unsupported(_))
+        ));
     }
     // A pixel limit is checked on the header.
     let opts = DecodeOptions {
@@ -134,5 +139,8 @@ fn refusals_and_limits_are_typed() {
     let t = Instant::now();
     assert!(decode(&d, &DecodeOptions::default()).is_err());
     assert!(t.elapsed() < Duration::from_secs(1));
-    assert!(matches!(decode(b"\x89PNG", &DecodeOptions::default()), Err(JpegError::NotJpeg { .. })));
+    assert!(matches!(
+        decode(b"\x89PNG", &DecodeOptions::default()),
+        Err(JpegError::NotJpeg { .. })
+    ));
 }
