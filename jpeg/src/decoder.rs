@@ -711,7 +711,7 @@ fn decode_scan(
                     let (bx, by) = (mx * bh_n + bh, my * bv_n + bv);
                     if !progressive {
                         block = [0; 64];
-                        decode_block(
+                        let any_ac = decode_block(
                             &mut r,
                             dc[td].as_ref().unwrap(),
                             ac[ta].as_ref().unwrap(),
@@ -721,11 +721,12 @@ fn decode_scan(
                         .map_err(|e| corrupt(scan_no, seg_start, e))?;
                         if direct {
                             let stride = c.bw * 8;
-                            idct.block(
+                            idct.block_known(
                                 &block,
                                 c.quant.as_ref().unwrap(),
                                 &mut c.plane[by * 8 * stride + bx * 8..],
                                 stride,
+                                any_ac,
                             );
                         } else {
                             let i = (by * c.bw + bx) * 64;
@@ -783,16 +784,28 @@ fn decode_block(
     ac: &HuffTable,
     pred: &mut i32,
     block: &mut [i16; 64],
-) -> std::result::Result<(), &'static str> {
+) -> std::result::Result<bool, &'static str> {
     r.refill();
     let s = r.decode(dc).ok_or("invalid DC Huffman code")? as u32;
     let diff = r.receive_extend(s);
     *pred = pred.wrapping_add(diff);
     block[0] = *pred as i16;
     let mut k = 1;
+    let mut any_ac = false;
     while k < 64 {
         if r.nbits() < 32 {
             r.refill();
+        }
+        let f = r.fast_ac(ac);
+        if f != 0 {
+            k += ((f >> 4) & 15) as usize;
+            if k > 63 {
+                return Err("AC coefficient run past the end of the block");
+            }
+            block[ZIGZAG[k]] = (f >> 8) as i16;
+            any_ac = true;
+            k += 1;
+            continue;
         }
         let sym = r.decode(ac).ok_or("invalid AC Huffman code")?;
         let (run, s) = ((sym >> 4) as usize, (sym & 15) as u32);
@@ -802,6 +815,7 @@ fn decode_block(
                 return Err("AC coefficient run past the end of the block");
             }
             block[ZIGZAG[k]] = r.receive_extend(s) as i16;
+            any_ac = true;
             k += 1;
         } else if run == 15 {
             k += 16;
@@ -809,7 +823,7 @@ fn decode_block(
             break;
         }
     }
-    Ok(())
+    Ok(any_ac)
 }
 
 fn dc_first(

@@ -15,6 +15,9 @@ pub struct HuffTable {
     /// `symbol index - code` for each length.
     valoffset: [i32; 17],
     values: Vec<u8>,
+    /// AC tables: for a code and its magnitude bits within `LOOKUP_BITS` bits,
+    /// `value << 8 | run << 4 | total length`; 0 otherwise.
+    fast_ac: Box<[i32; 1 << LOOKUP_BITS]>,
 }
 
 impl HuffTable {
@@ -69,11 +72,30 @@ impl HuffTable {
             code <<= 1;
         }
         maxcode[17] = i32::MAX;
+        let mut fast_ac = Box::new([0i32; 1 << LOOKUP_BITS]);
+        if !dc {
+            for (i, f) in fast_ac.iter_mut().enumerate() {
+                let e = lookup[i];
+                let (len, sym) = ((e >> 8) as u32, (e & 0xFF) as u32);
+                let (run, s) = (sym >> 4, sym & 15);
+                if e != 0 && s != 0 && len + s <= LOOKUP_BITS {
+                    let bits = ((i as u32) >> (LOOKUP_BITS - len - s)) & ((1 << s) - 1);
+                    let v = bits as i32;
+                    let v = if v < (1 << (s - 1)) {
+                        v - (1 << s) + 1
+                    } else {
+                        v
+                    };
+                    *f = (v << 8) | (run << 4) as i32 | (len + s) as i32;
+                }
+            }
+        }
         Ok(HuffTable {
             lookup,
             maxcode,
             valoffset,
             values: values.to_vec(),
+            fast_ac,
         })
     }
 }
@@ -206,6 +228,15 @@ impl<'a> BitReader<'a> {
         } else {
             v
         }
+    }
+
+    /// A whole AC coefficient (`value << 8 | run << 4 | length`) when its code and
+    /// magnitude fit the lookup, consumed; 0 otherwise (nothing consumed).
+    #[inline(always)]
+    pub fn fast_ac(&mut self, t: &HuffTable) -> i32 {
+        let f = t.fast_ac[self.peek(LOOKUP_BITS) as usize];
+        self.consume((f & 15) as u32);
+        f
     }
 
     /// One Huffman symbol; needs 16 buffered bits (the caller has refilled). `None`: no code

@@ -154,8 +154,22 @@ impl Idct {
 
     #[inline]
     pub fn block(&self, coef: &[i16; 64], q: &[u16; 64], out: &mut [u8], stride: usize) {
+        let any_ac = coef[1..].iter().any(|&c| c != 0);
+        self.block_known(coef, q, out, stride, any_ac)
+    }
+
+    /// [`Idct::block`] when the caller knows whether any AC coefficient is non-zero.
+    #[inline]
+    pub fn block_known(
+        &self,
+        coef: &[i16; 64],
+        q: &[u16; 64],
+        out: &mut [u8],
+        stride: usize,
+        any_ac: bool,
+    ) {
         assert!(out.len() >= 7 * stride + 8);
-        if coef[1..].iter().all(|&c| c == 0) {
+        if !any_ac {
             let v = dc_only_value(coef[0], q[0]);
             for r in 0..8 {
                 out[r * stride..r * stride + 8].fill(v);
