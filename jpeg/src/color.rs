@@ -84,7 +84,7 @@ impl Plane<'_> {
     /// nearest (above for even `y`, below for odd; the edge rows repeat) and h1v2's bias.
     fn vertical_pair(&self, y: usize) -> (&[u8], &[u8], u16) {
         let i = y / 2;
-        if y % 2 == 0 {
+        if y.is_multiple_of(2) {
             (self.row(i), self.row(i.saturating_sub(1)), 1)
         } else {
             (self.row(i), self.row((i + 1).min(self.dh - 1)), 2)

@@ -146,7 +146,7 @@ impl<'a> Decoder<'a> {
                     });
                 }
                 0xD9 => return self.finish(),
-                0xC0 | 0xC1 | 0xC2 => {
+                0xC0..=0xC2 => {
                     let seg = self.segment(pos, m)?;
                     self.read_sof(seg, m == 0xC2, at)?;
                     pos += 2 + seg.len();
@@ -454,9 +454,9 @@ impl<'a> Decoder<'a> {
                     "invalid progressive parameters Ss={ss} Se={se} Ah={ah} Al={al} for {n} component(s)"
                 )));
             }
-        } else if ss != 0 || se != 63 || ah != 0 || al != 0 {
-            // libjpeg only warns here; the values are not used by a sequential decoder.
         }
+        // Sequential scans: libjpeg only warns about Ss/Se/Ah/Al other than 0/63/0/0, and
+        // does not use them.
         let blocks_in_mcu: usize = scomp
             .iter()
             .map(|&(ci, _, _)| frame.comps[ci].h * frame.comps[ci].v)
@@ -769,12 +769,8 @@ fn decode_scan(
             "entropy data ran into the next marker or the end of the file",
         ));
     }
-    if r.marker_hit {
-        Ok(r.pos)
-    } else {
-        // Leave any unread data bytes to the marker search (libjpeg skips them).
-        Ok(r.pos)
-    }
+    // Unread data bytes before the marker are left to the marker search (libjpeg skips them).
+    Ok(r.pos)
 }
 
 #[inline(always)]

@@ -33,10 +33,8 @@ impl HuffTable {
         if total > 256 || total != values.len() {
             return Err(bad(format!("{total} codes declared, at most 256 allowed")));
         }
-        if dc {
-            if let Some(&v) = values.iter().find(|&&v| v > 15) {
-                return Err(bad(format!("DC table holds symbol {v} (at most 15)")));
-            }
+        if dc && let Some(&v) = values.iter().find(|&&v| v > 15) {
+            return Err(bad(format!("DC table holds symbol {v} (at most 15)")));
         }
         let mut maxcode = [-1i32; 18];
         let mut valoffset = [0i32; 17];

@@ -82,19 +82,19 @@ pub fn is_jpeg(data: &[u8]) -> bool {
 /// Decodes a JPEG held in memory.
 pub fn decode(data: &[u8], opts: &DecodeOptions) -> Result<Image> {
     let mut img = decoder::Decoder::new(data, *opts).decode()?;
-    if opts.apply_exif_orientation {
-        if let Some(o @ 2..=8) = img.exif_orientation {
-            let (w, h, px) = exif::apply(
-                o,
-                img.width as usize,
-                img.height as usize,
-                img.channels as usize,
-                &img.pixels,
-            );
-            img.width = w as u32;
-            img.height = h as u32;
-            img.pixels = px;
-        }
+    if opts.apply_exif_orientation
+        && let Some(o @ 2..=8) = img.exif_orientation
+    {
+        let (w, h, px) = exif::apply(
+            o,
+            img.width as usize,
+            img.height as usize,
+            img.channels as usize,
+            &img.pixels,
+        );
+        img.width = w as u32;
+        img.height = h as u32;
+        img.pixels = px;
     }
     Ok(img)
 }
