@@ -34,6 +34,8 @@ impl Upsample {
 pub struct Plane<'a> {
     pub data: &'a [u8],
     pub stride: usize,
+    /// Rows held: row `i` lives at `i % ring` (a ring buffer of a few MCU rows).
+    pub ring: usize,
     /// downsampled_width / downsampled_height
     pub dw: usize,
     pub dh: usize,
@@ -43,14 +45,24 @@ pub struct Plane<'a> {
 impl Plane<'_> {
     #[inline]
     fn row(&self, i: usize) -> &[u8] {
-        &self.data[i * self.stride..i * self.stride + self.dw]
+        let r = i % self.ring;
+        &self.data[r * self.stride..r * self.stride + self.dw]
+    }
+
+    /// Output rows (from the top) computable once `decoded` input rows are in the ring.
+    pub fn ready_rows(&self, decoded: usize, rv: usize) -> usize {
+        if decoded >= self.dh {
+            return usize::MAX;
+        }
+        let extra = matches!(self.method, Upsample::H1V2Fancy | Upsample::H2V2Fancy) as usize;
+        decoded.saturating_sub(extra) * rv
     }
 
     /// Full-resolution row `y` into `out` (at least `width` bytes; fancy methods write
     /// `2 * dw`). Returns the row (possibly borrowed from the plane).
     pub fn full_row<'s>(&'s self, y: usize, out: &'s mut [u8], width: usize) -> &'s [u8] {
         match self.method {
-            Upsample::Copy => &self.data[y * self.stride..y * self.stride + width],
+            Upsample::Copy => &self.row(y)[..width],
             Upsample::Box { rh, rv } => {
                 let src = self.row(y / rv);
                 if rh == 1 {

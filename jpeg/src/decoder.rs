@@ -25,7 +25,11 @@ struct Component {
     dw: usize,
     dh: usize,
     quant: Option<[u16; 64]>,
+    /// Decoded samples: a ring of `ring` rows of `bw * 8` bytes.
     plane: Vec<u8>,
+    ring: usize,
+    /// Downsampled rows decoded so far.
+    decoded: usize,
     coefs: Vec<i16>,
     dc_pred: i32,
     /// Progressive: bits of precision still missing per coefficient (-1: never seen).
@@ -45,6 +49,7 @@ struct Frame {
     /// Sequential file whose first scan held every component: blocks go straight
     /// through the IDCT into the planes.
     direct: Option<bool>,
+    emitter: Option<Emitter>,
 }
 
 fn marker_name(m: u8) -> &'static str {
@@ -296,6 +301,8 @@ impl<'a> Decoder<'a> {
                 dh: 0,
                 quant: None,
                 plane: Vec::new(),
+                ring: 0,
+                decoded: 0,
                 coefs: Vec::new(),
                 dc_pred: 0,
                 coef_bits: [-1; 64],
@@ -328,6 +335,7 @@ impl<'a> Decoder<'a> {
             mcux,
             mcuy,
             direct: None,
+            emitter: None,
         });
         Ok(())
     }
@@ -496,12 +504,14 @@ impl<'a> Decoder<'a> {
         if frame.direct.is_none() {
             let direct = !frame.progressive && n == frame.comps.len();
             frame.direct = Some(direct);
+            // libjpeg fixes the colour space when it reads the first scan header.
+            frame.emitter = Some(Emitter::new(frame, self.jfif, self.adobe_transform));
             for c in &mut frame.comps {
-                let samples = c.bw * 8 * c.bh * 8;
                 if direct {
-                    c.plane = vec![0; samples];
+                    c.ring = (3 * 8 * c.v).min(c.bh * 8);
+                    c.plane = vec![0; c.bw * 8 * c.ring];
                 } else {
-                    c.coefs = vec![0; samples];
+                    c.coefs = vec![0; c.bw * 8 * c.bh * 8];
                 }
             }
         } else if frame.direct == Some(true) {
@@ -586,24 +596,32 @@ impl<'a> Decoder<'a> {
                 }
             }
         }
+        let mut em = frame.emitter.take().expect("made at the first scan");
         if frame.direct == Some(false) {
             for c in &mut frame.comps {
-                let q = c.quant.expect("latched at its first scan");
-                let stride = c.bw * 8;
-                let mut plane = vec![0u8; stride * c.bh * 8];
-                for by in 0..c.bh {
-                    for bx in 0..c.bw {
-                        let i = (by * c.bw + bx) * 64;
-                        let blk: &[i16; 64] = c.coefs[i..i + 64].try_into().unwrap();
-                        self.idct
-                            .block(blk, &q, &mut plane[by * 8 * stride + bx * 8..], stride);
+                c.ring = (3 * 8 * c.v).min(c.bh * 8);
+                c.plane = vec![0; c.bw * 8 * c.ring];
+            }
+            for my in 0..frame.mcuy {
+                for c in &mut frame.comps {
+                    let q = c.quant.expect("latched at its first scan");
+                    let stride = c.bw * 8;
+                    for by in my * c.v..(my + 1) * c.v {
+                        let r = (by * 8) % c.ring;
+                        for bx in 0..c.bw {
+                            let i = (by * c.bw + bx) * 64;
+                            let blk: &[i16; 64] = c.coefs[i..i + 64].try_into().unwrap();
+                            self.idct
+                                .block(blk, &q, &mut c.plane[r * stride + bx * 8..], stride);
+                        }
                     }
+                    c.decoded = ((my + 1) * 8 * c.v).min(c.dh);
                 }
-                c.plane = plane;
-                c.coefs = Vec::new();
+                em.emit(&frame);
             }
         }
-        output(&frame, self.jfif, self.adobe_transform, self.orientation)
+        em.emit(&frame);
+        Ok(em.finish(&frame, self.orientation))
     }
 }
 
@@ -721,10 +739,11 @@ fn decode_scan(
                         .map_err(|e| corrupt(scan_no, seg_start, e))?;
                         if direct {
                             let stride = c.bw * 8;
+                            let r = (by * 8) % c.ring;
                             idct.block_known(
                                 &block,
                                 c.quant.as_ref().unwrap(),
-                                &mut c.plane[by * 8 * stride + bx * 8..],
+                                &mut c.plane[r * stride + bx * 8..],
                                 stride,
                                 any_ac,
                             );
@@ -760,6 +779,16 @@ fn decode_scan(
                     res.map_err(|e| corrupt(scan_no, seg_start, e))?;
                 }
             }
+        }
+        if direct && mx == mcus_x - 1 {
+            let rows = if scan.comps.len() == 1 { 8 } else { 0 };
+            for c in &mut frame.comps {
+                let per_row = if rows == 8 { 8 } else { 8 * c.v };
+                c.decoded = ((my + 1) * per_row).min(c.dh);
+            }
+            let mut em = frame.emitter.take().expect("made at the first scan");
+            em.emit(frame);
+            frame.emitter = Some(em);
         }
     }
     if r.overran() {
@@ -950,83 +979,123 @@ fn ac_refine(
     Ok(())
 }
 
-/// Upsamples and colour-converts the planes as Pillow's decode + `convert("RGB")` would.
-fn output(frame: &Frame, jfif: bool, adobe: Option<u8>, orientation: Option<u16>) -> Result<Image> {
-    let (w, h) = (frame.width, frame.height);
-    let n = frame.comps.len();
-    let space = match n {
-        1 => ColorSpace::Gray,
-        3 => {
-            let ids: Vec<u8> = frame.comps.iter().map(|c| c.id).collect();
-            if jfif {
-                ColorSpace::YCbCr
-            } else if let Some(t) = adobe {
-                if t == 0 {
+/// Upsamples and colour-converts the planes as Pillow's decode + `convert("RGB")` would,
+/// row by row as soon as the rows it needs are decoded.
+struct Emitter {
+    space: ColorSpace,
+    channels: usize,
+    pixels: Vec<u8>,
+    y_done: usize,
+    scratch: Vec<Vec<u8>>,
+}
+
+impl Emitter {
+    fn new(frame: &Frame, jfif: bool, adobe: Option<u8>) -> Emitter {
+        let n = frame.comps.len();
+        let space = match n {
+            1 => ColorSpace::Gray,
+            3 => {
+                let ids: Vec<u8> = frame.comps.iter().map(|c| c.id).collect();
+                if jfif {
+                    ColorSpace::YCbCr
+                } else if let Some(t) = adobe {
+                    if t == 0 {
+                        ColorSpace::Rgb
+                    } else {
+                        ColorSpace::YCbCr
+                    }
+                } else if ids == [82, 71, 66] {
                     ColorSpace::Rgb
                 } else {
                     ColorSpace::YCbCr
                 }
-            } else if ids == [82, 71, 66] {
-                ColorSpace::Rgb
-            } else {
-                ColorSpace::YCbCr
             }
-        }
-        _ => match adobe {
-            Some(0) | None => ColorSpace::Cmyk,
-            Some(_) => ColorSpace::Ycck,
-        },
-    };
-    let planes: Vec<Plane> = frame
-        .comps
-        .iter()
-        .map(|c| Plane {
-            data: &c.plane,
-            stride: c.bw * 8,
-            dw: c.dw,
-            dh: c.dh,
-            method: Upsample::choose(frame.max_h / c.h, frame.max_v / c.v, c.dw),
-        })
-        .collect();
-    let channels = if n == 1 { 1 } else { 3 };
-    let mut pixels = vec![0u8; w * h * channels];
-    let mut scratch: Vec<Vec<u8>> = planes
-        .iter()
-        .map(|p| vec![0u8; (2 * p.dw).max(w)])
-        .collect();
-    for (y, out) in pixels.chunks_exact_mut(w * channels).enumerate() {
-        let mut rows: [&[u8]; 4] = [&[]; 4];
-        for ((p, s), row) in planes.iter().zip(scratch.iter_mut()).zip(rows.iter_mut()) {
-            *row = p.full_row(y, s, w);
-        }
-        match space {
-            ColorSpace::Gray => out.copy_from_slice(&rows[0][..w]),
-            ColorSpace::YCbCr => color::ycc_row(rows[0], rows[1], rows[2], out),
-            ColorSpace::Rgb => {
-                for (x, o) in out.chunks_exact_mut(3).enumerate() {
-                    o.copy_from_slice(&[rows[0][x], rows[1][x], rows[2][x]]);
-                }
-            }
-            ColorSpace::Cmyk => {
-                for (x, o) in out.chunks_exact_mut(3).enumerate() {
-                    let cmyk = [rows[0][x], rows[1][x], rows[2][x], rows[3][x]];
-                    o.copy_from_slice(&color::pillow_cmyk_to_rgb(cmyk));
-                }
-            }
-            ColorSpace::Ycck => {
-                for (x, o) in out.chunks_exact_mut(3).enumerate() {
-                    let cmyk = color::ycck_to_cmyk(rows[0][x], rows[1][x], rows[2][x], rows[3][x]);
-                    o.copy_from_slice(&color::pillow_cmyk_to_rgb(cmyk));
-                }
-            }
+            _ => match adobe {
+                Some(0) | None => ColorSpace::Cmyk,
+                Some(_) => ColorSpace::Ycck,
+            },
+        };
+        let channels = if n == 1 { 1 } else { 3 };
+        Emitter {
+            space,
+            channels,
+            pixels: vec![0u8; frame.width * frame.height * channels],
+            y_done: 0,
+            scratch: frame
+                .comps
+                .iter()
+                .map(|c| vec![0u8; (2 * c.dw).max(frame.width)])
+                .collect(),
         }
     }
-    Ok(Image {
-        width: w as u32,
-        height: h as u32,
-        channels: channels as u8,
-        pixels,
-        color_space: space,
-        exif_orientation: orientation,
-    })
+
+    fn emit(&mut self, frame: &Frame) {
+        let (w, h) = (frame.width, frame.height);
+        let planes: Vec<Plane> = frame
+            .comps
+            .iter()
+            .map(|c| Plane {
+                data: &c.plane,
+                stride: c.bw * 8,
+                ring: c.ring,
+                dw: c.dw,
+                dh: c.dh,
+                method: Upsample::choose(frame.max_h / c.h, frame.max_v / c.v, c.dw),
+            })
+            .collect();
+        let ready = planes
+            .iter()
+            .zip(&frame.comps)
+            .map(|(p, c)| p.ready_rows(c.decoded, frame.max_v / c.v))
+            .min()
+            .unwrap_or(0)
+            .min(h);
+        let ch = self.channels;
+        for y in self.y_done..ready {
+            let out = &mut self.pixels[y * w * ch..(y + 1) * w * ch];
+            let mut rows: [&[u8]; 4] = [&[]; 4];
+            for ((p, s), row) in planes
+                .iter()
+                .zip(self.scratch.iter_mut())
+                .zip(rows.iter_mut())
+            {
+                *row = p.full_row(y, s, w);
+            }
+            match self.space {
+                ColorSpace::Gray => out.copy_from_slice(&rows[0][..w]),
+                ColorSpace::YCbCr => color::ycc_row(rows[0], rows[1], rows[2], out),
+                ColorSpace::Rgb => {
+                    for (x, o) in out.chunks_exact_mut(3).enumerate() {
+                        o.copy_from_slice(&[rows[0][x], rows[1][x], rows[2][x]]);
+                    }
+                }
+                ColorSpace::Cmyk => {
+                    for (x, o) in out.chunks_exact_mut(3).enumerate() {
+                        let cmyk = [rows[0][x], rows[1][x], rows[2][x], rows[3][x]];
+                        o.copy_from_slice(&color::pillow_cmyk_to_rgb(cmyk));
+                    }
+                }
+                ColorSpace::Ycck => {
+                    for (x, o) in out.chunks_exact_mut(3).enumerate() {
+                        let cmyk =
+                            color::ycck_to_cmyk(rows[0][x], rows[1][x], rows[2][x], rows[3][x]);
+                        o.copy_from_slice(&color::pillow_cmyk_to_rgb(cmyk));
+                    }
+                }
+            }
+        }
+        self.y_done = self.y_done.max(ready);
+    }
+
+    fn finish(self, frame: &Frame, orientation: Option<u16>) -> Image {
+        debug_assert_eq!(self.y_done, frame.height);
+        Image {
+            width: frame.width as u32,
+            height: frame.height as u32,
+            channels: self.channels as u8,
+            pixels: self.pixels,
+            color_space: self.space,
+            exif_orientation: orientation,
+        }
+    }
 }
