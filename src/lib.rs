@@ -19,7 +19,10 @@ pub use blip2_model::blip2::{Blip2, Generation, ImageFeatures, Timings};
 pub use blip2_model::chat::{Chat, Turn};
 pub use blip2_model::generate::{EarlyStopping, GenerationConfig, ResolvedGeneration, TokenEvent};
 pub use blip2_model::loading::{LoadOptions, Source};
-pub use blip2_model::preprocess::{ImageInput, load_image, load_image_from_bytes};
+pub use blip2_model::preprocess::{
+    ImageInput, ImageLoadOptions, load_image, load_image_from_bytes, load_image_from_bytes_with,
+    load_image_with,
+};
 pub use blip2_model::prompt::vqa_prompt;
 pub use blip2_model::retrieval::{
     Blip2Retrieval, ImageEmbedding, MatchScore, RankedText, SearchHit, TextEmbedding,

@@ -65,8 +65,7 @@ fn records(model: &str) -> HashMap<(String, String, String), serde_json::Value> 
 
 /// Beam ids (also in the parity tests) and the length-normalised score of the returned
 /// hypothesis against HF's `sequences_scores`, on every device, from the reference pixel
-/// values (JPEG decoders differ slightly, which moves scores of `photo.jpg` by ~1e-3
-/// while leaving the ids unchanged).
+/// values (the same as our preprocessing of the files gives, `photo.jpg` included).
 #[test]
 fn beam_scores_match_transformers() {
     // A score is a mean of ≤ 20 log-probs computed in f32 by two implementations; the

@@ -256,17 +256,11 @@ fn padded_text_batch_matches_transformers() {
 }
 
 /// Tolerances (scores, embeddings) of results computed from image files through our
-/// preprocessing, which gives Pillow's pixel values exactly for the PNG fixtures. For
-/// `photo.jpg` the JPEG decoders (zune-jpeg vs libjpeg-turbo) differ by up to 2 grey levels
-/// after resizing (model/tests/preprocess.rs), so the input itself differs: measured 1.44e-4
-/// on the image embeddings and 5.1e-5 on the scores (CPU and llvmpipe alike). The scores
-/// keep the 1e-4; the jpeg embeddings get 5e-4 (3.5x the measurement).
-fn file_tols(key: &str) -> (f64, f64) {
-    if key == "jpeg" {
-        (SCORE_ABS_TOL, 5e-4)
-    } else {
-        (SCORE_ABS_TOL, EMBED_ABS_TOL)
-    }
+/// preprocessing, which gives Pillow's pixel values exactly for every fixture, `photo.jpg`
+/// included (blip2-jpeg decodes JPEGs as Pillow's libjpeg-turbo does; docs/jpeg.md): the
+/// same tolerances as from the reference pixel values.
+fn file_tols(_key: &str) -> (f64, f64) {
+    (SCORE_ABS_TOL, EMBED_ABS_TOL)
 }
 
 /// The high-level API from image files (our preprocessing): match_score, match_scores,

@@ -20,7 +20,10 @@ pub use config::{
 };
 pub use error::{ModelError, Result, WeightProblem, WeightProblems};
 pub use loading::{LoadOptions, Source};
-pub use preprocess::{ImageInput, load_image, load_image_from_bytes, pixel_values, preprocess};
+pub use preprocess::{
+    ImageInput, ImageLoadOptions, load_image, load_image_from_bytes, load_image_from_bytes_with,
+    load_image_with, pixel_values, preprocess,
+};
 pub use tokenizer::{BatchEncoding, Blip2Tokenizer, PaddingSide};
 pub use weights::{Checkpoint, WeightLoader, WeightStats};
 pub mod blip2;

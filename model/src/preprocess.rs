@@ -13,10 +13,10 @@
 //! 3. Rescale `u8 as f64 * rescale_factor` cast to f32, then `(x - mean) / std` in f32,
 //!    channels first.
 //!
-//! Images are decoded with the `image` crate and not rotated by EXIF orientation
-//! (`PIL.Image.open` does not rotate either). PNG/BMP/GIF/TIFF/WebP-lossless decode to the
-//! same pixels as Pillow; baseline JPEG decoders may differ from libjpeg-turbo by a grey
-//! level here and there.
+//! JPEGs are decoded by `blip2-jpeg`, byte-identical to Pillow's libjpeg-turbo decode
+//! (docs/jpeg.md); other formats by the `image` crate (PNG/BMP/GIF/TIFF/WebP-lossless give
+//! the same pixels as Pillow). Images are not rotated by EXIF orientation unless asked
+//! (`ImageLoadOptions::apply_exif_orientation`): `PIL.Image.open` does not rotate either.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -62,16 +62,42 @@ impl<'a> ImageInput<'a> {
     }
 }
 
+/// How images are decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImageLoadOptions {
+    /// Rotate/flip JPEGs by their EXIF orientation tag as Pillow's `ImageOps.exif_transpose`
+    /// does. Off by default, as in transformers (whose processors see `Image.open`'s
+    /// unrotated pixels).
+    pub apply_exif_orientation: bool,
+}
+
 /// Decodes an image file; the format is guessed from its content.
 pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
+    load_image_with(path, &ImageLoadOptions::default())
+}
+
+/// [`load_image`] with options.
+pub fn load_image_with(path: impl AsRef<Path>, opts: &ImageLoadOptions) -> Result<DynamicImage> {
     let path = path.as_ref();
     let bytes = std::fs::read(path)
         .map_err(|e| ModelError::image(path.display().to_string(), e.to_string()))?;
-    load_image_from_bytes(&bytes, &path.display().to_string())
+    load_image_from_bytes_with(&bytes, &path.display().to_string(), opts)
 }
 
 /// Decodes an encoded image held in memory; `name` is used in error messages.
 pub fn load_image_from_bytes(bytes: &[u8], name: &str) -> Result<DynamicImage> {
+    load_image_from_bytes_with(bytes, name, &ImageLoadOptions::default())
+}
+
+/// [`load_image_from_bytes`] with options.
+pub fn load_image_from_bytes_with(
+    bytes: &[u8],
+    name: &str,
+    opts: &ImageLoadOptions,
+) -> Result<DynamicImage> {
+    if blip2_jpeg::is_jpeg(bytes) {
+        return decode_jpeg(bytes, name, opts);
+    }
     let format = image::guess_format(bytes).map_err(|_| {
         ModelError::image(
             name,
@@ -80,6 +106,24 @@ pub fn load_image_from_bytes(bytes: &[u8], name: &str) -> Result<DynamicImage> {
     })?;
     image::load_from_memory_with_format(bytes, format)
         .map_err(|e| ModelError::image(name, format!("cannot decode {format:?}: {e}")))
+}
+
+/// A JPEG through `blip2-jpeg`: greyscale files become `Luma8` (Pillow mode "L"), all others
+/// `Rgb8` as Pillow's `convert("RGB")` gives them (CMYK/YCCK included).
+fn decode_jpeg(bytes: &[u8], name: &str, opts: &ImageLoadOptions) -> Result<DynamicImage> {
+    let jopts = blip2_jpeg::DecodeOptions {
+        apply_exif_orientation: opts.apply_exif_orientation,
+        ..blip2_jpeg::DecodeOptions::default()
+    };
+    let img = blip2_jpeg::decode(bytes, &jopts)
+        .map_err(|e| ModelError::image(name, format!("cannot decode JPEG: {e}")))?;
+    let (w, h) = (img.width, img.height);
+    let image = if img.channels == 1 {
+        image::GrayImage::from_raw(w, h, img.pixels).map(DynamicImage::ImageLuma8)
+    } else {
+        RgbImage::from_raw(w, h, img.pixels).map(DynamicImage::ImageRgb8)
+    };
+    image.ok_or_else(|| ModelError::image(name, "JPEG decoder returned a short buffer"))
 }
 
 /// `Image.alpha_composite(white, rgba)` of Pillow for one channel value `v` with alpha `a`

@@ -335,24 +335,10 @@ fn fixture_rgb_conversion_and_resize_are_exact() {
             [rgb.height() as usize, rgb.width() as usize, 3],
             "{key}"
         );
+        // Every image, the JPEG included (blip2-jpeg decodes as Pillow's libjpeg-turbo does),
+        // gives exactly Pillow's RGB bytes.
         let diff = max_abs_u8(rgb.as_raw(), &want);
-        if key == "jpeg" {
-            // Different JPEG decoders (zune-jpeg here, libjpeg-turbo in Pillow) round the IDCT
-            // differently. Measured on this fixture: max 3 grey levels, mean 0.018; bound both.
-            let mean = rgb
-                .as_raw()
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| a.abs_diff(*b) as f64)
-                .sum::<f64>()
-                / want.len() as f64;
-            assert!(
-                diff <= 3 && mean <= 0.05,
-                "{key}: decoded RGB differs by max {diff}, mean {mean}"
-            );
-        } else {
-            assert_eq!(diff, 0, "{key}: decoded RGB differs");
-        }
+        assert_eq!(diff, 0, "{key}: decoded RGB differs from Pillow");
         // The resize alone, from the reference's own RGB pixels: bit-exact with Pillow.
         let (h, w) = (shape[0], shape[1]);
         let resized = resize_u8(&want, w, h, 3, 224, 224, Filter::Bicubic).unwrap();
@@ -380,15 +366,9 @@ fn fixture_pixel_values_match() {
             .zip(&want)
             .map(|(a, b)| (a - b).abs() as f64)
             .fold(0f64, f64::max);
-        // PNG: same integer resize and the same f32 normalisation -> identical (measured 0;
-        // 1e-6 allows for nothing but f32 noise). JPEG: the decoders differ by up to 3 grey
-        // levels on a few pixels and the resize carries that through: measured 2 uint8 steps
-        // after resizing (0.030015); allow 2 steps / min(std) = 2/255/0.26130258 (+1e-6).
-        let tol = if key == "jpeg" {
-            2.0 / 255.0 / 0.261_302_58 + 1e-6
-        } else {
-            1e-6
-        };
+        // Same decoded pixels (JPEG included), same integer resize and the same f32
+        // normalisation -> identical (measured 0; 1e-6 allows for nothing but f32 noise).
+        let tol = 1e-6;
         assert!(max <= tol, "{key}: max |diff| {max} > {tol}");
     }
 }

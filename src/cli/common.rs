@@ -27,6 +27,11 @@ pub struct ModelOpts {
     /// No progress bar, device explanation or timing summary on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Rotate/flip JPEG images by their EXIF orientation tag, as Pillow's
+    /// `ImageOps.exif_transpose` does. Off by default, as in transformers, whose processors
+    /// see the stored (unrotated) pixels.
+    #[arg(long)]
+    pub exif_orientation: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -227,14 +232,20 @@ pub fn expand_images(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Opens an image file, or reads image bytes from stdin for `-`.
-pub fn open_image(path: &std::path::Path) -> anyhow::Result<blip2::image::DynamicImage> {
+pub fn open_image(
+    path: &std::path::Path,
+    o: &ModelOpts,
+) -> anyhow::Result<blip2::image::DynamicImage> {
+    let opts = blip2::ImageLoadOptions {
+        apply_exif_orientation: o.exif_orientation,
+    };
     if path.as_os_str() == "-" {
         use std::io::Read;
         let mut bytes = Vec::new();
         std::io::stdin()
             .read_to_end(&mut bytes)
             .context("reading image bytes from stdin")?;
-        return Ok(blip2::load_image_from_bytes(&bytes, "<stdin>")?);
+        return Ok(blip2::load_image_from_bytes_with(&bytes, "<stdin>", &opts)?);
     }
-    blip2::load_image(path).with_context(|| format!("reading {}", path.display()))
+    blip2::load_image_with(path, &opts).with_context(|| format!("reading {}", path.display()))
 }

@@ -115,7 +115,7 @@ pub fn caption(
     for chunk in images.chunks(batch_size) {
         let imgs = chunk
             .iter()
-            .map(|p| open_image(p))
+            .map(|p| open_image(p, &o.model))
             .collect::<anyhow::Result<Vec<_>>>()?;
         if chunk.len() == 1 && !o.model.json {
             if labelled {
@@ -151,7 +151,7 @@ pub fn caption(
 
 pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
     // A bad image fails before gigabytes of weights load.
-    let img = open_image(image)?;
+    let img = open_image(image, &o.model)?;
     let (model, load, cfg) = setup(o)?;
     let question = question.trim();
     let prompt = blip2::vqa_prompt(question);
@@ -184,7 +184,7 @@ pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
         image.as_os_str() != "-",
         "chat reads its questions from stdin, so the image must be a file, not -"
     );
-    let img = open_image(image)?;
+    let img = open_image(image, &o.model)?;
     let (model, load, cfg) = setup(o)?;
     let mut chat = model.chat(&img)?;
     let stdin = std::io::stdin();

@@ -25,7 +25,7 @@ pub fn match_texts(image: &Path, texts: &[String], o: &ModelOpts) -> anyhow::Res
         bail!("no texts given");
     }
     // A bad image fails before gigabytes of weights load.
-    let img = open_image(image)?;
+    let img = open_image(image, o)?;
     let (model, load) = load_retrieval(o)?;
     let t = Instant::now();
     let scores = model.match_scores(&img, texts)?;
@@ -71,7 +71,7 @@ pub fn rank(images: &[PathBuf], texts_file: &Path, o: &ModelOpts) -> anyhow::Res
     let (model, load) = load_retrieval(o)?;
     let mut out = std::io::stdout().lock();
     for path in &images {
-        let img = open_image(path)?;
+        let img = open_image(path, o)?;
         let t = Instant::now();
         let ranked = model.rank(&img, &texts)?;
         let took = t.elapsed();
