@@ -144,21 +144,26 @@ def test_four_threads_share_one_model(model):
 
 
 def test_gil_is_released_while_computing(model):
-    """A Python thread keeps running while another one generates."""
-    done = threading.Event()
-    ticks = 0
+    """A Python thread keeps running while this thread is inside a model call: it could
+    not if the call held the GIL."""
+    counter = [0]
+    stop = threading.Event()
 
-    def gen():
-        for _ in range(5):
-            model.caption(CIRCLE, num_beams=3)
-        done.set()
+    def spin():
+        while not stop.is_set():
+            counter[0] += 1
 
-    t = threading.Thread(target=gen)
+    t = threading.Thread(target=spin)
     t.start()
-    while not done.is_set():
-        ticks += 1
-    t.join()
-    assert ticks > 1000, ticks
+    try:
+        paths = [str(EXAMPLES / f"{n}.png") for n in SCENES]
+        before = counter[0]
+        model.caption(paths, num_beams=3, max_new_tokens=30)
+        during = counter[0] - before
+    finally:
+        stop.set()
+        t.join()
+    assert during > 1000, during
 
 
 # --- errors -------------------------------------------------------------------------------
