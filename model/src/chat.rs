@@ -63,6 +63,21 @@ impl<'a> Chat<'a> {
         Ok(Chat::new(model, features))
     }
 
+    /// Resumes a conversation taken apart by [`Chat::into_parts`] (for owners that keep
+    /// the model behind a shared pointer, such as the C and Python bindings).
+    pub fn resume(model: &'a Blip2, features: ImageFeatures, turns: Vec<Turn>) -> Chat<'a> {
+        Chat {
+            model,
+            features,
+            turns,
+        }
+    }
+
+    /// The image features and the turns so far, releasing the borrow of the model.
+    pub fn into_parts(self) -> (ImageFeatures, Vec<Turn>) {
+        (self.features, self.turns)
+    }
+
     pub fn features(&self) -> &ImageFeatures {
         &self.features
     }
