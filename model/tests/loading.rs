@@ -136,7 +136,9 @@ fn converts_inexact_values_like_the_dtype() {
     // 0.1 is not representable in f16: an f32-stored weight loaded as f16 must equal the
     // f16 rounding of the f32 value (exact comparison: conversion is round-to-nearest-even).
     let dir = TempDir::new("rounding");
-    let v = [0.1f32, 1.0 / 3.0, 65504.0, -1e-5];
+    // (65504, f16's largest value, would be 65536 in bf16 and overflow as f16: that case is
+    // a load problem, tested in `nonfinite_weights_and_f16_overflow_are_problems_...`.)
+    let v = [0.1f32, 1.0 / 3.0, 60000.0, -1e-5];
     write(
         &dir.path().join("model.safetensors"),
         &[f32s("w", &[2, 2], &v), bf16s("b", &[2, 2], &v)],

@@ -125,6 +125,8 @@ fn status_of(e: &Error) -> Blip2Status {
             E::Invalid(_) => Blip2Status::InvalidArgument,
             _ => Blip2Status::Internal,
         },
+        // NaN/inf produced while computing, and a cancellation the C ABI never requests.
+        Error::NonFinite { .. } | Error::Cancelled => Blip2Status::Internal,
     }
 }
 

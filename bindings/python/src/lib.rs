@@ -61,6 +61,9 @@ fn py_err(e: Error) -> PyErr {
         ) => DeviceError::new_err(msg),
         Error::Engine(E::Invalid(_)) => InvalidInputError::new_err(msg),
         Error::Engine(_) => Blip2Error::new_err(msg),
+        // NaN/inf produced while computing (broken weights or inputs, an overflow), and a
+        // cancellation these bindings never request: the base class.
+        Error::NonFinite { .. } | Error::Cancelled => Blip2Error::new_err(msg),
     }
 }
 
