@@ -24,7 +24,11 @@ fn buffer(vals: &[f16], offset: usize) -> (SharedBytes, Vec<u8>) {
 #[test]
 fn aligned_f16_is_shared_and_everything_else_is_copied() {
     let mut rng = Rng::new(5);
-    let vals: Vec<f16> = rng.vec(6 * 7, -2.0, 2.0).into_iter().map(f16::from_f32).collect();
+    let vals: Vec<f16> = rng
+        .vec(6 * 7, -2.0, 2.0)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
     let want: Vec<f32> = vals.iter().map(|v| v.to_f32()).collect();
     let len = vals.len() * 2;
     // The Vec's allocation is at least 8-aligned, so offset 8 is aligned for f16 and 9 is not.
@@ -50,7 +54,11 @@ fn aligned_f16_is_shared_and_everything_else_is_copied() {
         assert_eq!(t.to_vec_f32().unwrap(), want, "{what}");
         // A shared tensor keeps the buffer alive on its own.
         drop(owner);
-        assert_eq!(t.to_vec_f32().unwrap(), want, "{what} after the owner is dropped");
+        assert_eq!(
+            t.to_vec_f32().unwrap(),
+            want,
+            "{what} after the owner is dropped"
+        );
     }
     // Every other device copies (uploads).
     for dev in devices().into_iter().filter(Device::is_gpu) {
@@ -67,7 +75,11 @@ fn aligned_f16_is_shared_and_everything_else_is_copied() {
 fn shared_f16_computes_like_owned_and_writes_copy_first() {
     let mut rng = Rng::new(6);
     let (n, k) = (9, 13);
-    let w: Vec<f16> = rng.vec(n * k, -1.0, 1.0).into_iter().map(f16::from_f32).collect();
+    let w: Vec<f16> = rng
+        .vec(n * k, -1.0, 1.0)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
     let (owner, before) = buffer(&w, 8);
     let shared = Tensor::from_shared_bytes(
         owner.clone(),
@@ -82,7 +94,10 @@ fn shared_f16_computes_like_owned_and_writes_copy_first() {
     assert!(shared.is_shared());
     let owned = Tensor::from_f16(w.clone(), &[n, k], &Device::Cpu).unwrap();
     let x = Tensor::from_f32(rng.vec(3 * k, -1.0, 1.0), &[3, k], &Device::Cpu).unwrap();
-    let a = ops::linear(&x, &shared, None).unwrap().to_vec_f32().unwrap();
+    let a = ops::linear(&x, &shared, None)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     let b = ops::linear(&x, &owned, None).unwrap().to_vec_f32().unwrap();
     assert_eq!(a, b, "same kernel, same bytes: bit-identical");
 
