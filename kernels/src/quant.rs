@@ -338,27 +338,21 @@ fn dot_rows(isa: Isa, x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32])
         let n = out.len();
         assert!(j0 + n <= w.rows && x.scales.len() == nb);
         // AVX-512 with VNNI: one `vpdpbusd` per 64 weight bytes. AVX-512 without VNNI runs
-        // the AVX2 kernel (every such CPU has AVX2).
-        if isa == Isa::Avx512 && crate::x86_vnni::vnni_available() {
-            // SAFETY: as below, and VNNI is present (checked).
-            unsafe {
-                return crate::x86_vnni::dot_rows_vnni(
-                    w.format,
-                    nb,
-                    x.qs.as_ptr(),
-                    x.scales.as_ptr(),
-                    w.qs.as_ptr().add(j0 * rb),
-                    w.scales.as_ptr().add(j0 * nb),
-                    n,
-                    out.as_mut_ptr(),
-                );
-            }
-        }
-        if matches!(isa, Isa::Avx2Fma | Isa::Avx512) {
+        // the AVX2 kernel (every such CPU has AVX2). Both take the same arguments.
+        let kernel: Option<crate::x86_quant::DotRows> =
+            if isa == Isa::Avx512 && crate::x86_vnni::vnni_available() {
+                Some(crate::x86_vnni::dot_rows_vnni)
+            } else if matches!(isa, Isa::Avx2Fma | Isa::Avx512) {
+                Some(crate::x86_quant::dot_rows_i8_avx2)
+            } else {
+                None
+            };
+        if let Some(kernel) = kernel {
             // SAFETY: rows j0..j0+n exist (asserted), the activations have the row's block
-            // count, AVX2+FMA+F16C are present (ISA resolved); n outputs are written.
+            // count, and the kernel's features are present (ISA resolved, VNNI checked); n
+            // outputs are written.
             unsafe {
-                return crate::x86_quant::dot_rows_i8_avx2(
+                return kernel(
                     w.format,
                     nb,
                     x.qs.as_ptr(),

@@ -89,6 +89,39 @@ pub(crate) unsafe fn dequant_avx2(
     }
 }
 
+/// `ds[q·blocks + b] = d_w[rows[q], b] · d_x[b]` for the four rows of a register block: the
+/// per-block scale of every block sum, converted 8 at a time up front so the block loops of
+/// the decode kernels (AVX2 and VNNI) only broadcast it.
+///
+/// # Safety
+/// AVX2+FMA+F16C present; `scales` holds the rows' scales (stride `blocks`), `xd` blocks
+/// floats, `ds` 4·blocks floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn scale_products(
+    scales: *const f16,
+    rows: [usize; 4],
+    blocks: usize,
+    xd: *const f32,
+    ds: *mut f32,
+) {
+    // SAFETY: per the contract above.
+    unsafe {
+        for (q, &row) in rows.iter().enumerate() {
+            let (src, dst) = (scales.add(row * blocks), ds.add(q * blocks));
+            let mut b = 0;
+            while b + 8 <= blocks {
+                let h = _mm_loadu_si128(src.add(b) as *const __m128i);
+                let v = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xd.add(b)));
+                _mm256_storeu_ps(dst.add(b), v);
+                b += 8;
+            }
+            for b in b..blocks {
+                *dst.add(b) = scale(src.add(b)) * *xd.add(b);
+            }
+        }
+    }
+}
+
 /// Σ over 32 lanes of w·x as 8 i32 lanes, w and x signed bytes in [−127, 127] (the sign
 /// trick: |w| as unsigned times x·sign(w), so maddubs' u8×i8 pairs never saturate: 2·127²).
 #[inline]
@@ -114,6 +147,10 @@ unsafe fn pair_scales(d: *const f32, pattern: [i32; 8]) -> __m256 {
         _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), idx)
     }
 }
+
+/// The signature every decode kernel shares ([`dot_rows_i8_avx2`], `x86_vnni::dot_rows_vnni`).
+pub(crate) type DotRows =
+    unsafe fn(QFormat, usize, *const i8, *const f32, *const u8, *const f16, usize, *mut f32);
 
 /// out[q] = Σ_b d_w[q,b]·d_x[b]·(Σ_i w[q,b,i]·x[b,i]) for q < n, with the activations
 /// quantized to bytes (`xq`, `xd`: `blocks` blocks) and W given by its first row's quants
@@ -168,19 +205,13 @@ pub(crate) unsafe fn dot_rows_i8_avx2(
         while j < n {
             let r = (n - j).min(4);
             let row = |q: usize| j + q.min(r - 1);
-            for q in 0..4 {
-                let (src, dst) = (scales.add(row(q) * blocks), ds.as_mut_ptr().add(q * blocks));
-                let mut b = 0;
-                while b + 8 <= blocks {
-                    let h = _mm_loadu_si128(src.add(b) as *const __m128i);
-                    let v = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xd.add(b)));
-                    _mm256_storeu_ps(dst.add(b), v);
-                    b += 8;
-                }
-                for b in b..blocks {
-                    *dst.add(b) = scale(src.add(b)) * *xd.add(b);
-                }
-            }
+            scale_products(
+                scales,
+                [row(0), row(1), row(2), row(3)],
+                blocks,
+                xd,
+                ds.as_mut_ptr(),
+            );
             let mut acc = [_mm256_setzero_ps(); 4];
             // Blocks are taken in pairs (64 weights per row per step, one prefetch per 64
             // quant bytes for q8): half the conversions and FMAs of one block at a time. An

@@ -18,6 +18,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use crate::quant::{QBLOCK, QFormat};
+use crate::x86_quant::scale_products;
 
 /// Bytes ahead of the current group each weight row is prefetched (rows are streamed once;
 /// the distance the AVX2 kernel measured best).
@@ -182,21 +183,13 @@ pub(crate) unsafe fn dot_rows_vnni(
         while j < n {
             let r = (n - j).min(4);
             let row = |q: usize| j + q.min(r - 1);
-            for q in 0..4 {
-                let (src, dst) = (scales.add(row(q) * blocks), ds.as_mut_ptr().add(q * blocks));
-                let mut b = 0;
-                while b + 16 <= blocks {
-                    let h = _mm256_loadu_si256(src.add(b) as *const __m256i);
-                    let v = _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(xd.add(b)));
-                    _mm512_storeu_ps(dst.add(b), v);
-                    b += 16;
-                }
-                for b in b..blocks {
-                    *dst.add(b) = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                        (*src.add(b)).to_bits() as i32,
-                    ))) * *xd.add(b);
-                }
-            }
+            scale_products(
+                scales,
+                [row(0), row(1), row(2), row(3)],
+                blocks,
+                xd,
+                ds.as_mut_ptr(),
+            );
             let mut acc = [_mm512_setzero_ps(); 4];
             for gi in 0..full {
                 let b = gi * per;
