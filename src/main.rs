@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use cli::common::error_chain;
 use cli::generate::GenOpts;
 
 #[derive(Parser)]
@@ -186,21 +187,4 @@ fn quiet_mesa_device_select() {
         // SAFETY: called first thing in main, before any other thread exists.
         unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
-}
-
-/// The error and its causes joined by ": ", leaving out a cause whose text the message
-/// already ends with (the library's errors name their source in their own text, e.g. an
-/// I/O error after the file name, and also expose it as `source()`).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.is_empty() {
-            out = text;
-        } else if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-    }
-    out
 }

@@ -461,19 +461,15 @@ pub fn write_scene_batch(dir: &Path, first_seed: u64, count: u64) -> Result<Path
         move |source| SceneError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // Every file is written under a temporary name and renamed when complete, so a killed
+    // run leaves whole PNGs and no scenes.jsonl (or the previous one), never a torn file.
     let jsonl_path = dir.join("scenes.jsonl");
-    let mut jsonl = BufWriter::new(File::create(&jsonl_path).map_err(io_err(&jsonl_path))?);
+    let jsonl_tmp = temp_name(&jsonl_path);
+    let mut jsonl = BufWriter::new(File::create(&jsonl_tmp).map_err(io_err(&jsonl_tmp))?);
     for seed in first_seed..end {
         let scene = draw_scene(seed);
         let file = format!("{seed}.png");
-        let png_path = dir.join(&file);
-        scene
-            .image
-            .save_with_format(&png_path, ImageFormat::Png)
-            .map_err(|source| SceneError::Png {
-                path: png_path.clone(),
-                source,
-            })?;
+        save_png_atomic(&scene.image, &dir.join(&file))?;
         let record = SceneRecord {
             seed: Some(seed),
             file: Some(&file),
@@ -483,8 +479,34 @@ pub fn write_scene_batch(dir: &Path, first_seed: u64, count: u64) -> Result<Path
         let line = serde_json::to_string(&record).unwrap_or_default();
         writeln!(jsonl, "{line}").map_err(io_err(&jsonl_path))?;
     }
-    jsonl.flush().map_err(io_err(&jsonl_path))?;
+    jsonl.flush().map_err(io_err(&jsonl_tmp))?;
+    drop(jsonl);
+    std::fs::rename(&jsonl_tmp, &jsonl_path).map_err(io_err(&jsonl_path))?;
     Ok(jsonl_path)
+}
+
+/// `dir/.name.tmp` beside `path`: same filesystem, so the rename is atomic.
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Writes a PNG under a temporary name, then renames it to `path`.
+pub fn save_png_atomic(image: &RgbImage, path: &Path) -> Result<(), SceneError> {
+    let tmp = temp_name(path);
+    image
+        .save_with_format(&tmp, ImageFormat::Png)
+        .map_err(|source| SceneError::Png {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    std::fs::rename(&tmp, path).map_err(|source| SceneError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -70,6 +70,11 @@ impl DecodeModel for Cancellable<'_> {
     }
 }
 
+/// Prompt length cap (image tokens included) for a language model without a position table
+/// whose tokenizer states no `model_max_length`: T5's relative position bias alone is
+/// heads x L x L floats per layer (4 GiB at L = 4096 with 64 heads).
+pub const MAX_PROMPT_TOKENS: usize = 2048;
+
 /// A loaded BLIP-2 checkpoint on a device.
 pub struct Blip2 {
     pub config: Blip2Config,
@@ -79,6 +84,9 @@ pub struct Blip2 {
     lm: Box<dyn LanguageModel>,
     pub load_time: Duration,
     weight_stats: WeightStats,
+    /// Things the user should know about the checkpoint that are not errors (see
+    /// [`Blip2::notes`]).
+    notes: Vec<String>,
 }
 
 /// Query features of a batch of images, computed once and reusable across prompts.
@@ -94,7 +102,20 @@ impl Blip2 {
     /// Loads a Hugging Face BLIP-2 checkpoint directory (config.json, safetensors, tokenizer,
     /// processor config).
     pub fn load(dir: impl AsRef<Path>, opts: LoadOptions) -> Result<Blip2> {
-        Self::load_from(Source::Dir(dir.as_ref()), opts)
+        let dir = dir.as_ref();
+        let mut model = Self::load_from(Source::Dir(dir), opts)?;
+        model.notes = crate::config::generation_file::ignored_settings(
+            dir,
+            model.config.text_config.as_ref(),
+        );
+        Ok(model)
+    }
+
+    /// Notes about the checkpoint that are not errors but change what a user may expect,
+    /// e.g. the settings of a `generation_config.json`, which generation ignores as
+    /// transformers does. The CLI prints them on stderr.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// Loads a checkpoint compiled into the binary, exactly as [`Blip2::load`] loads a
@@ -159,6 +180,7 @@ impl Blip2 {
             lm,
             load_time: Duration::ZERO,
             weight_stats: WeightStats::default(),
+            notes: Vec::new(),
         })
     }
 
@@ -212,12 +234,59 @@ impl Blip2 {
             Some(t) => t.bos_token_id(),
             None => self.tokenizer.start_token_id()?,
         };
-        self.tokenizer.encode_prompt_with_start(
+        let ids = self.tokenizer.encode_prompt_with_start(
             prompt,
             self.config.num_query_tokens,
             image_id,
             start,
-        )
+        )?;
+        let (limit, source) = self.prompt_limit();
+        if ids.len() > limit {
+            return Err(ModelError::PromptTooLong {
+                tokens: ids.len(),
+                limit,
+                limit_from: source,
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Whether a prompt of `prompt_len` tokens and `max_new_tokens` more fit the model: the
+    /// prompt limit, and the positions of a language model with a position table.
+    pub fn fits(&self, prompt_len: usize, max_new_tokens: usize) -> bool {
+        let positions = self
+            .config
+            .text_config
+            .as_ref()
+            .and_then(|t| t.max_positions());
+        prompt_len <= self.prompt_limit().0
+            && positions.is_none_or(|p| prompt_len.saturating_add(max_new_tokens) <= p)
+    }
+
+    /// The most prompt tokens (image tokens included) this model takes, and where the
+    /// number comes from: the smaller of the tokenizer's `model_max_length` and the
+    /// language model's positions, else [`MAX_PROMPT_TOKENS`]. Checked before the prompt is
+    /// embedded, so a 100k-character prompt costs a tokenizer pass, not gigabytes of
+    /// attention scores or position bias.
+    pub fn prompt_limit(&self) -> (usize, &'static str) {
+        let lm = self
+            .config
+            .text_config
+            .as_ref()
+            .and_then(|t| t.max_positions());
+        [
+            self.tokenizer
+                .model_max_length()
+                .map(|m| (m, "tokenizer_config.json model_max_length")),
+            lm.map(|m| (m, "config.json text_config.max_position_embeddings")),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|l| l.0)
+        .unwrap_or((
+            MAX_PROMPT_TOKENS,
+            "the library's limit for models without position embeddings",
+        ))
     }
 
     fn image_token_id(&self) -> Result<u32> {

@@ -40,6 +40,8 @@ pub struct Chat<'a> {
     model: &'a Blip2,
     features: ImageFeatures,
     turns: Vec<Turn>,
+    /// Oldest turns left out of the last prompt to fit the model (see [`Chat::ask_with`]).
+    dropped: usize,
 }
 
 impl<'a> Chat<'a> {
@@ -49,6 +51,7 @@ impl<'a> Chat<'a> {
             model,
             features,
             turns: Vec::new(),
+            dropped: 0,
         }
     }
 
@@ -70,6 +73,7 @@ impl<'a> Chat<'a> {
             model,
             features,
             turns,
+            dropped: 0,
         }
     }
 
@@ -84,6 +88,12 @@ impl<'a> Chat<'a> {
 
     pub fn turns(&self) -> &[Turn] {
         &self.turns
+    }
+
+    /// How many of the oldest turns the last answer did not see because the whole history
+    /// no longer fit the model (0 when it did).
+    pub fn dropped_turns(&self) -> usize {
+        self.dropped
     }
 
     /// Forgets the conversation (the image features stay).
@@ -121,7 +131,23 @@ impl<'a> Chat<'a> {
         settings: &ResolvedGeneration,
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<Generation> {
-        let prompt = self.prompt(question);
+        // A history longer than the model takes loses its oldest turns (they stay in
+        // `turns`); only a question that does not fit alone is an error.
+        let mut first = 0;
+        let prompt = loop {
+            let prompt = chat_prompt(&self.turns[first..], question);
+            let len = self.model.prompt_ids(Some(&prompt)).map(|ids| ids.len());
+            match len {
+                Ok(n) if self.model.fits(n, settings.max_new_tokens()) => break prompt,
+                Ok(_) | Err(ModelError::PromptTooLong { .. }) if first < self.turns.len() => {
+                    first += 1
+                }
+                // Even alone, question + answer exceed the positions: prefill says how.
+                Ok(_) => break prompt,
+                Err(e) => return Err(e),
+            }
+        };
+        self.dropped = first;
         let mut out = self.model.generate_from_features_with(
             &self.features,
             &[Some(&prompt)],

@@ -201,6 +201,21 @@ pub enum ModelError {
     /// Tokenizer files are missing or invalid, or a needed token is absent.
     #[error("tokenizer {}: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
+    /// An input refused before it is read or allocated: too large for its limit
+    /// ([`crate::limits`]), or not a regular file. `what` is its role ("config", "image").
+    #[error("{what} {}: {msg}", path.display())]
+    TooLarge {
+        what: String,
+        path: PathBuf,
+        msg: String,
+    },
+    /// A prompt longer than the model takes (`source` says where the limit comes from).
+    #[error("prompt of {tokens} tokens exceeds the model's limit of {limit} ({limit_from})")]
+    PromptTooLong {
+        tokens: usize,
+        limit: usize,
+        limit_from: &'static str,
+    },
     /// An I/O failure on a named file.
     #[error("{}: {source}", path.display())]
     Io {

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod embedded;
 pub mod error;
+pub mod limits;
 pub mod preprocess;
 pub mod tokenizer;
 pub mod weights;

@@ -67,9 +67,12 @@ impl Source<'_> {
     pub fn open(self) -> Result<CheckpointFiles> {
         match self {
             Source::Dir(dir) => {
+                let config = Blip2Config::from_dir(dir)?;
+                let processor = ProcessorConfig::from_dir(dir)?;
+                check_image_size(&config, &processor)?;
                 let files = ModelFiles {
-                    config: Blip2Config::from_dir(dir)?,
-                    image_config: ProcessorConfig::from_dir(dir)?.image,
+                    config,
+                    image_config: processor.image,
                     tokenizer: Blip2Tokenizer::from_dir(dir)?,
                 };
                 let checkpoint = Checkpoint::open(dir)?;
@@ -95,13 +98,32 @@ impl Source<'_> {
     }
 }
 
+/// The processor must resize to the vision tower's `image_size`: its position embeddings
+/// fix the number of patches (transformers fails on any other size unless asked to
+/// interpolate), and a size of 100000x100000 would otherwise be allocated by the resize.
+fn check_image_size(config: &Blip2Config, processor: &ProcessorConfig) -> Result<()> {
+    let n = config.vision_config.image_size;
+    let (h, w) = processor.image.size;
+    if (h, w) == (n, n) || processor.source.is_none() || !processor.image.do_resize {
+        return Ok(());
+    }
+    Err(ModelError::config(
+        processor.source.clone().unwrap_or_default(),
+        "size",
+        format!(
+            "resizes to {h}x{w}, but the vision encoder takes {n}x{n} (vision_config.image_size in config.json)"
+        ),
+    ))
+}
+
 /// `config.json`'s `quantization_config` (written by `blip2 quantize`) must agree with what
 /// the safetensors files declare; a config naming another quantizer (GPTQ, bitsandbytes...)
 /// is refused by name rather than failing later on tensor dtypes. A quantized checkpoint
 /// without the object is fine: the files' metadata decides.
 fn check_quantization_config(dir: &Path, ckpt: &Checkpoint) -> Result<()> {
     let path = dir.join("config.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
+    let Ok(text) = crate::limits::read_text_bounded(&path, crate::limits::MAX_JSON_BYTES, "config")
+    else {
         return Ok(()); // Blip2Config::from_dir already read it; nothing new to report.
     };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {

@@ -26,6 +26,7 @@ use image::{DynamicImage, RgbImage};
 
 use crate::config::ImageProcessorConfig;
 use crate::error::{ModelError, Result};
+use crate::limits::{MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS};
 
 /// Where an image comes from.
 #[derive(Clone, Copy, Debug)]
@@ -79,8 +80,7 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
 /// [`load_image`] with options.
 pub fn load_image_with(path: impl AsRef<Path>, opts: &ImageLoadOptions) -> Result<DynamicImage> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path)
-        .map_err(|e| ModelError::image(path.display().to_string(), e.to_string()))?;
+    let bytes = crate::limits::read_bounded(path, crate::limits::MAX_IMAGE_BYTES, "image")?;
     load_image_from_bytes_with(&bytes, &path.display().to_string(), opts)
 }
 
@@ -104,8 +104,44 @@ pub fn load_image_from_bytes_with(
             "not a supported image format (expected PNG, JPEG, WebP, BMP, GIF or TIFF)",
         )
     })?;
-    image::load_from_memory_with_format(bytes, format)
+    if bytes.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(ModelError::image(
+            name,
+            format!(
+                "{} exceeds the image limit of {}",
+                crate::limits::human(bytes.len() as u64),
+                crate::limits::human(MAX_IMAGE_BYTES)
+            ),
+        ));
+    }
+    // Checked on the header before any pixel buffer exists; `image`'s own limits stay as a
+    // second guard on what the decoder allocates.
+    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| ModelError::image(name, format!("cannot decode {format:?}: {e}")))?;
+    check_pixels(name, w, h)?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(4 * MAX_IMAGE_PIXELS * 4);
+    reader.limits(limits);
+    reader
+        .decode()
         .map_err(|e| ModelError::image(name, format!("cannot decode {format:?}: {e}")))
+}
+
+/// Refuses images of more than [`MAX_IMAGE_PIXELS`] before their pixels are allocated.
+fn check_pixels(name: &str, w: u32, h: u32) -> Result<()> {
+    let pixels = w as u64 * h as u64;
+    if pixels > MAX_IMAGE_PIXELS {
+        return Err(ModelError::image(
+            name,
+            format!(
+                "{w}x{h} is {pixels} pixels, more than the limit of {MAX_IMAGE_PIXELS} ({} MP)",
+                MAX_IMAGE_PIXELS >> 20
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A JPEG through `blip2-jpeg`: greyscale files become `Luma8` (Pillow mode "L"), all others
@@ -113,7 +149,7 @@ pub fn load_image_from_bytes_with(
 fn decode_jpeg(bytes: &[u8], name: &str, opts: &ImageLoadOptions) -> Result<DynamicImage> {
     let jopts = blip2_jpeg::DecodeOptions {
         apply_exif_orientation: opts.apply_exif_orientation,
-        ..blip2_jpeg::DecodeOptions::default()
+        max_pixels: MAX_IMAGE_PIXELS,
     };
     let img = blip2_jpeg::decode(bytes, &jopts)
         .map_err(|e| ModelError::image(name, format!("cannot decode JPEG: {e}")))?;

@@ -117,6 +117,11 @@ impl QFormer {
         let eps = cfg.layer_norm_eps;
         let act = activation(&cfg.hidden_act)?;
         let q = vb.pp("qformer");
+        q.check_layer_count(
+            "encoder.layer",
+            cfg.num_hidden_layers,
+            "qformer_config.num_hidden_layers",
+        )?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = q.pp("encoder.layer").pp(i.to_string());

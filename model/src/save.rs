@@ -312,7 +312,8 @@ pub fn quantize_dir(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Result<Qu
         written.push(path);
     }
     let cfg_path = src.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+    let text =
+        crate::limits::read_text_bounded(&cfg_path, crate::limits::MAX_JSON_BYTES, "config")?;
     let mut cfg: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::config(&cfg_path, "", format!("invalid JSON: {e}")))?;
     let obj = cfg

@@ -91,7 +91,8 @@ fn read_json_opt(path: &Path) -> Result<Option<serde_json::Map<String, Value>>> 
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    let text =
+        crate::limits::read_text_bounded(path, crate::limits::MAX_JSON_BYTES, "tokenizer config")?;
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(m)) => Ok(Some(m)),
         Ok(_) => Err(ModelError::tokenizer(path, "expected a JSON object")),
@@ -111,7 +112,8 @@ impl Blip2Tokenizer {
                 "file not found (a fast-tokenizer tokenizer.json is required)",
             ));
         }
-        let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+        let bytes =
+            crate::limits::read_bounded(&path, crate::limits::MAX_TOKENIZER_BYTES, "tokenizer")?;
         let config = read_json_opt(&dir.join("tokenizer_config.json"))?;
         let special = read_json_opt(&dir.join("special_tokens_map.json"))?;
         Self::from_parts(&bytes, &path, config.as_ref(), special.as_ref())

@@ -35,6 +35,11 @@ impl VisionModel {
         let p = cfg.patch_size;
         let n_pos = (cfg.image_size / p) * (cfg.image_size / p) + 1;
         let emb = vb.pp("embeddings");
+        vb.check_layer_count(
+            "encoder.layers",
+            cfg.num_hidden_layers,
+            "vision_config.num_hidden_layers",
+        )?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = vb.pp("encoder.layers").pp(i.to_string());

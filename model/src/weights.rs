@@ -265,7 +265,8 @@ impl Checkpoint {
 
     /// Opens the shards listed in a `model.safetensors.index.json`.
     pub fn open_index(index: &Path) -> Result<Checkpoint> {
-        let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+        let text =
+            crate::limits::read_text_bounded(index, crate::limits::MAX_JSON_BYTES, "shard index")?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::config(index, "", format!("invalid JSON: {e}")))?;
         let map = v
@@ -667,6 +668,49 @@ impl<'a> WeightLoader<'a> {
             (false, true) => self.prefix.clone(),
             (false, false) => format!("{}.{name}", self.prefix),
         }
+    }
+
+    /// Checks a configured layer count against the layers the checkpoint holds under
+    /// `prefix.name.{i}.`, before a model allocates anything for them: a count that
+    /// disagrees (10^12 layers, or 0 with layer weights present) is an error naming the
+    /// config key, not an allocation failure or a million "missing tensor" lines. Random
+    /// weights have every layer.
+    pub fn check_layer_count(&self, name: &str, configured: usize, key: &str) -> Result<()> {
+        if self.ckpt.random.is_some() {
+            return Ok(());
+        }
+        let stem = format!("{}.", self.full_name(name));
+        let mut present = std::collections::BTreeSet::new();
+        for n in self.ckpt.names.keys() {
+            if let Some(rest) = n.strip_prefix(&stem)
+                && let Some((i, _)) = rest.split_once('.')
+                && let Ok(i) = i.parse::<usize>()
+            {
+                present.insert(i);
+            }
+        }
+        let found = present.len();
+        let contiguous = present.iter().enumerate().all(|(k, &i)| k == i);
+        if found == configured && contiguous {
+            return Ok(());
+        }
+        let held = match (present.first(), present.last()) {
+            (Some(a), Some(b)) if contiguous => format!("{found} layers ({stem}{a} to {stem}{b})"),
+            (Some(_), Some(_)) => format!(
+                "{found} layers with gaps in their numbering ({})",
+                present
+                    .iter()
+                    .take(8)
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => format!("no layers under {stem}*"),
+        };
+        Err(ModelError::checkpoint(
+            &self.ckpt.path,
+            format!("config key {key} is {configured} but the checkpoint holds {held}"),
+        ))
     }
 
     /// Whether `prefix.name` is in the checkpoint.

@@ -1,6 +1,6 @@
 //! Options shared by the subcommands that load a model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -32,6 +32,67 @@ pub struct ModelOpts {
     /// see the stored (unrotated) pixels.
     #[arg(long)]
     pub exif_orientation: bool,
+    /// Over many images (caption, rank): stop at the first image that fails instead of
+    /// reporting it and going on.
+    #[arg(long)]
+    pub fail_fast: bool,
+}
+
+/// The failed inputs of a command over many images. Each is reported as it happens (one
+/// `error: PATH: reason` line on stderr, and with `--json` a `{"image", "error"}` record
+/// among the results) and the run goes on; [`Failures::finish`] makes the exit status
+/// non-zero if any failed. With `--fail-fast` the first failure ends the command.
+pub struct Failures {
+    failed: usize,
+    total: usize,
+    json: bool,
+    fail_fast: bool,
+}
+
+impl Failures {
+    pub fn new(o: &ModelOpts, total: usize) -> Failures {
+        Failures {
+            failed: 0,
+            total,
+            json: o.json,
+            fail_fast: o.fail_fast,
+        }
+    }
+
+    pub fn report(&mut self, input: &Path, e: anyhow::Error) -> anyhow::Result<()> {
+        let e =
+            if input.as_os_str() == "-" || error_chain(&e).contains(&input.display().to_string()) {
+                e
+            } else {
+                e.context(input.display().to_string())
+            };
+        if self.fail_fast {
+            return Err(e);
+        }
+        self.failed += 1;
+        let msg = error_chain(&e);
+        eprintln!("error: {msg}");
+        if self.json {
+            use std::io::Write;
+            let v = serde_json::json!({
+                "image": input.display().to_string(),
+                "error": msg,
+            });
+            writeln!(std::io::stdout().lock(), "{v}")?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> anyhow::Result<()> {
+        if self.failed > 0 {
+            anyhow::bail!(
+                "{} of {} images failed (each is reported above)",
+                self.failed,
+                self.total
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -160,10 +221,16 @@ pub fn load_timed<T>(
 
 /// Loads the checkpoint of `o` (the embedded demo model without `--model`).
 pub fn load_model(o: &ModelOpts) -> anyhow::Result<(Blip2, Duration)> {
-    load_timed(o, |opts| match &o.model {
+    let (model, load) = load_timed(o, |opts| match &o.model {
         Some(dir) => Blip2::load(dir, opts).with_context(|| format!("loading {}", dir.display())),
         None => blip2::demo::load_demo(opts).context("loading the embedded demo model"),
-    })
+    })?;
+    if !o.quiet {
+        for n in model.notes() {
+            eprintln!("note: {n}");
+        }
+    }
+    Ok((model, load))
 }
 
 /// One line of stage timings for a terminal reader.
@@ -240,12 +307,32 @@ pub fn open_image(
         apply_exif_orientation: o.exif_orientation,
     };
     if path.as_os_str() == "-" {
-        use std::io::Read;
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("reading image bytes from stdin")?;
+        use blip2::model::limits;
+        let bytes = limits::read_stream_bounded(
+            std::io::stdin(),
+            limits::MAX_IMAGE_BYTES,
+            "image",
+            "<stdin>",
+        )?;
         return Ok(blip2::load_image_from_bytes_with(&bytes, "<stdin>", &opts)?);
     }
-    blip2::load_image_with(path, &opts).with_context(|| format!("reading {}", path.display()))
+    // The library's errors name the file already.
+    Ok(blip2::load_image_with(path, &opts)?)
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text the message
+/// already ends with (the library's errors name their source in their own text, e.g. an
+/// I/O error after the file name, and also expose it as `source()`).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }

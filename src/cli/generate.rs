@@ -10,7 +10,9 @@ use blip2::{
 };
 use clap::{Args, ValueEnum};
 
-use super::common::{ModelOpts, expand_images, load_model, ms, open_image, timing_summary};
+use super::common::{
+    Failures, ModelOpts, expand_images, load_model, ms, open_image, timing_summary,
+};
 
 #[derive(Args, Clone, Debug)]
 pub struct GenOpts {
@@ -112,41 +114,73 @@ pub fn caption(
     // With several images each plain-text line says which image it is about.
     let labelled = images.len() > 1;
     let (model, load, cfg) = setup(o)?;
+    // Tokens are streamed to a terminal only; a file or pipe gets whole lines.
+    let stream = !o.model.json && std::io::stdout().is_terminal();
+    let mut failures = Failures::new(&o.model, images.len());
     for chunk in images.chunks(batch_size) {
-        let imgs = chunk
-            .iter()
-            .map(|p| open_image(p, &o.model))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if chunk.len() == 1 && !o.model.json {
+        let mut paths = Vec::with_capacity(chunk.len());
+        let mut imgs = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            match open_image(p, &o.model) {
+                Ok(img) => {
+                    paths.push(p.as_path());
+                    imgs.push(img);
+                }
+                Err(e) => failures.report(p, e)?,
+            }
+        }
+        if imgs.is_empty() {
+            continue;
+        }
+        if imgs.len() == 1 && stream {
             if labelled {
                 let mut out = std::io::stdout().lock();
-                write!(out, "{}: ", chunk[0].display())?;
+                write!(out, "{}: ", paths[0].display())?;
                 out.flush()?;
             }
-            let feats = model.image_features(&[&imgs[0]])?;
-            let gens = print_streamed(
-                |on| model.generate_from_features_with(&feats, &[prompt], &cfg, on),
-                &model,
-                &cfg,
-            )?;
-            summary(load, &gens, o);
+            let run = model
+                .image_features(&[&imgs[0]])
+                .map_err(anyhow::Error::from)
+                .and_then(|feats| {
+                    print_streamed(
+                        |on| model.generate_from_features_with(&feats, &[prompt], &cfg, on),
+                        &model,
+                        &cfg,
+                    )
+                });
+            match run {
+                Ok(gens) => summary(load, &gens, o),
+                Err(e) => {
+                    if labelled {
+                        writeln!(std::io::stdout().lock())?;
+                    }
+                    failures.report(paths[0], e)?;
+                }
+            }
             continue;
         }
         let refs: Vec<&blip2::image::DynamicImage> = imgs.iter().collect();
-        let feats = model.image_features(&refs)?;
-        let gens = model.generate_from_features_with(
-            &feats,
-            &vec![prompt; chunk.len()],
-            &cfg,
-            &mut |_| {},
-        )?;
-        for (path, g) in chunk.iter().zip(&gens) {
-            let label = labelled.then_some(path.as_path());
+        let run = model.image_features(&refs).and_then(|feats| {
+            model.generate_from_features_with(&feats, &vec![prompt; refs.len()], &cfg, &mut |_| {})
+        });
+        let gens = match run {
+            Ok(gens) => gens,
+            Err(e) => {
+                // The batch failed as a whole (e.g. non-finite logits): every image in it.
+                let msg = super::common::error_chain(&anyhow::Error::from(e));
+                for p in &paths {
+                    failures.report(p, anyhow::anyhow!("{msg}"))?;
+                }
+                continue;
+            }
+        };
+        for (path, g) in paths.iter().zip(&gens) {
+            let label = labelled.then_some(*path);
             print_result(json_record(path, None, g, load, &cfg), g, label, o)?;
         }
         summary(load, &gens, o);
     }
-    Ok(())
+    failures.finish()
 }
 
 pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
@@ -156,7 +190,7 @@ pub fn ask(image: &Path, question: &str, o: &GenOpts) -> anyhow::Result<()> {
     let question = question.trim();
     let prompt = blip2::vqa_prompt(question);
     let feats = model.image_features(&[&img])?;
-    if o.model.json {
+    if o.model.json || !std::io::stdout().is_terminal() {
         let g = model
             .generate_from_features_with(&feats, &[Some(&prompt)], &cfg, &mut |_| {})?
             .remove(0);
@@ -196,6 +230,7 @@ pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
         );
     }
     let mut lines = stdin.lock().lines();
+    let mut failed = 0usize;
     loop {
         if interactive {
             eprint!("> ");
@@ -211,17 +246,40 @@ pub fn chat(image: &Path, o: &GenOpts) -> anyhow::Result<()> {
             chat.clear();
             continue;
         }
-        if o.model.json {
-            let g = chat.ask_with(q, &cfg, &mut |_| {})?;
-            print_result(json_record(image, Some(q), &g, load, &cfg), &g, None, o)?;
+        // A failed turn (e.g. a question too long for the model) is reported and the
+        // session goes on.
+        let turn = if o.model.json || !std::io::stdout().is_terminal() {
+            chat.ask_with(q, &cfg, &mut |_| {})
+                .map_err(anyhow::Error::from)
+                .and_then(|g| {
+                    print_result(json_record(image, Some(q), &g, load, &cfg), &g, None, o)
+                })
         } else {
-            let gens = print_streamed(
+            print_streamed(
                 |on| chat.ask_with(q, &cfg, on).map(|g| vec![g]),
                 &model,
                 &cfg,
-            )?;
-            summary(load, &gens, o);
+            )
+            .map(|gens| summary(load, &gens, o))
+        };
+        if let Err(e) = turn {
+            failed += 1;
+            eprintln!("error: {}", super::common::error_chain(&e));
+            if o.model.fail_fast {
+                break;
+            }
+            continue;
         }
+        if chat.dropped_turns() > 0 && !o.model.quiet {
+            eprintln!(
+                "note: the {} oldest of {} earlier turns no longer fit the model and were left out of this answer's prompt",
+                chat.dropped_turns(),
+                chat.turns().len() - 1
+            );
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} questions failed (each is reported above)");
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use blip2::Blip2Retrieval;
 
-use super::common::{ModelOpts, expand_images, load_timed, ms, open_image};
+use super::common::{Failures, ModelOpts, expand_images, load_timed, ms, open_image};
 
 /// Loads the retrieval checkpoint of `o` and returns it with the load time. A captioning
 /// checkpoint fails here with the library's "has no retrieval heads" error.
@@ -69,12 +69,19 @@ pub fn rank(images: &[PathBuf], texts_file: &Path, o: &ModelOpts) -> anyhow::Res
     let texts = read_texts(texts_file)?;
     let images = expand_images(images)?;
     let (model, load) = load_retrieval(o)?;
-    let mut out = std::io::stdout().lock();
+    let mut failures = Failures::new(o, images.len());
     for path in &images {
-        let img = open_image(path, o)?;
         let t = Instant::now();
-        let ranked = model.rank(&img, &texts)?;
+        let run = open_image(path, o).and_then(|img| Ok(model.rank(&img, &texts)?));
+        let ranked = match run {
+            Ok(r) => r,
+            Err(e) => {
+                failures.report(path, e)?;
+                continue;
+            }
+        };
         let took = t.elapsed();
+        let mut out = std::io::stdout().lock();
         if o.json {
             let ranking: Vec<_> = ranked
                 .iter()
@@ -109,5 +116,5 @@ pub fn rank(images: &[PathBuf], texts_file: &Path, o: &ModelOpts) -> anyhow::Res
             }
         }
     }
-    Ok(())
+    failures.finish()
 }

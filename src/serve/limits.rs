@@ -164,7 +164,9 @@ pub fn from_model_error(e: &blip2::Error) -> ApiError {
     use blip2::Error as E;
     match e {
         E::Image { .. } => ApiError::bad_image(e.to_string()),
+        E::TooLarge { what, .. } if what == "image" => ApiError::bad_image(e.to_string()),
         E::Invalid(_) => ApiError::invalid("invalid_parameter", e.to_string()),
+        E::PromptTooLong { .. } => ApiError::invalid("prompt_too_long", e.to_string()),
         _ => ApiError::internal(e.to_string()),
     }
 }

@@ -108,8 +108,10 @@ impl Fail {
 fn status_of(e: &Error) -> Blip2Status {
     use blip2::engine::Error as E;
     match e {
-        Error::Invalid(_) => Blip2Status::InvalidArgument,
+        Error::Invalid(_) | Error::PromptTooLong { .. } => Blip2Status::InvalidArgument,
         Error::Image { .. } => Blip2Status::Image,
+        Error::TooLarge { what, .. } if what == "image" => Blip2Status::Image,
+        Error::TooLarge { .. } => Blip2Status::Checkpoint,
         Error::Config { .. }
         | Error::Checkpoint { .. }
         | Error::Weights(_)

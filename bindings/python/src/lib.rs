@@ -49,7 +49,11 @@ fn py_err(e: Error) -> PyErr {
     use blip2::engine::Error as E;
     let msg = e.to_string();
     match &e {
-        Error::Invalid(_) | Error::Image { .. } => InvalidInputError::new_err(msg),
+        Error::Invalid(_) | Error::Image { .. } | Error::PromptTooLong { .. } => {
+            InvalidInputError::new_err(msg)
+        }
+        Error::TooLarge { what, .. } if what == "image" => InvalidInputError::new_err(msg),
+        Error::TooLarge { .. } => CheckpointError::new_err(msg),
         Error::Config { .. }
         | Error::Checkpoint { .. }
         | Error::Weights(_)

@@ -5,9 +5,12 @@
 //! - `processor`: the image-processor settings;
 //! - `presets`: configs at the published sizes for random-weight benchmarks;
 //! - `validate`: invariants checked once at parse time;
+//! - `generation_file`: `generation_config.json`, which BLIP-2 generation ignores as
+//!   transformers does (its differing settings become notes);
 //! - `json`: the typed JSON reader whose errors name the file and the dotted key
 //!   (`config.json: key 'text_config.d_model': expected an unsigned integer, found "abc"`).
 
+pub mod generation_file;
 pub(crate) mod json;
 pub mod presets;
 pub mod processor;

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::json::{Obj, parse_json};
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::preprocess::Filter;
 
 /// Settings of `BlipImageProcessor`.
@@ -143,8 +143,11 @@ impl ProcessorConfig {
         let mut num_query_tokens = None;
         let proc_path = dir.join("processor_config.json");
         if proc_path.is_file() {
-            let text =
-                std::fs::read_to_string(&proc_path).map_err(|e| ModelError::io(&proc_path, e))?;
+            let text = crate::limits::read_text_bounded(
+                &proc_path,
+                crate::limits::MAX_JSON_BYTES,
+                "config",
+            )?;
             let (image, n) = Self::from_processor_json(&text, &proc_path)?;
             num_query_tokens = n;
             if let Some(image) = image {
@@ -157,8 +160,11 @@ impl ProcessorConfig {
         }
         let pre_path = dir.join("preprocessor_config.json");
         if pre_path.is_file() {
-            let text =
-                std::fs::read_to_string(&pre_path).map_err(|e| ModelError::io(&pre_path, e))?;
+            let text = crate::limits::read_text_bounded(
+                &pre_path,
+                crate::limits::MAX_JSON_BYTES,
+                "config",
+            )?;
             let v = parse_json(&text, &pre_path)?;
             let o = Obj::root(&pre_path, &v)?;
             if num_query_tokens.is_none() {

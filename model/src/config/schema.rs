@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::json::{Obj, parse_json};
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::lm::TextConfig;
 
 /// `Blip2VisionConfig` (EVA ViT-g/14).
@@ -151,7 +151,7 @@ impl Blip2Config {
 
     pub fn from_file(path: impl AsRef<Path>) -> Result<Blip2Config> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let text = crate::limits::read_text_bounded(path, crate::limits::MAX_JSON_BYTES, "config")?;
         Self::from_json_str(&text, path)
     }
 

@@ -42,6 +42,11 @@ pub trait LmConfig: ConfigObject + fmt::Debug + Send + Sync {
     /// (`text_config.bos_token_id`).
     fn bos_token_id(&self) -> u32;
     fn is_encoder_decoder(&self) -> bool;
+    /// Positions the model can embed (OPT's learned table), `None` when it has no such
+    /// limit (T5's relative buckets).
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
     /// Checks the values the model divides by or indexes with; errors name
     /// `text_config.KEY` in `path`.
     fn validate(&self, path: &Path) -> Result<()>;

@@ -113,6 +113,9 @@ impl LmConfig for OptConfig {
     fn bos_token_id(&self) -> u32 {
         self.bos_token_id
     }
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.max_position_embeddings)
+    }
     fn is_encoder_decoder(&self) -> bool {
         false
     }

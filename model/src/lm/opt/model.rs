@@ -71,6 +71,11 @@ impl Opt {
         }
         let dec = vb.pp("model.decoder");
         let bias = cfg.enable_bias;
+        dec.check_layer_count(
+            "layers",
+            cfg.num_hidden_layers,
+            "text_config.num_hidden_layers",
+        )?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = dec.pp("layers").pp(i.to_string());

@@ -176,6 +176,12 @@ impl T5 {
         let enc = vb.pp("encoder");
         let dec = vb.pp("decoder");
         let eps = cfg.layer_norm_epsilon;
+        enc.check_layer_count("block", cfg.num_layers, "text_config.num_layers")?;
+        dec.check_layer_count(
+            "block",
+            cfg.num_decoder_layers,
+            "text_config.num_decoder_layers",
+        )?;
         let mut enc_blocks = Vec::new();
         for i in 0..cfg.num_layers {
             let b = enc.pp("block").pp(i.to_string());
