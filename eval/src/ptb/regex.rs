@@ -16,6 +16,8 @@ pub struct Class {
     ranges: Vec<(u32, u32)>,
     named: Vec<Named>,
     negated: bool,
+    /// Membership of the ASCII units, filled when the pattern is compiled.
+    ascii: u128,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -26,15 +28,34 @@ enum Named {
 }
 
 impl Class {
-    fn single(c: u32) -> Class {
+    fn new(ranges: Vec<(u32, u32)>, named: Vec<Named>, negated: bool) -> Class {
         Class {
-            ranges: vec![(c, c)],
-            named: Vec::new(),
-            negated: false,
+            ranges,
+            named,
+            negated,
+            ascii: 0,
         }
     }
 
+    fn single(c: u32) -> Class {
+        Class::new(vec![(c, c)], Vec::new(), false)
+    }
+
+    fn with_ascii_table(mut self) -> Class {
+        self.ascii = (0..128u32)
+            .filter(|&u| self.contains_slow(u))
+            .fold(0, |m, u| m | (1u128 << u));
+        self
+    }
+
     fn contains(&self, u: u32) -> bool {
+        if u < 128 {
+            return self.ascii & (1u128 << u) != 0;
+        }
+        self.contains_slow(u)
+    }
+
+    fn contains_slow(&self, u: u32) -> bool {
         let hit = self.ranges.iter().any(|&(a, b)| a <= u && u <= b)
             || self.named.iter().any(|n| named_contains(*n, u));
         hit != self.negated
@@ -209,11 +230,11 @@ impl Parser<'_> {
             }
             '.' => {
                 self.pos += 1;
-                Ok(Node::Class(Class {
-                    ranges: vec![(u32::from('\n'), u32::from('\n'))],
-                    named: Vec::new(),
-                    negated: true,
-                }))
+                Ok(Node::Class(Class::new(
+                    vec![(u32::from('\n'), u32::from('\n'))],
+                    Vec::new(),
+                    true,
+                )))
             }
             '\\' => {
                 let u = self.escape()?;
@@ -258,19 +279,11 @@ impl Parser<'_> {
         ] {
             if rest.starts_with(name) {
                 self.pos += name.chars().count();
-                return Ok(Class {
-                    ranges: Vec::new(),
-                    named: vec![named],
-                    negated: false,
-                });
+                return Ok(Class::new(Vec::new(), vec![named], false));
             }
         }
         self.pos += 1; // [
-        let mut class = Class {
-            ranges: Vec::new(),
-            named: Vec::new(),
-            negated: false,
-        };
+        let mut class = Class::new(Vec::new(), Vec::new(), false);
         if self.peek() == Some('^') {
             class.negated = true;
             self.pos += 1;
@@ -341,6 +354,8 @@ pub struct Regex {
     states: Vec<State>,
     classes: Vec<Class>,
     start: usize,
+    /// The states reachable from `start` without input, to reject a first unit quickly.
+    start_closure: Vec<usize>,
 }
 
 struct Builder {
@@ -358,7 +373,7 @@ impl Builder {
     fn compile(&mut self, node: &Node, next: usize) -> usize {
         match node {
             Node::Class(c) => {
-                self.classes.push(c.clone());
+                self.classes.push(c.clone().with_ascii_table());
                 let id = self.classes.len() - 1;
                 self.push(State::Unit(id, next))
             }
@@ -427,18 +442,36 @@ impl Regex {
         };
         let accept = b.push(State::Accept);
         let start = b.compile(&node, accept);
-        Ok(Regex {
+        let mut re = Regex {
             states: b.states,
             classes: b.classes,
             start,
-        })
+            start_closure: Vec::new(),
+        };
+        let mut scratch = Scratch::default();
+        scratch.reset(re.states.len());
+        let mut closure = Vec::new();
+        re.add(start, &mut closure, &mut scratch);
+        re.start_closure = closure;
+        Ok(re)
     }
 
     /// Every `end` such that `input[start..end]` matches, ascending.
     pub fn match_ends(&self, input: &[u32], start: usize, scratch: &mut Scratch) -> Vec<usize> {
+        // Most rules cannot start with a given unit: answer those without simulating.
+        let can_start = self.start_closure.iter().any(|&s| match self.states[s] {
+            State::Accept => true,
+            State::Unit(class, _) => input.get(start).is_some_and(|&u| self.classes[class].contains(u)),
+            _ => false,
+        });
+        if !can_start {
+            return Vec::new();
+        }
         scratch.reset(self.states.len());
         let mut ends = Vec::new();
-        let mut current = Vec::new();
+        let mut current = std::mem::take(&mut scratch.current);
+        let mut next = std::mem::take(&mut scratch.next);
+        current.clear();
         self.add(self.start, &mut current, scratch);
         let mut pos = start;
         loop {
@@ -446,11 +479,13 @@ impl Regex {
                 ends.push(pos);
             }
             if pos == input.len() || current.is_empty() {
+                scratch.current = current;
+                scratch.next = next;
                 return ends;
             }
             let u = input[pos];
             scratch.generation += 1;
-            let mut next = Vec::new();
+            next.clear();
             for &s in &current {
                 if let State::Unit(class, to) = self.states[s]
                     && self.classes[class].contains(u)
@@ -458,7 +493,7 @@ impl Regex {
                     self.add(to, &mut next, scratch);
                 }
             }
-            current = next;
+            std::mem::swap(&mut current, &mut next);
             pos += 1;
         }
     }
@@ -489,6 +524,8 @@ impl Regex {
 pub struct Scratch {
     seen: Vec<u64>,
     generation: u64,
+    current: Vec<usize>,
+    next: Vec<usize>,
 }
 
 impl Scratch {
