@@ -148,11 +148,20 @@ mod tests {
     #[test]
     fn matching_caption_beats_unrelated() {
         let refs = vec![
-            vec!["a dog on the grass".to_string(), "a brown dog on grass".to_string()],
-            vec!["a red car on a street".to_string(), "a car parked outside".to_string()],
+            vec![
+                "a dog on the grass".to_string(),
+                "a brown dog on grass".to_string(),
+            ],
+            vec![
+                "a red car on a street".to_string(),
+                "a car parked outside".to_string(),
+            ],
         ];
         let s = cider(
-            &["a dog on the grass".to_string(), "a dog on the grass".to_string()],
+            &[
+                "a dog on the grass".to_string(),
+                "a dog on the grass".to_string(),
+            ],
             &refs,
         );
         assert!(s.per_image[0] > s.per_image[1]);

@@ -11,7 +11,11 @@ pub enum EvalError {
         source: std::io::Error,
     },
     #[error("{} is {size} bytes, over the {limit}-byte limit for an evaluation file", path.display())]
-    TooLarge { path: PathBuf, size: u64, limit: u64 },
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("{}: line {line}: invalid JSON: {source}", path.display())]
     Json {
         path: PathBuf,

@@ -269,7 +269,11 @@ pub fn read_vqa_predictions(path: &Path) -> Result<Vec<(String, String, String)>
     let mut out = Vec::new();
     let mut push = |row: &Row| -> Result<(), EvalError> {
         if row.obj.contains_key("question_id") {
-            out.push((row.id("question_id")?, row.string("answer")?, row.row.clone()));
+            out.push((
+                row.id("question_id")?,
+                row.string("answer")?,
+                row.row.clone(),
+            ));
         } else {
             if row.optional_string("error")?.is_some() {
                 return Ok(());
@@ -392,7 +396,10 @@ fn question(row: &Row) -> Result<Question, EvalError> {
             other => {
                 return Err(row.err(
                     "answers",
-                    format!("answers[{i}]: expected a string or an object, found {}", kind(other)),
+                    format!(
+                        "answers[{i}]: expected a string or an object, found {}",
+                        kind(other)
+                    ),
                 ));
             }
         }

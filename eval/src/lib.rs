@@ -16,8 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 pub use error::EvalError;
-use vqa::Question;
 use formats::CaptionFile;
+use vqa::Question;
 
 /// How many ids an id-mismatch error lists.
 const IDS_SHOWN: usize = 5;
@@ -90,16 +90,22 @@ pub fn tokenize_pair(
             });
         }
     }
+    // Predicted images in first-seen order, each with its rows.
+    let mut pred_order: Vec<&str> = Vec::new();
     let mut pred_by_image: HashMap<&str, Vec<&formats::CaptionRecord>> = HashMap::new();
     for p in &predictions.records {
-        pred_by_image.entry(p.image_id.as_str()).or_default().push(p);
+        let rows = pred_by_image.entry(p.image_id.as_str()).or_default();
+        if rows.is_empty() {
+            pred_order.push(p.image_id.as_str());
+        }
+        rows.push(p);
     }
-    for id in &predictions.image_order {
-        let rows = &pred_by_image[id.as_str()];
+    for id in &pred_order {
+        let rows = &pred_by_image[id];
         if rows.len() > 1 {
             return Err(EvalError::DuplicatePrediction {
                 path: predictions_path.to_path_buf(),
-                id: id.clone(),
+                id: id.to_string(),
                 count: rows.len(),
                 rows: rows
                     .iter()
@@ -115,17 +121,25 @@ pub fn tokenize_pair(
         .iter()
         .filter(|id| !pred_by_image.contains_key(id.as_str()))
         .collect();
-    let unknown: Vec<&String> = predictions
-        .image_order
+    let unknown: Vec<&str> = pred_order
         .iter()
-        .filter(|id| !known.contains(id.as_str()))
+        .copied()
+        .filter(|id| !known.contains(id))
         .collect();
     if !missing.is_empty() || !unknown.is_empty() {
         return Err(EvalError::IdMismatch {
             what: "image ids",
-            missing: missing.iter().take(IDS_SHOWN).map(|s| s.to_string()).collect(),
+            missing: missing
+                .iter()
+                .take(IDS_SHOWN)
+                .map(|s| s.to_string())
+                .collect(),
             missing_count: missing.len(),
-            unknown: unknown.iter().take(IDS_SHOWN).map(|s| s.to_string()).collect(),
+            unknown: unknown
+                .iter()
+                .take(IDS_SHOWN)
+                .map(|s| s.to_string())
+                .collect(),
             unknown_count: unknown.len(),
         });
     }
@@ -269,5 +283,3 @@ pub fn evaluate_vqa_files(
         question_ids: qs.iter().map(|q| q.question_id.clone()).collect(),
     })
 }
-
-

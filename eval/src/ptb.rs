@@ -86,7 +86,12 @@ pub fn lex(text: &str) -> Vec<Lexeme> {
             pos += 1;
             continue;
         };
-        let text = String::from_utf16_lossy(&units[pos..end].iter().map(|&u| u as u16).collect::<Vec<_>>());
+        let text = String::from_utf16_lossy(
+            &units[pos..end]
+                .iter()
+                .map(|&u| u as u16)
+                .collect::<Vec<_>>(),
+        );
         let (token, consumed) = apply(rules[index].action, text, end - pos);
         match token {
             Some(Lexeme::Token(t)) => out.push(Lexeme::Token(t)),
@@ -100,7 +105,12 @@ pub fn lex(text: &str) -> Vec<Lexeme> {
 
 /// Where `rule` matches at `pos`: (end of its own text, end including the trailing context).
 /// For `r1/r2` the longest whole match wins, and of the splits giving it the longest `r1`.
-fn rule_match(rule: &Rule, units: &[u32], pos: usize, scratch: &mut Scratch) -> Option<(usize, usize)> {
+fn rule_match(
+    rule: &Rule,
+    units: &[u32],
+    pos: usize,
+    scratch: &mut Scratch,
+) -> Option<(usize, usize)> {
     match &rule.trailing {
         None => rule.pattern.longest(units, pos, scratch).map(|e| (e, e)),
         Some(trailing) => {
@@ -214,7 +224,11 @@ fn normalize_amp(s: &str) -> String {
 /// CoreNLP's `latexQuotes`: ASCII quotes by the side they probably stand on, curly and
 /// CP1252 quotes by their shape.
 fn latex_quotes(s: &str, probably_left: bool) -> String {
-    let (single, double) = if probably_left { ("`", "``") } else { ("'", "''") };
+    let (single, double) = if probably_left {
+        ("`", "``")
+    } else {
+        ("'", "''")
+    };
     let s = s.replace("&apos;", single).replace('\'', single);
     let s = s.replace('"', double).replace("&quot;", double);
     s.replace(['\u{91}', '\u{2018}', '\u{201B}', '\u{2039}'], "`")

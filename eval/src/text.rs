@@ -102,7 +102,10 @@ mod tests {
 
     #[test]
     fn python_rules() {
-        assert_eq!(py_split(" a\u{a0}b\tc  ").collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            py_split(" a\u{a0}b\tc  ").collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         assert_eq!(py_rstrip("a b \u{1f}"), "a b");
         // round(2.675, 2) == 2.67 in Python (the double is below 2.675).
         assert_eq!(py_round2(2.675), 2.67);

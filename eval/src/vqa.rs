@@ -45,7 +45,8 @@ pub struct VqaScores {
     pub overall_unrounded: f64,
     /// Per answer type, in first-seen order, rounded like `overall`.
     pub per_answer_type: Vec<(String, f64)>,
-    /// Per question type, in first-seen order, rounded like `overall`.
+    /// Per question type, in first-seen order, rounded like `overall` (questions without a
+    /// type are left out).
     pub per_question_type: Vec<(String, f64)>,
     /// Per question (input order): the unrounded mean leave-one-out accuracy in [0, 1].
     pub per_question: Vec<f64>,
@@ -295,7 +296,10 @@ pub fn evaluate(questions: &[Question], predictions: &[String]) -> VqaScores {
         let avg = gt_acc.iter().sum::<f64>() / gt_acc.len() as f64;
         per_question.push(avg);
         push_group(&mut by_answer_type, &q.answer_type, avg);
-        push_group(&mut by_question_type, &q.question_type, avg);
+        // JSONL annotations may leave the question type out: no group for those.
+        if !q.question_type.is_empty() {
+            push_group(&mut by_question_type, &q.question_type, avg);
+        }
     }
     let mean = |v: &[f64]| 100.0 * v.iter().sum::<f64>() / v.len() as f64;
     let overall_unrounded = mean(&per_question);

@@ -7,13 +7,15 @@
 
 use std::path::{Path, PathBuf};
 
-use blip2_eval::{formats, ptb, tokenize_pair, score_tokenized};
+use blip2_eval::{formats, ptb, score_tokenized, tokenize_pair};
 use serde_json::Value;
 
 const TOL: f64 = 1e-6;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/eval").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/eval")
+        .join(name)
 }
 
 fn load(name: &str) -> Value {
@@ -36,10 +38,47 @@ fn tokenizer_matches_corenlp_line_by_line() {
     for (i, c) in cases.iter().enumerate() {
         let want = c["tokenized"].as_str().unwrap();
         if ours[i] != want {
-            bad.push(format!("{:?}\n   ours: {:?}\n   java: {:?}", inputs[i], ours[i], want));
+            bad.push(format!(
+                "{:?}\n   ours: {:?}\n   java: {:?}",
+                inputs[i], ours[i], want
+            ));
         }
     }
-    assert!(bad.is_empty(), "{} of {} lines differ:\n{}", bad.len(), cases.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {} lines differ:\n{}",
+        bad.len(),
+        cases.len(),
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn tokenizer_matches_corenlp_on_random_lines() {
+    let all = load("ptb_fuzz_expected.json");
+    for batch in ["plain", "with_breaks"] {
+        let cases = all[batch].as_array().unwrap();
+        let inputs: Vec<&str> = cases.iter().map(|c| c["input"].as_str().unwrap()).collect();
+        let ours = ptb::tokenize_captions(&inputs);
+        let bad: Vec<String> = cases
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| ours[*i] != c["tokenized"].as_str().unwrap())
+            .map(|(i, c)| {
+                format!(
+                    "{:?}\n   ours: {:?}\n   java: {}",
+                    inputs[i], ours[i], c["tokenized"]
+                )
+            })
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{batch}: {} of {} lines differ:\n{}",
+            bad.len(),
+            cases.len(),
+            bad.join("\n")
+        );
+    }
 }
 
 fn caption_run(pred: &str, refs: &str) -> blip2_eval::Tokenized {
@@ -52,22 +91,48 @@ fn caption_run(pred: &str, refs: &str) -> blip2_eval::Tokenized {
 fn caption_tokens_match_pycocoevalcap() {
     let want = load("captions_expected.json");
     let t = caption_run("captions_predictions.json", "captions_references.json");
-    let ids: Vec<&str> = want["image_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let ids: Vec<&str> = want["image_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(t.image_ids, ids);
     let mut bad = Vec::new();
-    for (i, w) in want["tokenized_predictions"].as_array().unwrap().iter().enumerate() {
+    for (i, w) in want["tokenized_predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         if t.predictions[i] != w.as_str().unwrap() {
-            bad.push(format!("prediction of {}: ours {:?}, java {:?}", ids[i], t.predictions[i], w));
+            bad.push(format!(
+                "prediction of {}: ours {:?}, java {:?}",
+                ids[i], t.predictions[i], w
+            ));
         }
     }
-    for (i, refs) in want["tokenized_references"].as_array().unwrap().iter().enumerate() {
+    for (i, refs) in want["tokenized_references"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         for (j, w) in refs.as_array().unwrap().iter().enumerate() {
             if t.references[i][j] != w.as_str().unwrap() {
-                bad.push(format!("reference {j} of {}: ours {:?}, java {:?}", ids[i], t.references[i][j], w));
+                bad.push(format!(
+                    "reference {j} of {}: ours {:?}, java {:?}",
+                    ids[i], t.references[i][j], w
+                ));
             }
         }
     }
-    assert!(bad.is_empty(), "{} captions differ:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} captions differ:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -79,20 +144,35 @@ fn per_image_and_corpus_scores_match_pycocoevalcap() {
         let id = w["image_id"].as_str().unwrap();
         assert_eq!(report.per_image[i].image_id, id);
         for k in 0..4 {
-            close(report.per_image[i].bleu[k], w["Bleu"][k].as_f64().unwrap(), &format!("{id} Bleu_{}", k + 1));
+            close(
+                report.per_image[i].bleu[k],
+                w["Bleu"][k].as_f64().unwrap(),
+                &format!("{id} Bleu_{}", k + 1),
+            );
         }
-        close(report.per_image[i].cider, w["CIDEr"].as_f64().unwrap(), &format!("{id} CIDEr"));
+        close(
+            report.per_image[i].cider,
+            w["CIDEr"].as_f64().unwrap(),
+            &format!("{id} CIDEr"),
+        );
     }
     let c = &want["corpus"];
     for k in 0..4 {
-        close(report.bleu[k], c[format!("Bleu_{}", k + 1)].as_f64().unwrap(), "corpus BLEU");
+        close(
+            report.bleu[k],
+            c[format!("Bleu_{}", k + 1)].as_f64().unwrap(),
+            "corpus BLEU",
+        );
     }
     close(report.cider, c["CIDEr"].as_f64().unwrap(), "corpus CIDEr");
 }
 
 #[test]
 fn every_caption_format_gives_the_same_scores() {
-    let base = score_tokenized(&caption_run("captions_predictions.json", "captions_references.json"));
+    let base = score_tokenized(&caption_run(
+        "captions_predictions.json",
+        "captions_references.json",
+    ));
     // The JSONL rows of `blip2 dataset caption` (two failed rows skipped) and the references
     // as a results-style list: same images, same order of captions, same numbers.
     let report = blip2_eval::evaluate_caption_files(
@@ -112,20 +192,41 @@ fn vqa_matches_the_official_algorithm() {
         ("vqa_predictions.json", "vqa_annotations.json"),
         ("vqa_predictions.jsonl", "vqa_annotations.jsonl"),
     ] {
-        let r = blip2_eval::evaluate_vqa_files(&fixture(pred), &fixture(ann), Some(&fixture("vqa_questions.json"))).unwrap();
+        let r = blip2_eval::evaluate_vqa_files(
+            &fixture(pred),
+            &fixture(ann),
+            Some(&fixture("vqa_questions.json")),
+        )
+        .unwrap();
         let s = &r.scores;
         // Rounded percentages are compared exactly: same doubles, same rounding rule.
         assert_eq!(s.overall, want["overall"].as_f64().unwrap(), "{pred}");
-        close(s.overall_unrounded, want["overall_unrounded"].as_f64().unwrap(), "unrounded");
+        close(
+            s.overall_unrounded,
+            want["overall_unrounded"].as_f64().unwrap(),
+            "unrounded",
+        );
         for (t, v) in &s.per_answer_type {
             assert_eq!(*v, want["perAnswerType"][t].as_f64().unwrap(), "{t}");
         }
-        assert_eq!(s.per_answer_type.len(), want["perAnswerType"].as_object().unwrap().len());
+        assert_eq!(
+            s.per_answer_type.len(),
+            want["perAnswerType"].as_object().unwrap().len()
+        );
         for (t, v) in &s.per_question_type {
             assert_eq!(*v, want["perQuestionType"][t].as_f64().unwrap(), "{t}");
         }
-        for (i, w) in want["per_question_unrounded"].as_array().unwrap().iter().enumerate() {
-            close(s.per_question[i], w.as_f64().unwrap(), &format!("question {}", r.question_ids[i]));
+        for (i, w) in want["per_question_unrounded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            close(
+                s.per_question[i],
+                w.as_f64().unwrap(),
+                &format!("question {}", r.question_ids[i]),
+            );
         }
     }
 }

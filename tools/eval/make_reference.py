@@ -200,6 +200,39 @@ def tokenizer_lines():
     return [{"input": line, "tokenized": out[i][0]} for i, line in enumerate(lines)]
 
 
+# Pieces for random lines: words, clitics, quotes, dashes, brackets, numbers, abbreviations,
+# URLs, entities, non-ASCII and non-BMP characters, and the line breaks the lexer knows.
+FUZZ_ATOMS = ["a", "dog", "Dog", "DOG", "man", "s", "t", "n", "'", "'s", "n't", "\u2019", "\u2018", "\"",
+    "\u201c", "\u201d", "-", "--", "---", "_", ".", "..", "...", ",", ";", ":", "!", "?", "(", ")", "[", "]",
+    "{", "}", "<", ">", "/", "\\", "*", "&", "&amp;", "#", "@", "$", "%", "+", "=", "~", "^", "|", "1", "2",
+    "10", "3.5", "1,000", "3:30", "\u00bd", "\u00e9", "\u00fc", "\u4e2d", "\U0001f436", "\u03a9", "\u00df",
+    "\u0130", "\u00a0", "\u00ad", "\t", "co", "etc", "Mr", "U.S", "p.m", "e.g", "ca", "no", "vs", "www",
+    "com", "http://x.org", "x@y.com", "I", "A", "The", "He", "It", "We", "cannot", "gonna", "y", "o", "d",
+    "l", "ll", "re", "ve", "m", "90s", "'90s", "cont'd", "i.e", "Inc", "Calif", "Jan", "St", "Ph.D",
+    "\u2013", "\u00ab", "\u00bb", "\u2026", "\u00a2", "\u00a3", "\u20ac", "\u200b", "\ufeff", ":)",
+    ";-(", "^_^", "(-_-)", "C++", "c#", "x-ray", "1/2", "12/25/2014", "555-123-4567", "(555) 123-4567",
+    "S&P-500", "AT&T", "&quot;", "&apos;", "<br>", "<a href=\"x\">", "&mdash;", "&nbsp;", "\x7f", "\x00"]
+FUZZ_BREAKS = ["\r", "\u2028", "\u0085", "\x0b", "\x0c"]
+
+
+def fuzz_lines(rng, n, breaks):
+    atoms = FUZZ_ATOMS + (FUZZ_BREAKS if breaks else [])
+    lines = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 8)):
+            parts.append(rng.choice(atoms))
+            parts.append(rng.choice(["", " ", " ", " ", "  "]))
+        lines.append("".join(parts))
+    return lines
+
+
+def tokenize_batch(lines):
+    """pycocoevalcap's tokenizer over one batch of lines (one tokenizer run)."""
+    out = PTBTokenizer().tokenize({i: [{"caption": line}] for i, line in enumerate(lines)})
+    return [{"input": line, "tokenized": out[i][0]} for i, line in enumerate(lines)]
+
+
 # ----------------------------------------------------------------------------------------
 # VQA: the official algorithm, transcribed
 # ----------------------------------------------------------------------------------------
@@ -389,6 +422,13 @@ def main():
           [{"image_id": a["image_id"], "caption": a["caption"]} for a in refs["annotations"]])
     write("captions_expected.json", caption_reference(refs, results))
     write("ptb_expected.json", tokenizer_lines())
+    # Random lines (own seed): one batch without line breaks, one with (where later lines
+    # shift onto the following captions, as in pycocoevalcap).
+    fuzz_rng = random.Random(SEED + 1)
+    write("ptb_fuzz_expected.json", {
+        "plain": tokenize_batch(fuzz_lines(fuzz_rng, 1500, False)),
+        "with_breaks": tokenize_batch(fuzz_lines(fuzz_rng, 300, True)),
+    })
 
     anns, vqa_results, questions = make_vqa_set(rng)
     write("vqa_annotations.json", {"annotations": anns})
@@ -405,7 +445,7 @@ def main():
     expected["tool"] = "official vqaEval.py algorithm (GT-Vision-Lab/VQA c4e6a0e), transcribed"
     expected["question_ids"] = [str(a["question_id"]) for a in anns]
     write("vqa_expected.json", expected)
-    print(f"wrote {OUT}: caption CIDEr {expected and 'ok'}", file=sys.stderr)
+    print(f"wrote {OUT}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -336,7 +336,11 @@ fn caseless(u: u32) -> Node {
 
 fn single_case(mut it: impl Iterator<Item = char>) -> Option<char> {
     let first = it.next()?;
-    if it.next().is_some() { None } else { Some(first) }
+    if it.next().is_some() {
+        None
+    } else {
+        Some(first)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -461,7 +465,9 @@ impl Regex {
         // Most rules cannot start with a given unit: answer those without simulating.
         let can_start = self.start_closure.iter().any(|&s| match self.states[s] {
             State::Accept => true,
-            State::Unit(class, _) => input.get(start).is_some_and(|&u| self.classes[class].contains(u)),
+            State::Unit(class, _) => input
+                .get(start)
+                .is_some_and(|&u| self.classes[class].contains(u)),
             _ => false,
         });
         if !can_start {
@@ -475,7 +481,10 @@ impl Regex {
         self.add(self.start, &mut current, scratch);
         let mut pos = start;
         loop {
-            if current.iter().any(|&s| matches!(self.states[s], State::Accept)) {
+            if current
+                .iter()
+                .any(|&s| matches!(self.states[s], State::Accept))
+            {
                 ends.push(pos);
             }
             if pos == input.len() || current.is_empty() {
@@ -554,7 +563,11 @@ mod tests {
         assert_eq!(ends("{D}{1,2}", "1234"), vec![1, 2]);
         assert_eq!(ends("{W}", "12x"), vec![3]);
         assert_eq!(ends("can", "CaN"), vec![3], "caseless literal");
-        assert_eq!(ends("[a]b", "Ab"), Vec::<usize>::new(), "classes are case-sensitive");
+        assert_eq!(
+            ends("[a]b", "Ab"),
+            Vec::<usize>::new(),
+            "classes are case-sensitive"
+        );
         assert_eq!(ends("[^][^]", "xyz"), vec![2]);
         assert_eq!(ends("\\u00A0+", "\u{a0}\u{a0}"), vec![1, 2]);
         assert_eq!(ends("[:letter:]+", "é1"), vec![1]);
