@@ -84,16 +84,16 @@ fn vectorize<'a>(counts: &Counts<'a>, df: &HashMap<Vec<&str>, f64>, ref_len: f64
 fn sim(hyp: &Vector, reference: &Vector) -> [f64; N] {
     let delta = hyp.length as f64 - reference.length as f64;
     let mut val = [0.0f64; N];
-    for n in 0..N {
+    for (n, v) in val.iter_mut().enumerate() {
         for (gram, w) in &hyp.weights[n] {
             let r = reference.lookup[n].get(gram).copied().unwrap_or(0.0);
-            val[n] += w.min(r) * r;
+            *v += w.min(r) * r;
         }
         if hyp.norm[n] != 0.0 && reference.norm[n] != 0.0 {
-            val[n] /= hyp.norm[n] * reference.norm[n];
+            *v /= hyp.norm[n] * reference.norm[n];
         }
         // np.e ** (-(delta**2) / (2 * sigma**2))
-        val[n] *= std::f64::consts::E.powf(-(delta * delta) / (2.0 * SIGMA * SIGMA));
+        *v *= std::f64::consts::E.powf(-(delta * delta) / (2.0 * SIGMA * SIGMA));
     }
     val
 }

@@ -72,7 +72,7 @@ pub fn py_round2(x: f64) -> f64 {
     let first_dropped = rest.as_bytes().first().copied().unwrap_or(b'0');
     let beyond_half = rest.bytes().skip(1).any(|b| b != b'0');
     let mut digits: Vec<u8> = format!("{int_part}{kept}").into_bytes();
-    let last_even = (digits.last().copied().unwrap_or(b'0') - b'0') % 2 == 0;
+    let last_even = (digits.last().copied().unwrap_or(b'0') - b'0').is_multiple_of(2);
     let round_up = first_dropped > b'5' || (first_dropped == b'5' && (beyond_half || !last_even));
     if round_up {
         let mut i = digits.len();
