@@ -40,6 +40,11 @@ pub mod model {
     pub use blip2_model::*;
 }
 
+/// Caption (BLEU, CIDEr-D) and VQA accuracy evaluation (docs/eval.md).
+pub mod eval {
+    pub use blip2_eval::*;
+}
+
 /// Re-export so callers can pass `image::DynamicImage` without naming the crate version.
 pub use image;
 

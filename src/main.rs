@@ -120,6 +120,13 @@ enum Command {
         after_help = "Examples:\n  blip2 serve                                   (demo model on http://127.0.0.1:8080)\n  blip2 serve --model ./blip2-opt-2.7b --port 8000 --max-batch 16 --api-key secret\n  blip2 serve --preset opt-2.7b --dtype q8      (random weights, for load tests)"
     )]
     Serve(serve::ServeOpts),
+    /// Score predictions against references: captions (BLEU-1..4, CIDEr-D, exactly as
+    /// pycocoevalcap) or VQAv2 answers (official accuracy) (docs/eval.md).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  blip2 eval caption --predictions results.json --references captions_val2017.json\n  blip2 eval vqa --predictions answers.json --annotations v2_mscoco_val2014_annotations.json --json"
+    )]
+    Eval(cli::eval::EvalCommand),
 }
 
 /// `blip2 ... | head` should end quietly when the reader goes away, as other Unix tools do,
@@ -165,6 +172,7 @@ fn main() -> ExitCode {
         Command::Bench(o) => cli::bench::bench(&o),
         Command::DemoScene(o) => cli::scene::demo_scene(&o),
         Command::Serve(o) => serve::serve(&o),
+        Command::Eval(c) => cli::eval::eval(&c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
