@@ -53,6 +53,7 @@ fn py_err(e: Error) -> PyErr {
         Error::Config { .. }
         | Error::Checkpoint { .. }
         | Error::Weights(_)
+        | Error::Adapter(_)
         | Error::Tokenizer { .. }
         | Error::Io { .. }
         | Error::Unsupported(_) => CheckpointError::new_err(msg),
@@ -86,6 +87,7 @@ fn load_options(device: &str, dtype: &str) -> Result<LoadOptions, Error> {
         device,
         dtype: dtype.parse::<DType>()?,
         progress: None,
+        adapters: Vec::new(),
     })
 }
 
