@@ -81,7 +81,10 @@ fn unknown_and_mismatched_keys_are_listed_together() {
     let v = Q.replace("q_proj", "v_proj");
     tensors.extend(pair(&v, 4, 48, 47));
     // A B without its A.
-    tensors.push((format!("{}.lora_B.weight", Q.replace("layers.0", "layers.1")), vec![48, 4]));
+    tensors.push((
+        format!("{}.lora_B.weight", Q.replace("layers.0", "layers.1")),
+        vec![48, 4],
+    ));
     // An embedding LoRA.
     tensors.push((
         "base_model.model.language_model.model.decoder.embed_tokens.lora_embedding_A".into(),
@@ -109,7 +112,10 @@ fn unknown_and_mismatched_keys_are_listed_together() {
 fn a_rank_other_than_the_configs_is_a_shape_mismatch() {
     let dir = adapter("rank", OPT_CONFIG, &pair(Q, 2, 48, 48));
     let msg = load_err(&model_dir("blip2-opt-tiny"), &[dir]).to_string();
-    assert!(msg.contains("expected [4, 48] (rank 4 from adapter_config.json"), "{msg}");
+    assert!(
+        msg.contains("expected [4, 48] (rank 4 from adapter_config.json"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -118,7 +124,10 @@ fn a_module_outside_target_modules_is_refused() {
     let dir = adapter("target", OPT_CONFIG, &pair(fc1, 4, 112, 48));
     let msg = load_err(&model_dir("blip2-opt-tiny"), &[dir]).to_string();
     assert!(msg.contains("not targeted"), "{msg}");
-    assert!(msg.contains("language_model.model.decoder.layers.0.fc1"), "{msg}");
+    assert!(
+        msg.contains("language_model.model.decoder.layers.0.fc1"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -135,7 +144,10 @@ fn missing_files_are_named() {
     let dir = adapter("nofile", OPT_CONFIG, &pair(Q, 4, 48, 48));
     std::fs::remove_file(dir.join("adapter_model.safetensors")).unwrap();
     let msg = load_err(&model_dir("blip2-opt-tiny"), &[dir.clone()]).to_string();
-    assert!(msg.contains("adapter_model.safetensors: file not found"), "{msg}");
+    assert!(
+        msg.contains("adapter_model.safetensors: file not found"),
+        "{msg}"
+    );
     std::fs::remove_file(dir.join("adapter_config.json")).unwrap();
     let msg = load_err(&model_dir("blip2-opt-tiny"), &[dir]).to_string();
     assert!(msg.contains("adapter_config.json: file not found"), "{msg}");
@@ -154,7 +166,10 @@ fn a_quantized_checkpoint_takes_no_adapter() {
     let e = load_err(&out, &[dir]);
     assert!(matches!(e, Error::Unsupported(_)), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("q8 checkpoint written by `blip2 quantize`"), "{msg}");
+    assert!(
+        msg.contains("q8 checkpoint written by `blip2 quantize`"),
+        "{msg}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -217,7 +232,11 @@ fn cli_adapter_flags() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
     let a = &v["model"]["weights"]["adapters"][0];
-    assert_eq!(a["merged_matrices"], lib.weight_stats().adapters[0].merged, "{info}");
+    assert_eq!(
+        a["merged_matrices"],
+        lib.weight_stats().adapters[0].merged,
+        "{info}"
+    );
     assert!(a["merged_matrices"].as_u64().unwrap() > 0);
 
     let err = blip2_err(&[
@@ -228,5 +247,8 @@ fn cli_adapter_flags() {
         "0.5".as_ref(),
         img.as_os_str(),
     ]);
-    assert!(err.contains("1 --adapter-scale values for 0 --adapter directories"), "{err}");
+    assert!(
+        err.contains("1 --adapter-scale values for 0 --adapter directories"),
+        "{err}"
+    );
 }

@@ -17,7 +17,11 @@ const F32_REL_TOL: f64 = 1e-4;
 
 /// Each case of `reference/lora.safetensors`: base checkpoint and (adapter, scale) list.
 const CASES: [(&str, &str, &[(&str, f32)]); 5] = [
-    ("opt-qformer-qkv", "blip2-opt-tiny", &[("opt-qformer-qkv", 1.0)]),
+    (
+        "opt-qformer-qkv",
+        "blip2-opt-tiny",
+        &[("opt-qformer-qkv", 1.0)],
+    ),
     ("opt-lm-qv", "blip2-opt-tiny", &[("opt-lm-qv", 1.0)]),
     ("t5-lm-qv", "blip2-flan-t5-tiny", &[("t5-lm-qv", 1.0)]),
     ("opt-mixed", "blip2-opt-tiny", &[("opt-mixed", 1.0)]),
@@ -45,7 +49,8 @@ fn load_with(base: &str, adapters: &[(&str, f32)], dev: &Device, dtype: DType) -
             })
             .collect(),
     };
-    Blip2::load(model_dir(base), opts).unwrap_or_else(|e| panic!("loading {base} + {adapters:?}: {e}"))
+    Blip2::load(model_dir(base), opts)
+        .unwrap_or_else(|e| panic!("loading {base} + {adapters:?}: {e}"))
 }
 
 /// Every reference of `case` against the merged model on `dev`.
@@ -57,8 +62,18 @@ fn check_case(case: &str, base: &str, adapters: &[(&str, f32)], dev: &Device) {
         let what = |s: &str| format!("{case} {img} {s} on {dev:?}");
         let [_, q, proj] = model.stages(&ref_pixels(&images, img, dev)).unwrap();
         let r = |k: &str| &refs[&format!("{case}.{img}.{k}")];
-        check_rel(&what("qformer"), &q, r("qformer_last_hidden_state"), F32_REL_TOL);
-        check_rel(&what("projection"), &proj, r("language_projection"), F32_REL_TOL);
+        check_rel(
+            &what("qformer"),
+            &q,
+            r("qformer_last_hidden_state"),
+            F32_REL_TOL,
+        );
+        check_rel(
+            &what("projection"),
+            &proj,
+            r("language_projection"),
+            F32_REL_TOL,
+        );
         let feats = model.features_from_projected(proj);
         for p in ["noprompt", "question"] {
             for (mode, cfg) in [
@@ -144,12 +159,13 @@ fn weight_stats_count_merged_matrices() {
         assert_eq!(s.merged, count(".lora_A.weight"), "{name}");
         assert_eq!(s.bias_deltas, count(".lora_B.bias"), "{name}");
         assert_eq!(s.dir, adapter_dir(name));
+        // Stored whole: trained biases of the LoRA layers (bias="lora_only") and
+        // modules_to_save (opt-mixed's language_projection weight and bias).
+        let whole = st.names().iter().filter(|n| !n.contains(".lora_")).count();
+        assert_eq!(s.replaced, whole, "{name}");
     }
     assert_eq!(stats[0].scale, 0.5);
-    // opt-mixed: 4 trained biases (base_layer.bias of its 5 LoRA layers... ) and the whole
-    // language_projection (weight + bias) are stored.
-    assert!(stats[1].replaced >= 2);
-    assert_eq!(stats[0].replaced, 0);
+    assert_eq!(stats[1].replaced, 7, "5 trained biases + language_projection");
 }
 
 /// Quantization happens after the merge: a q8 load of a merged model runs, its linear weights
@@ -159,7 +175,12 @@ fn weight_stats_count_merged_matrices() {
 fn q8_load_quantizes_the_merged_weights() {
     let images = reference("images.safetensors");
     let refs = reference("lora.safetensors");
-    let model = load_with("blip2-opt-tiny", &[("opt-mixed", 1.0)], &Device::Cpu, DType::Q8);
+    let model = load_with(
+        "blip2-opt-tiny",
+        &[("opt-mixed", 1.0)],
+        &Device::Cpu,
+        DType::Q8,
+    );
     assert!(model.weight_stats().quantized_at_load > 0);
     assert_eq!(model.weight_stats().linear_dtype, "q8");
     let [_, _, proj] = model
@@ -173,7 +194,10 @@ fn q8_load_quantizes_the_merged_weights() {
     assert!(e < 5e-2, "q8 merged projection: relative error {e:e}");
     let base = reference("opt.safetensors");
     let e_base = rel_err(&got, &base["rgb.language_projection"].f);
-    assert!(e_base > e, "q8 merged is closer to the base ({e_base:e}) than to the merge ({e:e})");
+    assert!(
+        e_base > e,
+        "q8 merged is closer to the base ({e_base:e}) than to the merge ({e:e})"
+    );
     let feats = model.features_from_projected(proj);
     let g = model
         .generate_from_features(&feats, &[None], &GenerationConfig::default())

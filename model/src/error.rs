@@ -224,7 +224,10 @@ impl fmt::Display for AdapterProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AdapterProblem::Unknown { key, target } => {
-                write!(f, "unknown key: {key}: the checkpoint has no tensor {target}")
+                write!(
+                    f,
+                    "unknown key: {key}: the checkpoint has no tensor {target}"
+                )
             }
             AdapterProblem::Unsupported { key, msg } => write!(f, "unsupported key: {key}: {msg}"),
             AdapterProblem::ShapeMismatch {

@@ -1069,7 +1069,10 @@ impl<'a> WeightLoader<'a> {
         mut base: Vec<f32>,
         edits: &[TargetEdit],
     ) -> Tensor {
-        let adapters = self.adapters.as_ref().expect("edits come from the adapters");
+        let adapters = self
+            .adapters
+            .as_ref()
+            .expect("edits come from the adapters");
         let file = adapters.file(edits[edits.len() - 1].adapter).to_path_buf();
         if let Err(msg) = crate::adapters::apply(&mut base, shape, edits) {
             self.record(WeightProblem::Read {

@@ -46,7 +46,11 @@ pub struct AdapterArgs {
     pub dirs: Vec<PathBuf>,
     /// Multiplier of an adapter's LoRA deltas (W += S·scaling·B·A). The i-th --adapter-scale
     /// goes with the i-th --adapter, in command-line order; adapters without one use 1.
-    #[arg(long = "adapter-scale", value_name = "S", allow_negative_numbers = true)]
+    #[arg(
+        long = "adapter-scale",
+        value_name = "S",
+        allow_negative_numbers = true
+    )]
     pub scales: Vec<f32>,
 }
 

@@ -116,18 +116,33 @@ struct Patterns {
 /// Settings that change what a LoRA layer computes in ways a plain merge cannot express:
 /// refused by name rather than merged wrongly.
 const VARIANTS: [(&str, &str); 13] = [
-    ("use_dora", "DoRA (weight-decomposed LoRA) is not supported: merge it with peft (merge_and_unload) and load the merged checkpoint"),
+    (
+        "use_dora",
+        "DoRA (weight-decomposed LoRA) is not supported: merge it with peft (merge_and_unload) and load the merged checkpoint",
+    ),
     ("use_qalora", "QALoRA is not supported"),
     ("use_bdlora", "block-diagonal LoRA is not supported"),
     ("velora_config", "VeLoRA is not supported"),
-    ("alora_invocation_tokens", "activated LoRA (aLoRA) applies only after its invocation tokens; it cannot be merged"),
+    (
+        "alora_invocation_tokens",
+        "activated LoRA (aLoRA) applies only after its invocation tokens; it cannot be merged",
+    ),
     ("monteclora_config", "MonteCLoRA is not supported"),
     ("arrow_config", "Arrow routing is not supported"),
     ("kasa_config", "KaSA is not supported"),
     ("layer_replication", "layer replication is not supported"),
-    ("trainable_token_indices", "trainable tokens are not supported"),
-    ("target_parameters", "LoRA on parameters (target_parameters) is not supported"),
-    ("megatron_config", "Megatron parallel layers are not supported"),
+    (
+        "trainable_token_indices",
+        "trainable tokens are not supported",
+    ),
+    (
+        "target_parameters",
+        "LoRA on parameters (target_parameters) is not supported",
+    ),
+    (
+        "megatron_config",
+        "Megatron parallel layers are not supported",
+    ),
     ("lora_ga_config", "LoRA-GA is not supported"),
 ];
 
@@ -202,14 +217,18 @@ impl LoraConfig {
         let modules_to_save = o
             .string_list("modules_to_save")?
             .iter()
-            .map(|m| compile(&o, "modules_to_save", &format!(r"\A(?:|.*\.)(?:{m})(?:\z|\..*)")))
+            .map(|m| {
+                compile(
+                    &o,
+                    "modules_to_save",
+                    &format!(r"\A(?:|.*\.)(?:{m})(?:\z|\..*)"),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let patterns: Patterns = serde_json::from_str(text)
             .map_err(|e| ModelError::config(path, "rank_pattern", e.to_string()))?;
         // peft's get_pattern_key: `re.match(rf"(.*\.)?({key})$", module)`.
-        let pattern_re = |key: &str, p: &str| {
-            compile(&o, key, &format!(r"\A(?:.*\.)?(?:{p})\z"))
-        };
+        let pattern_re = |key: &str, p: &str| compile(&o, key, &format!(r"\A(?:.*\.)?(?:{p})\z"));
         let mut rank_pattern = Vec::new();
         for (p, v) in patterns.rank_pattern.map_or(Vec::new(), |p| p.0) {
             match v.as_u64().filter(|&x| x > 0) {
@@ -310,7 +329,9 @@ impl LoraConfig {
         let idx = if self.layers_pattern.is_empty() {
             any_layer.captures(module)
         } else {
-            self.layers_pattern.iter().find_map(|re| re.captures(module))
+            self.layers_pattern
+                .iter()
+                .find_map(|re| re.captures(module))
         }
         .and_then(|c| c.name("idx")?.as_str().parse::<u64>().ok());
         match (idx, layers) {

@@ -120,6 +120,10 @@ mod tests {
             rank: 1,
             scale: 1.0,
         });
-        assert!(apply(&mut [0f32; 6], &[2, 3], &[bad]).unwrap_err().contains("[2, 4]"));
+        assert!(
+            apply(&mut [0f32; 6], &[2, 3], &[bad])
+                .unwrap_err()
+                .contains("[2, 4]")
+        );
     }
 }

@@ -177,7 +177,11 @@ fn decode(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        other => return Err(format!("stored as {other:?}; only F32, F16 and BF16 are read")),
+        other => {
+            return Err(format!(
+                "stored as {other:?}; only F32, F16 and BF16 are read"
+            ));
+        }
     };
     let bad = v.iter().filter(|x| !x.is_finite()).count();
     if bad > 0 {
@@ -276,13 +280,13 @@ impl Adapters {
         // module -> (A, B, B bias)
         type Pair = (Option<Loaded>, Option<Loaded>, Option<Loaded>);
         let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
-        let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
         names.sort();
         let mut edits: Vec<(String, TargetEdit)> = Vec::new();
         for key in names {
-            let view = st.tensor(&key).map_err(|e| {
-                ModelError::checkpoint(&file, format!("tensor {key}: {e}"))
-            })?;
+            let view = st
+                .tensor(&key)
+                .map_err(|e| ModelError::checkpoint(&file, format!("tensor {key}: {e}")))?;
             let kind = match classify(&key) {
                 Ok(k) => k,
                 Err(msg) => {
@@ -307,7 +311,13 @@ impl Adapters {
                         continue;
                     };
                     if let Some(base) = base
-                        && !check_shape(&mut problems, &key, base, &loaded.1, "the checkpoint's tensor")
+                        && !check_shape(
+                            &mut problems,
+                            &key,
+                            base,
+                            &loaded.1,
+                            "the checkpoint's tensor",
+                        )
                     {
                         continue;
                     }
@@ -344,10 +354,7 @@ impl Adapters {
                 }
             };
             if !cfg.targets(&module) {
-                problems.push(AdapterProblem::NotTargeted {
-                    key: a.0,
-                    module,
-                });
+                problems.push(AdapterProblem::NotTargeted { key: a.0, module });
                 continue;
             }
             let target = format!("{module}.weight");
@@ -372,7 +379,8 @@ impl Adapters {
                     a.1.get(1).copied().unwrap_or(0),
                 ),
             };
-            let rank_what = format!("rank {rank} from adapter_config.json, in_features of {target}");
+            let rank_what =
+                format!("rank {rank} from adapter_config.json, in_features of {target}");
             let ok_a = check_shape(&mut problems, &a.0, &[rank, in_f], &a.1, &rank_what);
             let what_b = format!("out_features of {target}, rank {rank}");
             let ok_b = check_shape(&mut problems, &b.0, &[out_f, rank], &b.1, &what_b);
