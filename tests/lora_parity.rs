@@ -165,7 +165,10 @@ fn weight_stats_count_merged_matrices() {
         assert_eq!(s.replaced, whole, "{name}");
     }
     assert_eq!(stats[0].scale, 0.5);
-    assert_eq!(stats[1].replaced, 7, "5 trained biases + language_projection");
+    assert_eq!(
+        stats[1].replaced, 7,
+        "5 trained biases + language_projection"
+    );
 }
 
 /// Quantization happens after the merge: a q8 load of a merged model runs, its linear weights
