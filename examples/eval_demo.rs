@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         device: device.clone(),
         dtype,
         progress: None,
+        adapters: Vec::new(),
     })?;
     let t = std::time::Instant::now();
     let s = evaluate(&model, first, count)?;

@@ -17,6 +17,7 @@ fn demo(device: &Device) -> Blip2 {
         device: device.clone(),
         dtype: DType::F32,
         progress: None,
+        adapters: Vec::new(),
     })
     .unwrap()
 }

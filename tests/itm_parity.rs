@@ -30,6 +30,7 @@ fn load(dir: &std::path::Path, dev: &Device) -> Blip2Retrieval {
             device: dev.clone(),
             dtype: DType::F32,
             progress: None,
+            adapters: Vec::new(),
         },
     )
     .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))

@@ -20,6 +20,7 @@ fn opts(dtype: DType) -> LoadOptions {
         device: Device::Cpu,
         dtype,
         progress: None,
+        adapters: Vec::new(),
     }
 }
 
@@ -548,6 +549,7 @@ fn bf16_weights_on_the_cpu_and_a_typed_refusal_on_the_gpu() {
             device: dev,
             dtype: DType::BF16,
             progress: None,
+            adapters: Vec::new(),
         };
         match Blip2::load(model_dir("blip2-opt-tiny"), opts) {
             Err(ModelError::Unsupported(msg)) => assert!(msg.contains("bf16"), "{msg}"),

@@ -132,6 +132,7 @@ impl Blip2 {
             device: device.clone(),
             dtype,
             progress: None,
+            adapters: Vec::new(),
         };
         Self::load_from(Source::Random { config, seed }, opts)
     }

@@ -178,6 +178,113 @@ impl fmt::Display for WeightProblems {
     }
 }
 
+/// One thing wrong with one key of a PEFT adapter (see [`crate::adapters`]), collected while the
+/// adapter is checked against the checkpoint and reported all together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdapterProblem {
+    /// The key names a tensor (`target`) the checkpoint does not have.
+    Unknown { key: String, target: String },
+    /// A kind of adapter tensor this library does not merge (embedding LoRA, DoRA magnitudes,
+    /// keys without peft's `base_model.model.` prefix...).
+    Unsupported { key: String, msg: String },
+    /// The key's shape does not fit the base tensor or its partner (`what` says which).
+    ShapeMismatch {
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+        what: String,
+    },
+    /// A LoRA pair whose module the config's `target_modules` (or `exclude_modules`,
+    /// `layers_to_transform`) does not select: the file and its config disagree.
+    NotTargeted { key: String, module: String },
+    /// `lora_A` without `lora_B` or the reverse.
+    Unpaired { key: String, missing: String },
+    /// The target exists in the checkpoint but the model never reads it (a head this model
+    /// does not use): merging it would change nothing.
+    Unused { key: String, target: String },
+    /// Values that cannot be merged: a dtype other than F32/F16/BF16, NaN or infinity.
+    BadValues { key: String, msg: String },
+}
+
+impl AdapterProblem {
+    pub fn key(&self) -> &str {
+        match self {
+            AdapterProblem::Unknown { key, .. }
+            | AdapterProblem::Unsupported { key, .. }
+            | AdapterProblem::ShapeMismatch { key, .. }
+            | AdapterProblem::NotTargeted { key, .. }
+            | AdapterProblem::Unpaired { key, .. }
+            | AdapterProblem::Unused { key, .. }
+            | AdapterProblem::BadValues { key, .. } => key,
+        }
+    }
+}
+
+impl fmt::Display for AdapterProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdapterProblem::Unknown { key, target } => {
+                write!(
+                    f,
+                    "unknown key: {key}: the checkpoint has no tensor {target}"
+                )
+            }
+            AdapterProblem::Unsupported { key, msg } => write!(f, "unsupported key: {key}: {msg}"),
+            AdapterProblem::ShapeMismatch {
+                key,
+                expected,
+                found,
+                what,
+            } => write!(
+                f,
+                "shape mismatch: {key}: expected {expected:?} ({what}), found {found:?}"
+            ),
+            AdapterProblem::NotTargeted { key, module } => write!(
+                f,
+                "not targeted: {key}: adapter_config.json's target_modules does not select module {module}"
+            ),
+            AdapterProblem::Unpaired { key, missing } => {
+                write!(f, "unpaired: {key} has no partner {missing}")
+            }
+            AdapterProblem::Unused { key, target } => write!(
+                f,
+                "unused: {key}: this model never reads {target}, so the adapter would change nothing there"
+            ),
+            AdapterProblem::BadValues { key, msg } => write!(f, "bad values: {key}: {msg}"),
+        }
+    }
+}
+
+/// The sorted [`AdapterProblem`]s of one adapter directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterProblems {
+    pub adapter: PathBuf,
+    /// The first [`MAX_WEIGHT_PROBLEMS`] problems, sorted by key.
+    pub problems: Vec<AdapterProblem>,
+    /// Further problems not kept.
+    pub more: usize,
+}
+
+impl fmt::Display for AdapterProblems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len() + self.more;
+        write!(
+            f,
+            "adapter {} does not fit the model: {n} problem{}",
+            self.adapter.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in self.problems.iter().take(SHOWN_WEIGHT_PROBLEMS) {
+            write!(f, "\n  {p}")?;
+        }
+        let hidden = n - self.problems.len().min(SHOWN_WEIGHT_PROBLEMS);
+        if hidden > 0 {
+            write!(f, "\n  ... and {hidden} more")?;
+        }
+        Ok(())
+    }
+}
+
 /// Every failure of the model crate.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -195,6 +302,9 @@ pub enum ModelError {
     /// Missing / mismatched / unreadable tensors, all of them at once.
     #[error("{0}")]
     Weights(WeightProblems),
+    /// A PEFT adapter's keys do not fit the checkpoint: every problem at once.
+    #[error("{0}")]
+    Adapter(AdapterProblems),
     /// An image could not be read or decoded. `what` is the file name or "<bytes>".
     #[error("image {what}: {msg}")]
     Image { what: String, msg: String },

@@ -7,6 +7,7 @@
 //! retrieval), `lm` (language-model families behind one trait), `blip2` (the captioning /
 //! VQA pipeline), `retrieval` (ITM/ITC), `generate` (settings, processors, search).
 
+pub mod adapters;
 pub mod config;
 pub mod embedded;
 pub mod error;
@@ -15,11 +16,14 @@ pub mod preprocess;
 pub mod tokenizer;
 pub mod weights;
 
+pub use adapters::{AdapterSpec, AdapterStats};
 pub use config::{
     Blip2Config, ImageProcessorConfig, OptConfig, ProcessorConfig, QFormerConfig, T5Config,
     TextConfig, VisionConfig,
 };
-pub use error::{ModelError, Result, WeightProblem, WeightProblems};
+pub use error::{
+    AdapterProblem, AdapterProblems, ModelError, Result, WeightProblem, WeightProblems,
+};
 pub use loading::{LoadOptions, Source};
 pub use preprocess::{
     ImageInput, ImageLoadOptions, load_image, load_image_from_bytes, load_image_from_bytes_with,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use blip2_engine::{DType, Device};
 
+use crate::adapters::{AdapterSpec, Adapters};
 use crate::config::{Blip2Config, ImageProcessorConfig, ProcessorConfig};
 use crate::embedded::EmbeddedCheckpoint;
 use crate::error::{ModelError, Result};
@@ -22,6 +23,10 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Called with (bytes loaded, bytes total) while weights are read.
     pub progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
+    /// PEFT LoRA adapters merged into the float weights in this order, before `dtype`
+    /// converts or quantizes them (see [`crate::adapters`]). A `blip2 quantize` checkpoint
+    /// takes none.
+    pub adapters: Vec<AdapterSpec>,
 }
 
 impl Default for LoadOptions {
@@ -30,6 +35,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             progress: None,
+            adapters: Vec::new(),
         }
     }
 }
@@ -214,6 +220,16 @@ pub fn load<T>(
     }
     let CheckpointFiles { files, checkpoint } = source.open()?;
     let mut vb = WeightLoader::new(&checkpoint, &opts.device, opts.dtype);
+    if !opts.adapters.is_empty() {
+        if let Some(q) = checkpoint.quant_dtype() {
+            return Err(ModelError::Unsupported(format!(
+                "{} is a {q} checkpoint written by `blip2 quantize`: a LoRA adapter merges into float weights, and its quantized weights cannot take one without loss; load the float checkpoint with the adapter (and --dtype {q} to quantize the merged weights)",
+                checkpoint.path().display()
+            )));
+        }
+        let adapters = Adapters::open(&opts.adapters, &checkpoint)?;
+        vb = vb.with_adapters(std::sync::Arc::new(adapters));
+    }
     if let Some(p) = opts.progress {
         vb = vb.with_progress(p);
     }

@@ -37,6 +37,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Metadata, SafeTensorError};
 use safetensors::{Dtype, SafeTensors};
 
+use crate::adapters::{AdapterStats, Adapters, TargetEdit};
 use crate::error::{MAX_WEIGHT_PROBLEMS, ModelError, Result, WeightProblem, WeightProblems};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -394,6 +395,11 @@ impl Checkpoint {
         }
     }
 
+    /// Whether this is a checkpoint of seeded random weights ([`Self::random`]).
+    pub fn is_random(&self) -> bool {
+        self.random.is_some()
+    }
+
     /// The directory (or file) this checkpoint was opened from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -556,6 +562,8 @@ struct LoadState {
     prequantized: usize,
     /// Tensors quantized while loading (from float data).
     quantized_at_load: usize,
+    /// Checkpoint names an adapter edited (merged) so far.
+    adapted: HashSet<String>,
 }
 
 /// What a model's loaded weights occupy, from every tensor the loader produced (a tied
@@ -577,6 +585,8 @@ pub struct WeightStats {
     pub prequantized: usize,
     /// Tensors quantized from float data while loading.
     pub quantized_at_load: usize,
+    /// The PEFT adapters merged into these weights, in order.
+    pub adapters: Vec<AdapterStats>,
 }
 
 impl WeightStats {
@@ -597,6 +607,13 @@ impl WeightStats {
             "linear_bytes": self.linear_bytes,
             "prequantized": self.prequantized,
             "quantized_at_load": self.quantized_at_load,
+            "adapters": self.adapters.iter().map(|a| serde_json::json!({
+                "dir": a.dir.display().to_string(),
+                "scale": a.scale,
+                "merged_matrices": a.merged,
+                "bias_deltas": a.bias_deltas,
+                "replaced_tensors": a.replaced,
+            })).collect::<Vec<_>>(),
         })
     }
 }
@@ -612,6 +629,7 @@ pub struct WeightLoader<'a> {
     prefix: String,
     state: Arc<Mutex<LoadState>>,
     progress: Option<Progress<'a>>,
+    adapters: Option<Arc<Adapters>>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -624,7 +642,15 @@ impl<'a> WeightLoader<'a> {
             prefix: String::new(),
             state: Arc::new(Mutex::new(LoadState::default())),
             progress: None,
+            adapters: None,
         }
+    }
+
+    /// Merges `adapters` (checked against this loader's checkpoint by [`Adapters::open`])
+    /// into the tensors they edit as those are loaded, in f32 before any conversion.
+    pub fn with_adapters(mut self, adapters: Arc<Adapters>) -> Self {
+        self.adapters = Some(adapters).filter(|a| !a.is_empty());
+        self
     }
 
     /// Calls `f(bytes_done, bytes_total)` after each tensor is loaded; `bytes_total` is
@@ -941,8 +967,15 @@ impl<'a> WeightLoader<'a> {
         {
             return t.clone();
         }
+        let edits = self.adapters.as_ref().and_then(|a| a.edits(full));
         if let Some(seed) = self.ckpt.random {
-            let t = random_tensor(full, shape, dtype, seed, &self.device);
+            let t = match edits {
+                Some(edits) => {
+                    let base = random_values(full, shape, seed);
+                    return self.merged(full, shape, dtype, base, edits);
+                }
+                None => random_tensor(full, shape, dtype, seed, &self.device),
+            };
             return match t {
                 Ok(t) => {
                     let mut st = self.lock();
@@ -1004,15 +1037,38 @@ impl<'a> WeightLoader<'a> {
             });
             return self.placeholder(shape, dtype);
         };
-        if let Some(p) = value_problem(
-            full,
-            &file,
-            stored,
-            &(*owner).as_ref()[start..start + len],
-            dtype,
-        ) {
+        let bytes = &(*owner).as_ref()[start..start + len];
+        // A merged tensor is checked for f16 overflow after the merge, not before.
+        let check_dtype = if edits.is_some() { DType::F32 } else { dtype };
+        if let Some(p) = value_problem(full, &file, stored, bytes, check_dtype) {
             self.record(p);
             return self.placeholder(shape, dtype);
+        }
+        if let Some(edits) = edits {
+            let base = Tensor::from_bytes(bytes, stored, shape, DType::F32, &Device::Cpu)
+                .and_then(|t| t.to_vec_f32());
+            let t = match base {
+                Ok(base) => self.merged(full, shape, dtype, base, edits),
+                Err(e) => {
+                    self.record(WeightProblem::Read {
+                        name: full.to_string(),
+                        file,
+                        msg: e.to_string(),
+                    });
+                    return self.placeholder(shape, dtype);
+                }
+            };
+            self.ckpt.release(full);
+            let (done, total) = {
+                let mut st = self.lock();
+                st.used.insert(full.to_string());
+                st.bytes_done += len as u64;
+                (st.bytes_done, self.ckpt.total_bytes)
+            };
+            if let Some(p) = &self.progress {
+                p(done, total);
+            }
+            return t;
         }
         match Tensor::from_shared_bytes(owner, start, len, stored, shape, dtype, &self.device) {
             Ok(t) => {
@@ -1034,6 +1090,52 @@ impl<'a> WeightLoader<'a> {
                 if let Some(p) = &self.progress {
                     p(done, total);
                 }
+                t
+            }
+            Err(e) => {
+                self.record(WeightProblem::Read {
+                    name: full.to_string(),
+                    file,
+                    msg: e.to_string(),
+                });
+                self.placeholder(shape, dtype)
+            }
+        }
+    }
+
+    /// `base` (the checkpoint's f32 values of `full`) with the adapters' `edits` applied, as a
+    /// new tensor of `dtype` (quantized, packed or f16 from the merged values), cached.
+    fn merged(
+        &self,
+        full: &str,
+        shape: &[usize],
+        dtype: DType,
+        mut base: Vec<f32>,
+        edits: &[TargetEdit],
+    ) -> Tensor {
+        let adapters = self
+            .adapters
+            .as_ref()
+            .expect("edits come from the adapters");
+        let file = adapters.file(edits[edits.len() - 1].adapter).to_path_buf();
+        if let Err(msg) = crate::adapters::apply(&mut base, shape, edits) {
+            self.record(WeightProblem::Read {
+                name: full.to_string(),
+                file,
+                msg: format!("cannot merge the adapter: {msg}"),
+            });
+            return self.placeholder(shape, dtype);
+        }
+        if let Some(p) = merged_value_problem(full, &file, &base, dtype) {
+            self.record(p);
+            return self.placeholder(shape, dtype);
+        }
+        match Tensor::from_slice(&base, shape, dtype, &self.device) {
+            Ok(t) => {
+                let mut st = self.lock();
+                st.adapted.insert(full.to_string());
+                st.cache.insert((full.to_string(), dtype), t.clone());
+                st.quantized_at_load += usize::from(dtype.is_quantized());
                 t
             }
             Err(e) => {
@@ -1095,9 +1197,15 @@ impl<'a> WeightLoader<'a> {
 
     /// `Ok(())` when every requested tensor loaded, else one [`ModelError::Weights`] listing
     /// every missing, mismatched or unreadable tensor with expected vs found shape.
+    /// With adapters, every tensor they edit must have been read (else a
+    /// [`ModelError::Adapter`] naming the unused keys).
     pub fn finish(&self) -> Result<()> {
         let problems = self.problems();
         if problems.is_empty() {
+            if let Some(a) = &self.adapters {
+                let st = self.lock();
+                return a.check_used(|name| st.adapted.contains(name));
+            }
             return Ok(());
         }
         Err(ModelError::Weights(WeightProblems {
@@ -1133,6 +1241,10 @@ impl<'a> WeightLoader<'a> {
         let mut s = WeightStats {
             prequantized: st.prequantized,
             quantized_at_load: st.quantized_at_load,
+            adapters: self
+                .adapters
+                .as_ref()
+                .map_or(Vec::new(), |a| a.stats().to_vec()),
             ..Default::default()
         };
         let mut linear_dtypes = std::collections::BTreeSet::new();
@@ -1215,11 +1327,49 @@ fn random_tensor(
     seed: u64,
     device: &Device,
 ) -> blip2_engine::Result<Tensor> {
+    Tensor::from_slice(&random_values(name, shape, seed), shape, dtype, device)
+}
+
+/// [`value_problem`] for merged values: NaN or ±inf, or overflow of an f16 `dtype`, named
+/// after the adapter file that produced them.
+fn merged_value_problem(
+    name: &str,
+    file: &Path,
+    values: &[f32],
+    dtype: DType,
+) -> Option<WeightProblem> {
+    let bad: Vec<usize> = (0..values.len())
+        .filter(|&i| !values[i].is_finite())
+        .collect();
+    if let Some(&first) = bad.first() {
+        return Some(WeightProblem::NonFinite {
+            name: name.to_string(),
+            file: file.to_path_buf(),
+            count: bad.len(),
+            first,
+        });
+    }
+    // 65520 is the smallest magnitude f16 rounds to ±inf (as `StoredDType::f16_overflow`).
+    let over: Vec<f32> = values
+        .iter()
+        .map(|v| v.abs())
+        .filter(|&v| v >= 65520.0)
+        .collect();
+    (dtype == DType::F16 && !over.is_empty()).then(|| WeightProblem::F16Overflow {
+        name: name.to_string(),
+        file: file.to_path_buf(),
+        count: over.len(),
+        max_abs: format!("{:e}", over.iter().fold(0f32, |m, &v| m.max(v))),
+    })
+}
+
+/// The values of [`random_tensor`].
+fn random_values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     use rayon::prelude::*;
     let n: usize = shape.iter().product();
     let lname = name.to_ascii_lowercase();
     if lname.contains("norm") && lname.ends_with(".weight") {
-        return Tensor::from_slice(&vec![1.0; n], shape, dtype, device);
+        return vec![1.0; n];
     }
     // FNV-1a of the name, so each tensor gets its own stream whatever the load order.
     let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
@@ -1239,5 +1389,5 @@ fn random_tensor(
                 *e = ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a;
             }
         });
-    Tensor::from_slice(&v, shape, dtype, device)
+    v
 }

@@ -36,6 +36,8 @@ pub struct ModelOpts {
     /// reporting it and going on.
     #[arg(long)]
     pub fail_fast: bool,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
 }
 
 /// The failed inputs of a command over many images. Each is reported as it happens (one
@@ -92,6 +94,49 @@ impl Failures {
             );
         }
         Ok(())
+    }
+}
+
+
+/// PEFT LoRA adapters merged into the weights at load (docs/adapters.md).
+#[derive(Args, Clone, Debug, Default)]
+pub struct AdapterArgs {
+    /// PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as
+    /// peft's save_pretrained writes it) merged into the float weights at load, before
+    /// --dtype converts or quantizes them. Repeat to merge several, in order.
+    #[arg(long = "adapter", value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Multiplier of an adapter's LoRA deltas (W += S·scaling·B·A). The i-th --adapter-scale
+    /// goes with the i-th --adapter, in command-line order; adapters without one use 1.
+    #[arg(
+        long = "adapter-scale",
+        value_name = "S",
+        allow_negative_numbers = true
+    )]
+    pub scales: Vec<f32>,
+}
+
+impl AdapterArgs {
+    /// The adapters to merge: each directory with its scale (the pairing rule above).
+    pub fn specs(&self) -> anyhow::Result<Vec<blip2::AdapterSpec>> {
+        anyhow::ensure!(
+            self.scales.len() <= self.dirs.len(),
+            "{} --adapter-scale values for {} --adapter directories: the i-th scale goes with the i-th adapter",
+            self.scales.len(),
+            self.dirs.len()
+        );
+        if let Some(s) = self.scales.iter().find(|s| !s.is_finite()) {
+            anyhow::bail!("--adapter-scale {s} is not a finite number");
+        }
+        Ok(self
+            .dirs
+            .iter()
+            .enumerate()
+            .map(|(i, dir)| blip2::AdapterSpec {
+                dir: dir.clone(),
+                scale: self.scales.get(i).copied().unwrap_or(1.0),
+            })
+            .collect())
     }
 }
 
@@ -199,6 +244,7 @@ pub fn load_options(
             device,
             dtype: o.dtype.dtype(),
             progress,
+            adapters: o.adapters.specs()?,
         },
         bar,
     ))

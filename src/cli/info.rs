@@ -7,7 +7,7 @@ use blip2::model::WeightStats;
 use blip2::{Blip2, Blip2Retrieval, Device, LoadOptions};
 use clap::Args;
 
-use super::common::{DTypeArg, weight_summary};
+use super::common::{AdapterArgs, DTypeArg, weight_summary};
 
 #[derive(Args, Clone, Debug)]
 pub struct InfoOpts {
@@ -22,6 +22,8 @@ pub struct InfoOpts {
     /// One JSON object (devices and the model's weights) instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
 }
 
 /// The weights of `--model` (or the demo model) loaded on the CPU with `--dtype`.
@@ -30,6 +32,7 @@ fn model_weights(o: &InfoOpts) -> anyhow::Result<(String, WeightStats)> {
         device: Device::cpu(),
         dtype: o.dtype.dtype(),
         progress: None,
+        adapters: o.adapters.specs()?,
     };
     let Some(dir) = &o.model else {
         let m = blip2::demo::load_demo(opts).context("loading the embedded demo model")?;
@@ -169,5 +172,20 @@ pub fn info(o: &InfoOpts) -> anyhow::Result<()> {
         ),
     }
     println!("  {}", weight_summary(&stats));
+    for a in &stats.adapters {
+        println!("  {}", adapter_summary(a));
+    }
     Ok(())
+}
+
+/// One line per merged adapter: "adapter DIR (scale 1): 12 matrices merged, ...".
+fn adapter_summary(a: &blip2::AdapterStats) -> String {
+    format!(
+        "adapter {} (scale {}): {} weight matrices merged, {} bias deltas, {} tensors replaced",
+        a.dir.display(),
+        a.scale,
+        a.merged,
+        a.bias_deltas,
+        a.replaced
+    )
 }

@@ -22,7 +22,7 @@ use blip2::model::Blip2Config;
 use blip2::{Blip2, Blip2Retrieval, LoadOptions};
 use clap::Args;
 
-use crate::cli::common::{DTypeArg, DeviceArg, pick_device_explained};
+use crate::cli::common::{AdapterArgs, DTypeArg, DeviceArg, pick_device_explained};
 use limits::{ApiError, Limits};
 use metrics::Metrics;
 use scheduler::{Job, Loaded, Slot};
@@ -47,6 +47,8 @@ pub struct ServeOpts {
     pub device: DeviceArg,
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// Requests generating together in one batch.
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
@@ -149,6 +151,7 @@ fn load(o: &ServeOpts) -> anyhow::Result<(Loaded, ModelInfo)> {
         device: device.clone(),
         dtype: o.dtype.dtype(),
         progress: None,
+        adapters: o.adapters.specs()?,
     };
     let dtype = format!("{:?}", o.dtype).to_lowercase();
     let gen_caps = vec!["caption", "vqa", "chat"];
@@ -159,6 +162,10 @@ fn load(o: &ServeOpts) -> anyhow::Result<(Loaded, ModelInfo)> {
             .map_or("blip2".to_string(), |t| format!("blip2-{}", t.model_type()))
     };
     let (loaded, id, family, generates) = if let Some(p) = &o.preset {
+        anyhow::ensure!(
+            o.adapters.dirs.is_empty(),
+            "--adapter merges into a checkpoint's weights; --preset serves random weights"
+        );
         let config = Blip2Config::preset(p)?;
         let m = Blip2::random(config, &device, o.dtype.dtype(), 0)?;
         let f = family(&m);

@@ -121,6 +121,7 @@ pub fn load(name: &str, device: &blip2::Device, dtype: blip2::DType) -> blip2::B
         device: device.clone(),
         dtype,
         progress: None,
+        adapters: Vec::new(),
     };
     blip2::Blip2::load(model_dir(name), opts).unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }

@@ -115,6 +115,7 @@ fn status_of(e: &Error) -> Blip2Status {
         Error::Config { .. }
         | Error::Checkpoint { .. }
         | Error::Weights(_)
+        | Error::Adapter(_)
         | Error::Tokenizer { .. }
         | Error::Io { .. }
         | Error::Unsupported(_) => Blip2Status::Checkpoint,
@@ -264,6 +265,7 @@ unsafe fn load_options(device: *const c_char, dtype: *const c_char) -> Result<Lo
         device,
         dtype,
         progress: None,
+        adapters: Vec::new(),
     })
 }
 

@@ -57,6 +57,7 @@ fn py_err(e: Error) -> PyErr {
         Error::Config { .. }
         | Error::Checkpoint { .. }
         | Error::Weights(_)
+        | Error::Adapter(_)
         | Error::Tokenizer { .. }
         | Error::Io { .. }
         | Error::Unsupported(_) => CheckpointError::new_err(msg),
@@ -90,6 +91,7 @@ fn load_options(device: &str, dtype: &str) -> Result<LoadOptions, Error> {
         device,
         dtype: dtype.parse::<DType>()?,
         progress: None,
+        adapters: Vec::new(),
     })
 }
 
