@@ -1,6 +1,7 @@
 //! The `blip2` command: captions, answers and device information from the terminal.
 
 mod cli;
+mod dataset;
 mod serve;
 
 use std::path::PathBuf;
@@ -119,6 +120,10 @@ enum Command {
         after_help = "Examples:\n  blip2 serve                                   (demo model on http://127.0.0.1:8080)\n  blip2 serve --model ./blip2-opt-2.7b --port 8000 --max-batch 16 --api-key secret\n  blip2 serve --preset opt-2.7b --dtype q8      (random weights, for load tests)"
     )]
     Serve(serve::ServeOpts),
+    /// Dataset jobs: caption a whole dataset into sharded, resumable Parquet/JSONL files
+    /// (docs/dataset.md).
+    #[command(subcommand)]
+    Dataset(cli::dataset::DatasetCommand),
 }
 
 /// `blip2 ... | head` should end quietly when the reader goes away, as other Unix tools do,
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
         Command::Bench(o) => cli::bench::bench(&o),
         Command::DemoScene(o) => cli::scene::demo_scene(&o),
         Command::Serve(o) => serve::serve(&o),
+        Command::Dataset(c) => cli::dataset::run(&c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod common;
+pub mod dataset;
 pub mod generate;
 pub mod info;
 pub mod quantize;
