@@ -334,6 +334,7 @@ fn read_parquet(path: &Path, cols: &Columns, items: &mut Vec<WorkItem>) -> anyho
 
 /// A column's values as strings (string and integer columns; null stays None).
 fn strings(c: &dyn arrow_array::Array) -> anyhow::Result<Vec<Option<String>>> {
+    use arrow_array::Array;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
     use arrow_schema::DataType as D;

@@ -334,12 +334,12 @@ pub fn record_batch(rows: &[Row]) -> anyhow::Result<RecordBatch> {
         ids.append(true);
     }
     Ok(RecordBatch::try_from_iter_with_nullable([
-        ("id", strings(&|r| Some(&r.id)), false),
-        ("path", strings(&|r| Some(&r.path)), false),
+        ("id", strings(&|r| Some(r.id.as_str())), false),
+        ("path", strings(&|r| Some(r.path.as_str())), false),
         ("text", strings(&|r| r.text.as_deref()), true),
         ("token_ids", Arc::new(ids.finish()) as ArrayRef, false),
         ("prompt", strings(&|r| r.prompt.as_deref()), true),
-        ("generation", strings(&|r| Some(&r.generation)), false),
+        ("generation", strings(&|r| Some(r.generation.as_str())), false),
         ("error", strings(&|r| r.error.as_deref()), true),
     ])?)
 }
