@@ -371,11 +371,12 @@ fn checkpointed_rows(out: &Path) -> usize {
 fn killed_with_sigkill_and_restarted_gives_every_row_exactly_once() {
     let d = tmp("kill");
     let imgs = scenes(&d.join("imgs"), 5000, 300);
+    let input = d.join("imgs");
     for format in ["jsonl", "parquet"] {
         let out = d.join(format!("out-{format}"));
         let args = [
             "--input",
-            d.join("imgs").to_str().unwrap(),
+            input.to_str().unwrap(),
             "--output",
             out.to_str().unwrap(),
             "--format",
