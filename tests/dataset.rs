@@ -104,7 +104,11 @@ fn parquet_rows(path: &Path) -> Vec<Row> {
             s("generation"),
             s("error"),
         );
-        let ids = b.column_by_name("token_ids").unwrap().as_list::<i32>().clone();
+        let ids = b
+            .column_by_name("token_ids")
+            .unwrap()
+            .as_list::<i32>()
+            .clone();
         let opt = |a: &arrow_array::StringArray, i: usize| {
             use arrow_array::Array;
             a.is_valid(i).then(|| a.value(i).to_string())
@@ -130,7 +134,11 @@ fn all_rows(dir: &Path) -> (Vec<Row>, usize) {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
-            p.file_name().unwrap().to_str().unwrap().starts_with("shard-")
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("shard-")
                 && matches!(
                     p.extension().and_then(|e| e.to_str()),
                     Some("jsonl" | "parquet")
@@ -223,7 +231,10 @@ fn every_input_kind_gives_one_row_per_item_and_bad_images_give_error_rows() {
             ("s/k2.txt", b"no image here".to_vec()),
         ],
     );
-    write_tar(&d.join("wds-001.tar"), &[("k3.jpg", b"not a jpeg".to_vec())]);
+    write_tar(
+        &d.join("wds-001.tar"),
+        &[("k3.jpg", b"not a jpeg".to_vec())],
+    );
     // ... and bad files.
     let bad = d.join("bad");
     std::fs::create_dir_all(&bad).unwrap();
@@ -296,7 +307,10 @@ fn every_input_kind_gives_one_row_per_item_and_bad_images_give_error_rows() {
     let order: Vec<&str> = rows.iter().map(|r| r.path.as_str()).collect();
     let mut want_order: Vec<String> = dir_imgs.iter().map(|p| p.display().to_string()).collect();
     want_order.extend(man_imgs.iter().map(|p| p.display().to_string()));
-    assert_eq!(order[..9], want_order.iter().map(String::as_str).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        order[..9],
+        want_order.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    );
 
     let err = |p: String| {
         by_path
@@ -321,13 +335,19 @@ fn every_input_kind_gives_one_row_per_item_and_bad_images_give_error_rows() {
     // Ids: files by path, manifests by their id column (else MANIFEST#ROW), tar samples by
     // TAR::KEY.
     let id = |p: &str| by_path[p].id.clone();
-    assert_eq!(id(&format!("{dstr}/wds-000.tar::s/k1.seg.png")), format!("{dstr}/wds-000.tar::s/k1"));
+    assert_eq!(
+        id(&format!("{dstr}/wds-000.tar::s/k1.seg.png")),
+        format!("{dstr}/wds-000.tar::s/k1")
+    );
     let csv_rows: Vec<_> = rows.iter().filter(|r| r.id.starts_with("csv-")).collect();
     assert_eq!(csv_rows.len(), 2);
     assert_eq!(csv_rows[0].prompt, None);
     assert_eq!(csv_rows[1].prompt.as_deref(), Some("a picture of"));
     assert!(rows.iter().any(|r| r.id == "7") && rows.iter().any(|r| r.id == "8"));
-    assert!(rows.iter().any(|r| r.id == format!("{dstr}/man/scenes.jsonl#0")));
+    assert!(
+        rows.iter()
+            .any(|r| r.id == format!("{dstr}/man/scenes.jsonl#0"))
+    );
 
     // Every good row has the caption the image gets alone through the library (same
     // greedy tokens: exact equality, the batch runs the same kernels row by row).
@@ -342,12 +362,16 @@ fn every_input_kind_gives_one_row_per_item_and_bad_images_give_error_rows() {
     assert_eq!(r.text.as_deref(), Some(alone.text.as_str()));
     assert_eq!(r.token_ids, alone.token_ids);
     // The tar member holds the same PNG bytes as dir_imgs[0].
-    assert_eq!(by_path[format!("{dstr}/wds-000.tar::s/k0.png").as_str()].text, r.text);
+    assert_eq!(
+        by_path[format!("{dstr}/wds-000.tar::s/k0.png").as_str()].text,
+        r.text
+    );
     // One settings string in every row, and stats that count the rows.
     assert!(rows.iter().all(|x| x.generation == rows[0].generation));
-    let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_j.join("shard-00000-of-00001.stats.json")).unwrap())
-            .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out_j.join("shard-00000-of-00001.stats.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(stats["rows"], 21);
     assert_eq!(stats["errors"], 6);
     assert_eq!(stats["ok"], 15);
@@ -355,7 +379,10 @@ fn every_input_kind_gives_one_row_per_item_and_bad_images_give_error_rows() {
     // A rerun finds the shard complete and leaves it as it is.
     let before = std::fs::read(out_j.join("shard-00000-of-00001.jsonl")).unwrap();
     run("jsonl", &out_j);
-    assert_eq!(std::fs::read(out_j.join("shard-00000-of-00001.jsonl")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(out_j.join("shard-00000-of-00001.jsonl")).unwrap(),
+        before
+    );
 }
 
 /// Reads the checkpointed row count of the single shard in `out`, if any.
@@ -393,8 +420,14 @@ fn killed_with_sigkill_and_restarted_gives_every_row_exactly_once() {
             .unwrap();
         let t = Instant::now();
         while checkpointed_rows(&out) < 20 {
-            assert!(t.elapsed() < Duration::from_secs(60), "no checkpoint after 60 s");
-            assert!(child.try_wait().unwrap().is_none(), "the run ended before it was killed");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no checkpoint after 60 s"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the run ended before it was killed"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         child.kill().unwrap(); // SIGKILL on Unix
@@ -472,7 +505,10 @@ fn processes_indexed_by_slurm_and_kubernetes_variables_cover_every_input_once() 
     .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("JOB_COMPLETION_INDEX=3") && err.contains("--num-shards 3"), "{err}");
+    assert!(
+        err.contains("JOB_COMPLETION_INDEX=3") && err.contains("--num-shards 3"),
+        "{err}"
+    );
 }
 
 fn examples() -> PathBuf {
@@ -552,9 +588,17 @@ fn kubernetes_example_is_an_indexed_job_whose_command_covers_every_input() {
     let completions: usize = value("completions").parse().unwrap();
     let command: Vec<String> = serde_json::from_str(&value("command")).unwrap();
     assert_eq!(command[..3], ["blip2", "dataset", "caption"]);
-    let flag = |f: &str| command.iter().position(|a| a == f).map(|i| command[i + 1].clone());
+    let flag = |f: &str| {
+        command
+            .iter()
+            .position(|a| a == f)
+            .map(|i| command[i + 1].clone())
+    };
     assert_eq!(flag("--num-shards"), Some(completions.to_string()));
-    assert!(command.iter().all(|a| a != "--shard-index"), "the index comes from the Job");
+    assert!(
+        command.iter().all(|a| a != "--shard-index"),
+        "the index comes from the Job"
+    );
 
     let d = tmp("k8s");
     let imgs = scenes(&d.join("images"), 9100, 9);

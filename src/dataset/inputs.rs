@@ -156,8 +156,7 @@ pub fn expand_braces(s: &str) -> anyhow::Result<Vec<String>> {
             "{s}: range {lo}..{hi} has more than {MAX_BRACE_EXPANSION} values"
         );
         // Zero-padded when either end is written with a leading zero.
-        let width = if (a.len() > 1 && a.starts_with('0')) || (b.len() > 1 && b.starts_with('0'))
-        {
+        let width = if (a.len() > 1 && a.starts_with('0')) || (b.len() > 1 && b.starts_with('0')) {
             a.len().max(b.len())
         } else {
             0
@@ -191,9 +190,8 @@ struct Row {
 }
 
 fn manifest_item(manifest: &Path, row_no: usize, r: Row) -> WorkItem {
-    let id = r
-        .id
-        .unwrap_or_else(|| format!("{}#{row_no}", manifest.display()));
+    let id =
+        r.id.unwrap_or_else(|| format!("{}#{row_no}", manifest.display()));
     let Some(rel) = r.path.filter(|p| !p.is_empty()) else {
         return WorkItem {
             id,
@@ -262,7 +260,8 @@ fn read_jsonl(path: &Path, cols: &Columns, items: &mut Vec<WorkItem>) -> anyhow:
 
 /// A CSV file with a header row.
 fn read_csv(path: &Path, cols: &Columns, items: &mut Vec<WorkItem>) -> anyhow::Result<()> {
-    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut rdr =
+        csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
     let header = rdr
         .headers()
         .with_context(|| format!("{}: reading the header row", path.display()))?
@@ -343,31 +342,45 @@ fn strings(c: &dyn arrow_array::Array) -> anyhow::Result<Vec<Option<String>>> {
     Ok(match c.data_type() {
         D::Utf8 => {
             let a = c.as_string::<i32>();
-            (0..n).map(|i| opt(a.is_valid(i), a.value(i).into())).collect()
+            (0..n)
+                .map(|i| opt(a.is_valid(i), a.value(i).into()))
+                .collect()
         }
         D::LargeUtf8 => {
             let a = c.as_string::<i64>();
-            (0..n).map(|i| opt(a.is_valid(i), a.value(i).into())).collect()
+            (0..n)
+                .map(|i| opt(a.is_valid(i), a.value(i).into()))
+                .collect()
         }
         D::Utf8View => {
             let a = c.as_string_view();
-            (0..n).map(|i| opt(a.is_valid(i), a.value(i).into())).collect()
+            (0..n)
+                .map(|i| opt(a.is_valid(i), a.value(i).into()))
+                .collect()
         }
         D::Int32 => {
             let a = c.as_primitive::<Int32Type>();
-            (0..n).map(|i| opt(a.is_valid(i), a.value(i).to_string())).collect()
+            (0..n)
+                .map(|i| opt(a.is_valid(i), a.value(i).to_string()))
+                .collect()
         }
         D::Int64 => {
             let a = c.as_primitive::<Int64Type>();
-            (0..n).map(|i| opt(a.is_valid(i), a.value(i).to_string())).collect()
+            (0..n)
+                .map(|i| opt(a.is_valid(i), a.value(i).to_string()))
+                .collect()
         }
         D::UInt32 => {
             let a = c.as_primitive::<UInt32Type>();
-            (0..n).map(|i| opt(a.is_valid(i), a.value(i).to_string())).collect()
+            (0..n)
+                .map(|i| opt(a.is_valid(i), a.value(i).to_string()))
+                .collect()
         }
         D::UInt64 => {
             let a = c.as_primitive::<UInt64Type>();
-            (0..n).map(|i| opt(a.is_valid(i), a.value(i).to_string())).collect()
+            (0..n)
+                .map(|i| opt(a.is_valid(i), a.value(i).to_string()))
+                .collect()
         }
         other => bail!("type {other} (expected a string or integer column)"),
     })

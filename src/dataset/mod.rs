@@ -266,7 +266,13 @@ fn caption_batch(
     let prompts: Vec<Option<String>> = ready.iter().map(|(i, _)| rows[*i].prompt.clone()).collect();
     let same_size = ready.windows(2).all(|w| w[0].1.hw == w[1].1.hw);
     let together = if same_size && ready.len() > 1 {
-        generate(model, cfg, &ready.iter().map(|(_, p)| p).collect::<Vec<_>>(), &prompts).ok()
+        generate(
+            model,
+            cfg,
+            &ready.iter().map(|(_, p)| p).collect::<Vec<_>>(),
+            &prompts,
+        )
+        .ok()
     } else {
         None
     };
@@ -276,8 +282,7 @@ fn caption_batch(
             .iter()
             .zip(&prompts)
             .map(|((_, p), prompt)| {
-                generate(model, cfg, &[p], std::slice::from_ref(prompt))
-                    .map(|mut g| g.remove(0))
+                generate(model, cfg, &[p], std::slice::from_ref(prompt)).map(|mut g| g.remove(0))
             })
             .collect(),
     };

@@ -339,7 +339,11 @@ pub fn record_batch(rows: &[Row]) -> anyhow::Result<RecordBatch> {
         ("text", strings(&|r| r.text.as_deref()), true),
         ("token_ids", Arc::new(ids.finish()) as ArrayRef, false),
         ("prompt", strings(&|r| r.prompt.as_deref()), true),
-        ("generation", strings(&|r| Some(r.generation.as_str())), false),
+        (
+            "generation",
+            strings(&|r| Some(r.generation.as_str())),
+            false,
+        ),
         ("error", strings(&|r| r.error.as_deref()), true),
     ])?)
 }

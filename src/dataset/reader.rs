@@ -175,8 +175,8 @@ pub fn prepare(
             limits.max_pixels
         ));
     }
-    let img = blip2::load_image_from_bytes_with(&bytes, &item.path, load)
-        .map_err(|e| e.to_string())?;
+    let img =
+        blip2::load_image_from_bytes_with(&bytes, &item.path, load).map_err(|e| e.to_string())?;
     let data = blip2::model::preprocess::preprocess(&img, cfg).map_err(|e| e.to_string())?;
     let hw = if cfg.do_resize {
         cfg.size
@@ -213,7 +213,8 @@ fn read_bytes(loc: &Location, max: u64) -> Result<Vec<u8>, String> {
             if *len > max {
                 return Err(too_big(*len));
             }
-            let mut f = std::fs::File::open(tar).map_err(|e| format!("cannot open the tar: {e}"))?;
+            let mut f =
+                std::fs::File::open(tar).map_err(|e| format!("cannot open the tar: {e}"))?;
             f.seek(SeekFrom::Start(*offset))
                 .map_err(|e| format!("cannot seek in the tar: {e}"))?;
             let mut bytes = Vec::with_capacity(*len as usize);

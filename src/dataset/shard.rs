@@ -30,10 +30,7 @@ pub fn resolve(
     let (index, source) = match flag {
         Some(i) => (i, "--shard-index".to_string()),
         None => {
-            let Some((var, value)) = INDEX_VARS
-                .iter()
-                .find_map(|v| env(v).map(|x| (*v, x)))
-            else {
+            let Some((var, value)) = INDEX_VARS.iter().find_map(|v| env(v).map(|x| (*v, x))) else {
                 return Ok((0..num_shards).collect());
             };
             match value.trim().parse::<usize>() {
@@ -91,7 +88,10 @@ mod tests {
         assert_eq!(resolve(None, 4, both).unwrap(), [1]);
         assert_eq!(resolve(None, 4, k8s).unwrap(), [3]);
         let e = resolve(None, 3, k8s).unwrap_err().to_string();
-        assert!(e.contains("JOB_COMPLETION_INDEX=3") && e.contains("--num-shards 3"), "{e}");
+        assert!(
+            e.contains("JOB_COMPLETION_INDEX=3") && e.contains("--num-shards 3"),
+            "{e}"
+        );
         let bad = |_: &str| Some("x".to_string());
         assert!(resolve(None, 3, bad).is_err());
         assert!(resolve(Some(0), 0, none).is_err());
