@@ -1,6 +1,7 @@
 //! The `blip2` command: captions, answers and device information from the terminal.
 
 mod cli;
+mod dataset;
 mod serve;
 
 use std::path::PathBuf;
@@ -127,6 +128,10 @@ enum Command {
         after_help = "Examples:\n  blip2 eval caption --predictions results.json --references captions_val2017.json\n  blip2 eval vqa --predictions answers.json --annotations v2_mscoco_val2014_annotations.json --json"
     )]
     Eval(cli::eval::EvalCommand),
+    /// Dataset jobs: caption a whole dataset into sharded, resumable Parquet/JSONL files
+    /// (docs/dataset.md).
+    #[command(subcommand)]
+    Dataset(cli::dataset::DatasetCommand),
 }
 
 /// `blip2 ... | head` should end quietly when the reader goes away, as other Unix tools do,
@@ -173,6 +178,7 @@ fn main() -> ExitCode {
         Command::DemoScene(o) => cli::scene::demo_scene(&o),
         Command::Serve(o) => serve::serve(&o),
         Command::Eval(c) => cli::eval::eval(&c),
+        Command::Dataset(c) => cli::dataset::run(&c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,7 @@ use blip2_engine::{DType, Device, Tensor};
 use image::DynamicImage;
 
 use crate::chat::Chat;
-use crate::config::Blip2Config;
+use crate::config::{Blip2Config, ImageProcessorConfig};
 use crate::embedded::EmbeddedCheckpoint;
 use crate::generate::{
     DecodeModel, GenerationConfig, GenerationDefaults, ResolvedGeneration, TokenEvent, decode,
@@ -200,6 +200,27 @@ impl Blip2 {
         let (projected, t) = self
             .image
             .encode(images, |q| Ok(self.projection.forward(q)?))?;
+        Ok(ImageFeatures {
+            projected,
+            preprocess: t.preprocess,
+            vision: t.vision,
+            qformer: t.qformer,
+        })
+    }
+
+    /// The image processor's settings, for callers that preprocess images themselves
+    /// (`preprocess::preprocess` on worker threads, ahead of the model) and then call
+    /// [`Blip2::features_from_pixels`].
+    pub fn image_processor(&self) -> &ImageProcessorConfig {
+        &self.image.image_config
+    }
+
+    /// [`Blip2::image_features`] on pixel values `[B, 3, H, W]` computed elsewhere
+    /// (`preprocess::pixel_values` or rows of `preprocess::preprocess`); preprocess time zero.
+    pub fn features_from_pixels(&self, pixels: &Tensor) -> Result<ImageFeatures> {
+        let (projected, t) = self
+            .image
+            .encode_pixels(pixels, |q| Ok(self.projection.forward(q)?))?;
         Ok(ImageFeatures {
             projected,
             preprocess: t.preprocess,

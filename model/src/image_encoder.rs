@@ -87,8 +87,20 @@ impl ImageEncoder {
         let t = Instant::now();
         let pixels = self.pixel_values(images)?;
         let preprocess = t.elapsed();
+        let (out, mut timings) = self.encode_pixels(&pixels, head)?;
+        timings.preprocess = preprocess;
+        Ok((out, timings))
+    }
+
+    /// [`ImageEncoder::encode`] on pixel values computed elsewhere (e.g. preprocessed on
+    /// worker threads ahead of the model); the preprocess time is zero.
+    pub fn encode_pixels(
+        &self,
+        pixels: &Tensor,
+        head: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, ImageTimings)> {
         let t = Instant::now();
-        let vis = self.vision(&pixels)?;
+        let vis = self.vision(pixels)?;
         self.device.synchronize()?;
         let vision = t.elapsed();
         let t = Instant::now();
@@ -97,7 +109,7 @@ impl ImageEncoder {
         Ok((
             out,
             ImageTimings {
-                preprocess,
+                preprocess: Duration::ZERO,
                 vision,
                 qformer: t.elapsed(),
             },

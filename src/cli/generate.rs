@@ -66,7 +66,7 @@ pub enum EarlyStoppingArg {
 }
 
 impl GenOpts {
-    fn config(&self) -> GenerationConfig {
+    pub fn config(&self) -> GenerationConfig {
         GenerationConfig {
             max_new_tokens: self.max_new_tokens,
             min_new_tokens: self.min_new_tokens,

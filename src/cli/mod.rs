@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod common;
 pub mod eval;
+pub mod dataset;
 pub mod generate;
 pub mod info;
 pub mod quantize;
