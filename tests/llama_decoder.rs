@@ -34,7 +34,13 @@ fn rows(refs: &std::collections::HashMap<String, RefTensor>) -> Vec<Vec<u32>> {
     let mask = refs["llama.batch.attention_mask"].id_rows();
     ids.iter()
         .zip(&mask)
-        .map(|(r, m)| r.iter().zip(m).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect())
+        .map(|(r, m)| {
+            r.iter()
+                .zip(m)
+                .filter(|(_, m)| **m == 1)
+                .map(|(t, _)| *t)
+                .collect()
+        })
         .collect()
 }
 
@@ -53,7 +59,14 @@ fn input(lm: &dyn LanguageModel, rows: &[Vec<u32>], pad: u32) -> LmInput {
 #[test]
 fn config_reads_llama3_rope_and_gqa() {
     let cfg = LlamaConfig::from_file(model_dir("llama-tiny").join("config.json")).unwrap();
-    assert_eq!((cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim), (6, 3, 6));
+    assert_eq!(
+        (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim
+        ),
+        (6, 3, 6)
+    );
     assert!(matches!(cfg.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
     assert!(cfg.attention_bias && cfg.mlp_bias && cfg.tie_word_embeddings);
     assert_eq!(cfg.rope_theta, 500.0);
@@ -64,7 +77,11 @@ fn config_reads_llama3_rope_and_gqa() {
     let base2 = 1.0 / 500f64.powf(2.0 / 3.0);
     assert!((f[2] as f64 - base2 / 8.0).abs() < 1e-9, "{}", f[2]);
     let base1 = 1.0 / 500f64.powf(1.0 / 3.0);
-    assert!(f[1] as f64 > base1 / 8.0 && (f[1] as f64) < base1, "{}", f[1]);
+    assert!(
+        f[1] as f64 > base1 / 8.0 && (f[1] as f64) < base1,
+        "{}",
+        f[1]
+    );
 }
 
 #[test]
@@ -94,10 +111,10 @@ fn greedy_and_beam_ids_match_transformers_batched_and_alone() {
             eos_token_ids: vec![cfg.eos_token_id()],
             pad_token_id: cfg.pad_token_id(),
         };
-        let run = |rows: &[Vec<u32>], gen: &GenerationConfig| -> Vec<Vec<u32>> {
-            let settings = gen.resolve(&defaults).unwrap();
+        let run = |rows: &[Vec<u32>], wanted: &GenerationConfig| -> Vec<Vec<u32>> {
+            let settings = wanted.resolve(&defaults).unwrap();
             let pre = lm
-                .prefill(input(&*lm, rows, cfg.pad_token_id()), gen.max_new_tokens)
+                .prefill(input(&*lm, rows, cfg.pad_token_id()), wanted.max_new_tokens)
                 .unwrap();
             let mut dec = pre.decoder;
             decode(pre.logits, pre.seen, &settings, &mut *dec, &mut |_| {})
@@ -112,8 +129,8 @@ fn greedy_and_beam_ids_match_transformers_batched_and_alone() {
             max_new_tokens: 12,
             ..GenerationConfig::beam_search(3)
         };
-        for (mode, gen) in [("greedy", &greedy), ("beam3", &beam)] {
-            let got = run(&rows, gen);
+        for (mode, g) in [("greedy", &greedy), ("beam3", &beam)] {
+            let got = run(&rows, g);
             for (r, want) in refs[&format!("llama.batch.{mode}.new_ids")]
                 .id_rows()
                 .iter()
@@ -141,9 +158,18 @@ fn invalid_llama_configs_are_rejected() {
     let dir = std::env::temp_dir().join(format!("blip2-llama-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
-        (r#"{"hidden_size": 36, "num_attention_heads": 6, "num_key_value_heads": 4}"#, "num_key_value_heads"),
-        (r#"{"hidden_size": 35, "num_attention_heads": 5}"#, "head_dim"),
-        (r#"{"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}"#, "rope_type"),
+        (
+            r#"{"hidden_size": 36, "num_attention_heads": 6, "num_key_value_heads": 4}"#,
+            "num_key_value_heads",
+        ),
+        (
+            r#"{"hidden_size": 35, "num_attention_heads": 5}"#,
+            "head_dim",
+        ),
+        (
+            r#"{"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}"#,
+            "rope_type",
+        ),
         (r#"{"rope_scaling": {"type": "linear"}}"#, "factor"),
     ];
     for (json, key) in cases {
