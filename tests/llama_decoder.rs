@@ -92,12 +92,22 @@ fn padded_logits_match_transformers() {
         let (logits, _) = lm
             .prompt_logits(input(&*lm, &rows(&refs), cfg.pad_token_id()), None)
             .unwrap();
-        check_rel(
-            &format!("llama batch logits on {dev:?}"),
-            &logits,
-            &refs["llama.batch.logits"],
-            F32_REL_TOL,
-        );
+        // Rows at padding positions attend to masked keys only and are never used; their
+        // values depend on how a fully masked softmax is handled, so compare real rows.
+        let mask = refs["llama.batch.attention_mask"].ids();
+        let want = &refs["llama.batch.logits"];
+        assert_eq!(logits.shape(), &want.shape[..]);
+        let v = want.shape[2];
+        let got = logits.to_vec_f32().unwrap();
+        let (mut g, mut w) = (Vec::new(), Vec::new());
+        for (pos, &m) in mask.iter().enumerate() {
+            if m == 1 {
+                g.extend_from_slice(&got[pos * v..(pos + 1) * v]);
+                w.extend_from_slice(&want.f[pos * v..(pos + 1) * v]);
+            }
+        }
+        let e = rel_err(&g, &w);
+        assert!(e <= F32_REL_TOL, "llama batch logits on {dev:?}: {e:e}");
     }
 }
 
