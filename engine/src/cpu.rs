@@ -170,6 +170,7 @@ pub(crate) fn unary(x: &Tensor, f: Unary) -> Result<Tensor> {
         Unary::Gelu => k::gelu_erf_inplace(c),
         Unary::GeluTanh => k::gelu_tanh_inplace(c),
         Unary::Relu => k::relu_inplace(c),
+        Unary::Silu => k::silu_inplace(c),
     });
     output(data, x.shape().to_vec(), x.dtype())
 }

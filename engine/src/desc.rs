@@ -62,6 +62,8 @@ pub enum Unary {
     /// GELU with the tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
     Relu,
+    /// SiLU / swish: x·σ(x) (LLaMA's gated MLP).
+    Silu,
 }
 
 /// Element-wise binary ops with a repeating second operand.

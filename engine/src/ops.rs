@@ -267,6 +267,10 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Relu)
 }
 
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Silu)
+}
+
 /// `a ∘ b` where b's shape equals a's or a suffix of it (b repeats over a's leading dims:
 /// a bias row `[C]`, position embeddings `[L, C]` against `[B, L, C]`).
 pub fn binary(a: &Tensor, b: &Tensor, f: Binary) -> Result<Tensor> {

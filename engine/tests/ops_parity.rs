@@ -376,7 +376,7 @@ fn activations_match_reference() {
                 fn(&Tensor) -> blip2_engine::Result<Tensor>,
                 Box<dyn Fn(f64) -> f64>,
             );
-            let cases: [Case; 3] = [
+            let cases: [Case; 4] = [
                 (
                     "gelu",
                     ops::gelu,
@@ -390,6 +390,7 @@ fn activations_match_reference() {
                     }),
                 ),
                 ("relu", ops::relu, Box::new(|v: f64| v.max(0.0))),
+                ("silu", ops::silu, Box::new(|v: f64| v / (1.0 + (-v).exp()))),
             ];
             for (name, f, r) in cases {
                 let got = f(&x).unwrap().to_vec_f32().unwrap();

@@ -19,6 +19,13 @@ fn gelu_tanh_body(x: &mut [f32]) {
 }
 
 #[inline(always)]
+fn silu_body(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = vmath::silu(*v);
+    }
+}
+
+#[inline(always)]
 fn relu_body(x: &mut [f32]) {
     for v in x.iter_mut() {
         // Select, not `max`: keeps NaN as NaN like torch.relu.
@@ -97,6 +104,7 @@ fn scale_body(x: &mut [f32], s: f32) {
 
 multiversion! { pub(crate) fn gelu_erf_isa(x: &mut [f32]) = gelu_erf_body; }
 multiversion! { pub(crate) fn gelu_tanh_isa(x: &mut [f32]) = gelu_tanh_body; }
+multiversion! { pub(crate) fn silu_isa(x: &mut [f32]) = silu_body; }
 multiversion! { pub(crate) fn relu_isa(x: &mut [f32]) = relu_body; }
 multiversion! { pub(crate) fn softmax_isa(row: &mut [f32]) = softmax_body; }
 multiversion! { fn add_isa(a: &[f32], b: &[f32], out: &mut [f32]) = add_body; }
@@ -124,6 +132,16 @@ pub fn gelu_tanh_inplace(x: &mut [f32]) {
 /// [`gelu_tanh_inplace`] on a chosen instruction set.
 pub fn gelu_tanh_inplace_with(isa: Isa, x: &mut [f32]) {
     gelu_tanh_isa(isa.resolve(), x)
+}
+
+/// SiLU (swish) in place: x·σ(x) = x / (1 + e^(−x)) (PyTorch `silu`, LLaMA's MLP).
+pub fn silu_inplace(x: &mut [f32]) {
+    silu_isa(isa(), x)
+}
+
+/// [`silu_inplace`] on a chosen instruction set.
+pub fn silu_inplace_with(isa: Isa, x: &mut [f32]) {
+    silu_isa(isa.resolve(), x)
 }
 
 /// max(x, 0) in place (NaN stays NaN).

@@ -206,6 +206,13 @@ pub(crate) fn gelu_tanh(x: f32) -> f32 {
     x / (1.0 + exp(-2.0 * u))
 }
 
+/// SiLU: x·σ(x) = x / (1 + e^(−x)). `exp` saturates near 2¹²⁷ for x ≪ 0, so the quotient
+/// stays finite (and within 1e-36 of torch's value there).
+#[inline(always)]
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -437,6 +437,26 @@ fn gelu_tanh_all_isas() {
 }
 
 #[test]
+fn silu_all_isas() {
+    // |y − ref| ≤ 4e-6·|ref| + 1e-30: x/(1 + e^(−x)) has no cancellation; exp is ~1 ulp but
+    // its argument −x is exact, so only exp's own error (≤ 2 ulp) and the add/divide
+    // roundings (2 ulp) remain: 4 ulp ≈ 5e-7, with margin. Below the exp clamp (−88)
+    // the true value is < 1e-36.
+    let x = activation_inputs();
+    for isa in isas() {
+        let mut y = x.clone();
+        silu_inplace_with(isa, &mut y);
+        for (&xi, &yi) in x.iter().zip(&y) {
+            let r = xi as f64 / (1.0 + (-(xi as f64)).exp());
+            assert!(
+                (yi as f64 - r).abs() <= 4e-6 * r.abs() + 1e-30,
+                "{isa} silu({xi}) = {yi}, want {r}"
+            );
+        }
+    }
+}
+
+#[test]
 fn relu_and_elementwise_exact() {
     // Exact: each output is one correctly rounded f32 operation, identical on every ISA.
     let mut rng = Rng::new(6);

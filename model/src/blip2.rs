@@ -1,6 +1,11 @@
 //! The BLIP-2 pipeline: image -> ViT -> Q-Former -> language_projection -> language model
 //! -> tokens, with the inputs built exactly as `Blip2Processor` + `generate` build them.
 //! The language model is any family behind [`LanguageModel`]; nothing here knows which.
+//!
+//! InstructBLIP checkpoints (`model_type: instructblip`) take the same path, except that the
+//! Q-Former also reads the prompt (tokenized by `qformer_tokenizer/`), so the projected
+//! queries depend on the prompt: [`ImageFeatures`] then keeps the ViT output, and the
+//! Q-Former runs again for each prompt batch.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -79,6 +84,8 @@ pub const MAX_PROMPT_TOKENS: usize = 2048;
 pub struct Blip2 {
     pub config: Blip2Config,
     pub tokenizer: Blip2Tokenizer,
+    /// InstructBLIP's Q-Former tokenizer (BERT WordPiece); None for BLIP-2.
+    pub qformer_tokenizer: Option<Blip2Tokenizer>,
     image: ImageEncoder,
     projection: Linear,
     lm: Box<dyn LanguageModel>,
@@ -91,8 +98,12 @@ pub struct Blip2 {
 
 /// Query features of a batch of images, computed once and reusable across prompts.
 pub struct ImageFeatures {
-    /// language_projection output `[B, Q, D_lm]`.
+    /// language_projection output `[B, Q, D_lm]` (InstructBLIP: for the empty instruction,
+    /// which is what a prompt-less caption uses).
     pub projected: Tensor,
+    /// InstructBLIP: the vision encoder's output `[B, N, Dv]`, which the Q-Former reads again
+    /// with each prompt. None for BLIP-2.
+    pub vision_output: Option<Tensor>,
     pub preprocess: Duration,
     pub vision: Duration,
     pub qformer: Duration,
@@ -152,7 +163,14 @@ impl Blip2 {
             config,
             image_config,
             tokenizer,
+            qformer_tokenizer,
         } = files;
+        if config.is_instructblip() && qformer_tokenizer.is_none() {
+            return Err(ModelError::Unsupported(format!(
+                "{}: an InstructBLIP checkpoint needs its Q-Former tokenizer (qformer_tokenizer/tokenizer.json)",
+                vb.checkpoint().path().display()
+            )));
+        }
         if config.is_retrieval() {
             return Err(ModelError::Unsupported(format!(
                 "{} is an image-text retrieval checkpoint (Blip2ForImageTextRetrieval): it scores and embeds, it does not generate text; use Blip2Retrieval or `blip2 match`",
@@ -176,6 +194,7 @@ impl Blip2 {
         Ok(Blip2 {
             config,
             tokenizer,
+            qformer_tokenizer,
             image,
             projection,
             lm,
@@ -195,13 +214,23 @@ impl Blip2 {
         self.image.device()
     }
 
-    /// Preprocesses the images and runs ViT, Q-Former and the projection.
+    /// Preprocesses the images and runs ViT, Q-Former and the projection (InstructBLIP:
+    /// with the empty instruction, keeping the ViT output for prompts).
     pub fn image_features(&self, images: &[&DynamicImage]) -> Result<ImageFeatures> {
-        let (projected, t) = self
-            .image
-            .encode(images, |q| Ok(self.projection.forward(q)?))?;
+        let mut vis_out = None;
+        let (projected, t) = self.image.encode_with(images, |vis| {
+            let q = if self.config.is_instructblip() {
+                vis_out = Some(vis.clone());
+                let (ids, mask) = self.qformer_instructions(&vec![None; vis.dim(0)])?;
+                self.image.queries_with_text(vis, &ids, &mask)?
+            } else {
+                self.image.queries(vis)?
+            };
+            Ok(self.projection.forward(&q)?)
+        })?;
         Ok(ImageFeatures {
             projected,
+            vision_output: vis_out,
             preprocess: t.preprocess,
             vision: t.vision,
             qformer: t.qformer,
@@ -230,22 +259,93 @@ impl Blip2 {
     }
 
     /// The stages up to the language model on given pixel values, for parity checks:
-    /// [vision last_hidden_state, Q-Former last_hidden_state, projection output].
+    /// [vision last_hidden_state, Q-Former query outputs, projection output].
+    /// InstructBLIP's Q-Former reads the empty instruction; see [`Blip2::stages_for`].
     pub fn stages(&self, pixels: &Tensor) -> Result<[Tensor; 3]> {
+        let none = vec![None; pixels.dim(0)];
+        self.stages_for(pixels, &none)
+    }
+
+    /// [`Blip2::stages`] with one prompt per image: InstructBLIP's Q-Former reads each
+    /// prompt as its instruction (BLIP-2 ignores them).
+    pub fn stages_for(&self, pixels: &Tensor, prompts: &[Option<&str>]) -> Result<[Tensor; 3]> {
         let vis = self.image.vision(pixels)?;
-        let q = self.image.queries(&vis)?;
+        let q = self.query_outputs(&vis, prompts)?;
         let p = self.projection.forward(&q)?;
         Ok([vis, q, p])
     }
 
+    /// Q-Former query outputs `[B, Q, D]` for vision features and one prompt per row.
+    fn query_outputs(&self, vis: &Tensor, prompts: &[Option<&str>]) -> Result<Tensor> {
+        if !self.config.is_instructblip() {
+            return self.image.queries(vis);
+        }
+        if prompts.len() != vis.dim(0) {
+            return Err(ModelError::Invalid(format!(
+                "{} prompts for {} images",
+                prompts.len(),
+                vis.dim(0)
+            )));
+        }
+        let (ids, mask) = self.qformer_instructions(prompts)?;
+        self.image.queries_with_text(vis, &ids, &mask)
+    }
+
+    /// InstructBlipProcessor's `qformer_input_ids` / `qformer_attention_mask`: each prompt
+    /// through the Q-Former tokenizer (`[CLS] text [SEP]`), right-padded. No prompt is the
+    /// empty text (`[CLS] [SEP]`): HF needs qformer_input_ids, and `text=""` gives these.
+    pub fn qformer_instructions(
+        &self,
+        prompts: &[Option<&str>],
+    ) -> Result<(Vec<Vec<u32>>, Vec<Vec<u8>>)> {
+        let tok = self.qformer_tokenizer.as_ref().ok_or_else(|| {
+            ModelError::Invalid(
+                "this checkpoint has no Q-Former tokenizer (not InstructBLIP)".into(),
+            )
+        })?;
+        let texts: Vec<&str> = prompts.iter().map(|p| p.unwrap_or("")).collect();
+        let enc = tok.encode_text_batch(&texts, crate::tokenizer::PaddingSide::Right)?;
+        let mask = enc
+            .attention_mask
+            .iter()
+            .map(|m| m.iter().map(|&v| v as u8).collect())
+            .collect();
+        Ok((enc.ids, mask))
+    }
+
     /// Features from an already computed projection output `[B, Q, D_lm]` (no timings).
+    /// InstructBLIP needs the vision output too: use [`Blip2::features_from_reusable`].
     pub fn features_from_projected(&self, projected: Tensor) -> ImageFeatures {
         ImageFeatures {
             projected,
+            vision_output: None,
             preprocess: Duration::ZERO,
             vision: Duration::ZERO,
             qformer: Duration::ZERO,
         }
+    }
+
+    /// The prompt-independent part of `feats`, one row per image, for caching by image:
+    /// the projected queries (BLIP-2) or the ViT output (InstructBLIP).
+    pub fn reusable_features(&self, feats: ImageFeatures) -> Tensor {
+        match feats.vision_output {
+            Some(v) if self.config.is_instructblip() => v,
+            _ => feats.projected,
+        }
+    }
+
+    /// Features from rows of [`Blip2::reusable_features`] (InstructBLIP: runs the
+    /// Q-Former with the empty instruction to fill `projected`).
+    pub fn features_from_reusable(&self, t: Tensor) -> Result<ImageFeatures> {
+        if !self.config.is_instructblip() {
+            return Ok(self.features_from_projected(t));
+        }
+        let none = vec![None; t.dim(0)];
+        let projected = self.projection.forward(&self.query_outputs(&t, &none)?)?;
+        Ok(ImageFeatures {
+            vision_output: Some(t),
+            ..self.features_from_projected(projected)
+        })
     }
 
     /// Prompt ids as `Blip2Processor` builds them: `<image>` × Q, then the tokenized text
@@ -497,7 +597,8 @@ impl Blip2 {
 
     /// The language model's input for one prompt per image row: ids padded on the model's
     /// side with `pad`, and token embeddings with the `<image>` positions replaced by the
-    /// projected query outputs.
+    /// projected query outputs (InstructBLIP: computed here for these prompts, unless none
+    /// has text, when `feats.projected` already is that).
     fn lm_input(
         &self,
         feats: &ImageFeatures,
@@ -517,9 +618,23 @@ impl Blip2 {
             .collect::<Result<_>>()?;
         let image_id = self.image_token_id()?;
         let batch = PaddedBatch::new(&ids, pad, image_id, self.lm.padding_side());
-        let embeds = image_scatter(&batch.rows, image_id, &feats.projected, |t| {
-            self.lm.embed(t)
-        })?;
+        let instructed;
+        let projected = if self.config.is_instructblip() && prompts.iter().any(Option::is_some) {
+            let vis = feats.vision_output.as_ref().ok_or_else(|| {
+                ModelError::Invalid(
+                    "InstructBLIP reads the prompt in its Q-Former and needs the vision output: \
+                     build the features with image_features or features_from_reusable"
+                        .into(),
+                )
+            })?;
+            instructed = self
+                .projection
+                .forward(&self.query_outputs(vis, prompts)?)?;
+            &instructed
+        } else {
+            &feats.projected
+        };
+        let embeds = image_scatter(&batch.rows, image_id, projected, |t| self.lm.embed(t))?;
         Ok(LmInput { embeds, batch })
     }
 }

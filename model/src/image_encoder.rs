@@ -46,6 +46,7 @@ impl ImageEncoder {
                 &config.qformer_config,
                 config.num_query_tokens,
                 with_text,
+                config.is_instructblip(),
             )?,
             image_config,
             device: vb.device().clone(),
@@ -76,6 +77,17 @@ impl ImageEncoder {
         Ok(self.qformer.forward(vision)?)
     }
 
+    /// InstructBLIP: Q-Former query outputs `[B, Q, D]` over the image with each row's
+    /// instruction (padded Q-Former ids and mask) beside the queries.
+    pub fn queries_with_text(
+        &self,
+        vision: &Tensor,
+        ids: &[Vec<u32>],
+        mask: &[Vec<u8>],
+    ) -> Result<Tensor> {
+        self.qformer.forward_with_text(vision, ids, mask)
+    }
+
     /// Preprocess → ViT → Q-Former → `head` (the captioning model's projection) for a batch
     /// of images, timed stage by stage: the device is synchronised after each stage so the
     /// times are the stages' own; `head` counts as part of the Q-Former stage.
@@ -83,6 +95,16 @@ impl ImageEncoder {
         &self,
         images: &[&DynamicImage],
         head: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, ImageTimings)> {
+        self.encode_with(images, |vis| head(&self.queries(vis)?))
+    }
+
+    /// Preprocess → ViT → `rest` (the Q-Former and head, for models whose Q-Former reads more
+    /// than the image), timed as [`ImageEncoder::encode`] times them.
+    pub fn encode_with(
+        &self,
+        images: &[&DynamicImage],
+        rest: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<(Tensor, ImageTimings)> {
         let t = Instant::now();
         let pixels = self.pixel_values(images)?;
@@ -104,7 +126,7 @@ impl ImageEncoder {
         self.device.synchronize()?;
         let vision = t.elapsed();
         let t = Instant::now();
-        let out = head(&self.queries(&vis)?)?;
+        let out = rest(&vis)?;
         self.device.synchronize()?;
         Ok((
             out,

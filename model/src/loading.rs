@@ -66,6 +66,8 @@ pub struct ModelFiles {
     pub config: Blip2Config,
     pub image_config: ImageProcessorConfig,
     pub tokenizer: Blip2Tokenizer,
+    /// InstructBLIP: the Q-Former's BERT tokenizer (`qformer_tokenizer/`); None otherwise.
+    pub qformer_tokenizer: Option<Blip2Tokenizer>,
 }
 
 impl Source<'_> {
@@ -76,10 +78,18 @@ impl Source<'_> {
                 let config = Blip2Config::from_dir(dir)?;
                 let processor = ProcessorConfig::from_dir(dir)?;
                 check_image_size(&config, &processor)?;
+                // InstructBlipProcessor.save_pretrained puts the Q-Former's tokenizer in a
+                // subfolder beside the language model's.
+                let qformer_tokenizer = if config.is_instructblip() {
+                    Some(Blip2Tokenizer::from_dir(dir.join("qformer_tokenizer"))?)
+                } else {
+                    None
+                };
                 let files = ModelFiles {
                     config,
                     image_config: processor.image,
                     tokenizer: Blip2Tokenizer::from_dir(dir)?,
+                    qformer_tokenizer,
                 };
                 let checkpoint = Checkpoint::open(dir)?;
                 check_quantization_config(dir, &checkpoint)?;
@@ -95,6 +105,13 @@ impl Source<'_> {
                             ..Default::default()
                         },
                         tokenizer: crate::random::synthetic_tokenizer(&config)?,
+                        qformer_tokenizer: if config.is_instructblip() {
+                            Some(crate::random::synthetic_qformer_tokenizer(
+                                config.qformer_config.vocab_size,
+                            )?)
+                        } else {
+                            None
+                        },
                         config,
                     },
                     checkpoint: Checkpoint::random(seed),
@@ -195,6 +212,7 @@ fn open_embedded(files: &EmbeddedCheckpoint) -> Result<CheckpointFiles> {
             config: files.config()?,
             image_config,
             tokenizer,
+            qformer_tokenizer: None,
         },
         checkpoint: Checkpoint::from_static(
             &dir.join("model.safetensors").to_string_lossy(),

@@ -81,6 +81,7 @@ pub fn activation(name: &str) -> crate::Result<ops::Unary> {
         "gelu" => Ok(ops::Unary::Gelu),
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(ops::Unary::GeluTanh),
         "relu" => Ok(ops::Unary::Relu),
+        "silu" | "swish" => Ok(ops::Unary::Silu),
         other => Err(crate::ModelError::Unsupported(format!(
             "activation function '{other}'"
         ))),

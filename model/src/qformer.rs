@@ -1,8 +1,14 @@
 //! Blip2QFormerModel: a post-LN BERT whose first `query_len` rows are the learned queries.
 //! Queries cross-attend the image every `cross_attention_frequency` layers and use the
-//! `*_query` FFN; text rows (retrieval) skip cross-attention and use the text FFN.
+//! `*_query` FFN; text rows (retrieval, InstructBLIP's instruction) skip cross-attention and
+//! use the text FFN.
+//!
+//! InstructBlipQFormerModel is the same encoder with its own text embeddings
+//! (`qformer.embeddings.{word,position}_embeddings`) and the input LayerNorm under
+//! `qformer.embeddings.layernorm`: the instruction's BERT tokens follow the queries in
+//! self-attention (padding masked), and only the query rows are returned.
 
-use blip2_engine::{AttnOpts, Result, Tensor, ops};
+use blip2_engine::{AttnOpts, DType, Result, Tensor, ops};
 
 use crate::config::QFormerConfig;
 use crate::nn::{LayerNorm, Linear, activation};
@@ -97,22 +103,36 @@ struct Layer {
     ffn_text: Option<Ffn>,
 }
 
+/// InstructBlipQFormerEmbeddings' text half: word + absolute position embeddings.
+struct TextEmbeddings {
+    word: Tensor,
+    position: Tensor,
+    vocab: usize,
+    max_positions: usize,
+}
+
 pub struct QFormer {
     pub query_tokens: Tensor,
     layernorm: LayerNorm,
+    /// InstructBLIP only.
+    text_embeddings: Option<TextEmbeddings>,
     layers: Vec<Layer>,
     heads: usize,
     pub hidden: usize,
 }
 
 impl QFormer {
-    /// `vb` is rooted at the checkpoint root (`query_tokens`, `qformer.*`).
+    /// `vb` is rooted at the checkpoint root (`query_tokens`, `qformer.*`). `with_text`:
+    /// load the text FFN (retrieval); `instruct`: InstructBLIP's layout (text embeddings
+    /// inside the Q-Former, text FFN, LayerNorm under `embeddings`).
     pub fn load(
         vb: &WeightLoader,
         cfg: &QFormerConfig,
         num_query_tokens: usize,
         with_text: bool,
+        instruct: bool,
     ) -> crate::Result<QFormer> {
+        let with_text = with_text || instruct;
         let d = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
         let act = activation(&cfg.hidden_act)?;
@@ -137,9 +157,23 @@ impl QFormer {
                 }
             })
             .collect();
+        let emb = q.pp("embeddings");
         Ok(QFormer {
             query_tokens: vb.get_f32("query_tokens", &[1, num_query_tokens, d]),
-            layernorm: LayerNorm::load(&q.pp("layernorm"), d, eps),
+            layernorm: if instruct {
+                LayerNorm::load(&emb.pp("layernorm"), d, eps)
+            } else {
+                LayerNorm::load(&q.pp("layernorm"), d, eps)
+            },
+            text_embeddings: instruct.then(|| TextEmbeddings {
+                word: emb.get("word_embeddings.weight", &[cfg.vocab_size, d]),
+                position: emb.get(
+                    "position_embeddings.weight",
+                    &[cfg.max_position_embeddings, d],
+                ),
+                vocab: cfg.vocab_size,
+                max_positions: cfg.max_position_embeddings,
+            }),
             layers,
             heads: cfg.num_attention_heads,
             hidden: d,
@@ -194,6 +228,84 @@ impl QFormer {
             };
         }
         Ok(x)
+    }
+
+    /// InstructBLIP's path: the learned queries attend to `image` `[B, N, Dv]` beside the
+    /// instruction's padded Q-Former ids `ids` (one row per image, mask 1 = real token);
+    /// returns the query rows `[B, Q, D]`.
+    pub fn forward_with_text(
+        &self,
+        image: &Tensor,
+        ids: &[Vec<u32>],
+        mask: &[Vec<u8>],
+    ) -> crate::Result<Tensor> {
+        let te = self.text_embeddings.as_ref().ok_or_else(|| {
+            crate::ModelError::Invalid(
+                "this Q-Former has no text embeddings (not an InstructBLIP checkpoint)".into(),
+            )
+        })?;
+        let b = image.dim(0);
+        let l = ids.first().map_or(0, Vec::len);
+        if ids.len() != b || mask.len() != b {
+            return Err(crate::ModelError::Invalid(format!(
+                "{} instructions for {b} images",
+                ids.len()
+            )));
+        }
+        if let Some((r, row)) = ids
+            .iter()
+            .zip(mask)
+            .enumerate()
+            .find(|(_, (row, m))| row.len() != l || m.len() != l)
+        {
+            return Err(crate::ModelError::Invalid(format!(
+                "instruction row {r} has {} ids, row 0 has {l} (rows must be padded)",
+                row.0.len()
+            )));
+        }
+        if l > te.max_positions {
+            return Err(crate::ModelError::Invalid(format!(
+                "the instruction has {l} Q-Former tokens; the Q-Former has {} positions",
+                te.max_positions
+            )));
+        }
+        let flat: Vec<u32> = ids.concat();
+        if let Some(&bad) = flat.iter().find(|&&t| t as usize >= te.vocab) {
+            return Err(crate::ModelError::Invalid(format!(
+                "Q-Former token id {bad} is outside its vocabulary of {}",
+                te.vocab
+            )));
+        }
+        let queries = crate::nn::repeat_batch(&self.query_tokens, b)?;
+        let nq = queries.dim(1);
+        let embeds = if l == 0 {
+            queries
+        } else {
+            let words =
+                ops::embedding(&te.word, &flat, DType::F32)?.reshape(&[b, l, self.hidden])?;
+            let positions: Vec<u32> = (0..l as u32).collect();
+            let pos = ops::embedding(&te.position, &positions, DType::F32)?;
+            ops::concat(&[&queries, &ops::add(&words, &pos)?], 1)?
+        };
+        // Queries always visible; text keys masked where the mask is 0.
+        let self_mask = if mask.iter().all(|m| m.iter().all(|&v| v == 1)) {
+            None
+        } else {
+            let data: Vec<f32> = mask
+                .iter()
+                .flat_map(|m| {
+                    std::iter::repeat_n(0.0, nq)
+                        .chain(m.iter().map(|&v| if v == 1 { 0.0 } else { f32::MIN }))
+                })
+                .collect();
+            Some(Tensor::from_f32(data, &[b, 1, nq + l], image.device())?)
+        };
+        let out = self.encode(&embeds, nq, Some(image), self_mask.as_ref())?;
+        Ok(if l == 0 {
+            out
+        } else {
+            ops::narrow(&out, 1, 0, nq)?
+        })
     }
 
     /// The generation path: the learned queries attend to `image` `[B, N, Dv]` -> `[B, Q, D]`.

@@ -53,6 +53,42 @@ pub(crate) fn synthetic_tokenizer(config: &Blip2Config) -> Result<Blip2Tokenizer
     Blip2Tokenizer::from_parts(&bytes, "<synthetic tokenizer>", cfg.as_object(), None)
 }
 
+/// A WordLevel stand-in for InstructBLIP's BERT Q-Former tokenizer: `[PAD]` 0, `[UNK]` 1,
+/// `[CLS]` 2, `[SEP]` 3, `<q4>`.. up to `vocab`, with BERT's `[CLS] text [SEP]` framing.
+pub(crate) fn synthetic_qformer_tokenizer(vocab: usize) -> Result<Blip2Tokenizer> {
+    if vocab < 4 {
+        return Err(ModelError::Invalid(format!(
+            "a Q-Former vocabulary of {vocab} has no room for [PAD] [UNK] [CLS] [SEP]"
+        )));
+    }
+    let mut map = serde_json::Map::new();
+    for (i, t) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].iter().enumerate() {
+        map.insert(t.to_string(), serde_json::json!(i));
+    }
+    for i in 4..vocab {
+        map.insert(format!("<q{i}>"), serde_json::json!(i));
+    }
+    let tok = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": map, "unk_token": "[UNK]"},
+    });
+    let cfg = serde_json::json!({"pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]"});
+    let bytes = serde_json::to_vec(&tok).map_err(|e| ModelError::Invalid(e.to_string()))?;
+    Blip2Tokenizer::from_parts(
+        &bytes,
+        "<synthetic Q-Former tokenizer>",
+        cfg.as_object(),
+        None,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use blip2_engine::{DType, Device};

@@ -223,6 +223,7 @@ impl Blip2Retrieval {
             config,
             image_config,
             tokenizer,
+            ..
         } = files;
         let ckpt = vb.checkpoint();
         let missing: Vec<&str> = HEAD_WEIGHTS

@@ -196,9 +196,26 @@ fn write_file(path: &Path, entries: &mut [Entry], metadata: &serde_json::Value) 
     Ok(off)
 }
 
+/// InstructBLIP's Q-Former tokenizer lives in this subfolder of the checkpoint.
+const QFORMER_TOKENIZER_DIR: &str = "qformer_tokenizer";
+
 /// Files of a checkpoint directory other than weights and config.json that a load reads
-/// (tokenizer, processor, generation settings): every `*.json`, `*.txt` and `*.model`.
+/// (tokenizer, processor, generation settings): every `*.json`, `*.txt` and `*.model`, and
+/// those of `qformer_tokenizer/` (as `qformer_tokenizer/NAME`).
 fn companion_files(src: &Path) -> Result<Vec<String>> {
+    let mut out = top_level_companions(src)?;
+    let sub = src.join(QFORMER_TOKENIZER_DIR);
+    if sub.is_dir() {
+        out.extend(
+            top_level_companions(&sub)?
+                .into_iter()
+                .map(|n| format!("{QFORMER_TOKENIZER_DIR}/{n}")),
+        );
+    }
+    Ok(out)
+}
+
+fn top_level_companions(src: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(src).map_err(|e| ModelError::io(src, e))? {
         let e = e.map_err(|e| ModelError::io(src, e))?;
@@ -330,6 +347,10 @@ pub fn quantize_dir(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Result<Qu
     );
     write_json(&dst.join("config.json"), &cfg)?;
     let copied = companion_files(src)?;
+    if copied.iter().any(|n| n.starts_with(QFORMER_TOKENIZER_DIR)) {
+        let d = dst.join(QFORMER_TOKENIZER_DIR);
+        std::fs::create_dir_all(&d).map_err(|e| ModelError::io(&d, e))?;
+    }
     for name in &copied {
         let to = dst.join(name);
         std::fs::copy(src.join(name), &to).map_err(|e| ModelError::io(&to, e))?;

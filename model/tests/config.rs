@@ -343,6 +343,30 @@ fn presets_have_hub_sizes() {
         tiny.qformer_config.encoder_hidden_size,
         tiny.vision_config.hidden_size
     );
+    let v = Blip2Config::preset("instructblip-vicuna-7b").unwrap();
+    assert!(v.is_instructblip());
+    assert_eq!(v.family(), "instructblip (vicuna/llama)");
+    let l = v
+        .text_config
+        .as_ref()
+        .and_then(|t| t.downcast::<blip2_model::lm::llama::LlamaConfig>())
+        .unwrap();
+    assert_eq!(
+        (
+            l.hidden_size,
+            l.num_hidden_layers,
+            l.num_key_value_heads,
+            l.head_dim
+        ),
+        (4096, 32, 32, 128)
+    );
+    assert_eq!(v.image_token_index, Some(32000));
+    assert_eq!(
+        Blip2Config::preset("instructblip-flan-t5-xl")
+            .unwrap()
+            .family(),
+        "instructblip (flan-t5)"
+    );
     assert!(Blip2Config::preset("gpt-5").is_err());
 }
 

@@ -590,6 +590,8 @@ op_codes! {
         Mul = 5 => "OP_MUL",
         /// x as is: a copy, or a dtype cast.
         Copy = 6 => "OP_COPY",
+        /// SiLU: x·σ(x).
+        Silu = 7 => "OP_SILU",
     }
 }
 

@@ -23,6 +23,7 @@ const OP_ADD: u32 = 4u;
 const OP_MUL: u32 = 5u;
 // Copy / dtype cast.
 const OP_COPY: u32 = 6u;
+const OP_SILU: u32 = 7u;
 
 const OP: u32 = OP_GELU;
 const X_F16: bool = false;
@@ -69,6 +70,10 @@ fn apply(v: f32, i: u32) -> f32 {
         }
         case OP_RELU: {
             return max(v, 0.0);
+        }
+        case OP_SILU: {
+            // x / (1 + e^(−x)); the clamp keeps exp finite (σ is 0 in f32 below −88 anyway).
+            return v / (1.0 + exp(min(-v, 88.0)));
         }
         case OP_SCALE: {
             return v * p.s;

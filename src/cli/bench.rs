@@ -12,7 +12,8 @@ use super::common::{DTypeArg, DeviceArg, ms, pick_device, weight_summary};
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchOpts {
-    /// Model sizes: tiny, opt-2.7b, opt-6.7b, flan-t5-xl or flan-t5-xxl.
+    /// Model sizes: tiny, opt-2.7b, opt-6.7b, flan-t5-xl, flan-t5-xxl, instructblip-vicuna-7b
+    /// or instructblip-flan-t5-xl.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     #[arg(long, default_value_t = 1)]

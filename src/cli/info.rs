@@ -27,7 +27,8 @@ pub struct InfoOpts {
 }
 
 /// The weights of `--model` (or the demo model) loaded on the CPU with `--dtype`.
-fn model_weights(o: &InfoOpts) -> anyhow::Result<(String, WeightStats)> {
+/// The loaded model's architecture, its family ("instructblip (vicuna/llama)") and weights.
+fn model_weights(o: &InfoOpts) -> anyhow::Result<(String, String, WeightStats)> {
     let opts = LoadOptions {
         device: Device::cpu(),
         dtype: o.dtype.dtype(),
@@ -38,6 +39,7 @@ fn model_weights(o: &InfoOpts) -> anyhow::Result<(String, WeightStats)> {
         let m = blip2::demo::load_demo(opts).context("loading the embedded demo model")?;
         return Ok((
             "Blip2ForConditionalGeneration".into(),
+            m.config.family(),
             m.weight_stats().clone(),
         ));
     };
@@ -48,14 +50,17 @@ fn model_weights(o: &InfoOpts) -> anyhow::Result<(String, WeightStats)> {
         let m = Blip2Retrieval::load(dir, opts).with_context(ctx)?;
         Ok((
             "Blip2ForImageTextRetrieval".into(),
+            cfg.family(),
             m.weight_stats().clone(),
         ))
     } else {
         let m = Blip2::load(dir, opts).with_context(ctx)?;
-        Ok((
-            "Blip2ForConditionalGeneration".into(),
-            m.weight_stats().clone(),
-        ))
+        let arch = if cfg.is_instructblip() {
+            "InstructBlipForConditionalGeneration"
+        } else {
+            "Blip2ForConditionalGeneration"
+        };
+        Ok((arch.into(), cfg.family(), m.weight_stats().clone()))
     }
 }
 
@@ -72,7 +77,7 @@ fn info_json(o: &InfoOpts) -> anyhow::Result<()> {
         let i = g.info();
         serde_json::json!({"name": i.name, "backend": i.backend, "device_type": i.device_type})
     });
-    let (arch, stats) = model_weights(o)?;
+    let (arch, family, stats) = model_weights(o)?;
     let v = serde_json::json!({
         "adapters": adapters,
         "cpu": {"name": cpu.name, "threads": cpu.threads},
@@ -80,6 +85,7 @@ fn info_json(o: &InfoOpts) -> anyhow::Result<()> {
         "model": {
             "path": o.model.as_ref().map(|p| p.display().to_string()),
             "architecture": arch,
+            "family": family,
             "dtype": o.dtype.dtype().to_string(),
             "weights": stats.to_json(),
         },
@@ -163,9 +169,9 @@ pub fn info(o: &InfoOpts) -> anyhow::Result<()> {
     if let Some(t) = &c.text_config {
         println!("  {}", t.summary());
     }
-    let (arch, stats) = model_weights(o)?;
+    let (arch, family, stats) = model_weights(o)?;
     match &o.model {
-        Some(dir) => println!("model {} ({arch}):", dir.display()),
+        Some(dir) => println!("model {} ({arch}, family {family}):", dir.display()),
         None => println!(
             "embedded demo model loaded with --dtype {}:",
             o.dtype.dtype()

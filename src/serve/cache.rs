@@ -1,4 +1,5 @@
-//! Query features by image: the language projection's output for one image, keyed by the
+//! Query features by image: the language projection's output for one image (InstructBLIP:
+//! the ViT output, as its Q-Former reads each prompt; `Blip2::reusable_features`), keyed by the
 //! SHA-256 of the image's bytes, in a least-recently-used cache bounded by entry count. A
 //! multi-turn chat re-sends its image with every turn; with the cache only the first turn
 //! runs the vision tower and the Q-Former.

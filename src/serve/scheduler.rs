@@ -289,8 +289,10 @@ fn generate(
     }
     if !images.is_empty() {
         let refs: Vec<&DynamicImage> = images.iter().collect();
+        // What is cached per image: the projected queries, or InstructBLIP's ViT output
+        // (its Q-Former reads each request's prompt).
         let projected = match model.image_features(&refs) {
-            Ok(f) => f.projected,
+            Ok(f) => model.reusable_features(f),
             Err(e) => {
                 let e = from_model_error(&e);
                 return fail(rows.into_iter().map(|(j, _)| j).collect(), &e);
@@ -348,7 +350,13 @@ fn generate(
             }
         }
     };
-    let features = model.features_from_projected(projected);
+    let features = match model.features_from_reusable(projected) {
+        Ok(f) => f,
+        Err(e) => {
+            let e = from_model_error(&e);
+            return fail(run.into_iter().map(|(j, _)| j).collect(), &e);
+        }
+    };
     let prompts: Vec<Option<&str>> = run.iter().map(|(j, _)| j.prompt.as_deref()).collect();
     let eos = settings.eos_token_ids().to_vec();
     let mut streams: Vec<TextStream> = run

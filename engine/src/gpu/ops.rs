@@ -295,6 +295,7 @@ pub(crate) fn unary(g: &Ctx, x: &Tensor, f: Unary) -> Result<Tensor> {
         Unary::Gelu => ElementwiseOp::Gelu,
         Unary::GeluTanh => ElementwiseOp::GeluTanh,
         Unary::Relu => ElementwiseOp::Relu,
+        Unary::Silu => ElementwiseOp::Silu,
     };
     let n = x.elem_count();
     let out = elementwise(g, x.gpu_storage(), x.dtype(), n, None, op, 1.0, x.dtype())?;

@@ -21,4 +21,4 @@ pub use crate::lm::TextConfig;
 pub use crate::lm::opt::OptConfig;
 pub use crate::lm::t5::{T5Config, parse_feed_forward_proj};
 pub use processor::{CLIP_MEAN, CLIP_STD, ImageProcessorConfig, ProcessorConfig};
-pub use schema::{Blip2Config, QFormerConfig, VisionConfig};
+pub use schema::{Blip2Config, ModelFamily, QFormerConfig, VisionConfig};

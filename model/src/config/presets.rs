@@ -1,15 +1,17 @@
 //! Configs of random-weight models at the published sizes, for benchmarks (`blip2 bench
 //! --preset ...`) and tests.
 
-use super::{Blip2Config, QFormerConfig, VisionConfig};
+use super::{Blip2Config, ModelFamily, QFormerConfig, VisionConfig};
 use crate::error::{ModelError, Result};
 use crate::lm::TextConfig;
+use crate::lm::llama::LlamaConfig;
 use crate::lm::opt::OptConfig;
 use crate::lm::t5::T5Config;
 
 impl Blip2Config {
     /// Configs of random-weight models at the published sizes, for benchmarks.
-    /// Names: "tiny", "opt-2.7b", "opt-6.7b", "flan-t5-xl", "flan-t5-xxl".
+    /// Names: "tiny", "opt-2.7b", "opt-6.7b", "flan-t5-xl", "flan-t5-xxl",
+    /// "instructblip-vicuna-7b", "instructblip-flan-t5-xl".
     pub fn preset(name: &str) -> Result<Blip2Config> {
         let opt = |hidden: usize, ffn: usize, layers: usize, heads: usize| OptConfig {
             vocab_size: 50304,
@@ -50,7 +52,26 @@ impl Blip2Config {
                 ..Blip2Config::default()
             }
         };
+        // Salesforce/instructblip-*: the BLIP-2 image half, a Q-Former that also reads the
+        // instruction (BERT vocabulary + 1 added token), 32 queries.
+        let instruct = |text: TextConfig, image_token: u32| Blip2Config {
+            model_type: ModelFamily::InstructBlip,
+            qformer_config: QFormerConfig {
+                vocab_size: 30523,
+                ..QFormerConfig::default()
+            },
+            architectures: vec!["InstructBlipForConditionalGeneration".into()],
+            ..generation(text, image_token)
+        };
+        // Vicuna-7B v1.1 (LLaMA-7B): 32000 tokens + <image> at 32000.
+        let vicuna7b = LlamaConfig {
+            vocab_size: 32001,
+            pad_token_id: Some(0),
+            ..LlamaConfig::default()
+        };
         Ok(match name {
+            "instructblip-vicuna-7b" => instruct(TextConfig::new(vicuna7b), 32000),
+            "instructblip-flan-t5-xl" => instruct(TextConfig::new(t5(2048, 5120, 32)), 32100),
             "opt-2.7b" => generation(TextConfig::new(opt(2560, 10240, 32, 32)), 50265),
             "opt-6.7b" => generation(TextConfig::new(opt(4096, 16384, 32, 32)), 50265),
             "flan-t5-xl" => generation(TextConfig::new(t5(2048, 5120, 32)), 32100),
@@ -95,7 +116,7 @@ impl Blip2Config {
             }
             _ => {
                 return Err(ModelError::Invalid(format!(
-                    "unknown preset '{name}' (expected tiny, opt-2.7b, opt-6.7b, flan-t5-xl or flan-t5-xxl)"
+                    "unknown preset '{name}' (expected tiny, opt-2.7b, opt-6.7b, flan-t5-xl, flan-t5-xxl, instructblip-vicuna-7b or instructblip-flan-t5-xl)"
                 )));
             }
         })

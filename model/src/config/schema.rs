@@ -108,9 +108,23 @@ impl QFormerConfig {
     }
 }
 
-/// `Blip2Config`.
+/// Which model family config.json describes (`model_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum ModelFamily {
+    /// `blip-2`: the Q-Former reads the image alone.
+    #[default]
+    #[serde(rename = "blip-2")]
+    Blip2,
+    /// `instructblip`: the Q-Former also reads the instruction (its own BERT tokens).
+    #[serde(rename = "instructblip")]
+    InstructBlip,
+}
+
+/// `Blip2Config` (and `InstructBlipConfig`, which has the same keys).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Blip2Config {
+    /// `model_type`: "blip-2" or "instructblip".
+    pub model_type: ModelFamily,
     pub vision_config: VisionConfig,
     pub qformer_config: QFormerConfig,
     /// None only when config.json has no `text_config` (HF would then build a default OPT;
@@ -130,6 +144,7 @@ pub struct Blip2Config {
 impl Default for Blip2Config {
     fn default() -> Self {
         Blip2Config {
+            model_type: ModelFamily::Blip2,
             vision_config: VisionConfig::default(),
             qformer_config: QFormerConfig::default(),
             text_config: Some(TextConfig::new(crate::lm::opt::OptConfig::default())),
@@ -161,6 +176,16 @@ impl Blip2Config {
         let root = parse_json(text, path)?;
         let r = Obj::root(path, &root)?;
         let d = Blip2Config::default();
+        let model_type = match r.string("model_type", "blip-2")?.as_str() {
+            "blip-2" | "blip_2" => ModelFamily::Blip2,
+            "instructblip" => ModelFamily::InstructBlip,
+            other => {
+                return Err(r.err(
+                    "model_type",
+                    format!("'{other}' is not supported (expected \"blip-2\" or \"instructblip\")"),
+                ));
+            }
+        };
 
         let vision_config = match r.obj("vision_config")? {
             Some(v) => parse_vision(&v)?,
@@ -190,6 +215,7 @@ impl Blip2Config {
             None => r.opt_string("torch_dtype")?,
         };
         let cfg = Blip2Config {
+            model_type,
             vision_config,
             qformer_config,
             text_config,
@@ -202,6 +228,25 @@ impl Blip2Config {
         };
         cfg.validate(path)?;
         Ok(cfg)
+    }
+
+    /// True for InstructBLIP checkpoints (instruction-aware Q-Former).
+    pub fn is_instructblip(&self) -> bool {
+        self.model_type == ModelFamily::InstructBlip
+    }
+
+    /// The family for `blip2 info`: "blip-2 (opt)", "instructblip (vicuna/llama)".
+    pub fn family(&self) -> String {
+        let base = match self.model_type {
+            ModelFamily::Blip2 => "blip-2",
+            ModelFamily::InstructBlip => "instructblip",
+        };
+        match self.text_config.as_ref().map(|t| t.model_type()) {
+            None => base.to_string(),
+            Some("llama") => format!("{base} (vicuna/llama)"),
+            Some("t5") => format!("{base} (flan-t5)"),
+            Some(lm) => format!("{base} ({lm})"),
+        }
     }
 
     /// True when `architectures` names the retrieval model (ITM/ITC heads).

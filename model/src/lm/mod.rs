@@ -9,6 +9,7 @@
 //! The BLIP-2 pipeline (`crate::blip2`) sees only these two traits; `model_type` is read in
 //! one place, [`parse_text_config`], which is the one arm a new family adds.
 
+pub mod llama;
 pub mod opt;
 pub mod t5;
 
@@ -128,9 +129,12 @@ pub(crate) fn parse_text_config(o: &Obj) -> Result<TextConfig> {
     match model_type.as_str() {
         "opt" => Ok(TextConfig::new(opt::OptConfig::parse(o)?)),
         "t5" => Ok(TextConfig::new(t5::T5Config::parse(o)?)),
+        "llama" => Ok(TextConfig::new(llama::LlamaConfig::parse(o)?)),
         other => Err(o.err(
             "model_type",
-            format!("language model '{other}' is not supported (expected \"opt\" or \"t5\")"),
+            format!(
+                "language model '{other}' is not supported (expected \"opt\", \"t5\" or \"llama\")"
+            ),
         )),
     }
 }

@@ -1,0 +1,113 @@
+//! LLaMA as a [`LanguageModel`]: left-padded prompts, a KV cache sized for the prompt plus
+//! the new tokens, and penalties that count every input id (image and padding ids
+//! included), as HF's do for decoder-only models.
+//!
+//! Rotary positions are `generate`'s: cumsum(attention_mask) − 1 with padding at 0, then
+//! one more per step. (LlamaModel alone would use arange(L); `generate` passes its own
+//! position_ids, and the parity fixtures pass the same ones to the teacher-forced pass.)
+
+use blip2_engine::{Device, Tensor, ops};
+
+use super::{KvCache, Llama};
+use crate::error::{ModelError, Result};
+use crate::generate::DecodeModel;
+use crate::inputs::PaddedBatch;
+use crate::lm::{LanguageModel, LmInput, Prefill};
+use crate::tokenizer::PaddingSide;
+
+impl LanguageModel for Llama {
+    fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+    fn padding_side(&self) -> PaddingSide {
+        PaddingSide::Left
+    }
+    fn embed(&self, ids: &[u32]) -> blip2_engine::Result<Tensor> {
+        Llama::embed(self, ids)
+    }
+
+    fn prefill(&self, input: LmInput, max_new_tokens: usize) -> Result<Prefill<'_>> {
+        let LmInput { embeds, batch } = input;
+        let capacity = batch.len.saturating_add(max_new_tokens);
+        if capacity > self.max_positions {
+            return Err(ModelError::Invalid(format!(
+                "prompt of {} tokens + {} new tokens exceeds the model's {} positions",
+                batch.len, max_new_tokens, self.max_positions
+            )));
+        }
+        let device = embeds.device().clone();
+        let mut cache = self.new_cache(batch.rows.len(), capacity, &device)?;
+        let mask = batch.mask_tensor(&device)?;
+        let h = self.forward(&embeds, &positions(&batch), mask.as_ref(), &mut cache)?;
+        let last = ops::narrow(&h, 1, batch.len - 1, 1)?;
+        let logits = self.logits(&last)?.to_vec_f32()?;
+        Ok(Prefill {
+            logits,
+            seen: batch.rows.clone(),
+            decoder: Box::new(LlamaDecoder {
+                llama: self,
+                cache,
+                batch,
+                device,
+            }),
+        })
+    }
+
+    fn prompt_logits(
+        &self,
+        input: LmInput,
+        _decoder_ids: Option<&[Vec<u32>]>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let LmInput { embeds, batch } = input;
+        let device = embeds.device().clone();
+        let mask = batch.mask_tensor(&device)?;
+        let mut cache = self.new_cache(batch.rows.len(), batch.len, &device)?;
+        let h = self.forward(&embeds, &positions(&batch), mask.as_ref(), &mut cache)?;
+        Ok((self.logits(&h)?, None))
+    }
+}
+
+/// generate's prompt position ids: padding gets 0, not OPT's −1.
+fn positions(batch: &PaddedBatch) -> Vec<i64> {
+    batch.positions().into_iter().map(|p| p.max(0)).collect()
+}
+
+/// LLaMA decoding state: the KV cache and the growing padded id rows (mask and positions).
+struct LlamaDecoder<'a> {
+    llama: &'a Llama,
+    cache: KvCache,
+    batch: PaddedBatch,
+    device: Device,
+}
+
+impl DecodeModel for LlamaDecoder<'_> {
+    fn vocab(&self) -> usize {
+        self.llama.vocab
+    }
+
+    fn select_rows(&mut self, src: &[usize]) -> Result<()> {
+        self.cache.select_rows(src)?;
+        self.batch.select_rows(src);
+        Ok(())
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        // HF appends the token and a 1 to the attention mask.
+        self.batch.push(tokens);
+        let embeds = self
+            .llama
+            .embed(tokens)?
+            .reshape(&[tokens.len(), 1, self.llama.hidden])?;
+        let mask = self.batch.mask_tensor(&self.device)?;
+        let h = self.llama.forward(
+            &embeds,
+            &self.batch.last_positions(),
+            mask.as_ref(),
+            &mut self.cache,
+        )?;
+        Ok(self.llama.logits(&h)?.to_vec_f32()?)
+    }
+}
