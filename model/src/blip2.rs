@@ -218,16 +218,9 @@ impl Blip2 {
     /// with the empty instruction, keeping the ViT output for prompts).
     pub fn image_features(&self, images: &[&DynamicImage]) -> Result<ImageFeatures> {
         let mut vis_out = None;
-        let (projected, t) = self.image.encode_with(images, |vis| {
-            let q = if self.config.is_instructblip() {
-                vis_out = Some(vis.clone());
-                let (ids, mask) = self.qformer_instructions(&vec![None; vis.dim(0)])?;
-                self.image.queries_with_text(vis, &ids, &mask)?
-            } else {
-                self.image.queries(vis)?
-            };
-            Ok(self.projection.forward(&q)?)
-        })?;
+        let (projected, t) = self
+            .image
+            .encode_with(images, |vis| self.project_image(vis, &mut vis_out))?;
         Ok(ImageFeatures {
             projected,
             vision_output: vis_out,
@@ -235,6 +228,19 @@ impl Blip2 {
             vision: t.vision,
             qformer: t.qformer,
         })
+    }
+
+    /// Q-Former (InstructBLIP: with the empty instruction, keeping the ViT output in `keep`
+    /// for prompts) and the projection over a ViT output.
+    fn project_image(&self, vis: &Tensor, keep: &mut Option<Tensor>) -> Result<Tensor> {
+        let q = if self.config.is_instructblip() {
+            *keep = Some(vis.clone());
+            let (ids, mask) = self.qformer_instructions(&vec![None; vis.dim(0)])?;
+            self.image.queries_with_text(vis, &ids, &mask)?
+        } else {
+            self.image.queries(vis)?
+        };
+        Ok(self.projection.forward(&q)?)
     }
 
     /// The image processor's settings, for callers that preprocess images themselves
@@ -247,11 +253,13 @@ impl Blip2 {
     /// [`Blip2::image_features`] on pixel values `[B, 3, H, W]` computed elsewhere
     /// (`preprocess::pixel_values` or rows of `preprocess::preprocess`); preprocess time zero.
     pub fn features_from_pixels(&self, pixels: &Tensor) -> Result<ImageFeatures> {
+        let mut vis_out = None;
         let (projected, t) = self
             .image
-            .encode_pixels(pixels, |q| Ok(self.projection.forward(q)?))?;
+            .encode_pixels(pixels, |vis| self.project_image(vis, &mut vis_out))?;
         Ok(ImageFeatures {
             projected,
+            vision_output: vis_out,
             preprocess: t.preprocess,
             vision: t.vision,
             qformer: t.qformer,

@@ -109,17 +109,17 @@ impl ImageEncoder {
         let t = Instant::now();
         let pixels = self.pixel_values(images)?;
         let preprocess = t.elapsed();
-        let (out, mut timings) = self.encode_pixels(&pixels, head)?;
+        let (out, mut timings) = self.encode_pixels(&pixels, rest)?;
         timings.preprocess = preprocess;
         Ok((out, timings))
     }
 
-    /// [`ImageEncoder::encode`] on pixel values computed elsewhere (e.g. preprocessed on
+    /// [`ImageEncoder::encode_with`] on pixel values computed elsewhere (e.g. preprocessed on
     /// worker threads ahead of the model); the preprocess time is zero.
     pub fn encode_pixels(
         &self,
         pixels: &Tensor,
-        head: impl FnOnce(&Tensor) -> Result<Tensor>,
+        rest: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<(Tensor, ImageTimings)> {
         let t = Instant::now();
         let vis = self.vision(pixels)?;

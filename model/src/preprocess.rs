@@ -80,7 +80,14 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
 /// [`load_image`] with options.
 pub fn load_image_with(path: impl AsRef<Path>, opts: &ImageLoadOptions) -> Result<DynamicImage> {
     let path = path.as_ref();
-    let bytes = crate::limits::read_bounded(path, crate::limits::MAX_IMAGE_BYTES, "image")?;
+    // A missing or unreadable image is an image error (as a bad one is), not a checkpoint's.
+    let bytes = crate::limits::read_bounded(path, crate::limits::MAX_IMAGE_BYTES, "image")
+        .map_err(|e| match e {
+            ModelError::Io { source, .. } => {
+                ModelError::image(path.display().to_string(), source.to_string())
+            }
+            e => e,
+        })?;
     load_image_from_bytes_with(&bytes, &path.display().to_string(), opts)
 }
 

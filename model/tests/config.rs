@@ -204,9 +204,9 @@ fn errors_name_file_and_key() {
         "{err}"
     );
 
-    let err = parse(r#"{"text_config": {"model_type": "llama"}}"#).unwrap_err();
+    let err = parse(r#"{"text_config": {"model_type": "gpt_neox"}}"#).unwrap_err();
     assert!(
-        err.to_string().contains("text_config.model_type") && err.to_string().contains("llama"),
+        err.to_string().contains("text_config.model_type") && err.to_string().contains("gpt_neox"),
         "{err}"
     );
 

@@ -97,7 +97,6 @@ impl Failures {
     }
 }
 
-
 /// PEFT LoRA adapters merged into the weights at load (docs/adapters.md).
 #[derive(Args, Clone, Debug, Default)]
 pub struct AdapterArgs {

@@ -2,8 +2,8 @@
 
 pub mod bench;
 pub mod common;
-pub mod eval;
 pub mod dataset;
+pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod quantize;
