@@ -91,7 +91,7 @@ fn unknown_and_mismatched_keys_are_listed_together() {
         vec![4, 768],
     ));
     let dir = adapter("keys", OPT_CONFIG, &tensors);
-    let e = load_err(&model_dir("blip2-opt-tiny"), &[dir.clone()]);
+    let e = load_err(&model_dir("blip2-opt-tiny"), std::slice::from_ref(&dir));
     let Error::Adapter(p) = &e else {
         panic!("expected an adapter error, got {e}");
     };
@@ -143,7 +143,7 @@ fn dora_is_refused_by_name() {
 fn missing_files_are_named() {
     let dir = adapter("nofile", OPT_CONFIG, &pair(Q, 4, 48, 48));
     std::fs::remove_file(dir.join("adapter_model.safetensors")).unwrap();
-    let msg = load_err(&model_dir("blip2-opt-tiny"), &[dir.clone()]).to_string();
+    let msg = load_err(&model_dir("blip2-opt-tiny"), std::slice::from_ref(&dir)).to_string();
     assert!(
         msg.contains("adapter_model.safetensors: file not found"),
         "{msg}"

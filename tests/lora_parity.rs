@@ -16,7 +16,9 @@ use common::*;
 const F32_REL_TOL: f64 = 1e-4;
 
 /// Each case of `reference/lora.safetensors`: base checkpoint and (adapter, scale) list.
-const CASES: [(&str, &str, &[(&str, f32)]); 5] = [
+/// (case name, base checkpoint, adapters with their scales).
+type Case = (&'static str, &'static str, &'static [(&'static str, f32)]);
+const CASES: [Case; 5] = [
     (
         "opt-qformer-qkv",
         "blip2-opt-tiny",

@@ -96,6 +96,9 @@ pub struct Blip2 {
     notes: Vec<String>,
 }
 
+/// Q-Former token ids and attention masks, one row per prompt (InstructBLIP).
+pub type QFormerInstructions = (Vec<Vec<u32>>, Vec<Vec<u8>>);
+
 /// Query features of a batch of images, computed once and reusable across prompts.
 pub struct ImageFeatures {
     /// language_projection output `[B, Q, D_lm]` (InstructBLIP: for the empty instruction,
@@ -302,10 +305,7 @@ impl Blip2 {
     /// InstructBlipProcessor's `qformer_input_ids` / `qformer_attention_mask`: each prompt
     /// through the Q-Former tokenizer (`[CLS] text [SEP]`), right-padded. No prompt is the
     /// empty text (`[CLS] [SEP]`): HF needs qformer_input_ids, and `text=""` gives these.
-    pub fn qformer_instructions(
-        &self,
-        prompts: &[Option<&str>],
-    ) -> Result<(Vec<Vec<u32>>, Vec<Vec<u8>>)> {
+    pub fn qformer_instructions(&self, prompts: &[Option<&str>]) -> Result<QFormerInstructions> {
         let tok = self.qformer_tokenizer.as_ref().ok_or_else(|| {
             ModelError::Invalid(
                 "this checkpoint has no Q-Former tokenizer (not InstructBLIP)".into(),

@@ -396,7 +396,9 @@ fn read_tar(path: &Path, items: &mut Vec<WorkItem>) -> anyhow::Result<()> {
     let mut ar = tar::Archive::new(f);
     let tar_name = path.display().to_string();
     // Samples in order of their first member; key -> index in `samples`.
-    let mut samples: Vec<(String, Option<(String, u64, u64)>)> = Vec::new();
+    // (key, image member: (name, offset, size)).
+    type Sample = (String, Option<(String, u64, u64)>);
+    let mut samples: Vec<Sample> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let entries = ar
         .entries_with_seek()
