@@ -419,6 +419,7 @@ fn fallbacks_match_fast_paths() {
         gemv: false,
         vec4: false,
         fused_attention: false,
+        flash_attention: false,
         bind_group_cache: false,
         max_batch: 3,
         ..GpuOptions::default()
@@ -450,15 +451,28 @@ fn fallbacks_match_fast_paths() {
             ..AttnOpts::default()
         };
         let a = ops::attention(&q, &k, &v, &opts).unwrap();
-        [y, n, s, a]
+        // 40 queries: the flash kernel on the fast side.
+        let q40 = Tensor::from_slice(&kv, &[2, 4, 40, 88], DType::F32, d).unwrap();
+        let opts40 = AttnOpts {
+            scale: 0.1,
+            ..AttnOpts::default()
+        };
+        let a40 = ops::attention(&q40, &k, &v, &opts40).unwrap();
+        [y, n, s, a, a40]
             .iter()
             .map(|t| t.to_vec_f32().unwrap())
             .collect()
     };
     let (f, s, c) = (run(&fast), run(&slow), run(&Device::cpu()));
-    for (i, name) in ["linear", "rms_norm", "softmax", "attention"]
-        .iter()
-        .enumerate()
+    for (i, name) in [
+        "linear",
+        "rms_norm",
+        "softmax",
+        "attention",
+        "attention (40 queries)",
+    ]
+    .iter()
+    .enumerate()
     {
         // f16 outputs round to 2^-11 relative; the paths differ only in summation order.
         let tol = if i < 3 { 1e-3 } else { 1e-5 };

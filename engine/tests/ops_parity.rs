@@ -700,6 +700,11 @@ fn attention_matches_reference() {
                 (2, 3, 1, 20, 33, 16, true, 1, true, 1.0),    // T5 decode step, bias, scale 1
                 (2, 1, 5, 33, 33, 12, false, 5, true, 1.0),   // per-query mask rows
                 (1, 4, 8, 257, 257, 24, false, 0, false, 0.2), // Q-Former cross-attention
+                // More than 32 queries: the flash kernel on the GPU (tiles of 64 queries).
+                (2, 3, 40, 60, 64, 80, true, 1, false, 0.11), // OPT prefill into a cache
+                (1, 2, 45, 45, 45, 64, false, 0, true, 1.0),  // T5 encoder, position bias
+                (2, 2, 37, 37, 37, 13, false, 37, false, 0.3), // odd head dim, per-query mask
+                (1, 1, 70, 70, 70, 128, true, 0, false, 0.09), // LLaMA head dim, two tiles
             ];
             for &(b, h, lq, lk, cap, d, causal, mrows, with_bias, scale) in &cases {
                 let (q, qv) = tensor(&mut rng, &[b, h, lq, d], dt, &dev, -1.0, 1.0);

@@ -790,14 +790,15 @@ impl Kernel for QEmbeddingConsts {
 // ----------------------------------------------------------------------------- attention
 
 params! {
-    /// Uniform of attention.wgsl.
+    /// Uniform of attention.wgsl and flash_attention.wgsl.
     AttentionParams {
         lq: u32,
         lk: u32,
         lk_cap: u32,
         d: u32,
         heads: u32,
-        /// batch * heads * lq.
+        /// attention.wgsl: batch * heads * lq (one workgroup each); flash_attention.wgsl:
+        /// batch * heads (each split into tiles of queries).
         rows: u32,
         scale: f32,
         causal: u32,
@@ -851,6 +852,54 @@ impl Kernel for AttentionConsts {
                     has_bias,
                     d_even,
                     subgroups,
+                },
+            )
+            .collect()
+    }
+}
+
+/// flash_attention.wgsl: attention for many queries, one workgroup per (batch, head, tile of
+/// [`FlashAttentionConsts::BQ`] queries), K/V tiles in workgroup memory, online softmax.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlashAttentionConsts {
+    pub qkv_f16: bool,
+    pub out_f16: bool,
+    pub has_mask: bool,
+    pub has_bias: bool,
+}
+
+impl FlashAttentionConsts {
+    /// Queries per workgroup (the WGSL's `BQ`).
+    pub const BQ: usize = 64;
+    /// Largest head dim the kernel takes (the WGSL's `DMAX`).
+    pub const DMAX: usize = 128;
+}
+
+impl Kernel for FlashAttentionConsts {
+    const NAME: &'static str = "flash_attention";
+    const SOURCE: &'static str = crate::FLASH_ATTENTION;
+    /// q, k, v, mask, bias.
+    const READ_ONLY: usize = 5;
+    const READ_WRITE: usize = 1;
+    type Params = AttentionParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("QKV_F16", self.qkv_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+            ("HAS_MASK", self.has_mask.into()),
+            ("HAS_BIAS", self.has_bias.into()),
+        ]
+    }
+
+    fn variants() -> Vec<Self> {
+        flags()
+            .map(
+                |[qkv_f16, out_f16, has_mask, has_bias]| FlashAttentionConsts {
+                    qkv_f16,
+                    out_f16,
+                    has_mask,
+                    has_bias,
                 },
             )
             .collect()

@@ -74,6 +74,9 @@ pub const QEMBEDDING: &str = include_str!("../wgsl/qembedding.wgsl");
 /// Fused attention for few queries (decode, Q-Former): scores, online softmax and values
 /// in one dispatch per (batch, head, query).
 pub const ATTENTION: &str = include_str!("../wgsl/attention.wgsl");
+/// Flash-style attention for many queries (ViT, prefill): K/V tiles in workgroup memory,
+/// online softmax, no score matrix in global memory.
+pub const FLASH_ATTENTION: &str = include_str!("../wgsl/flash_attention.wgsl");
 
 /// Every kernel family, by name (for tests that look at all sources).
 pub const ALL: &[(&str, &str)] = &[
@@ -88,6 +91,7 @@ pub const ALL: &[(&str, &str)] = &[
     (EmbeddingConsts::NAME, EMBEDDING),
     (QEmbeddingConsts::NAME, QEMBEDDING),
     (AttentionConsts::NAME, ATTENTION),
+    (FlashAttentionConsts::NAME, FLASH_ATTENTION),
 ];
 
 /// Shared WGSL fragments (not kernels on their own), by the name kernels include them with.

@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 
 use blip2_shaders::{
-    AttentionConsts, CopyConsts, ElementwiseConsts, EmbeddingConsts, GemvConsts, INCLUDES, Kernel,
-    MatmulConsts, NormConsts, Params, QEmbeddingConsts, QGemvConsts, QMatmulConsts, SoftmaxConsts,
-    specialise,
+    AttentionConsts, CopyConsts, ElementwiseConsts, EmbeddingConsts, FlashAttentionConsts,
+    GemvConsts, INCLUDES, Kernel, MatmulConsts, NormConsts, Params, QEmbeddingConsts, QGemvConsts,
+    QMatmulConsts, SoftmaxConsts, specialise,
 };
 
 fn compile(what: &str, text: &str) -> naga::Module {
@@ -171,6 +171,7 @@ fn reductions_validate_with_and_without_subgroups() {
     variants_validate::<NormConsts>();
     variants_validate::<SoftmaxConsts>();
     variants_validate::<AttentionConsts>();
+    variants_validate::<FlashAttentionConsts>();
     variants_validate::<GemvConsts>();
     variants_validate::<QGemvConsts>();
 }
@@ -201,6 +202,7 @@ fn rust_declarations_match_the_wgsl() {
     contract_holds::<EmbeddingConsts>();
     contract_holds::<QEmbeddingConsts>();
     contract_holds::<AttentionConsts>();
+    contract_holds::<FlashAttentionConsts>();
 }
 
 #[test]

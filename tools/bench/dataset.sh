@@ -21,7 +21,7 @@ for line in sys.stdin:
     s = json.loads(line)
     rss = ", ".join(f"{x['rows']}: {x['rss_mb']:.0f} MB" for x in s["rss"])
     print(f"{sys.argv[1]}: {s['rows']} rows, {s['errors']} errors, {s['seconds']:.2f} s, "
-          f"{s['images_per_s']:.1f} images/s, RSS {rss} (peak {s['rss'][-1]['peak_mb']:.0f} MB)")
+          f"{s['images_per_s']:.3g} images/s, RSS {rss} (peak {s['rss'][-1]['peak_mb']:.0f} MB)")
 PY
 
 run() { # NAME INPUT ARGS...

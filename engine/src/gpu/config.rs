@@ -7,6 +7,8 @@
 /// - `BLIP2_GPU_NO_GEMV=1`: the tiled matmul also for 1..=4 rows (no GEMV kernel).
 /// - `BLIP2_GPU_NO_VEC4=1`: scalar loads in matmul/GEMV instead of 16-byte vector loads.
 /// - `BLIP2_GPU_NO_FUSED_ATTN=1`: attention always as matmul + softmax + matmul.
+/// - `BLIP2_GPU_NO_FLASH_ATTN=1`: attention over more than 32 queries (ViT, prefill) as
+///   matmul + softmax + matmul instead of the flash kernel (which never writes the scores).
 /// - `BLIP2_GPU_NO_BIND_CACHE=1`: a fresh bind group per dispatch.
 /// - `BLIP2_GPU_MAX_BATCH=N`: dispatches recorded before a submit (default 1024).
 /// - `BLIP2_GPU_POOL_MB=N`: bytes of free buffers the pool keeps (default 2048 MiB).
@@ -19,6 +21,7 @@ pub struct GpuOptions {
     pub gemv: bool,
     pub vec4: bool,
     pub fused_attention: bool,
+    pub flash_attention: bool,
     pub bind_group_cache: bool,
     pub max_batch: usize,
     pub pool_bytes: u64,
@@ -33,6 +36,7 @@ impl Default for GpuOptions {
             gemv: true,
             vec4: true,
             fused_attention: true,
+            flash_attention: true,
             bind_group_cache: true,
             max_batch: 1024,
             pool_bytes: 2048 << 20,
@@ -61,6 +65,7 @@ impl GpuOptions {
             gemv: !flag("BLIP2_GPU_NO_GEMV"),
             vec4: !flag("BLIP2_GPU_NO_VEC4"),
             fused_attention: !flag("BLIP2_GPU_NO_FUSED_ATTN"),
+            flash_attention: !flag("BLIP2_GPU_NO_FLASH_ATTN"),
             bind_group_cache: !flag("BLIP2_GPU_NO_BIND_CACHE"),
             max_batch: number("BLIP2_GPU_MAX_BATCH")
                 .map_or(d.max_batch, |n| n.clamp(1, 65536) as usize),

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use blip2_shaders::{
     AttentionConsts, AttentionParams, CopyConsts, CopyMode, CopyParams, ElementwiseConsts,
-    ElementwiseOp, ElementwiseParams, EmbeddingConsts, EmbeddingParams, GemvConsts, GemvParams,
-    MatmulConsts, MatmulParams, MatmulTile, NormConsts, NormParams, QEmbeddingConsts,
-    QEmbeddingParams, QGemvConsts, QMatmulConsts, QMatmulParams, RowWorkgroup, SoftmaxConsts,
-    SoftmaxParams,
+    ElementwiseOp, ElementwiseParams, EmbeddingConsts, EmbeddingParams, FlashAttentionConsts,
+    GemvConsts, GemvParams, MatmulConsts, MatmulParams, MatmulTile, NormConsts, NormParams,
+    QEmbeddingConsts, QEmbeddingParams, QGemvConsts, QMatmulConsts, QMatmulParams, RowWorkgroup,
+    SoftmaxConsts, SoftmaxParams,
 };
 
 use super::{Bind, GpuContext, GpuStorage, Recorder, data_bytes};
@@ -621,7 +621,12 @@ pub(crate) fn attention(
     }
     let scores_bytes = (bh * lq * lk * 4) as u64;
     let fusable = hd <= 512;
-    let fused = fusable && ((g.opts.fused_attention && lq <= 32) || scores_bytes > g.max_binding);
+    // Few queries: one workgroup per query (attention.wgsl). Many: the flash kernel, tiles of
+    // queries sharing K/V tiles. Either never writes the scores; the plain matmul + softmax +
+    // matmul path is the fallback (switches off, or head dims past the kernels' limits).
+    let small = g.opts.fused_attention && lq <= 32;
+    let flash = !small && g.opts.flash_attention && hd <= FlashAttentionConsts::DMAX;
+    let fused = !flash && fusable && (small || scores_bytes > g.max_binding);
     // Only read when causal, where the op guarantees lq <= lk (cross-attention may have lq > lk).
     let causal_off = lk.saturating_sub(lq);
     let direct = hd.is_multiple_of(2) || bh * lq == 1;
@@ -645,6 +650,39 @@ pub(crate) fn attention(
                 d: hd as u32,
                 heads: d.heads as u32,
                 rows: rows as u32,
+                scale: opts.scale,
+                causal: opts.causal as u32,
+                causal_off: causal_off as u32,
+                mask_rows: d.mask_rows.max(1) as u32,
+                groups_x: groups[0],
+            };
+            let binds = [
+                Bind::whole(q.gpu_storage()),
+                Bind::whole(k.gpu_storage()),
+                Bind::whole(v.gpu_storage()),
+                Bind::whole(opts.mask.map_or(&g.dummy, |m| m.gpu_storage())),
+                Bind::whole(opts.bias.map_or(&g.dummy, |b| b.gpu_storage())),
+                Bind::whole(&out),
+            ];
+            g.recorder()?
+                .dispatch(g, &kernel, &params, &binds, groups)?;
+            return Ok(out);
+        }
+        if flash {
+            let kernel = FlashAttentionConsts {
+                qkv_f16: is_f16(dt),
+                out_f16: is_f16(odt),
+                has_mask: opts.mask.is_some(),
+                has_bias: opts.bias.is_some(),
+            };
+            let groups = grid(g, bh * lq.div_ceil(FlashAttentionConsts::BQ))?;
+            let params = AttentionParams {
+                lq: lq as u32,
+                lk: lk as u32,
+                lk_cap: d.lk_cap as u32,
+                d: hd as u32,
+                heads: d.heads as u32,
+                rows: bh as u32,
                 scale: opts.scale,
                 causal: opts.causal as u32,
                 causal_off: causal_off as u32,
