@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use blip2::engine::Device;
+use blip2::engine::gpu::GpuStats;
 use blip2::model::Blip2Config;
 use blip2::{Blip2, GenerationConfig};
 use clap::Args;
@@ -70,6 +71,25 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Runtime counters per decode step, averaged over the steps between the first and the last
+/// token (`None` on the CPU or with a single token).
+fn step_counters(marks: &[GpuStats]) -> Option<StepCounters> {
+    let (first, last) = (marks.first()?, marks.last()?);
+    let steps = (marks.len() as u64).checked_sub(1).filter(|&n| n > 0)?;
+    Some(StepCounters {
+        dispatches: (last.dispatches - first.dispatches).div_ceil(steps),
+        submits: (last.submits - first.submits).div_ceil(steps),
+        readback_bytes: (last.readback_bytes - first.readback_bytes).div_ceil(steps),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct StepCounters {
+    dispatches: u64,
+    submits: u64,
+    readback_bytes: u64,
+}
+
 fn gpu_bytes(dev: &Device) -> Option<u64> {
     match dev {
         Device::Gpu(g) => {
@@ -112,9 +132,17 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
     let prompts = vec![None; o.batch_size];
     let mut best: Option<Run> = None;
     let mut last_feats = None;
+    // GPU runtime counters at each of row 0's tokens: the difference between two tokens is
+    // one decode step (forward, logits read back, token chosen).
+    let mut marks: Vec<GpuStats> = Vec::new();
     for i in 0..=o.runs {
         let feats = model.image_features(&refs)?;
-        let out = model.generate_from_features_with(&feats, &prompts, &settings, &mut |_| {})?;
+        marks.clear();
+        let out = model.generate_from_features_with(&feats, &prompts, &settings, &mut |e| {
+            if let (0, Device::Gpu(g)) = (e.row, &device) {
+                marks.push(g.stats());
+            }
+        })?;
         let t = &out[0].timings;
         let run = Run {
             preprocess: feats.preprocess,
@@ -145,6 +173,11 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
     let logits = logits.to_vec_f32()?;
     let finite = logits.iter().all(|v| v.is_finite());
     let rss = peak_rss();
+    let layers = model
+        .config
+        .text_config
+        .as_ref()
+        .map(|t| t.decoder_layers());
     let weights = model.weight_stats().clone();
     let cosine_f32 = if o.compare_f32 {
         drop((model, feats));
@@ -169,6 +202,8 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
     } else {
         (r.decode_tokens * o.batch_size) as f64 / r.decode.as_secs_f64()
     };
+    let per_step = step_counters(&marks);
+
     let info = device.info();
     if o.json {
         let v = serde_json::json!({
@@ -183,6 +218,10 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
             "logits_finite": finite, "logits_cosine_vs_f32": cosine_f32,
             "peak_rss_bytes": rss, "gpu_buffer_bytes": gpu_bytes(&device),
             "weights": weights.to_json(),
+            "layers": layers,
+            "gpu_dispatches_per_token": per_step.map(|s| s.dispatches),
+            "gpu_submits_per_token": per_step.map(|s| s.submits),
+            "readback_bytes_per_token": per_step.map(|s| s.readback_bytes),
         });
         println!("{v}");
     } else {
@@ -215,6 +254,15 @@ pub fn bench(o: &BenchOpts) -> anyhow::Result<()> {
             println!(
                 "GPU buffers held: {:.2} GiB",
                 b as f64 / (1u64 << 30) as f64
+            );
+        }
+        if let Some(s) = per_step {
+            println!(
+                "per decode step: {} dispatches ({} language-model layers), {} submits, {} bytes read back",
+                s.dispatches,
+                layers.unwrap_or(0),
+                s.submits,
+                s.readback_bytes
             );
         }
     }

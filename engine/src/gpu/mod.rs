@@ -82,6 +82,8 @@ pub struct GpuStats {
     pub submits: u64,
     /// Compute dispatches recorded.
     pub dispatches: u64,
+    /// Bytes copied back to the host (staging reads of tensors).
+    pub readback_bytes: u64,
     pub pipelines_compiled: u64,
     pub bind_groups_created: u64,
     pub bind_group_cache_hits: u64,

@@ -472,6 +472,7 @@ impl Recorder {
         s: &GpuStorage,
         bytes: u64,
     ) -> Result<wgpu::Buffer> {
+        self.stats.readback_bytes += bytes;
         let size = round_up(bytes, 256);
         let reuse = self
             .staging

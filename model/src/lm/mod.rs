@@ -35,6 +35,8 @@ pub trait LmConfig: ConfigObject + fmt::Debug + Send + Sync {
     /// Width of the token embeddings: what `language_projection` outputs.
     fn hidden_size(&self) -> usize;
     fn vocab_size(&self) -> usize;
+    /// Layers one decode step runs through (T5: the decoder's).
+    fn decoder_layers(&self) -> usize;
     /// The eos id `generate()` stops at (the first one when the config stores a list).
     fn eos_token_id(&self) -> u32;
     /// The id prompts of a batch are padded with.

@@ -101,6 +101,9 @@ impl LmConfig for OptConfig {
     fn hidden_size(&self) -> usize {
         self.hidden_size
     }
+    fn decoder_layers(&self) -> usize {
+        self.num_hidden_layers
+    }
     fn vocab_size(&self) -> usize {
         self.vocab_size
     }

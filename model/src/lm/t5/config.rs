@@ -141,6 +141,9 @@ impl LmConfig for T5Config {
     fn hidden_size(&self) -> usize {
         self.d_model
     }
+    fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers
+    }
     fn vocab_size(&self) -> usize {
         self.vocab_size
     }

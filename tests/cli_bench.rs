@@ -1,0 +1,52 @@
+//! `blip2 bench --json` reports the GPU runtime's counters per decode step (dispatches,
+//! submits, bytes read back) and the language model's layer count, so that the decode
+//! fusion and on-device token choice can be checked from outside (docs/performance.md).
+
+mod common;
+
+use blip2::engine::Device;
+use blip2::engine::testing::devices;
+use common::*;
+
+fn bench_json(device: &str) -> serde_json::Value {
+    let out = blip2_ok(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--device",
+        device,
+        "--runs",
+        "1",
+        "--new-tokens",
+        "5",
+        "--json",
+    ]);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn bench_reports_per_step_gpu_counters_and_layers() {
+    let layers = blip2::model::Blip2Config::preset("tiny")
+        .unwrap()
+        .text_config
+        .unwrap()
+        .decoder_layers() as u64;
+    let cpu = bench_json("cpu");
+    assert_eq!(cpu["layers"].as_u64(), Some(layers));
+    assert!(cpu["gpu_dispatches_per_token"].is_null(), "{cpu}");
+    assert!(cpu["readback_bytes_per_token"].is_null(), "{cpu}");
+    if !devices().iter().any(|d| matches!(d, Device::Gpu(_))) {
+        return;
+    }
+    let gpu = bench_json("gpu");
+    assert_eq!(gpu["layers"].as_u64(), Some(layers));
+    // A decode step runs every layer's dispatches at least once, submits at least once and
+    // reads back at least the chosen token's data.
+    let dispatches = gpu["gpu_dispatches_per_token"].as_u64().unwrap();
+    assert!(dispatches >= layers, "{gpu}");
+    assert!(gpu["gpu_submits_per_token"].as_u64().unwrap() >= 1, "{gpu}");
+    assert!(
+        gpu["readback_bytes_per_token"].as_u64().unwrap() >= 4,
+        "{gpu}"
+    );
+}
