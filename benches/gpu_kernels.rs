@@ -158,9 +158,12 @@ fn attention(c: &mut Criterion) {
     let dev = &s.dev;
     let mut g = c.benchmark_group("gpu_attention");
     configure(&mut g, s.slow);
-    // (name, b, h, lq, lk, d): ViT-g self-attention; OPT-2.7B decode over a 256-key cache.
+    // (name, b, h, lq, lk, d): ViT-g self-attention and a 64-token OPT-2.7B prefill (the flash
+    // kernel; `BLIP2_GPU_NO_FLASH_ATTN=1` times matmul + softmax + matmul instead), OPT-2.7B
+    // decode over a 256-key cache (one workgroup per query).
     let cases = [
         ("vit", 1usize, 16usize, 257usize, 257usize, 88usize),
+        ("prefill", 1, 32, 64, 64, 80),
         ("decode", 1, 32, 1, 256, 80),
     ];
     for (name, b, h, lq, lk, d) in cases {
@@ -173,7 +176,7 @@ fn attention(c: &mut Criterion) {
             let v = rand_tensor(&[b, h, lk, d], dt, dev, 8);
             let opts = AttnOpts {
                 scale: (d as f32).powf(-0.5),
-                causal: name == "decode",
+                causal: name != "vit",
                 ..AttnOpts::default()
             };
             g.throughput(Throughput::Elements((4 * b * h * lq * lk * d) as u64));
