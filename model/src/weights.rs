@@ -845,6 +845,26 @@ impl<'a> WeightLoader<'a> {
         ))
     }
 
+    /// Checks that axis `axis` of tensor `name` (when the checkpoint holds it) is the
+    /// `configured` value of config key `key`: a config that disagrees with its checkpoint
+    /// (a `vocab_size` smaller than the embedding table) is an error naming the key, rather
+    /// than a shape mismatch alone or an internal error at the first token past the table.
+    pub fn check_dim(&self, name: &str, axis: usize, configured: usize, key: &str) -> Result<()> {
+        let full = self.full_name(name);
+        let Some(found) = self.ckpt.meta(&full).and_then(|m| m.shape.get(axis).copied()) else {
+            return Ok(());
+        };
+        if found == configured {
+            return Ok(());
+        }
+        Err(ModelError::checkpoint(
+            &self.ckpt.path,
+            format!(
+                "config key {key} is {configured} but {full} has {found} (axis {axis} of its shape)"
+            ),
+        ))
+    }
+
     /// Whether `prefix.name` is in the checkpoint.
     pub fn contains(&self, name: &str) -> bool {
         self.ckpt.contains(&self.full_name(name))
