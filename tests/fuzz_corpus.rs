@@ -18,7 +18,12 @@ fn replay(target: &str) {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "{}: only {} inputs", dir.display(), files.len());
+    assert!(
+        files.len() >= 5,
+        "{}: only {} inputs",
+        dir.display(),
+        files.len()
+    );
     for f in files {
         let data = std::fs::read(&f).unwrap();
         // The file name in the panic message, should an input panic again.

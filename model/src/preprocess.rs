@@ -662,6 +662,9 @@ mod tests {
             err.contains("bad.png") && err.contains("cannot decode PNG") && err.contains("IHDR"),
             "{err}"
         );
-        assert!(!err.contains("ChunkType") && !err.contains("critical"), "{err}");
+        assert!(
+            !err.contains("ChunkType") && !err.contains("critical"),
+            "{err}"
+        );
     }
 }

@@ -851,7 +851,11 @@ impl<'a> WeightLoader<'a> {
     /// than a shape mismatch alone or an internal error at the first token past the table.
     pub fn check_dim(&self, name: &str, axis: usize, configured: usize, key: &str) -> Result<()> {
         let full = self.full_name(name);
-        let Some(found) = self.ckpt.meta(&full).and_then(|m| m.shape.get(axis).copied()) else {
+        let Some(found) = self
+            .ckpt
+            .meta(&full)
+            .and_then(|m| m.shape.get(axis).copied())
+        else {
             return Ok(());
         };
         if found == configured {
