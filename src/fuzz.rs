@@ -13,8 +13,11 @@ use crate::serve_api::api::{ChatRequest, CompletionRequest, EmbeddingRequest, Ma
 use crate::serve_api::limits::Limits;
 use crate::{Blip2, DType, Device, GenerationConfig, LoadOptions, Turn};
 
+/// A target's entry function.
+pub type Entry = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz/fuzz_targets/NAME.rs` and corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("safetensors", safetensors),
     ("shard_index", shard_index),
     ("configs", configs),
