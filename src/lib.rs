@@ -54,3 +54,15 @@ pub mod demo;
 
 /// Procedural scenes with exact ground truth: what the bundled demo model was trained on.
 pub mod scene;
+
+/// The server's request JSON (`blip2 serve`): request types, their conversion into prompts
+/// and generation settings, `data:` URL decoding, limits and API errors. In the library so
+/// that the fuzz targets (`fuzz/`) parse requests with the server's own code.
+#[doc(hidden)]
+#[path = "serve/shared.rs"]
+pub mod serve_api;
+
+/// Entry points of the fuzz targets (`fuzz/`), shared with the stable-toolchain replay of
+/// their committed corpus (`tests/fuzz_corpus.rs`).
+#[doc(hidden)]
+pub mod fuzz;

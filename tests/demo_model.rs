@@ -239,3 +239,44 @@ fn cli_labels_each_caption_with_its_image() {
         assert_eq!(*line, want);
     }
 }
+
+/// Soak (c), issue 20: one `Blip2` shared by 8 threads gives every scene the caption and
+/// answer it gets sequentially (greedy: exact equality, no tolerance), so nothing in a
+/// forward pass is shared mutable state between callers.
+#[test]
+fn eight_threads_sharing_one_model_give_the_sequential_texts() {
+    let model = demo(&Device::cpu());
+    let cfg = GenerationConfig::default();
+    let run = |seed: u64| -> (String, String) {
+        let scene = draw_scene(seed);
+        let img = blip2::image::DynamicImage::ImageRgb8(scene.image);
+        let cap = model.generate(&img, None, &cfg).unwrap().text;
+        let q = vqa_prompt(&scene.qa[0].question);
+        let ans = model.generate(&img, Some(&q), &cfg).unwrap().text;
+        (cap, ans)
+    };
+    let seeds: Vec<u64> = (8_100_000..8_100_024).collect();
+    let sequential: Vec<(String, String)> = seeds.iter().map(|&s| run(s)).collect();
+    let threaded: Vec<Vec<(u64, (String, String))>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (seeds, run) = (&seeds, &run);
+                // Each thread takes every scene, starting at a different one, so the
+                // same scenes run at the same time on different threads.
+                s.spawn(move || {
+                    (0..seeds.len())
+                        .map(|i| seeds[(i + 3 * t) % seeds.len()])
+                        .map(|seed| (seed, run(seed)))
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for results in threaded {
+        for (seed, got) in results {
+            let i = (seed - seeds[0]) as usize;
+            assert_eq!(got, sequential[i], "scene {seed}");
+        }
+    }
+}

@@ -46,6 +46,11 @@ impl HuffTable {
             if n > 0 {
                 valoffset[len as usize] = p - code;
                 for _ in 0..n {
+                    // Checked per code, before the lookup is filled: an oversubscribed
+                    // length would otherwise index past the table (found by fuzzing).
+                    if code >= (1 << len) {
+                        return Err(bad(format!("code lengths oversubscribed at length {len}")));
+                    }
                     if len <= LOOKUP_BITS {
                         let shift = LOOKUP_BITS - len;
                         let first = (code as usize) << shift;

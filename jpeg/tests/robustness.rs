@@ -144,3 +144,31 @@ fn refusals_and_limits_are_typed() {
         Err(JpegError::NotJpeg { .. })
     ));
 }
+
+/// Found by fuzzing (fuzz/README.md): a DHT with more codes of a length than the length
+/// holds (3 one-bit codes) indexed past the lookup table while it was built. Now the
+/// typed error libjpeg gives, before any table is filled.
+#[test]
+fn oversubscribed_huffman_lengths_are_an_error_not_a_panic() {
+    let data = std::fs::read(corpus_dir().join("pil_q75_420_33x31.jpg")).unwrap();
+    let mut dht = vec![0xFF, 0xC4, 0x00, 2 + 17 + 3, 0x00, 3];
+    dht.extend_from_slice(&[0; 15]);
+    dht.extend_from_slice(&[0, 1, 2]);
+    let mut d = data[..2].to_vec();
+    d.extend_from_slice(&dht);
+    d.extend_from_slice(&data[2..]);
+    match decode(&d, &DecodeOptions::default()) {
+        Err(JpegError::BadSegment { marker, reason, .. }) => {
+            assert_eq!(marker, "DHT");
+            assert!(reason.contains("oversubscribed at length 1"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The fuzzer's own input, as the committed corpus holds it.
+    let found = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/seeds/jpeg/crash-huffman-oversubscribed.jpg"),
+    )
+    .unwrap();
+    assert!(decode(&found, &DecodeOptions::default()).is_err());
+}

@@ -370,6 +370,17 @@ impl Blip2 {
             image_id,
             start,
         )?;
+        // A tokenizer with more tokens than the language model's table (a config or
+        // tokenizer.json from another checkpoint): the key at fault, not an internal
+        // "id out of range" from the embedding.
+        if let Some(vocab) = self.config.text_config.as_ref().map(|t| t.vocab_size())
+            && let Some(&bad) = ids.iter().find(|&&i| i != image_id && i as usize >= vocab)
+        {
+            return Err(ModelError::Invalid(format!(
+                "the prompt's token id {bad} ({:?} in tokenizer.json) is past config.json text_config.vocab_size {vocab}: the tokenizer and the config disagree",
+                self.tokenizer.id_to_token(bad).unwrap_or_default()
+            )));
+        }
         let (limit, source) = self.prompt_limit();
         if ids.len() > limit {
             return Err(ModelError::PromptTooLong {

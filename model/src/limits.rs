@@ -92,6 +92,18 @@ fn too_large(path: &Path, what: &str, found: Option<u64>, cap: u64) -> ModelErro
     }
 }
 
+/// What stands at `path` when it is not a regular file one can read ("a directory", "a
+/// FIFO", "a symbolic link that cannot be followed (...)"); None for a regular file or
+/// nothing at all.
+pub fn non_file_entry(path: &Path) -> Option<String> {
+    std::fs::symlink_metadata(path).ok()?;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(m) => Some(file_kind(&m).to_string()),
+        Err(e) => Some(format!("a symbolic link that cannot be followed ({e})")),
+    }
+}
+
 fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     let t = meta.file_type();
     if t.is_dir() {

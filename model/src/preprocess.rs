@@ -125,15 +125,31 @@ pub fn load_image_from_bytes_with(
     // second guard on what the decoder allocates.
     let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
         .into_dimensions()
-        .map_err(|e| ModelError::image(name, format!("cannot decode {format:?}: {e}")))?;
+        .map_err(|e| decode_error(name, format, &e))?;
     check_pixels(name, w, h)?;
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(4 * MAX_IMAGE_PIXELS * 4);
     reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|e| ModelError::image(name, format!("cannot decode {format:?}: {e}")))
+    reader.decode().map_err(|e| decode_error(name, format, &e))
+}
+
+/// A decoder's error as plain text: the `png` crate prints chunk types with their Rust
+/// `Debug` form (`ChunkType { type: IHDR, critical: true, ... }`), shown here as `IHDR`.
+fn decode_error(name: &str, format: image::ImageFormat, e: &image::ImageError) -> ModelError {
+    let mut text = e.to_string();
+    const OPEN: &str = "ChunkType { type: ";
+    while let Some(start) = text.find(OPEN) {
+        let rest = &text[start + OPEN.len()..];
+        let (Some(comma), Some(close)) = (rest.find(','), rest.find('}')) else {
+            break;
+        };
+        let kind = rest[..comma.min(close)].to_string();
+        let end = start + OPEN.len() + close + 1;
+        text.replace_range(start..end, &kind);
+    }
+    let format = format!("{format:?}").to_uppercase();
+    ModelError::image(name, format!("cannot decode {format}: {text}"))
 }
 
 /// Refuses images of more than [`MAX_IMAGE_PIXELS`] before their pixels are allocated.
@@ -630,4 +646,25 @@ pub fn pixel_values(
         &[images.len(), 3, hw.0, hw.1],
         device,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn png_chunk_errors_are_plain_text() {
+        let mut png = include_bytes!("../../examples/three_shapes.png").to_vec();
+        // Bytes 29..33 are IHDR's CRC (8-byte signature, 4 length, 4 type, 13 data).
+        png[29] ^= 0xff;
+        let err = super::load_image_from_bytes(&png, "bad.png")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.png") && err.contains("cannot decode PNG") && err.contains("IHDR"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("ChunkType") && !err.contains("critical"),
+            "{err}"
+        );
+    }
 }

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use blip2_engine::{DType, Device, QFormat, QuantBytes, SharedBytes, StoredDType, Tensor};
 use memmap2::Mmap;
-use safetensors::tensor::{Metadata, SafeTensorError};
+use safetensors::tensor::{Metadata, SafeTensorError, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::adapters::{AdapterStats, Adapters, TargetEdit};
@@ -56,6 +56,7 @@ pub const QUANT_VERSION: &str = "1";
 enum ShardData {
     Mapped(Arc<Mmap>),
     Static(&'static [u8]),
+    Owned(Arc<Vec<u8>>),
 }
 
 impl ShardData {
@@ -64,6 +65,7 @@ impl ShardData {
         match self {
             ShardData::Mapped(m) => m.clone(),
             ShardData::Static(b) => Arc::new(*b),
+            ShardData::Owned(b) => b.clone(),
         }
     }
 }
@@ -74,6 +76,7 @@ impl std::ops::Deref for ShardData {
         match self {
             ShardData::Mapped(m) => m,
             ShardData::Static(b) => b,
+            ShardData::Owned(b) => b,
         }
     }
 }
@@ -138,6 +141,62 @@ fn declared_data_len(header: &[u8]) -> Option<u64> {
         .max()
 }
 
+/// The first tensor whose offsets or size the header gets wrong, named, with what was
+/// expected: the same checks as `safetensors`' validation, whose errors name no tensor
+/// (sizes) or give no numbers (offsets).
+fn header_problem(header: &[u8]) -> Option<String> {
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    let mut infos: Vec<(String, TensorInfo)> = map
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .filter_map(|(k, v)| Some((k, serde_json::from_value(v).ok()?)))
+        .collect();
+    infos.sort_by_key(|(_, i)| i.data_offsets);
+    let mut start = 0;
+    for (name, i) in &infos {
+        let (s, e) = i.data_offsets;
+        if e < s {
+            return Some(format!(
+                "tensor {name}: data_offsets [{s}, {e}] end before they start"
+            ));
+        }
+        if s != start {
+            let how = if s > start {
+                "leaving a gap"
+            } else {
+                "overlapping it"
+            };
+            return Some(format!(
+                "tensor {name}: data_offsets [{s}, {e}] start at {s}, but the tensor before it ends at {start} ({how}; tensor data must be contiguous)"
+            ));
+        }
+        start = e;
+        let (dtype, shape) = (i.dtype, &i.shape);
+        let Some(bits) = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.bitsize()))
+        else {
+            return Some(format!(
+                "tensor {name}: shape {shape:?} of {dtype:?} overflows the address space"
+            ));
+        };
+        if bits % 8 != 0 {
+            return Some(format!(
+                "tensor {name}: shape {shape:?} of {dtype:?} is {bits} bits, not a whole number of bytes"
+            ));
+        }
+        if e - s != bits / 8 {
+            return Some(format!(
+                "tensor {name}: {dtype:?} of shape {shape:?} needs {} bytes, but data_offsets [{s}, {e}] hold {}",
+                bits / 8,
+                e - s
+            ));
+        }
+    }
+    None
+}
+
 fn open_shard(path: &Path) -> Result<Shard> {
     let file = File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -174,21 +233,35 @@ fn parse_shard(path: &Path, mmap: ShardData) -> Result<Shard> {
     n_bytes.copy_from_slice(&mmap[..8]);
     let n = u64::from_le_bytes(n_bytes);
     let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+        // The JSON header (empty where the length field overruns the file).
+        let header = || mmap.get(8..8usize.saturating_add(n as usize)).unwrap_or(&[]);
         let msg = match e {
             SafeTensorError::InvalidHeaderLength => format!(
-                "truncated or not a safetensors file: the header declares {n} bytes of JSON but the file has {len} bytes"
+                "truncated or not a safetensors file: its first 8 bytes declare a JSON header of {n} bytes, but only {} bytes follow them",
+                len - 8
             ),
-            SafeTensorError::MetadataIncompleteBuffer => {
-                let header = mmap.get(8..8 + n as usize).unwrap_or(&[]);
-                match declared_data_len(header) {
-                    Some(d) => format!(
-                        "truncated or corrupt: the header declares {} bytes but the file has {len}",
-                        8 + n + d
-                    ),
-                    None => format!("the header's offsets do not match the file size {len}"),
+            SafeTensorError::MetadataIncompleteBuffer => match declared_data_len(header()) {
+                Some(d) => {
+                    let declared = 8 + n + d;
+                    let diff = if declared > len {
+                        format!("{} bytes missing: truncated", declared - len)
+                    } else {
+                        format!("{} unexpected bytes after the last tensor", len - declared)
+                    };
+                    format!(
+                        "corrupt: the header's tensors end at byte {declared} but the file has {len} bytes ({diff})"
+                    )
                 }
-            }
+                None => format!("the header's offsets do not match the file size {len}"),
+            },
             SafeTensorError::HeaderTooLarge => format!("not a safetensors file: header length {n} is implausible"),
+            SafeTensorError::InvalidOffset(_)
+            | SafeTensorError::TensorInvalidInfo
+            | SafeTensorError::MisalignedSlice
+            | SafeTensorError::ValidationOverflow => {
+                let why = header_problem(header()).unwrap_or_else(|| e.to_string());
+                format!("corrupt safetensors header: {why}")
+            }
             SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderDeserialization(_) => {
                 format!("corrupt safetensors header: {e}")
             }
@@ -251,6 +324,16 @@ impl Checkpoint {
         if single.is_file() {
             return Self::from_files(path, &[single]);
         }
+        // An entry of the right name that is not a file (a directory, a FIFO, a symlink
+        // loop) is named rather than reported as absent.
+        for name in [SINGLE_FILE, INDEX_FILE] {
+            if let Some(kind) = crate::limits::non_file_entry(&path.join(name)) {
+                return Err(ModelError::checkpoint(
+                    path,
+                    format!("{name} is {kind}, not a regular file"),
+                ));
+            }
+        }
         let hint = if path.join("pytorch_model.bin").exists()
             || path.join("pytorch_model.bin.index.json").exists()
         {
@@ -287,6 +370,21 @@ impl Checkpoint {
             let f = f.as_str().ok_or_else(|| {
                 ModelError::config(index, format!("weight_map.{name}"), "expected a file name")
             })?;
+            // Shards sit beside the index: a name with `..`, a root or a drive would read
+            // files outside the model directory. (Symlinks inside it, as the Hugging Face
+            // cache makes, are followed.)
+            if !Path::new(f)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(ModelError::config(
+                    index,
+                    format!("weight_map.{name}"),
+                    format!(
+                        "shard file '{f}' is not a plain file name inside the model directory (no '..', no absolute path)"
+                    ),
+                ));
+            }
             *files.entry(f).or_default() += 1;
         }
         let mut missing = Vec::new();
@@ -379,6 +477,14 @@ impl Checkpoint {
     pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Checkpoint> {
         let path = PathBuf::from(name);
         let shard = parse_shard(&path, ShardData::Static(bytes))?;
+        Ok(Self::from_shards(&path, vec![shard]))
+    }
+
+    /// A single-file checkpoint held in memory (bytes received or built at run time; the
+    /// fuzz targets); `name` is used in messages.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Checkpoint> {
+        let path = PathBuf::from(name);
+        let shard = parse_shard(&path, ShardData::Owned(Arc::new(bytes)))?;
         Ok(Self::from_shards(&path, vec![shard]))
     }
 
@@ -736,6 +842,30 @@ impl<'a> WeightLoader<'a> {
         Err(ModelError::checkpoint(
             &self.ckpt.path,
             format!("config key {key} is {configured} but the checkpoint holds {held}"),
+        ))
+    }
+
+    /// Checks that axis `axis` of tensor `name` (when the checkpoint holds it) is the
+    /// `configured` value of config key `key`: a config that disagrees with its checkpoint
+    /// (a `vocab_size` smaller than the embedding table) is an error naming the key, rather
+    /// than a shape mismatch alone or an internal error at the first token past the table.
+    pub fn check_dim(&self, name: &str, axis: usize, configured: usize, key: &str) -> Result<()> {
+        let full = self.full_name(name);
+        let Some(found) = self
+            .ckpt
+            .meta(&full)
+            .and_then(|m| m.shape.get(axis).copied())
+        else {
+            return Ok(());
+        };
+        if found == configured {
+            return Ok(());
+        }
+        Err(ModelError::checkpoint(
+            &self.ckpt.path,
+            format!(
+                "config key {key} is {configured} but {full} has {found} (axis {axis} of its shape)"
+            ),
         ))
     }
 

@@ -263,3 +263,52 @@ fn image_files_are_bounded_regular_files() {
         .to_string();
     assert!(e.contains("a directory"), "{e}");
 }
+
+/// Issue 20 item 4: a `text_config.vocab_size` that contradicts the checkpoint's embedding
+/// table, or a tokenizer with ids past it, is an error naming the config key, not a bare
+/// shape mismatch or the embedding's internal "id out of range".
+#[test]
+fn vocab_sizes_that_contradict_the_checkpoint_or_tokenizer_name_the_config_key() {
+    for (fixture, vocab, table) in [
+        (
+            "blip2-opt-tiny",
+            768,
+            "language_model.model.decoder.embed_tokens.weight",
+        ),
+        ("blip2-flan-t5-tiny", 448, "language_model.shared.weight"),
+    ] {
+        let c = Copy::of(fixture, "vocab");
+        c.set(
+            "config.json",
+            "text_config.vocab_size",
+            Value::from(vocab - 8),
+        );
+        let e = load_err(c.dir());
+        assert!(
+            e.contains(&format!(
+                "config key text_config.vocab_size is {} but {table} has {vocab}",
+                vocab - 8
+            )),
+            "{fixture}: {e}"
+        );
+    }
+
+    // A tokenizer token whose id is past the table: "Ġsquare" renumbered 5000.
+    let c = Copy::of("blip2-opt-tiny", "vocab-tok");
+    let path = c.dir().join("tokenizer.json");
+    let mut tok: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tok["model"]["vocab"]["Ġsquare"] = Value::from(5000);
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let m = Blip2::load(c.dir(), cpu()).unwrap();
+    let e = m.prompt_ids(Some("a red square")).unwrap_err().to_string();
+    assert!(
+        e.contains("token id 5000 (\"Ġsquare\" in tokenizer.json) is past config.json text_config.vocab_size 768"),
+        "{e}"
+    );
+    let img = blip2_model::preprocess::load_image(images().join("scene_rgb.png")).unwrap();
+    let e = m
+        .generate(&img, Some("a red square"), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("text_config.vocab_size"), "{e}");
+}

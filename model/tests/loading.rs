@@ -437,11 +437,22 @@ fn corrupt_files_are_errors_naming_the_file() {
     );
     assert!(
         msg.contains(&format!(
-            "declares {} bytes but the file has {}",
+            "the header's tensors end at byte {} but the file has {} bytes (5 bytes missing: truncated)",
             full.len(),
             full.len() - 5
         )),
         "{msg}"
+    );
+
+    // Bytes after the last tensor.
+    let mut long = full.clone();
+    long.extend_from_slice(&[0; 3]);
+    std::fs::write(&path, &long).unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("(3 unexpected bytes after the last tensor)"),
+        "{err}"
     );
 
     // Truncated in the header, and shorter than the header length itself.
@@ -451,6 +462,16 @@ fn corrupt_files_are_errors_naming_the_file() {
         assert!(err.to_string().contains("model.safetensors"), "{err}");
         assert!(err.to_string().contains("truncated"), "cut {cut}: {err}");
     }
+    // The header length against what follows it: two different numbers.
+    let n = u64::from_le_bytes(full[..8].try_into().unwrap());
+    std::fs::write(&path, &full[..40]).unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "its first 8 bytes declare a JSON header of {n} bytes, but only 32 bytes follow them"
+        )),
+        "{err}"
+    );
 
     // Garbage header.
     let mut bad = full.clone();
@@ -516,5 +537,115 @@ fn fixture_copies_agree() {
         }
         a.finish().unwrap();
         b.finish().unwrap();
+    }
+}
+
+/// A safetensors file from a header written by hand and `data_len` zero bytes.
+fn raw_safetensors(path: &Path, header: &str, data_len: usize) {
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header.as_bytes());
+    b.resize(b.len() + data_len, 0);
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn header_offset_and_size_errors_name_the_tensor() {
+    let dir = TempDir::new("offsets");
+    let path = dir.path().join("model.safetensors");
+    let cases = [
+        // A size that disagrees with dtype and shape.
+        (
+            r#"{"a.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[8,32]}}"#,
+            32,
+            "tensor b.weight: F32 of shape [2, 2] needs 16 bytes, but data_offsets [8, 32] hold 24",
+        ),
+        // A gap between two tensors.
+        (
+            r#"{"a.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b.weight":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}}"#,
+            16,
+            "tensor b.weight: data_offsets [12, 16] start at 12, but the tensor before it ends at 8 (leaving a gap",
+        ),
+        // Overlapping tensors.
+        (
+            r#"{"a.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b.weight":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            8,
+            "tensor b.weight: data_offsets [4, 8] start at 4, but the tensor before it ends at 8 (overlapping it",
+        ),
+        // Offsets backwards.
+        (
+            r#"{"c.bias":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"d.bias":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#,
+            4,
+            "tensor d.bias",
+        ),
+    ];
+    for (header, data_len, want) in cases {
+        raw_safetensors(&path, header, data_len);
+        let err = Checkpoint::open(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ModelError::Checkpoint { .. }), "{msg}");
+        assert!(
+            msg.contains("model.safetensors") && msg.contains(want),
+            "{msg}\nwanted: {want}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn model_entries_that_are_not_files_are_named() {
+    let dir = TempDir::new("entries");
+    let entry = dir.path().join("model.safetensors");
+    std::fs::create_dir(&entry).unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("model.safetensors is a directory, not a regular file"),
+        "{err}"
+    );
+    std::fs::remove_dir(&entry).unwrap();
+
+    // A symlink to itself: a loop.
+    std::os::unix::fs::symlink("model.safetensors", &entry).unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("model.safetensors is a symbolic link that cannot be followed"),
+        "{err}"
+    );
+    std::fs::remove_file(&entry).unwrap();
+
+    let index = dir.path().join("model.safetensors.index.json");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&index)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let err = Checkpoint::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("model.safetensors.index.json is a FIFO, not a regular file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn index_shard_names_outside_the_model_directory_are_refused() {
+    let root = TempDir::new("index-escape");
+    let dir = root.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    // A valid shard outside the model directory, which the index must not reach.
+    let outside = root.path().join("outside.safetensors");
+    write(&outside, &sample());
+    for name in [
+        "../outside.safetensors".to_string(),
+        outside.display().to_string(),
+        "./../model/../outside.safetensors".to_string(),
+    ] {
+        let index = serde_json::json!({"weight_map": {"enc.fc.weight": name}});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let err = Checkpoint::open(&dir).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("weight_map.enc.fc.weight")
+                && msg.contains(&format!("shard file '{name}' is not a plain file name")),
+            "{msg}"
+        );
     }
 }

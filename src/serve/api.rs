@@ -6,8 +6,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
-use blip2::GenerationConfig;
-use blip2::model::chat::{Turn, chat_prompt};
+use crate::GenerationConfig;
+use crate::model::chat::{Turn, chat_prompt};
 
 use super::limits::{ApiError, Limits};
 

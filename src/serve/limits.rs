@@ -160,8 +160,8 @@ impl IntoResponse for ApiError {
 
 /// A model error from the worker: the library's `Invalid` and `Image` errors are the
 /// request's fault (400); everything else is the server's (500).
-pub fn from_model_error(e: &blip2::Error) -> ApiError {
-    use blip2::Error as E;
+pub fn from_model_error(e: &crate::Error) -> ApiError {
+    use crate::Error as E;
     match e {
         E::Image { .. } => ApiError::bad_image(e.to_string()),
         E::TooLarge { what, .. } if what == "image" => ApiError::bad_image(e.to_string()),

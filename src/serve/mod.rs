@@ -4,9 +4,7 @@
 //! batching), `cache` (query features by image hash), `limits` (limits and OpenAI-style
 //! errors), `metrics` (Prometheus text). docs/serve.md describes the API.
 
-mod api;
 mod cache;
-mod limits;
 mod metrics;
 mod routes;
 mod scheduler;
@@ -23,6 +21,9 @@ use blip2::{Blip2, Blip2Retrieval, LoadOptions};
 use clap::Args;
 
 use crate::cli::common::{AdapterArgs, DTypeArg, DeviceArg, pick_device_explained};
+// The request JSON and limits live in the library (`blip2::serve_api`) so that the fuzz
+// targets parse requests exactly as the server does.
+use blip2::serve_api::{api, limits};
 use limits::{ApiError, Limits};
 use metrics::Metrics;
 use scheduler::{Job, Loaded, Slot};

@@ -95,6 +95,12 @@ impl Llama {
                 }
             })
             .collect();
+        m.check_dim(
+            "embed_tokens.weight",
+            0,
+            cfg.vocab_size,
+            "text_config.vocab_size",
+        )?;
         let embed_tokens = m.get_embedding("embed_tokens.weight", &[cfg.vocab_size, d]);
         // Tied checkpoints store no lm_head (save_pretrained drops it): use the embeddings.
         let lm_head = if cfg.tie_word_embeddings {

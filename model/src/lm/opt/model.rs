@@ -93,6 +93,12 @@ impl Opt {
             })
             .collect();
         // Tied in every BLIP-2 OPT checkpoint: one tensor (and one quantization) for both.
+        dec.check_dim(
+            "embed_tokens.weight",
+            0,
+            cfg.vocab_size,
+            "text_config.vocab_size",
+        )?;
         let embed_tokens = dec.get_embedding("embed_tokens.weight", &[cfg.vocab_size, d]);
         let lm_head = vb.get_linear_with_fallback(
             "lm_head.weight",

@@ -172,6 +172,7 @@ impl T5 {
     pub fn load(vb: &WeightLoader, cfg: &T5Config) -> crate::Result<T5> {
         let d = cfg.d_model;
         let inner = cfg.num_heads * cfg.d_kv;
+        vb.check_dim("shared.weight", 0, cfg.vocab_size, "text_config.vocab_size")?;
         let shared = vb.get_embedding("shared.weight", &[cfg.vocab_size, d]);
         let enc = vb.pp("encoder");
         let dec = vb.pp("decoder");
