@@ -594,7 +594,11 @@ fn a_request_arriving_mid_decode_joins_the_running_batch() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no blip2_joined_running_total in {m}"))
     };
-    assert_eq!(joined(&s), 0.0, "requests one at a time join no running batch");
+    assert_eq!(
+        joined(&s),
+        0.0,
+        "requests one at a time join no running batch"
+    );
     let mut streamed = long.clone();
     streamed["stream"] = json!(true);
     for _ in 0..10 {
@@ -622,7 +626,11 @@ fn a_request_arriving_mid_decode_joins_the_running_batch() {
                 events.push(d.to_string());
             }
         }
-        assert_eq!(stream_text(&events).0, long_alone, "the running request's answer");
+        assert_eq!(
+            stream_text(&events).0,
+            long_alone,
+            "the running request's answer"
+        );
         if joined(&s) > 0.0 {
             return;
         }

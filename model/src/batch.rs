@@ -97,7 +97,9 @@ impl<'a> DecodeBatch<'a> {
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<Option<Generation>> {
         if self.seqs.iter().any(|s| s.id == id) {
-            return Err(ModelError::Invalid(format!("sequence {id} is already running")));
+            return Err(ModelError::Invalid(format!(
+                "sequence {id} is already running"
+            )));
         }
         let t = Instant::now();
         let one = row_features(feats, row)?;
@@ -251,7 +253,9 @@ fn event(id: SeqId, tok: &crate::generate::RowToken) -> TokenEvent {
 fn row_features(feats: &ImageFeatures, r: usize) -> Result<ImageFeatures> {
     let n = feats.projected.dim(0);
     if r >= n {
-        return Err(ModelError::Invalid(format!("row {r} of features of {n} images")));
+        return Err(ModelError::Invalid(format!(
+            "row {r} of features of {n} images"
+        )));
     }
     let narrow = |t: &blip2_engine::Tensor| {
         if t.dim(0) == 1 {

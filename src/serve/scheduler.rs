@@ -18,10 +18,10 @@
 //! Model work runs under `catch_unwind`: a panic fails the requests it was running (500)
 //! and the loop goes on.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
-use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -222,7 +222,9 @@ fn waves(
         for group in gens {
             let n = group.len();
             metrics.batch(n);
-            guarded(metrics, n, || generate(model, group, limits, cache, metrics));
+            guarded(metrics, n, || {
+                generate(model, group, limits, cache, metrics)
+            });
         }
     }
 }
@@ -329,7 +331,9 @@ fn continuous(
                 // Beam search keeps several rows per request: alone, between two steps.
                 Job::Gen(g) => {
                     metrics.batch(1);
-                    guarded(metrics, 1, || generate(loaded, vec![g], limits, cache, metrics));
+                    guarded(metrics, 1, || {
+                        generate(loaded, vec![g], limits, cache, metrics)
+                    });
                 }
                 Job::Embed(e) => guarded(metrics, 1, || embed(loaded, e, limits)),
                 Job::Match(m) => guarded(metrics, 1, || match_job(loaded, m, limits)),
@@ -338,7 +342,17 @@ fn continuous(
         if !joining.is_empty() {
             let was_running = !batch.is_empty();
             let joined = catch_unwind(AssertUnwindSafe(|| {
-                join(model, &mut batch, &mut rows, &mut next_id, joining, limits, cache, metrics, was_running)
+                join(
+                    model,
+                    &mut batch,
+                    &mut rows,
+                    &mut next_id,
+                    joining,
+                    limits,
+                    cache,
+                    metrics,
+                    was_running,
+                )
             }));
             if joined.is_err() {
                 reset(model, &mut batch, &mut rows, "a join panicked");
@@ -444,14 +458,9 @@ fn join<'m>(
             last: None,
         };
         let prompt = row.job.prompt.clone();
-        let added = batch.add(
-            id,
-            &features,
-            r,
-            prompt.as_deref(),
-            &settings,
-            &mut |e| row.token(e, metrics),
-        );
+        let added = batch.add(id, &features, r, prompt.as_deref(), &settings, &mut |e| {
+            row.token(e, metrics)
+        });
         match added {
             Ok(None) => {
                 if was_running {
@@ -544,7 +553,7 @@ fn prepare(
             Err(e) => {
                 let e = from_model_error(&e);
                 fail(rows.into_iter().map(|(j, _)| j).collect(), &e);
-                    return None;
+                return None;
             }
         };
         let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -606,7 +615,7 @@ fn prepare(
         Err(e) => {
             let e = from_model_error(&e);
             fail(run.into_iter().map(|(j, _)| j).collect(), &e);
-                return None;
+            return None;
         }
     };
     Some((run, features))

@@ -12,10 +12,10 @@
 
 use blip2_engine::{Device, Tensor, ops};
 
+use super::LmInput;
 use super::kv::KvCache;
 use super::llama::Llama;
 use super::opt::Opt;
-use super::LmInput;
 use crate::error::{ModelError, Result};
 
 /// Running sequences of a decoder-only language model, one cache row each.
@@ -43,7 +43,12 @@ pub(crate) trait CausalLm: Sync {
     fn hidden(&self) -> usize;
     fn vocab_size(&self) -> usize;
     fn max_positions(&self) -> usize;
-    fn new_cache(&self, batch: usize, capacity: usize, device: &Device) -> blip2_engine::Result<KvCache>;
+    fn new_cache(
+        &self,
+        batch: usize,
+        capacity: usize,
+        device: &Device,
+    ) -> blip2_engine::Result<KvCache>;
     fn forward(
         &self,
         embeds: &Tensor,
@@ -133,7 +138,12 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
 
     /// The last position's logits of a forward over `embeds` `[1, n, D]` at positions
     /// `start..start + n` of a one-row `cache`.
-    fn run_prompt(&mut self, embeds: &Tensor, start: usize, cache: &mut KvCache) -> Result<Vec<f32>> {
+    fn run_prompt(
+        &mut self,
+        embeds: &Tensor,
+        start: usize,
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
         let n = embeds.dim(1);
         if embeds.dim(0) != 1 || n == 0 {
             return Err(ModelError::Invalid(format!(
@@ -228,8 +238,7 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
                 }
                 cache.append_row(&row)?;
                 let w = cache.len;
-                self.mask
-                    .push([vec![0; w - n], vec![1; n]].concat());
+                self.mask.push([vec![0; w - n], vec![1; n]].concat());
             }
         }
         Ok(logits)
@@ -278,9 +287,10 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
             .lm
             .embed(tokens)?
             .reshape(&[tokens.len(), 1, self.lm.hidden()])?;
-        let cache = self.cache.as_mut().ok_or_else(|| {
-            ModelError::Invalid("no row is running".into())
-        })?;
+        let cache = self
+            .cache
+            .as_mut()
+            .ok_or_else(|| ModelError::Invalid("no row is running".into()))?;
         let h = self.lm.forward(&embeds, &positions, mask.as_ref(), cache)?;
         Ok(self.lm.logits(&h)?.to_vec_f32()?)
     }

@@ -72,7 +72,11 @@ impl KvCache {
             )));
         }
         let at = self.len - row.len;
-        let pairs = self.k.iter_mut().zip(&row.k).chain(self.v.iter_mut().zip(&row.v));
+        let pairs = self
+            .k
+            .iter_mut()
+            .zip(&row.k)
+            .chain(self.v.iter_mut().zip(&row.v));
         for (t, r) in pairs {
             let mut shape = t.shape().to_vec();
             shape[0] = 1;

@@ -9,8 +9,8 @@
 
 use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
-pub use crate::lm::kv::KvCache;
 use super::LlamaConfig;
+pub use crate::lm::kv::KvCache;
 use crate::nn::{Linear, RmsNorm, activation};
 use crate::weights::WeightLoader;
 

@@ -3,8 +3,8 @@
 
 use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
-pub use crate::lm::kv::KvCache;
 use super::OptConfig;
+pub use crate::lm::kv::KvCache;
 use crate::nn::{LayerNorm, Linear, activation};
 use crate::weights::WeightLoader;
 
