@@ -226,7 +226,6 @@ fn a_row_that_ends_at_its_first_token_takes_no_row() {
 #[test]
 fn chat_reuses_the_kv_cache_across_turns() {
     let dev = Device::cpu();
-    // Short turns: InstructBLIP's Q-Former reads the whole history in its 32 positions.
     let questions = ["what is it?", "colour?", "why?"];
     let cfgs = [
         greedy(5, 0),
@@ -248,7 +247,13 @@ fn chat_reuses_the_kv_cache_across_turns() {
             let mut reuse = model.chat(&img).unwrap();
             let mut whole = model.chat(&img).unwrap();
             whole.set_cache_reuse(false);
-            for (t, q) in questions.iter().enumerate() {
+            // InstructBLIP's Q-Former reads the whole history in 32 positions: two turns.
+            let turns = if name.starts_with("instructblip") {
+                2
+            } else {
+                3
+            };
+            for (t, q) in questions.iter().take(turns).enumerate() {
                 let full = model.prompt_ids(Some(&whole.prompt(q))).unwrap().len();
                 let a = reuse.ask_with(q, &s, &mut |_| {}).unwrap();
                 let b = whole.ask_with(q, &s, &mut |_| {}).unwrap();
