@@ -210,7 +210,7 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
 
     fn join(&mut self, input: LmInput, max_new_tokens: usize) -> Result<Vec<f32>> {
         let LmInput { embeds, batch } = input;
-        if batch.rows.len() != 1 || batch.mask[0].iter().any(|&v| v == 0) {
+        if batch.rows.len() != 1 || batch.mask[0].contains(&0) {
             return Err(ModelError::Invalid(
                 "a row joins with exactly one unpadded prompt".into(),
             ));
@@ -308,7 +308,7 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
             self.mask = vec![vec![1; n]];
             return Ok(logits);
         };
-        if self.mask.len() != 1 || self.mask[0].iter().any(|&v| v == 0) || keep > cache.len {
+        if self.mask.len() != 1 || self.mask[0].contains(&0) || keep > cache.len {
             return Err(ModelError::Invalid(format!(
                 "cannot keep {keep} tokens of a {}-row cache of {} columns",
                 self.mask.len(),
