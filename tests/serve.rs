@@ -561,9 +561,81 @@ fn parallel_requests_equal_sequential() {
             .parse()
             .unwrap()
     };
-    // 64 requests in fewer than 64 batches: some shared a forward pass.
-    assert_eq!(get("blip2_batch_size_sum "), 64.0);
-    assert!(get("blip2_batch_size_count ") < 64.0, "{m}");
+    // blip2_batch_size counts rows per decode step: some steps ran several requests' rows.
+    assert!(
+        get("blip2_batch_size_sum ") > get("blip2_batch_size_count "),
+        "{m}"
+    );
+    assert!(get("blip2_batch_size_bucket{le=\"1\"} ") < get("blip2_batch_size_count "));
+}
+
+/// A request that arrives while another decodes joins its batch between two steps
+/// (`blip2_joined_running_total`), and both get the answers they get alone. Retried in case
+/// the long request ends before the second arrives.
+#[test]
+fn a_request_arriving_mid_decode_joins_the_running_batch() {
+    let s = Server::start(&["--max-batch", "4"]);
+    let img = example("three_shapes.png");
+    let mut long = chat_body(&img, None);
+    // The demo model has 128 positions.
+    long["max_tokens"] = json!(110);
+    long["min_tokens"] = json!(110);
+    let short = chat_body(&example(IMAGES[1]), Some("what shape is yellow?"));
+    let (st, v) = s.post("/v1/chat/completions", &long);
+    assert_eq!(st, 200, "{v}");
+    let long_alone = content(&v);
+    let (st, v) = s.post("/v1/chat/completions", &short);
+    assert_eq!(st, 200, "{v}");
+    let short_alone = content(&v);
+    let joined = |s: &Server| -> f64 {
+        let (_, m) = s.get("/metrics");
+        m.lines()
+            .find_map(|l| l.strip_prefix("blip2_joined_running_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no blip2_joined_running_total in {m}"))
+    };
+    assert_eq!(
+        joined(&s),
+        0.0,
+        "requests one at a time join no running batch"
+    );
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
+    for _ in 0..10 {
+        let mut r = Server::agent()
+            .post(format!("{}/v1/chat/completions", s.base))
+            .header("content-type", "application/json")
+            .send(streamed.to_string())
+            .expect("POST");
+        let mut rd = BufReader::new(r.body_mut().as_reader());
+        let mut events = Vec::new();
+        let mut line = String::new();
+        // The role chunk, then the first text: the long request is decoding.
+        while events.len() < 2 {
+            line.clear();
+            assert!(rd.read_line(&mut line).unwrap() > 0, "stream ended early");
+            if let Some(d) = line.trim_end().strip_prefix("data: ") {
+                events.push(d.to_string());
+            }
+        }
+        let (st, v) = s.post("/v1/chat/completions", &short);
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(content(&v), short_alone, "the joining request's answer");
+        for line in rd.lines() {
+            if let Some(d) = line.unwrap().strip_prefix("data: ") {
+                events.push(d.to_string());
+            }
+        }
+        assert_eq!(
+            stream_text(&events).0,
+            long_alone,
+            "the running request's answer"
+        );
+        if joined(&s) > 0.0 {
+            return;
+        }
+    }
+    panic!("the second request never joined the running batch");
 }
 
 /// Clients that leave mid-stream free their places (once their rows finish: a running

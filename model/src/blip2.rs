@@ -430,6 +430,11 @@ impl Blip2 {
         ))
     }
 
+    /// The language model (step-level batches, chat cache reuse).
+    pub(crate) fn lm(&self) -> &dyn LanguageModel {
+        &*self.lm
+    }
+
     fn image_token_id(&self) -> Result<u32> {
         match self.config.image_token_index {
             Some(i) => Ok(i),
@@ -618,7 +623,7 @@ impl Blip2 {
     /// side with `pad`, and token embeddings with the `<image>` positions replaced by the
     /// projected query outputs (InstructBLIP: computed here for these prompts, unless none
     /// has text, when `feats.projected` already is that).
-    fn lm_input(
+    pub(crate) fn lm_input(
         &self,
         feats: &ImageFeatures,
         prompts: &[Option<&str>],

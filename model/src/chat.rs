@@ -1,9 +1,24 @@
 //! Multi-turn visual question answering: the image goes through ViT, Q-Former and the
 //! projection once, and every turn's prompt carries the conversation so far in the
 //! format of the BLIP-2 examples: "Question: q1 Answer: a1. Question: q2 Answer:".
+//!
+//! Decoder-only language models (OPT, LLaMA) keep the KV cache of the previous turn's
+//! prompt and answer: a turn prefills only the tokens after the longest prefix its prompt
+//! ids share with the cached ones (typically the new question after the previous answer),
+//! and greedy/sampled answers equal a full prefill's. The cache is not used, and every
+//! turn prefills its whole prompt, for T5 (its encoder reads the whole history each turn:
+//! that is how the model works), for InstructBLIP (its Q-Former reads the whole prompt,
+//! so the image tokens change every turn) and for beam search. When old turns are dropped
+//! to fit the positions, the prompt no longer starts like the cached one and the cache is
+//! rebuilt from the first differing token.
 
-use crate::blip2::{Blip2, Generation, ImageFeatures};
-use crate::generate::{GenerationConfig, ResolvedGeneration, TokenEvent};
+use std::time::Instant;
+
+use blip2_engine::ops;
+
+use crate::blip2::{Blip2, Generation, ImageFeatures, Timings};
+use crate::generate::{GenerationConfig, ResolvedGeneration, TokenEvent, decode};
+use crate::lm::batch::{RowBatch, RowBatchModel};
 use crate::prompt::vqa_prompt;
 use crate::{ModelError, Result};
 
@@ -42,6 +57,10 @@ pub struct Chat<'a> {
     turns: Vec<Turn>,
     /// Oldest turns left out of the last prompt to fit the model (see [`Chat::ask_with`]).
     dropped: usize,
+    /// Decoder-only: the cache of the last turn and the ids whose K/V it holds.
+    cache: Option<(Box<dyn RowBatch + 'a>, Vec<u32>)>,
+    reuse: bool,
+    last_prefill: usize,
 }
 
 impl<'a> Chat<'a> {
@@ -52,6 +71,9 @@ impl<'a> Chat<'a> {
             features,
             turns: Vec::new(),
             dropped: 0,
+            cache: None,
+            reuse: true,
+            last_prefill: 0,
         }
     }
 
@@ -74,6 +96,9 @@ impl<'a> Chat<'a> {
             features,
             turns,
             dropped: 0,
+            cache: None,
+            reuse: true,
+            last_prefill: 0,
         }
     }
 
@@ -94,6 +119,21 @@ impl<'a> Chat<'a> {
     /// no longer fit the model (0 when it did).
     pub fn dropped_turns(&self) -> usize {
         self.dropped
+    }
+
+    /// Whether turns reuse the previous turn's KV cache where the model allows it (on by
+    /// default; off, every turn prefills its whole prompt, as the answers' reference).
+    pub fn set_cache_reuse(&mut self, on: bool) {
+        self.reuse = on;
+        if !on {
+            self.cache = None;
+        }
+    }
+
+    /// Prompt tokens the last turn ran through the language model's prefill: the whole
+    /// prompt, or with cache reuse only those after the cached prefix.
+    pub fn last_prefill_tokens(&self) -> usize {
+        self.last_prefill
     }
 
     /// Forgets the conversation (the image features stay).
@@ -148,20 +188,87 @@ impl<'a> Chat<'a> {
             }
         };
         self.dropped = first;
-        let mut out = self.model.generate_from_features_with(
-            &self.features,
-            &[Some(&prompt)],
-            settings,
-            on_token,
-        )?;
-        let g = out
-            .pop()
-            .ok_or_else(|| ModelError::Invalid("empty generation batch".into()))?;
+        let g = match self.ask_cached(&prompt, settings, on_token)? {
+            Some(g) => g,
+            None => {
+                self.last_prefill = self.model.prompt_ids(Some(&prompt))?.len();
+                let mut out = self.model.generate_from_features_with(
+                    &self.features,
+                    &[Some(&prompt)],
+                    settings,
+                    on_token,
+                )?;
+                out.pop()
+                    .ok_or_else(|| ModelError::Invalid("empty generation batch".into()))?
+            }
+        };
         self.turns.push(Turn {
             question: question.trim().to_string(),
             answer: g.text.clone(),
         });
         Ok(g)
+    }
+}
+
+impl Chat<'_> {
+    /// The turn over the previous turn's cache; None where it is not used (see the module
+    /// docs), the cache then dropped.
+    fn ask_cached(
+        &mut self,
+        prompt: &str,
+        settings: &ResolvedGeneration,
+        on_token: &mut dyn FnMut(&TokenEvent),
+    ) -> Result<Option<Generation>> {
+        let cached = self.cache.take();
+        if !self.reuse || settings.num_beams() > 1 || self.model.config.is_instructblip() {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let (mut lm, held) = match cached {
+            Some(c) => c,
+            None => match self.model.lm().row_batch(self.model.device()) {
+                Some(b) => (b, Vec::new()),
+                None => return Ok(None),
+            },
+        };
+        let input =
+            self.model
+                .lm_input(&self.features, &[Some(prompt)], settings.pad_token_id())?;
+        let ids = input.batch.rows[0].clone();
+        // At least the last prompt token runs: its logits choose the first new token.
+        let shared = held.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+        let keep = shared.min(ids.len().saturating_sub(1));
+        let before = lm.prefilled_tokens();
+        let suffix = ops::narrow(&input.embeds, 1, keep, ids.len() - keep)?;
+        let first = lm.extend(keep, &suffix, settings.max_new_tokens())?;
+        self.last_prefill = lm.prefilled_tokens() - before;
+        let prefill = t.elapsed();
+        let t = Instant::now();
+        let out = decode(
+            first,
+            vec![ids.clone()],
+            settings,
+            &mut RowBatchModel(&mut *lm),
+            on_token,
+        )?;
+        let toks = out.tokens.into_iter().next().unwrap_or_default();
+        // The cache now holds the prompt and every new token fed back (all but the last).
+        let mut held = ids;
+        held.extend(toks.iter().take(out.steps));
+        self.cache = Some((lm, held));
+        Ok(Some(Generation {
+            text: self.model.tokenizer.decode(&toks, true)?.trim().to_string(),
+            token_ids: toks,
+            score: None,
+            timings: Timings {
+                preprocess: self.features.preprocess,
+                vision: self.features.vision,
+                qformer: self.features.qformer,
+                prefill,
+                decode: t.elapsed(),
+                decode_tokens: out.steps,
+            },
+        }))
     }
 }
 

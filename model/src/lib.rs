@@ -31,6 +31,7 @@ pub use preprocess::{
 };
 pub use tokenizer::{BatchEncoding, Blip2Tokenizer, PaddingSide};
 pub use weights::{Checkpoint, WeightLoader, WeightStats};
+pub mod batch;
 pub mod blip2;
 pub mod chat;
 pub mod generate;

@@ -62,6 +62,8 @@ struct Inner {
     cache_hits: u64,
     cache_misses: u64,
     cancelled: u64,
+    /// Requests that joined a batch already decoding (continuous batching).
+    joined_running: u64,
     /// Tokens per second of the last batch's decode (all rows together).
     last_tokens_per_second: f64,
 }
@@ -89,6 +91,7 @@ impl Default for Metrics {
                 cache_hits: 0,
                 cache_misses: 0,
                 cancelled: 0,
+                joined_running: 0,
                 last_tokens_per_second: 0.0,
             }),
             in_flight: AtomicUsize::new(0),
@@ -138,6 +141,10 @@ impl Metrics {
         self.with(|m| m.cancelled += n as u64)
     }
 
+    pub fn joined_running(&self) {
+        self.with(|m| m.joined_running += 1)
+    }
+
     pub fn decode_rate(&self, tokens_per_second: f64) {
         self.with(|m| m.last_tokens_per_second = tokens_per_second)
     }
@@ -172,7 +179,7 @@ impl Metrics {
                 out,
                 "# HELP blip2_queue_capacity Waiting places beyond the running batch (--max-queue).\n# TYPE blip2_queue_capacity gauge\nblip2_queue_capacity {max_queue}"
             );
-            m.batch_size.render(&mut out, "blip2_batch_size", "Requests per generation batch.");
+            m.batch_size.render(&mut out, "blip2_batch_size", "Rows per decode step (continuous batching; T5 and beam search: requests per batch).");
             m.ttft.render(&mut out, "blip2_time_to_first_token_seconds", "From admission to the first new token.");
             m.per_token.render(&mut out, "blip2_time_per_output_token_seconds", "Mean time per new token after the first, per sequence.");
             m.request_seconds.render(&mut out, "blip2_request_duration_seconds", "From the request to the response's head (streams: its start).");
@@ -182,14 +189,15 @@ impl Metrics {
                 ("blip2_images_encoded_total", "Images run through the vision tower and Q-Former.", m.images_encoded),
                 ("blip2_feature_cache_hits_total", "Images whose query features came from the cache.", m.cache_hits),
                 ("blip2_feature_cache_misses_total", "Images whose query features were computed.", m.cache_misses),
-                ("blip2_cancelled_total", "Requests stopped mid-generation because their batch's clients had all disconnected.", m.cancelled),
+                ("blip2_cancelled_total", "Requests stopped mid-generation because their clients disconnected.", m.cancelled),
+                ("blip2_joined_running_total", "Requests that joined a batch already decoding, between two of its steps.", m.joined_running),
             ];
             for (name, help, v) in counters {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
             }
             let _ = writeln!(
                 out,
-                "# HELP blip2_tokens_per_second Decode throughput of the last batch (all sequences).\n# TYPE blip2_tokens_per_second gauge\nblip2_tokens_per_second {}",
+                "# HELP blip2_tokens_per_second Decode throughput of the last decode step or batch (all sequences).\n# TYPE blip2_tokens_per_second gauge\nblip2_tokens_per_second {}",
                 m.last_tokens_per_second
             );
         });

@@ -1,33 +1,37 @@
 //! The model's worker thread and its batching loop. The HTTP side never touches tensors:
-//! handlers send [`Job`]s through a channel, and one std thread owning the model takes
-//! them in waves:
+//! handlers send [`Job`]s through a channel, and one std thread owning the model runs them.
 //!
-//! 1. It blocks for one job, then takes every job already waiting, up to `--max-batch`.
-//!    Jobs whose client went away while they waited are dropped unrun.
-//! 2. Generation jobs with the same settings (greedy or beam search with the same
-//!    max_tokens, penalties...) form one batch; a sampled job runs alone, so that its seed
-//!    gives the text it gives alone.
-//! 3. The images of a batch that are not in the feature cache go through preprocessing,
-//!    the ViT, the Q-Former and the projection together, in one forward pass; the others
-//!    come from the cache (keyed by the SHA-256 of the image bytes).
-//! 4. The batch decodes together: one prefill over the padded prompts, then one forward
-//!    pass per step for all running rows; a row that produces eos leaves the batch
-//!    (`Blip2::generate_from_features_with`). New jobs wait for the next wave: this is
-//!    static batching per wave, not continuous batching (jobs do not join between steps).
+//! Decoder-only language models (OPT, LLaMA) batch continuously ([`continuous`]): between
+//! two decode steps the loop takes the jobs waiting, up to `--max-batch` running rows;
+//! their images not in the feature cache go through preprocessing, the ViT, the Q-Former
+//! and the projection together (the others come from the cache, keyed by the SHA-256 of
+//! the image bytes); each prompt is prefilled alone and joins the running
+//! [`DecodeBatch`]. Every step is one forward pass over all running rows, each with its
+//! own settings (greedy or sampled with its own seed); a row leaves as soon as it ends or
+//! its client disconnects. Beam-search jobs run alone between two steps.
 //!
-//! Each wave runs under `catch_unwind`: a panic fails that wave's requests (500) and the
-//! loop goes on.
+//! T5 (no step-level batch) is batched per wave ([`waves`]): the loop blocks for one job,
+//! takes every job already waiting up to `--max-batch`, groups generation jobs with the
+//! same settings (a sampled job alone), and each group decodes together
+//! (`Blip2::generate_from_features_cancellable`); new jobs wait for the next wave.
+//!
+//! Model work runs under `catch_unwind`: a panic fails the requests it was running (500)
+//! and the loop goes on.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use blip2::engine::Tensor;
 use blip2::image::DynamicImage;
-use blip2::{Blip2, Blip2Retrieval, GenerationConfig, TextStream};
+use blip2::{
+    Blip2, Blip2Retrieval, DecodeBatch, Generation, GenerationConfig, ImageFeatures, SeqId,
+    TextStream, TokenEvent,
+};
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use super::cache::{ImageKey, Lru};
@@ -170,6 +174,22 @@ pub fn run(
     cache_entries: usize,
 ) {
     let cache = Mutex::new(Lru::<Tensor>::new(cache_entries));
+    if let Loaded::Gen(m) = &model
+        && m.decode_batch().is_some()
+    {
+        return continuous(m, &model, rx, &metrics, &limits, &cache);
+    }
+    waves(&model, rx, &metrics, &limits, &cache)
+}
+
+/// Static batching per wave (T5).
+fn waves(
+    model: &Loaded,
+    rx: Receiver<Job>,
+    metrics: &Metrics,
+    limits: &Limits,
+    cache: &Mutex<Lru<Tensor>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < limits.max_batch.max(1) {
@@ -195,16 +215,261 @@ pub fn run(
                         }
                     }
                 }
-                Job::Embed(e) => guarded(&metrics, 1, || embed(&model, e, &limits)),
-                Job::Match(m) => guarded(&metrics, 1, || match_job(&model, m, &limits)),
+                Job::Embed(e) => guarded(metrics, 1, || embed(model, e, limits)),
+                Job::Match(m) => guarded(metrics, 1, || match_job(model, m, limits)),
             }
         }
         for group in gens {
             let n = group.len();
             metrics.batch(n);
-            guarded(&metrics, n, || {
-                generate(&model, group, &limits, &cache, &metrics)
+            guarded(metrics, n, || {
+                generate(model, group, limits, cache, metrics)
             });
+        }
+    }
+}
+
+/// A request decoding in the continuous batch.
+struct Running<'m> {
+    job: GenJob,
+    prompt_tokens: usize,
+    max_new_tokens: usize,
+    eos: Vec<u32>,
+    stream: TextStream<'m>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Running<'_> {
+    fn token(&mut self, e: &TokenEvent, metrics: &Metrics) {
+        let now = Instant::now();
+        if self.first.is_none() {
+            self.first = Some(now);
+            metrics.first_token((now - self.job.admitted).as_secs_f64());
+        }
+        self.last = Some(now);
+        if let Ok(d) = self.stream.push(e.token_id)
+            && !d.is_empty()
+        {
+            let _ = self.job.events.send(Event::Delta(d));
+        }
+    }
+
+    fn finish(mut self, g: blip2::Result<Generation>, metrics: &Metrics) {
+        let g = match g {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = self.job.events.send(Event::Error(from_model_error(&e)));
+                return;
+            }
+        };
+        if let Ok(rest) = self.stream.finish()
+            && !rest.is_empty()
+        {
+            let _ = self.job.events.send(Event::Delta(rest));
+        }
+        let n = g.token_ids.len();
+        let per_token = match (self.first, self.last) {
+            (Some(a), Some(b)) if n > 1 => Some((b - a).as_secs_f64() / (n - 1) as f64),
+            _ => None,
+        };
+        metrics.sequence(self.prompt_tokens, n, per_token);
+        let ended = g.token_ids.last().is_some_and(|t| self.eos.contains(t));
+        let _ = self.job.events.send(Event::Done(Finished {
+            text: g.text,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: n,
+            finish_reason: if !ended && n >= self.max_new_tokens {
+                "length"
+            } else {
+                "stop"
+            },
+        }));
+    }
+}
+
+/// Continuous batching over a step-level [`DecodeBatch`] (decoder-only models).
+fn continuous(
+    model: &Blip2,
+    loaded: &Loaded,
+    rx: Receiver<Job>,
+    metrics: &Metrics,
+    limits: &Limits,
+    cache: &Mutex<Lru<Tensor>>,
+) {
+    let Some(mut batch) = model.decode_batch() else {
+        return;
+    };
+    let mut rows: HashMap<SeqId, Running> = HashMap::new();
+    let mut next_id: SeqId = 0;
+    let max = limits.max_batch.max(1);
+    let mut closed = false;
+    loop {
+        // Block only when nothing runs; otherwise take what waits, up to the free rows.
+        let mut jobs = Vec::new();
+        if batch.is_empty() {
+            if closed {
+                return;
+            }
+            match rx.recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => return,
+            }
+        }
+        while !closed && batch.len() + jobs.len() < max {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => closed = true,
+            }
+        }
+        jobs.retain(|j| !j.abandoned());
+        let mut joining = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Gen(g) if g.config.num_beams <= 1 => joining.push(g),
+                // Beam search keeps several rows per request: alone, between two steps.
+                Job::Gen(g) => {
+                    metrics.batch(1);
+                    guarded(metrics, 1, || {
+                        generate(loaded, vec![g], limits, cache, metrics)
+                    });
+                }
+                Job::Embed(e) => guarded(metrics, 1, || embed(loaded, e, limits)),
+                Job::Match(m) => guarded(metrics, 1, || match_job(loaded, m, limits)),
+            }
+        }
+        if !joining.is_empty() {
+            let was_running = !batch.is_empty();
+            let joined = catch_unwind(AssertUnwindSafe(|| {
+                join(
+                    model,
+                    &mut batch,
+                    &mut rows,
+                    &mut next_id,
+                    joining,
+                    limits,
+                    cache,
+                    metrics,
+                    was_running,
+                )
+            }));
+            if joined.is_err() {
+                reset(model, &mut batch, &mut rows, "a join panicked");
+                continue;
+            }
+        }
+        // Rows whose client left free their place now.
+        for id in batch.ids() {
+            if rows.get(&id).is_none_or(|r| r.job.events.is_closed()) {
+                let _ = batch.remove(id);
+                rows.remove(&id);
+                metrics.cancelled(1);
+            }
+        }
+        if batch.is_empty() {
+            metrics.running.store(0, Ordering::SeqCst);
+            continue;
+        }
+        let n = batch.len();
+        metrics.batch(n);
+        metrics.running.store(n, Ordering::SeqCst);
+        let t = Instant::now();
+        let stepped = catch_unwind(AssertUnwindSafe(|| {
+            batch.step(&mut |e| {
+                if let Some(r) = rows.get_mut(&e.row) {
+                    r.token(e, metrics);
+                }
+            })
+        }));
+        match stepped {
+            Ok(Ok(ended)) => {
+                metrics.decode_rate(n as f64 / t.elapsed().as_secs_f64().max(1e-9));
+                for (id, g) in ended {
+                    if let Some(r) = rows.remove(&id) {
+                        r.finish(g, metrics);
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                let e = from_model_error(&e);
+                for (_, r) in rows.drain() {
+                    let _ = r.job.events.send(Event::Error(e.clone()));
+                }
+            }
+            Err(_) => reset(model, &mut batch, &mut rows, "a decode step panicked"),
+        }
+        metrics.running.store(batch.len(), Ordering::SeqCst);
+    }
+}
+
+/// After a panic: the batch's state is unknown, so its requests fail (500) and a fresh
+/// batch goes on.
+fn reset<'m>(
+    model: &'m Blip2,
+    batch: &mut DecodeBatch<'m>,
+    rows: &mut HashMap<SeqId, Running>,
+    what: &str,
+) {
+    eprintln!(
+        "{{\"level\":\"error\",\"msg\":\"{what}; its requests failed, the server goes on\"}}"
+    );
+    rows.clear();
+    if let Some(b) = model.decode_batch() {
+        *batch = b;
+    }
+}
+
+/// New jobs join the running batch: features for all of them at once, then each prompt
+/// prefilled alone with its own settings.
+#[allow(clippy::too_many_arguments)]
+fn join<'m>(
+    model: &'m Blip2,
+    batch: &mut DecodeBatch<'m>,
+    rows: &mut HashMap<SeqId, Running<'m>>,
+    next_id: &mut SeqId,
+    jobs: Vec<GenJob>,
+    limits: &Limits,
+    cache: &Mutex<Lru<Tensor>>,
+    metrics: &Metrics,
+    was_running: bool,
+) {
+    let Some((run, features)) = prepare(model, jobs, limits, cache, metrics) else {
+        return;
+    };
+    for (r, (job, prompt_tokens)) in run.into_iter().enumerate() {
+        let settings = match model.resolve_generation(&job.config) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = job.events.send(Event::Error(from_model_error(&e)));
+                continue;
+            }
+        };
+        let eos = settings.eos_token_ids().to_vec();
+        let id = *next_id;
+        *next_id = next_id.wrapping_add(1);
+        let mut row = Running {
+            stream: TextStream::new(&model.tokenizer, &eos),
+            prompt_tokens,
+            max_new_tokens: settings.max_new_tokens(),
+            eos,
+            job,
+            first: None,
+            last: None,
+        };
+        let prompt = row.job.prompt.clone();
+        let added = batch.add(id, &features, r, prompt.as_deref(), &settings, &mut |e| {
+            row.token(e, metrics)
+        });
+        match added {
+            Ok(None) => {
+                if was_running {
+                    metrics.joined_running();
+                }
+                rows.insert(id, row);
+            }
+            Ok(Some(g)) => row.finish(Ok(g), metrics),
+            Err(e) => row.finish(Err(e), metrics),
         }
     }
 }
@@ -227,24 +492,16 @@ fn fail(jobs: Vec<GenJob>, e: &ApiError) {
     }
 }
 
-/// One batch of generation jobs with the same settings.
-fn generate(
-    model: &Loaded,
+/// The jobs' prompts checked and their image features (cached ones, and the missing
+/// images encoded together), as one features batch with a row per job still running; the
+/// jobs that failed on the way are answered with their error.
+fn prepare(
+    model: &Blip2,
     jobs: Vec<GenJob>,
     limits: &Limits,
     cache: &Mutex<Lru<Tensor>>,
     metrics: &Metrics,
-) {
-    let Loaded::Gen(model) = model else {
-        return fail(
-            jobs,
-            &ApiError::unsupported("this checkpoint does not generate text"),
-        );
-    };
-    let settings = match model.resolve_generation(&jobs[0].config) {
-        Ok(s) => s,
-        Err(e) => return fail(jobs, &from_model_error(&e)),
-    };
+) -> Option<(Vec<(GenJob, usize)>, ImageFeatures)> {
     // Prompt lengths, within the limit.
     let mut rows = Vec::with_capacity(jobs.len());
     for j in jobs {
@@ -295,7 +552,8 @@ fn generate(
             Ok(f) => model.reusable_features(f),
             Err(e) => {
                 let e = from_model_error(&e);
-                return fail(rows.into_iter().map(|(j, _)| j).collect(), &e);
+                fail(rows.into_iter().map(|(j, _)| j).collect(), &e);
+                return None;
             }
         };
         let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -304,7 +562,8 @@ fn generate(
                 Ok(t) => t,
                 Err(e) => {
                     let e = ApiError::internal(e.to_string());
-                    return fail(rows.into_iter().map(|(j, _)| j).collect(), &e);
+                    fail(rows.into_iter().map(|(j, _)| j).collect(), &e);
+                    return None;
                 }
             };
             c.insert(*key, one.clone());
@@ -336,7 +595,7 @@ fn generate(
         }
     }
     if run.is_empty() {
-        return;
+        return None;
     }
     let projected = if row_feats.len() == 1 {
         row_feats.pop().expect("one row")
@@ -346,7 +605,8 @@ fn generate(
             Ok(t) => t,
             Err(e) => {
                 let e = ApiError::internal(e.to_string());
-                return fail(run.into_iter().map(|(j, _)| j).collect(), &e);
+                fail(run.into_iter().map(|(j, _)| j).collect(), &e);
+                return None;
             }
         }
     };
@@ -354,8 +614,33 @@ fn generate(
         Ok(f) => f,
         Err(e) => {
             let e = from_model_error(&e);
-            return fail(run.into_iter().map(|(j, _)| j).collect(), &e);
+            fail(run.into_iter().map(|(j, _)| j).collect(), &e);
+            return None;
         }
+    };
+    Some((run, features))
+}
+
+/// One batch of generation jobs with the same settings, decoded together (per wave).
+fn generate(
+    model: &Loaded,
+    jobs: Vec<GenJob>,
+    limits: &Limits,
+    cache: &Mutex<Lru<Tensor>>,
+    metrics: &Metrics,
+) {
+    let Loaded::Gen(model) = model else {
+        return fail(
+            jobs,
+            &ApiError::unsupported("this checkpoint does not generate text"),
+        );
+    };
+    let settings = match model.resolve_generation(&jobs[0].config) {
+        Ok(s) => s,
+        Err(e) => return fail(jobs, &from_model_error(&e)),
+    };
+    let Some((run, features)) = prepare(model, jobs, limits, cache, metrics) else {
+        return;
     };
     let prompts: Vec<Option<&str>> = run.iter().map(|(j, _)| j.prompt.as_deref()).collect();
     let eos = settings.eos_token_ids().to_vec();

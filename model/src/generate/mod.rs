@@ -9,6 +9,7 @@
 //! Files, each importing only files listed after it (so there is no cycle):
 //!
 //! ```text
+//! row           one sequence's choice per step      → processors, settings, sampling, search (check_logits)
 //! search        decode entry, greedy/sampling loop  → beam, processors, settings, sampling, decode_model
 //! beam          beam search and beam sampling       → processors, settings, sampling, decode_model
 //! processors    logits processors, argmax           → settings
@@ -23,6 +24,7 @@
 pub mod beam;
 mod decode_model;
 pub mod processors;
+mod row;
 pub mod sampling;
 mod search;
 mod settings;
@@ -30,5 +32,6 @@ mod settings;
 mod test_util;
 
 pub use decode_model::{DecodeModel, DecodeOutput, TokenEvent};
+pub use row::{RowDecoder, RowToken};
 pub use search::decode;
 pub use settings::{EarlyStopping, GenerationConfig, GenerationDefaults, ResolvedGeneration};

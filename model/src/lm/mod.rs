@@ -9,6 +9,8 @@
 //! The BLIP-2 pipeline (`crate::blip2`) sees only these two traits; `model_type` is read in
 //! one place, [`parse_text_config`], which is the one arm a new family adds.
 
+pub mod batch;
+pub mod kv;
 pub mod llama;
 pub mod opt;
 pub mod t5;
@@ -176,6 +178,11 @@ pub trait LanguageModel: Send + Sync {
         input: LmInput,
         decoder_ids: Option<&[Vec<u32>]>,
     ) -> Result<(Tensor, Option<Tensor>)>;
+    /// A step-level batch of independent rows (continuous batching, chat cache reuse);
+    /// None for families without one (T5: its rows would differ in encoder length too).
+    fn row_batch(&self, _device: &blip2_engine::Device) -> Option<Box<dyn batch::RowBatch + '_>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,13 @@ impl LanguageModel for Llama {
         })
     }
 
+    fn row_batch(&self, device: &Device) -> Option<Box<dyn crate::lm::batch::RowBatch + '_>> {
+        Some(Box::new(crate::lm::batch::SlotBatch::new(
+            self,
+            device.clone(),
+        )))
+    }
+
     fn prompt_logits(
         &self,
         input: LmInput,

@@ -10,6 +10,7 @@
 use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
 use super::LlamaConfig;
+pub use crate::lm::kv::KvCache;
 use crate::nn::{Linear, RmsNorm, activation};
 use crate::weights::WeightLoader;
 
@@ -38,24 +39,6 @@ pub struct Llama {
     pub hidden: usize,
     pub vocab: usize,
     pub max_positions: usize,
-}
-
-/// Per-layer K/V `[B, heads, max_len, hd]` (K/V heads already repeated), filled left to right.
-pub struct KvCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
-    pub len: usize,
-    pub capacity: usize,
-}
-
-impl KvCache {
-    /// Keeps batch row `src[i]` as row `i` of every layer (beam reordering, finished rows).
-    pub fn select_rows(&mut self, src: &[usize]) -> Result<()> {
-        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            *t = ops::gather_rows(t, src)?;
-        }
-        Ok(())
-    }
 }
 
 /// cos and signed sin tables `[B, L, heads·hd]` for the rotary embedding of `positions`.

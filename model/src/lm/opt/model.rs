@@ -4,6 +4,7 @@
 use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
 use super::OptConfig;
+pub use crate::lm::kv::KvCache;
 use crate::nn::{LayerNorm, Linear, activation};
 use crate::weights::WeightLoader;
 
@@ -33,25 +34,6 @@ pub struct Opt {
     pub hidden: usize,
     pub vocab: usize,
     pub max_positions: usize,
-}
-
-/// Per-layer K/V `[B, H, max_len, hd]`, filled left to right.
-pub struct KvCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
-    pub len: usize,
-    pub capacity: usize,
-}
-
-impl KvCache {
-    /// Keeps batch row `src[i]` as row `i` of every layer (beam search reordering,
-    /// dropping finished rows).
-    pub fn select_rows(&mut self, src: &[usize]) -> Result<()> {
-        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            *t = ops::gather_rows(t, src)?;
-        }
-        Ok(())
-    }
 }
 
 impl Opt {

@@ -1,0 +1,162 @@
+//! One sequence's greedy search or sampling, a token at a time: the choice
+//! [`super::decode`]'s loop makes for a row, with the row's own settings and random stream,
+//! for callers that batch rows of different requests step by step (continuous batching).
+//! A row's tokens equal what `decode` gives it alone: the same processors in the same
+//! order, and the sampler stream of a batch's first row.
+
+use super::processors::{apply_processors, argmax};
+use super::sampling::{self, Rng};
+use super::search::check_logits;
+use super::settings::ResolvedGeneration;
+use crate::{ModelError, Result};
+
+/// The decoding state of one sequence.
+#[derive(Clone, Debug)]
+pub struct RowDecoder {
+    cfg: ResolvedGeneration,
+    /// The ids the processors count (HF's `input_ids`), new tokens appended.
+    seen: Vec<u32>,
+    tokens: Vec<u32>,
+    rng: Rng,
+    done: bool,
+}
+
+/// One chosen token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowToken {
+    pub token_id: u32,
+    /// Position among the new tokens (0 = first).
+    pub index: usize,
+    pub is_eos: bool,
+    /// The sequence ended here (eos or `max_new_tokens`).
+    pub finished: bool,
+}
+
+impl RowDecoder {
+    /// A sequence decoded with `cfg`, whose processors count `seen`. Beam search keeps
+    /// several hypotheses per sequence and is refused here.
+    pub fn new(cfg: ResolvedGeneration, seen: Vec<u32>) -> Result<RowDecoder> {
+        if cfg.num_beams() > 1 {
+            return Err(ModelError::Invalid(
+                "beam search does not decode row by row".into(),
+            ));
+        }
+        let rng = Rng::stream(cfg.rng_seed(), 0);
+        Ok(RowDecoder {
+            cfg,
+            seen,
+            tokens: Vec::new(),
+            rng,
+            done: false,
+        })
+    }
+
+    pub fn settings(&self) -> &ResolvedGeneration {
+        &self.cfg
+    }
+
+    /// The new tokens so far (eos included when produced).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.done
+    }
+
+    /// Chooses the next token from the model's raw `logits` `[vocab]` for this row.
+    pub fn choose(&mut self, logits: &mut [f32]) -> Result<RowToken> {
+        if self.done {
+            return Err(ModelError::Invalid("the sequence has ended".into()));
+        }
+        let n = self.tokens.len();
+        check_logits(logits, n)?;
+        apply_processors(logits, &self.seen, n, &self.cfg);
+        let tok = if self.cfg.do_sample() {
+            sampling::warp(
+                logits,
+                self.cfg.temperature(),
+                self.cfg.top_k(),
+                self.cfg.top_p(),
+                self.cfg.min_tokens_to_keep(),
+            );
+            sampling::draw(&sampling::softmax(logits), &mut self.rng)? as u32
+        } else {
+            argmax(logits)
+        };
+        self.seen.push(tok);
+        self.tokens.push(tok);
+        let is_eos = self.cfg.eos_token_ids().contains(&tok);
+        self.done = is_eos || self.tokens.len() >= self.cfg.max_new_tokens();
+        Ok(RowToken {
+            token_id: tok,
+            index: n,
+            is_eos,
+            finished: self.done,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::settings::GenerationConfig;
+    use crate::generate::test_util::{TableModel, resolved};
+    use crate::generate::{DecodeModel, decode};
+
+    /// Row by row over the same table model gives `decode`'s tokens, greedy and sampled.
+    #[test]
+    fn rows_equal_decode_alone() {
+        let v = 16;
+        let table: Vec<Vec<f32>> = (0..v)
+            .map(|p| {
+                (0..v)
+                    .map(|i| ((i * 7 + p * 3) % 11) as f32 * 0.3)
+                    .collect()
+            })
+            .collect();
+        for cfg in [
+            GenerationConfig {
+                max_new_tokens: 9,
+                repetition_penalty: 1.3,
+                ..Default::default()
+            },
+            GenerationConfig {
+                do_sample: true,
+                top_k: 5,
+                max_new_tokens: 12,
+                seed: Some(7),
+                ..Default::default()
+            },
+        ] {
+            let cfg = resolved(cfg, &[3]);
+            let mut m = TableModel {
+                vocab: v,
+                table: table.clone(),
+                rows: 1,
+                selects: vec![],
+            };
+            let want = decode(table[0].clone(), vec![vec![0]], &cfg, &mut m, &mut |_| {})
+                .unwrap()
+                .tokens
+                .remove(0);
+            let mut m = TableModel {
+                vocab: v,
+                table: table.clone(),
+                rows: 1,
+                selects: vec![],
+            };
+            let mut row = RowDecoder::new(cfg.clone(), vec![0]).unwrap();
+            let mut logits = table[0].clone();
+            loop {
+                let t = row.choose(&mut logits).unwrap();
+                if t.finished {
+                    break;
+                }
+                logits = m.step(&[t.token_id]).unwrap();
+            }
+            assert_eq!(row.tokens(), &want[..]);
+            assert!(row.choose(&mut table[0].clone()).is_err());
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Step-level batching for the decoder-only families: a [`RowBatch`] holds running
+//! sequences in the rows of one KV cache. A sequence joins between steps (its prompt is
+//! prefilled alone, at batch 1, and its K/V copied into a new row), every step feeds one
+//! token per row, and rows leave at any step.
+//!
+//! Rows have different lengths, so the cache is laid out as a left-padded batch is in HF:
+//! each row's columns end at the shared write column, the columns before its first token
+//! are masked, and positions (OPT's learned table, LLaMA's rotary angles) come from the
+//! row's own mask (cumsum − 1), so a row sees exactly what it sees alone. A joining prompt
+//! longer than the write column shifts the batch right; a full cache first drops the
+//! columns that are padding in every row (compaction), then grows.
+
+use blip2_engine::{Device, Tensor, ops};
+
+use super::LmInput;
+use super::kv::KvCache;
+use super::llama::Llama;
+use super::opt::Opt;
+use crate::error::{ModelError, Result};
+
+/// Running sequences of a decoder-only language model, one cache row each.
+pub trait RowBatch: Send {
+    fn vocab(&self) -> usize;
+    /// Rows running now.
+    fn rows(&self) -> usize;
+    /// Prefills a one-row prompt alone and adds it as the last row; returns its first
+    /// logits `[vocab]`. `max_new_tokens` is checked against the model's positions.
+    fn join(&mut self, input: LmInput, max_new_tokens: usize) -> Result<Vec<f32>>;
+    /// Keeps row `src[i]` as row `i` (rows may repeat: beam search).
+    fn select_rows(&mut self, src: &[usize]) -> Result<()>;
+    /// Feeds one token per row; returns the next `[rows · vocab]` logits.
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// A batch of one unpadded row (a chat): keeps the first `keep` cached tokens, runs the
+    /// prompt tokens `embeds` `[1, n, D]` after them and returns the last one's logits. With
+    /// no row yet, `keep` must be 0 and the prompt becomes the row.
+    fn extend(&mut self, keep: usize, embeds: &Tensor, max_new_tokens: usize) -> Result<Vec<f32>>;
+    /// Prompt tokens run through the model so far (joins and extensions), a cost counter.
+    fn prefilled_tokens(&self) -> usize;
+}
+
+/// What the generic batch needs of a decoder-only family.
+pub(crate) trait CausalLm: Sync {
+    fn hidden(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    fn max_positions(&self) -> usize;
+    fn new_cache(
+        &self,
+        batch: usize,
+        capacity: usize,
+        device: &Device,
+    ) -> blip2_engine::Result<KvCache>;
+    fn forward(
+        &self,
+        embeds: &Tensor,
+        positions: &[i64],
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> blip2_engine::Result<Tensor>;
+    fn logits(&self, h: &Tensor) -> blip2_engine::Result<Tensor>;
+    fn embed(&self, ids: &[u32]) -> blip2_engine::Result<Tensor>;
+}
+
+macro_rules! causal_lm {
+    ($t:ty, $hidden:ident) => {
+        impl CausalLm for $t {
+            fn hidden(&self) -> usize {
+                self.$hidden
+            }
+            fn vocab_size(&self) -> usize {
+                self.vocab
+            }
+            fn max_positions(&self) -> usize {
+                self.max_positions
+            }
+            fn new_cache(
+                &self,
+                batch: usize,
+                capacity: usize,
+                device: &Device,
+            ) -> blip2_engine::Result<KvCache> {
+                <$t>::new_cache(self, batch, capacity, device)
+            }
+            fn forward(
+                &self,
+                embeds: &Tensor,
+                positions: &[i64],
+                mask: Option<&Tensor>,
+                cache: &mut KvCache,
+            ) -> blip2_engine::Result<Tensor> {
+                <$t>::forward(self, embeds, positions, mask, cache)
+            }
+            fn logits(&self, h: &Tensor) -> blip2_engine::Result<Tensor> {
+                <$t>::logits(self, h)
+            }
+            fn embed(&self, ids: &[u32]) -> blip2_engine::Result<Tensor> {
+                <$t>::embed(self, ids)
+            }
+        }
+    };
+}
+causal_lm!(Opt, hidden);
+causal_lm!(Llama, hidden);
+
+/// Free columns a grown cache gets beyond what it holds (amortises the copies).
+const GROW: usize = 32;
+
+/// [`RowBatch`] over any [`CausalLm`].
+pub(crate) struct SlotBatch<'a, M: CausalLm> {
+    lm: &'a M,
+    device: Device,
+    /// None while no row runs.
+    cache: Option<KvCache>,
+    /// Per row, one flag per cache column (1 = the row's token, 0 = padding).
+    mask: Vec<Vec<u8>>,
+    prefilled: usize,
+}
+
+impl<'a, M: CausalLm> SlotBatch<'a, M> {
+    pub(crate) fn new(lm: &'a M, device: Device) -> SlotBatch<'a, M> {
+        SlotBatch {
+            lm,
+            device,
+            cache: None,
+            mask: Vec::new(),
+            prefilled: 0,
+        }
+    }
+
+    fn check_positions(&self, prompt: usize, max_new_tokens: usize) -> Result<()> {
+        let max = self.lm.max_positions();
+        if prompt.saturating_add(max_new_tokens) > max {
+            return Err(ModelError::Invalid(format!(
+                "prompt of {prompt} tokens + {max_new_tokens} new tokens exceeds the model's {max} positions"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The last position's logits of a forward over `embeds` `[1, n, D]` at positions
+    /// `start..start + n` of a one-row `cache`.
+    fn run_prompt(
+        &mut self,
+        embeds: &Tensor,
+        start: usize,
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        let n = embeds.dim(1);
+        if embeds.dim(0) != 1 || n == 0 {
+            return Err(ModelError::Invalid(format!(
+                "a row joins with one non-empty prompt, not {:?}",
+                embeds.shape()
+            )));
+        }
+        let positions: Vec<i64> = (start..start + n).map(|p| p as i64).collect();
+        let h = self.lm.forward(embeds, &positions, None, cache)?;
+        self.prefilled += n;
+        let last = ops::narrow(&h, 1, n - 1, 1)?;
+        Ok(self.lm.logits(&last)?.to_vec_f32()?)
+    }
+
+    /// Room for `n` more columns: drop the columns every row pads, else grow.
+    fn ensure_room(&mut self, n: usize) -> Result<()> {
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok(());
+        };
+        if cache.len + n <= cache.capacity {
+            return Ok(());
+        }
+        let lead = self
+            .mask
+            .iter()
+            .map(|m| m.iter().take_while(|&&v| v == 0).count())
+            .min()
+            .unwrap_or(0);
+        let used = cache.len - lead;
+        let capacity = cache.capacity.max(used + n + GROW);
+        cache.relayout(lead, 0, capacity)?;
+        for m in &mut self.mask {
+            m.drain(..lead);
+        }
+        Ok(())
+    }
+
+    fn mask_tensor(&self) -> Result<Option<Tensor>> {
+        if self.mask.iter().all(|m| m.iter().all(|&v| v == 1)) {
+            return Ok(None);
+        }
+        let len = self.mask.first().map_or(0, Vec::len);
+        let data: Vec<f32> = self
+            .mask
+            .iter()
+            .flat_map(|m| m.iter().map(|&v| if v == 1 { 0.0 } else { f32::MIN }))
+            .collect();
+        Ok(Some(Tensor::from_f32(
+            data,
+            &[self.mask.len(), 1, len],
+            &self.device,
+        )?))
+    }
+}
+
+impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
+    fn vocab(&self) -> usize {
+        self.lm.vocab_size()
+    }
+
+    fn rows(&self) -> usize {
+        self.mask.len()
+    }
+
+    fn join(&mut self, input: LmInput, max_new_tokens: usize) -> Result<Vec<f32>> {
+        let LmInput { embeds, batch } = input;
+        if batch.rows.len() != 1 || batch.mask[0].contains(&0) {
+            return Err(ModelError::Invalid(
+                "a row joins with exactly one unpadded prompt".into(),
+            ));
+        }
+        let n = batch.len;
+        self.check_positions(n, max_new_tokens)?;
+        let mut row = self.lm.new_cache(1, n, &self.device)?;
+        let logits = self.run_prompt(&embeds, 0, &mut row)?;
+        match self.cache.as_mut() {
+            None => {
+                // The first row: its own cache, with room for the next tokens.
+                row.relayout(0, 0, n + GROW)?;
+                self.cache = Some(row);
+                self.mask = vec![vec![1; n]];
+            }
+            Some(cache) => {
+                if n > cache.len {
+                    // Shift the batch right so the new row ends at the write column too.
+                    let pad = n - cache.len;
+                    let capacity = cache.capacity.max(n + GROW);
+                    cache.relayout(0, pad, capacity)?;
+                    for m in &mut self.mask {
+                        m.splice(0..0, std::iter::repeat_n(0, pad));
+                    }
+                }
+                cache.append_row(&row)?;
+                let w = cache.len;
+                self.mask.push([vec![0; w - n], vec![1; n]].concat());
+            }
+        }
+        Ok(logits)
+    }
+
+    fn select_rows(&mut self, src: &[usize]) -> Result<()> {
+        if src.iter().any(|&s| s >= self.mask.len()) {
+            return Err(ModelError::Invalid(format!(
+                "row selection {src:?} out of {} rows",
+                self.mask.len()
+            )));
+        }
+        if src.is_empty() {
+            self.cache = None;
+            self.mask.clear();
+            return Ok(());
+        }
+        if let Some(c) = self.cache.as_mut() {
+            c.select_rows(src)?;
+        }
+        self.mask = src.iter().map(|&s| self.mask[s].clone()).collect();
+        Ok(())
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.len() != self.mask.len() || tokens.is_empty() {
+            return Err(ModelError::Invalid(format!(
+                "{} tokens for {} running rows",
+                tokens.len(),
+                self.mask.len()
+            )));
+        }
+        self.ensure_room(1)?;
+        // As HF: the token is appended and a 1 to the row's mask; its position is the
+        // row's own count of tokens.
+        for m in &mut self.mask {
+            m.push(1);
+        }
+        let positions: Vec<i64> = self
+            .mask
+            .iter()
+            .map(|m| m.iter().map(|&v| v as i64).sum::<i64>() - 1)
+            .collect();
+        let mask = self.mask_tensor()?;
+        let embeds = self
+            .lm
+            .embed(tokens)?
+            .reshape(&[tokens.len(), 1, self.lm.hidden()])?;
+        let cache = self
+            .cache
+            .as_mut()
+            .ok_or_else(|| ModelError::Invalid("no row is running".into()))?;
+        let h = self.lm.forward(&embeds, &positions, mask.as_ref(), cache)?;
+        Ok(self.lm.logits(&h)?.to_vec_f32()?)
+    }
+
+    fn extend(&mut self, keep: usize, embeds: &Tensor, max_new_tokens: usize) -> Result<Vec<f32>> {
+        let n = embeds.dim(1);
+        self.check_positions(keep + n, max_new_tokens)?;
+        let Some(mut cache) = self.cache.take() else {
+            if keep != 0 {
+                return Err(ModelError::Invalid("no cached tokens to keep".into()));
+            }
+            let mut cache = self.lm.new_cache(1, n + max_new_tokens, &self.device)?;
+            let logits = self.run_prompt(embeds, 0, &mut cache)?;
+            self.cache = Some(cache);
+            self.mask = vec![vec![1; n]];
+            return Ok(logits);
+        };
+        if self.mask.len() != 1 || self.mask[0].contains(&0) || keep > cache.len {
+            return Err(ModelError::Invalid(format!(
+                "cannot keep {keep} tokens of a {}-row cache of {} columns",
+                self.mask.len(),
+                cache.len
+            )));
+        }
+        cache.truncate(keep);
+        let need = keep + n + max_new_tokens;
+        if need > cache.capacity {
+            cache.relayout(0, 0, need)?;
+        }
+        let logits = self.run_prompt(embeds, keep, &mut cache);
+        self.mask = vec![vec![1; cache.len]];
+        self.cache = Some(cache);
+        logits
+    }
+
+    fn prefilled_tokens(&self) -> usize {
+        self.prefilled
+    }
+}
+
+/// A [`RowBatch`] as the decoding loops' [`crate::generate::DecodeModel`] (a chat's turn
+/// decodes with [`crate::generate::decode`] over its reused cache).
+pub struct RowBatchModel<'b, 'a>(pub &'b mut (dyn RowBatch + 'a));
+
+impl crate::generate::DecodeModel for RowBatchModel<'_, '_> {
+    fn vocab(&self) -> usize {
+        self.0.vocab()
+    }
+    fn select_rows(&mut self, src: &[usize]) -> Result<()> {
+        self.0.select_rows(src)
+    }
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.0.step(tokens)
+    }
+}

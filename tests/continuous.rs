@@ -1,0 +1,276 @@
+//! Continuous batching (`Blip2::decode_batch`) and chat KV-cache reuse on the tiny
+//! fixtures: sequences joining a running batch at different steps, with their own
+//! settings, leaving early or removed, give exactly the token ids they give alone
+//! (greedy, and sampled with a seed); a chat that reuses the previous turn's cache gives
+//! the answers of one that prefills the whole history, while prefilling fewer tokens.
+//!
+//! Tolerance: token ids are compared exactly. A row's logits in a batch may differ from
+//! its logits alone in the last bits (longer masked attention rows, batched GEMMs), which
+//! on these fixtures never flips a choice; the same holds for the per-wave batches of
+//! `tests/generation.rs`.
+
+mod common;
+
+use std::collections::HashMap;
+
+use blip2::engine::{DType, Device};
+use blip2::{Blip2, GenerationConfig, ImageFeatures, TokenEvent};
+use common::*;
+
+/// Decoder-only fixtures: BLIP-2 OPT and InstructBLIP Vicuna (LLaMA, grouped-query
+/// attention, rope scaling).
+const DECODER_ONLY: [&str; 2] = ["blip2-opt-tiny", "instructblip-vicuna-tiny"];
+
+/// One request: image row, prompt, settings, and the step before which it joins.
+struct Req {
+    row: usize,
+    prompt: Option<&'static str>,
+    cfg: GenerationConfig,
+    join_at: usize,
+    /// Removed (client gone) before this step, if any.
+    remove_at: Option<usize>,
+}
+
+fn greedy(max: usize, min: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens: max,
+        min_new_tokens: min,
+        ..Default::default()
+    }
+}
+
+fn requests() -> Vec<Req> {
+    let long = "Question: what is in the picture and what colour is the thing on the left side of it? Answer:";
+    vec![
+        // Starts alone with a short prompt (the caption: image tokens + BOS).
+        Req {
+            row: 0,
+            prompt: None,
+            cfg: greedy(40, 40),
+            join_at: 0,
+            remove_at: None,
+        },
+        // A longer prompt joins later: the batch shifts right to make room.
+        Req {
+            row: 1,
+            prompt: Some(long),
+            cfg: greedy(12, 0),
+            join_at: 3,
+            remove_at: None,
+        },
+        Req {
+            row: 1,
+            prompt: Some(QUESTION),
+            cfg: greedy(30, 25),
+            join_at: 3,
+            remove_at: None,
+        },
+        // Its own penalties.
+        Req {
+            row: 0,
+            prompt: Some(QUESTION),
+            cfg: GenerationConfig {
+                repetition_penalty: 1.5,
+                no_repeat_ngram_size: 2,
+                ..greedy(20, 20)
+            },
+            join_at: 7,
+            remove_at: None,
+        },
+        // Sampled with a seed: its own random stream.
+        Req {
+            row: 1,
+            prompt: None,
+            cfg: GenerationConfig {
+                do_sample: true,
+                seed: Some(11),
+                top_k: 20,
+                ..greedy(25, 25)
+            },
+            join_at: 9,
+            remove_at: None,
+        },
+        // Leaves before its end (client gone).
+        Req {
+            row: 0,
+            prompt: Some(long),
+            cfg: greedy(30, 30),
+            join_at: 2,
+            remove_at: Some(8),
+        },
+        // Joins late, after the cache has grown and compacted.
+        Req {
+            row: 1,
+            prompt: Some(long),
+            cfg: greedy(35, 35),
+            join_at: 33,
+            remove_at: None,
+        },
+    ]
+}
+
+fn alone(model: &Blip2, feats: &[ImageFeatures], r: &Req) -> Vec<u32> {
+    let s = model.resolve_generation(&r.cfg).unwrap();
+    model
+        .generate_from_features_with(&feats[r.row], &[r.prompt], &s, &mut |_| {})
+        .unwrap()
+        .remove(0)
+        .token_ids
+}
+
+#[test]
+fn joining_rows_equal_their_runs_alone() {
+    let dev = Device::cpu();
+    for name in DECODER_ONLY {
+        let model = load(name, &dev, DType::F32);
+        let imgs = [image("rgb"), image("jpeg")];
+        let feats: Vec<ImageFeatures> = imgs
+            .iter()
+            .map(|i| model.image_features(&[i]).unwrap())
+            .collect();
+        let reqs = requests();
+        let want: Vec<Vec<u32>> = reqs.iter().map(|r| alone(&model, &feats, r)).collect();
+        let mut batch = model
+            .decode_batch()
+            .expect("a decoder-only model batches by step");
+        let mut got: HashMap<usize, Vec<u32>> = HashMap::new();
+        let mut streamed: HashMap<usize, Vec<u32>> = HashMap::new();
+        let mut sizes = Vec::new();
+        let mut on = |e: &TokenEvent| streamed.entry(e.row).or_default().push(e.token_id);
+        let mut step = 0;
+        loop {
+            for (id, r) in reqs.iter().enumerate() {
+                if r.join_at == step {
+                    let s = model.resolve_generation(&r.cfg).unwrap();
+                    if let Some(g) = batch
+                        .add(id, &feats[r.row], 0, r.prompt, &s, &mut on)
+                        .unwrap()
+                    {
+                        got.insert(id, g.token_ids);
+                    }
+                }
+                if r.remove_at == Some(step) {
+                    assert!(batch.remove(id).unwrap(), "{name}: {id} still running");
+                }
+            }
+            if batch.is_empty() && reqs.iter().all(|r| r.join_at <= step) {
+                break;
+            }
+            sizes.push(batch.len());
+            for (id, g) in batch.step(&mut on).unwrap() {
+                got.insert(id, g.unwrap().token_ids);
+            }
+            step += 1;
+        }
+        for (id, (r, w)) in reqs.iter().zip(&want).enumerate() {
+            match r.remove_at {
+                None => {
+                    assert_eq!(
+                        got.get(&id),
+                        Some(w),
+                        "{name}: request {id} batched vs alone"
+                    );
+                    assert_eq!(streamed.get(&id), Some(w), "{name}: request {id} streamed");
+                }
+                Some(at) => {
+                    assert!(!got.contains_key(&id), "{name}: removed {id} has no answer");
+                    let s = &streamed[&id];
+                    assert_eq!(s[..], w[..s.len()], "{name}: removed {id}'s tokens so far");
+                    assert_eq!(
+                        s.len(),
+                        at - r.join_at + 1,
+                        "{name}: {id} stopped at removal"
+                    );
+                }
+            }
+        }
+        assert!(
+            sizes.iter().any(|&n| n >= 4),
+            "{name}: rows ran together: {sizes:?}"
+        );
+        assert_eq!(batch.steps(), step, "{name}: one forward per step");
+    }
+}
+
+#[test]
+fn encoder_decoder_models_have_no_step_batch() {
+    let model = load("blip2-flan-t5-tiny", &Device::cpu(), DType::F32);
+    assert!(model.decode_batch().is_none());
+}
+
+#[test]
+fn a_row_that_ends_at_its_first_token_takes_no_row() {
+    let model = load("blip2-opt-tiny", &Device::cpu(), DType::F32);
+    let feats = model.image_features(&[&image("rgb")]).unwrap();
+    let mut batch = model.decode_batch().unwrap();
+    let s = model.resolve_generation(&greedy(1, 0)).unwrap();
+    let g = batch.add(0, &feats, 0, None, &s, &mut |_| {}).unwrap();
+    assert_eq!(g.map(|g| g.token_ids.len()), Some(1));
+    assert!(batch.is_empty());
+    assert!(
+        batch.add(1, &feats, 3, None, &s, &mut |_| {}).is_err(),
+        "row out of range"
+    );
+    let s = model
+        .resolve_generation(&GenerationConfig::beam_search(2))
+        .unwrap();
+    assert!(
+        batch.add(2, &feats, 0, None, &s, &mut |_| {}).is_err(),
+        "beam search refused"
+    );
+}
+
+/// A three-turn chat with cache reuse answers as one without; decoder-only BLIP-2 prefills
+/// only the new tokens after the first turn; InstructBLIP (its Q-Former reads the whole
+/// prompt) and T5 (its encoder reads the whole history) prefill every prompt whole.
+#[test]
+fn chat_reuses_the_kv_cache_across_turns() {
+    let dev = Device::cpu();
+    let questions = ["what is it?", "colour?", "why?"];
+    let cfgs = [
+        greedy(5, 0),
+        GenerationConfig {
+            do_sample: true,
+            seed: Some(5),
+            ..greedy(4, 0)
+        },
+    ];
+    for name in [
+        "blip2-opt-tiny",
+        "instructblip-vicuna-tiny",
+        "blip2-flan-t5-tiny",
+    ] {
+        let model = load(name, &dev, DType::F32);
+        let img = image("jpeg");
+        for cfg in &cfgs {
+            let s = model.resolve_generation(cfg).unwrap();
+            let mut reuse = model.chat(&img).unwrap();
+            let mut whole = model.chat(&img).unwrap();
+            whole.set_cache_reuse(false);
+            // InstructBLIP's Q-Former reads the whole history in 32 positions: two turns.
+            let turns = if name.starts_with("instructblip") {
+                2
+            } else {
+                3
+            };
+            for (t, q) in questions.iter().take(turns).enumerate() {
+                let full = model.prompt_ids(Some(&whole.prompt(q))).unwrap().len();
+                let a = reuse.ask_with(q, &s, &mut |_| {}).unwrap();
+                let b = whole.ask_with(q, &s, &mut |_| {}).unwrap();
+                assert_eq!(a.token_ids, b.token_ids, "{name} turn {t}: reuse vs whole");
+                assert_eq!(a.text, b.text);
+                assert_eq!(whole.last_prefill_tokens(), full, "{name} turn {t}");
+                let n = reuse.last_prefill_tokens();
+                if t > 0 && name == "blip2-opt-tiny" {
+                    assert!(
+                        n > 0 && n < full,
+                        "{name} turn {t}: prefilled {n} of {full}"
+                    );
+                } else {
+                    assert_eq!(n, full, "{name} turn {t}: no reuse");
+                }
+            }
+            assert_eq!(reuse.turns(), whole.turns());
+        }
+    }
+}
