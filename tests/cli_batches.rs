@@ -46,20 +46,25 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `count` demo scenes from `seed` written into `d` by `blip2 demo-scene --out-dir`.
+fn demo_scenes(d: &Dir, seed: u64, count: usize) {
+    let (ok, _, e) = run(&[
+        "demo-scene",
+        "--seed",
+        &seed.to_string(),
+        "--out-dir",
+        d.path().to_str().unwrap(),
+        "--count",
+        &count.to_string(),
+    ]);
+    assert!(ok, "{e}");
+}
+
 /// Two good scenes and three bad files (not an image, a truncated PNG, an empty file) in
 /// one directory, sorted so that bad files come first, between and last.
 fn mixed_dir(tag: &str) -> Dir {
     let d = Dir::new(tag);
-    let (ok, _, e) = run(&[
-        "demo-scene",
-        "--seed",
-        "7",
-        "--out-dir",
-        d.path().to_str().unwrap(),
-        "--count",
-        "2",
-    ]);
-    assert!(ok, "{e}");
+    demo_scenes(&d, 7, 2);
     std::fs::remove_file(d.path().join("scenes.jsonl")).unwrap();
     std::fs::write(d.path().join("0-not-an-image.png"), b"hello, world").unwrap();
     let png = std::fs::read(d.path().join("7.png")).unwrap();
@@ -169,16 +174,7 @@ fn rank_reports_each_bad_image_and_goes_on() {
 #[test]
 fn demo_scene_batches_leave_no_partial_files() {
     let d = Dir::new("scenes");
-    let (ok, _, e) = run(&[
-        "demo-scene",
-        "--seed",
-        "3",
-        "--out-dir",
-        d.path().to_str().unwrap(),
-        "--count",
-        "3",
-    ]);
-    assert!(ok, "{e}");
+    demo_scenes(&d, 3, 3);
     let mut names: Vec<String> = std::fs::read_dir(d.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -220,16 +220,12 @@ impl Blip2 {
     /// Preprocesses the images and runs ViT, Q-Former and the projection (InstructBLIP:
     /// with the empty instruction, keeping the ViT output for prompts).
     pub fn image_features(&self, images: &[&DynamicImage]) -> Result<ImageFeatures> {
-        let mut vis_out = None;
-        let (projected, t) = self
-            .image
-            .encode_with(images, |vis| self.project_image(vis, &mut vis_out))?;
+        let t = Instant::now();
+        let pixels = self.image.pixel_values(images)?;
+        let preprocess = t.elapsed();
         Ok(ImageFeatures {
-            projected,
-            vision_output: vis_out,
-            preprocess: t.preprocess,
-            vision: t.vision,
-            qformer: t.qformer,
+            preprocess,
+            ..self.features_from_pixels(&pixels)?
         })
     }
 

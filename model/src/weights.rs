@@ -1097,12 +1097,15 @@ impl<'a> WeightLoader<'a> {
         {
             return t.clone();
         }
-        let edits = self.adapters.as_ref().and_then(|a| a.edits(full));
+        let edits = self
+            .adapters
+            .as_deref()
+            .and_then(|a| Some((a, a.edits(full)?)));
         if let Some(seed) = self.ckpt.random {
             let t = match edits {
-                Some(edits) => {
+                Some((adapters, edits)) => {
                     let base = random_values(full, shape, seed);
-                    return self.merged(full, shape, dtype, base, edits);
+                    return self.merged(full, shape, dtype, base, adapters, edits);
                 }
                 None => random_tensor(full, shape, dtype, seed, &self.device),
             };
@@ -1113,14 +1116,7 @@ impl<'a> WeightLoader<'a> {
                     st.cache.insert(key, t.clone());
                     t
                 }
-                Err(e) => {
-                    self.record(WeightProblem::Read {
-                        name: full.to_string(),
-                        file: self.ckpt.path.clone(),
-                        msg: e.to_string(),
-                    });
-                    self.placeholder(shape, dtype)
-                }
+                Err(e) => self.read_failed(full, self.ckpt.path.clone(), e, shape, dtype),
             };
         }
         let Some(meta) = self.ckpt.meta(full) else {
@@ -1160,12 +1156,13 @@ impl<'a> WeightLoader<'a> {
         };
         let file = meta.file.to_path_buf();
         let Some((owner, start, len)) = self.ckpt.located(full) else {
-            self.record(WeightProblem::Read {
-                name: full.to_string(),
+            return self.read_failed(
+                full,
                 file,
-                msg: "tensor data lies outside the file".into(),
-            });
-            return self.placeholder(shape, dtype);
+                "tensor data lies outside the file",
+                shape,
+                dtype,
+            );
         };
         let bytes = &(*owner).as_ref()[start..start + len];
         // A merged tensor is checked for f16 overflow after the merge, not before.
@@ -1174,18 +1171,13 @@ impl<'a> WeightLoader<'a> {
             self.record(p);
             return self.placeholder(shape, dtype);
         }
-        if let Some(edits) = edits {
+        if let Some((adapters, edits)) = edits {
             let base = Tensor::from_bytes(bytes, stored, shape, DType::F32, &Device::Cpu)
                 .and_then(|t| t.to_vec_f32());
             let t = match base {
-                Ok(base) => self.merged(full, shape, dtype, base, edits),
+                Ok(base) => self.merged(full, shape, dtype, base, adapters, edits),
                 Err(e) => {
-                    self.record(WeightProblem::Read {
-                        name: full.to_string(),
-                        file,
-                        msg: e.to_string(),
-                    });
-                    return self.placeholder(shape, dtype);
+                    return self.read_failed(full, file, e, shape, dtype);
                 }
             };
             self.ckpt.release(full);
@@ -1222,14 +1214,7 @@ impl<'a> WeightLoader<'a> {
                 }
                 t
             }
-            Err(e) => {
-                self.record(WeightProblem::Read {
-                    name: full.to_string(),
-                    file,
-                    msg: e.to_string(),
-                });
-                self.placeholder(shape, dtype)
-            }
+            Err(e) => self.read_failed(full, file, e, shape, dtype),
         }
     }
 
@@ -1241,20 +1226,21 @@ impl<'a> WeightLoader<'a> {
         shape: &[usize],
         dtype: DType,
         mut base: Vec<f32>,
+        adapters: &Adapters,
         edits: &[TargetEdit],
     ) -> Tensor {
-        let adapters = self
-            .adapters
-            .as_ref()
-            .expect("edits come from the adapters");
-        let file = adapters.file(edits[edits.len() - 1].adapter).to_path_buf();
+        let file = edits.last().map_or_else(
+            || self.ckpt.path.clone(),
+            |e| adapters.file(e.adapter).to_path_buf(),
+        );
         if let Err(msg) = crate::adapters::apply(&mut base, shape, edits) {
-            self.record(WeightProblem::Read {
-                name: full.to_string(),
+            return self.read_failed(
+                full,
                 file,
-                msg: format!("cannot merge the adapter: {msg}"),
-            });
-            return self.placeholder(shape, dtype);
+                format!("cannot merge the adapter: {msg}"),
+                shape,
+                dtype,
+            );
         }
         if let Some(p) = merged_value_problem(full, &file, &base, dtype) {
             self.record(p);
@@ -1268,14 +1254,7 @@ impl<'a> WeightLoader<'a> {
                 st.quantized_at_load += usize::from(dtype.is_quantized());
                 t
             }
-            Err(e) => {
-                self.record(WeightProblem::Read {
-                    name: full.to_string(),
-                    file,
-                    msg: e.to_string(),
-                });
-                self.placeholder(shape, dtype)
-            }
+            Err(e) => self.read_failed(full, file, e, shape, dtype),
         }
     }
 
@@ -1299,6 +1278,23 @@ impl<'a> WeightLoader<'a> {
             st.problem_texts.insert(text);
             st.problems.push(p);
         }
+    }
+
+    /// Records that `full` could not be read from `file` and returns its placeholder.
+    fn read_failed(
+        &self,
+        full: &str,
+        file: PathBuf,
+        msg: impl ToString,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Tensor {
+        self.record(WeightProblem::Read {
+            name: full.to_string(),
+            file,
+            msg: msg.to_string(),
+        });
+        self.placeholder(shape, dtype)
     }
 
     /// A tensor with no elements standing in for a bad weight: same rank, first dimension 0.

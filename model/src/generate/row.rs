@@ -101,20 +101,14 @@ impl RowDecoder {
 mod tests {
     use super::*;
     use crate::generate::settings::GenerationConfig;
-    use crate::generate::test_util::{TableModel, resolved};
+    use crate::generate::test_util::{TableModel, resolved, spread_table};
     use crate::generate::{DecodeModel, decode};
 
     /// Row by row over the same table model gives `decode`'s tokens, greedy and sampled.
     #[test]
     fn rows_equal_decode_alone() {
         let v = 16;
-        let table: Vec<Vec<f32>> = (0..v)
-            .map(|p| {
-                (0..v)
-                    .map(|i| ((i * 7 + p * 3) % 11) as f32 * 0.3)
-                    .collect()
-            })
-            .collect();
+        let table = spread_table(v);
         for cfg in [
             GenerationConfig {
                 max_new_tokens: 9,

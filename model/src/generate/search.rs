@@ -143,7 +143,7 @@ fn one_path(
 mod tests {
     use super::*;
     use crate::generate::settings::GenerationConfig;
-    use crate::generate::test_util::{TableModel, resolved};
+    use crate::generate::test_util::{TableModel, resolved, spread_table};
 
     fn lp(p: &[f32]) -> Vec<f32> {
         p.iter().map(|&v| v.ln()).collect()
@@ -241,13 +241,7 @@ mod tests {
     #[test]
     fn sampling_is_reproducible_per_seed_and_row() {
         let v = 16;
-        let table: Vec<Vec<f32>> = (0..v)
-            .map(|p| {
-                (0..v)
-                    .map(|i| ((i * 7 + p * 3) % 11) as f32 * 0.3)
-                    .collect()
-            })
-            .collect();
+        let table = spread_table(v);
         let run = |seed: u64, rows: usize| {
             let mut m = TableModel {
                 vocab: v,

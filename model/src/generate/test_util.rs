@@ -13,6 +13,17 @@ pub fn resolved(cfg: GenerationConfig, eos: &[u32]) -> ResolvedGeneration {
     .expect("valid test settings")
 }
 
+/// A `v`×`v` table of logits with a different, tie-rich spread after every token.
+pub fn spread_table(v: usize) -> Vec<Vec<f32>> {
+    (0..v)
+        .map(|p| {
+            (0..v)
+                .map(|i| ((i * 7 + p * 3) % 11) as f32 * 0.3)
+                .collect()
+        })
+        .collect()
+}
+
 /// A model whose next logits are a fixed function of (previous token, step): row
 /// independent, so batch/beam bookkeeping can be checked without weights.
 pub struct TableModel {
