@@ -389,9 +389,17 @@ fn bf16_weights(c: &mut Criterion) {
                 bch.iter(|| matmul_with(best, 0, black_box(&a), b, None, &mut out, m, k, n, true))
             });
         }
-        for (name, amx) in [("bf16", true), ("bf16_amx_off", false)] {
+        // "bf16": AMX or vdpbf16ps (rounded activations) where the CPU has them;
+        // "bf16_dpbf16": vdpbf16ps even with AMX; "bf16_f32_act": weights widened to f32.
+        for (name, reduced) in [
+            ("bf16", Bf16Activations::Auto),
+            ("bf16_dpbf16", Bf16Activations::Dpbf16),
+            ("bf16_f32_act", Bf16Activations::Off),
+        ] {
             g.bench_function(name, |bch| {
-                bch.iter(|| matmul_bf16_with(best, 0, amx, black_box(&a), &wm, None, &mut out, m))
+                bch.iter(|| {
+                    matmul_bf16_with(best, 0, reduced, black_box(&a), &wm, None, &mut out, m)
+                })
             });
         }
         g.finish();

@@ -84,9 +84,12 @@ impl Device {
         match self {
             Device::Cpu => {
                 let isa = blip2_kernels::isa();
-                // AMX is what the bf16 weights use for their matmuls (docs/cpu.md).
+                // AMX, else AVX512-BF16, is what the bf16 weights use for their matmuls
+                // (docs/cpu.md).
                 let amx = if blip2_kernels::amx_available() {
                     ", AMX-BF16"
+                } else if blip2_kernels::dpbf16_available() {
+                    ", AVX512-BF16"
                 } else {
                     ""
                 };

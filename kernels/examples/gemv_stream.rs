@@ -12,8 +12,8 @@
 use std::time::Instant;
 
 use blip2_kernels::{
-    BSlice, Bf16Matrix, QFormat, QMatrix, bf16_packed_len, isa, matmul_bf16_with, matmul_q_with,
-    matmul_with, pack_bf16, quantize_rows,
+    BSlice, Bf16Activations, Bf16Matrix, QFormat, QMatrix, bf16_packed_len, isa, matmul_bf16_with,
+    matmul_q_with, matmul_with, pack_bf16, quantize_rows,
 };
 use half::{bf16, f16};
 
@@ -100,7 +100,7 @@ fn main() {
                 cols: k,
                 data,
             };
-            matmul_bf16_with(isa, threads, true, &a, &w, None, &mut c, m);
+            matmul_bf16_with(isa, threads, Bf16Activations::Auto, &a, &w, None, &mut c, m);
         }
         times[3].push(t.elapsed().as_secs_f64() / MATRICES as f64);
     }

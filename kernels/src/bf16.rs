@@ -189,21 +189,47 @@ pub fn amx_available() -> bool {
     }
 }
 
+/// Whether the AVX512-BF16 path (`vdpbf16ps`, activations rounded to bf16) is available:
+/// an AVX-512 CPU with AVX512-BF16, unless `BLIP2_CPU_DPBF16=0` or `BLIP2_CPU_ISA` asks for
+/// less than AVX-512. Checked once.
+pub fn dpbf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa() == Isa::Avx512 && crate::x86_dpbf16::dpbf16_available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// C[m×rows] = A[m×cols]·Wᵀ (+ bias) for a packed bf16 W, multi-threaded over the rayon pool.
 ///
 /// Preconditions (asserted; the engine validates user shapes first): `w.is_consistent()`,
 /// `a.len() == m·w.cols`, `c.len() == m·w.rows`, `bias.len() == w.rows`.
 pub fn matmul_bf16(a: &[f32], w: &Bf16Matrix, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
-    matmul_bf16_with(isa(), 0, amx_available(), a, w, bias, c, m)
+    matmul_bf16_with(isa(), 0, Bf16Activations::Auto, a, w, bias, c, m)
+}
+
+/// Which paths that round the activations to bf16 [`matmul_bf16_with`] may take (for m
+/// above the GEMV sizes); each is skipped where the CPU lacks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Activations {
+    /// Keep f32 activations (weights widened): no activation rounding.
+    Off,
+    /// AMX tiles where available, else AVX512-BF16 `vdpbf16ps` (what [`matmul_bf16`] uses).
+    Auto,
+    /// AVX512-BF16 even where AMX is available (to test and compare it there).
+    Dpbf16,
 }
 
 /// [`matmul_bf16`] on a chosen instruction set and thread count (0 = the whole rayon pool,
-/// 1 = the calling thread); `amx` allows the AMX path (ignored where AMX is unavailable).
+/// 1 = the calling thread) with the activation-rounding paths `reduced` allows.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_bf16_with(
     isa: Isa,
     threads: usize,
-    amx: bool,
+    reduced: Bf16Activations,
     a: &[f32],
     w: &Bf16Matrix,
     bias: Option<&[f32]>,
@@ -217,10 +243,18 @@ pub fn matmul_bf16_with(
     let isa = isa.resolve();
     let threads = resolve_threads(threads);
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if amx && m >= AMX_MIN_M && amx_available() {
+    if reduced == Bf16Activations::Auto && m >= AMX_MIN_M && amx_available() {
         return amx_m(isa, threads, a, w, bias, c, m);
     }
-    let _ = amx;
+    #[cfg(target_arch = "x86_64")]
+    if reduced != Bf16Activations::Off
+        && m > SMALL_M
+        && isa == Isa::Avx512
+        && crate::x86_dpbf16::dpbf16_available()
+    {
+        return dpbf16_m(isa, threads, a, w, bias, c, m);
+    }
+    let _ = reduced;
     if m <= SMALL_M {
         small_m(isa, threads, a, w, bias, c, m);
     } else {
@@ -229,7 +263,7 @@ pub fn matmul_bf16_with(
 }
 
 /// Pairs of 16-row blocks cut into `tasks` contiguous parts.
-fn block_pair_parts(n: usize, tasks: usize) -> Vec<(usize, usize)> {
+pub(crate) fn block_pair_parts(n: usize, tasks: usize) -> Vec<(usize, usize)> {
     let pairs = padded_rows(n) / 32;
     let parts = tasks.min(pairs).max(1);
     (0..parts)
@@ -239,7 +273,7 @@ fn block_pair_parts(n: usize, tasks: usize) -> Vec<(usize, usize)> {
 }
 
 /// Runs `task` on each part, in parallel when there are several.
-fn for_parts(parts: &[(usize, usize)], task: impl Fn(usize, usize) + Sync) {
+pub(crate) fn for_parts(parts: &[(usize, usize)], task: impl Fn(usize, usize) + Sync) {
     if parts.len() > 1 {
         parts.par_iter().for_each(|&(s, e)| task(s, e));
     } else {
@@ -419,6 +453,31 @@ fn large_m(
     matmul_widened(isa, threads, a, bias, c, m, k, n, NB, |r0, rows, out| {
         unpack_rows(w, r0, rows, out)
     });
+}
+
+/// The AVX512-BF16 path: A rounded to bf16 once and packed in row tiles, then `vdpbf16ps`
+/// register tiles (`x86_dpbf16.rs`).
+#[cfg(target_arch = "x86_64")]
+fn dpbf16_m(
+    isa: Isa,
+    threads: usize,
+    a: &[f32],
+    w: &Bf16Matrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let k = w.cols;
+    let kp = padded_k(k);
+    thread_local! {
+        static ABF: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut abf = ABF.with(|b| b.take());
+    crate::x86_dpbf16::pack_a(m, k, kp, &mut abf, |i, out| {
+        round_row_isa(isa, &a[i * k..(i + 1) * k], out)
+    });
+    crate::x86_dpbf16::matmul(&abf, kp, threads, w, bias, c, m);
+    ABF.with(|b| b.replace(abf));
 }
 
 /// The AMX path: A rounded to bf16 once into tiles (rows padded to 32, K to 32), then each

@@ -25,14 +25,17 @@ mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_amx;
 #[cfg(target_arch = "x86_64")]
+mod x86_dpbf16;
+#[cfg(target_arch = "x86_64")]
 mod x86_quant;
 #[cfg(target_arch = "x86_64")]
 mod x86_vnni;
 
 pub use attention::{AttnParams, attention, attention_with};
 pub use bf16::{
-    AMX_MIN_M, BF16_BLOCK_K, BF16_BLOCK_ROWS, Bf16Matrix, amx_available, bf16_packed_len,
-    matmul_bf16, matmul_bf16_with, pack_bf16, unpack_bf16, unpack_bf16_row,
+    AMX_MIN_M, BF16_BLOCK_K, BF16_BLOCK_ROWS, Bf16Activations, Bf16Matrix, amx_available,
+    bf16_packed_len, dpbf16_available, matmul_bf16, matmul_bf16_with, pack_bf16, unpack_bf16,
+    unpack_bf16_row,
 };
 pub use convert::{
     bf16_to_f32, bf16_to_f32_with, f16_to_f32, f16_to_f32_with, f32_to_f16, f32_to_f16_with,

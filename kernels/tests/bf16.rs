@@ -76,7 +76,7 @@ fn check(what: &str, c: &[f32], r: &[f64], abs: &[f64], rel: f64) {
     }
 }
 
-const SHAPES: [(usize, usize, usize); 10] = [
+const SHAPES: [(usize, usize, usize); 11] = [
     (1, 1, 1),
     (1, 33, 70),
     (3, 7, 17),
@@ -89,6 +89,9 @@ const SHAPES: [(usize, usize, usize); 10] = [
     // Past the fallback's 256-row scratch blocks (and their 16-row unpacking) and its
     // per-thread parts.
     (20, 45, 600),
+    // K past the AVX512-BF16 walk's 1024-value chunks (C reloaded between chunks), with odd
+    // row and column tails.
+    (26, 2100, 45),
 ];
 
 #[test]
@@ -148,7 +151,16 @@ fn matmul_bf16_f32_paths_all_isas() {
         for isa in supported_isas() {
             for threads in [1, 0] {
                 let mut c = vec![f32::NAN; m * n];
-                matmul_bf16_with(isa, threads, false, &a, &wm, Some(&bias), &mut c, m);
+                matmul_bf16_with(
+                    isa,
+                    threads,
+                    Bf16Activations::Off,
+                    &a,
+                    &wm,
+                    Some(&bias),
+                    &mut c,
+                    m,
+                );
                 check(
                     &format!("{isa} t{threads} {m}x{k}x{n}"),
                     &c,
@@ -161,46 +173,65 @@ fn matmul_bf16_f32_paths_all_isas() {
     }
 }
 
-/// The AMX path rounds A to bf16 too. Products of two bf16 values are exact in f32 and the
-/// tile sums are f32, so against A and W both rounded the bound is γ_k·Σ|a||w| (plus FTZ of
-/// results below 2^-126, far below these magnitudes); against the f32 activations the
-/// rounding of A adds at most 2^-9 relative per product.
-#[test]
-fn matmul_bf16_amx_path() {
-    if !amx_available() {
-        eprintln!("no AMX on this CPU: the AMX path is not exercised here");
-        return;
-    }
+/// The AMX and AVX512-BF16 paths round A to bf16 too. Products of two bf16 values are exact
+/// in f32 and the sums are f32 (tile sums; `vdpbf16ps` adds the pair's two products to the
+/// lane one after the other), so against A and W both rounded the bound is γ_k·Σ|a||w| (plus
+/// flushing of results below 2^-126, far below these magnitudes); against the f32
+/// activations the rounding of A adds at most 2^-9 relative per product.
+fn check_rounded_path(reduced: Bf16Activations, min_m: usize, name: &str) {
     let mut rng = Rng::new(3);
-    for &(m, k, n) in SHAPES.iter().filter(|s| s.0 >= AMX_MIN_M) {
+    for &(m, k, n) in SHAPES.iter().filter(|s| s.0 >= min_m) {
         let a = rng.vec(m * k, -1.0, 1.0);
         let w = rng.vec(n * k, -1.0, 1.0);
-        let bias = rng.vec(n, -1.0, 1.0);
         let p = packed(&w, n, k);
         let wm = Bf16Matrix {
             rows: n,
             cols: k,
             data: &p,
         };
-        let (rb, absb) = reference(&round(&a), &round(&w), &bias, m, k, n);
-        let (rf, absf) = reference(&a, &round(&w), &bias, m, k, n);
-        let mut first: Option<Vec<f32>> = None;
-        for threads in [1, 0, 3] {
-            let mut c = vec![f32::NAN; m * n];
-            matmul_bf16_with(isa(), threads, true, &a, &wm, Some(&bias), &mut c, m);
-            let what = format!("amx t{threads} {m}x{k}x{n}");
-            check(&what, &c, &rb, &absb, gamma(k + 1));
-            check(&what, &c, &rf, &absf, gamma(k + 1) + 2f64.powi(-9));
-            // Every output is one tile walk over K whatever the split: bit-identical.
-            match &first {
-                None => first = Some(c),
-                Some(f) => assert!(
-                    f.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{what}"
-                ),
+        // With a bias (added to the first chunk's accumulators) and without one.
+        for bias in [rng.vec(n, -1.0, 1.0), vec![0.0; n]] {
+            let (rb, absb) = reference(&round(&a), &round(&w), &bias, m, k, n);
+            let (rf, absf) = reference(&a, &round(&w), &bias, m, k, n);
+            let given = bias.iter().any(|&b| b != 0.0).then_some(&bias[..]);
+            let mut first: Option<Vec<f32>> = None;
+            for threads in [1, 0, 3] {
+                let mut c = vec![f32::NAN; m * n];
+                matmul_bf16_with(isa(), threads, reduced, &a, &wm, given, &mut c, m);
+                let what = format!("{name} t{threads} {m}x{k}x{n} bias {}", given.is_some());
+                check(&what, &c, &rb, &absb, gamma(k + 1));
+                check(&what, &c, &rf, &absf, gamma(k + 1) + 2f64.powi(-9));
+                // Every output is one walk over K whatever the split: bit-identical.
+                match &first {
+                    None => first = Some(c),
+                    Some(f) => assert!(
+                        f.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{what}"
+                    ),
+                }
             }
         }
     }
+}
+
+#[test]
+fn matmul_bf16_amx_path() {
+    if !amx_available() {
+        eprintln!("no AMX on this CPU: the AMX path is not exercised here");
+        return;
+    }
+    check_rounded_path(Bf16Activations::Auto, AMX_MIN_M, "amx");
+}
+
+/// `vdpbf16ps` register tiles (taken above the GEMV sizes, m > 8); run even where AMX is
+/// available.
+#[test]
+fn matmul_bf16_dpbf16_path() {
+    if !dpbf16_available() {
+        eprintln!("no AVX512-BF16 on this CPU: the vdpbf16ps path is not exercised here");
+        return;
+    }
+    check_rounded_path(Bf16Activations::Dpbf16, 9, "dpbf16");
 }
 
 #[test]

@@ -150,8 +150,8 @@ pub enum DeviceArg {
 pub enum DTypeArg {
     F32,
     F16,
-    /// bf16 linear weights packed for the CPU's matrix engine (AMX where present: bf16
-    /// products with f32 sums); CPU only.
+    /// bf16 linear weights packed for the CPU's matrix engine (AMX or AVX512-BF16 where
+    /// present: bf16 products with f32 sums); CPU only.
     Bf16,
     /// 8-bit block-quantized linear weights and embeddings (8.5 bits per weight).
     Q8,
