@@ -274,3 +274,26 @@ fn chat_reuses_the_kv_cache_across_turns() {
         }
     }
 }
+
+/// The chat the C and Python bindings keep (`SharedChat`: the model behind an `Arc`) keeps
+/// its KV cache between calls too, with the same answers as whole prefills.
+#[test]
+fn shared_chat_keeps_the_kv_cache_between_calls() {
+    let model = std::sync::Arc::new(load("blip2-opt-tiny", &Device::cpu(), DType::F32));
+    let img = image("jpeg");
+    let features = model.image_features(&[&img]).unwrap();
+    let mut shared = blip2::SharedChat::new(model.clone(), features).unwrap();
+    let mut whole = model.chat(&img).unwrap();
+    whole.set_cache_reuse(false);
+    let cfg = greedy(5, 0);
+    for (t, q) in ["what is it?", "colour?", "why?"].iter().enumerate() {
+        let full = model.prompt_ids(Some(&whole.prompt(q))).unwrap().len();
+        let (a, n) = shared.with(|c| (c.ask(q, &cfg).unwrap(), c.last_prefill_tokens()));
+        let b = whole.ask(q, &cfg).unwrap();
+        assert_eq!(a.token_ids, b.token_ids, "turn {t}");
+        if t > 0 {
+            assert!(n > 0 && n < full, "turn {t}: prefilled {n} of {full}");
+        }
+    }
+    assert_eq!(shared.with(|c| c.turns().to_vec()), whole.turns());
+}

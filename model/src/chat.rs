@@ -12,6 +12,7 @@
 //! to fit the positions, the prompt no longer starts like the cached one and the cache is
 //! rebuilt from the first differing token.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use blip2_engine::ops;
@@ -296,5 +297,38 @@ mod tests {
             chat_prompt(&h, "why?"),
             "Question: what is it? Answer: a dog. Question: where? Answer: on the beach. Question: why? Answer:"
         );
+    }
+}
+
+/// `Chat<'a>` as a type constructor, for [`SharedChat`]'s self-referential cell.
+type ChatOf<'a> = Chat<'a>;
+
+self_cell::self_cell!(
+    struct SharedChatCell {
+        owner: Arc<Blip2>,
+        #[not_covariant]
+        dependent: ChatOf,
+    }
+);
+
+/// A [`Chat`] that holds its model by `Arc` instead of borrowing it, so that owners with no
+/// lifetime to offer (the C and Python bindings, a server's session table) keep one chat,
+/// and with it the KV cache of the previous turn, from call to call.
+pub struct SharedChat(SharedChatCell);
+
+impl SharedChat {
+    /// A conversation over features of exactly one image, as [`Chat::from_features`].
+    pub fn new(model: Arc<Blip2>, features: ImageFeatures) -> Result<SharedChat> {
+        SharedChatCell::try_new(model, |m| Chat::from_features(m, features)).map(SharedChat)
+    }
+
+    /// Runs `f` on the chat (ask, read the turns, clear…).
+    pub fn with<R>(&mut self, f: impl for<'a> FnOnce(&mut Chat<'a>) -> R) -> R {
+        self.0.with_dependent_mut(|_, chat| f(chat))
+    }
+
+    /// The model this chat holds.
+    pub fn model(&self) -> &Arc<Blip2> {
+        self.0.borrow_owner()
     }
 }

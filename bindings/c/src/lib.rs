@@ -1,5 +1,5 @@
 //! The C ABI of blip2: opaque handles over the library's [`blip2::Blip2`],
-//! [`blip2::Blip2Retrieval`] and [`blip2::Chat`], status codes with a thread-local error
+//! [`blip2::Blip2Retrieval`] and [`blip2::SharedChat`], status codes with a thread-local error
 //! message, and nothing that unwinds across the boundary (every entry point runs inside
 //! `catch_unwind`). The header `include/blip2.h` is generated from this file by cbindgen
 //! (`tests/header.rs` fails when it drifts); `docs/c-abi.md` has the ownership rules.
@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 
 use blip2::image::{DynamicImage, RgbImage};
 use blip2::{
-    Blip2, Chat, DType, Device, EarlyStopping, Error, GenerationConfig, ImageFeatures, LoadOptions,
-    TextStream, TokenEvent, Turn,
+    Blip2, DType, Device, EarlyStopping, Error, GenerationConfig, LoadOptions, SharedChat,
+    TextStream, TokenEvent,
 };
 
 /// What a call did. Every function that can fail returns one; on anything but
@@ -69,9 +69,9 @@ pub struct Blip2Retrieval {
 /// Thread safety: a chat may be used from any thread, and calls from several threads are
 /// safe, but they are serialised by a lock inside the chat (a conversation has one order).
 pub struct Blip2Chat {
-    model: Arc<Blip2>,
-    /// None only if a call panicked while the conversation was taken out.
-    state: Mutex<Option<(ImageFeatures, Vec<Turn>)>>,
+    /// The conversation, its model and the KV cache of its previous turn (reused by the
+    /// next question: docs/api.md).
+    chat: Mutex<SharedChat>,
 }
 
 /// A decoded image (RGB or any format the decoder returned; converted as the model's
@@ -679,9 +679,9 @@ pub unsafe extern "C" fn blip2_chat_new(
         let model = unsafe { handle(model, "model") }?.model.clone();
         let image = &unsafe { handle(image, "image") }?.image;
         let features = model.image_features(&[image])?;
+        let chat = SharedChat::new(model, features)?;
         *out = Box::into_raw(Box::new(Blip2Chat {
-            model,
-            state: Mutex::new(Some((features, Vec::new()))),
+            chat: Mutex::new(chat),
         }));
         Ok(())
     })
@@ -697,22 +697,16 @@ unsafe fn chat_ask(
     let chat = unsafe { handle(chat, "chat") }?;
     let question = unsafe { text(question, "question") }?;
     let cfg = unsafe { options(options_json) }?;
-    let model: &Blip2 = &chat.model;
-    let mut state = chat.state.lock().unwrap_or_else(|p| p.into_inner());
-    let (features, turns) = state.take().ok_or_else(|| Fail {
-        status: Blip2Status::Internal,
-        msg: "this chat was lost when an earlier call failed internally; start a new one".into(),
-    })?;
-    let mut c = Chat::resume(model, features, turns);
-    let result = match cb {
+    let mut shared = chat.chat.lock().unwrap_or_else(|p| p.into_inner());
+    let model = shared.model().clone();
+    let result = shared.with(|c| match cb {
         None => c.ask(question, &cfg).map_err(Fail::from),
-        Some((cb, user)) => Streamer::new(model, &cfg, cb, user).and_then(|mut s| {
+        Some((cb, user)) => Streamer::new(&model, &cfg, cb, user).and_then(|mut s| {
             let g = c.ask_stream(question, &cfg, |e| s.on_token(e))?;
             s.finish()?;
             Ok(g)
         }),
-    };
-    *state = Some(c.into_parts());
+    });
     put_text(out_text, result?.text)
 }
 

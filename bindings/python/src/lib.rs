@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use blip2::image::{DynamicImage, GrayAlphaImage, GrayImage, RgbImage, RgbaImage};
 use blip2::{
-    Blip2 as Model, Blip2Retrieval as RetrievalModel, Chat as ModelChat, DType, Device,
-    EarlyStopping, Error, GenerationConfig, ImageFeatures, LoadOptions, TextStream, Turn,
+    Blip2 as Model, Blip2Retrieval as RetrievalModel, DType, Device, EarlyStopping, Error,
+    GenerationConfig, ImageFeatures, LoadOptions, SharedChat, TextStream,
 };
 use numpy::ndarray::{Array1, Array2, Array3};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArray3, PyReadonlyArrayDyn, PyUntypedArray};
@@ -590,9 +590,10 @@ impl PyBlip2 {
                 model.image_features(&[&img])
             })
             .map_err(py_err)?;
+        let chat = SharedChat::new(self.model.clone(), features).map_err(py_err)?;
         Ok(PyChat {
             model: self.model.clone(),
-            state: Arc::new(Mutex::new(Some((features, Vec::new())))),
+            state: Arc::new(Mutex::new(chat)),
         })
     }
 
@@ -611,23 +612,19 @@ impl PyBlip2 {
     }
 }
 
-type ChatState = Arc<Mutex<Option<(ImageFeatures, Vec<Turn>)>>>;
+/// The conversation with its model and the KV cache of its previous turn (reused by the
+/// next question).
+type ChatState = Arc<Mutex<SharedChat>>;
 
-/// Runs one turn of a chat with its state taken out of the lock and put back.
+/// Runs one turn of a chat under its lock.
 fn chat_turn(
-    model: &Model,
     state: &ChatState,
     question: &str,
     cfg: &GenerationConfig,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<String, Error> {
-    let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
-    let (features, turns) = guard.take().ok_or_else(|| {
-        Error::Invalid("this chat was lost when an earlier call failed internally".into())
-    })?;
-    let mut chat = ModelChat::resume(model, features, turns);
-    let r = chat.ask_stream(question, cfg, |e| on_token(e.token_id));
-    *guard = Some(chat.into_parts());
+    let mut chat = state.lock().unwrap_or_else(|p| p.into_inner());
+    let r = chat.with(|c| c.ask_stream(question, cfg, |e| on_token(e.token_id)));
     Ok(r?.text)
 }
 
@@ -654,15 +651,14 @@ impl PyChat {
         let cfg = self::generation(generation)?;
         if stream {
             let state = self.state.clone();
-            let it = spawn_stream(self.model.clone(), cfg, move |m, cfg, emit| {
-                chat_turn(m, &state, &question, cfg, emit).map(|_| ())
+            let it = spawn_stream(self.model.clone(), cfg, move |_, cfg, emit| {
+                chat_turn(&state, &question, cfg, emit).map(|_| ())
             })?;
             return Ok(Py::new(py, it)?.into_any());
         }
-        let model = &*self.model;
         let state = &self.state;
         let text = py
-            .detach(|| chat_turn(model, state, &question, &cfg, &mut |_| {}))
+            .detach(|| chat_turn(state, &question, &cfg, &mut |_| {}))
             .map_err(py_err)?;
         Ok(PyString::new(py, &text).into_any().unbind())
     }
@@ -670,23 +666,19 @@ impl PyChat {
     /// The turns so far, as (question, answer) pairs.
     #[getter]
     fn turns(&self) -> Vec<(String, String)> {
-        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        guard
-            .as_ref()
-            .map(|(_, t)| {
-                t.iter()
-                    .map(|t| (t.question.clone(), t.answer.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut chat = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        chat.with(|c| {
+            c.turns()
+                .iter()
+                .map(|t| (t.question.clone(), t.answer.clone()))
+                .collect()
+        })
     }
 
     /// Forgets the conversation (the image features stay).
     fn clear(&self) {
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, t)) = guard.as_mut() {
-            t.clear();
-        }
+        let mut chat = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        chat.with(|c| c.clear());
     }
 }
 
