@@ -223,7 +223,7 @@ fn matmul_bf16_amx_path() {
     check_rounded_path(Bf16Activations::Auto, AMX_MIN_M, "amx");
 }
 
-/// `vdpbf16ps` register tiles (taken above the GEMV sizes, m > 8); run even where AMX is
+/// `vdpbf16ps` register tiles (taken from AMX_MIN_M rows, as AMX); run even where AMX is
 /// available.
 #[test]
 fn matmul_bf16_dpbf16_path() {
@@ -231,7 +231,7 @@ fn matmul_bf16_dpbf16_path() {
         eprintln!("no AVX512-BF16 on this CPU: the vdpbf16ps path is not exercised here");
         return;
     }
-    check_rounded_path(Bf16Activations::Dpbf16, 9, "dpbf16");
+    check_rounded_path(Bf16Activations::Dpbf16, AMX_MIN_M, "dpbf16");
 }
 
 #[test]
