@@ -905,3 +905,103 @@ impl Kernel for FlashAttentionConsts {
             .collect()
     }
 }
+
+// ------------------------------------------------------------------ cooperative matmul
+
+params! {
+    /// Uniform of coop_matmul.wgsl.
+    CoopMatmulParams {
+        /// Rows of x and out.
+        m: u32,
+        /// Weight rows (outputs).
+        n: u32,
+        /// Workgroups along n in the dispatch's x extent.
+        groups_x: u32,
+        pad: u32,
+    }
+}
+
+/// Specialisation of coop_matmul.wgsl: a tensor-core linear layer over f16 weights (16×16×16
+/// cooperative matrices, f16 products, f32 accumulation). Unlike the other families it is
+/// specialised per weight width `k` (naga needs the cooperative loads' stride, K, at compile
+/// time) and per subgroup size `sg` (one workgroup is one subgroup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoopMatmulConsts {
+    /// Weight row length K, a multiple of 16.
+    pub k: u32,
+    /// The adapter's (fixed) subgroup size: the workgroup size.
+    pub sg: u32,
+    pub has_bias: bool,
+    pub x_f16: bool,
+    pub b_f16: bool,
+    pub out_f16: bool,
+}
+
+impl CoopMatmulConsts {
+    /// 16×16 tiles per workgroup along m and along n.
+    pub const TILES: u32 = 2;
+    /// Output rows and columns per workgroup.
+    pub const BLOCK: u32 = 16 * Self::TILES;
+}
+
+impl Kernel for CoopMatmulConsts {
+    const NAME: &'static str = "coop_matmul";
+    const SOURCE: &'static str = crate::COOP_MATMUL;
+    /// x, w, bias.
+    const READ_ONLY: usize = 3;
+    const READ_WRITE: usize = 1;
+    type Params = CoopMatmulParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("K", self.k.into()),
+            ("SG", self.sg.into()),
+            ("TM", Self::TILES.into()),
+            ("TN", Self::TILES.into()),
+            ("HAS_BIAS", self.has_bias.into()),
+            ("X_F16", self.x_f16.into()),
+            ("B_F16", self.b_f16.into()),
+            ("OUT_F16", self.out_f16.into()),
+        ]
+    }
+
+    /// K is open-ended, so the list covers the BLIP-2 widths (ViT-g 1408 and 6144, Q-Former
+    /// 768 and 3072, OPT-2.7B 2560 and 10240, Flan-T5-XL 2048 and 5120, a 16-wide minimum)
+    /// at subgroup sizes 32 and 64, with every dtype flag at one width.
+    fn variants() -> Vec<Self> {
+        let mut v = Vec::new();
+        for (has_bias, b_f16) in OPTIONAL {
+            for [x_f16, out_f16] in flags() {
+                v.push(CoopMatmulConsts {
+                    k: 1408,
+                    sg: 32,
+                    has_bias,
+                    x_f16,
+                    b_f16,
+                    out_f16,
+                });
+            }
+        }
+        for k in [16, 768, 2048, 2560, 3072, 5120, 6144, 10240] {
+            for sg in [32, 64] {
+                v.push(CoopMatmulConsts {
+                    k,
+                    sg,
+                    has_bias: true,
+                    x_f16: false,
+                    b_f16: false,
+                    out_f16: false,
+                });
+            }
+        }
+        v.push(CoopMatmulConsts {
+            k: 1408,
+            sg: 64,
+            has_bias: true,
+            x_f16: false,
+            b_f16: false,
+            out_f16: false,
+        });
+        v
+    }
+}

@@ -77,6 +77,9 @@ pub const ATTENTION: &str = include_str!("../wgsl/attention.wgsl");
 /// Flash-style attention for many queries (ViT, prefill): K/V tiles in workgroup memory,
 /// online softmax, no score matrix in global memory.
 pub const FLASH_ATTENTION: &str = include_str!("../wgsl/flash_attention.wgsl");
+/// Tensor-core (cooperative-matrix) linear layer for adapters with wgpu's experimental
+/// cooperative-matrix feature; specialised per weight width ([`CoopMatmulConsts`]).
+pub const COOP_MATMUL: &str = include_str!("../wgsl/coop_matmul.wgsl");
 
 /// Every kernel family, by name (for tests that look at all sources).
 pub const ALL: &[(&str, &str)] = &[
@@ -92,6 +95,7 @@ pub const ALL: &[(&str, &str)] = &[
     (QEmbeddingConsts::NAME, QEMBEDDING),
     (AttentionConsts::NAME, ATTENTION),
     (FlashAttentionConsts::NAME, FLASH_ATTENTION),
+    (CoopMatmulConsts::NAME, COOP_MATMUL),
 ];
 
 /// Shared WGSL fragments (not kernels on their own), by the name kernels include them with.

@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 
 use blip2_shaders::{
-    AttentionConsts, CopyConsts, ElementwiseConsts, EmbeddingConsts, FlashAttentionConsts,
-    GemvConsts, INCLUDES, Kernel, MatmulConsts, NormConsts, Params, QEmbeddingConsts, QGemvConsts,
-    QMatmulConsts, SoftmaxConsts, specialise,
+    AttentionConsts, CoopMatmulConsts, CopyConsts, ElementwiseConsts, EmbeddingConsts,
+    FlashAttentionConsts, GemvConsts, INCLUDES, Kernel, MatmulConsts, NormConsts, Params,
+    QEmbeddingConsts, QGemvConsts, QMatmulConsts, SoftmaxConsts, specialise,
 };
 
 fn compile(what: &str, text: &str) -> naga::Module {
@@ -182,6 +182,13 @@ fn matmul_tiles_validate() {
     variants_validate::<QMatmulConsts>();
 }
 
+/// The tensor-core variants validate and translate to SPIR-V with the cooperative-matrix
+/// capability (no adapter here runs them: the device issue does).
+#[test]
+fn cooperative_matmul_validates() {
+    variants_validate::<CoopMatmulConsts>();
+}
+
 #[test]
 fn copies_validate() {
     variants_validate::<CopyConsts>();
@@ -203,6 +210,7 @@ fn rust_declarations_match_the_wgsl() {
     contract_holds::<QEmbeddingConsts>();
     contract_holds::<AttentionConsts>();
     contract_holds::<FlashAttentionConsts>();
+    contract_holds::<CoopMatmulConsts>();
 }
 
 #[test]
