@@ -913,11 +913,14 @@ params! {
     CoopMatmulParams {
         /// Rows of x and out.
         m: u32,
-        /// Weight rows (outputs).
+        /// Weight rows (outputs) in this chunk of w.
         n: u32,
+        /// Output row stride (total N).
+        ldo: u32,
+        /// First output column of this chunk.
+        n_off: u32,
         /// Workgroups along n in the dispatch's x extent.
         groups_x: u32,
-        pad: u32,
     }
 }
 

@@ -19,11 +19,14 @@ enable wgpu_cooperative_matrix;
 struct Params {
     // Rows of x and out.
     m: u32,
-    // Weight rows (outputs).
+    // Weight rows (outputs) in this chunk of w.
     n: u32,
+    // Output row stride (total N) and where this chunk's columns start: a weight larger
+    // than one binding is bound in row chunks, as the GEMV does.
+    ldo: u32,
+    n_off: u32,
     // Workgroups along n (the dispatch's x extent).
     groups_x: u32,
-    pad: u32,
 }
 
 // Weight row length K (a multiple of 16): the coopLoad stride of w.
@@ -99,11 +102,12 @@ fn main(
         if (m0 + r < p.m) {
             var v0 = cs[r * BN + c];
             var v1 = cs[r * BN + c + 1u];
+            let col = p.n_off + n0 + c;
             if (HAS_BIAS) {
-                v0 += elem(b[word_of(n0 + c, B_F16)], n0 + c, B_F16);
-                v1 += elem(b[word_of(n0 + c + 1u, B_F16)], n0 + c + 1u, B_F16);
+                v0 += elem(b[word_of(col, B_F16)], col, B_F16);
+                v1 += elem(b[word_of(col + 1u, B_F16)], col + 1u, B_F16);
             }
-            st_pair((m0 + r) * p.n + n0 + c, v0, v1, true);
+            st_pair((m0 + r) * p.ldo + col, v0, v1, true);
         }
     }
 }
