@@ -491,6 +491,50 @@ fn fallbacks_match_fast_paths() {
     );
 }
 
+/// The tensor-core linear layer (`BLIP2_GPU_COOP=1`) is chosen exactly when the adapter
+/// offers 16×16×16 f16 cooperative matrices at one subgroup size; where it is, it matches the
+/// CPU at ViT-like shapes (rows that are not a multiple of the 32-row block, f16 and f32
+/// activations, bias). llvmpipe has no cooperative matrices: there the check is that the
+/// switch does not select the kernel and linear layers still run the tiled matmul.
+#[test]
+fn tensor_cores_only_where_the_adapter_has_them() {
+    let Some(dev) = open(GpuOptions {
+        coop_matrix: true,
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    let info = dev.info();
+    let offered = info.cooperative_matrix
+        && info.shader_f16
+        && info.subgroup_min_size == info.subgroup_max_size;
+    if !offered {
+        assert!(!ctx(&dev).tensor_cores(), "{info:?}");
+    }
+    let mut rng = Rng::new(9);
+    let (m, k, n) = (37, 272, 96);
+    let (xv, wv, bv) = (rng.vec(m * k), rng.vec(n * k), rng.vec(n));
+    for xdt in [DType::F32, DType::F16] {
+        let run = |d: &Device| {
+            let x = Tensor::from_slice(&xv, &[m, k], xdt, d).unwrap();
+            let w = Tensor::from_slice(&wv, &[n, k], DType::F16, d).unwrap();
+            let b = Tensor::from_slice(&bv, &[n], DType::F32, d).unwrap();
+            ops::linear(&x, &w, Some(&b)).unwrap().to_vec_f32().unwrap()
+        };
+        let before = ctx(&dev).stats().dispatches;
+        let (got, want) = (run(&dev), run(&Device::cpu()));
+        assert!(ctx(&dev).stats().dispatches > before);
+        // Tensor cores round x to f16 (2^-11 relative per product) and sum in f32; f16
+        // outputs round to 2^-11 too.
+        let e = rel_err(&got, &want);
+        assert!(
+            e < 2e-3,
+            "{xdt:?}: {e:e} (tensor cores: {})",
+            ctx(&dev).tensor_cores()
+        );
+    }
+}
+
 #[test]
 fn errors_are_values() {
     let Some(dev) = gpu() else { return };

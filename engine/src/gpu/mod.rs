@@ -122,6 +122,9 @@ pub struct GpuContext {
     pub(crate) opts: GpuOptions,
     /// Subgroup kernels in use (adapter has SUBGROUP and the switch allows it).
     pub(crate) subgroups: bool,
+    /// Tensor-core linear layers in use: the adapter's fixed subgroup size, which is the
+    /// cooperative kernel's workgroup size ([`coop_subgroup`]).
+    pub(crate) coop: Option<u32>,
     /// Largest storage binding in bytes (multiple of 16).
     pub(crate) max_binding: u64,
     /// Storage binding offset alignment in bytes.
@@ -169,11 +172,22 @@ impl GpuContext {
         if afeat.contains(wgpu::Features::SHADER_F16) {
             features |= wgpu::Features::SHADER_F16;
         }
+        let coop = coop_subgroup(&opts, &adapter);
+        if coop.is_some() {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("blip2"),
             required_features: features,
             // The adapter's own limits: on big GPUs the binding limit is 2+ GiB, not 128 MiB.
             required_limits: limits.clone(),
+            experimental_features: if coop.is_some() {
+                // SAFETY: wgpu's token for its experimental features; only the cooperative-
+                // matrix one is requested, behind the opt-in switch (config.rs).
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             ..Default::default()
         }))
         .map_err(|e| Error::NoAdapter(format!("adapter '{}' refused a device: {e}", ainfo.name)))?;
@@ -249,6 +263,7 @@ impl GpuContext {
             limits,
             opts,
             subgroups,
+            coop,
             max_binding,
             storage_align,
             pool,
@@ -264,6 +279,12 @@ impl GpuContext {
     }
 
     /// The options this context was opened with.
+    /// Whether linear layers over f16 weights run on tensor cores (`BLIP2_GPU_COOP=1` and
+    /// an adapter that offers 16×16×16 f16 cooperative matrices; see [`GpuOptions`]).
+    pub fn tensor_cores(&self) -> bool {
+        self.coop.is_some()
+    }
+
     pub fn options(&self) -> &GpuOptions {
         &self.opts
     }
@@ -566,6 +587,30 @@ pub struct AdapterSummary {
 /// set (GL included if it names it), else Vulkan/Metal/DX12 first and GL only if those find
 /// nothing. Probing GL initialises EGL, which on a headless Linux machine prints
 /// "XDG_RUNTIME_DIR is invalid" twice to stderr from inside Mesa, on every run.
+/// The subgroup size the tensor-core kernel runs at, when it may run: the switch is on
+/// (`BLIP2_GPU_COOP=1`), the adapter has the experimental cooperative-matrix feature, f16
+/// shaders and a 16×16×16 f16 × f16 → f32 configuration, and one fixed subgroup size (the
+/// kernel's workgroup is exactly one subgroup; a subgroup size is never assumed).
+fn coop_subgroup(opts: &GpuOptions, adapter: &wgpu::Adapter) -> Option<u32> {
+    use wgpu::CooperativeScalarType as S;
+    let feats = adapter.features();
+    let info = adapter.get_info();
+    let has_config = || {
+        adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == S::F16
+                && p.cr_type == S::F32
+        })
+    };
+    (opts.coop_matrix
+        && feats.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        && feats.contains(wgpu::Features::SHADER_F16)
+        && info.subgroup_min_size == info.subgroup_max_size
+        && (8..=128).contains(&info.subgroup_min_size)
+        && has_config())
+    .then_some(info.subgroup_min_size)
+}
+
 fn backend_tiers() -> Vec<Option<wgpu::Backends>> {
     if std::env::var_os("WGPU_BACKEND").is_some() {
         vec![None]

@@ -12,11 +12,11 @@
 use std::sync::Arc;
 
 use blip2_shaders::{
-    AttentionConsts, AttentionParams, CopyConsts, CopyMode, CopyParams, ElementwiseConsts,
-    ElementwiseOp, ElementwiseParams, EmbeddingConsts, EmbeddingParams, FlashAttentionConsts,
-    GemvConsts, GemvParams, MatmulConsts, MatmulParams, MatmulTile, NormConsts, NormParams,
-    QEmbeddingConsts, QEmbeddingParams, QGemvConsts, QMatmulConsts, QMatmulParams, RowWorkgroup,
-    SoftmaxConsts, SoftmaxParams,
+    AttentionConsts, AttentionParams, CoopMatmulConsts, CoopMatmulParams, CopyConsts, CopyMode,
+    CopyParams, ElementwiseConsts, ElementwiseOp, ElementwiseParams, EmbeddingConsts,
+    EmbeddingParams, FlashAttentionConsts, GemvConsts, GemvParams, MatmulConsts, MatmulParams,
+    MatmulTile, NormConsts, NormParams, QEmbeddingConsts, QEmbeddingParams, QGemvConsts,
+    QMatmulConsts, QMatmulParams, RowWorkgroup, SoftmaxConsts, SoftmaxParams,
 };
 
 use super::{Bind, GpuContext, GpuStorage, Recorder, data_bytes};
@@ -943,6 +943,10 @@ fn record_matmul(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Fewest rows of x for which the tensor-core kernel is chosen (its blocks are 32 rows;
+/// decode's 1–4 rows stay on the memory-bound GEMV).
+const COOP_MIN_M: usize = 16;
+
 fn linear_into(
     g: &Ctx,
     x: &Tensor,
@@ -960,8 +964,35 @@ fn linear_into(
     // Weights larger than one binding are bound in row chunks (multiples of 4 rows so GEMV
     // row groups and f16 output pairs never straddle chunks).
     let row_bytes = (k * wdt.size_of()).max(1) as u64;
-    let rows = chunk_rows(g, "linear weight", n, row_bytes, data_bytes(n * k, wdt), 4)?;
     let bias = b.map(|b| (b.gpu_storage(), b.dtype()));
+    // Tensor cores for f16 weights whose shape fits whole 32×32 blocks along n (chunks too).
+    let coop = g
+        .coop
+        .filter(|_| {
+            is_f16(wdt) && m >= COOP_MIN_M && k.is_multiple_of(16) && k <= u32::MAX as usize
+        })
+        .filter(|_| n.is_multiple_of(CoopMatmulConsts::BLOCK as usize))
+        .map(|sg| CoopMatmulConsts {
+            k: k as u32,
+            sg,
+            has_bias: bias.is_some(),
+            x_f16: is_f16(xdt),
+            b_f16: bias.is_some_and(|b| is_f16(b.1)),
+            out_f16: is_f16(odt),
+        });
+    let multiple = if coop.is_some() {
+        CoopMatmulConsts::BLOCK as u64
+    } else {
+        4
+    };
+    let rows = chunk_rows(
+        g,
+        "linear weight",
+        n,
+        row_bytes,
+        data_bytes(n * k, wdt),
+        multiple,
+    )?;
     let use_gemv = g.opts.gemv && m <= 4 && k > 0;
     let gemv = GemvConsts {
         m: m as u32,
@@ -980,7 +1011,27 @@ fn linear_into(
         let nc = rows.min(n - n0);
         let wb = Bind::range(ws, n0 as u64 * row_bytes, data_bytes(nc * k, wdt));
         let xb = Bind::whole(x.gpu_storage());
-        if use_gemv {
+        if let Some(coop) = &coop {
+            let block = CoopMatmulConsts::BLOCK as usize;
+            let mut groups = grid(g, nc / block)?;
+            groups[2] = u32::try_from(m.div_ceil(block))
+                .ok()
+                .filter(|&z| z <= g.limits.max_compute_workgroups_per_dimension)
+                .ok_or_else(|| Error::Limit {
+                    what: "tensor-core linear: row blocks of one dispatch".into(),
+                    needed: m.div_ceil(block) as u64,
+                    limit: g.limits.max_compute_workgroups_per_dimension as u64,
+                })?;
+            let params = CoopMatmulParams {
+                m: m as u32,
+                n: nc as u32,
+                ldo: n as u32,
+                n_off: n0 as u32,
+                groups_x: groups[0],
+            };
+            let bb = Bind::whole(bias.map_or(&g.dummy, |b| b.0));
+            rec.dispatch(g, coop, &params, &[xb, wb, bb, Bind::whole(&out)], groups)?;
+        } else if use_gemv {
             let groups = grid(g, nc.div_ceil(4))?;
             let params = GemvParams {
                 n: nc as u32,
