@@ -5,8 +5,8 @@
 //! two decode steps the loop takes the jobs waiting, up to `--max-batch` running rows;
 //! their images not in the feature cache go through preprocessing, the ViT, the Q-Former
 //! and the projection together (the others come from the cache, keyed by the SHA-256 of
-//! the image bytes); each prompt is prefilled alone and joins the running
-//! [`DecodeBatch`]. Every step is one forward pass over all running rows, each with its
+//! the image bytes); their prompts are prefilled together (one left-padded forward) and
+//! join the running [`DecodeBatch`] in free rows of its cache. Every step is one forward pass over all running rows, each with its
 //! own settings (greedy or sampled with its own seed); a row leaves as soon as it ends or
 //! its client disconnects. Beam-search jobs run alone between two steps.
 //!
@@ -29,14 +29,14 @@ use std::time::Instant;
 use blip2::engine::Tensor;
 use blip2::image::DynamicImage;
 use blip2::{
-    Blip2, Blip2Retrieval, DecodeBatch, Generation, GenerationConfig, ImageFeatures, SeqId,
+    Blip2, Blip2Retrieval, DecodeBatch, Generation, GenerationConfig, ImageFeatures, Join, SeqId,
     TextStream, TokenEvent,
 };
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use super::cache::{ImageKey, Lru};
 use super::limits::{ApiError, Limits, from_model_error};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Phase};
 
 /// The loaded checkpoint: a captioning/VQA model or a retrieval one.
 pub enum Loaded {
@@ -382,6 +382,7 @@ fn continuous(
                 }
             })
         }));
+        metrics.phase(Phase::Decode, t.elapsed().as_secs_f64());
         match stepped {
             Ok(Ok(ended)) => {
                 metrics.decode_rate(n as f64 / t.elapsed().as_secs_f64().max(1e-9));
@@ -420,8 +421,8 @@ fn reset<'m>(
     }
 }
 
-/// New jobs join the running batch: features for all of them at once, then each prompt
-/// prefilled alone with its own settings.
+/// New jobs join the running batch: features for all of them at once, then their prompts
+/// prefilled together (one left-padded forward), each row with its own settings.
 #[allow(clippy::too_many_arguments)]
 fn join<'m>(
     model: &'m Blip2,
@@ -434,9 +435,14 @@ fn join<'m>(
     metrics: &Metrics,
     was_running: bool,
 ) {
+    let t = Instant::now();
     let Some((run, features)) = prepare(model, jobs, limits, cache, metrics) else {
         return;
     };
+    metrics.phase(Phase::Vision, t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    // (feature row, request, settings) of the jobs whose settings resolve.
+    let mut new = Vec::with_capacity(run.len());
     for (r, (job, prompt_tokens)) in run.into_iter().enumerate() {
         let settings = match model.resolve_generation(&job.config) {
             Ok(s) => s,
@@ -448,7 +454,7 @@ fn join<'m>(
         let eos = settings.eos_token_ids().to_vec();
         let id = *next_id;
         *next_id = next_id.wrapping_add(1);
-        let mut row = Running {
+        let row = Running {
             stream: TextStream::new(&model.tokenizer, &eos),
             prompt_tokens,
             max_new_tokens: settings.max_new_tokens(),
@@ -457,11 +463,46 @@ fn join<'m>(
             first: None,
             last: None,
         };
-        let prompt = row.job.prompt.clone();
-        let added = batch.add(id, &features, r, prompt.as_deref(), &settings, &mut |e| {
-            row.token(e, metrics)
-        });
-        match added {
+        new.push((id, r, row, settings));
+    }
+    if new.is_empty() {
+        return;
+    }
+    let joins: Vec<Join> = new
+        .iter()
+        .map(|(id, r, row, settings)| Join {
+            id: *id,
+            row: *r,
+            prompt: row.job.prompt.as_deref(),
+            settings,
+        })
+        .collect();
+    let mut firsts: Vec<TokenEvent> = Vec::with_capacity(joins.len());
+    let added = batch.add_many(&features, &joins, &mut |e| firsts.push(*e));
+    drop(joins);
+    metrics.prefill(new.len(), t.elapsed().as_secs_f64());
+    let mut new: HashMap<SeqId, Running> =
+        new.into_iter().map(|(id, _, row, _)| (id, row)).collect();
+    for e in &firsts {
+        if let Some(row) = new.get_mut(&e.row) {
+            row.token(e, metrics);
+        }
+    }
+    let added = match added {
+        Ok(a) => a,
+        Err(e) => {
+            let e = from_model_error(&e);
+            for (_, row) in new {
+                let _ = row.job.events.send(Event::Error(e.clone()));
+            }
+            return;
+        }
+    };
+    for (id, res) in added {
+        let Some(row) = new.remove(&id) else {
+            continue;
+        };
+        match res {
             Ok(None) => {
                 if was_running {
                     metrics.joined_running();

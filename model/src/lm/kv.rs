@@ -1,9 +1,9 @@
 //! The KV cache of the decoder-only families (OPT, LLaMA): per layer K and V
 //! `[B, heads, capacity, hd]`, written in place at column `len`. Besides the static batch's
 //! uses (fill left to right, reorder rows) it supports the step-level batch of
-//! [`super::batch`]: rows appended right-aligned at the current column, columns shifted
-//! (compaction, room for a longer joining prompt) and the capacity grown, and a chat's
-//! cache cut back to a shared prefix.
+//! [`super::batch`]: rows added (free slots) and rows written in place, right-aligned at the
+//! current column, columns shifted (compaction, room for a longer joining prompt) and the
+//! capacity grown, and a chat's cache cut back to a shared prefix.
 
 use blip2_engine::{Result, Tensor, ops};
 
@@ -61,30 +61,54 @@ impl KvCache {
         Ok(())
     }
 
-    /// Appends the single row of `row` as a new last row, its `row.len` columns ending at
-    /// this cache's column `len` (right-aligned; the columns before it hold zeros, which
-    /// the caller's mask hides). Needs `row.len <= self.len`.
-    pub fn append_row(&mut self, row: &KvCache) -> Result<()> {
-        if row.rows() != 1 || row.len > self.len || row.k.len() != self.k.len() {
+    /// Adds `n` zeroed rows after the last one (free slots for joining rows).
+    pub fn add_rows(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let mut shape = t.shape().to_vec();
+            shape[0] = n;
+            let z = Tensor::zeros(&shape, t.dtype(), t.device())?;
+            *t = ops::concat(&[&*t, &z], 0)?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites row `slot` in place with row `src_row` of `src`, whose `src.len` columns
+    /// end at this cache's column `len` (right-aligned; the columns before them are
+    /// zeroed, which the caller's mask hides). Only that row is copied. Needs
+    /// `src.len <= self.len`.
+    pub fn write_row(&mut self, slot: usize, src: &KvCache, src_row: usize) -> Result<()> {
+        if slot >= self.rows()
+            || src_row >= src.rows()
+            || src.len > self.len
+            || src.k.len() != self.k.len()
+        {
             return Err(blip2_engine::Error::Invalid(format!(
-                "cannot append a cache row of {} columns at column {}",
-                row.len, self.len
+                "cannot write row {src_row} of a {}-row cache of {} columns into row {slot} \
+                 of a {}-row cache at column {}",
+                src.rows(),
+                src.len,
+                self.rows(),
+                self.len
             )));
         }
-        let at = self.len - row.len;
+        let at = self.len - src.len;
         let pairs = self
             .k
             .iter_mut()
-            .zip(&row.k)
-            .chain(self.v.iter_mut().zip(&row.v));
-        for (t, r) in pairs {
+            .zip(&src.k)
+            .chain(self.v.iter_mut().zip(&src.v));
+        for (t, s) in pairs {
             let mut shape = t.shape().to_vec();
             shape[0] = 1;
-            let mut n = Tensor::zeros(&shape, t.dtype(), t.device())?;
-            if row.len > 0 {
-                ops::write_at(&mut n, &ops::narrow(r, 2, 0, row.len)?, 2, at)?;
+            let mut row = Tensor::zeros(&shape, t.dtype(), t.device())?;
+            if src.len > 0 {
+                let one = ops::narrow(s, 0, src_row, 1)?;
+                ops::write_at(&mut row, &ops::narrow(&one, 2, 0, src.len)?, 2, at)?;
             }
-            *t = ops::concat(&[&*t, &n], 0)?;
+            ops::write_at(t, &row, 0, slot)?;
         }
         Ok(())
     }
