@@ -77,6 +77,9 @@ pub struct GenJob {
     pub prompt: Option<String>,
     pub config: GenerationConfig,
     pub events: UnboundedSender<Event>,
+    /// Text deltas are sent only to a streamed request (the others wait for `Done`: a
+    /// delta per token would only wake their handler).
+    pub stream: bool,
     pub admitted: Instant,
     /// Held until the job is dropped.
     pub _slot: Slot,
@@ -248,7 +251,8 @@ impl Running<'_> {
             metrics.first_token((now - self.job.admitted).as_secs_f64());
         }
         self.last = Some(now);
-        if let Ok(d) = self.stream.push(e.token_id)
+        if self.job.stream
+            && let Ok(d) = self.stream.push(e.token_id)
             && !d.is_empty()
         {
             let _ = self.job.events.send(Event::Delta(d));
@@ -263,7 +267,8 @@ impl Running<'_> {
                 return;
             }
         };
-        if let Ok(rest) = self.stream.finish()
+        if self.job.stream
+            && let Ok(rest) = self.stream.finish()
             && !rest.is_empty()
         {
             let _ = self.job.events.send(Event::Delta(rest));
@@ -304,26 +309,46 @@ fn continuous(
     let mut next_id: SeqId = 0;
     let max = limits.max_batch.max(1);
     let mut closed = false;
+    // Jobs taken but not joined yet, and the steps the oldest of them has waited.
+    let mut waiting: Vec<Job> = Vec::new();
+    let mut waited = 0;
     loop {
-        // Block only when nothing runs; otherwise take what waits, up to the free rows.
-        let mut jobs = Vec::new();
-        if batch.is_empty() {
+        // Block only when nothing runs or waits; otherwise take what waits, up to the free
+        // rows.
+        if batch.is_empty() && waiting.is_empty() {
             if closed {
                 return;
             }
             match rx.recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => waiting.push(j),
                 Err(_) => return,
             }
         }
-        while !closed && batch.len() + jobs.len() < max {
+        while !closed && batch.len() + waiting.len() < max {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => waiting.push(j),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => closed = true,
             }
         }
-        jobs.retain(|j| !j.abandoned());
+        waiting.retain(|j| !j.abandoned());
+        if waiting.is_empty() {
+            waited = 0;
+        }
+        // With --join-wait-steps, the jobs wait (the batch stepping on) until they fill the
+        // free rows or the oldest has waited that many steps, so that more of them share
+        // one vision pass and one prefill.
+        let join_now = batch.is_empty()
+            || closed
+            || batch.len() + waiting.len() >= max
+            || waited >= limits.join_wait_steps;
+        let jobs = if join_now {
+            waited = 0;
+            std::mem::take(&mut waiting)
+        } else {
+            waited += 1;
+            Vec::new()
+        };
         let mut joining = Vec::new();
         for job in jobs {
             match job {
@@ -707,7 +732,8 @@ fn generate(
                 metrics.first_token((now - run[r].0.admitted).as_secs_f64());
             }
             last[r] = Some(now);
-            if let Ok(d) = streams[r].push(e.token_id)
+            if run[r].0.stream
+                && let Ok(d) = streams[r].push(e.token_id)
                 && !d.is_empty()
             {
                 let _ = run[r].0.events.send(Event::Delta(d));
@@ -732,7 +758,8 @@ fn generate(
         metrics.decode_rate(total as f64 / took);
     }
     for (r, ((j, prompt_tokens), g)) in run.into_iter().zip(gens).enumerate() {
-        if let Ok(rest) = streams[r].finish()
+        if j.stream
+            && let Ok(rest) = streams[r].finish()
             && !rest.is_empty()
         {
             let _ = j.events.send(Event::Delta(rest));

@@ -265,8 +265,9 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
             free.extend(self.mask.len()..self.mask.len() + more);
             self.mask.resize(self.mask.len() + more, vec![0; w]);
         }
-        for (j, (m, slot)) in mask.into_iter().zip(free).enumerate() {
-            cache.write_row(slot, &rows, j)?;
+        free.truncate(mask.len());
+        cache.write_rows(&free, &rows)?;
+        for (m, slot) in mask.into_iter().zip(free) {
             self.mask[slot] = [vec![0; w - n], m].concat();
             self.slots.push(slot);
         }

@@ -75,24 +75,32 @@ impl KvCache {
         Ok(())
     }
 
-    /// Overwrites row `slot` in place with row `src_row` of `src`, whose `src.len` columns
-    /// end at this cache's column `len` (right-aligned; the columns before them are
-    /// zeroed, which the caller's mask hides). Only that row is copied. Needs
-    /// `src.len <= self.len`.
-    pub fn write_row(&mut self, slot: usize, src: &KvCache, src_row: usize) -> Result<()> {
-        if slot >= self.rows()
-            || src_row >= src.rows()
+    /// Overwrites rows `slots[j]` in place with the rows `j` of `src`, whose `src.len`
+    /// columns end at this cache's column `len` (right-aligned; the columns before them
+    /// are zeroed, which the caller's mask hides). Only those rows are copied (one write
+    /// per run of consecutive slots). Needs `src.len <= self.len`.
+    pub fn write_rows(&mut self, slots: &[usize], src: &KvCache) -> Result<()> {
+        let n = self.rows();
+        if slots.len() != src.rows()
+            || slots.iter().any(|&s| s >= n)
             || src.len > self.len
             || src.k.len() != self.k.len()
         {
             return Err(blip2_engine::Error::Invalid(format!(
-                "cannot write row {src_row} of a {}-row cache of {} columns into row {slot} \
-                 of a {}-row cache at column {}",
+                "cannot write a {}-row cache of {} columns into rows {slots:?} of a {n}-row \
+                 cache at column {}",
                 src.rows(),
                 src.len,
-                self.rows(),
                 self.len
             )));
+        }
+        // Runs of consecutive slots: (first source row, first slot, rows).
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        for (j, &s) in slots.iter().enumerate() {
+            match runs.last_mut() {
+                Some((_, s0, len)) if *s0 + *len == s => *len += 1,
+                _ => runs.push((j, s, 1)),
+            }
         }
         let at = self.len - src.len;
         let pairs = self
@@ -102,13 +110,20 @@ impl KvCache {
             .chain(self.v.iter_mut().zip(&src.v));
         for (t, s) in pairs {
             let mut shape = t.shape().to_vec();
-            shape[0] = 1;
-            let mut row = Tensor::zeros(&shape, t.dtype(), t.device())?;
-            if src.len > 0 {
-                let one = ops::narrow(s, 0, src_row, 1)?;
-                ops::write_at(&mut row, &ops::narrow(&one, 2, 0, src.len)?, 2, at)?;
+            shape[0] = slots.len();
+            let mut rows = Tensor::zeros(&shape, t.dtype(), t.device())?;
+            if src.len == s.dim(2) {
+                ops::write_at(&mut rows, s, 2, at)?;
+            } else if src.len > 0 {
+                ops::write_at(&mut rows, &ops::narrow(s, 2, 0, src.len)?, 2, at)?;
             }
-            ops::write_at(t, &row, 0, slot)?;
+            for &(j, slot, len) in &runs {
+                if len == slots.len() {
+                    ops::write_at(t, &rows, 0, slot)?;
+                } else {
+                    ops::write_at(t, &ops::narrow(&rows, 0, j, len)?, 0, slot)?;
+                }
+            }
         }
         Ok(())
     }
