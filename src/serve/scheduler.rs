@@ -2,13 +2,15 @@
 //! handlers send [`Job`]s through a channel, and one std thread owning the model runs them.
 //!
 //! Decoder-only language models (OPT, LLaMA) batch continuously ([`continuous`]): between
-//! two decode steps the loop takes the jobs waiting, up to `--max-batch` running rows;
+//! two decode steps the loop takes the jobs waiting, up to `--max-batch` running rows (with
+//! `--join-wait-steps` they may wait a few steps for more to share their passes);
 //! their images not in the feature cache go through preprocessing, the ViT, the Q-Former
 //! and the projection together (the others come from the cache, keyed by the SHA-256 of
 //! the image bytes); their prompts are prefilled together (one left-padded forward) and
-//! join the running [`DecodeBatch`] in free rows of its cache. Every step is one forward pass over all running rows, each with its
-//! own settings (greedy or sampled with its own seed); a row leaves as soon as it ends or
-//! its client disconnects. Beam-search jobs run alone between two steps.
+//! join the running [`DecodeBatch`] in free rows of its cache. Every step is one forward
+//! pass over all running rows, each with its own settings (greedy or sampled with its own
+//! seed); a row leaves as soon as it ends or its client disconnects. Beam-search jobs run
+//! alone between two steps.
 //!
 //! T5 (no step-level batch) is batched per wave ([`waves`]): the loop blocks for one job,
 //! takes every job already waiting up to `--max-batch`, groups generation jobs with the
