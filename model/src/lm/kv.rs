@@ -128,3 +128,65 @@ impl KvCache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use blip2_engine::{Device, Tensor};
+
+    use super::KvCache;
+
+    /// One layer, `rows` rows, one head of width 1: element (r, c) = `f(r, c)`.
+    fn cache(rows: usize, cols: usize, len: usize, f: impl Fn(usize, usize) -> f32) -> KvCache {
+        let data: Vec<f32> = (0..rows * cols).map(|i| f(i / cols, i % cols)).collect();
+        let t = Tensor::from_f32(data, &[rows, 1, cols, 1], &Device::cpu()).unwrap();
+        KvCache {
+            k: vec![t.clone()],
+            v: vec![t],
+            len,
+            capacity: cols,
+        }
+    }
+
+    fn rows(c: &KvCache) -> Vec<Vec<f32>> {
+        let cols = c.capacity;
+        c.k[0]
+            .to_vec_f32()
+            .unwrap()
+            .chunks(cols)
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
+    #[test]
+    fn write_rows_fills_free_slots_right_aligned_and_leaves_the_others() {
+        // Four rows of 5 written columns (capacity 6), every value 9.
+        let mut c = cache(4, 6, 5, |_, _| 9.0);
+        // Two prompts of 3 columns: (j, c) = 10·(j + 1) + c.
+        let src = cache(2, 3, 3, |j, c| (10 * (j + 1) + c) as f32);
+        // Slots 1 and 3: two runs of one.
+        c.write_rows(&[3, 1], &src).unwrap();
+        let r = rows(&c);
+        assert_eq!(r[0], vec![9.0; 6]);
+        assert_eq!(r[2], vec![9.0; 6]);
+        // Right-aligned at column len = 5: columns 2..5, zeros before and after.
+        assert_eq!(r[3], vec![0.0, 0.0, 10.0, 11.0, 12.0, 0.0]);
+        assert_eq!(r[1], vec![0.0, 0.0, 20.0, 21.0, 22.0, 0.0]);
+        assert_eq!(rows(&c), {
+            let v = c.v[0].to_vec_f32().unwrap();
+            v.chunks(6).map(<[f32]>::to_vec).collect::<Vec<_>>()
+        });
+        // Consecutive slots (one run), and a source longer than the written columns refused.
+        c.write_rows(&[0, 1], &src).unwrap();
+        assert_eq!(rows(&c)[0], vec![0.0, 0.0, 10.0, 11.0, 12.0, 0.0]);
+        assert_eq!(rows(&c)[1], vec![0.0, 0.0, 20.0, 21.0, 22.0, 0.0]);
+        assert!(c.write_rows(&[4, 0], &src).is_err(), "slot out of range");
+        assert!(c.write_rows(&[0], &src).is_err(), "row count");
+        let long = cache(1, 6, 6, |_, _| 1.0);
+        assert!(c.write_rows(&[2], &long).is_err(), "longer than len");
+        // New rows come zeroed.
+        c.add_rows(2).unwrap();
+        assert_eq!(c.rows(), 6);
+        assert_eq!(rows(&c)[5], vec![0.0; 6]);
+        assert_eq!(rows(&c)[2], vec![9.0; 6]);
+    }
+}
