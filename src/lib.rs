@@ -16,7 +16,7 @@
 
 pub use blip2_engine::{DType, Device, DeviceInfo};
 pub use blip2_model::adapters::{AdapterSpec, AdapterStats};
-pub use blip2_model::batch::{DecodeBatch, SeqId};
+pub use blip2_model::batch::{DecodeBatch, Join, SeqId};
 pub use blip2_model::blip2::{Blip2, Generation, ImageFeatures, Timings};
 pub use blip2_model::chat::{Chat, SharedChat, Turn};
 pub use blip2_model::generate::{EarlyStopping, GenerationConfig, ResolvedGeneration, TokenEvent};

@@ -13,8 +13,9 @@ mod common;
 
 use std::collections::HashMap;
 
+use blip2::engine::ops;
 use blip2::engine::{DType, Device};
-use blip2::{Blip2, GenerationConfig, ImageFeatures, TokenEvent};
+use blip2::{Blip2, GenerationConfig, ImageFeatures, Join, TokenEvent};
 use common::*;
 
 /// Decoder-only fixtures: BLIP-2 OPT and InstructBLIP Vicuna (LLaMA, grouped-query
@@ -118,77 +119,225 @@ fn alone(model: &Blip2, feats: &[ImageFeatures], r: &Req) -> Vec<u32> {
         .token_ids
 }
 
-#[test]
-fn joining_rows_equal_their_runs_alone() {
-    let dev = Device::cpu();
-    for name in DECODER_ONLY {
-        let model = load(name, &dev, DType::F32);
-        let imgs = [image("rgb"), image("jpeg")];
-        let feats: Vec<ImageFeatures> = imgs
-            .iter()
-            .map(|i| model.image_features(&[i]).unwrap())
+/// Several rows joining at the same step: prompts of different lengths (one longer than
+/// the batch's write column, so the batch shifts right), a sampled row, a row that ends at
+/// its first token, more joiners than free rows (the cache gains rows), and joiners taking
+/// the rows of sequences that ended or were removed.
+fn joining_together() -> Vec<Req> {
+    // Within InstructBLIP's 32 Q-Former positions.
+    let long = "Question: what colour is the thing on the left? Answer:";
+    let longer = "Question: what is in the picture and what colour is the thing on the left side of it? Answer:";
+    let at = |row, prompt, cfg, join_at, remove_at| Req {
+        row,
+        prompt,
+        cfg,
+        join_at,
+        remove_at,
+    };
+    vec![
+        at(0, None, greedy(30, 30), 0, None),
+        at(1, Some(QUESTION), greedy(12, 12), 0, None),
+        at(1, Some(long), greedy(6, 6), 2, None),
+        at(0, Some(longer), greedy(20, 0), 2, None),
+        at(
+            1,
+            None,
+            GenerationConfig {
+                do_sample: true,
+                seed: Some(3),
+                top_k: 20,
+                ..greedy(18, 18)
+            },
+            2,
+            None,
+        ),
+        at(0, Some(QUESTION), greedy(1, 0), 2, None),
+        at(0, Some(long), greedy(25, 25), 2, Some(9)),
+        at(1, Some(long), greedy(10, 10), 10, None),
+        at(0, None, greedy(14, 14), 10, None),
+        at(1, Some(longer), greedy(8, 8), 10, None),
+        at(0, Some(QUESTION), greedy(9, 9), 10, None),
+    ]
+}
+
+/// Runs `reqs` in one step-level batch (those joining at the same step added together
+/// when `together`, else one by one) and checks every row's ids against its run alone.
+fn check_batched(name: &str, model: &Blip2, feats: &[ImageFeatures], reqs: &[Req], together: bool) {
+    let want: Vec<Vec<u32>> = reqs.iter().map(|r| alone(model, feats, r)).collect();
+    let settings: Vec<_> = reqs
+        .iter()
+        .map(|r| model.resolve_generation(&r.cfg).unwrap())
+        .collect();
+    let both = both(name, model, feats);
+    let mut batch = model
+        .decode_batch()
+        .expect("a decoder-only model batches by step");
+    let mut got: HashMap<usize, Vec<u32>> = HashMap::new();
+    let mut streamed: HashMap<usize, Vec<u32>> = HashMap::new();
+    let mut sizes = Vec::new();
+    let mut on = |e: &TokenEvent| streamed.entry(e.row).or_default().push(e.token_id);
+    let mut step = 0;
+    loop {
+        let joining: Vec<usize> = (0..reqs.len())
+            .filter(|&i| reqs[i].join_at == step)
             .collect();
-        let reqs = requests();
-        let want: Vec<Vec<u32>> = reqs.iter().map(|r| alone(&model, &feats, r)).collect();
-        let mut batch = model
-            .decode_batch()
-            .expect("a decoder-only model batches by step");
-        let mut got: HashMap<usize, Vec<u32>> = HashMap::new();
-        let mut streamed: HashMap<usize, Vec<u32>> = HashMap::new();
-        let mut sizes = Vec::new();
-        let mut on = |e: &TokenEvent| streamed.entry(e.row).or_default().push(e.token_id);
-        let mut step = 0;
-        loop {
-            for (id, r) in reqs.iter().enumerate() {
-                if r.join_at == step {
-                    let s = model.resolve_generation(&r.cfg).unwrap();
-                    if let Some(g) = batch
-                        .add(id, &feats[r.row], 0, r.prompt, &s, &mut on)
-                        .unwrap()
-                    {
+        if together && joining.len() > 1 {
+            let joins: Vec<Join> = joining
+                .iter()
+                .map(|&i| Join {
+                    id: i,
+                    row: reqs[i].row,
+                    prompt: reqs[i].prompt,
+                    settings: &settings[i],
+                })
+                .collect();
+            let before = batch.len();
+            let out = batch.add_many(&both, &joins, &mut on).unwrap();
+            let mut running = 0;
+            for (id, r) in out {
+                match r.unwrap() {
+                    Some(g) => {
                         got.insert(id, g.token_ids);
                     }
-                }
-                if r.remove_at == Some(step) {
-                    assert!(batch.remove(id).unwrap(), "{name}: {id} still running");
+                    None => running += 1,
                 }
             }
-            if batch.is_empty() && reqs.iter().all(|r| r.join_at <= step) {
-                break;
-            }
-            sizes.push(batch.len());
-            for (id, g) in batch.step(&mut on).unwrap() {
-                got.insert(id, g.unwrap().token_ids);
-            }
-            step += 1;
-        }
-        for (id, (r, w)) in reqs.iter().zip(&want).enumerate() {
-            match r.remove_at {
-                None => {
-                    assert_eq!(
-                        got.get(&id),
-                        Some(w),
-                        "{name}: request {id} batched vs alone"
-                    );
-                    assert_eq!(streamed.get(&id), Some(w), "{name}: request {id} streamed");
-                }
-                Some(at) => {
-                    assert!(!got.contains_key(&id), "{name}: removed {id} has no answer");
-                    let s = &streamed[&id];
-                    assert_eq!(s[..], w[..s.len()], "{name}: removed {id}'s tokens so far");
-                    assert_eq!(
-                        s.len(),
-                        at - r.join_at + 1,
-                        "{name}: {id} stopped at removal"
-                    );
+            assert_eq!(batch.len(), before + running, "{name}: rows after the join");
+        } else {
+            for &i in &joining {
+                let r = &reqs[i];
+                if let Some(g) = batch
+                    .add(i, &feats[r.row], 0, r.prompt, &settings[i], &mut on)
+                    .unwrap()
+                {
+                    got.insert(i, g.token_ids);
                 }
             }
         }
-        assert!(
-            sizes.iter().any(|&n| n >= 4),
-            "{name}: rows ran together: {sizes:?}"
-        );
-        assert_eq!(batch.steps(), step, "{name}: one forward per step");
+        for (id, r) in reqs.iter().enumerate() {
+            if r.remove_at == Some(step) {
+                assert!(batch.remove(id).unwrap(), "{name}: {id} still running");
+            }
+        }
+        if batch.is_empty() && reqs.iter().all(|r| r.join_at <= step) {
+            break;
+        }
+        sizes.push(batch.len());
+        for (id, g) in batch.step(&mut on).unwrap() {
+            got.insert(id, g.unwrap().token_ids);
+        }
+        step += 1;
+    }
+    for (id, (r, w)) in reqs.iter().zip(&want).enumerate() {
+        match r.remove_at {
+            None => {
+                assert_eq!(
+                    got.get(&id),
+                    Some(w),
+                    "{name}: request {id} batched vs alone"
+                );
+                assert_eq!(streamed.get(&id), Some(w), "{name}: request {id} streamed");
+            }
+            Some(at) => {
+                assert!(!got.contains_key(&id), "{name}: removed {id} has no answer");
+                let s = &streamed[&id];
+                assert_eq!(s[..], w[..s.len()], "{name}: removed {id}'s tokens so far");
+                assert_eq!(
+                    s.len(),
+                    at - r.join_at + 1,
+                    "{name}: {id} stopped at removal"
+                );
+            }
+        }
+    }
+    assert!(
+        sizes.iter().any(|&n| n >= 4),
+        "{name}: rows ran together: {sizes:?}"
+    );
+    assert_eq!(batch.steps(), step, "{name}: one forward per step");
+}
+
+/// Both images' features in one batch, each row its own image's (InstructBLIP's reusable
+/// features are the ViT output: its Q-Former reads each row's prompt).
+fn both(name: &str, model: &Blip2, feats: &[ImageFeatures]) -> ImageFeatures {
+    let reusable = |f: &ImageFeatures| match &f.vision_output {
+        Some(v) if name.starts_with("instructblip") => v.clone(),
+        _ => f.projected.clone(),
+    };
+    let t = ops::concat(&[&reusable(&feats[0]), &reusable(&feats[1])], 0).unwrap();
+    model.features_from_reusable(t).unwrap()
+}
+
+fn features(model: &Blip2) -> Vec<ImageFeatures> {
+    [image("rgb"), image("jpeg")]
+        .iter()
+        .map(|i| model.image_features(&[i]).unwrap())
+        .collect()
+}
+
+#[test]
+fn joining_rows_equal_their_runs_alone() {
+    for name in DECODER_ONLY {
+        let model = load(name, &Device::cpu(), DType::F32);
+        check_batched(name, &model, &features(&model), &requests(), false);
+    }
+}
+
+#[test]
+fn rows_joining_together_equal_their_runs_alone() {
+    for name in DECODER_ONLY {
+        let model = load(name, &Device::cpu(), DType::F32);
+        let feats = features(&model);
+        let reqs = joining_together();
+        check_batched(name, &model, &feats, &reqs, true);
+        // The prompts of a step are prefilled in one forward: the prefilled tokens are the
+        // prompts' own (padding not counted).
+        let mut batch = model.decode_batch().unwrap();
+        let s = model.resolve_generation(&greedy(3, 3)).unwrap();
+        let both = both(name, &model, &feats);
+        let prompts = [None, Some(QUESTION)];
+        let joins: Vec<Join> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, &prompt)| Join {
+                id: i,
+                row: i,
+                prompt,
+                settings: &s,
+            })
+            .collect();
+        batch.add_many(&both, &joins, &mut |_| {}).unwrap();
+        let tokens: usize = prompts
+            .iter()
+            .map(|p| model.prompt_ids(*p).unwrap().len())
+            .sum();
+        assert_eq!(batch.prefilled_tokens(), tokens, "{name}");
+        assert_eq!(batch.len(), 2);
+        // A duplicate id and a row out of range fail alone; the others join.
+        let joins = [
+            Join {
+                id: 0,
+                row: 0,
+                prompt: None,
+                settings: &s,
+            },
+            Join {
+                id: 5,
+                row: 2,
+                prompt: None,
+                settings: &s,
+            },
+            Join {
+                id: 6,
+                row: 1,
+                prompt: None,
+                settings: &s,
+            },
+        ];
+        let out = batch.add_many(&both, &joins, &mut |_| {}).unwrap();
+        assert!(out[0].1.is_err() && out[1].1.is_err(), "{name}");
+        assert!(matches!(out[2].1, Ok(None)), "{name}");
+        assert_eq!(batch.ids(), vec![0, 1, 6], "{name}");
     }
 }
 

@@ -520,7 +520,25 @@ fn queue_full_is_503_with_retry_after() {
 /// one at a time, and they were batched.
 #[test]
 fn parallel_requests_equal_sequential() {
-    let s = Arc::new(Server::start(&["--max-batch", "8", "--cache-images", "0"]));
+    parallel_equal_sequential(&["--max-batch", "8", "--cache-images", "0"], false);
+    // Joiners held up to 3 steps so that more of them share a vision pass and a prefill.
+    parallel_equal_sequential(
+        &[
+            "--max-batch",
+            "8",
+            "--cache-images",
+            "0",
+            "--join-wait-steps",
+            "3",
+        ],
+        true,
+    );
+}
+
+/// 32 parallel requests answer as sequential ones; `prefills_shared`: some joining prompts
+/// were prefilled together (checked where the server holds joiners).
+fn parallel_equal_sequential(args: &[&str], prefills_shared: bool) {
+    let s = Arc::new(Server::start(args));
     let questions = [
         None,
         Some("what color is the background?"),
@@ -567,6 +585,12 @@ fn parallel_requests_equal_sequential() {
         "{m}"
     );
     assert!(get("blip2_batch_size_bucket{le=\"1\"} ") < get("blip2_batch_size_count "));
+    if prefills_shared {
+        assert!(
+            get("blip2_prefill_batch_size_sum ") > get("blip2_prefill_batch_size_count "),
+            "{m}"
+        );
+    }
 }
 
 /// A request that arrives while another decodes joins its batch between two steps

@@ -1,7 +1,8 @@
 //! Continuous batching: a [`DecodeBatch`] runs sequences of different requests through one
-//! forward pass per decode step, each with its own image, prompt and settings. A sequence
-//! joins between steps (its prompt prefilled alone) and leaves when it ends or when the
-//! caller removes it, freeing its row at once. Each sequence's greedy tokens equal what
+//! forward pass per decode step, each with its own image, prompt and settings. Sequences
+//! join between steps (those joining at the same step are prefilled together, left-padded,
+//! in one forward pass) and leave when they end or when the caller removes them, freeing
+//! their rows at once. Each sequence's greedy tokens equal what
 //! [`Blip2::generate_from_features_with`] gives it alone, and a sampled one draws from its
 //! own random stream, so a seed gives the same text alone or batched.
 //!
@@ -37,6 +38,15 @@ pub struct DecodeBatch<'a> {
     /// One per row of `lm`, in row order.
     seqs: Vec<Seq>,
     steps: usize,
+}
+
+/// A sequence to add with [`DecodeBatch::add_many`]: row `row` of the features, its
+/// `prompt` (None = caption) and settings (greedy or sampling).
+pub struct Join<'s> {
+    pub id: SeqId,
+    pub row: usize,
+    pub prompt: Option<&'s str>,
+    pub settings: &'s ResolvedGeneration,
 }
 
 /// A sequence that ended: its id and its answer (or the error that ended it alone, such as
@@ -84,9 +94,7 @@ impl<'a> DecodeBatch<'a> {
     }
 
     /// Adds sequence `id`: row `row` of `feats` with `prompt` (None = caption), decoded
-    /// with `settings` (greedy or sampling). The prompt is prefilled alone and the first
-    /// token chosen here (`on_token` sees it, `TokenEvent::row` = `id`). A sequence that
-    /// ends at its first token never takes a row and is returned at once.
+    /// with `settings` (greedy or sampling); [`DecodeBatch::add_many`] for one sequence.
     pub fn add(
         &mut self,
         id: SeqId,
@@ -96,43 +104,135 @@ impl<'a> DecodeBatch<'a> {
         settings: &ResolvedGeneration,
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<Option<Generation>> {
-        if self.seqs.iter().any(|s| s.id == id) {
-            return Err(ModelError::Invalid(format!(
-                "sequence {id} is already running"
-            )));
-        }
-        let t = Instant::now();
-        let one = row_features(feats, row)?;
-        let input = self
-            .model
-            .lm_input(&one, &[prompt], settings.pad_token_id())?;
-        let seen = input.batch.rows[0].clone();
-        let mut decoder = RowDecoder::new(settings.clone(), seen)?;
-        let rows = self.lm.rows();
-        let mut logits = self.lm.join(input, settings.max_new_tokens())?;
-        let prefill = t.elapsed();
-        let tok = match decoder.choose(&mut logits) {
-            Ok(tok) => tok,
-            Err(e) => {
-                self.lm.select_rows(&(0..rows).collect::<Vec<_>>())?;
-                return Err(e);
-            }
-        };
-        let seq = Seq {
+        let join = Join {
             id,
-            decoder,
-            next: tok.token_id,
-            joined: t,
-            prefill,
-            steps: 0,
+            row,
+            prompt,
+            settings,
         };
-        on_token(&event(id, &tok));
-        if tok.finished {
-            self.lm.select_rows(&(0..rows).collect::<Vec<_>>())?;
-            return Ok(Some(self.generation(&seq)?));
+        match self.add_many(feats, &[join], on_token)?.pop() {
+            Some((_, r)) => r,
+            None => Err(ModelError::Invalid("no sequence was added".into())),
         }
-        self.seqs.push(seq);
-        Ok(None)
+    }
+
+    /// Adds the sequences `joins` at once: their prompts are prefilled together in one
+    /// left-padded forward pass (as a static batch's), and each one's first token chosen
+    /// here (`on_token` sees it, `TokenEvent::row` = its id). Returns one result per
+    /// sequence, in order: `Ok(None)` running, `Ok(Some(_))` ended at its first token
+    /// (it takes no row), `Err` refused or failed alone (a duplicate id, a row out of
+    /// range, beam search, too long for the model's positions, non-finite logits). An
+    /// error of the prefill itself fails them all and leaves the running rows as they were.
+    pub fn add_many(
+        &mut self,
+        feats: &ImageFeatures,
+        joins: &[Join<'_>],
+        on_token: &mut dyn FnMut(&TokenEvent),
+    ) -> Result<Vec<(SeqId, Result<Option<Generation>>)>> {
+        let t = Instant::now();
+        let n_feats = feats.projected.dim(0);
+        let mut out: Vec<Option<Result<Option<Generation>>>> = Vec::with_capacity(joins.len());
+        // (index in joins, its decoder) of the sequences that go on to the prefill.
+        let mut ok: Vec<(usize, RowDecoder)> = Vec::new();
+        for (i, j) in joins.iter().enumerate() {
+            let checked = (|| {
+                let taken = self.seqs.iter().any(|s| s.id == j.id)
+                    || joins[..i].iter().any(|o| o.id == j.id);
+                if taken {
+                    return Err(ModelError::Invalid(format!(
+                        "sequence {} is already running",
+                        j.id
+                    )));
+                }
+                if j.row >= n_feats {
+                    return Err(ModelError::Invalid(format!(
+                        "row {} of features of {n_feats} images",
+                        j.row
+                    )));
+                }
+                let ids = self.model.prompt_ids(j.prompt)?;
+                let (max, new) = (self.lm.max_positions(), j.settings.max_new_tokens());
+                if ids.len().saturating_add(new) > max {
+                    return Err(ModelError::Invalid(format!(
+                        "prompt of {} tokens + {new} new tokens exceeds the model's {max} positions",
+                        ids.len()
+                    )));
+                }
+                // The processors count the row's own ids, as alone (no padding).
+                RowDecoder::new(j.settings.clone(), ids)
+            })();
+            match checked {
+                Ok(d) => {
+                    ok.push((i, d));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        if !ok.is_empty() {
+            let rows: Vec<usize> = ok.iter().map(|(i, _)| joins[*i].row).collect();
+            let prompts: Vec<Option<&str>> = ok.iter().map(|(i, _)| joins[*i].prompt).collect();
+            let maxes: Vec<usize> = ok
+                .iter()
+                .map(|(i, _)| joins[*i].settings.max_new_tokens())
+                .collect();
+            let pad = joins[ok[0].0].settings.pad_token_id();
+            let running = self.seqs.len();
+            let input = self
+                .model
+                .lm_input(&gather_features(feats, &rows)?, &prompts, pad)?;
+            let logits = match self.lm.join(input, &maxes) {
+                Ok(l) => l,
+                Err(e) => {
+                    if self.lm.rows() != running {
+                        self.lm.select_rows(&(0..running).collect::<Vec<_>>())?;
+                    }
+                    return Err(e);
+                }
+            };
+            let prefill = t.elapsed();
+            let vocab = self.lm.vocab();
+            let mut logits = logits;
+            let mut keep: Vec<usize> = (0..running).collect();
+            for (r, (i, mut decoder)) in ok.into_iter().enumerate() {
+                let id = joins[i].id;
+                let res = match decoder.choose(&mut logits[r * vocab..(r + 1) * vocab]) {
+                    Ok(tok) => {
+                        on_token(&event(id, &tok));
+                        let seq = Seq {
+                            id,
+                            decoder,
+                            next: tok.token_id,
+                            joined: t,
+                            prefill,
+                            steps: 0,
+                        };
+                        if tok.finished {
+                            self.generation(&seq).map(Some)
+                        } else {
+                            keep.push(running + r);
+                            self.seqs.push(seq);
+                            Ok(None)
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                out[i] = Some(res);
+            }
+            if keep.len() != self.lm.rows() {
+                self.lm.select_rows(&keep)?;
+            }
+        }
+        Ok(joins
+            .iter()
+            .zip(out)
+            .map(|(j, r)| {
+                (
+                    j.id,
+                    r.unwrap_or_else(|| Err(ModelError::Invalid("not added".into()))),
+                )
+            })
+            .collect())
     }
 
     /// Removes sequence `id` (its client left); false when it is not running.
@@ -249,24 +349,18 @@ fn event(id: SeqId, tok: &crate::generate::RowToken) -> TokenEvent {
     }
 }
 
-/// Row `r` of `feats` as features of one image.
-fn row_features(feats: &ImageFeatures, r: usize) -> Result<ImageFeatures> {
-    let n = feats.projected.dim(0);
-    if r >= n {
-        return Err(ModelError::Invalid(format!(
-            "row {r} of features of {n} images"
-        )));
-    }
-    let narrow = |t: &blip2_engine::Tensor| {
-        if t.dim(0) == 1 {
+/// Rows `rows` of `feats` (repeats allowed) as features of `rows.len()` images.
+fn gather_features(feats: &ImageFeatures, rows: &[usize]) -> Result<ImageFeatures> {
+    let pick = |t: &blip2_engine::Tensor| -> Result<blip2_engine::Tensor> {
+        if t.dim(0) == 1 && rows.len() == 1 {
             Ok(t.clone())
         } else {
-            ops::narrow(t, 0, r, 1)
+            Ok(ops::gather_rows(t, rows)?)
         }
     };
     Ok(ImageFeatures {
-        projected: narrow(&feats.projected)?,
-        vision_output: feats.vision_output.as_ref().map(narrow).transpose()?,
+        projected: pick(&feats.projected)?,
+        vision_output: feats.vision_output.as_ref().map(pick).transpose()?,
         preprocess: Duration::ZERO,
         vision: Duration::ZERO,
         qformer: Duration::ZERO,

@@ -19,6 +19,9 @@ pub struct Limits {
     pub max_batch: usize,
     /// Requests waiting beyond the running batch before new ones are refused with 503.
     pub max_queue: usize,
+    /// Decode steps a job may wait to join a running batch, so that more of the jobs
+    /// arriving meanwhile share its vision and prefill passes (0: the next step).
+    pub join_wait_steps: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +33,7 @@ impl Default for Limits {
             max_prompt_tokens: 512,
             max_batch: 8,
             max_queue: 64,
+            join_wait_steps: 0,
         }
     }
 }

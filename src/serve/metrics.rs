@@ -66,7 +66,23 @@ struct Inner {
     joined_running: u64,
     /// Tokens per second of the last batch's decode (all rows together).
     last_tokens_per_second: f64,
+    /// Worker seconds per phase of continuous batching, in [`Phase`] order.
+    phase_seconds: [f64; 3],
+    prefill_batch: Histogram,
 }
+
+/// What the continuous-batching worker spends its time on (`blip2_worker_seconds_total`).
+#[derive(Clone, Copy)]
+pub enum Phase {
+    /// Image decoding, preprocessing, ViT, Q-Former and projection of joining requests.
+    Vision = 0,
+    /// The joining prompts' prefill and first tokens.
+    Prefill = 1,
+    /// Decode steps of the running rows.
+    Decode = 2,
+}
+
+const PHASES: [&str; 3] = ["vision", "prefill", "decode"];
 
 pub struct Metrics {
     inner: Mutex<Inner>,
@@ -93,6 +109,8 @@ impl Default for Metrics {
                 cancelled: 0,
                 joined_running: 0,
                 last_tokens_per_second: 0.0,
+                phase_seconds: [0.0; 3],
+                prefill_batch: Histogram::new(BATCH),
             }),
             in_flight: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
@@ -149,6 +167,18 @@ impl Metrics {
         self.with(|m| m.last_tokens_per_second = tokens_per_second)
     }
 
+    pub fn phase(&self, phase: Phase, seconds: f64) {
+        self.with(|m| m.phase_seconds[phase as usize] += seconds)
+    }
+
+    /// One joint prefill of `rows` joining prompts that took `seconds`.
+    pub fn prefill(&self, rows: usize, seconds: f64) {
+        self.with(|m| {
+            m.phase_seconds[Phase::Prefill as usize] += seconds;
+            m.prefill_batch.observe(rows as f64);
+        })
+    }
+
     pub fn images(&self, encoded: usize, hits: usize) {
         self.with(|m| {
             m.images_encoded += encoded as u64;
@@ -180,6 +210,7 @@ impl Metrics {
                 "# HELP blip2_queue_capacity Waiting places beyond the running batch (--max-queue).\n# TYPE blip2_queue_capacity gauge\nblip2_queue_capacity {max_queue}"
             );
             m.batch_size.render(&mut out, "blip2_batch_size", "Rows per decode step (continuous batching; T5 and beam search: requests per batch).");
+            m.prefill_batch.render(&mut out, "blip2_prefill_batch_size", "Prompts prefilled together when joining a running batch (continuous batching).");
             m.ttft.render(&mut out, "blip2_time_to_first_token_seconds", "From admission to the first new token.");
             m.per_token.render(&mut out, "blip2_time_per_output_token_seconds", "Mean time per new token after the first, per sequence.");
             m.request_seconds.render(&mut out, "blip2_request_duration_seconds", "From the request to the response's head (streams: its start).");
@@ -194,6 +225,10 @@ impl Metrics {
             ];
             for (name, help, v) in counters {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            }
+            out.push_str("# HELP blip2_worker_seconds_total Model-thread seconds of continuous batching, by phase (vision: decoding and encoding joining images; prefill: joining prompts; decode: steps).\n# TYPE blip2_worker_seconds_total counter\n");
+            for (name, v) in PHASES.iter().zip(m.phase_seconds) {
+                let _ = writeln!(out, "blip2_worker_seconds_total{{phase=\"{name}\"}} {v}");
             }
             let _ = writeln!(
                 out,

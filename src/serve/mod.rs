@@ -72,6 +72,11 @@ pub struct ServeOpts {
     /// Longest prompt in tokens (the image's query tokens included).
     #[arg(long, default_value_t = 512)]
     pub max_prompt_tokens: usize,
+    /// Decode steps a request may wait before joining a running batch, so that requests
+    /// arriving meanwhile share its vision and prefill passes (0: it joins at the next
+    /// step; the wait ends early when the waiting requests fill the free rows).
+    #[arg(long, default_value_t = 0)]
+    pub join_wait_steps: usize,
     /// Images whose query features are kept (LRU by image hash; 0 turns the cache off).
     #[arg(long, default_value_t = 256)]
     pub cache_images: usize,
@@ -256,6 +261,7 @@ pub fn serve(o: &ServeOpts) -> anyhow::Result<()> {
         max_prompt_tokens: o.max_prompt_tokens,
         max_batch: o.max_batch,
         max_queue: o.max_queue,
+        join_wait_steps: o.join_wait_steps,
     };
     let api_key = o
         .api_key

@@ -259,6 +259,7 @@ async fn generate(s: S, g: GenRequest, kind: Kind) -> Result<Response, ApiError>
         prompt,
         config,
         events: tx,
+        stream,
         admitted: Instant::now(),
         _slot: slot,
     }))?;

@@ -2,13 +2,15 @@
 //! handlers send [`Job`]s through a channel, and one std thread owning the model runs them.
 //!
 //! Decoder-only language models (OPT, LLaMA) batch continuously ([`continuous`]): between
-//! two decode steps the loop takes the jobs waiting, up to `--max-batch` running rows;
+//! two decode steps the loop takes the jobs waiting, up to `--max-batch` running rows (with
+//! `--join-wait-steps` they may wait a few steps for more to share their passes);
 //! their images not in the feature cache go through preprocessing, the ViT, the Q-Former
 //! and the projection together (the others come from the cache, keyed by the SHA-256 of
-//! the image bytes); each prompt is prefilled alone and joins the running
-//! [`DecodeBatch`]. Every step is one forward pass over all running rows, each with its
-//! own settings (greedy or sampled with its own seed); a row leaves as soon as it ends or
-//! its client disconnects. Beam-search jobs run alone between two steps.
+//! the image bytes); their prompts are prefilled together (one left-padded forward) and
+//! join the running [`DecodeBatch`] in free rows of its cache. Every step is one forward
+//! pass over all running rows, each with its own settings (greedy or sampled with its own
+//! seed); a row leaves as soon as it ends or its client disconnects. Beam-search jobs run
+//! alone between two steps.
 //!
 //! T5 (no step-level batch) is batched per wave ([`waves`]): the loop blocks for one job,
 //! takes every job already waiting up to `--max-batch`, groups generation jobs with the
@@ -29,14 +31,14 @@ use std::time::Instant;
 use blip2::engine::Tensor;
 use blip2::image::DynamicImage;
 use blip2::{
-    Blip2, Blip2Retrieval, DecodeBatch, Generation, GenerationConfig, ImageFeatures, SeqId,
+    Blip2, Blip2Retrieval, DecodeBatch, Generation, GenerationConfig, ImageFeatures, Join, SeqId,
     TextStream, TokenEvent,
 };
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use super::cache::{ImageKey, Lru};
 use super::limits::{ApiError, Limits, from_model_error};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Phase};
 
 /// The loaded checkpoint: a captioning/VQA model or a retrieval one.
 pub enum Loaded {
@@ -77,6 +79,9 @@ pub struct GenJob {
     pub prompt: Option<String>,
     pub config: GenerationConfig,
     pub events: UnboundedSender<Event>,
+    /// Text deltas are sent only to a streamed request (the others wait for `Done`: a
+    /// delta per token would only wake their handler).
+    pub stream: bool,
     pub admitted: Instant,
     /// Held until the job is dropped.
     pub _slot: Slot,
@@ -248,7 +253,8 @@ impl Running<'_> {
             metrics.first_token((now - self.job.admitted).as_secs_f64());
         }
         self.last = Some(now);
-        if let Ok(d) = self.stream.push(e.token_id)
+        if self.job.stream
+            && let Ok(d) = self.stream.push(e.token_id)
             && !d.is_empty()
         {
             let _ = self.job.events.send(Event::Delta(d));
@@ -263,7 +269,8 @@ impl Running<'_> {
                 return;
             }
         };
-        if let Ok(rest) = self.stream.finish()
+        if self.job.stream
+            && let Ok(rest) = self.stream.finish()
             && !rest.is_empty()
         {
             let _ = self.job.events.send(Event::Delta(rest));
@@ -304,26 +311,46 @@ fn continuous(
     let mut next_id: SeqId = 0;
     let max = limits.max_batch.max(1);
     let mut closed = false;
+    // Jobs taken but not joined yet, and the steps the oldest of them has waited.
+    let mut waiting: Vec<Job> = Vec::new();
+    let mut waited = 0;
     loop {
-        // Block only when nothing runs; otherwise take what waits, up to the free rows.
-        let mut jobs = Vec::new();
-        if batch.is_empty() {
+        // Block only when nothing runs or waits; otherwise take what waits, up to the free
+        // rows.
+        if batch.is_empty() && waiting.is_empty() {
             if closed {
                 return;
             }
             match rx.recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => waiting.push(j),
                 Err(_) => return,
             }
         }
-        while !closed && batch.len() + jobs.len() < max {
+        while !closed && batch.len() + waiting.len() < max {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => waiting.push(j),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => closed = true,
             }
         }
-        jobs.retain(|j| !j.abandoned());
+        waiting.retain(|j| !j.abandoned());
+        if waiting.is_empty() {
+            waited = 0;
+        }
+        // With --join-wait-steps, the jobs wait (the batch stepping on) until they fill the
+        // free rows or the oldest has waited that many steps, so that more of them share
+        // one vision pass and one prefill.
+        let join_now = batch.is_empty()
+            || closed
+            || batch.len() + waiting.len() >= max
+            || waited >= limits.join_wait_steps;
+        let jobs = if join_now {
+            waited = 0;
+            std::mem::take(&mut waiting)
+        } else {
+            waited += 1;
+            Vec::new()
+        };
         let mut joining = Vec::new();
         for job in jobs {
             match job {
@@ -382,6 +409,7 @@ fn continuous(
                 }
             })
         }));
+        metrics.phase(Phase::Decode, t.elapsed().as_secs_f64());
         match stepped {
             Ok(Ok(ended)) => {
                 metrics.decode_rate(n as f64 / t.elapsed().as_secs_f64().max(1e-9));
@@ -420,8 +448,8 @@ fn reset<'m>(
     }
 }
 
-/// New jobs join the running batch: features for all of them at once, then each prompt
-/// prefilled alone with its own settings.
+/// New jobs join the running batch: features for all of them at once, then their prompts
+/// prefilled together (one left-padded forward), each row with its own settings.
 #[allow(clippy::too_many_arguments)]
 fn join<'m>(
     model: &'m Blip2,
@@ -434,9 +462,14 @@ fn join<'m>(
     metrics: &Metrics,
     was_running: bool,
 ) {
+    let t = Instant::now();
     let Some((run, features)) = prepare(model, jobs, limits, cache, metrics) else {
         return;
     };
+    metrics.phase(Phase::Vision, t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    // (feature row, request, settings) of the jobs whose settings resolve.
+    let mut new = Vec::with_capacity(run.len());
     for (r, (job, prompt_tokens)) in run.into_iter().enumerate() {
         let settings = match model.resolve_generation(&job.config) {
             Ok(s) => s,
@@ -448,7 +481,7 @@ fn join<'m>(
         let eos = settings.eos_token_ids().to_vec();
         let id = *next_id;
         *next_id = next_id.wrapping_add(1);
-        let mut row = Running {
+        let row = Running {
             stream: TextStream::new(&model.tokenizer, &eos),
             prompt_tokens,
             max_new_tokens: settings.max_new_tokens(),
@@ -457,11 +490,46 @@ fn join<'m>(
             first: None,
             last: None,
         };
-        let prompt = row.job.prompt.clone();
-        let added = batch.add(id, &features, r, prompt.as_deref(), &settings, &mut |e| {
-            row.token(e, metrics)
-        });
-        match added {
+        new.push((id, r, row, settings));
+    }
+    if new.is_empty() {
+        return;
+    }
+    let joins: Vec<Join> = new
+        .iter()
+        .map(|(id, r, row, settings)| Join {
+            id: *id,
+            row: *r,
+            prompt: row.job.prompt.as_deref(),
+            settings,
+        })
+        .collect();
+    let mut firsts: Vec<TokenEvent> = Vec::with_capacity(joins.len());
+    let added = batch.add_many(&features, &joins, &mut |e| firsts.push(*e));
+    drop(joins);
+    metrics.prefill(new.len(), t.elapsed().as_secs_f64());
+    let mut new: HashMap<SeqId, Running> =
+        new.into_iter().map(|(id, _, row, _)| (id, row)).collect();
+    for e in &firsts {
+        if let Some(row) = new.get_mut(&e.row) {
+            row.token(e, metrics);
+        }
+    }
+    let added = match added {
+        Ok(a) => a,
+        Err(e) => {
+            let e = from_model_error(&e);
+            for (_, row) in new {
+                let _ = row.job.events.send(Event::Error(e.clone()));
+            }
+            return;
+        }
+    };
+    for (id, res) in added {
+        let Some(row) = new.remove(&id) else {
+            continue;
+        };
+        match res {
             Ok(None) => {
                 if was_running {
                     metrics.joined_running();
@@ -666,7 +734,8 @@ fn generate(
                 metrics.first_token((now - run[r].0.admitted).as_secs_f64());
             }
             last[r] = Some(now);
-            if let Ok(d) = streams[r].push(e.token_id)
+            if run[r].0.stream
+                && let Ok(d) = streams[r].push(e.token_id)
                 && !d.is_empty()
             {
                 let _ = run[r].0.events.send(Event::Delta(d));
@@ -691,7 +760,8 @@ fn generate(
         metrics.decode_rate(total as f64 / took);
     }
     for (r, ((j, prompt_tokens), g)) in run.into_iter().zip(gens).enumerate() {
-        if let Ok(rest) = streams[r].finish()
+        if j.stream
+            && let Ok(rest) = streams[r].finish()
             && !rest.is_empty()
         {
             let _ = j.events.send(Event::Delta(rest));

@@ -46,12 +46,23 @@ run() { # connections threads
   echo "$rps"
 }
 batch_totals() { curl -s "$URL/metrics" | awk '/^blip2_batch_size_(sum|count) / {v[$1]=$2} END {print v["blip2_batch_size_sum"], v["blip2_batch_size_count"]}'; }
+# Worker seconds by phase (vision, prefill, decode) and prefill batches (sum, count); zeros
+# where the server has no such series.
+phases() { curl -s "$URL/metrics" | awk -F'[ "]' '/^blip2_worker_seconds_total/ {v[$2]=$NF} /^blip2_prefill_batch_size_(sum|count) / {v[$1]=$2} END {printf "%s %s %s %s %s\n", v["vision"]+0, v["prefill"]+0, v["decode"]+0, v["blip2_prefill_batch_size_sum"]+0, v["blip2_prefill_batch_size_count"]+0}'; }
 one=$(run 1 1)
 read -r s0 c0 < <(batch_totals)
+read -r v0 p0 d0 ps0 pc0 < <(phases)
 many=$(run "$CONC" 2)
 read -r s1 c1 < <(batch_totals)
+read -r v1 p1 d1 ps1 pc1 < <(phases)
 batches=$(awk -v a="$s0" -v b="$c0" -v x="$s1" -v y="$c1" 'BEGIN {m = 0; if (y > b) m = (x - a) / (y - b); printf "%.1f", m}')
 echo "model: $(curl -s "$URL/v1/models" | sed 's/.*"id":"\([^"]*\)".*/\1/')  max_tokens=$MAX_TOKENS  duration=${DURATION}s  cpus=$(nproc)"
 echo "1 client:    $one images/s"
 echo "$CONC clients:  $many images/s (mean batch: $batches requests)"
 awk -v a="$one" -v b="$many" 'BEGIN {printf "ratio:       %.2fx\n", b / a}'
+awk -v n="$CONC" -v t="$DURATION" -v v0="$v0" -v v1="$v1" -v p0="$p0" -v p1="$p1" -v d0="$d0" -v d1="$d1" \
+  -v s0="$ps0" -v s1="$ps1" -v c0="$pc0" -v c1="$pc1" 'BEGIN {
+    v = v1 - v0; p = p1 - p0; d = d1 - d0
+    if (v + p + d > 0) printf "worker (%d clients): vision %.1f s, prefill %.1f s, decode %.1f s in %d s; mean prefill batch %.1f\n",
+      n, v, p, d, t, (c1 > c0 ? (s1 - s0) / (c1 - c0) : 0)
+  }'

@@ -1,7 +1,8 @@
 //! Step-level batching for the decoder-only families: a [`RowBatch`] holds running
-//! sequences in the rows of one KV cache. A sequence joins between steps (its prompt is
-//! prefilled alone, at batch 1, and its K/V copied into a new row), every step feeds one
-//! token per row, and rows leave at any step.
+//! sequences in the rows of one KV cache. Sequences join between steps (the prompts that
+//! join at the same step are prefilled together, left-padded, and their K/V written into
+//! free rows of the cache), every step feeds one token per row, and rows leave at any step
+//! (their rows become free, nothing is copied).
 //!
 //! Rows have different lengths, so the cache is laid out as a left-padded batch is in HF:
 //! each row's columns end at the shared write column, the columns before its first token
@@ -21,11 +22,14 @@ use crate::error::{ModelError, Result};
 /// Running sequences of a decoder-only language model, one cache row each.
 pub trait RowBatch: Send {
     fn vocab(&self) -> usize;
+    /// Positions the model can embed (a prompt and its new tokens must fit).
+    fn max_positions(&self) -> usize;
     /// Rows running now.
     fn rows(&self) -> usize;
-    /// Prefills a one-row prompt alone and adds it as the last row; returns its first
-    /// logits `[vocab]`. `max_new_tokens` is checked against the model's positions.
-    fn join(&mut self, input: LmInput, max_new_tokens: usize) -> Result<Vec<f32>>;
+    /// Prefills the left-padded prompts of `input` together (one forward) and adds them
+    /// as the last rows, in order; returns their first logits `[rows · vocab]`. Each row's
+    /// prompt + `max_new_tokens[i]` is checked against the model's positions.
+    fn join(&mut self, input: LmInput, max_new_tokens: &[usize]) -> Result<Vec<f32>>;
     /// Keeps row `src[i]` as row `i` (rows may repeat: beam search).
     fn select_rows(&mut self, src: &[usize]) -> Result<()>;
     /// Feeds one token per row; returns the next `[rows · vocab]` logits.
@@ -105,13 +109,22 @@ causal_lm!(Llama, hidden);
 const GROW: usize = 32;
 
 /// [`RowBatch`] over any [`CausalLm`].
+///
+/// The cache's rows are slots: a running row holds one, a row that leaves frees its slot
+/// without copying the cache, and joining rows are written into free slots (the cache
+/// gains rows only when none is free). Free slots ride along in each step's forward with
+/// a dummy token (their outputs are dropped); the cache is packed again when more than
+/// half its slots are free.
 pub(crate) struct SlotBatch<'a, M: CausalLm> {
     lm: &'a M,
     device: Device,
     /// None while no row runs.
     cache: Option<KvCache>,
-    /// Per row, one flag per cache column (1 = the row's token, 0 = padding).
+    /// Per slot, one flag per cache column (1 = the row's token, 0 = padding). A free
+    /// slot's flags only keep its dummy rows well defined.
     mask: Vec<Vec<u8>>,
+    /// The slot of each running row, in row order.
+    slots: Vec<usize>,
     prefilled: usize,
 }
 
@@ -122,6 +135,7 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
             device,
             cache: None,
             mask: Vec::new(),
+            slots: Vec::new(),
             prefilled: 0,
         }
     }
@@ -147,7 +161,7 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
         let n = embeds.dim(1);
         if embeds.dim(0) != 1 || n == 0 {
             return Err(ModelError::Invalid(format!(
-                "a row joins with one non-empty prompt, not {:?}",
+                "a chat extends one non-empty prompt, not {:?}",
                 embeds.shape()
             )));
         }
@@ -158,20 +172,25 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
         Ok(self.lm.logits(&last)?.to_vec_f32()?)
     }
 
-    /// Room for `n` more columns: drop the columns every row pads, else grow.
+    fn is_free(&self, slot: usize) -> bool {
+        !self.slots.contains(&slot)
+    }
+
+    /// Room for `n` more columns: drop the columns every running row pads, else grow.
     fn ensure_room(&mut self, n: usize) -> Result<()> {
-        let Some(cache) = self.cache.as_mut() else {
+        let Some(cache) = self.cache.as_ref() else {
             return Ok(());
         };
         if cache.len + n <= cache.capacity {
             return Ok(());
         }
         let lead = self
-            .mask
+            .slots
             .iter()
-            .map(|m| m.iter().take_while(|&&v| v == 0).count())
+            .map(|&s| self.mask[s].iter().take_while(|&&v| v == 0).count())
             .min()
             .unwrap_or(0);
+        let cache = self.cache.as_mut().expect("checked above");
         let used = cache.len - lead;
         let capacity = cache.capacity.max(used + n + GROW);
         cache.relayout(lead, 0, capacity)?;
@@ -181,6 +200,22 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
         Ok(())
     }
 
+    /// Copies the running rows into a cache of exactly their slots, in row order.
+    fn pack(&mut self) -> Result<()> {
+        let identity = self.slots.len() == self.mask.len()
+            && self.slots.iter().enumerate().all(|(i, &s)| i == s);
+        if identity {
+            return Ok(());
+        }
+        if let Some(c) = self.cache.as_mut() {
+            c.select_rows(&self.slots)?;
+        }
+        self.mask = self.slots.iter().map(|&s| self.mask[s].clone()).collect();
+        self.slots = (0..self.mask.len()).collect();
+        Ok(())
+    }
+
+    /// `[slots, 1, len]` additive mask, or None when nothing is masked.
     fn mask_tensor(&self) -> Result<Option<Tensor>> {
         if self.mask.iter().all(|m| m.iter().all(|&v| v == 1)) {
             return Ok(None);
@@ -197,6 +232,47 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
             &self.device,
         )?))
     }
+
+    /// Puts the prefilled rows of `rows` (`mask` per row, all ending at `rows.len`) into
+    /// free slots, right-aligned at the write column, as the last running rows.
+    fn place(&mut self, rows: KvCache, mask: Vec<Vec<u8>>) -> Result<()> {
+        let n = rows.len;
+        let Some(cache) = self.cache.as_mut() else {
+            // The first rows: their own cache, with room for the next tokens.
+            let mut rows = rows;
+            rows.relayout(0, 0, n + GROW)?;
+            self.cache = Some(rows);
+            self.slots = (0..mask.len()).collect();
+            self.mask = mask;
+            return Ok(());
+        };
+        if n > cache.len {
+            // Shift the batch right so the new rows end at the write column too.
+            let pad = n - cache.len;
+            let capacity = cache.capacity.max(n + GROW);
+            cache.relayout(0, pad, capacity)?;
+            for m in &mut self.mask {
+                m.splice(0..0, std::iter::repeat_n(0, pad));
+            }
+        }
+        let w = cache.len;
+        let mut free: Vec<usize> = (0..self.mask.len())
+            .filter(|&s| !self.slots.contains(&s))
+            .collect();
+        let more = mask.len().saturating_sub(free.len());
+        if more > 0 {
+            cache.add_rows(more)?;
+            free.extend(self.mask.len()..self.mask.len() + more);
+            self.mask.resize(self.mask.len() + more, vec![0; w]);
+        }
+        free.truncate(mask.len());
+        cache.write_rows(&free, &rows)?;
+        for (m, slot) in mask.into_iter().zip(free) {
+            self.mask[slot] = [vec![0; w - n], m].concat();
+            self.slots.push(slot);
+        }
+        Ok(())
+    }
 }
 
 impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
@@ -204,100 +280,123 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
         self.lm.vocab_size()
     }
 
-    fn rows(&self) -> usize {
-        self.mask.len()
+    fn max_positions(&self) -> usize {
+        self.lm.max_positions()
     }
 
-    fn join(&mut self, input: LmInput, max_new_tokens: usize) -> Result<Vec<f32>> {
+    fn rows(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn join(&mut self, input: LmInput, max_new_tokens: &[usize]) -> Result<Vec<f32>> {
         let LmInput { embeds, batch } = input;
-        if batch.rows.len() != 1 || batch.mask[0].contains(&0) {
-            return Err(ModelError::Invalid(
-                "a row joins with exactly one unpadded prompt".into(),
-            ));
+        let j = batch.rows.len();
+        if j == 0 || max_new_tokens.len() != j || embeds.dim(0) != j || batch.len == 0 {
+            return Err(ModelError::Invalid(format!(
+                "{j} joining prompts with {} limits and embeddings {:?}",
+                max_new_tokens.len(),
+                embeds.shape()
+            )));
         }
+        for (m, &max) in batch.mask.iter().zip(max_new_tokens) {
+            if m.last() != Some(&1) {
+                return Err(ModelError::Invalid(
+                    "joining prompts are left-padded: each ends at the last column".into(),
+                ));
+            }
+            self.check_positions(m.iter().filter(|&&v| v == 1).count(), max)?;
+        }
+        // One left-padded prefill for all of them, as a static batch's.
         let n = batch.len;
-        self.check_positions(n, max_new_tokens)?;
-        let mut row = self.lm.new_cache(1, n, &self.device)?;
-        let logits = self.run_prompt(&embeds, 0, &mut row)?;
-        match self.cache.as_mut() {
-            None => {
-                // The first row: its own cache, with room for the next tokens.
-                row.relayout(0, 0, n + GROW)?;
-                self.cache = Some(row);
-                self.mask = vec![vec![1; n]];
-            }
-            Some(cache) => {
-                if n > cache.len {
-                    // Shift the batch right so the new row ends at the write column too.
-                    let pad = n - cache.len;
-                    let capacity = cache.capacity.max(n + GROW);
-                    cache.relayout(0, pad, capacity)?;
-                    for m in &mut self.mask {
-                        m.splice(0..0, std::iter::repeat_n(0, pad));
-                    }
-                }
-                cache.append_row(&row)?;
-                let w = cache.len;
-                self.mask.push([vec![0; w - n], vec![1; n]].concat());
-            }
-        }
+        let mut rows = self.lm.new_cache(j, n, &self.device)?;
+        let mask = batch.mask_tensor(&self.device)?;
+        let h = self
+            .lm
+            .forward(&embeds, &batch.positions(), mask.as_ref(), &mut rows)?;
+        self.prefilled += batch.mask.iter().flatten().filter(|&&v| v == 1).count();
+        let last = ops::narrow(&h, 1, n - 1, 1)?;
+        let logits = self.lm.logits(&last)?.to_vec_f32()?;
+        self.place(rows, batch.mask)?;
         Ok(logits)
     }
 
     fn select_rows(&mut self, src: &[usize]) -> Result<()> {
-        if src.iter().any(|&s| s >= self.mask.len()) {
+        if src.iter().any(|&s| s >= self.slots.len()) {
             return Err(ModelError::Invalid(format!(
                 "row selection {src:?} out of {} rows",
-                self.mask.len()
+                self.slots.len()
             )));
         }
         if src.is_empty() {
             self.cache = None;
             self.mask.clear();
+            self.slots.clear();
             return Ok(());
         }
-        if let Some(c) = self.cache.as_mut() {
-            c.select_rows(src)?;
+        if src.windows(2).all(|w| w[0] < w[1]) {
+            // Rows leave: their slots are freed, nothing is copied.
+            self.slots = src.iter().map(|&s| self.slots[s]).collect();
+            for s in 0..self.mask.len() {
+                if self.is_free(s) {
+                    self.mask[s].fill(0);
+                }
+            }
+            if self.slots.len() * 2 < self.mask.len() {
+                self.pack()?;
+            }
+            return Ok(());
         }
-        self.mask = src.iter().map(|&s| self.mask[s].clone()).collect();
-        Ok(())
+        // Reordered or repeated rows (beam search): copied.
+        self.slots = src.iter().map(|&s| self.slots[s]).collect();
+        self.pack()
     }
 
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.len() != self.mask.len() || tokens.is_empty() {
+        if tokens.len() != self.slots.len() || tokens.is_empty() {
             return Err(ModelError::Invalid(format!(
                 "{} tokens for {} running rows",
                 tokens.len(),
-                self.mask.len()
+                self.slots.len()
             )));
         }
         self.ensure_room(1)?;
         // As HF: the token is appended and a 1 to the row's mask; its position is the
-        // row's own count of tokens.
+        // row's own count of tokens. A free slot gets a dummy token at position 0 (its mask
+        // lets it see its own dummy columns only).
+        let mut ids = vec![tokens[0]; self.mask.len()];
+        for (&s, &t) in self.slots.iter().zip(tokens) {
+            ids[s] = t;
+        }
         for m in &mut self.mask {
             m.push(1);
         }
-        let positions: Vec<i64> = self
-            .mask
-            .iter()
-            .map(|m| m.iter().map(|&v| v as i64).sum::<i64>() - 1)
+        let positions: Vec<i64> = (0..self.mask.len())
+            .map(|s| {
+                if self.is_free(s) {
+                    0
+                } else {
+                    self.mask[s].iter().map(|&v| v as i64).sum::<i64>() - 1
+                }
+            })
             .collect();
         let mask = self.mask_tensor()?;
         let embeds = self
             .lm
-            .embed(tokens)?
-            .reshape(&[tokens.len(), 1, self.lm.hidden()])?;
+            .embed(&ids)?
+            .reshape(&[ids.len(), 1, self.lm.hidden()])?;
         let cache = self
             .cache
             .as_mut()
             .ok_or_else(|| ModelError::Invalid("no row is running".into()))?;
         let h = self.lm.forward(&embeds, &positions, mask.as_ref(), cache)?;
+        let h = ops::gather_rows(&h, &self.slots)?;
         Ok(self.lm.logits(&h)?.to_vec_f32()?)
     }
 
     fn extend(&mut self, keep: usize, embeds: &Tensor, max_new_tokens: usize) -> Result<Vec<f32>> {
         let n = embeds.dim(1);
         self.check_positions(keep + n, max_new_tokens)?;
+        self.pack()?;
         let Some(mut cache) = self.cache.take() else {
             if keep != 0 {
                 return Err(ModelError::Invalid("no cached tokens to keep".into()));
@@ -306,14 +405,17 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
             let logits = self.run_prompt(embeds, 0, &mut cache)?;
             self.cache = Some(cache);
             self.mask = vec![vec![1; n]];
+            self.slots = vec![0];
             return Ok(logits);
         };
         if self.mask.len() != 1 || self.mask[0].contains(&0) || keep > cache.len {
-            return Err(ModelError::Invalid(format!(
+            let e = ModelError::Invalid(format!(
                 "cannot keep {keep} tokens of a {}-row cache of {} columns",
                 self.mask.len(),
                 cache.len
-            )));
+            ));
+            self.cache = Some(cache);
+            return Err(e);
         }
         cache.truncate(keep);
         let need = keep + n + max_new_tokens;
