@@ -24,6 +24,35 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::linear(x, &self.w, self.b.as_ref())
     }
+
+    /// The layer with its decode fusions (`ops::linear_fused`).
+    pub fn forward_fused(&self, x: &Tensor, f: &ops::LinearFusion) -> Result<Tensor> {
+        ops::linear_fused(x, &self.w, self.b.as_ref(), f)
+    }
+
+    /// Several layers over the same input as one (q/k/v, or with `interleave` gate/up row
+    /// pairs): their weights' rows stacked once at load (`ops::stack_rows`, any dtype), so a
+    /// decode step reads x once and dispatches once.
+    pub fn fuse(parts: &[Linear], interleave: bool) -> Result<Linear> {
+        let ws: Vec<&Tensor> = parts.iter().map(|l| &l.w).collect();
+        let w = ops::stack_rows(&ws, interleave)?;
+        let bs: Option<Vec<&Tensor>> = parts.iter().map(|l| l.b.as_ref()).collect();
+        let b = match bs {
+            Some(bs) => {
+                // Biases are vectors: stack them as [n, 1] columns.
+                let cols = bs
+                    .iter()
+                    .map(|b| b.reshape(&[b.elem_count(), 1]))
+                    .collect::<Result<Vec<_>>>()?;
+                let refs: Vec<&Tensor> = cols.iter().collect();
+                let s = ops::stack_rows(&refs, interleave)?;
+                let n = s.elem_count();
+                Some(s.reshape(&[n])?)
+            }
+            None => None,
+        };
+        Ok(Linear { w, b })
+    }
 }
 
 /// nn.LayerNorm with affine weight and bias.
@@ -45,6 +74,15 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::layer_norm(x, &self.w, &self.b, self.eps)
     }
+
+    /// As the prologue of a fused linear.
+    pub fn prologue(&self) -> ops::NormIn<'_> {
+        ops::NormIn::Layer {
+            w: &self.w,
+            b: &self.b,
+            eps: self.eps,
+        }
+    }
 }
 
 /// T5LayerNorm (RMSNorm, weight only).
@@ -63,6 +101,14 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::rms_norm(x, &self.w, self.eps)
+    }
+
+    /// As the prologue of a fused linear.
+    pub fn prologue(&self) -> ops::NormIn<'_> {
+        ops::NormIn::Rms {
+            w: &self.w,
+            eps: self.eps,
+        }
     }
 }
 

@@ -39,7 +39,7 @@
 //! - Helpers shared by several kernels live once, in fragments under `wgsl/include/`
 //!   ([`INCLUDES`]): a kernel line `// #include "pack.wgsl"` is replaced by the fragment's
 //!   text before anything else (a comment line, so no other tool mistakes it for code).
-//!   `pack.wgsl` has the f16/f32 word loads and the pair store, `reduce.wgsl` the workgroup
+//!   `pack.wgsl` has the f16/f32 word loads and the pair store, `act.wgsl` the activations, `reduce.wgsl` the workgroup
 //!   and subgroup sum/max reductions, `quant.wgsl` the q8/q4 dequantization; each documents at its top what it needs from the
 //!   including kernel. A kernel that includes fragments is valid WGSL once they are pasted
 //!   in (its default constants are then a valid variant); `copy.wgsl` includes none.
@@ -77,6 +77,10 @@ pub const ATTENTION: &str = include_str!("../wgsl/attention.wgsl");
 /// Flash-style attention for many queries (ViT, prefill): K/V tiles in workgroup memory,
 /// online softmax, no score matrix in global memory.
 pub const FLASH_ATTENTION: &str = include_str!("../wgsl/flash_attention.wgsl");
+/// Decode attention of one new token with its K/V appended to the cache in the same pass.
+pub const ATTENTION_DECODE: &str = include_str!("../wgsl/attention_decode.wgsl");
+/// Greedy token choice per row (first maximum), so a decode step reads back ids, not logits.
+pub const ARGMAX: &str = include_str!("../wgsl/argmax.wgsl");
 
 /// Every kernel family, by name (for tests that look at all sources).
 pub const ALL: &[(&str, &str)] = &[
@@ -92,6 +96,8 @@ pub const ALL: &[(&str, &str)] = &[
     (QEmbeddingConsts::NAME, QEMBEDDING),
     (AttentionConsts::NAME, ATTENTION),
     (FlashAttentionConsts::NAME, FLASH_ATTENTION),
+    (AttnDecodeConsts::NAME, ATTENTION_DECODE),
+    (ArgmaxConsts::NAME, ARGMAX),
 ];
 
 /// Shared WGSL fragments (not kernels on their own), by the name kernels include them with.
@@ -99,6 +105,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("pack.wgsl", include_str!("../wgsl/include/pack.wgsl")),
     ("reduce.wgsl", include_str!("../wgsl/include/reduce.wgsl")),
     ("quant.wgsl", include_str!("../wgsl/include/quant.wgsl")),
+    ("act.wgsl", include_str!("../wgsl/include/act.wgsl")),
 ];
 
 /// One kernel family's side of the contract; a value is one pipeline variant.

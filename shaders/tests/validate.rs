@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 
 use blip2_shaders::{
-    AttentionConsts, CopyConsts, ElementwiseConsts, EmbeddingConsts, FlashAttentionConsts,
-    GemvConsts, INCLUDES, Kernel, MatmulConsts, NormConsts, Params, QEmbeddingConsts, QGemvConsts,
-    QMatmulConsts, SoftmaxConsts, specialise,
+    ArgmaxConsts, AttentionConsts, AttnDecodeConsts, CopyConsts, ElementwiseConsts,
+    EmbeddingConsts, FlashAttentionConsts, GemvConsts, INCLUDES, Kernel, MatmulConsts, NormConsts,
+    Params, QEmbeddingConsts, QGemvConsts, QMatmulConsts, SoftmaxConsts, specialise,
 };
 
 fn compile(what: &str, text: &str) -> naga::Module {
@@ -172,6 +172,7 @@ fn reductions_validate_with_and_without_subgroups() {
     variants_validate::<SoftmaxConsts>();
     variants_validate::<AttentionConsts>();
     variants_validate::<FlashAttentionConsts>();
+    variants_validate::<AttnDecodeConsts>();
     variants_validate::<GemvConsts>();
     variants_validate::<QGemvConsts>();
 }
@@ -184,6 +185,7 @@ fn matmul_tiles_validate() {
 
 #[test]
 fn copies_validate() {
+    variants_validate::<ArgmaxConsts>();
     variants_validate::<CopyConsts>();
     variants_validate::<EmbeddingConsts>();
     variants_validate::<QEmbeddingConsts>();
@@ -203,6 +205,8 @@ fn rust_declarations_match_the_wgsl() {
     contract_holds::<QEmbeddingConsts>();
     contract_holds::<AttentionConsts>();
     contract_holds::<FlashAttentionConsts>();
+    contract_holds::<AttnDecodeConsts>();
+    contract_holds::<ArgmaxConsts>();
 }
 
 #[test]

@@ -9,6 +9,9 @@
 /// - `BLIP2_GPU_NO_FUSED_ATTN=1`: attention always as matmul + softmax + matmul.
 /// - `BLIP2_GPU_NO_FLASH_ATTN=1`: attention over more than 32 queries (ViT, prefill) as
 ///   matmul + softmax + matmul instead of the flash kernel (which never writes the scores).
+/// - `BLIP2_GPU_NO_FUSED_DECODE=1`: decode layers unfused: no GEMV norm prologue /
+///   activation, gate or residual epilogues (`ops::linear_fused`), and the new token's K/V
+///   written by a copy before the attention instead of inside it (`ops::attention_append`).
 /// - `BLIP2_GPU_NO_BIND_CACHE=1`: a fresh bind group per dispatch.
 /// - `BLIP2_GPU_MAX_BATCH=N`: dispatches recorded before a submit (default 1024).
 /// - `BLIP2_GPU_POOL_MB=N`: bytes of free buffers the pool keeps (default 2048 MiB).
@@ -22,6 +25,7 @@ pub struct GpuOptions {
     pub vec4: bool,
     pub fused_attention: bool,
     pub flash_attention: bool,
+    pub fused_decode: bool,
     pub bind_group_cache: bool,
     pub max_batch: usize,
     pub pool_bytes: u64,
@@ -37,6 +41,7 @@ impl Default for GpuOptions {
             vec4: true,
             fused_attention: true,
             flash_attention: true,
+            fused_decode: true,
             bind_group_cache: true,
             max_batch: 1024,
             pool_bytes: 2048 << 20,
@@ -66,6 +71,7 @@ impl GpuOptions {
             vec4: !flag("BLIP2_GPU_NO_VEC4"),
             fused_attention: !flag("BLIP2_GPU_NO_FUSED_ATTN"),
             flash_attention: !flag("BLIP2_GPU_NO_FLASH_ATTN"),
+            fused_decode: !flag("BLIP2_GPU_NO_FUSED_DECODE"),
             bind_group_cache: !flag("BLIP2_GPU_NO_BIND_CACHE"),
             max_batch: number("BLIP2_GPU_MAX_BATCH")
                 .map_or(d.max_batch, |n| n.clamp(1, 65536) as usize),
