@@ -912,13 +912,13 @@ pub(crate) fn attention_append(
 }
 
 /// `ops::argmax_rows` in one dispatch (argmax.wgsl), reading back 8 bytes a row; `None`
-/// with more excluded ids than the kernel takes.
+/// with more excluded ids than the kernel takes, or with the switch off.
 pub(crate) fn argmax_rows(
     g: &Ctx,
     x: &Tensor,
     exclude: &[u32],
 ) -> Result<Option<(Vec<u32>, Vec<u32>)>> {
-    if exclude.len() > ArgmaxConsts::MAX_EXCLUDED {
+    if !g.opts.device_argmax || exclude.len() > ArgmaxConsts::MAX_EXCLUDED {
         return Ok(None);
     }
     let (rows, n) = (x.dim(0), x.dim(1));
