@@ -132,3 +132,57 @@ fn opt_2_7b_wide_decode_step_is_at_most_8_dispatches_per_layer() {
     eprintln!("OPT-2.7B width, 2 layers: {d} dispatches per decode step");
     assert!(d <= PER_LAYER * 2 + CONSTANT, "{d} dispatches per step");
 }
+
+/// Tokens chosen on the device are the host's choice: the same fixtures generated greedily
+/// (min_new_tokens = max_new_tokens, so every step bans eos through the kernel's exclusion)
+/// on a context with the device argmax and on one without it (logits read back, host
+/// argmax after the processors) give the same ids, and only the first reads 8 bytes a step.
+#[test]
+fn device_greedy_tokens_are_the_host_argmax() {
+    use blip2::engine::gpu::{GpuContext, GpuOptions};
+    let Some(dev) = gpu() else { return };
+    let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    let host = Device::Gpu(std::sync::Arc::new(
+        GpuContext::with_options(GpuOptions {
+            device_argmax: false,
+            ..GpuOptions::from_env()
+        })
+        .unwrap(),
+    ));
+    for name in ["blip2-opt-tiny", "blip2-flan-t5-tiny"] {
+        let run = |d: &Device| {
+            let model = load(name, d, DType::F32);
+            let imgs = [image("rgb"), image("jpeg")];
+            let refs: Vec<_> = imgs.iter().collect();
+            let feats = model.image_features(&refs).unwrap();
+            let settings = model
+                .resolve_generation(&GenerationConfig {
+                    max_new_tokens: 7,
+                    min_new_tokens: 7,
+                    ..Default::default()
+                })
+                .unwrap();
+            let mut marks = Vec::new();
+            let out = model
+                .generate_from_features_with(
+                    &feats,
+                    &[None, Some("Question: what is it? Answer:")],
+                    &settings,
+                    &mut |e| {
+                        if e.row == 0 {
+                            marks.push(stats(d))
+                        }
+                    },
+                )
+                .unwrap();
+            let ids: Vec<Vec<u32>> = out.into_iter().map(|g| g.token_ids).collect();
+            (ids, per_step(&marks).readback_bytes)
+        };
+        let (on_device, dev_bytes) = run(&dev);
+        let (on_host, host_bytes) = run(&host);
+        assert_eq!(on_device, on_host, "{name}");
+        // Two rows: 8 bytes each, against two logits rows.
+        assert_eq!(dev_bytes, 16, "{name}");
+        assert!(host_bytes > 16, "{name}: {host_bytes}");
+    }
+}

@@ -887,11 +887,14 @@ fn add_mul_broadcast_across_work_items() {
     }
 }
 
+/// A reference norm: weight, bias (LayerNorm), eps, RMS.
+type RefNorm<'a> = (&'a [f64], Option<&'a [f64]>, f64, bool);
+
 /// The f64 reference of `ops::linear_fused`: norm, linear, act or gate, residual.
 #[allow(clippy::too_many_arguments)]
 fn ref_linear_fused(
     x: &[f64],
-    norm: Option<(&[f64], Option<&[f64]>, f64, bool)>,
+    norm: Option<RefNorm>,
     w: &[f64],
     b: Option<&[f64]>,
     act: Option<fn(f64) -> f64>,
@@ -1036,7 +1039,10 @@ fn linear_fused_with_quantized_weights() {
                     gated: true,
                     residual: None,
                 };
-                let got = ops::linear_fused(&x, &w, None, &f).unwrap().to_vec_f32().unwrap();
+                let got = ops::linear_fused(&x, &w, None, &f)
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
                 let w2 = Tensor::quantize(&rng.vec(n / 2 * k, -1.0, 1.0), &[n / 2, k], wd, &dev)
                     .unwrap();
                 let w2v: Vec<f64> = w2.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
@@ -1044,16 +1050,29 @@ fn linear_fused_with_quantized_weights() {
                     residual: Some(&r),
                     ..Default::default()
                 };
-                let got_r = ops::linear_fused(&x, &w2, None, &fr).unwrap().to_vec_f32().unwrap();
+                let got_r = ops::linear_fused(&x, &w2, None, &fr)
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
                 if matches!(dev, Device::Cpu) {
                     let y = ops::linear(&ops::rms_norm(&x, &nw, 1e-6).unwrap(), &w, None).unwrap();
                     let pairs = y.reshape(&[m, n / 2, 2]).unwrap();
-                    let gate = ops::narrow(&pairs, 2, 0, 1).unwrap().reshape(&[m, n / 2]).unwrap();
-                    let up = ops::narrow(&pairs, 2, 1, 1).unwrap().reshape(&[m, n / 2]).unwrap();
+                    let gate = ops::narrow(&pairs, 2, 0, 1)
+                        .unwrap()
+                        .reshape(&[m, n / 2])
+                        .unwrap();
+                    let up = ops::narrow(&pairs, 2, 1, 1)
+                        .unwrap()
+                        .reshape(&[m, n / 2])
+                        .unwrap();
                     let want = ops::mul(&ops::gelu_tanh(&gate).unwrap(), &up).unwrap();
                     assert_eq!(got, want.to_vec_f32().unwrap(), "gated {wd} on the CPU");
                     let want_r = ops::add(&r, &ops::linear(&x, &w2, None).unwrap()).unwrap();
-                    assert_eq!(got_r, want_r.to_vec_f32().unwrap(), "residual {wd} on the CPU");
+                    assert_eq!(
+                        got_r,
+                        want_r.to_vec_f32().unwrap(),
+                        "residual {wd} on the CPU"
+                    );
                     continue;
                 }
                 let want = ref_linear_fused(
