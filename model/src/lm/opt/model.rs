@@ -6,7 +6,7 @@ use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
 use super::OptConfig;
 pub use crate::lm::kv::KvCache;
-use crate::nn::{LayerNorm, Linear, activation};
+use crate::nn::{LayerNorm, Linear, StackedLinear, activation};
 use crate::weights::WeightLoader;
 
 /// HF's OPTLearnedPositionalEmbedding skips the first two rows.
@@ -14,8 +14,8 @@ const POSITION_OFFSET: u32 = 2;
 
 struct Layer {
     ln_attn: LayerNorm,
-    /// q, k and v projections stacked into one `[3D, D]` linear (`Linear::fuse`).
-    qkv: Linear,
+    /// q, k and v projections, stacked into one `[3D, D]` linear on a GPU.
+    qkv: StackedLinear,
     out: Linear,
     ln_ffn: LayerNorm,
     fc1: Linear,
@@ -70,8 +70,8 @@ impl Opt {
             .map(|i| {
                 let l = dec.pp("layers").pp(i.to_string());
                 let a = l.pp("self_attn");
-                let qkv = Linear::fuse(
-                    &[
+                let qkv = StackedLinear::new(
+                    vec![
                         Linear::load(&a.pp("q_proj"), d, d, bias),
                         Linear::load(&a.pp("k_proj"), d, d, bias),
                         Linear::load(&a.pp("v_proj"), d, d, bias),

@@ -7,7 +7,7 @@ use blip2_engine::ops::LinearFusion;
 use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
 use super::T5Config;
-use crate::nn::{Linear, RmsNorm, activation};
+use crate::nn::{Linear, RmsNorm, StackedLinear, activation};
 use crate::weights::WeightLoader;
 
 /// HF `_relative_position_bucket`, with the logarithm in f32 as torch computes it.
@@ -41,9 +41,9 @@ pub fn relative_position_bucket(
     bucket as usize
 }
 
-/// Self-attention: q, k and v stacked into one `[3·inner, d]` linear (`Linear::fuse`).
+/// Self-attention: q, k and v, stacked into one `[3·inner, d]` linear on a GPU.
 struct SelfAttention {
-    qkv: Linear,
+    qkv: StackedLinear,
     o: Linear,
     inner: usize,
 }
@@ -52,7 +52,7 @@ impl SelfAttention {
     fn load(vb: &WeightLoader, d: usize, inner: usize) -> crate::Result<SelfAttention> {
         let parts = ["q", "k", "v"].map(|n| Linear::load(&vb.pp(n), d, inner, false));
         Ok(SelfAttention {
-            qkv: Linear::fuse(&parts, false)?,
+            qkv: StackedLinear::new(parts.into(), false)?,
             o: Linear::load(&vb.pp("o"), inner, d, false),
             inner,
         })
@@ -79,9 +79,9 @@ impl CrossAttention {
 }
 
 /// Feed-forward; a gated one (Flan-T5) keeps wi_0 (gate) and wi_1 (up) as interleaved row
-/// pairs of one linear (`Linear::fuse`), which `ops::linear_fused` gates in its epilogue.
+/// pairs of one linear on a GPU, which `ops::linear_fused` gates in its epilogue.
 struct Ffn {
-    wi: Linear,
+    wi: StackedLinear,
     gated: bool,
     wo: Linear,
     act: ops::Unary,
@@ -91,13 +91,13 @@ impl Ffn {
     fn load(vb: &WeightLoader, cfg: &T5Config) -> crate::Result<Ffn> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         let wi = if cfg.is_gated_act {
-            let parts = [
+            let parts = vec![
                 Linear::load(&vb.pp("wi_0"), d, ff, false),
                 Linear::load(&vb.pp("wi_1"), d, ff, false),
             ];
-            Linear::fuse(&parts, true)?
+            StackedLinear::new(parts, true)?
         } else {
-            Linear::load(&vb.pp("wi"), d, ff, false)
+            StackedLinear::One(Linear::load(&vb.pp("wi"), d, ff, false))
         };
         Ok(Ffn {
             wi,
