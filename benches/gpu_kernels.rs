@@ -232,5 +232,91 @@ fn norms(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, gemv, attention, norms);
+/// The decode fusions (issue 14): OPT-2.7B's LayerNorm + fused q/k/v GEMV (2560 -> 7680),
+/// LayerNorm + fc1 + ReLU (2560 -> 10240) and fc2 + residual (10240 -> 2560), f16 weights,
+/// and the attention that appends the token's K/V over a 256-column cache.
+fn fused_decode(c: &mut Criterion) {
+    let Some(s) = setup() else { return };
+    let dev = &s.dev;
+    let mut g = c.benchmark_group("gpu_fused_decode");
+    configure(&mut g, s.slow);
+    let d = 2560usize;
+    let x = rand_tensor(&[1, d], DType::F32, dev, 13);
+    let nw = rand_tensor(&[d], DType::F32, dev, 14);
+    let nb = rand_tensor(&[d], DType::F32, dev, 15);
+    let ln = ops::NormIn::Layer {
+        w: &nw,
+        b: &nb,
+        eps: 1e-5,
+    };
+    let up = rand_tensor(&[4 * d], DType::F32, dev, 16)
+        .reshape(&[1, 4 * d])
+        .expect("reshape");
+    let cases: [(&str, usize, usize, ops::LinearFusion); 3] = [
+        (
+            "ln_qkv",
+            d,
+            3 * d,
+            ops::LinearFusion {
+                norm: Some(ln),
+                ..Default::default()
+            },
+        ),
+        (
+            "ln_fc1_relu",
+            d,
+            4 * d,
+            ops::LinearFusion {
+                norm: Some(ln),
+                act: Some(ops::Unary::Relu),
+                ..Default::default()
+            },
+        ),
+        (
+            "fc2_residual",
+            4 * d,
+            d,
+            ops::LinearFusion {
+                residual: Some(&x),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, k, n, f) in cases {
+        let w = rand_tensor(&[n, k], DType::F16, dev, 17);
+        let input = if k == d { &x } else { &up };
+        g.throughput(Throughput::Bytes(w.size_in_bytes() as u64));
+        g.bench_function(BenchmarkId::new(name, format!("1x{k}x{n}")), |it| {
+            it.iter(|| {
+                let y = ops::linear_fused(input, &w, None, &f).expect("linear_fused");
+                dev.synchronize().expect("sync");
+                y
+            })
+        });
+    }
+    let (h, hd, cap) = (32usize, 80usize, 257usize);
+    let qkv = rand_tensor(&[1, 1, 3 * h * hd], DType::F32, dev, 18);
+    let mut kc = rand_tensor(&[1, h, cap, hd], DType::F32, dev, 19);
+    let mut vc = rand_tensor(&[1, h, cap, hd], DType::F32, dev, 20);
+    let opts = AttnOpts {
+        scale: (hd as f32).powf(-0.5),
+        causal: true,
+        ..AttnOpts::default()
+    };
+    g.throughput(Throughput::Elements((4 * h * 256 * hd) as u64));
+    g.bench_function(
+        BenchmarkId::new("attention_append", format!("1x{h}x1x256x{hd}")),
+        |it| {
+            it.iter(|| {
+                let y = ops::attention_append(&qkv, &mut kc, &mut vc, 255, &opts)
+                    .expect("attention_append");
+                dev.synchronize().expect("sync");
+                y
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, matmul, gemv, attention, norms, fused_decode);
 criterion_main!(benches);

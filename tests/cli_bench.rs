@@ -40,13 +40,14 @@ fn bench_reports_per_step_gpu_counters_and_layers() {
     }
     let gpu = bench_json("gpu");
     assert_eq!(gpu["layers"].as_u64(), Some(layers));
-    // A decode step runs every layer's dispatches at least once, submits at least once and
-    // reads back at least the chosen token's data.
+    // Issue 14: a decode step is at most 8 dispatches per layer plus a constant (the
+    // embedding gathers, final norm and LM head: tests/decode_dispatches.rs), one submit,
+    // and greedy reads back the token chosen on the device with its row's non-finite count
+    // (8 bytes; at most 64 is the bound).
     let dispatches = gpu["gpu_dispatches_per_token"].as_u64().unwrap();
     assert!(dispatches >= layers, "{gpu}");
-    assert!(gpu["gpu_submits_per_token"].as_u64().unwrap() >= 1, "{gpu}");
-    assert!(
-        gpu["readback_bytes_per_token"].as_u64().unwrap() >= 4,
-        "{gpu}"
-    );
+    assert!(dispatches <= 8 * layers + 6, "{gpu}");
+    assert_eq!(gpu["gpu_submits_per_token"].as_u64(), Some(1), "{gpu}");
+    let readback = gpu["readback_bytes_per_token"].as_u64().unwrap();
+    assert!((4..=64).contains(&readback), "{gpu}");
 }

@@ -81,3 +81,27 @@ pub(crate) fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usiz
         shape[axis + 1..].iter().product(),
     )
 }
+
+/// Prologue of [`crate::ops::linear_fused`]: a norm of x's rows over the last dim.
+#[derive(Clone, Copy, Debug)]
+pub enum NormIn<'a> {
+    /// LayerNorm with weight and bias.
+    Layer {
+        w: &'a Tensor,
+        b: &'a Tensor,
+        eps: f32,
+    },
+    /// T5's RMSNorm with weight.
+    Rms { w: &'a Tensor, eps: f32 },
+}
+
+/// What [`crate::ops::linear_fused`] fuses around `x · wᵀ + b`: y = linear(norm(x)), then
+/// `act(y)`, or with `gated` `act(y[.., 2j]) · y[.., 2j+1]` (gate and up rows interleaved
+/// in w), then `+ residual`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinearFusion<'a> {
+    pub norm: Option<NormIn<'a>>,
+    pub act: Option<Unary>,
+    pub gated: bool,
+    pub residual: Option<&'a Tensor>,
+}

@@ -5,7 +5,7 @@
 //! operand of add/mul, embedding tables) may have either dtype independently; backends
 //! convert as they read. Masks and attention biases are F32. All arithmetic is f32.
 
-pub use crate::desc::{AttnDims, AttnOpts, Binary, MatmulDims, Unary};
+pub use crate::desc::{AttnDims, AttnOpts, Binary, LinearFusion, MatmulDims, NormIn, Unary};
 use crate::{DType, Device, Error, Result, Tensor, cpu, gpu};
 
 fn check_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -500,6 +500,10 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
         ));
     }
     let (b, l, d) = (x.dim(0), x.dim(1), x.dim(2) / heads);
+    if l == 1 {
+        // One position (decode): [B, 1, H·d] and [B, H, 1, d] are the same memory.
+        return x.reshape(&[b, heads, 1, d]);
+    }
     permute_0213(x, [b, l, heads, d])
 }
 
@@ -514,6 +518,9 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
         ));
     }
     let (b, h, l, d) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    if l == 1 {
+        return x.reshape(&[b, 1, h * d]);
+    }
     permute_0213(x, [b, h, l, d])?.reshape(&[b, l, h * d])
 }
 
@@ -663,4 +670,319 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
         Device::Cpu => cpu::cast(x, dtype),
         Device::Gpu(g) => gpu::ops::cast(g, x, dtype),
     }
+}
+
+/// A linear layer with its decode fusions (see [`LinearFusion`]): `norm(x)` as the prologue,
+/// `act` or the gate (`gated`: w's rows interleave gate and up rows, out `[.., N/2]`) and
+/// `residual` (shaped as the output) as the epilogue. The GPU runs it as one GEMV dispatch
+/// when x has 1..=4 rows and the fusion is one its kernels have; everything else (and the
+/// CPU, the numeric reference) composes the plain ops in the same order.
+pub fn linear_fused(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    f: &LinearFusion,
+) -> Result<Tensor> {
+    const OP: &str = "linear_fused";
+    check_float(OP, &[("x", x)])?;
+    check_rank_min(OP, "x", x, 1)?;
+    match f.norm {
+        Some(NormIn::Layer { w: nw, b: nb, .. }) => {
+            check_float(OP, &[("norm weight", nw), ("norm bias", nb)])?;
+            check_norm_param(OP, "norm weight", x, nw)?;
+            check_norm_param(OP, "norm bias", x, nb)?;
+        }
+        Some(NormIn::Rms { w: nw, .. }) => {
+            check_float(OP, &[("norm weight", nw)])?;
+            check_norm_param(OP, "norm weight", x, nw)?;
+        }
+        None => {}
+    }
+    if w.rank() != 2 {
+        return Err(Error::shape(
+            OP,
+            format!("weight: expected [N, K], found {:?}", w.shape()),
+        ));
+    }
+    let n = w.dim(0);
+    if f.gated && (f.act.is_none() || !n.is_multiple_of(2)) {
+        return Err(Error::shape(
+            OP,
+            format!("a gated linear needs an activation and an even N, found N = {n}"),
+        ));
+    }
+    let mut out_shape = x.shape().to_vec();
+    if let Some(l) = out_shape.last_mut() {
+        *l = if f.gated { n / 2 } else { n };
+    }
+    if let Some(r) = f.residual {
+        check_float(OP, &[("residual", r)])?;
+        check_device(OP, x, r)?;
+        check_shape(OP, "residual", r, &out_shape)?;
+    }
+    if let Device::Gpu(g) = x.device() {
+        // The linear's own guards run in `linear` on the fallback path; the fused kernel
+        // needs the same ones first.
+        if w.dim(1) == last(x)
+            && w.device().same(x.device())
+            && b.is_none_or(|b| b.device().same(x.device()) && b.shape() == [n].as_slice())
+            && let Some(t) = gpu::ops::linear_fused(g, x, w, b, f, out_shape)?
+        {
+            return Ok(t);
+        }
+    }
+    linear_fused_composed(x, w, b, f)
+}
+
+/// [`linear_fused`] as plain ops (the CPU path and the GPU fallback).
+fn linear_fused_composed(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    f: &LinearFusion,
+) -> Result<Tensor> {
+    let normed;
+    let x = match f.norm {
+        Some(NormIn::Layer { w: nw, b: nb, eps }) => {
+            normed = layer_norm(x, nw, nb, eps)?;
+            &normed
+        }
+        Some(NormIn::Rms { w: nw, eps }) => {
+            normed = rms_norm(x, nw, eps)?;
+            &normed
+        }
+        None => x,
+    };
+    let mut y = linear(x, w, b)?;
+    if f.gated {
+        let lead = &y.shape()[..y.rank() - 1];
+        let (rows, n) = (lead.iter().product::<usize>(), last(&y));
+        let mut shape = lead.to_vec();
+        shape.push(n / 2);
+        let pairs = y.reshape(&[rows, n / 2, 2])?;
+        let gate = narrow(&pairs, 2, 0, 1)?.reshape(&shape)?;
+        let up = narrow(&pairs, 2, 1, 1)?.reshape(&shape)?;
+        let act = f.act.unwrap_or(Unary::Relu);
+        y = mul(&unary(&gate, act)?, &up)?;
+    } else if let Some(act) = f.act {
+        y = unary(&y, act)?;
+    }
+    match f.residual {
+        Some(r) => add(r, &y),
+        None => Ok(y),
+    }
+}
+
+/// Attention of new tokens over a KV cache with their keys and values appended first:
+/// `qkv` `[B, L, 3·H·d]` is a fused projection (q, k, v blocks of H·d), the caches are
+/// `[B, H, capacity, d]` and get the new K/V at columns `pos..pos + L`; the result is
+/// `[B, L, H·d]` (heads merged) over `pos + L` keys (`opts.kv_len` is ignored). The GPU does
+/// one token (decode) in one dispatch; otherwise this is narrow, split_heads, write_at,
+/// attention and merge_heads.
+pub fn attention_append(
+    qkv: &Tensor,
+    k_cache: &mut Tensor,
+    v_cache: &mut Tensor,
+    pos: usize,
+    opts: &AttnOpts,
+) -> Result<Tensor> {
+    const OP: &str = "attention_append";
+    check_float(OP, &[("qkv", qkv), ("k", k_cache), ("v", v_cache)])?;
+    check_device(OP, qkv, k_cache)?;
+    check_device(OP, qkv, v_cache)?;
+    if qkv.rank() != 3
+        || k_cache.rank() != 4
+        || k_cache.shape() != v_cache.shape()
+        || k_cache.dim(0) != qkv.dim(0)
+        || 3 * k_cache.dim(1) * k_cache.dim(3) != qkv.dim(2)
+    {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "expected qkv [B, L, 3·H·d] and caches [B, H, cap, d]; found {:?}, {:?}, {:?}",
+                qkv.shape(),
+                k_cache.shape(),
+                v_cache.shape()
+            ),
+        ));
+    }
+    let (l, heads) = (qkv.dim(1), k_cache.dim(1));
+    let hidden = qkv.dim(2) / 3;
+    if pos + l > k_cache.dim(2) {
+        return Err(Error::Limit {
+            what: "KV cache".into(),
+            needed: (pos + l) as u64,
+            limit: k_cache.dim(2) as u64,
+        });
+    }
+    let lk = pos + l;
+    if let Some(m) = opts.mask {
+        check_device(OP, qkv, m)?;
+        check_f32(OP, "mask", m)?;
+        if m.rank() != 3
+            || m.dim(0) != qkv.dim(0)
+            || (m.dim(1) != 1 && m.dim(1) != l)
+            || m.dim(2) != lk
+        {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "mask: expected [{}, 1 or {l}, {lk}], found {:?}",
+                    qkv.dim(0),
+                    m.shape()
+                ),
+            ));
+        }
+    }
+    if let Some(bias) = opts.bias {
+        check_device(OP, qkv, bias)?;
+        check_f32(OP, "bias", bias)?;
+        check_shape(OP, "bias", bias, &[heads, l, lk])?;
+    }
+    let opts = AttnOpts {
+        kv_len: Some(lk),
+        ..*opts
+    };
+    if let Device::Gpu(g) = qkv.device().clone()
+        && let Some(t) = gpu::ops::attention_append(&g, qkv, k_cache, v_cache, pos, &opts)?
+    {
+        return Ok(t);
+    }
+    let q = split_heads(&narrow(qkv, 2, 0, hidden)?, heads)?;
+    let k = split_heads(&narrow(qkv, 2, hidden, hidden)?, heads)?;
+    let v = split_heads(&narrow(qkv, 2, 2 * hidden, hidden)?, heads)?;
+    write_at(k_cache, &k, 2, pos)?;
+    write_at(v_cache, &v, 2, pos)?;
+    merge_heads(&attention(&q, k_cache, v_cache, &opts)?)
+}
+
+/// Rows of the matrices `parts` (`[R_i, K]`, one dtype and device) stacked into one
+/// `[ΣR_i, K]` matrix, or with `interleave` (equal R) row r of every part in turn: load-time
+/// fusion of projections (q/k/v into one, gate/up pairs). Quantized rows are moved as bytes
+/// (exactly the quants and scales of the parts); bf16 goes through its f32 values (exact).
+pub fn stack_rows(parts: &[&Tensor], interleave: bool) -> Result<Tensor> {
+    const OP: &str = "stack_rows";
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::Invalid("stack_rows of zero tensors".into()))?;
+    let cols = last(first);
+    for t in parts {
+        check_device(OP, first, t)?;
+        if t.rank() != 2 || t.dim(1) != cols || t.dtype() != first.dtype() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "parts must be [R, {cols}] matrices of one dtype; found {:?} ({})",
+                    t.shape(),
+                    t.dtype()
+                ),
+            ));
+        }
+        if interleave && t.dim(0) != first.dim(0) {
+            return Err(Error::shape(OP, "interleaved parts need equal rows"));
+        }
+    }
+    let rows: usize = parts.iter().map(|t| t.dim(0)).sum();
+    let device = first.device().clone();
+    if let Some(format) = first.dtype().quant_format() {
+        let data = parts
+            .iter()
+            .map(|t| t.quant_data())
+            .collect::<Result<Vec<_>>>()?;
+        let (rb, sb) = (format.row_bytes(cols), crate::QFormat::row_blocks(cols));
+        let mut qs = Vec::with_capacity(rows * rb);
+        let mut scales: Vec<u8> = Vec::with_capacity(rows * sb * 2);
+        let mut put = |d: &crate::quant::QuantData, r: usize| {
+            qs.extend_from_slice(&d.qs.as_slice()[r * rb..(r + 1) * rb]);
+            for s in &d.scales[r * sb..(r + 1) * sb] {
+                scales.extend_from_slice(&s.to_bits().to_le_bytes());
+            }
+        };
+        if interleave {
+            for r in 0..first.dim(0) {
+                for d in &data {
+                    put(d, r);
+                }
+            }
+        } else {
+            for d in &data {
+                for r in 0..d.rows {
+                    put(d, r);
+                }
+            }
+        }
+        return Tensor::from_quantized(
+            first.dtype(),
+            &[rows, cols],
+            crate::QuantBytes::Owned(qs),
+            &scales,
+            &device,
+        );
+    }
+    if first.dtype().is_packed() {
+        let host = parts
+            .iter()
+            .map(|t| t.to_vec_f32())
+            .collect::<Result<Vec<_>>>()?;
+        let mut all = Vec::with_capacity(rows * cols);
+        if interleave {
+            for r in 0..first.dim(0) {
+                for h in &host {
+                    all.extend_from_slice(&h[r * cols..(r + 1) * cols]);
+                }
+            }
+        } else {
+            for h in &host {
+                all.extend_from_slice(h);
+            }
+        }
+        return Tensor::from_slice(&all, &[rows, cols], first.dtype(), &device);
+    }
+    if interleave {
+        let r = first.dim(0);
+        let views = parts
+            .iter()
+            .map(|t| t.reshape(&[r, 1, cols]))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Tensor> = views.iter().collect();
+        return concat(&refs, 1)?.reshape(&[rows, cols]);
+    }
+    concat(parts, 0)
+}
+
+/// Greedy choice per row of `x` `[R, V]` with the `exclude` ids impossible: the first index
+/// of the maximum (NaN and −inf never win; a row without a candidate gives 0, as the host's
+/// `argmax` in the generation loop) and each row's count of non-finite entries before
+/// exclusion. On the GPU one dispatch, and 8 bytes a row read back instead of the logits.
+pub fn argmax_rows(x: &Tensor, exclude: &[u32]) -> Result<(Vec<u32>, Vec<u32>)> {
+    const OP: &str = "argmax_rows";
+    check_float(OP, &[("x", x)])?;
+    if x.rank() != 2 || x.dim(1) == 0 {
+        return Err(Error::shape(
+            OP,
+            format!("expected [rows, n] with n > 0, found {:?}", x.shape()),
+        ));
+    }
+    if let Device::Gpu(g) = x.device()
+        && let Some(r) = gpu::ops::argmax_rows(g, x, exclude)?
+    {
+        return Ok(r);
+    }
+    let n = x.dim(1);
+    let v = x.to_vec_f32()?;
+    Ok(v.chunks(n).map(|row| host_argmax(row, exclude)).unzip())
+}
+
+/// [`argmax_rows`] of one host row.
+fn host_argmax(row: &[f32], exclude: &[u32]) -> (u32, u32) {
+    let bad = row.iter().filter(|v| !v.is_finite()).count() as u32;
+    let mut best = 0;
+    let mut bv = f32::NEG_INFINITY;
+    for (i, &v) in row.iter().enumerate() {
+        if v > bv && !exclude.contains(&(i as u32)) {
+            bv = v;
+            best = i;
+        }
+    }
+    (best as u32, bad)
 }

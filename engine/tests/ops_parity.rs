@@ -886,3 +886,400 @@ fn add_mul_broadcast_across_work_items() {
         }
     }
 }
+
+/// A reference norm: weight, bias (LayerNorm), eps, RMS.
+type RefNorm<'a> = (&'a [f64], Option<&'a [f64]>, f64, bool);
+
+/// The f64 reference of `ops::linear_fused`: norm, linear, act or gate, residual.
+#[allow(clippy::too_many_arguments)]
+fn ref_linear_fused(
+    x: &[f64],
+    norm: Option<RefNorm>,
+    w: &[f64],
+    b: Option<&[f64]>,
+    act: Option<fn(f64) -> f64>,
+    gated: bool,
+    residual: Option<&[f64]>,
+    (m, k, n): (usize, usize, usize),
+) -> Vec<f64> {
+    let xn = match norm {
+        Some((nw, nb, eps, rms)) => ref_norm(x, nw, nb, k, eps, rms),
+        None => x.to_vec(),
+    };
+    let y = ref_linear(&xn, w, b, m, k, n);
+    let mut out: Vec<f64> = match (gated, act) {
+        (true, Some(f)) => y.chunks(2).map(|p| f(p[0]) * p[1]).collect(),
+        (false, Some(f)) => y.iter().map(|&v| f(v)).collect(),
+        _ => y,
+    };
+    if let Some(r) = residual {
+        out.iter_mut().zip(r).for_each(|(o, r)| *o += r);
+    }
+    out
+}
+
+fn gelu_tanh64(v: f64) -> f64 {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())
+}
+
+/// Every fusion the decoders use (and one the GEMV kernels do not have, which runs
+/// composed), on GEMV row counts and one above (composed), odd K (no vector loads), f32/f16
+/// x and weights. Tolerance: f32 x: `tol` (1e-10), as plain `linear`: f32 accumulation
+/// everywhere, and the GPU's GELU/SiLU use the elementwise kernel's exp/erf approximations
+/// (checked against f64 above). f16 x: 1e-5, ten times `tol`: the composed path (the CPU,
+/// and the GPU for fusions without a kernel) stores up to four f16 intermediates (normed x,
+/// y, act(gate), the product), each rounding adding NMSE ≈ 8e-8 of its own magnitude, and a
+/// gate's product of two rounded factors doubles it; with a handful of outputs one unlucky
+/// element dominates the ratio (seen: 4.4e-6 for 3 outputs).
+#[test]
+fn linear_fused_matches_reference() {
+    type Act = (blip2_engine::ops::Unary, fn(f64) -> f64);
+    let relu: Act = (ops::Unary::Relu, |v| v.max(0.0));
+    let gelu_t: Act = (ops::Unary::GeluTanh, gelu_tanh64);
+    let silu: Act = (ops::Unary::Silu, |v| v / (1.0 + (-v).exp()));
+    // (norm: 0 none / 1 layer / 2 rms, act, gated, residual, bias)
+    let fusions: [(u8, Option<Act>, bool, bool, bool); 6] = [
+        (1, None, false, false, true),         // OPT q/k/v
+        (1, Some(relu), false, false, true),   // OPT fc1
+        (0, None, false, true, true),          // out / fc2 + residual
+        (2, Some(gelu_t), true, false, false), // T5 gated FFN
+        (2, Some(silu), false, false, false),  // RMS + activation
+        (0, Some(relu), false, true, false),   // not a kernel fusion: composed on the GPU
+    ];
+    let cases = [
+        (1, 88, 34),
+        (3, 257, 18),
+        (4, 1408, 40),
+        (1, 7, 6),
+        (7, 33, 14),
+    ];
+    for dev in devices() {
+        for xd in DTYPES {
+            for wd in DTYPES {
+                let mut rng = Rng::new(23);
+                for &(m, k, n) in &cases {
+                    for &(norm, act, gated, with_res, with_bias) in &fusions {
+                        let (x, xv) = tensor(&mut rng, &[m, k], xd, &dev, 1.0, 3.0);
+                        let (w, wv) = tensor(&mut rng, &[n, k], wd, &dev, -1.0, 1.0);
+                        let (b, bv) = tensor(&mut rng, &[n], DType::F32, &dev, -1.0, 1.0);
+                        let (nw, nwv) = tensor(&mut rng, &[k], DType::F32, &dev, 0.5, 1.5);
+                        let (nb, nbv) = tensor(&mut rng, &[k], DType::F32, &dev, -0.5, 0.5);
+                        let n_out = if gated { n / 2 } else { n };
+                        let (r, rv) = tensor(&mut rng, &[m, n_out], xd, &dev, -1.0, 1.0);
+                        let f = ops::LinearFusion {
+                            norm: match norm {
+                                1 => Some(ops::NormIn::Layer {
+                                    w: &nw,
+                                    b: &nb,
+                                    eps: 1e-5,
+                                }),
+                                2 => Some(ops::NormIn::Rms { w: &nw, eps: 1e-6 }),
+                                _ => None,
+                            },
+                            act: act.map(|a| a.0),
+                            gated,
+                            residual: with_res.then_some(&r),
+                        };
+                        let bias = with_bias.then_some(&b);
+                        let got = ops::linear_fused(&x, &w, bias, &f).unwrap();
+                        assert_eq!(got.shape(), &[m, n_out]);
+                        assert_eq!(got.dtype(), xd);
+                        let nref = match norm {
+                            1 => Some((&nwv[..], Some(&nbv[..]), 1e-5, false)),
+                            2 => Some((&nwv[..], None, 1e-6, true)),
+                            _ => None,
+                        };
+                        let want = ref_linear_fused(
+                            &xv,
+                            nref,
+                            &wv,
+                            with_bias.then_some(&bv[..]),
+                            act.map(|a| a.1),
+                            gated,
+                            with_res.then_some(&rv[..]),
+                            (m, k, n),
+                        );
+                        let budget = if xd == DType::F16 { 1e-5 } else { tol(xd) };
+                        assert_close(
+                            &format!("linear_fused {m}x{k}x{n} norm {norm} gated {gated} w={wd}"),
+                            &dev,
+                            xd,
+                            &got.to_vec_f32().unwrap(),
+                            &want,
+                            budget,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Quantized weights: the fused GEMV (qgemv prologue/epilogues) against the f64 reference on
+/// the dequantized weights, on GPUs: tolerance 1e-10 (f32 x), since dequantization is exact
+/// and only f32 accumulation order differs, as for float weights. The CPU has no fused
+/// kernel: its integer GEMV rounds activations to 8 bits per block, which `quantized.rs`
+/// bounds element by element; here the CPU result must equal the plain ops composed by hand
+/// (exactly: the same ops in the same order).
+#[test]
+fn linear_fused_with_quantized_weights() {
+    for dev in devices() {
+        for wd in [DType::Q8, DType::Q4] {
+            let mut rng = Rng::new(29);
+            for &(m, k, n) in &[(1, 96, 20), (2, 70, 12), (4, 256, 8)] {
+                let (x, xv) = tensor(&mut rng, &[m, k], DType::F32, &dev, 1.0, 3.0);
+                let w = Tensor::quantize(&rng.vec(n * k, -1.0, 1.0), &[n, k], wd, &dev).unwrap();
+                let wv: Vec<f64> = w.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
+                let (nw, nwv) = tensor(&mut rng, &[k], DType::F32, &dev, 0.5, 1.5);
+                let (r, rv) = tensor(&mut rng, &[m, n / 2], DType::F32, &dev, -1.0, 1.0);
+                let f = ops::LinearFusion {
+                    norm: Some(ops::NormIn::Rms { w: &nw, eps: 1e-6 }),
+                    act: Some(ops::Unary::GeluTanh),
+                    gated: true,
+                    residual: None,
+                };
+                let got = ops::linear_fused(&x, &w, None, &f)
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
+                let w2 = Tensor::quantize(&rng.vec(n / 2 * k, -1.0, 1.0), &[n / 2, k], wd, &dev)
+                    .unwrap();
+                let w2v: Vec<f64> = w2.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
+                let fr = ops::LinearFusion {
+                    residual: Some(&r),
+                    ..Default::default()
+                };
+                let got_r = ops::linear_fused(&x, &w2, None, &fr)
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
+                if matches!(dev, Device::Cpu) {
+                    let y = ops::linear(&ops::rms_norm(&x, &nw, 1e-6).unwrap(), &w, None).unwrap();
+                    let pairs = y.reshape(&[m, n / 2, 2]).unwrap();
+                    let gate = ops::narrow(&pairs, 2, 0, 1)
+                        .unwrap()
+                        .reshape(&[m, n / 2])
+                        .unwrap();
+                    let up = ops::narrow(&pairs, 2, 1, 1)
+                        .unwrap()
+                        .reshape(&[m, n / 2])
+                        .unwrap();
+                    let want = ops::mul(&ops::gelu_tanh(&gate).unwrap(), &up).unwrap();
+                    assert_eq!(got, want.to_vec_f32().unwrap(), "gated {wd} on the CPU");
+                    let want_r = ops::add(&r, &ops::linear(&x, &w2, None).unwrap()).unwrap();
+                    assert_eq!(
+                        got_r,
+                        want_r.to_vec_f32().unwrap(),
+                        "residual {wd} on the CPU"
+                    );
+                    continue;
+                }
+                let want = ref_linear_fused(
+                    &xv,
+                    Some((&nwv, None, 1e-6, true)),
+                    &wv,
+                    None,
+                    Some(gelu_tanh64),
+                    true,
+                    None,
+                    (m, k, n),
+                );
+                let what = format!("gated linear_fused {m}x{k}x{n} {wd}");
+                assert_close(&what, &dev, wd, &got, &want, 1e-10);
+                let want =
+                    ref_linear_fused(&xv, None, &w2v, None, None, false, Some(&rv), (m, k, n / 2));
+                let what = format!("residual linear_fused {m}x{k}x{} {wd}", n / 2);
+                assert_close(&what, &dev, wd, &got_r, &want, 1e-10);
+            }
+        }
+    }
+}
+
+/// `attention_append`: one token (the fused decode kernel on the GPU: OPT's first step,
+/// T5's step with position bias, an odd head dim, 32 heads of 80) and several tokens
+/// (composed, causal), against the f64 reference; the caches must hold exactly the old
+/// columns plus the new K/V. Tolerance: `tol` of the dtype, as `attention`.
+#[test]
+fn attention_append_matches_reference() {
+    // (b, h, l, pos, cap, d, mask, bias, causal, scale)
+    let cases = [
+        (1, 32, 1, 0, 8, 80, false, false, true, 0.11f32),
+        (2, 3, 1, 19, 33, 16, true, true, true, 1.0),
+        (2, 2, 1, 6, 9, 13, true, false, true, 0.3),
+        (2, 3, 4, 5, 12, 8, true, false, true, 0.35),
+    ];
+    for dev in devices() {
+        for dt in DTYPES {
+            let mut rng = Rng::new(31);
+            for &(b, h, l, pos, cap, d, with_mask, with_bias, causal, scale) in &cases {
+                let hid = h * d;
+                let (qkv, qkvv) = tensor(&mut rng, &[b, l, 3 * hid], dt, &dev, -1.0, 1.0);
+                let (mut kc, kcv) = tensor(&mut rng, &[b, h, cap, d], dt, &dev, -1.0, 1.0);
+                let (mut vc, vcv) = tensor(&mut rng, &[b, h, cap, d], dt, &dev, -1.0, 1.0);
+                let lk = pos + l;
+                let mask_v: Vec<f32> = (0..b * lk)
+                    .map(|i| if i % 5 == 2 { f32::MIN } else { 0.0 })
+                    .collect();
+                let mask = Tensor::from_f32(mask_v.clone(), &[b, 1, lk], &dev).unwrap();
+                let (bias, biasv) = tensor(&mut rng, &[h, l, lk], DType::F32, &dev, -2.0, 2.0);
+                let opts = AttnOpts {
+                    scale,
+                    causal,
+                    kv_len: None,
+                    mask: with_mask.then_some(&mask),
+                    bias: with_bias.then_some(&bias),
+                };
+                let kc_before = kc.clone();
+                let got = ops::attention_append(&qkv, &mut kc, &mut vc, pos, &opts).unwrap();
+                assert_eq!(got.shape(), &[b, l, hid]);
+                // Expected caches: the new tokens' heads at columns pos..pos + l.
+                let (mut ke, mut ve) = (kcv.clone(), vcv.clone());
+                let mut qh = vec![0.0; b * h * l * d];
+                for bi in 0..b {
+                    for t in 0..l {
+                        let row = &qkvv[(bi * l + t) * 3 * hid..];
+                        for hi in 0..h {
+                            for j in 0..d {
+                                let c = ((bi * h + hi) * cap + pos + t) * d + j;
+                                ke[c] = row[hid + hi * d + j];
+                                ve[c] = row[2 * hid + hi * d + j];
+                                qh[((bi * h + hi) * l + t) * d + j] = row[hi * d + j];
+                            }
+                        }
+                    }
+                }
+                let to64 = |t: &Tensor| -> Vec<f64> {
+                    t.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect()
+                };
+                let what = format!("attention_append {b}x{h}x{l} at {pos}/{cap}x{d}");
+                assert_eq!(to64(&kc), ke, "{what}: k cache on {dev:?} {dt}");
+                assert_eq!(to64(&vc), ve, "{what}: v cache on {dev:?} {dt}");
+                assert_eq!(
+                    to64(&kc_before),
+                    kcv,
+                    "{what}: a clone of the cache changed"
+                );
+                let mv: Vec<f64> = mask_v.iter().map(|&x| x as f64).collect();
+                let heads_out = ref_attention(
+                    &qh,
+                    &ke,
+                    &ve,
+                    with_mask.then_some((&mv[..], 1)),
+                    with_bias.then_some(&biasv[..]),
+                    (b, h, l, lk, cap, d),
+                    scale as f64,
+                    causal,
+                );
+                // [B, H, L, d] -> [B, L, H·d]
+                let mut want = vec![0.0; b * l * hid];
+                for bi in 0..b {
+                    for hi in 0..h {
+                        for t in 0..l {
+                            for j in 0..d {
+                                want[(bi * l + t) * hid + hi * d + j] =
+                                    heads_out[((bi * h + hi) * l + t) * d + j];
+                            }
+                        }
+                    }
+                }
+                assert_close(&what, &dev, dt, &got.to_vec_f32().unwrap(), &want, tol(dt));
+            }
+        }
+    }
+}
+
+/// `stack_rows` moves rows exactly, in every dtype a linear weight can have here (quantized
+/// rows as their bytes: the dequantized values equal the parts').
+#[test]
+fn stack_rows_is_exact() {
+    for dev in devices() {
+        for dt in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+            let mut rng = Rng::new(37);
+            let (r, k) = (5, 70);
+            let parts: Vec<Tensor> = (0..3)
+                .map(|_| Tensor::from_slice(&rng.vec(r * k, -1.0, 1.0), &[r, k], dt, &dev).unwrap())
+                .collect();
+            let vals: Vec<Vec<f32>> = parts.iter().map(|t| t.to_vec_f32().unwrap()).collect();
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            let stacked = ops::stack_rows(&refs, false).unwrap();
+            assert_eq!(stacked.shape(), &[3 * r, k]);
+            assert_eq!(stacked.dtype(), dt);
+            assert_eq!(
+                stacked.to_vec_f32().unwrap(),
+                vals.concat(),
+                "{dt} on {dev:?}"
+            );
+            let inter = ops::stack_rows(&refs, true).unwrap();
+            let want: Vec<f32> = (0..r)
+                .flat_map(|i| {
+                    vals.iter()
+                        .flat_map(move |v| v[i * k..(i + 1) * k].to_vec())
+                })
+                .collect();
+            assert_eq!(
+                inter.to_vec_f32().unwrap(),
+                want,
+                "interleaved {dt} on {dev:?}"
+            );
+        }
+    }
+}
+
+/// The host rule `argmax_rows` must reproduce (the generation loop's argmax after the
+/// min_new_tokens processor set the excluded ids to −inf): first strict maximum from −inf.
+fn ref_argmax(row: &[f32], exclude: &[u32]) -> (u32, u32) {
+    let mut best = 0;
+    let mut bv = f32::NEG_INFINITY;
+    for (i, &v) in row.iter().enumerate() {
+        let v = if exclude.contains(&(i as u32)) {
+            f32::NEG_INFINITY
+        } else {
+            v
+        };
+        if v > bv {
+            bv = v;
+            best = i;
+        }
+    }
+    let bad = row.iter().filter(|v| !v.is_finite()).count() as u32;
+    (best as u32, bad)
+}
+
+/// `argmax_rows` (argmax.wgsl on the GPU) picks exactly what the host picks: ties across
+/// workgroup lanes go to the first index, NaN and −inf never win, a row without a candidate
+/// gives 0, excluded ids are skipped (also when they hold the maximum), and each row's
+/// non-finite entries are counted. Exact: it compares stored values, no arithmetic.
+#[test]
+fn argmax_rows_matches_the_host_rule() {
+    let (rows, n) = (6, 1001);
+    for dev in devices() {
+        for dt in DTYPES {
+            let mut rng = Rng::new(41);
+            let mut v = rng.vec(rows * n, -3.0, 3.0);
+            // Row 1: the maximum three times, the first at 5.
+            for &i in &[700, 5, 300] {
+                v[n + i] = 7.0;
+            }
+            // Row 2: NaN and -inf around a finite maximum.
+            v[2 * n] = f32::NAN;
+            v[2 * n + 1] = f32::NEG_INFINITY;
+            v[2 * n + 999] = 9.0;
+            // Row 3: nothing but -inf.
+            v[3 * n..4 * n].fill(f32::NEG_INFINITY);
+            // Row 4: the maximum at an excluded id.
+            v[4 * n + 17] = 11.0;
+            v[4 * n + 640] = 10.0;
+            let exclude = [17u32, 3];
+            let t = Tensor::from_slice(&v, &[rows, n], dt, &dev).unwrap();
+            let stored = t.to_vec_f32().unwrap();
+            for ex in [&exclude[..], &[]] {
+                let (ids, bad) = ops::argmax_rows(&t, ex).unwrap();
+                let (want_ids, want_bad): (Vec<u32>, Vec<u32>) =
+                    stored.chunks(n).map(|r| ref_argmax(r, ex)).unzip();
+                assert_eq!(ids, want_ids, "argmax ids on {dev:?} {dt} excluding {ex:?}");
+                assert_eq!(bad, want_bad, "non-finite counts on {dev:?} {dt}");
+            }
+        }
+    }
+}

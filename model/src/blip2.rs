@@ -73,6 +73,16 @@ impl DecodeModel for Cancellable<'_> {
         }
         self.inner.step(tokens)
     }
+    fn step_greedy(
+        &mut self,
+        tokens: &[u32],
+        exclude: &[u32],
+    ) -> Result<Option<crate::generate::GreedyStep>> {
+        if (self.cancelled)() {
+            return Err(ModelError::Cancelled);
+        }
+        self.inner.step_greedy(tokens, exclude)
+    }
 }
 
 /// Prompt length cap (image tokens included) for a language model without a position table

@@ -24,6 +24,95 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::linear(x, &self.w, self.b.as_ref())
     }
+
+    /// The layer with its decode fusions (`ops::linear_fused`).
+    pub fn forward_fused(&self, x: &Tensor, f: &ops::LinearFusion) -> Result<Tensor> {
+        ops::linear_fused(x, &self.w, self.b.as_ref(), f)
+    }
+
+    /// Several layers over the same input as one (q/k/v, or with `interleave` gate/up row
+    /// pairs): their weights' rows stacked once at load (`ops::stack_rows`, any dtype), so a
+    /// decode step reads x once and dispatches once.
+    pub fn fuse(parts: &[Linear], interleave: bool) -> Result<Linear> {
+        let ws: Vec<&Tensor> = parts.iter().map(|l| &l.w).collect();
+        let w = ops::stack_rows(&ws, interleave)?;
+        let bs: Option<Vec<&Tensor>> = parts.iter().map(|l| l.b.as_ref()).collect();
+        let b = match bs {
+            Some(bs) => {
+                // Biases are vectors: stack them as [n, 1] columns.
+                let cols = bs
+                    .iter()
+                    .map(|b| b.reshape(&[b.elem_count(), 1]))
+                    .collect::<Result<Vec<_>>>()?;
+                let refs: Vec<&Tensor> = cols.iter().collect();
+                let s = ops::stack_rows(&refs, interleave)?;
+                let n = s.elem_count();
+                Some(s.reshape(&[n])?)
+            }
+            None => None,
+        };
+        Ok(Linear { w, b })
+    }
+}
+
+/// Several linear layers over one input (q/k/v, or T5's gate/up): on a GPU their weights are
+/// stacked once at load into one matrix ([`Linear::fuse`]), so a decode step reads x once in
+/// one fused GEMV; on the CPU they stay apart, so weights used in place from a mapped file
+/// are not copied, and the products run as separate linears (the same values either way).
+pub enum StackedLinear {
+    One(Linear),
+    Parts {
+        parts: Vec<Linear>,
+        interleave: bool,
+    },
+}
+
+impl StackedLinear {
+    pub fn new(parts: Vec<Linear>, interleave: bool) -> Result<StackedLinear> {
+        if parts.first().is_some_and(|l| l.w.device().is_gpu()) {
+            Ok(StackedLinear::One(Linear::fuse(&parts, interleave)?))
+        } else {
+            Ok(StackedLinear::Parts { parts, interleave })
+        }
+    }
+
+    /// `ops::linear_fused` of the stacked layers: the parts' outputs concatenated along the
+    /// last dim, or with a gate (`interleave`d gate/up pair) `act(gate) · up`.
+    pub fn forward_fused(&self, x: &Tensor, f: &ops::LinearFusion) -> Result<Tensor> {
+        let (parts, interleave) = match self {
+            StackedLinear::One(l) => return l.forward_fused(x, f),
+            StackedLinear::Parts { parts, interleave } => (parts, *interleave),
+        };
+        let xn = match f.norm {
+            Some(ops::NormIn::Layer { w, b, eps }) => ops::layer_norm(x, w, b, eps)?,
+            Some(ops::NormIn::Rms { w, eps }) => ops::rms_norm(x, w, eps)?,
+            None => x.clone(),
+        };
+        let ys = parts
+            .iter()
+            .map(|l| l.forward(&xn))
+            .collect::<Result<Vec<_>>>()?;
+        let y = match (f.gated, f.act, &ys[..]) {
+            (true, Some(act), [gate, up]) if interleave => ops::mul(&ops::unary(gate, act)?, up)?,
+            (true, _, _) => {
+                return Err(blip2_engine::Error::Invalid(
+                    "a gated stacked linear needs an activation and one gate/up pair".into(),
+                ));
+            }
+            (false, act, _) => {
+                let refs: Vec<&Tensor> = ys.iter().collect();
+                let y = ops::concat(&refs, x.rank() - 1)?;
+                match act {
+                    Some(a) => ops::unary(&y, a)?,
+                    None => y,
+                }
+            }
+        };
+        match f.residual {
+            Some(r) => ops::add(r, &y),
+            None => Ok(y),
+        }
+    }
 }
 
 /// nn.LayerNorm with affine weight and bias.
@@ -45,6 +134,15 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::layer_norm(x, &self.w, &self.b, self.eps)
     }
+
+    /// As the prologue of a fused linear.
+    pub fn prologue(&self) -> ops::NormIn<'_> {
+        ops::NormIn::Layer {
+            w: &self.w,
+            b: &self.b,
+            eps: self.eps,
+        }
+    }
 }
 
 /// T5LayerNorm (RMSNorm, weight only).
@@ -63,6 +161,14 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::rms_norm(x, &self.w, self.eps)
+    }
+
+    /// As the prologue of a fused linear.
+    pub fn prologue(&self) -> ops::NormIn<'_> {
+        ops::NormIn::Rms {
+            w: &self.w,
+            eps: self.eps,
+        }
     }
 }
 

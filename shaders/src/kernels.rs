@@ -98,6 +98,101 @@ params! {
         /// First output column of this chunk.
         n_off: u32,
         groups_x: u32,
+        /// Norm epsilon of the prologue (NORM != 0).
+        eps: f32,
+    }
+}
+
+op_codes! {
+    /// Activations of act.wgsl (GEMV epilogues; the elementwise kernel's activations call
+    /// the same function).
+    Activation {
+        /// Exact GELU (erf).
+        Gelu = 0 => "ACT_GELU",
+        /// GELU with the tanh approximation.
+        GeluTanh = 1 => "ACT_GELU_TANH",
+        Relu = 2 => "ACT_RELU",
+        Silu = 3 => "ACT_SILU",
+    }
+}
+
+/// Prologue of the GEMV kernels: a norm of each x row applied as x is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemvNorm {
+    None = 0,
+    /// LayerNorm with weight and bias (f32).
+    Layer = 1,
+    /// T5's RMSNorm with weight (f32).
+    Rms = 2,
+}
+
+/// Epilogue of the GEMV kernels, after the bias and before the residual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemvEpilogue {
+    None,
+    Act(Activation),
+    /// Weight rows interleaved (gate, up): out[j] = act(y[2j]) * y[2j + 1].
+    Gated(Activation),
+}
+
+impl GemvEpilogue {
+    fn codes(self) -> (u32, u32) {
+        match self {
+            GemvEpilogue::None => (0, Activation::Relu.code()),
+            GemvEpilogue::Act(a) => (1, a.code()),
+            GemvEpilogue::Gated(a) => (2, a.code()),
+        }
+    }
+}
+
+/// The decode fusions of the GEMV kernels: norm prologue, activation/gate epilogue, residual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemvFusion {
+    pub norm: GemvNorm,
+    pub epi: GemvEpilogue,
+    pub residual: bool,
+}
+
+impl GemvFusion {
+    pub const NONE: GemvFusion = GemvFusion {
+        norm: GemvNorm::None,
+        epi: GemvEpilogue::None,
+        residual: false,
+    };
+
+    /// The fusions the variant lists hold (what the decoders use: a normed projection, with
+    /// an activation or a gate, and a projection plus residual); others run unfused.
+    pub fn all() -> Vec<GemvFusion> {
+        let mut v = vec![GemvFusion {
+            residual: true,
+            ..GemvFusion::NONE
+        }];
+        for norm in [GemvNorm::Layer, GemvNorm::Rms] {
+            v.push(GemvFusion {
+                norm,
+                ..GemvFusion::NONE
+            });
+            for &a in Activation::ALL {
+                for epi in [GemvEpilogue::Act(a), GemvEpilogue::Gated(a)] {
+                    v.push(GemvFusion {
+                        norm,
+                        epi,
+                        residual: false,
+                    });
+                }
+            }
+        }
+        v
+    }
+
+    fn constants(&self) -> [(&'static str, ConstValue); 4] {
+        let (epi, act) = self.epi.codes();
+        [
+            ("NORM", (self.norm as u32).into()),
+            ("EPI", epi.into()),
+            ("ACT", act.into()),
+            ("RESIDUAL", self.residual.into()),
+        ]
     }
 }
 
@@ -114,13 +209,16 @@ pub struct GemvConsts {
     pub b_f16: bool,
     pub out_f16: bool,
     pub subgroups: bool,
+    /// Decode fusions (variants with fusions: out_f16 == x_f16, bias absent or f32, and
+    /// f32 output when gated).
+    pub fusion: GemvFusion,
 }
 
 impl Kernel for GemvConsts {
     const NAME: &'static str = "gemv";
     const SOURCE: &'static str = crate::GEMV;
-    /// x, w, bias.
-    const READ_ONLY: usize = 3;
+    /// x, w, bias, norm weight, norm bias, residual.
+    const READ_ONLY: usize = 6;
     const READ_WRITE: usize = 1;
     type Params = GemvParams;
 
@@ -134,6 +232,9 @@ impl Kernel for GemvConsts {
             ("B_F16", self.b_f16.into()),
             ("OUT_F16", self.out_f16.into()),
         ]
+        .into_iter()
+        .chain(self.fusion.constants())
+        .collect()
     }
 
     fn subgroups(&self) -> bool {
@@ -154,11 +255,36 @@ impl Kernel for GemvConsts {
                         b_f16,
                         out_f16,
                         subgroups,
+                        fusion: GemvFusion::NONE,
                     });
+                }
+            }
+            for fusion in GemvFusion::all() {
+                for has_bias in [false, true] {
+                    for [vec, x_f16, w_f16, subgroups] in flags() {
+                        if x_f16 && matches!(fusion.epi, GemvEpilogue::Gated(_)) {
+                            continue;
+                        }
+                        v.push(GemvConsts {
+                            m,
+                            vec,
+                            has_bias,
+                            x_f16,
+                            w_f16,
+                            b_f16: false,
+                            out_f16: x_f16,
+                            subgroups,
+                            fusion,
+                        });
+                    }
                 }
             }
         }
         v
+    }
+
+    fn op_codes() -> Vec<(&'static str, u32)> {
+        Activation::named_codes()
     }
 }
 
@@ -290,13 +416,15 @@ pub struct QGemvConsts {
     pub b_f16: bool,
     pub out_f16: bool,
     pub subgroups: bool,
+    /// Decode fusions, as [`GemvConsts::fusion`].
+    pub fusion: GemvFusion,
 }
 
 impl Kernel for QGemvConsts {
     const NAME: &'static str = "qgemv";
     const SOURCE: &'static str = crate::QGEMV;
-    /// x, quants, scales, bias.
-    const READ_ONLY: usize = 4;
+    /// x, quants, scales, bias, norm weight, norm bias, residual.
+    const READ_ONLY: usize = 7;
     const READ_WRITE: usize = 1;
     type Params = GemvParams;
 
@@ -310,6 +438,9 @@ impl Kernel for QGemvConsts {
             ("B_F16", self.b_f16.into()),
             ("OUT_F16", self.out_f16.into()),
         ]
+        .into_iter()
+        .chain(self.fusion.constants())
+        .collect()
     }
 
     fn subgroups(&self) -> bool {
@@ -330,11 +461,36 @@ impl Kernel for QGemvConsts {
                         b_f16,
                         out_f16,
                         subgroups,
+                        fusion: GemvFusion::NONE,
                     });
+                }
+            }
+            for fusion in GemvFusion::all() {
+                for has_bias in [false, true] {
+                    for [q4, vec, x_f16, subgroups] in flags() {
+                        if x_f16 && matches!(fusion.epi, GemvEpilogue::Gated(_)) {
+                            continue;
+                        }
+                        v.push(QGemvConsts {
+                            m,
+                            q4,
+                            vec,
+                            has_bias,
+                            x_f16,
+                            b_f16: false,
+                            out_f16: x_f16,
+                            subgroups,
+                            fusion,
+                        });
+                    }
                 }
             }
         }
         v
+    }
+
+    fn op_codes() -> Vec<(&'static str, u32)> {
+        Activation::named_codes()
     }
 }
 
@@ -903,6 +1059,130 @@ impl Kernel for FlashAttentionConsts {
                 },
             )
             .collect()
+    }
+}
+
+// ------------------------------------------------------------------------ decode attention
+
+params! {
+    /// Uniform of attention_decode.wgsl.
+    AttnDecodeParams {
+        lk: u32,
+        lk_cap: u32,
+        d: u32,
+        heads: u32,
+        /// batch * heads (one workgroup each).
+        rows: u32,
+        scale: f32,
+        /// Cache column of the new token (lk - 1).
+        pos: u32,
+        /// Elements per row of qkv (3 * hidden).
+        ld_qkv: u32,
+        hidden: u32,
+        groups_x: u32,
+    }
+}
+
+/// attention_decode.wgsl: one new token's attention over a KV cache, its K/V appended to
+/// the cache in the same pass, reading q/k/v from a fused projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttnDecodeConsts {
+    /// qkv, caches and output are f16 (else f32).
+    pub f16: bool,
+    pub has_mask: bool,
+    pub has_bias: bool,
+    pub d_even: bool,
+    pub subgroups: bool,
+}
+
+impl AttnDecodeConsts {
+    /// Largest head dim.
+    pub const DMAX: usize = 512;
+}
+
+impl Kernel for AttnDecodeConsts {
+    const NAME: &'static str = "attention_decode";
+    const SOURCE: &'static str = crate::ATTENTION_DECODE;
+    /// qkv, mask, bias.
+    const READ_ONLY: usize = 3;
+    /// k cache, v cache, out.
+    const READ_WRITE: usize = 3;
+    type Params = AttnDecodeParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![
+            ("QKV_F16", self.f16.into()),
+            ("HAS_MASK", self.has_mask.into()),
+            ("HAS_BIAS", self.has_bias.into()),
+            ("D_EVEN", self.d_even.into()),
+        ]
+    }
+
+    fn subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    fn variants() -> Vec<Self> {
+        flags()
+            .filter(|[f16, _, _, d_even, _]| !*f16 || *d_even)
+            .map(
+                |[f16, has_mask, has_bias, d_even, subgroups]| AttnDecodeConsts {
+                    f16,
+                    has_mask,
+                    has_bias,
+                    d_even,
+                    subgroups,
+                },
+            )
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------- argmax
+
+params! {
+    /// Uniform of argmax.wgsl.
+    ArgmaxParams {
+        /// Row length (vocabulary).
+        n: u32,
+        rows: u32,
+        /// Excluded ids in e0..e3 (at most 4).
+        n_excl: u32,
+        e0: u32,
+        e1: u32,
+        e2: u32,
+        e3: u32,
+        groups_x: u32,
+    }
+}
+
+/// argmax.wgsl: greedy token choice per row (first maximum, ids excluded), with the row's
+/// non-finite count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ArgmaxConsts {
+    pub x_f16: bool,
+}
+
+impl ArgmaxConsts {
+    /// Most excluded ids one dispatch takes.
+    pub const MAX_EXCLUDED: usize = 4;
+}
+
+impl Kernel for ArgmaxConsts {
+    const NAME: &'static str = "argmax";
+    const SOURCE: &'static str = crate::ARGMAX;
+    /// x.
+    const READ_ONLY: usize = 1;
+    /// (index, non-finite count) per row.
+    const READ_WRITE: usize = 1;
+    type Params = ArgmaxParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![("X_F16", self.x_f16.into())]
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![ArgmaxConsts { x_f16: false }, ArgmaxConsts { x_f16: true }]
     }
 }
 

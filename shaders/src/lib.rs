@@ -39,7 +39,7 @@
 //! - Helpers shared by several kernels live once, in fragments under `wgsl/include/`
 //!   ([`INCLUDES`]): a kernel line `// #include "pack.wgsl"` is replaced by the fragment's
 //!   text before anything else (a comment line, so no other tool mistakes it for code).
-//!   `pack.wgsl` has the f16/f32 word loads and the pair store, `reduce.wgsl` the workgroup
+//!   `pack.wgsl` has the f16/f32 word loads and the pair store, `act.wgsl` the activations, `reduce.wgsl` the workgroup
 //!   and subgroup sum/max reductions, `quant.wgsl` the q8/q4 dequantization; each documents at its top what it needs from the
 //!   including kernel. A kernel that includes fragments is valid WGSL once they are pasted
 //!   in (its default constants are then a valid variant); `copy.wgsl` includes none.
@@ -80,6 +80,10 @@ pub const FLASH_ATTENTION: &str = include_str!("../wgsl/flash_attention.wgsl");
 /// Tensor-core (cooperative-matrix) linear layer for adapters with wgpu's experimental
 /// cooperative-matrix feature; specialised per weight width ([`CoopMatmulConsts`]).
 pub const COOP_MATMUL: &str = include_str!("../wgsl/coop_matmul.wgsl");
+/// Decode attention of one new token with its K/V appended to the cache in the same pass.
+pub const ATTENTION_DECODE: &str = include_str!("../wgsl/attention_decode.wgsl");
+/// Greedy token choice per row (first maximum), so a decode step reads back ids, not logits.
+pub const ARGMAX: &str = include_str!("../wgsl/argmax.wgsl");
 
 /// Every kernel family, by name (for tests that look at all sources).
 pub const ALL: &[(&str, &str)] = &[
@@ -96,6 +100,8 @@ pub const ALL: &[(&str, &str)] = &[
     (AttentionConsts::NAME, ATTENTION),
     (FlashAttentionConsts::NAME, FLASH_ATTENTION),
     (CoopMatmulConsts::NAME, COOP_MATMUL),
+    (AttnDecodeConsts::NAME, ATTENTION_DECODE),
+    (ArgmaxConsts::NAME, ARGMAX),
 ];
 
 /// Shared WGSL fragments (not kernels on their own), by the name kernels include them with.
@@ -103,6 +109,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("pack.wgsl", include_str!("../wgsl/include/pack.wgsl")),
     ("reduce.wgsl", include_str!("../wgsl/include/reduce.wgsl")),
     ("quant.wgsl", include_str!("../wgsl/include/quant.wgsl")),
+    ("act.wgsl", include_str!("../wgsl/include/act.wgsl")),
 ];
 
 /// One kernel family's side of the contract; a value is one pipeline variant.

@@ -6,9 +6,10 @@
 use std::collections::HashSet;
 
 use blip2_shaders::{
-    AttentionConsts, CoopMatmulConsts, CopyConsts, ElementwiseConsts, EmbeddingConsts,
-    FlashAttentionConsts, GemvConsts, INCLUDES, Kernel, MatmulConsts, NormConsts, Params,
-    QEmbeddingConsts, QGemvConsts, QMatmulConsts, SoftmaxConsts, specialise,
+    ArgmaxConsts, AttentionConsts, AttnDecodeConsts, CoopMatmulConsts, CopyConsts,
+    ElementwiseConsts, EmbeddingConsts, FlashAttentionConsts, GemvConsts, INCLUDES, Kernel,
+    MatmulConsts, NormConsts, Params, QEmbeddingConsts, QGemvConsts, QMatmulConsts, SoftmaxConsts,
+    specialise,
 };
 
 fn compile(what: &str, text: &str) -> naga::Module {
@@ -172,6 +173,7 @@ fn reductions_validate_with_and_without_subgroups() {
     variants_validate::<SoftmaxConsts>();
     variants_validate::<AttentionConsts>();
     variants_validate::<FlashAttentionConsts>();
+    variants_validate::<AttnDecodeConsts>();
     variants_validate::<GemvConsts>();
     variants_validate::<QGemvConsts>();
 }
@@ -191,6 +193,7 @@ fn cooperative_matmul_validates() {
 
 #[test]
 fn copies_validate() {
+    variants_validate::<ArgmaxConsts>();
     variants_validate::<CopyConsts>();
     variants_validate::<EmbeddingConsts>();
     variants_validate::<QEmbeddingConsts>();
@@ -211,6 +214,8 @@ fn rust_declarations_match_the_wgsl() {
     contract_holds::<AttentionConsts>();
     contract_holds::<FlashAttentionConsts>();
     contract_holds::<CoopMatmulConsts>();
+    contract_holds::<AttnDecodeConsts>();
+    contract_holds::<ArgmaxConsts>();
 }
 
 #[test]

@@ -38,6 +38,7 @@ const WG: u32 = 256u;
 
 // Shared helpers, pasted in by `specialise` (the file is not valid WGSL without them).
 // #include "pack.wgsl"
+// #include "act.wgsl"
 
 fn ld_x(i: u32) -> f32 {
     return elem(x[word_of(i, X_F16)], i, X_F16);
@@ -47,33 +48,19 @@ fn ld_b(i: u32) -> f32 {
     return elem(b[word_of(i, B_F16)], i, B_F16);
 }
 
-// erfc-based erf (Numerical Recipes erfcc): fractional error < 1.2e-7 everywhere.
-fn erf_approx(v: f32) -> f32 {
-    let z = abs(v);
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
-        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
-        + t * (-0.82215223 + t * 0.17087277))))))));
-    let r = 1.0 - t * exp(poly);
-    return select(-r, r, v >= 0.0);
-}
-
 fn apply(v: f32, i: u32) -> f32 {
     switch (OP) {
         case OP_GELU: {
-            return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+            return activate(ACT_GELU, v);
         }
         case OP_GELU_TANH: {
-            // tanh(u) for |u| > 15 is ±1 in f32; clamping keeps exp-based tanh finite.
-            let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
-            return 0.5 * v * (1.0 + tanh(u));
+            return activate(ACT_GELU_TANH, v);
         }
         case OP_RELU: {
-            return max(v, 0.0);
+            return activate(ACT_RELU, v);
         }
         case OP_SILU: {
-            // x / (1 + e^(−x)); the clamp keeps exp finite (σ is 0 in f32 below −88 anyway).
-            return v / (1.0 + exp(min(-v, 88.0)));
+            return activate(ACT_SILU, v);
         }
         case OP_SCALE: {
             return v * p.s;

@@ -5,6 +5,11 @@
 // two vec4s). Partial sums are reduced across the workgroup (subgroups when enabled, never
 // assuming a subgroup size). A weight larger than one binding is bound in row chunks: w
 // starts at chunk row 0 and n_off places the chunk in the output.
+// Fusions (decode): NORM normalises every x row as it is read (1: LayerNorm with weight nw and
+// bias nb, 2: RMSNorm with weight nw; statistics in f32 computed by every workgroup, two
+// passes as norm.wgsl); EPI applies an activation (1) or a gated activation (2: weight rows
+// interleaved gate/up, out[m, j] = act(row 2j) * row 2j+1, output stride ldo / 2) after the
+// bias; RESIDUAL adds res (laid out as out) last.
 
 struct Params {
     // Weight rows (outputs) in this chunk.
@@ -14,6 +19,8 @@ struct Params {
     ldo: u32,
     n_off: u32,
     groups_x: u32,
+    // Norm epsilon (NORM != 0).
+    eps: f32,
 }
 
 const M: u32 = 1u;
@@ -25,6 +32,13 @@ const X_F16: bool = false;
 const W_F16: bool = false;
 const B_F16: bool = false;
 const OUT_F16: bool = false;
+// 0: none, 1: LayerNorm, 2: RMSNorm of the x rows.
+const NORM: u32 = 0u;
+// 0: none, 1: activation, 2: gated activation (see the top).
+const EPI: u32 = 0u;
+// Activation code (act.wgsl) when EPI != 0.
+const ACT: u32 = 2u;
+const RESIDUAL: bool = false;
 const NACC: u32 = ROWS * M;
 // Every accumulator is reduced in one pass (reduce.wgsl).
 const RED_N: u32 = NACC;
@@ -33,11 +47,15 @@ const RED_N: u32 = NACC;
 @group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> b: array<u32>;
-@group(0) @binding(4) var<storage, read_write> out: array<u32>;
+@group(0) @binding(4) var<storage, read> nw: array<f32>;
+@group(0) @binding(5) var<storage, read> nb: array<f32>;
+@group(0) @binding(6) var<storage, read> res: array<u32>;
+@group(0) @binding(7) var<storage, read_write> out: array<u32>;
 
 // Shared helpers, pasted in by `specialise` (the file is not valid WGSL without them).
 // #include "pack.wgsl"
 // #include "reduce.wgsl"
+// #include "act.wgsl"
 
 fn word_x(i: u32) -> u32 {
     return x[i >> 2u][i & 3u];
@@ -74,6 +92,48 @@ fn ld_w8(i: u32) -> mat2x4<f32> {
     return mat2x4<f32>(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u]));
 }
 
+fn ld_r(i: u32) -> f32 {
+    return elem(res[word_of(i, OUT_F16)], i, OUT_F16);
+}
+
+// x row m, column c, normalised when NORM != 0 (c < k).
+fn nrm(v: f32, c: u32, mean: f32, rstd: f32) -> f32 {
+    if (NORM == 1u) {
+        return (v - mean) * rstd * nw[c] + nb[c];
+    }
+    if (NORM == 2u) {
+        return v * rstd * nw[c];
+    }
+    return v;
+}
+
+// The epilogue of one output pair (cols col, col+1 of row m): activation or gate, residual,
+// store.
+fn finish(m: u32, col: u32, v: vec2<f32>, two: bool) {
+    if (EPI == 2u) {
+        // col is even: the pair is (gate, up) of output col / 2.
+        let o = m * (p.ldo / 2u) + col / 2u;
+        var y = activate(ACT, v.x) * v.y;
+        if (RESIDUAL) {
+            y += ld_r(o);
+        }
+        out[o] = bitcast<u32>(y);
+        return;
+    }
+    var y = v;
+    if (EPI == 1u) {
+        y = vec2<f32>(activate(ACT, v.x), activate(ACT, v.y));
+    }
+    let o = m * p.ldo + col;
+    if (RESIDUAL) {
+        y.x += ld_r(o);
+        if (two) {
+            y.y += ld_r(o + 1u);
+        }
+    }
+    st_pair(o, y.x, y.y, two);
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -87,6 +147,28 @@ fn main(
         return;
     }
     let k = p.k;
+    // Norm statistics of every x row (each workgroup computes them: x is small and cached).
+    var mean: array<f32, M>;
+    var rstd: array<f32, M>;
+    if (NORM != 0u) {
+        for (var m = 0u; m < M; m++) {
+            var mu = 0.0;
+            if (NORM == 1u) {
+                var s = 0.0;
+                for (var c = lid; c < k; c += WG) {
+                    s += ld_x1(m * k + c);
+                }
+                mu = wg_sum(s, lid, sg) / f32(k);
+            }
+            var sq = 0.0;
+            for (var c = lid; c < k; c += WG) {
+                let v = ld_x1(m * k + c) - mu;
+                sq += v * v;
+            }
+            mean[m] = mu;
+            rstd[m] = inverseSqrt(wg_sum(sq, lid, sg) / f32(k) + p.eps);
+        }
+    }
     var acc: array<f32, NACC>;
     for (var a = 0u; a < NACC; a++) {
         acc[a] = 0.0;
@@ -96,6 +178,11 @@ fn main(
             var xs: array<mat2x4<f32>, M>;
             for (var m = 0u; m < M; m++) {
                 xs[m] = ld_x8(m * k + c);
+                if (NORM != 0u) {
+                    for (var j = 0u; j < 8u; j++) {
+                        xs[m][j / 4u][j % 4u] = nrm(xs[m][j / 4u][j % 4u], c + j, mean[m], rstd[m]);
+                    }
+                }
             }
             for (var r = 0u; r < ROWS; r++) {
                 if (n0 + r < p.n) {
@@ -112,7 +199,7 @@ fn main(
                 if (n0 + r < p.n) {
                     let wv = ld_w1((n0 + r) * k + c);
                     for (var m = 0u; m < M; m++) {
-                        acc[r * M + m] += ld_x1(m * k + c) * wv;
+                        acc[r * M + m] += nrm(ld_x1(m * k + c), c, mean[m], rstd[m]) * wv;
                     }
                 }
             }
@@ -142,7 +229,7 @@ fn main(
                     v.y += ld_b(col + 1u);
                 }
             }
-            st_pair(m * p.ldo + col, v.x, v.y, two);
+            finish(m, col, v, two);
         }
     }
 }

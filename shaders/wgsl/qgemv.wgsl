@@ -10,6 +10,11 @@
 // unpack4x8snorm), sums the 8 products in f32 and scales once per unit. Like gemv.wgsl,
 // ROWS weight rows per workgroup are streamed once and every x row reuses them; partial sums
 // are reduced across the workgroup (subgroups when enabled).
+// Fusions (decode): NORM normalises every x row as it is read (1: LayerNorm with weight nw and
+// bias nb, 2: RMSNorm with weight nw; statistics in f32 computed by every workgroup, two
+// passes as norm.wgsl); EPI applies an activation (1) or a gated activation (2: weight rows
+// interleaved gate/up, out[m, j] = act(row 2j) * row 2j+1, output stride ldo / 2) after the
+// bias; RESIDUAL adds res (laid out as out) last.
 // VEC (K % 32 == 0): every block is full and x rows start on 16 bytes, so x quads are vector
 // loads; otherwise x is read element by element, zero past K (the padded quants are 0).
 
@@ -21,6 +26,8 @@ struct Params {
     ldo: u32,
     n_off: u32,
     groups_x: u32,
+    // Norm epsilon (NORM != 0).
+    eps: f32,
 }
 
 const M: u32 = 1u;
@@ -32,6 +39,13 @@ const HAS_BIAS: bool = false;
 const X_F16: bool = false;
 const B_F16: bool = false;
 const OUT_F16: bool = false;
+// 0: none, 1: LayerNorm, 2: RMSNorm of the x rows.
+const NORM: u32 = 0u;
+// 0: none, 1: activation, 2: gated activation (see the top).
+const EPI: u32 = 0u;
+// Activation code (act.wgsl) when EPI != 0.
+const ACT: u32 = 2u;
+const RESIDUAL: bool = false;
 const NACC: u32 = ROWS * M;
 // Every accumulator is reduced in one pass (reduce.wgsl).
 const RED_N: u32 = NACC;
@@ -41,12 +55,16 @@ const RED_N: u32 = NACC;
 @group(0) @binding(2) var<storage, read> qs: array<u32>;
 @group(0) @binding(3) var<storage, read> sc: array<u32>;
 @group(0) @binding(4) var<storage, read> b: array<u32>;
-@group(0) @binding(5) var<storage, read_write> out: array<u32>;
+@group(0) @binding(5) var<storage, read> nw: array<f32>;
+@group(0) @binding(6) var<storage, read> nb: array<f32>;
+@group(0) @binding(7) var<storage, read> res: array<u32>;
+@group(0) @binding(8) var<storage, read_write> out: array<u32>;
 
 // Shared helpers, pasted in by `specialise` (the file is not valid WGSL without them).
 // #include "pack.wgsl"
 // #include "reduce.wgsl"
 // #include "quant.wgsl"
+// #include "act.wgsl"
 
 fn ld_x1(i: u32) -> f32 {
     let w = word_of(i, X_F16);
@@ -75,6 +93,48 @@ fn ld_x4(base: u32, c: u32, k: u32) -> vec4<f32> {
     return v;
 }
 
+fn ld_r(i: u32) -> f32 {
+    return elem(res[word_of(i, OUT_F16)], i, OUT_F16);
+}
+
+// x row m, column c, normalised when NORM != 0 (c < k).
+fn nrm(v: f32, c: u32, mean: f32, rstd: f32) -> f32 {
+    if (NORM == 1u) {
+        return (v - mean) * rstd * nw[c] + nb[c];
+    }
+    if (NORM == 2u) {
+        return v * rstd * nw[c];
+    }
+    return v;
+}
+
+// The epilogue of one output pair (cols col, col+1 of row m): activation or gate, residual,
+// store.
+fn finish(m: u32, col: u32, v: vec2<f32>, two: bool) {
+    if (EPI == 2u) {
+        // col is even: the pair is (gate, up) of output col / 2.
+        let o = m * (p.ldo / 2u) + col / 2u;
+        var y = activate(ACT, v.x) * v.y;
+        if (RESIDUAL) {
+            y += ld_r(o);
+        }
+        out[o] = bitcast<u32>(y);
+        return;
+    }
+    var y = v;
+    if (EPI == 1u) {
+        y = vec2<f32>(activate(ACT, v.x), activate(ACT, v.y));
+    }
+    let o = m * p.ldo + col;
+    if (RESIDUAL) {
+        y.x += ld_r(o);
+        if (two) {
+            y.y += ld_r(o + 1u);
+        }
+    }
+    st_pair(o, y.x, y.y, two);
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -89,6 +149,28 @@ fn main(
     }
     let k = p.k;
     let rb = (k + 31u) / 32u;
+    // Norm statistics of every x row (each workgroup computes them: x is small and cached).
+    var mean: array<f32, M>;
+    var rstd: array<f32, M>;
+    if (NORM != 0u) {
+        for (var m = 0u; m < M; m++) {
+            var mu = 0.0;
+            if (NORM == 1u) {
+                var s = 0.0;
+                for (var c = lid; c < k; c += WG) {
+                    s += ld_x1(m * k + c);
+                }
+                mu = wg_sum(s, lid, sg) / f32(k);
+            }
+            var sq = 0.0;
+            for (var c = lid; c < k; c += WG) {
+                let v = ld_x1(m * k + c) - mu;
+                sq += v * v;
+            }
+            mean[m] = mu;
+            rstd[m] = inverseSqrt(wg_sum(sq, lid, sg) / f32(k) + p.eps);
+        }
+    }
     var acc: array<f32, NACC>;
     for (var a = 0u; a < NACC; a++) {
         acc[a] = 0.0;
@@ -102,6 +184,16 @@ fn main(
         var xs: array<mat2x4<f32>, M>;
         for (var m = 0u; m < M; m++) {
             xs[m] = mat2x4<f32>(ld_x4(m * k, c0, k), ld_x4(m * k, c1, k));
+            if (NORM != 0u) {
+                for (var j = 0u; j < 4u; j++) {
+                    if (c0 + j < k) {
+                        xs[m][0][j] = nrm(xs[m][0][j], c0 + j, mean[m], rstd[m]);
+                    }
+                    if (c1 + j < k) {
+                        xs[m][1][j] = nrm(xs[m][1][j], c1 + j, mean[m], rstd[m]);
+                    }
+                }
+            }
         }
         for (var r = 0u; r < ROWS; r++) {
             if (n0 + r < p.n) {
@@ -138,7 +230,7 @@ fn main(
                     v.y += ld_b(col + 1u);
                 }
             }
-            st_pair(m * p.ldo + col, v.x, v.y, two);
+            finish(m, col, v, two);
         }
     }
 }

@@ -12,6 +12,11 @@
 /// - `BLIP2_GPU_COOP=1`: tensor-core linear layers (`coop_matmul.wgsl`, 16×16×16 f16
 ///   cooperative matrices) where the adapter offers them. Off by default until a device run
 ///   has checked them against the other kernels (no adapter here has the feature).
+/// - `BLIP2_GPU_NO_FUSED_DECODE=1`: decode layers unfused: no GEMV norm prologue /
+///   activation, gate or residual epilogues (`ops::linear_fused`), and the new token's K/V
+///   written by a copy before the attention instead of inside it (`ops::attention_append`).
+/// - `BLIP2_GPU_NO_DEVICE_ARGMAX=1`: greedy tokens chosen on the host from downloaded
+///   logits (`ops::argmax_rows` without its kernel).
 /// - `BLIP2_GPU_NO_BIND_CACHE=1`: a fresh bind group per dispatch.
 /// - `BLIP2_GPU_MAX_BATCH=N`: dispatches recorded before a submit (default 1024).
 /// - `BLIP2_GPU_POOL_MB=N`: bytes of free buffers the pool keeps (default 2048 MiB).
@@ -26,6 +31,8 @@ pub struct GpuOptions {
     pub fused_attention: bool,
     pub flash_attention: bool,
     pub coop_matrix: bool,
+    pub fused_decode: bool,
+    pub device_argmax: bool,
     pub bind_group_cache: bool,
     pub max_batch: usize,
     pub pool_bytes: u64,
@@ -42,6 +49,8 @@ impl Default for GpuOptions {
             fused_attention: true,
             flash_attention: true,
             coop_matrix: false,
+            fused_decode: true,
+            device_argmax: true,
             bind_group_cache: true,
             max_batch: 1024,
             pool_bytes: 2048 << 20,
@@ -72,6 +81,8 @@ impl GpuOptions {
             fused_attention: !flag("BLIP2_GPU_NO_FUSED_ATTN"),
             flash_attention: !flag("BLIP2_GPU_NO_FLASH_ATTN"),
             coop_matrix: flag("BLIP2_GPU_COOP"),
+            fused_decode: !flag("BLIP2_GPU_NO_FUSED_DECODE"),
+            device_argmax: !flag("BLIP2_GPU_NO_DEVICE_ARGMAX"),
             bind_group_cache: !flag("BLIP2_GPU_NO_BIND_CACHE"),
             max_batch: number("BLIP2_GPU_MAX_BATCH")
                 .map_or(d.max_batch, |n| n.clamp(1, 65536) as usize),

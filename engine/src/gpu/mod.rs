@@ -482,7 +482,7 @@ impl GpuContext {
     }
 
     /// Reads `n` raw 32-bit words back.
-    fn download_words(&self, s: &GpuStorage, n: usize) -> Result<Vec<u32>> {
+    pub(crate) fn download_words(&self, s: &GpuStorage, n: usize) -> Result<Vec<u32>> {
         let v = self.download_f32(s, DType::F32, n)?;
         Ok(v.into_iter().map(f32::to_bits).collect())
     }

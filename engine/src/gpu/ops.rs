@@ -12,15 +12,18 @@
 use std::sync::Arc;
 
 use blip2_shaders::{
-    AttentionConsts, AttentionParams, CoopMatmulConsts, CoopMatmulParams, CopyConsts, CopyMode,
-    CopyParams, ElementwiseConsts, ElementwiseOp, ElementwiseParams, EmbeddingConsts,
-    EmbeddingParams, FlashAttentionConsts, GemvConsts, GemvParams, MatmulConsts, MatmulParams,
-    MatmulTile, NormConsts, NormParams, QEmbeddingConsts, QEmbeddingParams, QGemvConsts,
-    QMatmulConsts, QMatmulParams, RowWorkgroup, SoftmaxConsts, SoftmaxParams,
+    Activation, ArgmaxConsts, ArgmaxParams, AttentionConsts, AttentionParams, AttnDecodeConsts,
+    AttnDecodeParams, CoopMatmulConsts, CoopMatmulParams, CopyConsts, CopyMode, CopyParams,
+    ElementwiseConsts, ElementwiseOp, ElementwiseParams, EmbeddingConsts, EmbeddingParams,
+    FlashAttentionConsts, GemvConsts, GemvEpilogue, GemvFusion, GemvNorm, GemvParams, MatmulConsts,
+    MatmulParams, MatmulTile, NormConsts, NormParams, QEmbeddingConsts, QEmbeddingParams,
+    QGemvConsts, QMatmulConsts, QMatmulParams, RowWorkgroup, SoftmaxConsts, SoftmaxParams,
 };
 
 use super::{Bind, GpuContext, GpuStorage, Recorder, data_bytes};
-use crate::desc::{AttnDims, AttnOpts, Binary, MatmulDims, Unary, split_at_axis};
+use crate::desc::{
+    AttnDims, AttnOpts, Binary, LinearFusion, MatmulDims, NormIn, Unary, split_at_axis,
+};
 use crate::tensor::Storage;
 use crate::{DType, Device, Error, QFormat, Result, Tensor};
 
@@ -171,8 +174,8 @@ pub(crate) fn linear(
     }
     let direct = n.is_multiple_of(2) || m == 1;
     let out = with_out_dtype(g, dt, direct, m * n, |odt| match w.dtype().quant_format() {
-        Some(format) => qlinear_into(g, x, w, format, b, m, k, n, odt),
-        None => linear_into(g, x, w, b, m, k, n, odt),
+        Some(format) => qlinear_into(g, x, w, format, b, m, k, n, odt, None),
+        None => linear_into(g, x, w, b, m, k, n, odt, None),
     })?;
     Ok(tensor(g, out_shape, dt, out))
 }
@@ -772,6 +775,206 @@ pub(crate) fn attention(
     Ok(tensor(g, out_shape, dt, out))
 }
 
+/// The GEMV kernels' fusion of a [`LinearFusion`], when they have it for these operands:
+/// 1..=4 rows of x, f32 norm parameters and bias, a residual of x's dtype, f32 output when
+/// gated, and one of the fusions the variant lists hold ([`GemvFusion::all`]).
+pub(crate) fn linear_fused(
+    g: &Ctx,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    f: &LinearFusion,
+    out_shape: Vec<usize>,
+) -> Result<Option<Tensor>> {
+    let (n, k) = (w.dim(0), w.dim(1));
+    let dt = x.dtype();
+    let m = x.elem_count() / k.max(1);
+    if !g.opts.fused_decode || !g.opts.gemv || m == 0 || m > 4 || k == 0 || n == 0 {
+        return Ok(None);
+    }
+    let f32_param = |t: &Tensor| t.dtype() == DType::F32;
+    let (norm, nw, nb, eps) = match f.norm {
+        None => (GemvNorm::None, None, None, 0.0),
+        Some(NormIn::Layer { w, b, eps }) => (GemvNorm::Layer, Some(w), Some(b), eps),
+        Some(NormIn::Rms { w, eps }) => (GemvNorm::Rms, Some(w), None, eps),
+    };
+    let act = f.act.map(|a| match a {
+        Unary::Gelu => Activation::Gelu,
+        Unary::GeluTanh => Activation::GeluTanh,
+        Unary::Relu => Activation::Relu,
+        Unary::Silu => Activation::Silu,
+    });
+    let epi = match (f.gated, act) {
+        (true, Some(a)) => GemvEpilogue::Gated(a),
+        (false, Some(a)) => GemvEpilogue::Act(a),
+        _ => GemvEpilogue::None,
+    };
+    let fusion = GemvFusion {
+        norm,
+        epi,
+        residual: f.residual.is_some(),
+    };
+    let supported = GemvFusion::all().contains(&fusion)
+        && b.is_none_or(f32_param)
+        && nw.is_none_or(f32_param)
+        && nb.is_none_or(f32_param)
+        && f.residual.is_none_or(|r| r.dtype() == dt)
+        && !(f.gated && dt == DType::F16)
+        // f16 outputs are written in word pairs: rows must start on a word.
+        && (dt == DType::F32 || n.is_multiple_of(2) || m == 1)
+        && matches!(w.dtype(), DType::F32 | DType::F16 | DType::Q8 | DType::Q4);
+    if !supported {
+        return Ok(None);
+    }
+    let fuse = Fuse {
+        fusion,
+        nw: nw.map(|t| t.gpu_storage()),
+        nb: nb.map(|t| t.gpu_storage()),
+        res: f.residual.map(|t| t.gpu_storage()),
+        eps,
+    };
+    let out = match w.dtype().quant_format() {
+        Some(format) => qlinear_into(g, x, w, format, b, m, k, n, dt, Some(&fuse))?,
+        None => linear_into(g, x, w, b, m, k, n, dt, Some(&fuse))?,
+    };
+    Ok(Some(tensor(g, out_shape, dt, out)))
+}
+
+/// Decode attention with the append fused (attention_decode.wgsl) for one new token;
+/// `None` where the kernel does not apply (several tokens, mixed dtypes, f16 with an odd
+/// head dim, head dims past its limit, the switch off).
+pub(crate) fn attention_append(
+    g: &Ctx,
+    qkv: &Tensor,
+    k: &mut Tensor,
+    v: &mut Tensor,
+    pos: usize,
+    opts: &AttnOpts,
+) -> Result<Option<Tensor>> {
+    let dt = qkv.dtype();
+    let (b, heads, cap, d) = (k.dim(0), k.dim(1), k.dim(2), k.dim(3));
+    let hidden = heads * d;
+    let fits = g.opts.fused_decode
+        && g.opts.fused_attention
+        && qkv.dim(1) == 1
+        && k.dtype() == dt
+        && v.dtype() == dt
+        && d > 0
+        && d <= AttnDecodeConsts::DMAX
+        && (dt == DType::F32 || d.is_multiple_of(2))
+        && data_bytes(k.elem_count(), dt) <= g.max_binding
+        && data_bytes(qkv.elem_count(), dt) <= g.max_binding;
+    if !fits || b == 0 {
+        return Ok(None);
+    }
+    // Copy-on-write as write_at: clones of a cache never change.
+    for t in [&mut *k, &mut *v] {
+        if Arc::strong_count(&t.gpu_storage().buf) > 1 {
+            let old = t.gpu_storage().clone();
+            let fresh = g.alloc(old.bytes, true)?;
+            g.recorder()?.copy(g, &old, &fresh, old.bytes)?;
+            t.storage = Storage::Gpu(fresh);
+        }
+    }
+    let rows = b * heads;
+    let groups = grid(g, rows)?;
+    let out = g.alloc(data_bytes(b * hidden, dt), true)?;
+    let kernel = AttnDecodeConsts {
+        f16: is_f16(dt),
+        has_mask: opts.mask.is_some(),
+        has_bias: opts.bias.is_some(),
+        d_even: d.is_multiple_of(2),
+        subgroups: g.subgroups,
+    };
+    let params = AttnDecodeParams {
+        lk: (pos + 1) as u32,
+        lk_cap: cap as u32,
+        d: d as u32,
+        heads: heads as u32,
+        rows: rows as u32,
+        scale: opts.scale,
+        pos: pos as u32,
+        ld_qkv: (3 * hidden) as u32,
+        hidden: hidden as u32,
+        groups_x: groups[0],
+    };
+    let binds = [
+        Bind::whole(qkv.gpu_storage()),
+        Bind::whole(opts.mask.map_or(&g.dummy, |m| m.gpu_storage())),
+        Bind::whole(opts.bias.map_or(&g.dummy, |b| b.gpu_storage())),
+        Bind::whole(k.gpu_storage()),
+        Bind::whole(v.gpu_storage()),
+        Bind::whole(&out),
+    ];
+    g.recorder()?
+        .dispatch(g, &kernel, &params, &binds, groups)?;
+    Ok(Some(tensor(g, vec![b, 1, hidden], dt, out)))
+}
+
+/// `ops::argmax_rows` in one dispatch (argmax.wgsl), reading back 8 bytes a row; `None`
+/// with more excluded ids than the kernel takes, or with the switch off.
+pub(crate) fn argmax_rows(
+    g: &Ctx,
+    x: &Tensor,
+    exclude: &[u32],
+) -> Result<Option<(Vec<u32>, Vec<u32>)>> {
+    if !g.opts.device_argmax || exclude.len() > ArgmaxConsts::MAX_EXCLUDED {
+        return Ok(None);
+    }
+    let (rows, n) = (x.dim(0), x.dim(1));
+    check_binding(g, "argmax input", data_bytes(x.elem_count(), x.dtype()))?;
+    let out = g.alloc(data_bytes(2 * rows, DType::F32), true)?;
+    let groups = grid(g, rows)?;
+    let e = |i: usize| exclude.get(i).copied().unwrap_or(u32::MAX);
+    let params = ArgmaxParams {
+        n: n as u32,
+        rows: rows as u32,
+        n_excl: exclude.len() as u32,
+        e0: e(0),
+        e1: e(1),
+        e2: e(2),
+        e3: e(3),
+        groups_x: groups[0],
+    };
+    let kernel = ArgmaxConsts {
+        x_f16: is_f16(x.dtype()),
+    };
+    let binds = [Bind::whole(x.gpu_storage()), Bind::whole(&out)];
+    g.recorder()?
+        .dispatch(g, &kernel, &params, &binds, groups)?;
+    let words = g.download_words(&out, 2 * rows)?;
+    Ok(Some(words.chunks(2).map(|w| (w[0], w[1])).unzip()))
+}
+
+/// The extra operands of a fused GEMV (see [`linear_fused`]).
+struct Fuse<'a> {
+    fusion: GemvFusion,
+    nw: Option<&'a GpuStorage>,
+    nb: Option<&'a GpuStorage>,
+    res: Option<&'a GpuStorage>,
+    eps: f32,
+}
+
+impl Fuse<'_> {
+    /// Output columns for a weight of `n` rows (a gate halves them).
+    fn out_cols(&self, n: usize) -> usize {
+        match self.fusion.epi {
+            GemvEpilogue::Gated(_) => n / 2,
+            _ => n,
+        }
+    }
+}
+
+/// Norm weight, norm bias and residual bindings of the GEMV kernels (the dummy buffer
+/// where absent).
+fn fused_binds<'a>(g: &'a GpuContext, fuse: Option<&Fuse<'a>>) -> [Bind<'a>; 3] {
+    let pick = |s: Option<&'a GpuStorage>| Bind::whole(s.unwrap_or(&g.dummy));
+    match fuse {
+        Some(f) => [pick(f.nw), pick(f.nb), pick(f.res)],
+        None => [pick(None), pick(None), pick(None)],
+    }
+}
+
 pub(crate) fn im2col(g: &Ctx, pixels: &Tensor, p: usize) -> Result<Tensor> {
     let s = pixels.shape();
     let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
@@ -956,11 +1159,13 @@ fn linear_into(
     k: usize,
     n: usize,
     odt: DType,
+    fuse: Option<&Fuse>,
 ) -> Result<GpuStorage> {
     let (xdt, wdt) = (x.dtype(), w.dtype());
+    let n_out = fuse.map_or(n, |f| f.out_cols(n));
     check_binding(g, "linear input", data_bytes(m * k, xdt))?;
-    check_binding(g, "linear output", data_bytes(m * n, odt))?;
-    let out = g.alloc(data_bytes(m * n, odt), true)?;
+    check_binding(g, "linear output", data_bytes(m * n_out, odt))?;
+    let out = g.alloc(data_bytes(m * n_out, odt), true)?;
     // Weights larger than one binding are bound in row chunks (multiples of 4 rows so GEMV
     // row groups and f16 output pairs never straddle chunks).
     let row_bytes = (k * wdt.size_of()).max(1) as u64;
@@ -969,7 +1174,11 @@ fn linear_into(
     let coop = g
         .coop
         .filter(|_| {
-            is_f16(wdt) && m >= COOP_MIN_M && k.is_multiple_of(16) && k <= u32::MAX as usize
+            fuse.is_none()
+                && is_f16(wdt)
+                && m >= COOP_MIN_M
+                && k.is_multiple_of(16)
+                && k <= u32::MAX as usize
         })
         .filter(|_| n.is_multiple_of(CoopMatmulConsts::BLOCK as usize))
         .map(|sg| CoopMatmulConsts {
@@ -993,7 +1202,7 @@ fn linear_into(
         data_bytes(n * k, wdt),
         multiple,
     )?;
-    let use_gemv = g.opts.gemv && m <= 4 && k > 0;
+    let use_gemv = fuse.is_some() || (g.opts.gemv && m <= 4 && k > 0);
     let gemv = GemvConsts {
         m: m as u32,
         vec: g.opts.vec4 && k.is_multiple_of(8),
@@ -1003,6 +1212,7 @@ fn linear_into(
         b_f16: bias.is_some_and(|b| is_f16(b.1)),
         out_f16: is_f16(odt),
         subgroups: g.subgroups,
+        fusion: fuse.map_or(GemvFusion::NONE, |f| f.fusion),
     };
     let mut rec = g.recorder()?;
     let ws = w.gpu_storage();
@@ -1039,9 +1249,12 @@ fn linear_into(
                 ldo: n as u32,
                 n_off: n0 as u32,
                 groups_x: groups[0],
+                eps: fuse.map_or(0.0, |f| f.eps),
             };
             let bb = Bind::whole(bias.map_or(&g.dummy, |b| b.0));
-            rec.dispatch(g, &gemv, &params, &[xb, wb, bb, Bind::whole(&out)], groups)?;
+            let [nw, nb, rb] = fused_binds(g, fuse);
+            let binds = [xb, wb, bb, nw, nb, rb, Bind::whole(&out)];
+            rec.dispatch(g, &gemv, &params, &binds, groups)?;
         } else {
             let mm = Mm {
                 batch: 1,
@@ -1078,10 +1291,12 @@ fn qlinear_into(
     k: usize,
     n: usize,
     odt: DType,
+    fuse: Option<&Fuse>,
 ) -> Result<GpuStorage> {
     let xdt = x.dtype();
+    let n_out = fuse.map_or(n, |f| f.out_cols(n));
     check_binding(g, "linear input", data_bytes(m * k, xdt))?;
-    check_binding(g, "linear output", data_bytes(m * n, odt))?;
+    check_binding(g, "linear output", data_bytes(m * n_out, odt))?;
     if let Some(b) = b {
         check_binding(g, "linear bias", data_bytes(n, b.dtype()))?;
     }
@@ -1090,10 +1305,10 @@ fn qlinear_into(
     let s_row = 2 * QFormat::row_blocks(k) as u64;
     let s_base = g.quant_scales_offset(n * q_row as usize) as u64;
     let rows = quant_chunk_rows(g, n, q_row, s_row)?;
-    let out = g.alloc(data_bytes(m * n, odt), true)?;
+    let out = g.alloc(data_bytes(m * n_out, odt), true)?;
     let bias = b.map(|b| (b.gpu_storage(), b.dtype()));
     let b_f16 = bias.is_some_and(|b| is_f16(b.1));
-    let use_gemv = g.opts.gemv && m <= 4;
+    let use_gemv = fuse.is_some() || (g.opts.gemv && m <= 4);
     let gemv = QGemvConsts {
         m: m as u32,
         q4,
@@ -1103,6 +1318,7 @@ fn qlinear_into(
         b_f16,
         out_f16: is_f16(odt),
         subgroups: g.subgroups,
+        fusion: fuse.map_or(GemvFusion::NONE, |f| f.fusion),
     };
     let tile = if m <= 32 {
         MatmulTile::M32
@@ -1145,8 +1361,11 @@ fn qlinear_into(
                 ldo: n as u32,
                 n_off: n0 as u32,
                 groups_x: groups[0],
+                eps: fuse.map_or(0.0, |f| f.eps),
             };
-            rec.dispatch(g, &gemv, &params, &[xb, qb, sb, bb, ob], groups)?;
+            let [nw, nb, rb] = fused_binds(g, fuse);
+            let binds = [xb, qb, sb, bb, nw, nb, rb, ob];
+            rec.dispatch(g, &gemv, &params, &binds, groups)?;
         } else {
             let params = QMatmulParams {
                 m: m as u32,

@@ -82,8 +82,32 @@ fn one_path(
     // Batch row of each model state row.
     let mut active: Vec<usize> = (0..b).collect();
     let mut steps = 0;
+    // Greedy without processors that need the scores: the model may choose the tokens
+    // itself (on a GPU, without reading the logits back); min_new_tokens' eos ban travels
+    // as the ids it excludes.
+    let model_greedy =
+        !cfg.do_sample() && cfg.repetition_penalty() == 1.0 && cfg.no_repeat_ngram_size() == 0;
+    let no_ids: &[u32] = &[];
+    let exclude = |n: usize| {
+        if n < cfg.min_new_tokens() {
+            eos
+        } else {
+            no_ids
+        }
+    };
+    // The model's choice for the current step, when it made one.
+    let mut chosen: Option<Vec<u32>> = None;
     for n in 0..cfg.max_new_tokens() {
-        if logits.len() != active.len() * vocab {
+        if let Some(ids) = &chosen
+            && ids.len() != active.len()
+        {
+            return Err(ModelError::Invalid(format!(
+                "model step chose {} tokens for {} rows",
+                ids.len(),
+                active.len()
+            )));
+        }
+        if chosen.is_none() && logits.len() != active.len() * vocab {
             return Err(ModelError::Invalid(format!(
                 "model step returned {} logits, expected {}",
                 logits.len(),
@@ -93,9 +117,11 @@ fn one_path(
         let mut keep = Vec::with_capacity(active.len());
         let mut next = Vec::with_capacity(active.len());
         for (r, &row) in active.iter().enumerate() {
-            let scores = &mut logits[r * vocab..(r + 1) * vocab];
-            apply_processors(scores, &seen[row], n, cfg);
-            let tok = if cfg.do_sample() {
+            let tok = if let Some(ids) = &chosen {
+                ids[r]
+            } else if cfg.do_sample() {
+                let scores = &mut logits[r * vocab..(r + 1) * vocab];
+                apply_processors(scores, &seen[row], n, cfg);
                 sampling::warp(
                     scores,
                     cfg.temperature(),
@@ -105,6 +131,8 @@ fn one_path(
                 );
                 sampling::draw(&sampling::softmax(scores), &mut rngs[row])? as u32
             } else {
+                let scores = &mut logits[r * vocab..(r + 1) * vocab];
+                apply_processors(scores, &seen[row], n, cfg);
                 argmax(scores)
             };
             seen[row].push(tok);
@@ -128,9 +156,22 @@ fn one_path(
             model.select_rows(&keep)?;
             active = keep.iter().map(|&r| active[r]).collect();
         }
+        steps += 1;
+        chosen = None;
+        if model_greedy && let Some(g) = model.step_greedy(&next, exclude(n + 1))? {
+            let count: u32 = g.non_finite.iter().sum();
+            if count > 0 {
+                return Err(ModelError::NonFinite {
+                    what: format!("logits for generated token {}", n + 1),
+                    count: count as usize,
+                    total: next.len() * vocab,
+                });
+            }
+            chosen = Some(g.ids);
+            continue;
+        }
         logits = model.step(&next)?;
         check_logits(&logits, n + 1)?;
-        steps += 1;
     }
     Ok(DecodeOutput {
         tokens,

@@ -1,11 +1,12 @@
 //! OPTForCausalLM (pre-LN decoder, learned positions with offset 2, ReLU FFN) with a
 //! preallocated KV cache written in place.
 
+use blip2_engine::ops::LinearFusion;
 use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
 use super::OptConfig;
 pub use crate::lm::kv::KvCache;
-use crate::nn::{LayerNorm, Linear, activation};
+use crate::nn::{LayerNorm, Linear, StackedLinear, activation};
 use crate::weights::WeightLoader;
 
 /// HF's OPTLearnedPositionalEmbedding skips the first two rows.
@@ -13,13 +14,20 @@ const POSITION_OFFSET: u32 = 2;
 
 struct Layer {
     ln_attn: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v projections, stacked into one `[3D, D]` linear on a GPU.
+    qkv: StackedLinear,
     out: Linear,
     ln_ffn: LayerNorm,
     fc1: Linear,
     fc2: Linear,
+}
+
+/// The fusion of a projection after `ln`: the norm as its prologue when the model is pre-LN.
+fn pre_norm(pre_ln: bool, ln: &LayerNorm) -> LinearFusion<'_> {
+    LinearFusion {
+        norm: pre_ln.then(|| ln.prologue()),
+        ..Default::default()
+    }
 }
 
 pub struct Opt {
@@ -62,18 +70,24 @@ impl Opt {
             .map(|i| {
                 let l = dec.pp("layers").pp(i.to_string());
                 let a = l.pp("self_attn");
-                Layer {
+                let qkv = StackedLinear::new(
+                    vec![
+                        Linear::load(&a.pp("q_proj"), d, d, bias),
+                        Linear::load(&a.pp("k_proj"), d, d, bias),
+                        Linear::load(&a.pp("v_proj"), d, d, bias),
+                    ],
+                    false,
+                )?;
+                Ok(Layer {
                     ln_attn: LayerNorm::load(&l.pp("self_attn_layer_norm"), d, cfg.layer_norm_eps),
-                    q: Linear::load(&a.pp("q_proj"), d, d, bias),
-                    k: Linear::load(&a.pp("k_proj"), d, d, bias),
-                    v: Linear::load(&a.pp("v_proj"), d, d, bias),
+                    qkv,
                     out: Linear::load(&a.pp("out_proj"), d, d, bias),
                     ln_ffn: LayerNorm::load(&l.pp("final_layer_norm"), d, cfg.layer_norm_eps),
                     fc1: Linear::load(&l.pp("fc1"), d, cfg.ffn_dim, bias),
                     fc2: Linear::load(&l.pp("fc2"), cfg.ffn_dim, d, bias),
-                }
+                })
             })
-            .collect();
+            .collect::<crate::Result<Vec<_>>>()?;
         // Tied in every BLIP-2 OPT checkpoint: one tensor (and one quantization) for both.
         dec.check_dim(
             "embed_tokens.weight",
@@ -161,38 +175,45 @@ impl Opt {
         let scale = ((self.hidden / self.heads) as f32).powf(-0.5);
         let kv_len = cache.len + l;
         for (i, layer) in self.layers.iter().enumerate() {
-            let x = if self.pre_ln {
-                layer.ln_attn.forward(&h)?
-            } else {
-                h.clone()
-            };
-            let q = ops::split_heads(&layer.q.forward(&x)?, self.heads)?;
-            let k = ops::split_heads(&layer.k.forward(&x)?, self.heads)?;
-            let v = ops::split_heads(&layer.v.forward(&x)?, self.heads)?;
-            ops::write_at(&mut cache.k[i], &k, 2, cache.len)?;
-            ops::write_at(&mut cache.v[i], &v, 2, cache.len)?;
+            // Pre-LN: the norms are the prologues of the projections after them and the
+            // residual adds their epilogues, so a decode step is five dispatches a layer on
+            // the GPU (ops::linear_fused, ops::attention_append).
+            let qkv = layer
+                .qkv
+                .forward_fused(&h, &pre_norm(self.pre_ln, &layer.ln_attn))?;
+            let (kc, vc) = (&mut cache.k[i], &mut cache.v[i]);
             let opts = AttnOpts {
                 scale,
                 causal: true,
-                kv_len: Some(kv_len),
+                kv_len: None,
                 mask,
                 bias: None,
             };
-            let a = ops::attention(&q, &cache.k[i], &cache.v[i], &opts)?;
-            let a = layer.out.forward(&ops::merge_heads(&a)?)?;
-            h = ops::add(&h, &a)?;
+            let a = ops::attention_append(&qkv, kc, vc, cache.len, &opts)?;
+            h = layer.out.forward_fused(
+                &a,
+                &LinearFusion {
+                    residual: Some(&h),
+                    ..Default::default()
+                },
+            )?;
             if !self.pre_ln {
                 h = layer.ln_attn.forward(&h)?;
             }
-            let x = if self.pre_ln {
-                layer.ln_ffn.forward(&h)?
-            } else {
-                h.clone()
-            };
-            let f = layer
-                .fc2
-                .forward(&ops::unary(&layer.fc1.forward(&x)?, self.act)?)?;
-            h = ops::add(&h, &f)?;
+            let f = layer.fc1.forward_fused(
+                &h,
+                &LinearFusion {
+                    act: Some(self.act),
+                    ..pre_norm(self.pre_ln, &layer.ln_ffn)
+                },
+            )?;
+            h = layer.fc2.forward_fused(
+                &f,
+                &LinearFusion {
+                    residual: Some(&h),
+                    ..Default::default()
+                },
+            )?;
             if !self.pre_ln {
                 h = layer.ln_ffn.forward(&h)?;
             }

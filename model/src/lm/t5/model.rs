@@ -3,10 +3,11 @@
 //! The decoder keeps a preallocated self-attention cache; cross-attention K/V over the
 //! encoder output are computed once per request.
 
+use blip2_engine::ops::LinearFusion;
 use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
 use super::T5Config;
-use crate::nn::{Linear, RmsNorm, activation};
+use crate::nn::{Linear, RmsNorm, StackedLinear, activation};
 use crate::weights::WeightLoader;
 
 /// HF `_relative_position_bucket`, with the logarithm in f32 as torch computes it.
@@ -40,16 +41,35 @@ pub fn relative_position_bucket(
     bucket as usize
 }
 
-struct Attention {
+/// Self-attention: q, k and v, stacked into one `[3·inner, d]` linear on a GPU.
+struct SelfAttention {
+    qkv: StackedLinear,
+    o: Linear,
+    inner: usize,
+}
+
+impl SelfAttention {
+    fn load(vb: &WeightLoader, d: usize, inner: usize) -> crate::Result<SelfAttention> {
+        let parts = ["q", "k", "v"].map(|n| Linear::load(&vb.pp(n), d, inner, false));
+        Ok(SelfAttention {
+            qkv: StackedLinear::new(parts.into(), false)?,
+            o: Linear::load(&vb.pp("o"), inner, d, false),
+            inner,
+        })
+    }
+}
+
+/// Cross-attention: k and v run once over the encoder output, q every step.
+struct CrossAttention {
     q: Linear,
     k: Linear,
     v: Linear,
     o: Linear,
 }
 
-impl Attention {
-    fn load(vb: &WeightLoader, d: usize, inner: usize) -> Attention {
-        Attention {
+impl CrossAttention {
+    fn load(vb: &WeightLoader, d: usize, inner: usize) -> CrossAttention {
+        CrossAttention {
             q: Linear::load(&vb.pp("q"), d, inner, false),
             k: Linear::load(&vb.pp("k"), d, inner, false),
             v: Linear::load(&vb.pp("v"), d, inner, false),
@@ -58,10 +78,11 @@ impl Attention {
     }
 }
 
+/// Feed-forward; a gated one (Flan-T5) keeps wi_0 (gate) and wi_1 (up) as interleaved row
+/// pairs of one linear on a GPU, which `ops::linear_fused` gates in its epilogue.
 struct Ffn {
-    wi_0: Linear,
-    /// Present for gated variants (Flan-T5).
-    wi_1: Option<Linear>,
+    wi: StackedLinear,
+    gated: bool,
     wo: Linear,
     act: ops::Unary,
 }
@@ -69,43 +90,66 @@ struct Ffn {
 impl Ffn {
     fn load(vb: &WeightLoader, cfg: &T5Config) -> crate::Result<Ffn> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
-        let (wi_0, wi_1) = if cfg.is_gated_act {
-            (
+        let wi = if cfg.is_gated_act {
+            let parts = vec![
                 Linear::load(&vb.pp("wi_0"), d, ff, false),
-                Some(Linear::load(&vb.pp("wi_1"), d, ff, false)),
-            )
+                Linear::load(&vb.pp("wi_1"), d, ff, false),
+            ];
+            StackedLinear::new(parts, true)?
         } else {
-            (Linear::load(&vb.pp("wi"), d, ff, false), None)
+            StackedLinear::One(Linear::load(&vb.pp("wi"), d, ff, false))
         };
         Ok(Ffn {
-            wi_0,
-            wi_1,
+            wi,
+            gated: cfg.is_gated_act,
             wo: Linear::load(&vb.pp("wo"), ff, d, false),
             act: activation(&cfg.dense_act_fn)?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = ops::unary(&self.wi_0.forward(x)?, self.act)?;
-        if let Some(wi_1) = &self.wi_1 {
-            h = ops::mul(&h, &wi_1.forward(x)?)?;
-        }
-        self.wo.forward(&h)
+    /// `h + ffn(norm(h))`.
+    fn forward(&self, h: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
+        let f = self.wi.forward_fused(
+            h,
+            &LinearFusion {
+                norm: Some(norm.prologue()),
+                act: Some(self.act),
+                gated: self.gated,
+                residual: None,
+            },
+        )?;
+        self.wo.forward_fused(&f, &residual(h))
+    }
+}
+
+/// `+ residual` as a linear's epilogue.
+fn residual(h: &Tensor) -> LinearFusion<'_> {
+    LinearFusion {
+        residual: Some(h),
+        ..Default::default()
+    }
+}
+
+/// `norm` as a linear's prologue.
+fn normed(norm: &RmsNorm) -> LinearFusion<'_> {
+    LinearFusion {
+        norm: Some(norm.prologue()),
+        ..Default::default()
     }
 }
 
 struct EncoderBlock {
     ln_attn: RmsNorm,
-    attn: Attention,
+    attn: SelfAttention,
     ln_ffn: RmsNorm,
     ffn: Ffn,
 }
 
 struct DecoderBlock {
     ln_self: RmsNorm,
-    self_attn: Attention,
+    self_attn: SelfAttention,
     ln_cross: RmsNorm,
-    cross_attn: Attention,
+    cross_attn: CrossAttention,
     ln_ffn: RmsNorm,
     ffn: Ffn,
 }
@@ -188,7 +232,7 @@ impl T5 {
             let b = enc.pp("block").pp(i.to_string());
             enc_blocks.push(EncoderBlock {
                 ln_attn: RmsNorm::load(&b.pp("layer.0.layer_norm"), d, eps),
-                attn: Attention::load(&b.pp("layer.0.SelfAttention"), d, inner),
+                attn: SelfAttention::load(&b.pp("layer.0.SelfAttention"), d, inner)?,
                 ln_ffn: RmsNorm::load(&b.pp("layer.1.layer_norm"), d, eps),
                 ffn: Ffn::load(&b.pp("layer.1.DenseReluDense"), cfg)?,
             });
@@ -198,9 +242,9 @@ impl T5 {
             let b = dec.pp("block").pp(i.to_string());
             dec_blocks.push(DecoderBlock {
                 ln_self: RmsNorm::load(&b.pp("layer.0.layer_norm"), d, eps),
-                self_attn: Attention::load(&b.pp("layer.0.SelfAttention"), d, inner),
+                self_attn: SelfAttention::load(&b.pp("layer.0.SelfAttention"), d, inner)?,
                 ln_cross: RmsNorm::load(&b.pp("layer.1.layer_norm"), d, eps),
-                cross_attn: Attention::load(&b.pp("layer.1.EncDecAttention"), d, inner),
+                cross_attn: CrossAttention::load(&b.pp("layer.1.EncDecAttention"), d, inner),
                 ln_ffn: RmsNorm::load(&b.pp("layer.2.layer_norm"), d, eps),
                 ffn: Ffn::load(&b.pp("layer.2.DenseReluDense"), cfg)?,
             });
@@ -283,16 +327,16 @@ impl T5 {
         let bias = self.position_bias(&self.enc_rel, 0, l, l, true, embeds.device())?;
         let mut h = embeds.clone();
         for b in &self.enc_blocks {
-            let x = b.ln_attn.forward(&h)?;
-            let (q, k, v) = (
-                self.heads_of(&b.attn.q, &x)?,
-                self.heads_of(&b.attn.k, &x)?,
-                self.heads_of(&b.attn.v, &x)?,
-            );
+            let qkv = b.attn.qkv.forward_fused(&h, &normed(&b.ln_attn))?;
+            let inner = b.attn.inner;
+            let [q, k, v] = [0, 1, 2].map(|i| {
+                ops::narrow(&qkv, 2, i * inner, inner)
+                    .and_then(|t| ops::split_heads(&t, self.heads))
+            });
             let a = ops::attention(
-                &q,
-                &k,
-                &v,
+                &q?,
+                &k?,
+                &v?,
                 &AttnOpts {
                     scale: 1.0,
                     mask,
@@ -300,9 +344,11 @@ impl T5 {
                     ..Default::default()
                 },
             )?;
-            h = ops::add(&h, &b.attn.o.forward(&ops::merge_heads(&a)?)?)?;
-            let x = b.ln_ffn.forward(&h)?;
-            h = ops::add(&h, &b.ffn.forward(&x)?)?;
+            h = b
+                .attn
+                .o
+                .forward_fused(&ops::merge_heads(&a)?, &residual(&h))?;
+            h = b.ffn.forward(&h, &b.ln_ffn)?;
         }
         self.enc_final.forward(&h)
     }
@@ -356,41 +402,34 @@ impl T5 {
         let bias =
             self.position_bias(&self.dec_rel, cache.len, l, kv_len, false, embeds.device())?;
         let mut h = embeds.clone();
+        // Per layer on the GPU for one token: the RMSNorms are prologues of the projections
+        // after them, the residual adds epilogues, the new K/V are written by the attention
+        // (ops::linear_fused, ops::attention_append): eight dispatches.
         for (i, b) in self.dec_blocks.iter().enumerate() {
-            let x = b.ln_self.forward(&h)?;
-            let q = self.heads_of(&b.self_attn.q, &x)?;
-            ops::write_at(
-                &mut cache.k[i],
-                &self.heads_of(&b.self_attn.k, &x)?,
-                2,
-                cache.len,
-            )?;
-            ops::write_at(
-                &mut cache.v[i],
-                &self.heads_of(&b.self_attn.v, &x)?,
-                2,
-                cache.len,
-            )?;
+            let qkv = b.self_attn.qkv.forward_fused(&h, &normed(&b.ln_self))?;
             let opts = AttnOpts {
                 scale: 1.0,
                 causal: true,
-                kv_len: Some(kv_len),
+                kv_len: None,
                 mask: None,
                 bias: Some(&bias),
             };
-            let a = ops::attention(&q, &cache.k[i], &cache.v[i], &opts)?;
-            h = ops::add(&h, &b.self_attn.o.forward(&ops::merge_heads(&a)?)?)?;
-            let x = b.ln_cross.forward(&h)?;
-            let q = self.heads_of(&b.cross_attn.q, &x)?;
+            let (kc, vc) = (&mut cache.k[i], &mut cache.v[i]);
+            let a = ops::attention_append(&qkv, kc, vc, cache.len, &opts)?;
+            h = b.self_attn.o.forward_fused(&a, &residual(&h))?;
+            let q = b.cross_attn.q.forward_fused(&h, &normed(&b.ln_cross))?;
+            let q = ops::split_heads(&q, self.heads)?;
             let opts = AttnOpts {
                 scale: 1.0,
                 mask: cache.enc_mask.as_ref(),
                 ..Default::default()
             };
             let a = ops::attention(&q, &cache.cross_k[i], &cache.cross_v[i], &opts)?;
-            h = ops::add(&h, &b.cross_attn.o.forward(&ops::merge_heads(&a)?)?)?;
-            let x = b.ln_ffn.forward(&h)?;
-            h = ops::add(&h, &b.ffn.forward(&x)?)?;
+            h = b
+                .cross_attn
+                .o
+                .forward_fused(&ops::merge_heads(&a)?, &residual(&h))?;
+            h = b.ffn.forward(&h, &b.ln_ffn)?;
         }
         cache.len = kv_len;
         let mut h = self.dec_final.forward(&h)?;

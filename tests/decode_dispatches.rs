@@ -1,0 +1,188 @@
+//! GPU dispatches of one decode step, counted by the runtime (`GpuStats::dispatches`): with
+//! the decode fusion (`ops::linear_fused`: norm prologues, activation/gate and residual
+//! epilogues; `ops::attention_append`: the new K/V written by the attention) a step is at
+//! most 8 dispatches per language-model layer plus a constant, for the OPT and T5 fixtures
+//! and for random OPT layers at OPT-2.7B width; a greedy step reads back 8 bytes (the
+//! token chosen on the device and its row's non-finite count) in one submit. Skipped
+//! without a GPU adapter (set BLIP2_REQUIRE_GPU=1 to fail instead).
+
+mod common;
+
+use blip2::engine::gpu::GpuStats;
+use blip2::engine::testing::devices;
+use blip2::engine::{DType, Device};
+use blip2::model::generate::GenerationConfig;
+use blip2::model::inputs::PaddedBatch;
+use blip2::model::lm::opt::OptConfig;
+use blip2::model::lm::{LmConfig, LmInput};
+use blip2::model::tokenizer::PaddingSide;
+use blip2::model::{Checkpoint, WeightLoader};
+use common::*;
+
+/// The bound of issue 14: dispatches per layer.
+const PER_LAYER: u64 = 8;
+/// Dispatches outside the layers: token and position embedding gathers and their add
+/// (OPT), the padding mask and T5's position bias are uploads, the final norm, T5's tied
+/// scale, the LM head.
+const CONSTANT: u64 = 6;
+
+/// The counters are the device's, shared by every test thread: counting tests run one at a
+/// time.
+static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn gpu() -> Option<Device> {
+    devices().into_iter().find(|d| matches!(d, Device::Gpu(_)))
+}
+
+fn stats(dev: &Device) -> GpuStats {
+    match dev {
+        Device::Gpu(g) => g.stats(),
+        Device::Cpu => unreachable!("GPU only"),
+    }
+}
+
+/// Counters between the second and the last of `marks` (the first step may compile and
+/// warm up), per step.
+fn per_step(marks: &[GpuStats]) -> GpuStats {
+    let (a, b) = (&marks[1], marks.last().unwrap());
+    let steps = marks.len() as u64 - 2;
+    GpuStats {
+        dispatches: (b.dispatches - a.dispatches) / steps,
+        submits: (b.submits - a.submits) / steps,
+        readback_bytes: (b.readback_bytes - a.readback_bytes) / steps,
+        ..GpuStats::default()
+    }
+}
+
+/// Counters per decode step of a fixture pipeline's greedy generation, and its layers.
+fn fixture_step(name: &str, dev: &Device) -> (GpuStats, u64) {
+    let model = load(name, dev, DType::F32);
+    let layers = model.config.text_config.as_ref().unwrap().decoder_layers() as u64;
+    let img = image("rgb");
+    let feats = model.image_features(&[&img]).unwrap();
+    let settings = model
+        .resolve_generation(&GenerationConfig {
+            max_new_tokens: 6,
+            min_new_tokens: 6,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut marks = Vec::new();
+    model
+        .generate_from_features_with(&feats, &[None], &settings, &mut |_| marks.push(stats(dev)))
+        .unwrap();
+    assert!(marks.len() >= 4, "{name}: {} tokens", marks.len());
+    (per_step(&marks), layers)
+}
+
+#[test]
+fn fixture_decode_steps_are_at_most_8_dispatches_per_layer() {
+    let Some(dev) = gpu() else { return };
+    let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    for name in ["blip2-opt-tiny", "blip2-flan-t5-tiny"] {
+        let (s, layers) = fixture_step(name, &dev);
+        let d = s.dispatches;
+        eprintln!("{name}: {s:?} per decode step, {layers} layers");
+        assert!(
+            d <= PER_LAYER * layers + CONSTANT,
+            "{name}: {d} dispatches per step for {layers} layers"
+        );
+        // Greedy without processors that need the scores (min_new_tokens' eos ban is an
+        // exclusion of the device argmax): the chosen id and the row's non-finite count,
+        // 8 bytes, are all a step reads back, in the step's one submit.
+        assert_eq!(s.readback_bytes, 8, "{name}: {s:?}");
+        assert_eq!(s.submits, 1, "{name}: {s:?}");
+    }
+}
+
+#[test]
+fn opt_2_7b_wide_decode_step_is_at_most_8_dispatches_per_layer() {
+    let Some(dev) = gpu() else { return };
+    let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    // OPT-2.7B's layer shape (hidden 2560, 32 heads, ffn 10240) with 2 layers and a small
+    // vocabulary, random f16 weights (as `blip2 bench --dtype f16` loads them).
+    let cfg = OptConfig {
+        hidden_size: 2560,
+        word_embed_proj_dim: 2560,
+        ffn_dim: 10240,
+        num_attention_heads: 32,
+        num_hidden_layers: 2,
+        vocab_size: 512,
+        ..OptConfig::default()
+    };
+    let ckpt = Checkpoint::random(7);
+    let vb = WeightLoader::new(&ckpt, &dev, DType::F16);
+    let lm = cfg.load(&vb).unwrap();
+    vb.finish().unwrap();
+    let rows = vec![vec![2u32, 17, 33, 41, 5]];
+    let batch = PaddedBatch::new(&rows, 1, u32::MAX, PaddingSide::Left);
+    let embeds = lm
+        .embed(&rows[0])
+        .unwrap()
+        .reshape(&[1, batch.len, lm.hidden_size()])
+        .unwrap();
+    let mut pre = lm.prefill(LmInput { embeds, batch }, 8).unwrap();
+    let mut marks = vec![stats(&dev)];
+    for t in [3u32, 9, 27, 81, 243] {
+        let logits = pre.decoder.step(&[t]).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()));
+        marks.push(stats(&dev));
+    }
+    let d = per_step(&marks).dispatches;
+    eprintln!("OPT-2.7B width, 2 layers: {d} dispatches per decode step");
+    assert!(d <= PER_LAYER * 2 + CONSTANT, "{d} dispatches per step");
+}
+
+/// Tokens chosen on the device are the host's choice: the same fixtures generated greedily
+/// (min_new_tokens = max_new_tokens, so every step bans eos through the kernel's exclusion)
+/// on a context with the device argmax and on one without it (logits read back, host
+/// argmax after the processors) give the same ids, and only the first reads 8 bytes a step.
+#[test]
+fn device_greedy_tokens_are_the_host_argmax() {
+    use blip2::engine::gpu::{GpuContext, GpuOptions};
+    let Some(dev) = gpu() else { return };
+    let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    let host = Device::Gpu(std::sync::Arc::new(
+        GpuContext::with_options(GpuOptions {
+            device_argmax: false,
+            ..GpuOptions::from_env()
+        })
+        .unwrap(),
+    ));
+    for name in ["blip2-opt-tiny", "blip2-flan-t5-tiny"] {
+        let run = |d: &Device| {
+            let model = load(name, d, DType::F32);
+            let imgs = [image("rgb"), image("jpeg")];
+            let refs: Vec<_> = imgs.iter().collect();
+            let feats = model.image_features(&refs).unwrap();
+            let settings = model
+                .resolve_generation(&GenerationConfig {
+                    max_new_tokens: 7,
+                    min_new_tokens: 7,
+                    ..Default::default()
+                })
+                .unwrap();
+            let mut marks = Vec::new();
+            let out = model
+                .generate_from_features_with(
+                    &feats,
+                    &[None, Some("Question: what is it? Answer:")],
+                    &settings,
+                    &mut |e| {
+                        if e.row == 0 {
+                            marks.push(stats(d))
+                        }
+                    },
+                )
+                .unwrap();
+            let ids: Vec<Vec<u32>> = out.into_iter().map(|g| g.token_ids).collect();
+            (ids, per_step(&marks).readback_bytes)
+        };
+        let (on_device, dev_bytes) = run(&dev);
+        let (on_host, host_bytes) = run(&host);
+        assert_eq!(on_device, on_host, "{name}");
+        // Two rows: 8 bytes each, against two logits rows.
+        assert_eq!(dev_bytes, 16, "{name}");
+        assert!(host_bytes > 16, "{name}: {host_bytes}");
+    }
+}
