@@ -56,6 +56,7 @@ const RED_N: u32 = NACC;
 // #include "pack.wgsl"
 // #include "reduce.wgsl"
 // #include "act.wgsl"
+// #include "gemv_fusion.wgsl"
 
 fn word_x(i: u32) -> u32 {
     return x[i >> 2u][i & 3u];
@@ -92,47 +93,6 @@ fn ld_w8(i: u32) -> mat2x4<f32> {
     return mat2x4<f32>(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u]));
 }
 
-fn ld_r(i: u32) -> f32 {
-    return elem(res[word_of(i, OUT_F16)], i, OUT_F16);
-}
-
-// x row m, column c, normalised when NORM != 0 (c < k).
-fn nrm(v: f32, c: u32, mean: f32, rstd: f32) -> f32 {
-    if (NORM == 1u) {
-        return (v - mean) * rstd * nw[c] + nb[c];
-    }
-    if (NORM == 2u) {
-        return v * rstd * nw[c];
-    }
-    return v;
-}
-
-// The epilogue of one output pair (cols col, col+1 of row m): activation or gate, residual,
-// store.
-fn finish(m: u32, col: u32, v: vec2<f32>, two: bool) {
-    if (EPI == 2u) {
-        // col is even: the pair is (gate, up) of output col / 2.
-        let o = m * (p.ldo / 2u) + col / 2u;
-        var y = activate(ACT, v.x) * v.y;
-        if (RESIDUAL) {
-            y += ld_r(o);
-        }
-        out[o] = bitcast<u32>(y);
-        return;
-    }
-    var y = v;
-    if (EPI == 1u) {
-        y = vec2<f32>(activate(ACT, v.x), activate(ACT, v.y));
-    }
-    let o = m * p.ldo + col;
-    if (RESIDUAL) {
-        y.x += ld_r(o);
-        if (two) {
-            y.y += ld_r(o + 1u);
-        }
-    }
-    st_pair(o, y.x, y.y, two);
-}
 
 @compute @workgroup_size(WG)
 fn main(
