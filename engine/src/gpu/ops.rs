@@ -1145,11 +1145,11 @@ fn record_matmul(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Fewest rows of x for which the tensor-core kernel is chosen (its blocks are 32 rows;
 /// decode's 1–4 rows stay on the memory-bound GEMV).
 const COOP_MIN_M: usize = 16;
 
+#[allow(clippy::too_many_arguments)]
 fn linear_into(
     g: &Ctx,
     x: &Tensor,
