@@ -471,15 +471,25 @@ fn dpbf16_m(
 ) {
     let k = w.cols;
     let kp = padded_k(k);
+    with_rounded_a(|abf| {
+        crate::x86_dpbf16::pack_a(m, k, kp, abf, |i, out| {
+            round_row_isa(isa, &a[i * k..(i + 1) * k], out)
+        });
+        crate::x86_dpbf16::matmul(abf, kp, threads, w, bias, c, m);
+    })
+}
+
+/// Runs `f` on this thread's buffer for A rounded to bf16, reused across calls (a fresh
+/// zeroed buffer per call cost ~5% of the ViT in page clearing and memset on the AMX path).
+#[cfg(target_arch = "x86_64")]
+fn with_rounded_a<R>(f: impl FnOnce(&mut Vec<u16>) -> R) -> R {
     thread_local! {
         static ABF: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let mut abf = ABF.with(|b| b.take());
-    crate::x86_dpbf16::pack_a(m, k, kp, &mut abf, |i, out| {
-        round_row_isa(isa, &a[i * k..(i + 1) * k], out)
-    });
-    crate::x86_dpbf16::matmul(&abf, kp, threads, w, bias, c, m);
+    let r = f(&mut abf);
     ABF.with(|b| b.replace(abf));
+    r
 }
 
 /// The AMX path: A rounded to bf16 once into tiles (rows padded to 32, K to 32), then each
@@ -497,29 +507,25 @@ fn amx_m(
     let k = w.cols;
     let kp = padded_k(k);
     let mp = m.div_ceil(32) * 32;
-    // Rounded A, reused across calls on this thread (a fresh zeroed buffer per call cost
-    // ~5% of the ViT in page clearing and memset); only the padding is zeroed.
-    thread_local! {
-        static ABF: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let mut abf = ABF.with(|b| b.take());
-    abf.resize(mp * kp, 0);
-    // Tile layout: row r, K step s (32 values) at (r/16)·16·kp + s·512 + (r%16)·32, so each
-    // A tile is one contiguous KiB like W's (strided 16-row tile loads were ~35% slower).
-    let mut row = vec![0u16; kp];
-    for r in 0..mp {
-        if r < m {
-            round_row_isa(isa, &a[r * k..(r + 1) * k], &mut row[..k]);
-        } else {
-            row[..k].fill(0);
+    // Rounded A, reused across calls on this thread; only the padding is zeroed.
+    with_rounded_a(|abf| {
+        abf.resize(mp * kp, 0);
+        // Tile layout: row r, K step s (32 values) at (r/16)·16·kp + s·512 + (r%16)·32, so each
+        // A tile is one contiguous KiB like W's (strided 16-row tile loads were ~35% slower).
+        let mut row = vec![0u16; kp];
+        for r in 0..mp {
+            if r < m {
+                round_row_isa(isa, &a[r * k..(r + 1) * k], &mut row[..k]);
+            } else {
+                row[..k].fill(0);
+            }
+            let base = (r / 16) * 16 * kp + (r % 16) * 32;
+            for (st, chunk) in row.chunks_exact(32).enumerate() {
+                abf[base + st * 512..base + st * 512 + 32].copy_from_slice(chunk);
+            }
         }
-        let base = (r / 16) * 16 * kp + (r % 16) * 32;
-        for (st, chunk) in row.chunks_exact(32).enumerate() {
-            abf[base + st * 512..base + st * 512 + 32].copy_from_slice(chunk);
-        }
-    }
-    amx_tiles(&abf, kp, threads, w, bias, c, m);
-    ABF.with(|b| b.replace(abf));
+        amx_tiles(abf, kp, threads, w, bias, c, m);
+    })
 }
 
 /// The tile walk of [`amx_m`] over the rounded A (tile layout, `kp` values per row, rows

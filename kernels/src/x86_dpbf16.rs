@@ -115,11 +115,16 @@ pub(crate) fn pack_a(
     out: &mut Vec<u16>,
     mut row: impl FnMut(usize, &mut [u16]),
 ) {
-    out.clear();
+    // Every value is written below (rows past m as zeros), so a reused buffer is not
+    // cleared first.
     out.resize(packed_a_len(m, kp), 0);
     let mut buf = vec![0u16; kp];
-    for i in 0..m {
-        row(i, &mut buf[..k]);
+    for i in 0..m.div_ceil(MR) * MR {
+        if i < m {
+            row(i, &mut buf[..k]);
+        } else {
+            buf.fill(0);
+        }
         let (t, r) = (i / MR, i % MR);
         let base = t * MR * kp + 2 * r;
         for (p, pair) in buf.chunks_exact(2).enumerate() {

@@ -635,17 +635,9 @@ pub(crate) fn attention(
     let direct = hd.is_multiple_of(2) || bh * lq == 1;
     let out = with_out_dtype(g, dt, direct, total, |odt| {
         let out = g.alloc(data_bytes(total, odt), true)?;
-        if fused {
-            let kernel = AttentionConsts {
-                qkv_f16: is_f16(dt),
-                out_f16: is_f16(odt),
-                has_mask: opts.mask.is_some(),
-                has_bias: opts.bias.is_some(),
-                d_even: hd.is_multiple_of(2),
-                subgroups: g.subgroups,
-            };
-            let rows = bh * lq;
-            let groups = grid(g, rows)?;
+        // The uniform and bindings both one-pass kernels take; `rows` is what their
+        // workgroups index (queries for attention.wgsl, heads for the flash kernel).
+        let one_pass = |rows: usize, groups_x: u32| {
             let params = AttentionParams {
                 lq: lq as u32,
                 lk: lk as u32,
@@ -657,7 +649,7 @@ pub(crate) fn attention(
                 causal: opts.causal as u32,
                 causal_off: causal_off as u32,
                 mask_rows: d.mask_rows.max(1) as u32,
-                groups_x: groups[0],
+                groups_x,
             };
             let binds = [
                 Bind::whole(q.gpu_storage()),
@@ -667,6 +659,20 @@ pub(crate) fn attention(
                 Bind::whole(opts.bias.map_or(&g.dummy, |b| b.gpu_storage())),
                 Bind::whole(&out),
             ];
+            (params, binds)
+        };
+        if fused {
+            let kernel = AttentionConsts {
+                qkv_f16: is_f16(dt),
+                out_f16: is_f16(odt),
+                has_mask: opts.mask.is_some(),
+                has_bias: opts.bias.is_some(),
+                d_even: hd.is_multiple_of(2),
+                subgroups: g.subgroups,
+            };
+            let rows = bh * lq;
+            let groups = grid(g, rows)?;
+            let (params, binds) = one_pass(rows, groups[0]);
             g.recorder()?
                 .dispatch(g, &kernel, &params, &binds, groups)?;
             return Ok(out);
@@ -679,27 +685,7 @@ pub(crate) fn attention(
                 has_bias: opts.bias.is_some(),
             };
             let groups = grid(g, bh * lq.div_ceil(FlashAttentionConsts::BQ))?;
-            let params = AttentionParams {
-                lq: lq as u32,
-                lk: lk as u32,
-                lk_cap: d.lk_cap as u32,
-                d: hd as u32,
-                heads: d.heads as u32,
-                rows: bh as u32,
-                scale: opts.scale,
-                causal: opts.causal as u32,
-                causal_off: causal_off as u32,
-                mask_rows: d.mask_rows.max(1) as u32,
-                groups_x: groups[0],
-            };
-            let binds = [
-                Bind::whole(q.gpu_storage()),
-                Bind::whole(k.gpu_storage()),
-                Bind::whole(v.gpu_storage()),
-                Bind::whole(opts.mask.map_or(&g.dummy, |m| m.gpu_storage())),
-                Bind::whole(opts.bias.map_or(&g.dummy, |b| b.gpu_storage())),
-                Bind::whole(&out),
-            ];
+            let (params, binds) = one_pass(bh, groups[0]);
             g.recorder()?
                 .dispatch(g, &kernel, &params, &binds, groups)?;
             return Ok(out);

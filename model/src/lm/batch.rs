@@ -178,7 +178,7 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
 
     /// Room for `n` more columns: drop the columns every running row pads, else grow.
     fn ensure_room(&mut self, n: usize) -> Result<()> {
-        let Some(cache) = self.cache.as_ref() else {
+        let Some(cache) = self.cache.as_mut() else {
             return Ok(());
         };
         if cache.len + n <= cache.capacity {
@@ -190,7 +190,6 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
             .map(|&s| self.mask[s].iter().take_while(|&&v| v == 0).count())
             .min()
             .unwrap_or(0);
-        let cache = self.cache.as_mut().expect("checked above");
         let used = cache.len - lead;
         let capacity = cache.capacity.max(used + n + GROW);
         cache.relayout(lead, 0, capacity)?;
