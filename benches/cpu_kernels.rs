@@ -406,6 +406,53 @@ fn bf16_weights(c: &mut Criterion) {
     }
 }
 
+/// f32 and f16 weights packed at load (`matmul_packed`) against the same weights row-major
+/// (packed per call by the GEMM, or read row by row by the GEMV paths): the ViT shapes,
+/// decode (m = 1, 4, 8, memory-bound) and the demo model's batched decode (m = 16, tiny
+/// matrices, where per-call packing weighs most). All threads.
+fn packed_weights(c: &mut Criterion) {
+    let best = isa();
+    let shapes = VIT.iter().chain(&[
+        (1, 2560, 10240),
+        (4, 2560, 10240),
+        (8, 2560, 10240),
+        (16, 128, 512),
+    ]);
+    for &(m, k, n) in shapes {
+        let mut g = c.benchmark_group(format!("packed_weights/{m}x{k}x{n}"));
+        short(&mut g);
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        let a = rand_vec(m * k, 9);
+        let w = rand_vec(n * k, 10);
+        let w16: Vec<f16> = w.iter().copied().map(f16::from_f32).collect();
+        let len = checked_packed_len(n, k).unwrap();
+        let mut p32 = vec![0f32; len];
+        pack_linear(&w, n, k, &mut p32);
+        let mut p16 = vec![f16::ZERO; len];
+        pack_linear(&w16, n, k, &mut p16);
+        let mut out = vec![0.0f32; m * n];
+        for (name, b) in [("f32", BSlice::F32(&w)), ("f16", BSlice::F16(&w16))] {
+            g.bench_function(name, |bch| {
+                bch.iter(|| matmul_with(best, 0, black_box(&a), b, None, &mut out, m, k, n, true))
+            });
+        }
+        for (name, data) in [
+            ("f32_packed", PackedData::F32(&p32)),
+            ("f16_packed", PackedData::F16(&p16)),
+        ] {
+            let wm = PackedMatrix {
+                rows: n,
+                cols: k,
+                data,
+            };
+            g.bench_function(name, |bch| {
+                bch.iter(|| matmul_packed_with(best, 0, black_box(&a), &wm, None, &mut out, m))
+            });
+        }
+        g.finish();
+    }
+}
+
 criterion_group!(
     benches,
     matmul_vit,
@@ -413,6 +460,7 @@ criterion_group!(
     gemv,
     quantized,
     bf16_weights,
+    packed_weights,
     attention_bench,
     rowwise
 );

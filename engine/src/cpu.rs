@@ -25,6 +25,11 @@ fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
         // `ops` admits quantized tensors only as linear weights; dequantize defensively.
         CpuStorage::Quant(q) => Cow::Owned(q.dequantize()),
         CpuStorage::Bf16(b) => Cow::Owned(b.unpack()),
+        CpuStorage::Panels(p) => {
+            let mut out = vec![0f32; p.rows * p.cols];
+            k::unpack_packed(&p.matrix(), &mut out);
+            Cow::Owned(out)
+        }
     }
 }
 
@@ -32,8 +37,10 @@ fn b_slice(t: &Tensor) -> k::BSlice<'_> {
     match t.cpu_storage() {
         CpuStorage::F32(v) => k::BSlice::F32(v),
         CpuStorage::F16(v) => k::BSlice::F16(v),
-        CpuStorage::Quant(_) | CpuStorage::Bf16(_) => {
-            unreachable!("ops::check_float keeps packed tensors out of matmul")
+        CpuStorage::Quant(_) | CpuStorage::Bf16(_) | CpuStorage::Panels(_) => {
+            unreachable!(
+                "ops::check_float keeps packed tensors out of matmul, and `matmul` unpacks panels"
+            )
         }
     }
 }
@@ -70,6 +77,7 @@ pub(crate) fn linear(
         match w.cpu_storage() {
             CpuStorage::Quant(q) => k::matmul_q(&xa, &q.matrix(), bias.as_deref(), &mut c, m),
             CpuStorage::Bf16(p) => k::matmul_bf16(&xa, &p.matrix(), bias.as_deref(), &mut c, m),
+            CpuStorage::Panels(p) => k::matmul_packed(&xa, &p.matrix(), bias.as_deref(), &mut c, m),
             _ => k::matmul(&xa, b_slice(w), bias.as_deref(), &mut c, m, kdim, n, true),
         }
     }
@@ -83,6 +91,8 @@ pub(crate) fn matmul(
     out_shape: Vec<usize>,
 ) -> Result<Tensor> {
     let aa = f32_data(a);
+    let b = b.plain();
+    let b = b.as_ref();
     let mut c = vec![0f32; d.batch * d.m * d.n];
     if d.batch > 0 && d.m > 0 && d.n > 0 {
         if d.b_shared {
@@ -226,6 +236,7 @@ pub(crate) fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Ten
             CpuStorage::F16(v) => k::f16_to_f32(&v[r], o),
             CpuStorage::Quant(q) => k::dequantize_matrix_row(&q.matrix(), id as usize, o),
             CpuStorage::Bf16(b) => k::unpack_bf16_row(&b.matrix(), id as usize, o),
+            CpuStorage::Panels(p) => k::unpack_packed_row(&p.matrix(), id as usize, o),
         }
     }
     output(out, vec![ids.len(), d], dtype)
@@ -234,10 +245,10 @@ pub(crate) fn embedding(table: &Tensor, ids: &[u32], dtype: DType) -> Result<Ten
 /// Copies raw storage without dtype conversion (concat/narrow/permute keep the dtype).
 macro_rules! with_storage {
     ($t:expr, $v:ident => $body:expr) => {
-        match $t.cpu_storage() {
+        match $t.plain().cpu_storage() {
             CpuStorage::F32($v) => CpuStorage::F32($body),
             CpuStorage::F16($v) => CpuStorage::F16(HostVec::Owned($body)),
-            CpuStorage::Quant(_) | CpuStorage::Bf16(_) => {
+            CpuStorage::Quant(_) | CpuStorage::Bf16(_) | CpuStorage::Panels(_) => {
                 unreachable!("ops::check_float admits packed tensors only as linear weights")
             }
         }
@@ -259,6 +270,9 @@ pub(crate) fn gather_rows(x: &Tensor, rows: &[usize], out_shape: Vec<usize>) -> 
 pub(crate) fn concat(ts: &[&Tensor], axis: usize, out_shape: Vec<usize>) -> Result<Tensor> {
     let (outer, _, inner) = split_at_axis(&out_shape, axis);
     let total = out_shape.iter().product();
+    let plain: Vec<_> = ts.iter().map(|t| t.plain()).collect();
+    let ts: Vec<&Tensor> = plain.iter().map(|t| t.as_ref()).collect();
+    let ts = &ts[..];
     let storage = match ts[0].cpu_storage() {
         CpuStorage::F32(_) => {
             CpuStorage::F32(concat_blocks(ts, axis, outer, inner, total, |s| match s {
@@ -273,7 +287,7 @@ pub(crate) fn concat(ts: &[&Tensor], axis: usize, out_shape: Vec<usize>) -> Resu
             })?
             .into(),
         ),
-        CpuStorage::Quant(_) | CpuStorage::Bf16(_) => {
+        CpuStorage::Quant(_) | CpuStorage::Bf16(_) | CpuStorage::Panels(_) => {
             unreachable!("ops::check_float admits packed tensors only as linear weights")
         }
     };
@@ -332,6 +346,7 @@ pub(crate) fn write_at(dst: &mut Tensor, src: &Tensor, axis: usize, offset: usiz
     let len = src.dim(axis);
     let span = len * inner;
     let found = src.dtype();
+    let src = src.plain();
     match (dst.cpu_storage_mut(), src.cpu_storage()) {
         (CpuStorage::F32(d), CpuStorage::F32(s)) => {
             copy_blocks(d, s, outer, dim, inner, offset, span)
@@ -438,12 +453,13 @@ fn filled_rows_f32(
     dh: usize,
 ) -> Cow<'_, [f32]> {
     let mut out = vec![0f32; slabs * lk * dh];
+    let t = t.plain();
     for (s, o) in out.chunks_mut((lk * dh).max(1)).enumerate().take(slabs) {
         let src = s * lk_cap * dh..(s * lk_cap + lk) * dh;
         match t.cpu_storage() {
             CpuStorage::F32(v) => o.copy_from_slice(&v[src]),
             CpuStorage::F16(v) => k::f16_to_f32(&v[src], o),
-            CpuStorage::Quant(_) | CpuStorage::Bf16(_) => {
+            CpuStorage::Quant(_) | CpuStorage::Bf16(_) | CpuStorage::Panels(_) => {
                 unreachable!("ops::check_float admits packed tensors only as linear weights")
             }
         }

@@ -13,6 +13,7 @@ mod error;
 pub mod gpu;
 mod host;
 pub mod ops;
+mod panels;
 mod quant;
 mod tensor;
 #[doc(hidden)]
@@ -23,5 +24,6 @@ pub use dtype::{DType, QFormat, StoredDType};
 pub use error::{Error, Result};
 pub use host::SharedBytes;
 pub use ops::AttnOpts;
+pub use panels::panels_preferred;
 pub use quant::QuantBytes;
 pub use tensor::Tensor;

@@ -5,6 +5,7 @@ use half::{bf16, f16};
 use crate::bf16::Bf16Data;
 use crate::gpu::GpuStorage;
 use crate::host::{HostVec, SharedBytes, SharedSlice};
+use crate::panels::Panels;
 use crate::quant::QuantData;
 use crate::{DType, Device, Error, Result, StoredDType};
 
@@ -16,6 +17,8 @@ pub(crate) enum CpuStorage {
     F16(HostVec<f16>),
     Quant(QuantData),
     Bf16(Bf16Data),
+    /// An f32/f16 linear weight in the GEMM's panel layout (`panels.rs`).
+    Panels(Panels),
 }
 
 #[derive(Clone)]
@@ -79,6 +82,7 @@ impl Tensor {
             CpuStorage::F16(_) => DType::F16,
             CpuStorage::Quant(ref q) => DType::from_format(q.format),
             CpuStorage::Bf16(_) => DType::BF16,
+            CpuStorage::Panels(ref p) => p.dtype(),
         };
         Tensor::from_parts(shape, dtype, Device::Cpu, Storage::Cpu(Arc::new(storage)))
     }
@@ -266,6 +270,7 @@ impl Tensor {
                     CpuStorage::F16(v) => (DType::F16, g.upload_f16(&v)?),
                     CpuStorage::Quant(q) => return Tensor::upload_quant(q, shape, device),
                     CpuStorage::Bf16(b) => return Tensor::pack_bf16(&b.unpack(), shape, device),
+                    CpuStorage::Panels(p) => return Tensor::upload(p.plain(), shape, device),
                 };
                 Ok(Tensor::from_parts(
                     shape.to_vec(),
@@ -343,10 +348,11 @@ impl Tensor {
                 let rows = self.elem_count().checked_div(cols).unwrap_or(0);
                 rows * (f.row_bytes(cols) + 2 * blip2_kernels::QFormat::row_blocks(cols))
             }
-            None => match self.bf16_data() {
-                // Padding included: what the packed matrix really holds.
-                Some(b) => b.data.len() * 2,
-                None => self.elem_count() * self.dtype.size_of(),
+            // Padding included: what the packed matrices really hold.
+            None => match (self.bf16_data(), self.panels()) {
+                (Some(b), _) => b.data.len() * 2,
+                (None, Some(p)) => p.bytes(),
+                (None, None) => self.elem_count() * self.dtype.size_of(),
             },
         }
     }
@@ -369,7 +375,12 @@ impl Tensor {
                 ),
             ));
         }
-        let mut t = self.clone();
+        // Panels, too, but they can always go back to rows.
+        let mut t = if self.is_panels() && shape.last() != self.shape.last() {
+            self.plain().into_owned()
+        } else {
+            self.clone()
+        };
         t.shape = shape.to_vec();
         Ok(t)
     }
@@ -386,6 +397,7 @@ impl Tensor {
                 }
                 CpuStorage::Quant(q) => q.dequantize(),
                 CpuStorage::Bf16(b) => b.unpack(),
+                CpuStorage::Panels(_) => return self.plain().to_vec_f32(),
             }),
             Storage::Gpu(_) if self.dtype.is_quantized() => Ok(self.quant_data()?.dequantize()),
             Storage::Gpu(s) => match &self.device {

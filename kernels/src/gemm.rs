@@ -118,7 +118,7 @@ fn cfg(isa: Isa) -> Cfg {
             kc: 256,
             mc: 14 * 10,
             nc: 2048,
-            ukr: crate::x86::ukr_avx512::<14, 2>,
+            ukr: crate::x86::ukr_avx512::<14, 2, false>,
         },
         // 6×16: 12 ymm accumulators + 2 B + 1 broadcast of 16 registers.
         #[cfg(target_arch = "x86_64")]
@@ -215,12 +215,31 @@ thread_local! {
     static PACK: RefCell<PackBufs> = RefCell::new(PackBufs::default());
 }
 
+/// Runs `f` with this thread's 64-byte-aligned A packing buffer of at least `len` floats
+/// (a fresh one when the thread's is already in use further up the stack).
+pub(crate) fn with_a_buffer<R>(len: usize, f: impl FnOnce(*mut f32) -> R) -> R {
+    PACK.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => f(aligned(&mut bufs.a, len)),
+        Err(_) => {
+            let mut own = Vec::new();
+            f(aligned(&mut own, len))
+        }
+    })
+}
+
 /// Packs A[0..rows, 0..kc] (row stride `lda`) into MR-tall micro-panels laid out [kc][mr],
 /// zero-padding the last panel.
 ///
 /// # Safety
 /// `a` valid for the block, `dst` for `rows.div_ceil(mr)·mr·kc` floats.
-unsafe fn pack_a(a: *const f32, lda: usize, rows: usize, kc: usize, mr: usize, dst: *mut f32) {
+pub(crate) unsafe fn pack_a(
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    kc: usize,
+    mr: usize,
+    dst: *mut f32,
+) {
     // SAFETY: per the contract above.
     unsafe {
         for (q, r0) in (0..rows).step_by(mr).enumerate() {

@@ -18,6 +18,7 @@ mod isa;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod norm;
+mod packed;
 mod quant;
 mod vmath;
 #[cfg(target_arch = "x86_64")]
@@ -26,6 +27,8 @@ mod x86;
 mod x86_amx;
 #[cfg(target_arch = "x86_64")]
 mod x86_dpbf16;
+#[cfg(target_arch = "x86_64")]
+mod x86_packed;
 #[cfg(target_arch = "x86_64")]
 mod x86_quant;
 #[cfg(target_arch = "x86_64")]
@@ -51,6 +54,10 @@ pub use gemm::{BSlice, batched_matmul, batched_matmul_with, matmul, matmul_with}
 pub use im2col::im2col_patches;
 pub use isa::{Isa, best_isa, isa, supported_isas};
 pub use norm::{layer_norm, layer_norm_with, rms_norm, rms_norm_with};
+pub use packed::{
+    PANEL, PackedData, PackedMatrix, checked_packed_len, matmul_packed, matmul_packed_with,
+    pack_linear, packed_preferred, unpack_packed, unpack_packed_row,
+};
 pub use quant::{
     QActivations, QBLOCK, QFormat, QMatrix, dequantize, dequantize_matrix_row, dequantize_row,
     matmul_q, matmul_q_with, quantize_row, quantize_rows, vnni_available,

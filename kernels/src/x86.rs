@@ -9,15 +9,34 @@ use std::arch::x86_64::*;
 /// the matrix is harmless (it never faults).
 const PREFETCH_BYTES: usize = 2048;
 
+/// Loads 16 weights as f32 from f32 or f16 storage (full and masked forms).
+macro_rules! w512 {
+    (f32, $p:expr) => {
+        _mm512_loadu_ps($p)
+    };
+    (f16, $p:expr) => {
+        _mm512_cvtph_ps(_mm256_loadu_si256($p as *const __m256i))
+    };
+    (f32, $m:expr, $p:expr) => {
+        _mm512_maskz_loadu_ps($m, $p)
+    };
+    (f16, $m:expr, $p:expr) => {
+        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16($m, $p as *const i16))
+    };
+}
+pub(crate) use w512;
+
 /// AVX-512 register-blocked microkernel: C[rows×cols] (+)= Apanel[kc×MR]·Bpanel[kc×16NV].
 ///
 /// `a` is an A micro-panel packed as [kc][MR], `b` a B micro-panel packed as [kc][16·NV]
 /// (both zero-padded), `c` points at C[0,0] of the tile with row stride `ldc`; only the
 /// `rows ≤ MR` × `cols ≤ 16·NV` corner is written (masked stores on the column edge).
-/// `accumulate` adds to C instead of overwriting it.
-#[target_feature(enable = "avx512f")]
+/// `accumulate` adds to C instead of overwriting it. With `F16` the B panel holds f16 values
+/// (`b` is then a cast `*const f16`) widened in registers: the layout of the weights packed
+/// at load (`packed.rs`), read in place.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-pub(crate) unsafe fn ukr_avx512<const MR: usize, const NV: usize>(
+pub(crate) unsafe fn ukr_avx512<const MR: usize, const NV: usize, const F16: bool>(
     kc: usize,
     a: *const f32,
     b: *const f32,
@@ -30,11 +49,16 @@ pub(crate) unsafe fn ukr_avx512<const MR: usize, const NV: usize>(
     // SAFETY: the caller guarantees the panel extents (kc·MR, kc·16NV) and the C tile.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        let (mut ap, mut bp) = (a, b);
+        let mut ap = a;
+        let mut off = 0;
         for _ in 0..kc {
             let mut bv = [_mm512_setzero_ps(); NV];
             for v in 0..NV {
-                bv[v] = _mm512_loadu_ps(bp.add(16 * v));
+                bv[v] = if F16 {
+                    w512!(f16, (b as *const u16).add(off + 16 * v))
+                } else {
+                    w512!(f32, b.add(off + 16 * v))
+                };
             }
             for i in 0..MR {
                 let ai = _mm512_set1_ps(*ap.add(i));
@@ -43,7 +67,7 @@ pub(crate) unsafe fn ukr_avx512<const MR: usize, const NV: usize>(
                 }
             }
             ap = ap.add(MR);
-            bp = bp.add(16 * NV);
+            off += 16 * NV;
         }
         if cols == 16 * NV {
             for i in 0..MR.min(rows) {
@@ -138,22 +162,6 @@ pub(crate) unsafe fn ukr_avx2<const MR: usize, const NV: usize>(
             }
         }
     }
-}
-
-/// Loads 16 weights as f32 from f32 or f16 storage (full and masked forms).
-macro_rules! w512 {
-    (f32, $p:expr) => {
-        _mm512_loadu_ps($p)
-    };
-    (f16, $p:expr) => {
-        _mm512_cvtph_ps(_mm256_loadu_si256($p as *const __m256i))
-    };
-    (f32, $m:expr, $p:expr) => {
-        _mm512_maskz_loadu_ps($m, $p)
-    };
-    (f16, $m:expr, $p:expr) => {
-        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16($m, $p as *const i16))
-    };
 }
 
 /// Loads 8 weights as f32 from f32 or f16 storage.

@@ -889,7 +889,7 @@ impl<'a> WeightLoader<'a> {
     /// tensor that may be quantized: in the loader's dtype (quantized from the stored floats
     /// when that is q8/q4), or used in place when the checkpoint stores it quantized.
     pub fn get_linear(&self, name: &str, shape: &[usize]) -> Tensor {
-        self.get_quantizable(name, None, shape, self.dtype)
+        self.get_quantizable(name, None, shape, self.dtype, self.panels(self.dtype))
     }
 
     /// The dtype of an embedding table or a (possibly tied) LM head: the loader's, except
@@ -907,13 +907,13 @@ impl<'a> WeightLoader<'a> {
     /// the tied LM head of OPT and T5 (a GEMV over the whole vocabulary every token), and
     /// gathering rows dequantizes them exactly as the head's matmul does.
     pub fn get_embedding(&self, name: &str, shape: &[usize]) -> Tensor {
-        self.get_quantizable(name, None, shape, self.table_dtype())
+        self.get_quantizable(name, None, shape, self.table_dtype(), false)
     }
 
     /// [`Self::get_linear`] for a head that may be tied: `prefix.name`, or `prefix.fallback`
     /// (the embedding table, loaded once for both) when the first is absent.
     pub fn get_linear_with_fallback(&self, name: &str, fallback: &str, shape: &[usize]) -> Tensor {
-        self.get_quantizable(name, Some(fallback), shape, self.table_dtype())
+        self.get_quantizable(name, Some(fallback), shape, self.table_dtype(), false)
     }
 
     fn get_quantizable(
@@ -922,6 +922,7 @@ impl<'a> WeightLoader<'a> {
         fallback: Option<&str>,
         shape: &[usize],
         dtype: DType,
+        panels: bool,
     ) -> Tensor {
         let Some(full) = self.resolve(name, fallback, shape) else {
             return self.placeholder(shape, dtype);
@@ -932,7 +933,16 @@ impl<'a> WeightLoader<'a> {
         if self.ckpt.random.is_none() && (stored_u8 || self.ckpt.names.contains_key(&scales)) {
             return self.load_prequantized(&full, &scales, shape);
         }
-        self.load(&full, shape, dtype)
+        self.load_as(&full, shape, dtype, panels)
+    }
+
+    /// Whether f32/f16 linear weights are packed into the CPU GEMM's panels as they load:
+    /// on the CPU, where its kernels read them in place (`BLIP2_CPU_PACK=0` turns it off).
+    /// Embedding tables and (possibly tied) LM heads stay rows: rows are gathered from them.
+    fn panels(&self, dtype: DType) -> bool {
+        matches!(self.device, Device::Cpu)
+            && matches!(dtype, DType::F32 | DType::F16)
+            && blip2_engine::panels_preferred()
     }
 
     /// The checkpoint name to load for `prefix.name`, else `prefix.fallback` (tied weights:
@@ -1091,6 +1101,15 @@ impl<'a> WeightLoader<'a> {
     }
 
     fn load(&self, full: &str, shape: &[usize], dtype: DType) -> Tensor {
+        self.load_as(full, shape, dtype, false)
+    }
+
+    /// [`Self::load`], into the CPU GEMM's panel layout when `panels` (a linear weight:
+    /// packed as it is read, so the row-major copy, or the mapped pages, go at once).
+    fn load_as(&self, full: &str, shape: &[usize], dtype: DType, panels: bool) -> Tensor {
+        let shaped = |t: Result<Tensor, blip2_engine::Error>| {
+            t.and_then(|t| if panels { t.to_panels() } else { Ok(t) })
+        };
         let key = (full.to_string(), dtype);
         if let Some(t) = self.lock().cache.get(&key)
             && t.shape() == shape
@@ -1105,9 +1124,9 @@ impl<'a> WeightLoader<'a> {
             let t = match edits {
                 Some((adapters, edits)) => {
                     let base = random_values(full, shape, seed);
-                    return self.merged(full, shape, dtype, base, adapters, edits);
+                    return self.merged(full, shape, dtype, base, adapters, edits, panels);
                 }
-                None => random_tensor(full, shape, dtype, seed, &self.device),
+                None => shaped(random_tensor(full, shape, dtype, seed, &self.device)),
             };
             return match t {
                 Ok(t) => {
@@ -1175,7 +1194,7 @@ impl<'a> WeightLoader<'a> {
             let base = Tensor::from_bytes(bytes, stored, shape, DType::F32, &Device::Cpu)
                 .and_then(|t| t.to_vec_f32());
             let t = match base {
-                Ok(base) => self.merged(full, shape, dtype, base, adapters, edits),
+                Ok(base) => self.merged(full, shape, dtype, base, adapters, edits, panels),
                 Err(e) => {
                     return self.read_failed(full, file, e, shape, dtype);
                 }
@@ -1192,7 +1211,15 @@ impl<'a> WeightLoader<'a> {
             }
             return t;
         }
-        match Tensor::from_shared_bytes(owner, start, len, stored, shape, dtype, &self.device) {
+        match shaped(Tensor::from_shared_bytes(
+            owner,
+            start,
+            len,
+            stored,
+            shape,
+            dtype,
+            &self.device,
+        )) {
             Ok(t) => {
                 // A copied (converted) tensor no longer needs the file's pages; a shared one
                 // reads them in place.
@@ -1220,6 +1247,7 @@ impl<'a> WeightLoader<'a> {
 
     /// `base` (the checkpoint's f32 values of `full`) with the adapters' `edits` applied, as a
     /// new tensor of `dtype` (quantized, packed or f16 from the merged values), cached.
+    #[allow(clippy::too_many_arguments)]
     fn merged(
         &self,
         full: &str,
@@ -1228,6 +1256,7 @@ impl<'a> WeightLoader<'a> {
         mut base: Vec<f32>,
         adapters: &Adapters,
         edits: &[TargetEdit],
+        panels: bool,
     ) -> Tensor {
         let file = edits.last().map_or_else(
             || self.ckpt.path.clone(),
@@ -1246,7 +1275,8 @@ impl<'a> WeightLoader<'a> {
             self.record(p);
             return self.placeholder(shape, dtype);
         }
-        match Tensor::from_slice(&base, shape, dtype, &self.device) {
+        let t = Tensor::from_slice(&base, shape, dtype, &self.device);
+        match t.and_then(|t| if panels { t.to_panels() } else { Ok(t) }) {
             Ok(t) => {
                 let mut st = self.lock();
                 st.adapted.insert(full.to_string());

@@ -1,0 +1,141 @@
+//! f32/f16 linear weights in the CPU GEMM's panel layout (`blip2_kernels::PackedMatrix`),
+//! made once at load so that no matmul repacks, transposes or widens them per call.
+//!
+//! The tensor keeps its dtype (F32 or F16) and shape; only its CPU storage differs. The
+//! linear layer reads the panels in place; every other op (and a download, an upload to a
+//! GPU, a reshape of the last dim) gets the plain row-major tensor back through
+//! [`Tensor::plain`], so a panel tensor is never misread, only slower outside `linear`.
+
+use std::borrow::Cow;
+
+use half::f16;
+
+use crate::tensor::{CpuStorage, Storage};
+use crate::{DType, Error, Result, Tensor};
+
+/// The panel-packed elements.
+#[derive(Clone, Debug)]
+pub(crate) enum PanelVec {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+/// A `rows × cols` matrix in panels (rows = every dim but the last).
+#[derive(Clone, Debug)]
+pub(crate) struct Panels {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: PanelVec,
+}
+
+impl Panels {
+    pub(crate) fn matrix(&self) -> blip2_kernels::PackedMatrix<'_> {
+        blip2_kernels::PackedMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            data: match &self.data {
+                PanelVec::F32(v) => blip2_kernels::PackedData::F32(v),
+                PanelVec::F16(v) => blip2_kernels::PackedData::F16(v),
+            },
+        }
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        match self.data {
+            PanelVec::F32(_) => DType::F32,
+            PanelVec::F16(_) => DType::F16,
+        }
+    }
+
+    /// Bytes held, padding included.
+    pub(crate) fn bytes(&self) -> usize {
+        match &self.data {
+            PanelVec::F32(v) => v.len() * 4,
+            PanelVec::F16(v) => v.len() * 2,
+        }
+    }
+
+    /// The row-major storage of the same dtype.
+    pub(crate) fn plain(&self) -> CpuStorage {
+        let mut wide = vec![0f32; self.rows * self.cols];
+        blip2_kernels::unpack_packed(&self.matrix(), &mut wide);
+        match self.data {
+            PanelVec::F32(_) => CpuStorage::F32(wide),
+            PanelVec::F16(_) => {
+                // Exact: the values were f16 before they were widened.
+                let mut h = vec![f16::ZERO; wide.len()];
+                blip2_kernels::f32_to_f16(&wide, &mut h);
+                CpuStorage::F16(h.into())
+            }
+        }
+    }
+}
+
+/// Whether f32/f16 linear weights should be packed into panels on this machine: the CPU
+/// kernels read them in place (AVX-512), and `BLIP2_CPU_PACK=0` has not turned that off.
+pub fn panels_preferred() -> bool {
+    blip2_kernels::packed_preferred()
+}
+
+/// Packs row-major `v` (`rows × cols`) into panels.
+fn pack<T: Copy + Default + Send + Sync>(v: &[T], rows: usize, cols: usize) -> Result<Vec<T>> {
+    let len = blip2_kernels::checked_packed_len(rows, cols).ok_or_else(|| {
+        Error::shape(
+            "to_panels",
+            format!("{rows} x {cols} overflows usize once padded"),
+        )
+    })?;
+    let mut out = vec![T::default(); len];
+    blip2_kernels::pack_linear(v, rows, cols, &mut out);
+    Ok(out)
+}
+
+impl Tensor {
+    /// This linear weight in the CPU GEMM's panel layout (module docs): an f32 or f16 CPU
+    /// matrix of rank ≥ 2 is packed; anything else (GPU, quantized, bf16, vectors, already
+    /// packed) is returned as it is.
+    pub fn to_panels(&self) -> Result<Tensor> {
+        let Storage::Cpu(s) = &self.storage else {
+            return Ok(self.clone());
+        };
+        let Some((&cols, lead)) = self.shape().split_last() else {
+            return Ok(self.clone());
+        };
+        if lead.is_empty() {
+            return Ok(self.clone());
+        }
+        let rows = self.elem_count() / cols.max(1);
+        let data = match s.as_ref() {
+            CpuStorage::F32(v) => PanelVec::F32(pack(v, rows, cols)?),
+            CpuStorage::F16(v) => PanelVec::F16(pack(v, rows, cols)?),
+            _ => return Ok(self.clone()),
+        };
+        Ok(Tensor::from_cpu(
+            self.shape().to_vec(),
+            CpuStorage::Panels(Panels { rows, cols, data }),
+        ))
+    }
+
+    /// Whether this tensor is held in the panel layout ([`Tensor::to_panels`]).
+    pub fn is_panels(&self) -> bool {
+        self.panels().is_some()
+    }
+
+    pub(crate) fn panels(&self) -> Option<&Panels> {
+        match &self.storage {
+            Storage::Cpu(s) => match s.as_ref() {
+                CpuStorage::Panels(p) => Some(p),
+                _ => None,
+            },
+            Storage::Gpu(_) => None,
+        }
+    }
+
+    /// The same values in row-major storage: borrowed unless the tensor is in panels.
+    pub(crate) fn plain(&self) -> Cow<'_, Tensor> {
+        match self.panels() {
+            Some(p) => Cow::Owned(Tensor::from_cpu(self.shape().to_vec(), p.plain())),
+            None => Cow::Borrowed(self),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! f32/f16 linear weights in the CPU GEMM's panel layout (`Tensor::to_panels`): `ops::linear`
+//! against f64 at decode and prefill sizes, and every other way a weight tensor can be used
+//! (read-back, reshape, narrow, embedding rows, matmul, casts, a GPU upload) giving the same
+//! values as the row-major tensor.
+
+mod common;
+
+use blip2_engine::{DType, Device, Tensor, ops};
+use common::{Rng, devices, quantize};
+
+/// x·Wᵀ + b in f64, and Σ|x·w| + |b| per element.
+fn linear_ref(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut r, mut a) = (vec![0.0; m * n], vec![0.0; m * n]);
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut sa) = (b[j] as f64, (b[j] as f64).abs());
+            for p in 0..k {
+                let t = x[i * k + p] as f64 * w[j * k + p] as f64;
+                s += t;
+                sa += t.abs();
+            }
+            r[i * n + j] = s;
+            a[i * n + j] = sa;
+        }
+    }
+    (r, a)
+}
+
+/// The weights are used exactly (f16 widens exactly) and sums are f32: the bound is
+/// γ_{k+1} ≤ 2·(k+1)·2^-24 of Σ|x·w| + |b|, on every path (m ≤ 8 and the blocked GEMM).
+#[test]
+fn linear_with_panel_weights_matches_f64() {
+    let mut rng = Rng::new(21);
+    let (k, n) = (300, 45);
+    for dtype in [DType::F32, DType::F16] {
+        for m in [1, 2, 5, 8, 9, 20, 70] {
+            let x = rng.vec(m * k, -1.0, 1.0);
+            let w = quantize(&rng.vec(n * k, -1.0, 1.0), dtype);
+            let b = rng.vec(n, -1.0, 1.0);
+            let (r, a) = linear_ref(&x, &w, &b, m, k, n);
+            let xt = Tensor::from_slice(&x, &[m, k], DType::F32, &Device::Cpu).unwrap();
+            let plain = Tensor::from_slice(&w, &[n, k], dtype, &Device::Cpu).unwrap();
+            let wt = plain.to_panels().unwrap();
+            assert!(wt.is_panels() && !plain.is_panels());
+            assert_eq!((wt.dtype(), wt.shape()), (dtype, &[n, k][..]));
+            let bt = Tensor::from_slice(&b, &[n], DType::F32, &Device::Cpu).unwrap();
+            let got = ops::linear(&xt, &wt, Some(&bt))
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
+            let tol = 2.0 * (k + 1) as f64 * 2f64.powi(-24);
+            for (i, ((&g, &e), &s)) in got.iter().zip(&r).zip(&a).enumerate() {
+                assert!(
+                    (g as f64 - e).abs() <= tol * s,
+                    "{dtype} m={m}: element {i}: {g} vs {e}"
+                );
+            }
+        }
+    }
+}
+
+/// Outside `linear` a panel tensor behaves as its row-major self, bit for bit.
+#[test]
+fn panel_tensors_read_back_as_rows_everywhere() {
+    let mut rng = Rng::new(22);
+    let (n, k) = (37, 19);
+    for dtype in [DType::F32, DType::F16] {
+        let w = quantize(&rng.vec(n * k, -2.0, 2.0), dtype);
+        let plain = Tensor::from_slice(&w, &[n, k], dtype, &Device::Cpu).unwrap();
+        let p = plain.to_panels().unwrap();
+        assert_eq!(p.to_vec_f32().unwrap(), w, "{dtype} read-back");
+        assert!(p.size_in_bytes() >= plain.size_in_bytes());
+        // A reshape that moves the last dim goes back to rows; one that keeps it stays.
+        let flat = p.reshape(&[n * k]).unwrap();
+        assert!(!flat.is_panels());
+        assert_eq!(flat.to_vec_f32().unwrap(), w);
+        assert!(p.reshape(&[1, n, k]).unwrap().is_panels());
+        let rows = ops::narrow(&p, 0, 3, 5).unwrap().to_vec_f32().unwrap();
+        assert_eq!(rows, w[3 * k..8 * k], "{dtype} narrow");
+        let e = ops::embedding(&p, &[36, 0, 31, 32], DType::F32)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        for (i, &id) in [36usize, 0, 31, 32].iter().enumerate() {
+            assert_eq!(
+                e[i * k..(i + 1) * k],
+                w[id * k..(id + 1) * k],
+                "{dtype} row {id}"
+            );
+        }
+        let x = Tensor::from_slice(
+            &rng.vec(3 * k, -1.0, 1.0),
+            &[3, k],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let via_matmul = ops::matmul(&x, &p, true).unwrap().to_vec_f32().unwrap();
+        let via_plain = ops::matmul(&x, &plain, true).unwrap().to_vec_f32().unwrap();
+        assert_eq!(via_matmul, via_plain, "{dtype} matmul unpacks");
+        let cast = ops::cast(&p, DType::F32).unwrap();
+        assert_eq!(cast.to_vec_f32().unwrap(), w);
+        for dev in devices() {
+            let moved = p.to_device(&dev).unwrap();
+            assert!(!moved.is_panels() || matches!(dev, Device::Cpu));
+            assert_eq!(moved.to_vec_f32().unwrap(), w, "{dtype} on {dev:?}");
+        }
+    }
+}
+
+/// Only f32/f16 CPU matrices are packed; everything else comes back unchanged.
+#[test]
+fn to_panels_leaves_other_tensors_alone() {
+    let v = Tensor::from_slice(&[1.0, 2.0, 3.0], &[3], DType::F32, &Device::Cpu).unwrap();
+    assert!(!v.to_panels().unwrap().is_panels());
+    let vals: Vec<f32> = (0..64).map(|i| i as f32 / 10.0).collect();
+    let q = Tensor::from_slice(&vals, &[2, 32], DType::Q8, &Device::Cpu).unwrap();
+    let qp = q.to_panels().unwrap();
+    assert!(!qp.is_panels() && qp.dtype() == DType::Q8);
+    for dev in devices() {
+        let t = Tensor::from_slice(&vals, &[2, 32], DType::F16, &dev).unwrap();
+        let tp = t.to_panels().unwrap();
+        assert_eq!(tp.is_panels(), matches!(dev, Device::Cpu));
+        // Packing twice is packing once.
+        assert_eq!(tp.to_panels().unwrap().is_panels(), tp.is_panels());
+    }
+}

@@ -1,0 +1,206 @@
+//! f32 and f16 linear weights packed once, at load, in the layout the AVX-512 GEMM
+//! microkernel reads (`PackedMatrix`), so that no call repacks, transposes or widens W.
+//!
+//! Layout: W is `rows × cols` (nn.Linear's `[out, in]`). Rows are cut into panels of
+//! [`PANEL`] = 32 (zero-padded), and each panel is stored K-major: element (r, k) sits at
+//! `(r / 32)·32·cols + k·32 + r % 32`. One K step of a panel is the 32 output columns of the
+//! 14×32 microkernel's B operand (two zmm registers; f16 widened in registers), and a K
+//! range of a panel is one contiguous block, so cache blocking needs no copy. The same panels
+//! feed the small-M path (decode: every activation row against each panel in one pass).
+//!
+//! Only the AVX-512 kernels read the layout in place ([`packed_preferred`] says whether a
+//! loader should pack); on other instruction sets [`matmul_packed_with`] widens 256-row
+//! blocks to row-major f32 per call and runs the ordinary f32 GEMM, so the format is correct
+//! everywhere and its tests run on every ISA.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::gemm::{linear_trivial, matmul_widened, resolve_threads};
+use crate::{Isa, isa};
+
+/// Output rows (of W) per packed panel: the microkernel's register tile width.
+pub const PANEL: usize = 32;
+
+/// The element storage of a packed matrix.
+#[derive(Clone, Copy, Debug)]
+pub enum PackedData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl PackedData<'_> {
+    fn len(&self) -> usize {
+        match self {
+            PackedData::F32(s) => s.len(),
+            PackedData::F16(s) => s.len(),
+        }
+    }
+}
+
+/// A `rows × cols` weight matrix in the packed panel layout (module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct PackedMatrix<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: PackedData<'a>,
+}
+
+impl PackedMatrix<'_> {
+    /// Whether the data length matches the shape.
+    pub fn is_consistent(&self) -> bool {
+        Some(self.data.len()) == checked_packed_len(self.rows, self.cols)
+    }
+
+    /// Row `r` as f32 (`out.len() == cols`).
+    fn row_into(&self, r: usize, out: &mut [f32]) {
+        let base = (r / PANEL) * PANEL * self.cols + r % PANEL;
+        match self.data {
+            PackedData::F32(d) => {
+                for (p, o) in out.iter_mut().enumerate() {
+                    *o = d[base + p * PANEL];
+                }
+            }
+            PackedData::F16(d) => {
+                for (p, o) in out.iter_mut().enumerate() {
+                    *o = d[base + p * PANEL].to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// Elements of the packed form of a `rows × cols` matrix (rows rounded up to a panel), or
+/// `None` when that overflows `usize`.
+pub fn checked_packed_len(rows: usize, cols: usize) -> Option<usize> {
+    rows.div_ceil(PANEL).checked_mul(PANEL)?.checked_mul(cols)
+}
+
+/// Whether a loader should pack f32/f16 linear weights for this process: the detected ISA
+/// reads the layout in place (AVX-512), and `BLIP2_CPU_PACK=0` has not turned it off.
+pub fn packed_preferred() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        isa() == Isa::Avx512 && std::env::var("BLIP2_CPU_PACK").map_or(true, |v| v != "0")
+    })
+}
+
+/// Packs row-major `w` (`rows × cols`) into `out` (`checked_packed_len(rows, cols)`
+/// elements), panels in parallel. Padding rows are written as `T::default()` (zero).
+///
+/// Preconditions (asserted): the lengths above.
+pub fn pack_linear<T: Copy + Default + Send + Sync>(
+    w: &[T],
+    rows: usize,
+    cols: usize,
+    out: &mut [T],
+) {
+    assert!(
+        w.len() == rows * cols && Some(out.len()) == checked_packed_len(rows, cols),
+        "pack_linear: operand lengths"
+    );
+    if cols == 0 {
+        return;
+    }
+    // 64 K steps × 32 rows per block: the block (8 KiB of f32) stays in L1 while the 32
+    // source rows are read sequentially.
+    const KB: usize = 64;
+    out.par_chunks_mut(PANEL * cols)
+        .enumerate()
+        .for_each(|(q, panel)| {
+            let r0 = q * PANEL;
+            let live = PANEL.min(rows - r0);
+            for p0 in (0..cols).step_by(KB) {
+                let p1 = (p0 + KB).min(cols);
+                for j in 0..PANEL {
+                    if j < live {
+                        let src = &w[(r0 + j) * cols..(r0 + j + 1) * cols];
+                        for p in p0..p1 {
+                            panel[p * PANEL + j] = src[p];
+                        }
+                    } else {
+                        for p in p0..p1 {
+                            panel[p * PANEL + j] = T::default();
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Row `r` of a packed matrix as f32 (`out.len() == w.cols`): an embedding lookup.
+///
+/// Preconditions (asserted): consistent, `r < rows`.
+pub fn unpack_packed_row(w: &PackedMatrix, r: usize, out: &mut [f32]) {
+    assert!(
+        w.is_consistent() && r < w.rows && out.len() == w.cols,
+        "unpack_packed_row: operands"
+    );
+    w.row_into(r, out);
+}
+
+/// The whole matrix as row-major f32 (`out.len() == rows·cols`).
+///
+/// Preconditions (asserted): consistent, the length above.
+pub fn unpack_packed(w: &PackedMatrix, out: &mut [f32]) {
+    assert!(
+        w.is_consistent() && out.len() == w.rows * w.cols,
+        "unpack_packed: operands"
+    );
+    if w.cols == 0 {
+        return;
+    }
+    out.par_chunks_mut(w.cols)
+        .enumerate()
+        .for_each(|(r, o)| w.row_into(r, o));
+}
+
+/// C[m×rows] = A[m×cols]·Wᵀ (+ bias) for a packed W, multi-threaded over the rayon pool.
+///
+/// Preconditions (asserted; the engine validates user shapes first): `w.is_consistent()`,
+/// `a.len() == m·w.cols`, `c.len() == m·w.rows`, `bias.len() == w.rows`.
+pub fn matmul_packed(a: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
+    matmul_packed_with(isa(), 0, a, w, bias, c, m)
+}
+
+/// [`matmul_packed`] on a chosen instruction set and thread count (0 = the whole rayon
+/// pool, 1 = the calling thread).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_packed_with(
+    isa: Isa,
+    threads: usize,
+    a: &[f32],
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    if linear_trivial("matmul_packed", w.is_consistent(), a, bias, c, m, k, n) {
+        return;
+    }
+    let isa = isa.resolve();
+    let threads = resolve_threads(threads);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        return crate::x86_packed::matmul_packed_avx512(threads, a, w, bias, c, m);
+    }
+    // Other ISAs: widen 256-row blocks to row-major f32 and use their GEMM.
+    matmul_widened(
+        isa,
+        threads,
+        a,
+        bias,
+        c,
+        m,
+        k,
+        n,
+        8 * PANEL,
+        |r0, rows, out| {
+            for (i, o) in out.chunks_exact_mut(k).take(rows).enumerate() {
+                w.row_into(r0 + i, o);
+            }
+        },
+    );
+}

@@ -1,0 +1,288 @@
+//! AVX-512 linear layer over weights packed at load (`packed.rs`): the 14×32 microkernel
+//! reads the packed panels in place (f16 widened in registers), and up to 8 activation rows
+//! (decode) take every row against a few panels in one pass over W.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use crate::gemm::{Shared, pack_a, part, with_a_buffer};
+use crate::packed::{PANEL, PackedData, PackedMatrix};
+use crate::x86::{ukr_avx512, w512};
+
+/// Microkernel rows (its register tile is 14 × 32, as in the f32 GEMM).
+const MR: usize = 14;
+/// K per cache block: a 256 × 32 block of one panel (32 KiB as f32) stays in L1.
+const KC: usize = 256;
+/// Activation rows per cache block (packed A: 336 × 256 × 4 = 336 KiB, in L2): a ViT's 257
+/// tokens are one block, so each weight panel is read from memory once per call.
+const MC: usize = MR * 24;
+/// Activation rows at or below which the panels are read once for all rows, unpacked A.
+const SMALL_M: usize = 8;
+/// How far ahead (bytes) the small-M pass prefetches each panel it streams.
+const PREFETCH_BYTES: usize = 2048;
+
+/// C[m×n] = A[m×k]·Wᵀ (+ bias) for a packed W on AVX-512; tasks own ranges of panels.
+pub(crate) fn matmul_packed_avx512(
+    threads: usize,
+    a: &[f32],
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    let panels = n.div_ceil(PANEL);
+    // Below ~1 M multiply-adds a rayon round trip costs more than it saves.
+    let tasks = if threads <= 1 || m * n * k < (1 << 20) {
+        1
+    } else {
+        threads.min(panels)
+    };
+    let (wptr, f16) = match w.data {
+        PackedData::F32(d) => (d.as_ptr(), false),
+        PackedData::F16(d) => (d.as_ptr() as *const f32, true),
+    };
+    let shared = Shared((a.as_ptr(), wptr, bias.map(|b| b.as_ptr()), c.as_mut_ptr()));
+    let task = move |t: usize| {
+        let (a, wptr, bias, c) = shared.get();
+        let (q0, q1) = part(panels, tasks, 1, t);
+        if q0 >= q1 {
+            return;
+        }
+        let job = Job {
+            m,
+            n,
+            k,
+            a,
+            w: wptr,
+            f16,
+            bias,
+            c,
+        };
+        // SAFETY: `linear_trivial` checked every length against (m, n, k) and the packed
+        // shape; tasks own disjoint panel (column) ranges of C.
+        unsafe {
+            if m <= SMALL_M {
+                job.small(q0, q1);
+            } else {
+                job.blocked(q0, q1);
+            }
+        }
+    };
+    if tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        task(0);
+    }
+}
+
+/// One call's operands: A row-major (stride k), W packed (a `*const f16` cast when `f16`),
+/// C row-major (stride n).
+#[derive(Clone, Copy)]
+struct Job {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    w: *const f32,
+    f16: bool,
+    bias: Option<*const f32>,
+    c: *mut f32,
+}
+
+impl Job {
+    /// W from element `off` of the packed data, as the kernels take it.
+    ///
+    /// # Safety
+    /// `off` within the packed data.
+    unsafe fn w_at(&self, off: usize) -> *const f32 {
+        // SAFETY: per the contract above.
+        unsafe {
+            if self.f16 {
+                (self.w as *const u16).add(off) as *const f32
+            } else {
+                self.w.add(off)
+            }
+        }
+    }
+
+    /// Panels `[q0, q1)` for m ≤ [`SMALL_M`]: each group of panels is read once for all rows.
+    ///
+    /// # Safety
+    /// The operands as [`matmul_packed_avx512`] checked them; panels in range.
+    unsafe fn small(&self, q0: usize, q1: usize) {
+        // Panels per pass: as many as keep accumulators + weights + 1 broadcast within the
+        // 32 zmm registers (2 accumulators per row and panel).
+        let per = match self.m {
+            1 | 2 => 4,
+            3 | 4 => 2,
+            _ => 1,
+        };
+        let mut q = q0;
+        // SAFETY: per the contract above.
+        unsafe {
+            while q < q1 {
+                let take = if q1 - q >= per { per } else { 1 };
+                self.small_pass(q, take);
+                q += take;
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`Self::small`]; `q + panels ≤` the panel count.
+    unsafe fn small_pass(&self, q: usize, panels: usize) {
+        let col0 = q * PANEL;
+        let cols = self.n - col0;
+        let stride = PANEL * self.k;
+        // SAFETY: per the contract above; ISA resolved to AVX-512 by the caller.
+        unsafe {
+            let w = self.w_at(q * stride);
+            let bias = self.bias.map(|b| b.add(col0));
+            let c = self.c.add(col0);
+            let (k, a, n) = (self.k, self.a, self.n);
+            macro_rules! go {
+                ($m:literal, $nv:literal) => {
+                    if self.f16 {
+                        small::<$m, $nv, true>(k, a, w, stride, bias, c, n, cols)
+                    } else {
+                        small::<$m, $nv, false>(k, a, w, stride, bias, c, n, cols)
+                    }
+                };
+            }
+            match (self.m, panels) {
+                (1, 4) => go!(1, 8),
+                (2, 4) => go!(2, 8),
+                (3, 2) => go!(3, 4),
+                (4, 2) => go!(4, 4),
+                (1, _) => go!(1, 2),
+                (2, _) => go!(2, 2),
+                (3, _) => go!(3, 2),
+                (4, _) => go!(4, 2),
+                (5, _) => go!(5, 2),
+                (6, _) => go!(6, 2),
+                (7, _) => go!(7, 2),
+                _ => go!(8, 2),
+            }
+        }
+    }
+
+    /// Panels `[q0, q1)` for m > [`SMALL_M`]: BLIS order with the panels as packed B.
+    ///
+    /// # Safety
+    /// As [`Self::small`].
+    unsafe fn blocked(&self, q0: usize, q1: usize) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let (j0, j1) = (q0 * PANEL, (q1 * PANEL).min(n));
+        let ukr = if self.f16 {
+            ukr_avx512::<MR, 2, true>
+        } else {
+            ukr_avx512::<MR, 2, false>
+        };
+        let mc_max = MC.min(m.div_ceil(MR) * MR);
+        // SAFETY: per the contract above; the A buffer holds mc_max × KC floats.
+        unsafe {
+            if let Some(bias) = self.bias {
+                // Start C at the bias so every K block accumulates.
+                for i in 0..m {
+                    std::ptr::copy_nonoverlapping(bias.add(j0), self.c.add(i * n + j0), j1 - j0);
+                }
+            }
+            with_a_buffer(mc_max * KC.min(k), |ap| {
+                for pc in (0..k).step_by(KC) {
+                    let kcur = KC.min(k - pc);
+                    let accumulate = pc > 0 || self.bias.is_some();
+                    for ic in (0..m).step_by(MC) {
+                        let mcur = MC.min(m - ic);
+                        pack_a(self.a.add(ic * k + pc), k, mcur, kcur, MR, ap);
+                        for q in q0..q1 {
+                            let col0 = q * PANEL;
+                            let cols = PANEL.min(n - col0);
+                            let b = self.w_at(q * PANEL * k + pc * PANEL);
+                            for ir in (0..mcur).step_by(MR) {
+                                ukr(
+                                    kcur,
+                                    ap.add(ir * kcur),
+                                    b,
+                                    self.c.add((ic + ir) * n + col0),
+                                    n,
+                                    MR.min(mcur - ir),
+                                    cols,
+                                    accumulate,
+                                );
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// C[M × ≤16·NV] = A[M×k]·(NV/2 panels)ᵀ (+ bias): every row against NV/2 consecutive
+/// panels (`stride` elements apart) in one pass over them. `cols` counts the valid columns
+/// from the first panel's (stores past it are masked off).
+///
+/// # Safety
+/// `a` valid for M rows of k (stride k), the panels for k steps each, `c` for M rows
+/// (stride `ldc`) of the valid columns, `bias` (if any) for them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn small<const M: usize, const NV: usize, const F16: bool>(
+    k: usize,
+    a: *const f32,
+    w: *const f32,
+    stride: usize,
+    bias: Option<*const f32>,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    let esize = if F16 { 2 } else { 4 };
+    // SAFETY: per the contract above; prefetches past the end never fault.
+    unsafe {
+        let bytes = w as *const i8;
+        let mut acc = [[_mm512_setzero_ps(); NV]; M];
+        for p in 0..k {
+            let mut wv = [_mm512_setzero_ps(); NV];
+            for v in 0..NV {
+                let off = (v / 2) * stride + p * PANEL + (v % 2) * 16;
+                if v % 2 == 0 {
+                    // One cache line of the panel per step (f16), two (f32).
+                    let ahead = bytes.add(off * esize + PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead);
+                    if !F16 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.add(64));
+                    }
+                }
+                wv[v] = if F16 {
+                    w512!(f16, (w as *const u16).add(off))
+                } else {
+                    w512!(f32, w.add(off))
+                };
+            }
+            for i in 0..M {
+                let ai = _mm512_set1_ps(*a.add(i * k + p));
+                for v in 0..NV {
+                    acc[i][v] = _mm512_fmadd_ps(ai, wv[v], acc[i][v]);
+                }
+            }
+        }
+        for v in 0..NV {
+            let col = (v / 2) * PANEL + (v % 2) * 16;
+            let left = cols.saturating_sub(col).min(16);
+            if left == 0 {
+                break;
+            }
+            let mask = ((1u32 << left) - 1) as u16;
+            let b = match bias {
+                Some(b) => _mm512_maskz_loadu_ps(mask, b.add(col)),
+                None => _mm512_setzero_ps(),
+            };
+            for i in 0..M {
+                _mm512_mask_storeu_ps(c.add(i * ldc + col), mask, _mm512_add_ps(acc[i][v], b));
+            }
+        }
+    }
+}

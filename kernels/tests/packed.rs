@@ -1,0 +1,261 @@
+//! The packed f32/f16 linear layer (`matmul_packed`) on every instruction set this CPU
+//! supports, against f64 references on seeded random inputs with awkward sizes: every m from
+//! 1 to 9 (the small-M panel kernels with 4, 2 and 1 panels per pass, then the blocked
+//! path), partial last panels, K past the 256-value cache block, and rows past one 336-row
+//! block of A. Each check states its tolerance.
+
+use blip2_kernels::*;
+use half::f16;
+
+/// xorshift64*, as in kernels.rs.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let u = (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+/// γ_n = n·u/(1 − n·u) for f32: the bound on an n-term dot product's rounding error in any
+/// summation order, relative to Σ|x_i·y_i|.
+fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * f32::EPSILON as f64 / 2.0;
+    nu / (1.0 - nu)
+}
+
+/// C = A·Wᵀ + bias in f64, and Σ|a||w| + |bias| per element.
+fn reference(
+    a: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut c, mut abs) = (vec![0.0; m * n], vec![0.0; m * n]);
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut t) = (bias[j] as f64, bias[j].abs() as f64);
+            for p in 0..k {
+                let x = a[i * k + p] as f64 * w[j * k + p] as f64;
+                s += x;
+                t += x.abs();
+            }
+            c[i * n + j] = s;
+            abs[i * n + j] = t;
+        }
+    }
+    (c, abs)
+}
+
+fn check(what: &str, c: &[f32], r: &[f64], abs: &[f64], rel: f64) {
+    for (idx, ((&g, &e), &t)) in c.iter().zip(r).zip(abs).enumerate() {
+        let err = (g as f64 - e).abs();
+        assert!(
+            err <= rel * t + 1e-30,
+            "{what}: element {idx}: got {g}, want {e}, err {err:e} > {rel:e}·{t:e}"
+        );
+    }
+}
+
+const SHAPES: [(usize, usize, usize); 17] = [
+    (1, 1, 1),
+    (1, 33, 200),
+    (2, 7, 129),
+    (3, 300, 70),
+    (4, 64, 161),
+    (5, 17, 33),
+    (6, 96, 64),
+    (7, 45, 31),
+    (8, 100, 97),
+    (9, 64, 31),
+    (14, 257, 32),
+    (15, 45, 50),
+    (29, 513, 65),
+    (40, 129, 97),
+    // A past one 336-row block of packed A, a partial last panel.
+    (350, 40, 45),
+    // Enough work for several tasks: panel ranges split over threads.
+    (1, 1100, 300),
+    (70, 300, 130),
+];
+
+fn pack<T: Copy + Default + Send + Sync>(w: &[T], n: usize, k: usize) -> Vec<T> {
+    let mut p = vec![T::default(); checked_packed_len(n, k).unwrap()];
+    pack_linear(w, n, k, &mut p);
+    p
+}
+
+#[test]
+fn pack_and_unpack_are_inverse_and_pad_with_zeros() {
+    let mut rng = Rng::new(1);
+    for &(n, k) in &[(1, 1), (5, 3), (31, 33), (32, 64), (33, 129), (70, 2)] {
+        let w = rng.vec(n * k, -3.0, 3.0);
+        let p = pack(&w, n, k);
+        let pm = PackedMatrix {
+            rows: n,
+            cols: k,
+            data: PackedData::F32(&p),
+        };
+        assert!(pm.is_consistent());
+        let mut back = vec![0f32; n * k];
+        unpack_packed(&pm, &mut back);
+        assert_eq!(back, w, "{n}x{k}");
+        let mut row = vec![0f32; k];
+        unpack_packed_row(&pm, n - 1, &mut row);
+        assert_eq!(row, w[(n - 1) * k..], "{n}x{k} last row");
+        // Padding rows are zero, so the kernels may sum over them.
+        let zeros = p.iter().filter(|&&v| v == 0.0).count();
+        assert!(zeros >= p.len() - n * k, "{n}x{k} padding");
+        // A wrong length is inconsistent, not an out-of-bounds read.
+        let short = PackedMatrix {
+            rows: n + PANEL,
+            cols: k,
+            data: PackedData::F32(&p),
+        };
+        assert!(!short.is_consistent());
+    }
+    assert_eq!(checked_packed_len(usize::MAX, 2), None);
+}
+
+/// f32 weights: the product is A·Wᵀ summed in f32 (every path accumulates each output in
+/// K order, the bias added once), so the bound is γ_{k+1}·(Σ|a||w| + |bias|). Results must
+/// also be bit-identical across thread counts (tasks split columns only).
+#[test]
+fn matmul_packed_f32_all_isas() {
+    let mut rng = Rng::new(2);
+    for &(m, k, n) in &SHAPES {
+        let a = rng.vec(m * k, -1.0, 1.0);
+        let w = rng.vec(n * k, -1.0, 1.0);
+        let p = pack(&w, n, k);
+        let wm = PackedMatrix {
+            rows: n,
+            cols: k,
+            data: PackedData::F32(&p),
+        };
+        for bias in [Some(rng.vec(n, -1.0, 1.0)), None] {
+            let zeros = vec![0.0; n];
+            let (r, abs) = reference(&a, &w, bias.as_deref().unwrap_or(&zeros), m, k, n);
+            for isa in supported_isas() {
+                let mut first: Option<Vec<f32>> = None;
+                for threads in [1, 0, 3] {
+                    let mut c = vec![f32::NAN; m * n];
+                    matmul_packed_with(isa, threads, &a, &wm, bias.as_deref(), &mut c, m);
+                    let what = format!("{isa} t{threads} {m}x{k}x{n} bias {}", bias.is_some());
+                    check(&what, &c, &r, &abs, gamma(k + 1));
+                    match &first {
+                        None => first = Some(c),
+                        Some(f) => assert!(
+                            f.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "{what}: differs from the 1-thread result"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// f16 weights are widened exactly, so the bound against the f16 values is the f32 one,
+/// γ_{k+1}·(Σ|a||w| + |bias|); and the result equals the row-major f16 matmul's to within
+/// the same bound (the same products, possibly summed in another order).
+#[test]
+fn matmul_packed_f16_all_isas() {
+    let mut rng = Rng::new(3);
+    for &(m, k, n) in &SHAPES {
+        let a = rng.vec(m * k, -1.0, 1.0);
+        let w16: Vec<f16> = rng
+            .vec(n * k, -1.0, 1.0)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect();
+        let w: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+        let p = pack(&w16, n, k);
+        let wm = PackedMatrix {
+            rows: n,
+            cols: k,
+            data: PackedData::F16(&p),
+        };
+        let bias = rng.vec(n, -1.0, 1.0);
+        let (r, abs) = reference(&a, &w, &bias, m, k, n);
+        for isa in supported_isas() {
+            for threads in [1, 0] {
+                let mut c = vec![f32::NAN; m * n];
+                matmul_packed_with(isa, threads, &a, &wm, Some(&bias), &mut c, m);
+                check(
+                    &format!("{isa} t{threads} {m}x{k}x{n}"),
+                    &c,
+                    &r,
+                    &abs,
+                    gamma(k + 1),
+                );
+                let mut plain = vec![0f32; m * n];
+                matmul_with(
+                    isa,
+                    threads,
+                    &a,
+                    BSlice::F16(&w16),
+                    Some(&bias),
+                    &mut plain,
+                    m,
+                    k,
+                    n,
+                    true,
+                );
+                check(
+                    &format!("{isa} t{threads} {m}x{k}x{n} vs row-major"),
+                    &plain,
+                    &r,
+                    &abs,
+                    gamma(k + 1),
+                );
+            }
+        }
+    }
+}
+
+/// Non-finite inputs propagate as in the row-major GEMM (no lane of padding or masking
+/// hides them): a NaN in row i of A makes row i of C NaN, an inf weight makes its column
+/// non-finite.
+#[test]
+fn non_finite_values_propagate() {
+    for m in [1, 3, 9, 20] {
+        let (k, n) = (40, 70);
+        let mut a = vec![0.5f32; m * k];
+        let mut w = vec![0.25f32; n * k];
+        a[(m - 1) * k + 3] = f32::NAN;
+        w[65 * k + 7] = f32::INFINITY;
+        let p = pack(&w, n, k);
+        let wm = PackedMatrix {
+            rows: n,
+            cols: k,
+            data: PackedData::F32(&p),
+        };
+        for isa in supported_isas() {
+            let mut c = vec![0f32; m * n];
+            matmul_packed_with(isa, 1, &a, &wm, None, &mut c, m);
+            for i in 0..m {
+                for j in 0..n {
+                    let v = c[i * n + j];
+                    if i == m - 1 {
+                        assert!(v.is_nan(), "{isa} m{m}: ({i},{j}) = {v}");
+                    } else if j == 65 {
+                        assert!(v.is_infinite(), "{isa} m{m}: ({i},{j}) = {v}");
+                    } else {
+                        assert_eq!(v, 0.5 * 0.25 * k as f32, "{isa} m{m}: ({i},{j})");
+                    }
+                }
+            }
+        }
+    }
+}
