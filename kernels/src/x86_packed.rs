@@ -1,4 +1,4 @@
-//! AVX-512 linear layer over weights packed at load (`packed.rs`): the 14×32 microkernel
+//! AVX-512 linear layer over weights packed at load (`packed.rs`): the 8–14 × 32 microkernel
 //! reads the packed panels in place (f16 widened in registers), and up to 8 activation rows
 //! (decode) take every row against a few panels in one pass over W.
 
@@ -10,13 +10,13 @@ use crate::gemm::{Shared, pack_a, part, with_a_buffer};
 use crate::packed::{PANEL, PackedData, PackedMatrix};
 use crate::x86::{ukr_avx512, w512};
 
-/// Microkernel rows (its register tile is 14 × 32, as in the f32 GEMM).
+/// Most microkernel rows (a 14 × 32 register tile, as in the f32 GEMM).
 const MR: usize = 14;
 /// K per cache block: a 256 × 32 block of one panel (32 KiB as f32) stays in L1.
 const KC: usize = 256;
-/// Activation rows per cache block (packed A: 336 × 256 × 4 = 336 KiB, in L2): a ViT's 257
+/// Row tiles per cache block (packed A: up to 336 × 256 × 4 = 336 KiB, in L2): a ViT's 257
 /// tokens are one block, so each weight panel is read from memory once per call.
-const MC: usize = MR * 24;
+const MC_TILES: usize = 24;
 /// Activation rows at or below which the panels are read once for all rows, unpacked A.
 const SMALL_M: usize = 8;
 /// How far ahead (bytes) the small-M pass prefetches each panel it streams.
@@ -175,12 +175,22 @@ impl Job {
     unsafe fn blocked(&self, q0: usize, q1: usize) {
         let (m, n, k) = (self.m, self.n, self.k);
         let (j0, j1) = (q0 * PANEL, (q1 * PANEL).min(n));
-        let ukr = if self.f16 {
-            ukr_avx512::<MR, 2, true>
-        } else {
-            ukr_avx512::<MR, 2, false>
-        };
-        let mc_max = MC.min(m.div_ceil(MR) * MR);
+        // The fewest 14-row tiles, then the smallest even tile height that still covers m
+        // with them: 16 rows (a batch of decode rows) take two 8-row tiles, not 14 + 2.
+        let tiles = m.div_ceil(MR);
+        let mr = (m.div_ceil(tiles).div_ceil(2) * 2).clamp(8, MR);
+        macro_rules! pick {
+            ($($r:literal)*) => {
+                match (mr, self.f16) {
+                    $(($r, true) => ukr_avx512::<$r, 2, true>,
+                      ($r, false) => ukr_avx512::<$r, 2, false>,)*
+                    _ => unreachable!("mr is even and in 8..=14"),
+                }
+            };
+        }
+        let ukr = pick!(8 10 12 14);
+        let mc = mr * MC_TILES;
+        let mc_max = mc.min(m.div_ceil(mr) * mr);
         // SAFETY: per the contract above; the A buffer holds mc_max × KC floats.
         unsafe {
             if let Some(bias) = self.bias {
@@ -193,21 +203,21 @@ impl Job {
                 for pc in (0..k).step_by(KC) {
                     let kcur = KC.min(k - pc);
                     let accumulate = pc > 0 || self.bias.is_some();
-                    for ic in (0..m).step_by(MC) {
-                        let mcur = MC.min(m - ic);
-                        pack_a(self.a.add(ic * k + pc), k, mcur, kcur, MR, ap);
+                    for ic in (0..m).step_by(mc) {
+                        let mcur = mc.min(m - ic);
+                        pack_a(self.a.add(ic * k + pc), k, mcur, kcur, mr, ap);
                         for q in q0..q1 {
                             let col0 = q * PANEL;
                             let cols = PANEL.min(n - col0);
                             let b = self.w_at(q * PANEL * k + pc * PANEL);
-                            for ir in (0..mcur).step_by(MR) {
+                            for ir in (0..mcur).step_by(mr) {
                                 ukr(
                                     kcur,
                                     ap.add(ir * kcur),
                                     b,
                                     self.c.add((ic + ir) * n + col0),
                                     n,
-                                    MR.min(mcur - ir),
+                                    mr.min(mcur - ir),
                                     cols,
                                     accumulate,
                                 );

@@ -1,7 +1,7 @@
 //! The packed f32/f16 linear layer (`matmul_packed`) on every instruction set this CPU
 //! supports, against f64 references on seeded random inputs with awkward sizes: every m from
 //! 1 to 9 (the small-M panel kernels with 4, 2 and 1 panels per pass, then the blocked
-//! path), partial last panels, K past the 256-value cache block, and rows past one 336-row
+//! path with each of its tile heights), partial last panels, K past the 256-value cache block, and rows past one 336-row
 //! block of A. Each check states its tolerance.
 
 use blip2_kernels::*;
@@ -68,7 +68,7 @@ fn check(what: &str, c: &[f32], r: &[f64], abs: &[f64], rel: f64) {
     }
 }
 
-const SHAPES: [(usize, usize, usize); 17] = [
+const SHAPES: [(usize, usize, usize); 19] = [
     (1, 1, 1),
     (1, 33, 200),
     (2, 7, 129),
@@ -79,8 +79,11 @@ const SHAPES: [(usize, usize, usize); 17] = [
     (7, 45, 31),
     (8, 100, 97),
     (9, 64, 31),
+    // Tile heights 14, 8 (15 and 16 rows: two tiles of 8), 12 (23 rows), 10 (29 rows).
     (14, 257, 32),
     (15, 45, 50),
+    (16, 128, 70),
+    (23, 100, 40),
     (29, 513, 65),
     (40, 129, 97),
     // A past one 336-row block of packed A, a partial last panel.

@@ -907,13 +907,20 @@ impl<'a> WeightLoader<'a> {
     /// the tied LM head of OPT and T5 (a GEMV over the whole vocabulary every token), and
     /// gathering rows dequantizes them exactly as the head's matmul does.
     pub fn get_embedding(&self, name: &str, shape: &[usize]) -> Tensor {
-        self.get_quantizable(name, None, shape, self.table_dtype(), false)
+        self.get_quantizable(
+            name,
+            None,
+            shape,
+            self.table_dtype(),
+            self.panels(self.table_dtype()),
+        )
     }
 
     /// [`Self::get_linear`] for a head that may be tied: `prefix.name`, or `prefix.fallback`
     /// (the embedding table, loaded once for both) when the first is absent.
     pub fn get_linear_with_fallback(&self, name: &str, fallback: &str, shape: &[usize]) -> Tensor {
-        self.get_quantizable(name, Some(fallback), shape, self.table_dtype(), false)
+        let dtype = self.table_dtype();
+        self.get_quantizable(name, Some(fallback), shape, dtype, self.panels(dtype))
     }
 
     fn get_quantizable(
@@ -938,7 +945,8 @@ impl<'a> WeightLoader<'a> {
 
     /// Whether f32/f16 linear weights are packed into the CPU GEMM's panels as they load:
     /// on the CPU, where its kernels read them in place (`BLIP2_CPU_PACK=0` turns it off).
-    /// Embedding tables and (possibly tied) LM heads stay rows: rows are gathered from them.
+    /// Token tables are packed too: they are the (tied) LM heads, the largest decode GEMV,
+    /// and gathering a few rows a step from panels costs little.
     fn panels(&self, dtype: DType) -> bool {
         matches!(self.device, Device::Cpu)
             && matches!(dtype, DType::F32 | DType::F16)
