@@ -99,9 +99,15 @@ impl Device {
                 } else {
                     ""
                 };
+                // f32/f16 weights packed at load into the GEMM's panels (docs/cpu.md).
+                let panels = if crate::panels_preferred() {
+                    ", panels"
+                } else {
+                    ""
+                };
                 DeviceInfo {
                     name: "cpu".into(),
-                    backend: format!("cpu ({isa:?}{amx}{vnni})"),
+                    backend: format!("cpu ({isa:?}{amx}{vnni}{panels})"),
                     driver: String::new(),
                     device_type: "Cpu".into(),
                     threads: rayon::current_num_threads(),

@@ -215,14 +215,22 @@ thread_local! {
     static PACK: RefCell<PackBufs> = RefCell::new(PackBufs::default());
 }
 
-/// Runs `f` with this thread's 64-byte-aligned A packing buffer of at least `len` floats
-/// (a fresh one when the thread's is already in use further up the stack).
-pub(crate) fn with_a_buffer<R>(len: usize, f: impl FnOnce(*mut f32) -> R) -> R {
+/// Runs `f` with this thread's 64-byte-aligned packing buffers for A and B, of at least
+/// `a_len` and `b_len` floats (fresh ones when the thread's are already in use further up
+/// the stack).
+pub(crate) fn with_pack_buffers<R>(
+    a_len: usize,
+    b_len: usize,
+    f: impl FnOnce(*mut f32, *mut f32) -> R,
+) -> R {
     PACK.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => f(aligned(&mut bufs.a, len)),
+        Ok(mut bufs) => {
+            let bufs = &mut *bufs;
+            f(aligned(&mut bufs.a, a_len), aligned(&mut bufs.b, b_len))
+        }
         Err(_) => {
-            let mut own = Vec::new();
-            f(aligned(&mut own, len))
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            f(aligned(&mut a, a_len), aligned(&mut b, b_len))
         }
     })
 }
