@@ -344,7 +344,10 @@ fn f16_math(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("gpu_f16_math");
     configure(&mut g, s.slow);
-    for (name, m, k, n) in [("gemv", 1usize, 2560usize, 10240usize), ("linear", 32, 768, 3072)] {
+    for (name, m, k, n) in [
+        ("gemv", 1usize, 2560usize, 10240usize),
+        ("linear", 32, 768, 3072),
+    ] {
         for (variant, dev) in [("packed", &off), ("f16", &on)] {
             let x = rand_tensor(&[m, k], DType::F16, dev, 21);
             let w = rand_tensor(&[n, k], DType::F16, dev, 22);
@@ -364,5 +367,13 @@ fn f16_math(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, gemv, attention, norms, fused_decode, f16_math);
+criterion_group!(
+    benches,
+    matmul,
+    gemv,
+    attention,
+    norms,
+    fused_decode,
+    f16_math
+);
 criterion_main!(benches);

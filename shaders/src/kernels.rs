@@ -212,9 +212,8 @@ pub struct GemvConsts {
     /// Decode fusions (variants with fusions: out_f16 == x_f16, bias absent or f32, and
     /// f32 output when gated).
     pub fusion: GemvFusion,
-    /// f16 arithmetic (needs `SHADER_F16`; only with `vec`, `x_f16` and `w_f16`, so no
-    /// operand is rounded that its storage had not rounded): 8-product runs summed in f16,
-    /// accumulated in f32 (see gemv.wgsl).
+    /// f16 arithmetic (needs `SHADER_F16`; only with `vec` and `w_f16`; an f32 x is rounded
+    /// to f16): 8-product runs summed in f16, accumulated in f32 (see gemv.wgsl).
     pub f16_math: bool,
 }
 
@@ -249,7 +248,7 @@ impl Kernel for GemvConsts {
         self.f16_math
     }
 
-    /// The f32 variants, and each VEC one with f16 x and weights again with f16 arithmetic.
+    /// The f32 variants, and each VEC one with f16 weights again with f16 arithmetic.
     fn variants() -> Vec<Self> {
         let mut v = Vec::new();
         for m in 1..=4 {
@@ -293,7 +292,7 @@ impl Kernel for GemvConsts {
         }
         let f16: Vec<Self> = v
             .iter()
-            .filter(|k| k.vec && k.x_f16 && k.w_f16)
+            .filter(|k| k.vec && k.w_f16)
             .map(|k| GemvConsts {
                 f16_math: true,
                 ..*k
@@ -371,8 +370,8 @@ pub struct MatmulConsts {
     pub b_f16: bool,
     pub bias_f16: bool,
     pub out_f16: bool,
-    /// f16 arithmetic (needs `SHADER_F16`; only with `a_f16` and `b_f16`): f16 tiles,
-    /// 8-product runs summed in f16, accumulated in f32 (see matmul.wgsl).
+    /// f16 arithmetic (needs `SHADER_F16`; only with `b_f16`; an f32 A is rounded to f16):
+    /// f16 tiles, 8-product runs summed in f16, accumulated in f32 (see matmul.wgsl).
     pub f16_math: bool,
 }
 
@@ -403,7 +402,7 @@ impl Kernel for MatmulConsts {
         self.f16_math
     }
 
-    /// The f32 variants, and each one with f16 A and B again with f16 arithmetic.
+    /// The f32 variants, and each one with f16 B again with f16 arithmetic.
     fn variants() -> Vec<Self> {
         let mut v = Vec::new();
         for tile in MatmulTile::ALL {
@@ -426,7 +425,7 @@ impl Kernel for MatmulConsts {
         }
         let f16: Vec<Self> = v
             .iter()
-            .filter(|k| k.a_f16 && k.b_f16)
+            .filter(|k| k.b_f16)
             .map(|k| MatmulConsts {
                 f16_math: true,
                 ..*k

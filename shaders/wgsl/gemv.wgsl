@@ -10,10 +10,11 @@
 // passes as norm.wgsl); EPI applies an activation (1) or a gated activation (2: weight rows
 // interleaved gate/up, out[m, j] = act(row 2j) * row 2j+1, output stride ldo / 2) after the
 // bias; RESIDUAL adds res (laid out as out) last.
-// f16 arithmetic (the `//H` lines, `enable f16;`; VEC with x and w stored f16 only): w is
-// read as vec4<f16>, x slices are converted to f16 (exact, x is stored f16; with the NORM
-// prologue the normalised values are rounded to f16, as the unfused path stores its f16 norm
-// output; the norm statistics stay f32), and the 8 products of a slice are summed in f16
+// f16 arithmetic (the `//H` lines, `enable f16;`; VEC with f16 weights only): w is read as
+// vec4<f16>, x slices are converted to f16 (exact when x is stored f16; an f32 x, which the
+// engine allows only when asked to, is rounded; with the NORM prologue the normalised values
+// are rounded, as the unfused path stores its f16 norm output; the norm statistics stay
+// f32), and the 8 products of a slice are summed in f16
 // (two dot()s and one add: a run of 8 terms, one 16-byte weight load), then added to the
 // f32 accumulator; the cross-invocation reduction, bias, epilogue and residual are f32.
 // The `//NOH` lines are the packed-pair path that the f16 variant replaces.

@@ -5,8 +5,9 @@
 // A_VEC / B_VEC: the contiguous dim is a multiple of 4 elements, so tile loads are 16-byte
 // (f32) or 8-byte (f16) vector loads. A weight larger than one binding is bound in row
 // chunks (B_TRANS): n counts this chunk's rows and n_off places them in C and the bias.
-// f16 arithmetic (the `//H` lines, `enable f16;`; A and B stored f16, so staging them as f16
-// rounds nothing): B is read as vec4<f16>, the tiles in workgroup memory are f16 (type T),
+// f16 arithmetic (the `//H` lines, `enable f16;`; f16 B only): B is read as vec4<f16>, A is
+// staged as f16 (exact when A is stored f16; an f32 A, which the engine allows only when
+// asked to, is rounded), the tiles in workgroup memory are f16 (type T),
 // and every RUN = 8 steps along K the f16 products of each output, summed in f16 registers
 // (a run of 8 terms: f16 sums of more terms grow their rounding error with the length and
 // come nearer the f16 range), are added to the f32 accumulators; the bias and the store

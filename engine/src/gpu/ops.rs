@@ -1103,7 +1103,7 @@ fn record_matmul(
         b_f16: is_f16(bdt),
         bias_f16: bias.is_some_and(|b| is_f16(b.1)),
         out_f16: is_f16(cdt),
-        f16_math: g.f16_math && is_f16(adt) && is_f16(bdt),
+        f16_math: g.f16_math && is_f16(bdt) && (is_f16(adt) || g.opts.f16_math_f32_act),
     };
     let params = MatmulParams {
         m: mm.m as u32,
@@ -1201,7 +1201,7 @@ fn linear_into(
         out_f16: is_f16(odt),
         subgroups: g.subgroups,
         fusion: fuse.map_or(GemvFusion::NONE, |f| f.fusion),
-        f16_math: g.f16_math && vec && is_f16(xdt) && is_f16(wdt),
+        f16_math: g.f16_math && vec && is_f16(wdt) && (is_f16(xdt) || g.opts.f16_math_f32_act),
     };
     let mut rec = g.recorder()?;
     let ws = w.gpu_storage();
