@@ -18,9 +18,10 @@
 //!
 //! f16 storage: halves packed two per 32-bit word, read with `unpack2x16float`; this works
 //! on every adapter (see `blip2-shaders`). Where the adapter has `SHADER_F16` it is
-//! requested, and the GEMV and the tiled matmul over f16 weights use their f16-arithmetic
-//! variants (f16 products in short runs, f32 accumulation) unless `GpuOptions::f16_math`
-//! is off (`BLIP2_GPU_NO_F16_MATH=1`).
+//! requested, and the GEMV and the tiled matmul over f16 weights and f16 activations (f32
+//! activations too with `GpuOptions::f16_math_f32_act`) use their f16-arithmetic variants
+//! (f16 products in runs of 8, f32 accumulation) unless `GpuOptions::f16_math` is off
+//! (`BLIP2_GPU_NO_F16_MATH=1`).
 
 mod config;
 pub mod ops;
