@@ -4,12 +4,14 @@
 //! one submission. Matmul and attention groups report `Throughput::Elements(FLOPs)`:
 //! criterion's "elem/s" there means FLOP/s. GEMV (f32, f16, q8, q4 weights) reports weight
 //! bytes streamed per second,
-//! layer_norm/softmax bytes read + written per second.
+//! layer_norm/softmax bytes read + written per second. `gpu_f16_math` times the
+//! f16-arithmetic GEMV and matmul next to their packed-pair (f32 arithmetic) twins.
 //!
 //! On a software adapter (llvmpipe, ~1 GFLOP/s) only one shape per group runs, with the
 //! fewest samples criterion allows, so the whole bench takes a few minutes; set
 //! `BLIP2_BENCH_FULL=1` for every shape. Without any adapter the bench prints why and exits.
 
+use blip2_engine::gpu::{GpuContext, GpuOptions};
 use blip2_engine::ops::{self, AttnOpts};
 use blip2_engine::{DType, Device, Tensor};
 use criterion::{
@@ -318,5 +320,60 @@ fn fused_decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, gemv, attention, norms, fused_decode);
+/// f16 arithmetic (issue 14 item 4): f16 x and weights through the GEMV (OPT-2.7B fc1,
+/// 2560 -> 10240) and the tiled matmul (Q-Former MLP, 32 x 768 -> 3072), each on a context
+/// with the f16-arithmetic variants (`f16`, where the adapter has `SHADER_F16`) and one with
+/// `f16_math: false` (`packed`: unpack2x16float and f32 arithmetic), bench ids side by side.
+fn f16_math(c: &mut Criterion) {
+    let Some(s) = setup() else { return };
+    let open = |f16_math: bool| -> Option<Device> {
+        let opts = GpuOptions {
+            f16_math,
+            ..GpuOptions::from_env()
+        };
+        GpuContext::with_options(opts)
+            .ok()
+            .map(|g| Device::Gpu(std::sync::Arc::new(g)))
+    };
+    let (Some(on), Some(off)) = (open(true), open(false)) else {
+        return;
+    };
+    if !s.dev.info().shader_f16 {
+        eprintln!("adapter without SHADER_F16: f16-arithmetic benchmarks skipped");
+        return;
+    }
+    let mut g = c.benchmark_group("gpu_f16_math");
+    configure(&mut g, s.slow);
+    for (name, m, k, n) in [
+        ("gemv", 1usize, 2560usize, 10240usize),
+        ("linear", 32, 768, 3072),
+    ] {
+        for (variant, dev) in [("packed", &off), ("f16", &on)] {
+            let x = rand_tensor(&[m, k], DType::F16, dev, 21);
+            let w = rand_tensor(&[n, k], DType::F16, dev, 22);
+            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            g.bench_function(
+                BenchmarkId::new(format!("{name}_{variant}"), format!("{m}x{k}x{n}")),
+                |it| {
+                    it.iter(|| {
+                        let y = ops::linear(&x, &w, None).expect("linear");
+                        dev.synchronize().expect("sync");
+                        y
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    matmul,
+    gemv,
+    attention,
+    norms,
+    fused_decode,
+    f16_math
+);
 criterion_main!(benches);

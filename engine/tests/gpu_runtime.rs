@@ -635,3 +635,155 @@ fn write_at_is_in_place_and_copy_on_write() {
         assert_eq!(cache.to_vec_f32().unwrap()[..3], [-1.0; 3]);
     }
 }
+
+/// f16 values as stored (round to nearest even), in f64.
+fn as_f16(v: &[f32]) -> Vec<f64> {
+    v.iter()
+        .map(|&x| half::f16::from_f32(x).to_f32() as f64)
+        .collect()
+}
+
+/// The f16-arithmetic variants (GEMV and tiled matmul with f16 weights: by default where
+/// both operands are stored f16, with `f16_math_f32_act` also for f32 activations; off with
+/// `f16_math: false`) against an f64 reference on the stored inputs, at odd sizes: GEMV rows
+/// 1..=4 with K a multiple of 8 (its 16-byte loads), the tiled matmul at M 5 and 33 with odd
+/// N and K (partial tiles and runs), and a batched matmul with B [K, N]; f16 and f32 x.
+///
+/// Tolerances, per output y = Σ p_i (p_i = x_i w_i, u = 2^-11 the f16 unit roundoff):
+/// - f16 variants: each product is rounded to f16 (u |p_i|), each run of R products is
+///   summed in f16 (R = 8 in both kernels: at most u Σ_run |p_i|), the f32 sum of the
+///   runs adds ~K 2^-24 Σ|p_i|, and an f16 output is stored rounded (u |y|). So
+///   |y_gpu − y| <= 9u Σ|p_i| + u|y| (+ K 2^-24 Σ|p_i| + 1e-6 for the f32 part), checked
+///   per element, plus u Σ|p_i| when an f32 x is rounded to f16. The RMS error is far below
+///   that bound (errors of random sign): NMSE <= 2e-6 (rounding the products alone gives
+///   u²/3 ≈ 8e-8, the runs' sums several times that; measured 2e-7..4e-7).
+/// - packed-pair path (f32 products and sums): the f16 output rounding and the f32 sums
+///   only, with the ops suite's budgets, NMSE 1e-6 (f16 output) and 1e-10 (f32 output).
+#[test]
+fn f16_math_matches_reference() {
+    let dir = std::env::temp_dir().join(format!("blip2-f16-dump-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let Some(on) = open(GpuOptions {
+        dump_wgsl: Some(dir.clone()),
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    let Some(off) = open(GpuOptions {
+        f16_math: false,
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    let Some(act) = open(GpuOptions {
+        f16_math_f32_act: true,
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    let has_f16 = ctx(&on).info().shader_f16;
+    assert_eq!(ctx(&on).f16_math(), has_f16);
+    assert!(!ctx(&off).f16_math());
+    let u = 2f64.powi(-11);
+    let mut rng = Rng::new(23);
+    // (batch, m, k, n, b_trans): linear layers (GEMV for m <= 4) and a batched matmul.
+    let cases = [
+        (1, 1, 8, 3, true),
+        (1, 1, 1408, 37, true),
+        (1, 2, 264, 101, true),
+        (1, 3, 88, 9, true),
+        (1, 4, 2056, 13, true),
+        (1, 5, 129, 37, true),
+        (1, 33, 264, 67, true),
+        (3, 17, 41, 23, false),
+    ];
+    for (bt, m, k, n, b_trans) in cases {
+        let (xv, wv) = (rng.vec(bt * m * k), rng.vec(bt * n * k));
+        let wq = as_f16(&wv);
+        for xdt in [DType::F16, DType::F32] {
+            let xq = match xdt {
+                DType::F16 => as_f16(&xv),
+                _ => xv.iter().map(|&x| x as f64).collect(),
+            };
+            // want[z, i, j] and Σ|p| of it.
+            let mut want = Vec::new();
+            let mut mag = Vec::new();
+            for z in 0..bt {
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut s, mut a) = (0.0, 0.0);
+                        for t in 0..k {
+                            let wi = if b_trans { j * k + t } else { t * n + j };
+                            let p = xq[(z * m + i) * k + t] * wq[z * n * k + wi];
+                            s += p;
+                            a += p.abs();
+                        }
+                        want.push(s);
+                        mag.push(a);
+                    }
+                }
+            }
+            let x16 = xdt == DType::F16;
+            let runs = [(&on, has_f16 && x16), (&off, false), (&act, has_f16)];
+            for (dev, f16) in runs {
+                let x = Tensor::from_slice(&xv, &[bt, m, k], xdt, dev).unwrap();
+                let y = if bt == 1 {
+                    let w = Tensor::from_slice(&wv, &[n, k], DType::F16, dev).unwrap();
+                    ops::linear(&x, &w, None).unwrap()
+                } else {
+                    let shape = if b_trans { [bt, n, k] } else { [bt, k, n] };
+                    let w = Tensor::from_slice(&wv, &shape, DType::F16, dev).unwrap();
+                    ops::matmul(&x, &w, b_trans).unwrap()
+                };
+                let got = y.to_vec_f32().unwrap();
+                let what = format!("{bt}x{m}x{k}x{n} b_trans={b_trans} x {xdt} f16 math {f16}");
+                let terms = match (f16, x16) {
+                    (false, _) => 0.0,
+                    (true, true) => 9.0,
+                    (true, false) => 10.0,
+                };
+                for (e, ((&g, &w), &a)) in got.iter().zip(&want).zip(&mag).enumerate() {
+                    let f32_part = k as f64 * 2f64.powi(-24) * a + 1e-6;
+                    let bound = terms * u * a + u * w.abs() + f32_part;
+                    assert!(
+                        (g as f64 - w).abs() <= bound,
+                        "{what}: element {e}: {g} vs {w} (bound {bound:e})"
+                    );
+                }
+                let num: f64 = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(&g, &w)| (g as f64 - w).powi(2))
+                    .sum();
+                let den: f64 = want.iter().map(|w| w * w).sum();
+                let tol = match (f16, x16) {
+                    (true, _) => 2e-6,
+                    (false, true) => 1e-6,
+                    (false, false) => 1e-10,
+                };
+                eprintln!("{what}: NMSE {:e}", num / den);
+                assert!(num / den <= tol, "{what}: NMSE {:e} > {tol:e}", num / den);
+            }
+        }
+    }
+    // The f16 variants were built (their labels end in "+f16"), and dumped.
+    let dumped: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for family in ["gemv", "matmul"] {
+        let f16 = dumped
+            .iter()
+            .filter(|n| n.starts_with(&format!("{family}_")) && n.ends_with("__f16.wgsl"));
+        assert_eq!(f16.count() > 0, has_f16, "{family}: {dumped:?}");
+    }
+    for n in dumped.iter().filter(|n| n.ends_with("__f16.wgsl")) {
+        let text = std::fs::read_to_string(dir.join(n)).unwrap();
+        assert!(text.starts_with("enable f16;\n"), "{n}");
+        // The default context builds f16 variants for f16 activations only.
+        assert!(n.contains("X_F16=true") || n.contains("A_F16=true"), "{n}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

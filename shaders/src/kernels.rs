@@ -212,6 +212,9 @@ pub struct GemvConsts {
     /// Decode fusions (variants with fusions: out_f16 == x_f16, bias absent or f32, and
     /// f32 output when gated).
     pub fusion: GemvFusion,
+    /// f16 arithmetic (needs `SHADER_F16`; only with `vec` and `w_f16`; an f32 x is rounded
+    /// to f16): 8-product runs summed in f16, accumulated in f32 (see gemv.wgsl).
+    pub f16_math: bool,
 }
 
 impl Kernel for GemvConsts {
@@ -241,6 +244,11 @@ impl Kernel for GemvConsts {
         self.subgroups
     }
 
+    fn f16_math(&self) -> bool {
+        self.f16_math
+    }
+
+    /// The f32 variants, and each VEC one with f16 weights again with f16 arithmetic.
     fn variants() -> Vec<Self> {
         let mut v = Vec::new();
         for m in 1..=4 {
@@ -256,6 +264,7 @@ impl Kernel for GemvConsts {
                         out_f16,
                         subgroups,
                         fusion: GemvFusion::NONE,
+                        f16_math: false,
                     });
                 }
             }
@@ -275,11 +284,21 @@ impl Kernel for GemvConsts {
                             out_f16: x_f16,
                             subgroups,
                             fusion,
+                            f16_math: false,
                         });
                     }
                 }
             }
         }
+        let f16: Vec<Self> = v
+            .iter()
+            .filter(|k| k.vec && k.w_f16)
+            .map(|k| GemvConsts {
+                f16_math: true,
+                ..*k
+            })
+            .collect();
+        v.extend(f16);
         v
     }
 
@@ -351,6 +370,9 @@ pub struct MatmulConsts {
     pub b_f16: bool,
     pub bias_f16: bool,
     pub out_f16: bool,
+    /// f16 arithmetic (needs `SHADER_F16`; only with `b_f16`; an f32 A is rounded to f16):
+    /// f16 tiles, 8-product runs summed in f16, accumulated in f32 (see matmul.wgsl).
+    pub f16_math: bool,
 }
 
 impl Kernel for MatmulConsts {
@@ -376,6 +398,11 @@ impl Kernel for MatmulConsts {
         ]
     }
 
+    fn f16_math(&self) -> bool {
+        self.f16_math
+    }
+
+    /// The f32 variants, and each one with f16 B again with f16 arithmetic.
     fn variants() -> Vec<Self> {
         let mut v = Vec::new();
         for tile in MatmulTile::ALL {
@@ -391,10 +418,20 @@ impl Kernel for MatmulConsts {
                         b_f16,
                         bias_f16,
                         out_f16,
+                        f16_math: false,
                     });
                 }
             }
         }
+        let f16: Vec<Self> = v
+            .iter()
+            .filter(|k| k.b_f16)
+            .map(|k| MatmulConsts {
+                f16_math: true,
+                ..*k
+            })
+            .collect();
+        v.extend(f16);
         v
     }
 }

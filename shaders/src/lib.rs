@@ -36,6 +36,11 @@
 //!   comments out. (naga 30 rejects `enable subgroups;` as not yet implemented and accepts
 //!   the subgroup builtins when the device has the `SUBGROUP` feature, so no directive is
 //!   emitted.)
+//! - f16 arithmetic (when the adapter has `SHADER_F16`; [`Kernel::f16_math`]) works the same
+//!   way: lines starting `//H ` hold the f16 code, lines ending `//NOH` the packed-pair code
+//!   it replaces, and [`specialise_toggled`] also puts `enable f16;` first. The f16 variants
+//!   (gemv, matmul) read f16 operands as `vec4<f16>` bindings, multiply in f16 and sum at
+//!   most 8 products in f16 before an f32 accumulator takes them (see each kernel's top).
 //! - Helpers shared by several kernels live once, in fragments under `wgsl/include/`
 //!   ([`INCLUDES`]): a kernel line `// #include "pack.wgsl"` is replaced by the fragment's
 //!   text before anything else (a comment line, so no other tool mistakes it for code).
@@ -140,6 +145,12 @@ pub trait Kernel: Copy + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 
         false
     }
 
+    /// Whether this variant computes in f16 (`//H` lines, `enable f16;`; needs the
+    /// adapter's `SHADER_F16`). Always false without an f16 variant.
+    fn f16_math(&self) -> bool {
+        false
+    }
+
     /// Every variant the engine can build (each is validated by the tests).
     fn variants() -> Vec<Self>;
 
@@ -155,10 +166,14 @@ pub trait Kernel: Copy + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 
             .into_iter()
             .map(|(n, v)| (n, v.to_string()))
             .collect();
-        specialise(Self::SOURCE, &consts, self.subgroups())
+        let t = Toggles {
+            subgroups: self.subgroups(),
+            f16: self.f16_math(),
+        };
+        specialise_toggled(Self::SOURCE, &consts, t)
     }
 
-    /// "family NAME=value ... [+subgroups]", for messages and dumped file names.
+    /// "family NAME=value ... [+subgroups] [+f16]", for messages and dumped file names.
     fn label(&self) -> String {
         let mut k = String::from(Self::NAME);
         for (n, v) in self.constants() {
@@ -166,6 +181,9 @@ pub trait Kernel: Copy + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 
         }
         if self.subgroups() {
             k.push_str(" +subgroups");
+        }
+        if self.f16_math() {
+            k.push_str(" +f16");
         }
         k
     }
@@ -233,55 +251,105 @@ fn include_name(line: &str) -> Option<&str> {
 pub fn resolve_includes(src: &str) -> Result<String, SpecError> {
     let mut out = String::with_capacity(src.len() + 4096);
     for line in src.lines() {
-        match include_name(line) {
-            Some(name) => {
-                let (_, text) = INCLUDES
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .ok_or_else(|| SpecError(format!("unknown WGSL fragment \"{name}\"")))?;
-                if text.lines().any(|l| include_name(l).is_some()) {
-                    return Err(SpecError(format!("fragment {name} includes another")));
-                }
-                out.push_str(&format!("// ---- {name}\n"));
-                out.push_str(text);
-                out.push_str(&format!("// ---- end of {name}\n"));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
+        push_line(&mut out, line, Toggles::default())?;
     }
     Ok(out)
 }
 
-/// Produces one variant of `src`: fragments are included ([`resolve_includes`]), each
-/// `(NAME, value)` replaces the initialiser of the module-scope line `const NAME: T = ...;`
-/// (the line must exist exactly once), and with `subgroups` the `//SG ` lines are enabled
-/// and the `//NOSG` lines disabled.
+/// Appends `line`, or the fragment it includes with its tagged lines toggled, to `out`.
+fn push_line(out: &mut String, line: &str, t: Toggles) -> Result<(), SpecError> {
+    match include_name(line) {
+        Some(name) => {
+            let (_, text) = INCLUDES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| SpecError(format!("unknown WGSL fragment \"{name}\"")))?;
+            if text.lines().any(|l| include_name(l).is_some()) {
+                return Err(SpecError(format!("fragment {name} includes another")));
+            }
+            out.push_str(&format!("// ---- {name}\n"));
+            for l in text.lines() {
+                out.push_str(&toggle(l, t));
+                out.push('\n');
+            }
+            out.push_str(&format!("// ---- end of {name}\n"));
+        }
+        None => {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(())
+}
+
+/// The optional code paths of a variant that live in tagged source lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Toggles {
+    /// Enable the `//SG ` lines and disable the `//NOSG` ones (needs `SUBGROUP`).
+    pub subgroups: bool,
+    /// f16 arithmetic: enable the `//H ` lines, disable the `//NOH` ones and put
+    /// `enable f16;` first (needs `SHADER_F16`).
+    pub f16: bool,
+}
+
+/// `line` as this variant has it: a tagged line enabled (tag removed) or disabled (commented
+/// out), any other line as it is.
+fn toggle(line: &str, t: Toggles) -> std::borrow::Cow<'_, str> {
+    let trimmed = line.trim_start();
+    let end = trimmed.trim_end();
+    for (on, tag, off_tag, what) in [
+        (t.subgroups, "//SG ", "//NOSG", "subgroup"),
+        (t.f16, "//H ", "//NOH", "f16"),
+    ] {
+        if on {
+            if let Some(rest) = trimmed.strip_prefix(tag) {
+                return rest.into();
+            }
+            if end.ends_with(off_tag) {
+                return format!("// ({what} variant) {trimmed}").into();
+            }
+        }
+    }
+    line.into()
+}
+
+/// Produces one variant of `src` with [`specialise_toggled`], f16 lines off.
 pub fn specialise(
     src: &str,
     consts: &[(&str, String)],
     subgroups: bool,
 ) -> Result<String, SpecError> {
-    let src = resolve_includes(src)?;
-    let mut found = vec![0usize; consts.len()];
-    let mut out = String::with_capacity(src.len() + 64);
+    specialise_toggled(
+        src,
+        consts,
+        Toggles {
+            subgroups,
+            f16: false,
+        },
+    )
+}
+
+/// Produces one variant of `src`: tagged lines are toggled ([`Toggles`]; a kernel line
+/// before its include is resolved, so an `//H // #include "x.wgsl"` line includes a fragment
+/// only in f16 variants), fragments are included ([`resolve_includes`]), and each
+/// `(NAME, value)` replaces the initialiser of the module-scope line `const NAME: T = ...;`
+/// (the line must exist exactly once).
+pub fn specialise_toggled(
+    src: &str,
+    consts: &[(&str, String)],
+    t: Toggles,
+) -> Result<String, SpecError> {
+    let mut included = String::with_capacity(src.len() + 4096);
+    if t.f16 {
+        included.push_str("enable f16;\n");
+    }
     for line in src.lines() {
+        push_line(&mut included, &toggle(line, t), t)?;
+    }
+    let mut found = vec![0usize; consts.len()];
+    let mut out = String::with_capacity(included.len() + 64);
+    for line in included.lines() {
         let trimmed = line.trim_start();
-        if subgroups {
-            if let Some(rest) = trimmed.strip_prefix("//SG ") {
-                out.push_str(rest);
-                out.push('\n');
-                continue;
-            }
-            if trimmed.trim_end().ends_with("//NOSG") {
-                out.push_str("// (subgroup variant) ");
-                out.push_str(trimmed);
-                out.push('\n');
-                continue;
-            }
-        }
         let mut replaced = false;
         if let Some(rest) = trimmed.strip_prefix("const ") {
             for (i, (name, value)) in consts.iter().enumerate() {
@@ -346,6 +414,23 @@ mod tests {
         let sg = specialise(src, &[], true).unwrap();
         assert!(sg.contains("x = subgroupAdd(1);"));
         assert!(sg.contains("// (subgroup variant) x = 1; //NOSG"));
+    }
+
+    #[test]
+    fn specialise_toggles_f16_lines() {
+        let src = "  x = f(1.0); //NOH\n  //H x = f32(g(1.0h));\n//H // #include \"pack.wgsl\"\n";
+        let plain = specialise_toggled(src, &[], Toggles::default()).unwrap();
+        assert_eq!(plain, src);
+        let t = Toggles {
+            subgroups: false,
+            f16: true,
+        };
+        let h = specialise_toggled(src, &[], t).unwrap();
+        assert!(h.starts_with("enable f16;\n"));
+        assert!(h.contains("\nx = f32(g(1.0h));"));
+        assert!(h.contains("// (f16 variant) x = f(1.0); //NOH"));
+        // A tagged include line includes its fragment only when enabled.
+        assert!(h.contains("fn st_pair("));
     }
 
     #[test]

@@ -54,6 +54,21 @@ fn variants_validate<K: Kernel>() -> usize {
         "{}: subgroup variants vs //SG lines",
         K::NAME
     );
+    let has_h_lines = specialise(K::SOURCE, &[], false)
+        .unwrap()
+        .lines()
+        .any(|l| l.trim_start().starts_with("//H "));
+    assert_eq!(
+        variants.iter().any(|k| k.f16_math()),
+        has_h_lines,
+        "{}: f16 variants vs //H lines",
+        K::NAME
+    );
+    for k in variants.iter().filter(|k| k.f16_math()) {
+        let text = k.wgsl().unwrap();
+        assert!(text.starts_with("enable f16;\n"), "{}", k.label());
+        assert!(k.label().ends_with(" +f16"), "{}", k.label());
+    }
     variants.len()
 }
 
@@ -182,6 +197,31 @@ fn reductions_validate_with_and_without_subgroups() {
 fn matmul_tiles_validate() {
     variants_validate::<MatmulConsts>();
     variants_validate::<QMatmulConsts>();
+}
+
+/// The f16-arithmetic variants (`enable f16;`, validated above with every other variant)
+/// exist exactly where the weight operand is stored f16: GEMV with 16-byte loads of f16
+/// weights, matmul with f16 B; each has its packed-pair twin.
+#[test]
+fn f16_math_variants_pair_with_packed_ones() {
+    let gemv = GemvConsts::variants();
+    let h: Vec<_> = gemv.iter().filter(|k| k.f16_math).collect();
+    assert!(!h.is_empty());
+    for k in &h {
+        assert!(k.vec && k.w_f16, "{}", k.label());
+        let twin = GemvConsts {
+            f16_math: false,
+            ..**k
+        };
+        assert!(gemv.contains(&twin), "{}", k.label());
+    }
+    let mm = MatmulConsts::variants();
+    let h: Vec<_> = mm.iter().filter(|k| k.f16_math).collect();
+    let packed = mm.iter().filter(|k| k.b_f16 && !k.f16_math);
+    assert_eq!(h.len(), packed.count());
+    for k in &h {
+        assert!(k.b_f16, "{}", k.label());
+    }
 }
 
 /// The tensor-core variants validate and translate to SPIR-V with the cooperative-matrix

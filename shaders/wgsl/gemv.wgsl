@@ -10,6 +10,14 @@
 // passes as norm.wgsl); EPI applies an activation (1) or a gated activation (2: weight rows
 // interleaved gate/up, out[m, j] = act(row 2j) * row 2j+1, output stride ldo / 2) after the
 // bias; RESIDUAL adds res (laid out as out) last.
+// f16 arithmetic (the `//H` lines, `enable f16;`; VEC with f16 weights only): w is read as
+// vec4<f16>, x slices are converted to f16 (exact when x is stored f16; an f32 x, which the
+// engine allows only when asked to, is rounded; with the NORM prologue the normalised values
+// are rounded, as the unfused path stores its f16 norm output; the norm statistics stay
+// f32), and the 8 products of a slice are summed in f16
+// (two dot()s and one add: a run of 8 terms, one 16-byte weight load), then added to the
+// f32 accumulator; the cross-invocation reduction, bias, epilogue and residual are f32.
+// The `//NOH` lines are the packed-pair path that the f16 variant replaces.
 
 struct Params {
     // Weight rows (outputs) in this chunk.
@@ -45,7 +53,8 @@ const RED_N: u32 = NACC;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>; //NOH
+//H @group(0) @binding(2) var<storage, read> w: array<vec4<f16>>;
 @group(0) @binding(3) var<storage, read> b: array<u32>;
 @group(0) @binding(4) var<storage, read> nw: array<f32>;
 @group(0) @binding(5) var<storage, read> nb: array<f32>;
@@ -62,17 +71,18 @@ fn word_x(i: u32) -> u32 {
     return x[i >> 2u][i & 3u];
 }
 
-fn word_w(i: u32) -> u32 {
-    return w[i >> 2u][i & 3u];
-}
+fn word_w(i: u32) -> u32 { //NOH
+    return w[i >> 2u][i & 3u]; //NOH
+} //NOH
 
 fn ld_x1(i: u32) -> f32 {
     return elem(word_x(word_of(i, X_F16)), i, X_F16);
 }
 
-fn ld_w1(i: u32) -> f32 {
-    return elem(word_w(word_of(i, W_F16)), i, W_F16);
-}
+fn ld_w1(i: u32) -> f32 { //NOH
+    return elem(word_w(word_of(i, W_F16)), i, W_F16); //NOH
+} //NOH
+//H fn ld_w1(i: u32) -> f32 { return f32(w[i >> 2u][i & 3u]); }
 
 fn ld_b(i: u32) -> f32 {
     return elem(b[word_of(i, B_F16)], i, B_F16);
@@ -86,12 +96,12 @@ fn ld_x8(i: u32) -> mat2x4<f32> {
     return mat2x4<f32>(bitcast<vec4<f32>>(x[i >> 2u]), bitcast<vec4<f32>>(x[(i >> 2u) + 1u]));
 }
 
-fn ld_w8(i: u32) -> mat2x4<f32> {
-    if (W_F16) {
-        return halves8(w[i >> 3u]);
-    }
-    return mat2x4<f32>(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u]));
-}
+fn ld_w8(i: u32) -> mat2x4<f32> { //NOH
+    if (W_F16) { //NOH
+        return halves8(w[i >> 3u]); //NOH
+    } //NOH
+    return mat2x4<f32>(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u])); //NOH
+} //NOH
 
 
 @compute @workgroup_size(WG)
@@ -144,12 +154,18 @@ fn main(
                     }
                 }
             }
+            //H var xh: array<mat2x4<f16>, M>;
+            //H for (var m = 0u; m < M; m++) { xh[m] = mat2x4<f16>(vec4<f16>(xs[m][0]), vec4<f16>(xs[m][1])); }
             for (var r = 0u; r < ROWS; r++) {
                 if (n0 + r < p.n) {
-                    let wv = ld_w8((n0 + r) * k + c);
-                    for (var m = 0u; m < M; m++) {
-                        acc[r * M + m] += dot(xs[m][0], wv[0]) + dot(xs[m][1], wv[1]);
-                    }
+                    let wv = ld_w8((n0 + r) * k + c); //NOH
+                    for (var m = 0u; m < M; m++) { //NOH
+                        acc[r * M + m] += dot(xs[m][0], wv[0]) + dot(xs[m][1], wv[1]); //NOH
+                    } //NOH
+                    //H let wi = ((n0 + r) * k + c) >> 2u;
+                    //H let w0 = w[wi];
+                    //H let w1 = w[wi + 1u];
+                    //H for (var m = 0u; m < M; m++) { acc[r * M + m] += f32(dot(xh[m][0], w0) + dot(xh[m][1], w1)); }
                 }
             }
         }

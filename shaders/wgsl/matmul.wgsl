@@ -5,6 +5,14 @@
 // A_VEC / B_VEC: the contiguous dim is a multiple of 4 elements, so tile loads are 16-byte
 // (f32) or 8-byte (f16) vector loads. A weight larger than one binding is bound in row
 // chunks (B_TRANS): n counts this chunk's rows and n_off places them in C and the bias.
+// f16 arithmetic (the `//H` lines, `enable f16;`; f16 B only): B is read as vec4<f16>, A is
+// staged as f16 (exact when A is stored f16; an f32 A, which the engine allows only when
+// asked to, is rounded), the tiles in workgroup memory are f16 (type T),
+// and every RUN = 8 steps along K the f16 products of each output, summed in f16 registers
+// (a run of 8 terms: f16 sums of more terms grow their rounding error with the length and
+// come nearer the f16 range), are added to the f32 accumulators; the bias and the store
+// are f32.
+// The `//NOH` lines are the packed-pair f32 path that the f16 variant replaces.
 
 struct Params {
     m: u32,
@@ -23,6 +31,8 @@ const TM: u32 = 64u;
 const TN: u32 = 64u;
 const BK: u32 = 16u;
 const WG: u32 = 256u;
+// Products summed in f16 before they join the f32 accumulators (f16 variant; divides BK).
+const RUN: u32 = 8u;
 const B_TRANS: bool = true;
 const HAS_BIAS: bool = false;
 const A_VEC: bool = false;
@@ -34,13 +44,17 @@ const OUT_F16: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; //NOH
+//H @group(0) @binding(2) var<storage, read> b: array<vec4<f16>>;
 @group(0) @binding(3) var<storage, read> bias: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
 
 // As[kk * TM/4 + r/4][r % 4] = A[m0 + r, k0 + kk]; Bs[kk * TN/4 + j/4][j % 4] = opB[k0 + kk, n0 + j].
-var<workgroup> As: array<vec4<f32>, BK * TM / 4u>;
-var<workgroup> Bs: array<vec4<f32>, BK * TN / 4u>;
+// The tiles' element type: f32, or f16 in the f16 variant.
+alias T = f32; //NOH
+//H alias T = f16;
+var<workgroup> As: array<vec4<T>, BK * TM / 4u>;
+var<workgroup> Bs: array<vec4<T>, BK * TN / 4u>;
 
 // Shared helpers, pasted in by `specialise` (the file is not valid WGSL without them).
 // #include "pack.wgsl"
@@ -49,17 +63,18 @@ fn word_a(i: u32) -> u32 {
     return a[i >> 2u][i & 3u];
 }
 
-fn word_b(i: u32) -> u32 {
-    return b[i >> 2u][i & 3u];
-}
+fn word_b(i: u32) -> u32 { //NOH
+    return b[i >> 2u][i & 3u]; //NOH
+} //NOH
 
 fn ld_a1(i: u32) -> f32 {
     return elem(word_a(word_of(i, A_F16)), i, A_F16);
 }
 
-fn ld_b1(i: u32) -> f32 {
-    return elem(word_b(word_of(i, B_F16)), i, B_F16);
-}
+fn ld_b1(i: u32) -> f32 { //NOH
+    return elem(word_b(word_of(i, B_F16)), i, B_F16); //NOH
+} //NOH
+//H fn ld_b1(i: u32) -> f32 { return f32(b[i >> 2u][i & 3u]); }
 
 // Elements i..i+4 with i % 4 == 0.
 fn ld_a4(i: u32) -> vec4<f32> {
@@ -69,12 +84,13 @@ fn ld_a4(i: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(a[i >> 2u]);
 }
 
-fn ld_b4(i: u32) -> vec4<f32> {
-    if (B_F16) {
-        return halves4(b[i >> 3u], (i & 4u) != 0u);
-    }
-    return bitcast<vec4<f32>>(b[i >> 2u]);
-}
+fn ld_b4(i: u32) -> vec4<f32> { //NOH
+    if (B_F16) { //NOH
+        return halves4(b[i >> 3u], (i & 4u) != 0u); //NOH
+    } //NOH
+    return bitcast<vec4<f32>>(b[i >> 2u]); //NOH
+} //NOH
+//H fn ld_b4(i: u32) -> vec4<f32> { return vec4<f32>(b[i >> 2u]); }
 
 fn ld_bias(i: u32) -> f32 {
     return elem(bias[word_of(i, BIAS_F16)], i, BIAS_F16);
@@ -129,6 +145,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var i = 0u; i < 4u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
+    //H var run: array<vec4<f16>, 4>;
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         // A tile: TM rows x BK/4 quads along K.
@@ -137,7 +154,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let kq = (g % (BK / 4u)) * 4u;
             let v = ld_a_row4(a_base, m0 + r, p.m, k0 + kq, p.k, p.lda);
             for (var j = 0u; j < 4u; j++) {
-                As[(kq + j) * (TM / 4u) + r / 4u][r % 4u] = v[j];
+                As[(kq + j) * (TM / 4u) + r / 4u][r % 4u] = T(v[j]);
             }
         }
         if (B_TRANS) {
@@ -147,7 +164,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let kq = (g % (BK / 4u)) * 4u;
                 let v = ld_b_row4(b_base, n0 + r, p.n, k0 + kq, p.k, p.ldb);
                 for (var j = 0u; j < 4u; j++) {
-                    Bs[(kq + j) * (TN / 4u) + r / 4u][r % 4u] = v[j];
+                    Bs[(kq + j) * (TN / 4u) + r / 4u][r % 4u] = T(v[j]);
                 }
             }
         } else {
@@ -155,17 +172,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             for (var g = lid; g < BK * TN / 4u; g += WG) {
                 let kk = g / (TN / 4u);
                 let cq = g % (TN / 4u);
-                Bs[kk * (TN / 4u) + cq] = ld_b_row4(b_base, k0 + kk, p.k, n0 + cq * 4u, p.n, p.ldb);
+                Bs[kk * (TN / 4u) + cq] = vec4<T>(ld_b_row4(b_base, k0 + kk, p.k, n0 + cq * 4u, p.n, p.ldb));
             }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             let av = As[kk * (TM / 4u) + ty];
             let bv = Bs[kk * (TN / 4u) + tx];
-            acc[0] += av.x * bv;
-            acc[1] += av.y * bv;
-            acc[2] += av.z * bv;
-            acc[3] += av.w * bv;
+            acc[0] += av.x * bv; //NOH
+            acc[1] += av.y * bv; //NOH
+            acc[2] += av.z * bv; //NOH
+            acc[3] += av.w * bv; //NOH
+            //H run[0] += av.x * bv;
+            //H run[1] += av.y * bv;
+            //H run[2] += av.z * bv;
+            //H run[3] += av.w * bv;
+            //H if (kk % RUN == RUN - 1u) { for (var i = 0u; i < 4u; i++) { acc[i] += vec4<f32>(run[i]); run[i] = vec4<f16>(0.0h); } }
         }
         workgroupBarrier();
     }

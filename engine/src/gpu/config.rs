@@ -15,6 +15,15 @@
 /// - `BLIP2_GPU_NO_FUSED_DECODE=1`: decode layers unfused: no GEMV norm prologue /
 ///   activation, gate or residual epilogues (`ops::linear_fused`), and the new token's K/V
 ///   written by a copy before the attention instead of inside it (`ops::attention_append`).
+/// - `BLIP2_GPU_NO_F16_MATH=1`: f16 weights read as packed pairs (`unpack2x16float`) and
+///   multiplied in f32 everywhere, even when the adapter has `SHADER_F16`; with the feature
+///   and without the switch, the GEMV (16-byte loads) and the tiled matmul with both
+///   operands stored f16 compute in f16 with f32 accumulation (see `blip2-shaders`'
+///   gemv.wgsl and matmul.wgsl).
+/// - `BLIP2_GPU_F16_MATH_F32_ACT=1`: f16 arithmetic also for f32 activations times f16
+///   weights (the models' f16-weight layers), rounding the activations to f16 as they are
+///   read. Off by default: it changes what f32 activations promise (see
+///   docs/architecture.md, "f16 arithmetic", for the measured error).
 /// - `BLIP2_GPU_NO_DEVICE_ARGMAX=1`: greedy tokens chosen on the host from downloaded
 ///   logits (`ops::argmax_rows` without its kernel).
 /// - `BLIP2_GPU_NO_BIND_CACHE=1`: a fresh bind group per dispatch.
@@ -32,6 +41,8 @@ pub struct GpuOptions {
     pub flash_attention: bool,
     pub coop_matrix: bool,
     pub fused_decode: bool,
+    pub f16_math: bool,
+    pub f16_math_f32_act: bool,
     pub device_argmax: bool,
     pub bind_group_cache: bool,
     pub max_batch: usize,
@@ -50,6 +61,8 @@ impl Default for GpuOptions {
             flash_attention: true,
             coop_matrix: false,
             fused_decode: true,
+            f16_math: true,
+            f16_math_f32_act: false,
             device_argmax: true,
             bind_group_cache: true,
             max_batch: 1024,
@@ -82,6 +95,8 @@ impl GpuOptions {
             flash_attention: !flag("BLIP2_GPU_NO_FLASH_ATTN"),
             coop_matrix: flag("BLIP2_GPU_COOP"),
             fused_decode: !flag("BLIP2_GPU_NO_FUSED_DECODE"),
+            f16_math: !flag("BLIP2_GPU_NO_F16_MATH"),
+            f16_math_f32_act: flag("BLIP2_GPU_F16_MATH_F32_ACT"),
             device_argmax: !flag("BLIP2_GPU_NO_DEVICE_ARGMAX"),
             bind_group_cache: !flag("BLIP2_GPU_NO_BIND_CACHE"),
             max_batch: number("BLIP2_GPU_MAX_BATCH")

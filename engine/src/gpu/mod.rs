@@ -17,7 +17,11 @@
 //! handler and a device-lost callback, and come back as [`crate::Error`], never a panic.
 //!
 //! f16 storage: halves packed two per 32-bit word, read with `unpack2x16float`; this works
-//! on every adapter, so `SHADER_F16` is reported but not needed (see `blip2-shaders`).
+//! on every adapter (see `blip2-shaders`). Where the adapter has `SHADER_F16` it is
+//! requested, and the GEMV and the tiled matmul over f16 weights and f16 activations (f32
+//! activations too with `GpuOptions::f16_math_f32_act`) use their f16-arithmetic variants
+//! (f16 products in runs of 8, f32 accumulation) unless `GpuOptions::f16_math` is off
+//! (`BLIP2_GPU_NO_F16_MATH=1`).
 
 mod config;
 pub mod ops;
@@ -125,6 +129,9 @@ pub struct GpuContext {
     /// Tensor-core linear layers in use: the adapter's fixed subgroup size, which is the
     /// cooperative kernel's workgroup size ([`coop_subgroup`]).
     pub(crate) coop: Option<u32>,
+    /// f16-arithmetic kernel variants in use (adapter has SHADER_F16 and the switch allows
+    /// them).
+    pub(crate) f16_math: bool,
     /// Largest storage binding in bytes (multiple of 16).
     pub(crate) max_binding: u64,
     /// Storage binding offset alignment in bytes.
@@ -168,10 +175,13 @@ impl GpuContext {
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
-        // Requested so kernels may use it later; f16 storage itself does not need it.
-        if afeat.contains(wgpu::Features::SHADER_F16) {
+        // Requested whenever present (the tensor-core kernel needs it too); f16 storage
+        // itself does not.
+        let has_f16 = afeat.contains(wgpu::Features::SHADER_F16);
+        if has_f16 {
             features |= wgpu::Features::SHADER_F16;
         }
+        let f16_math = opts.f16_math && has_f16;
         let coop = coop_subgroup(&opts, &adapter);
         if coop.is_some() {
             features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
@@ -264,6 +274,7 @@ impl GpuContext {
             opts,
             subgroups,
             coop,
+            f16_math,
             max_binding,
             storage_align,
             pool,
@@ -278,13 +289,19 @@ impl GpuContext {
         self.info.clone()
     }
 
-    /// The options this context was opened with.
     /// Whether linear layers over f16 weights run on tensor cores (`BLIP2_GPU_COOP=1` and
     /// an adapter that offers 16×16×16 f16 cooperative matrices; see [`GpuOptions`]).
     pub fn tensor_cores(&self) -> bool {
         self.coop.is_some()
     }
 
+    /// Whether the f16-arithmetic kernel variants run (the adapter has `SHADER_F16` and
+    /// `BLIP2_GPU_NO_F16_MATH` is not set; see [`GpuOptions`]).
+    pub fn f16_math(&self) -> bool {
+        self.f16_math
+    }
+
+    /// The options this context was opened with.
     pub fn options(&self) -> &GpuOptions {
         &self.opts
     }

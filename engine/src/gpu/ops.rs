@@ -1103,6 +1103,7 @@ fn record_matmul(
         b_f16: is_f16(bdt),
         bias_f16: bias.is_some_and(|b| is_f16(b.1)),
         out_f16: is_f16(cdt),
+        f16_math: g.f16_math && is_f16(bdt) && (is_f16(adt) || g.opts.f16_math_f32_act),
     };
     let params = MatmulParams {
         m: mm.m as u32,
@@ -1189,9 +1190,10 @@ fn linear_into(
         multiple,
     )?;
     let use_gemv = fuse.is_some() || (g.opts.gemv && m <= 4 && k > 0);
+    let vec = g.opts.vec4 && k.is_multiple_of(8);
     let gemv = GemvConsts {
         m: m as u32,
-        vec: g.opts.vec4 && k.is_multiple_of(8),
+        vec,
         has_bias: bias.is_some(),
         x_f16: is_f16(xdt),
         w_f16: is_f16(wdt),
@@ -1199,6 +1201,7 @@ fn linear_into(
         out_f16: is_f16(odt),
         subgroups: g.subgroups,
         fusion: fuse.map_or(GemvFusion::NONE, |f| f.fusion),
+        f16_math: g.f16_math && vec && is_f16(wdt) && (is_f16(xdt) || g.opts.f16_math_f32_act),
     };
     let mut rec = g.recorder()?;
     let ws = w.gpu_storage();
