@@ -5,32 +5,7 @@
 mod common;
 
 use blip2_engine::{DType, Device, Error, Tensor, ops};
-use common::{Rng, devices};
-
-/// x·Wᵀ + b in f64, and Σ|x·w| + |b| per element.
-fn linear_ref(
-    x: &[f32],
-    w: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let (mut r, mut a) = (vec![0.0; m * n], vec![0.0; m * n]);
-    for i in 0..m {
-        for j in 0..n {
-            let (mut s, mut sa) = (b[j] as f64, (b[j] as f64).abs());
-            for p in 0..k {
-                let t = x[i * k + p] as f64 * w[j * k + p] as f64;
-                s += t;
-                sa += t.abs();
-            }
-            r[i * n + j] = s;
-            a[i * n + j] = sa;
-        }
-    }
-    (r, a)
-}
+use common::{Rng, devices, linear_ref};
 
 fn bf16_round(v: &[f32]) -> Vec<f32> {
     v.iter()
@@ -49,7 +24,7 @@ fn linear_with_bf16_weights_matches_f64() {
         let x = rng.vec(m * k, -1.0, 1.0);
         let w = rng.vec(n * k, -1.0, 1.0);
         let b = rng.vec(n, -1.0, 1.0);
-        let (r, a) = linear_ref(&x, &bf16_round(&w), &b, m, k, n);
+        let (r, a) = linear_ref(&x, &bf16_round(&w), Some(&b), m, k, n);
         let xt = Tensor::from_slice(&x, &[m, k], DType::F32, &Device::Cpu).unwrap();
         let wt = Tensor::from_slice(&w, &[n, k], DType::BF16, &Device::Cpu).unwrap();
         assert_eq!(wt.dtype(), DType::BF16);

@@ -6,32 +6,7 @@
 mod common;
 
 use blip2_engine::{DType, Device, Tensor, ops};
-use common::{Rng, devices, quantize};
-
-/// x·Wᵀ + b in f64, and Σ|x·w| + |b| per element.
-fn linear_ref(
-    x: &[f32],
-    w: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let (mut r, mut a) = (vec![0.0; m * n], vec![0.0; m * n]);
-    for i in 0..m {
-        for j in 0..n {
-            let (mut s, mut sa) = (b[j] as f64, (b[j] as f64).abs());
-            for p in 0..k {
-                let t = x[i * k + p] as f64 * w[j * k + p] as f64;
-                s += t;
-                sa += t.abs();
-            }
-            r[i * n + j] = s;
-            a[i * n + j] = sa;
-        }
-    }
-    (r, a)
-}
+use common::{Rng, devices, linear_ref, quantize};
 
 /// The weights are used exactly (f16 widens exactly) and sums are f32: the bound is
 /// γ_{k+1} ≤ 2·(k+1)·2^-24 of Σ|x·w| + |b|, on every path (m ≤ 8 and the blocked GEMM).
@@ -44,7 +19,7 @@ fn linear_with_panel_weights_matches_f64() {
             let x = rng.vec(m * k, -1.0, 1.0);
             let w = quantize(&rng.vec(n * k, -1.0, 1.0), dtype);
             let b = rng.vec(n, -1.0, 1.0);
-            let (r, a) = linear_ref(&x, &w, &b, m, k, n);
+            let (r, a) = linear_ref(&x, &w, Some(&b), m, k, n);
             let xt = Tensor::from_slice(&x, &[m, k], DType::F32, &Device::Cpu).unwrap();
             let plain = Tensor::from_slice(&w, &[n, k], dtype, &Device::Cpu).unwrap();
             let wt = plain.to_panels().unwrap();

@@ -5,39 +5,9 @@
 mod common;
 
 use blip2_engine::{DType, Device, Error, QFormat, QuantBytes, Tensor, ops};
-use common::{Rng, devices};
+use common::{Rng, devices, linear_ref};
 
 const QDTYPES: [DType; 2] = [DType::Q8, DType::Q4];
-
-/// Reference x·Wᵀ + b in f64 on the dequantized W, and Σ|x·w| + |b| per element.
-fn linear_ref(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    m: usize,
-    k: usize,
-    n: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let mut r = vec![0.0; m * n];
-    let mut a = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let (mut s, mut sa) = (0.0f64, 0.0f64);
-            for p in 0..k {
-                let t = x[i * k + p] as f64 * w[j * k + p] as f64;
-                s += t;
-                sa += t.abs();
-            }
-            if let Some(b) = b {
-                s += b[j] as f64;
-                sa += (b[j] as f64).abs();
-            }
-            r[i * n + j] = s;
-            a[i * n + j] = sa;
-        }
-    }
-    (r, a)
-}
 
 /// For m ≤ 4 the CPU kernel quantizes each activation row to 8 bits per block of 32 (integer
 /// dot products): element (i, j) may then move by Σ_p |w[j,p]|·d_b/2 with d_b = max|x| of

@@ -2,34 +2,11 @@
 //! on its AMX path where the CPU has AMX, against f64 references on seeded random inputs
 //! with awkward sizes. Each check states its tolerance.
 
+mod common;
+
 use blip2_kernels::*;
+use common::{Rng, check, gamma, reference};
 use half::bf16;
-
-/// xorshift64*, as in kernels.rs.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let u = (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * u
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-}
-
-/// γ_n = n·u/(1 − n·u) for f32: the bound on an n-term dot product's rounding error in any
-/// summation order, relative to Σ|x_i·y_i|.
-fn gamma(n: usize) -> f64 {
-    let nu = n as f64 * f32::EPSILON as f64 / 2.0;
-    nu / (1.0 - nu)
-}
 
 fn round(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
@@ -39,41 +16,6 @@ fn packed(w: &[f32], n: usize, k: usize) -> Vec<bf16> {
     let mut p = vec![bf16::ZERO; bf16_packed_len(n, k)];
     pack_bf16(w, n, k, &mut p);
     p
-}
-
-/// C = A·Wᵀ + bias in f64, and Σ|a||w| + |bias| per element.
-fn reference(
-    a: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let (mut c, mut abs) = (vec![0.0; m * n], vec![0.0; m * n]);
-    for i in 0..m {
-        for j in 0..n {
-            let (mut s, mut t) = (bias[j] as f64, bias[j].abs() as f64);
-            for p in 0..k {
-                let x = a[i * k + p] as f64 * w[j * k + p] as f64;
-                s += x;
-                t += x.abs();
-            }
-            c[i * n + j] = s;
-            abs[i * n + j] = t;
-        }
-    }
-    (c, abs)
-}
-
-fn check(what: &str, c: &[f32], r: &[f64], abs: &[f64], rel: f64) {
-    for (idx, ((&g, &e), &t)) in c.iter().zip(r).zip(abs).enumerate() {
-        let err = (g as f64 - e).abs();
-        assert!(
-            err <= rel * t + 1e-30,
-            "{what}: element {idx}: got {g}, want {e}, err {err:e} > {rel:e}·{t:e}"
-        );
-    }
 }
 
 const SHAPES: [(usize, usize, usize); 11] = [

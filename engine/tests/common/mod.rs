@@ -92,3 +92,34 @@ pub fn tol(dtype: DType) -> f64 {
 }
 
 pub const DTYPES: [DType; 2] = [DType::F32, DType::F16];
+
+/// Reference x·Wᵀ + b in f64 (on the values W really holds), and Σ|x·w| + |b| per element.
+#[allow(dead_code)] // not every test file uses it
+pub fn linear_ref(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut r = vec![0.0; m * n];
+    let mut a = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut sa) = (0.0f64, 0.0f64);
+            for p in 0..k {
+                let t = x[i * k + p] as f64 * w[j * k + p] as f64;
+                s += t;
+                sa += t.abs();
+            }
+            if let Some(b) = b {
+                s += b[j] as f64;
+                sa += (b[j] as f64).abs();
+            }
+            r[i * n + j] = s;
+            a[i * n + j] = sa;
+        }
+    }
+    (r, a)
+}
