@@ -25,11 +25,7 @@ fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
         // `ops` admits quantized tensors only as linear weights; dequantize defensively.
         CpuStorage::Quant(q) => Cow::Owned(q.dequantize()),
         CpuStorage::Bf16(b) => Cow::Owned(b.unpack()),
-        CpuStorage::Panels(p) => {
-            let mut out = vec![0f32; p.rows * p.cols];
-            k::unpack_packed(&p.matrix(), &mut out);
-            Cow::Owned(out)
-        }
+        CpuStorage::Panels(p) => Cow::Owned(p.unpack()),
     }
 }
 

@@ -55,10 +55,16 @@ impl Panels {
         }
     }
 
-    /// The row-major storage of the same dtype.
-    pub(crate) fn plain(&self) -> CpuStorage {
+    /// The values, row-major, as f32.
+    pub(crate) fn unpack(&self) -> Vec<f32> {
         let mut wide = vec![0f32; self.rows * self.cols];
         blip2_kernels::unpack_packed(&self.matrix(), &mut wide);
+        wide
+    }
+
+    /// The row-major storage of the same dtype.
+    pub(crate) fn plain(&self) -> CpuStorage {
+        let wide = self.unpack();
         match self.data {
             PanelVec::F32(_) => CpuStorage::F32(wide),
             PanelVec::F16(_) => {

@@ -397,7 +397,7 @@ impl Tensor {
                 }
                 CpuStorage::Quant(q) => q.dequantize(),
                 CpuStorage::Bf16(b) => b.unpack(),
-                CpuStorage::Panels(_) => return self.plain().to_vec_f32(),
+                CpuStorage::Panels(p) => p.unpack(),
             }),
             Storage::Gpu(_) if self.dtype.is_quantized() => Ok(self.quant_data()?.dequantize()),
             Storage::Gpu(s) => match &self.device {

@@ -181,30 +181,21 @@ impl Job {
         // with them: 16 rows (a batch of decode rows) take two 8-row tiles, not 14 + 2.
         let tiles = m.div_ceil(MR);
         let mr = (m.div_ceil(tiles).div_ceil(2) * 2).clamp(8, MR);
+        let tiles_per_block = MC_TILES.min(m.div_ceil(mr));
+        // f16 panels: widened in registers by each tile when there are few tiles per block;
+        // with more, once per block into an L1 buffer (the f32 kernel is ~10% faster than
+        // the widening one, and the widening is then shared by every tile).
+        let widen_once = self.f16 && tiles_per_block >= 3;
         macro_rules! pick {
             ($($r:literal)*) => {
-                match (mr, self.f16) {
+                match (mr, self.f16 && !widen_once) {
                     $(($r, true) => ukr_avx512::<$r, 2, true>,
                       ($r, false) => ukr_avx512::<$r, 2, false>,)*
                     _ => unreachable!("mr is even and in 8..=14"),
                 }
             };
         }
-        let tiles_per_block = MC_TILES.min(m.div_ceil(mr));
-        // f16 panels: widened in registers by each tile when there are few tiles per block;
-        // with more, once per block into an L1 buffer (the f32 kernel is ~10% faster than
-        // the widening one, and the widening is then shared by every tile).
-        let widen_once = self.f16 && tiles_per_block >= 3;
-        let ukr = if widen_once {
-            match mr {
-                8 => ukr_avx512::<8, 2, false>,
-                10 => ukr_avx512::<10, 2, false>,
-                12 => ukr_avx512::<12, 2, false>,
-                _ => ukr_avx512::<14, 2, false>,
-            }
-        } else {
-            pick!(8 10 12 14)
-        };
+        let ukr = pick!(8 10 12 14);
         let mc = mr * MC_TILES;
         let mc_max = mc.min(m.div_ceil(mr) * mr);
         // SAFETY: per the contract above; the A buffer holds mc_max × KC floats.

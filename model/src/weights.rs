@@ -1112,12 +1112,10 @@ impl<'a> WeightLoader<'a> {
         self.load_as(full, shape, dtype, false)
     }
 
-    /// [`Self::load`], into the CPU GEMM's panel layout when `panels` (a linear weight:
-    /// packed as it is read, so the row-major copy, or the mapped pages, go at once).
+    /// [`Self::load`], into the CPU GEMM's panel layout when `panels` (a linear weight or
+    /// table) and the tensor is a copy anyway (converted, random or merged): packed as it is
+    /// made, so the row-major copy goes at once.
     fn load_as(&self, full: &str, shape: &[usize], dtype: DType, panels: bool) -> Tensor {
-        let shaped = |t: Result<Tensor, blip2_engine::Error>| {
-            t.and_then(|t| if panels { t.to_panels() } else { Ok(t) })
-        };
         let key = (full.to_string(), dtype);
         if let Some(t) = self.lock().cache.get(&key)
             && t.shape() == shape
@@ -1134,7 +1132,8 @@ impl<'a> WeightLoader<'a> {
                     let base = random_values(full, shape, seed);
                     return self.merged(full, shape, dtype, base, adapters, edits, panels);
                 }
-                None => shaped(random_tensor(full, shape, dtype, seed, &self.device)),
+                None => random_tensor(full, shape, dtype, seed, &self.device)
+                    .and_then(|t| in_layout(t, panels)),
             };
             return match t {
                 Ok(t) => {
@@ -1219,15 +1218,13 @@ impl<'a> WeightLoader<'a> {
             }
             return t;
         }
-        match shaped(Tensor::from_shared_bytes(
-            owner,
-            start,
-            len,
-            stored,
-            shape,
-            dtype,
-            &self.device,
-        )) {
+        // A tensor used in place from the mapped file stays so (no copy, pages shared with
+        // other processes); panels are made only where a copy is made anyway.
+        let t = Tensor::from_shared_bytes(owner, start, len, stored, shape, dtype, &self.device);
+        match t.and_then(|t| {
+            let copied = !t.is_shared();
+            in_layout(t, panels && copied)
+        }) {
             Ok(t) => {
                 // A copied (converted) tensor no longer needs the file's pages; a shared one
                 // reads them in place.
@@ -1284,7 +1281,7 @@ impl<'a> WeightLoader<'a> {
             return self.placeholder(shape, dtype);
         }
         let t = Tensor::from_slice(&base, shape, dtype, &self.device);
-        match t.and_then(|t| if panels { t.to_panels() } else { Ok(t) }) {
+        match t.and_then(|t| in_layout(t, panels)) {
             Ok(t) => {
                 let mut st = self.lock();
                 st.adapted.insert(full.to_string());
@@ -1554,4 +1551,9 @@ fn random_values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
             }
         });
     v
+}
+
+/// `t` in the CPU GEMM's panel layout when `panels`, else as it is.
+fn in_layout(t: Tensor, panels: bool) -> blip2_engine::Result<Tensor> {
+    if panels { t.to_panels() } else { Ok(t) }
 }
