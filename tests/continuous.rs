@@ -18,9 +18,14 @@ use blip2::engine::{DType, Device};
 use blip2::{Blip2, GenerationConfig, ImageFeatures, Join, TokenEvent};
 use common::*;
 
-/// Decoder-only fixtures: BLIP-2 OPT and InstructBLIP Vicuna (LLaMA, grouped-query
-/// attention, rope scaling).
-const DECODER_ONLY: [&str; 2] = ["blip2-opt-tiny", "instructblip-vicuna-tiny"];
+/// Every family: BLIP-2 OPT, InstructBLIP Vicuna (LLaMA, grouped-query attention, rope
+/// scaling) and BLIP-2 Flan-T5 (encoder-decoder: each row its own encoder output, prompts
+/// right-padded).
+const BATCHED: [&str; 3] = [
+    "blip2-opt-tiny",
+    "instructblip-vicuna-tiny",
+    "blip2-flan-t5-tiny",
+];
 
 /// One request: image row, prompt, settings, and the step before which it joins.
 struct Req {
@@ -171,7 +176,7 @@ fn check_batched(name: &str, model: &Blip2, feats: &[ImageFeatures], reqs: &[Req
     let both = both(name, model, feats);
     let mut batch = model
         .decode_batch()
-        .expect("a decoder-only model batches by step");
+        .expect("every generative model batches by step");
     let mut got: HashMap<usize, Vec<u32>> = HashMap::new();
     let mut streamed: HashMap<usize, Vec<u32>> = HashMap::new();
     let mut sizes = Vec::new();
@@ -277,15 +282,28 @@ fn features(model: &Blip2) -> Vec<ImageFeatures> {
 
 #[test]
 fn joining_rows_equal_their_runs_alone() {
-    for name in DECODER_ONLY {
+    for name in BATCHED {
         let model = load(name, &Device::cpu(), DType::F32);
         check_batched(name, &model, &features(&model), &requests(), false);
     }
 }
 
+/// The same on the GPU (llvmpipe in CI): the masked attention over the cache, T5's
+/// cross-attention padding and the row copies are the device's.
+#[test]
+fn joining_rows_on_the_gpu_equal_their_runs_alone() {
+    let Some(gpu) = blip2::engine::testing::gpu() else {
+        return;
+    };
+    for name in BATCHED {
+        let model = load(name, &gpu, DType::F32);
+        check_batched(name, &model, &features(&model), &joining_together(), true);
+    }
+}
+
 #[test]
 fn rows_joining_together_equal_their_runs_alone() {
-    for name in DECODER_ONLY {
+    for name in BATCHED {
         let model = load(name, &Device::cpu(), DType::F32);
         let feats = features(&model);
         let reqs = joining_together();
@@ -339,12 +357,6 @@ fn rows_joining_together_equal_their_runs_alone() {
         assert!(matches!(out[2].1, Ok(None)), "{name}");
         assert_eq!(batch.ids(), vec![0, 1, 6], "{name}");
     }
-}
-
-#[test]
-fn encoder_decoder_models_have_no_step_batch() {
-    let model = load("blip2-flan-t5-tiny", &Device::cpu(), DType::F32);
-    assert!(model.decode_batch().is_none());
 }
 
 #[test]

@@ -520,7 +520,20 @@ fn queue_full_is_503_with_retry_after() {
 /// one at a time, and they were batched.
 #[test]
 fn parallel_requests_equal_sequential() {
-    parallel_equal_sequential(&["--max-batch", "8", "--cache-images", "0"], false);
+    // The default join wait (auto) holds joiners so that they share prefills.
+    parallel_equal_sequential(&["--max-batch", "8", "--cache-images", "0"], true);
+    // Joiners join at the next step.
+    parallel_equal_sequential(
+        &[
+            "--max-batch",
+            "8",
+            "--cache-images",
+            "0",
+            "--join-wait-steps",
+            "0",
+        ],
+        false,
+    );
     // Joiners held up to 3 steps so that more of them share a vision pass and a prefill.
     parallel_equal_sequential(
         &[
@@ -531,6 +544,18 @@ fn parallel_requests_equal_sequential() {
             "--join-wait-steps",
             "3",
         ],
+        true,
+    );
+}
+
+/// The same on a Flan-T5 checkpoint: its rows join and leave the running batch too (each
+/// with its own encoder output), answering as they do one at a time.
+#[test]
+fn parallel_t5_requests_equal_sequential() {
+    let dir = root().join("tests/fixtures/models/blip2-flan-t5-tiny");
+    let dir = dir.to_str().expect("UTF-8 path");
+    parallel_equal_sequential(
+        &["--model", dir, "--max-batch", "8", "--cache-images", "0"],
         true,
     );
 }

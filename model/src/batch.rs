@@ -6,8 +6,10 @@
 //! [`Blip2::generate_from_features_with`] gives it alone, and a sampled one draws from its
 //! own random stream, so a seed gives the same text alone or batched.
 //!
-//! Decoder-only language models only ([`Blip2::decode_batch`] is None for T5), greedy
-//! search and sampling only (beam search keeps several rows per sequence: run it alone).
+//! Every language model: decoder-only ones keep each row's prompt and tokens in one KV
+//! cache; T5 encodes each joining prompt once and keeps its cross-attention K/V beside the
+//! decoder's cache. Greedy search and sampling only (beam search keeps several rows per
+//! sequence: run it alone).
 
 use std::time::{Duration, Instant};
 
@@ -54,9 +56,7 @@ pub struct Join<'s> {
 pub type Ended = (SeqId, Result<Generation>);
 
 impl Blip2 {
-    /// An empty step-level batch; None when the language model has none (T5, whose rows
-    /// would differ in encoder length too: batch it per wave with
-    /// [`Blip2::generate_from_features_with`]).
+    /// An empty step-level batch; None when the language model has none.
     pub fn decode_batch(&self) -> Option<DecodeBatch<'_>> {
         let lm = self.lm().row_batch(self.device())?;
         Some(DecodeBatch {
@@ -159,7 +159,7 @@ impl<'a> DecodeBatch<'a> {
                     )));
                 }
                 // The processors count the row's own ids, as alone (no padding).
-                RowDecoder::new(j.settings.clone(), ids)
+                RowDecoder::new(j.settings.clone(), self.lm.processor_ids(ids))
             })();
             match checked {
                 Ok(d) => {

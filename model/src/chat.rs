@@ -221,7 +221,11 @@ impl Chat<'_> {
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<Option<Generation>> {
         let cached = self.cache.take();
-        if !self.reuse || settings.num_beams() > 1 || self.model.config.is_instructblip() {
+        if !self.reuse
+            || settings.num_beams() > 1
+            || self.model.config.is_instructblip()
+            || !self.model.config.use_decoder_only_language_model
+        {
             return Ok(None);
         }
         let t = Instant::now();

@@ -19,9 +19,44 @@ pub struct Limits {
     pub max_batch: usize,
     /// Requests waiting beyond the running batch before new ones are refused with 503.
     pub max_queue: usize,
-    /// Decode steps a job may wait to join a running batch, so that more of the jobs
-    /// arriving meanwhile share its vision and prefill passes (0: the next step).
-    pub join_wait_steps: usize,
+    /// How long a job may wait to join a running batch, so that more of the jobs
+    /// arriving meanwhile share its vision and prefill passes.
+    pub join_wait: JoinWait,
+}
+
+/// How long jobs taken by the worker wait, while the running batch steps on, before they
+/// join it. The wait always ends when the waiting jobs fill the batch's free rows or when
+/// nothing runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinWait {
+    /// Up to this many decode steps (0: the next step).
+    Steps(usize),
+    /// As long as joining has recently cost the batch per joining request: each join
+    /// stalls every running row for its vision pass and prefill, so the jobs wait at most
+    /// one such share (time to first token grows by at most that) and joins come in
+    /// groups that amortise the fixed part of their cost.
+    Auto,
+}
+
+impl std::str::FromStr for JoinWait {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(JoinWait::Auto);
+        }
+        s.parse()
+            .map(JoinWait::Steps)
+            .map_err(|_| format!("expected `auto` or a number of decode steps, found `{s}`"))
+    }
+}
+
+impl std::fmt::Display for JoinWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinWait::Auto => f.write_str("auto"),
+            JoinWait::Steps(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -33,7 +68,7 @@ impl Default for Limits {
             max_prompt_tokens: 512,
             max_batch: 8,
             max_queue: 64,
-            join_wait_steps: 0,
+            join_wait: JoinWait::Auto,
         }
     }
 }
@@ -172,5 +207,22 @@ pub fn from_model_error(e: &crate::Error) -> ApiError {
         E::Invalid(_) => ApiError::invalid("invalid_parameter", e.to_string()),
         E::PromptTooLong { .. } => ApiError::invalid("prompt_too_long", e.to_string()),
         _ => ApiError::internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JoinWait;
+
+    #[test]
+    fn join_wait_parses_auto_and_steps() {
+        assert_eq!("auto".parse::<JoinWait>(), Ok(JoinWait::Auto));
+        assert_eq!("0".parse::<JoinWait>(), Ok(JoinWait::Steps(0)));
+        assert_eq!("12".parse::<JoinWait>(), Ok(JoinWait::Steps(12)));
+        let e = "-1".parse::<JoinWait>().unwrap_err();
+        assert!(e.contains("`-1`"), "{e}");
+        assert!("soon".parse::<JoinWait>().is_err());
+        assert_eq!(JoinWait::Auto.to_string(), "auto");
+        assert_eq!(JoinWait::Steps(4).to_string(), "4");
     }
 }

@@ -24,7 +24,7 @@ use crate::cli::common::{AdapterArgs, DTypeArg, DeviceArg, pick_device_explained
 // The request JSON and limits live in the library (`blip2::serve_api`) so that the fuzz
 // targets parse requests exactly as the server does.
 use blip2::serve_api::{api, limits};
-use limits::{ApiError, Limits};
+use limits::{ApiError, JoinWait, Limits};
 use metrics::Metrics;
 use scheduler::{Job, Loaded, Slot};
 
@@ -72,11 +72,12 @@ pub struct ServeOpts {
     /// Longest prompt in tokens (the image's query tokens included).
     #[arg(long, default_value_t = 512)]
     pub max_prompt_tokens: usize,
-    /// Decode steps a request may wait before joining a running batch, so that requests
-    /// arriving meanwhile share its vision and prefill passes (0: it joins at the next
-    /// step; the wait ends early when the waiting requests fill the free rows).
-    #[arg(long, default_value_t = 0)]
-    pub join_wait_steps: usize,
+    /// How long a request may wait before joining a running batch, so that requests
+    /// arriving meanwhile share its vision and prefill passes: `auto` (as long as a join
+    /// has recently cost per joining request) or a number of decode steps (0: the next
+    /// step). The wait ends early when the waiting requests fill the free rows.
+    #[arg(long, default_value = "auto")]
+    pub join_wait_steps: JoinWait,
     /// Images whose query features are kept (LRU by image hash; 0 turns the cache off).
     #[arg(long, default_value_t = 256)]
     pub cache_images: usize,
@@ -261,7 +262,7 @@ pub fn serve(o: &ServeOpts) -> anyhow::Result<()> {
         max_prompt_tokens: o.max_prompt_tokens,
         max_batch: o.max_batch,
         max_queue: o.max_queue,
-        join_wait_steps: o.join_wait_steps,
+        join_wait: o.join_wait_steps,
     };
     let api_key = o
         .api_key

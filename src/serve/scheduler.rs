@@ -1,21 +1,21 @@
 //! The model's worker thread and its batching loop. The HTTP side never touches tensors:
 //! handlers send [`Job`]s through a channel, and one std thread owning the model runs them.
 //!
-//! Decoder-only language models (OPT, LLaMA) batch continuously ([`continuous`]): between
-//! two decode steps the loop takes the jobs waiting, up to `--max-batch` running rows (with
-//! `--join-wait-steps` they may wait a few steps for more to share their passes);
+//! Generative checkpoints (OPT, LLaMA, T5) batch continuously ([`continuous`]): between
+//! two decode steps the loop takes the jobs waiting, up to `--max-batch` running rows (they
+//! may wait while the batch steps on, `--join-wait-steps`, for more to share their passes);
 //! their images not in the feature cache go through preprocessing, the ViT, the Q-Former
 //! and the projection together (the others come from the cache, keyed by the SHA-256 of
-//! the image bytes); their prompts are prefilled together (one left-padded forward) and
-//! join the running [`DecodeBatch`] in free rows of its cache. Every step is one forward
-//! pass over all running rows, each with its own settings (greedy or sampled with its own
-//! seed); a row leaves as soon as it ends or its client disconnects. Beam-search jobs run
-//! alone between two steps.
+//! the image bytes); their prompts are prefilled together (one padded forward; T5's
+//! encoded) and join the running [`DecodeBatch`]. Every step is one forward pass over all
+//! running rows, each with its own settings (greedy or sampled with its own seed); a row
+//! leaves as soon as it ends or its client disconnects. Beam-search jobs run alone between
+//! two steps.
 //!
-//! T5 (no step-level batch) is batched per wave ([`waves`]): the loop blocks for one job,
-//! takes every job already waiting up to `--max-batch`, groups generation jobs with the
-//! same settings (a sampled job alone), and each group decodes together
-//! (`Blip2::generate_from_features_cancellable`); new jobs wait for the next wave.
+//! Retrieval checkpoints are served per wave ([`waves`]): the loop blocks for one job,
+//! takes every job already waiting up to `--max-batch` and runs them (a language model
+//! without a step-level batch would have its generation jobs grouped by settings there and
+//! each group decoded together).
 //!
 //! Model work runs under `catch_unwind`: a panic fails the requests it was running (500)
 //! and the loop goes on.
@@ -37,7 +37,7 @@ use blip2::{
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use super::cache::{ImageKey, Lru};
-use super::limits::{ApiError, Limits, from_model_error};
+use super::limits::{ApiError, JoinWait, Limits, from_model_error};
 use super::metrics::{Metrics, Phase};
 
 /// The loaded checkpoint: a captioning/VQA model or a retrieval one.
@@ -187,7 +187,8 @@ pub fn run(
     waves(&model, rx, &metrics, &limits, &cache)
 }
 
-/// Static batching per wave (T5).
+/// Static batching per wave: retrieval checkpoints, and any language model without a
+/// step-level batch.
 fn waves(
     model: &Loaded,
     rx: Receiver<Job>,
@@ -295,7 +296,7 @@ impl Running<'_> {
     }
 }
 
-/// Continuous batching over a step-level [`DecodeBatch`] (decoder-only models).
+/// Continuous batching over a step-level [`DecodeBatch`] (every generative model).
 fn continuous(
     model: &Blip2,
     loaded: &Loaded,
@@ -311,9 +312,12 @@ fn continuous(
     let mut next_id: SeqId = 0;
     let max = limits.max_batch.max(1);
     let mut closed = false;
-    // Jobs taken but not joined yet, and the steps the oldest of them has waited.
+    // Jobs taken but not joined yet, and the steps and time the oldest of them has waited.
     let mut waiting: Vec<Job> = Vec::new();
     let mut waited = 0;
+    let mut waiting_since = Instant::now();
+    // Seconds a join has recently stalled the batch per joining request (JoinWait::Auto).
+    let mut join_share = JoinShare::default();
     loop {
         // Block only when nothing runs or waits; otherwise take what waits, up to the free
         // rows.
@@ -328,7 +332,12 @@ fn continuous(
         }
         while !closed && batch.len() + waiting.len() < max {
             match rx.try_recv() {
-                Ok(j) => waiting.push(j),
+                Ok(j) => {
+                    if waiting.is_empty() {
+                        waiting_since = Instant::now();
+                    }
+                    waiting.push(j)
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => closed = true,
             }
@@ -337,13 +346,16 @@ fn continuous(
         if waiting.is_empty() {
             waited = 0;
         }
-        // With --join-wait-steps, the jobs wait (the batch stepping on) until they fill the
-        // free rows or the oldest has waited that many steps, so that more of them share
-        // one vision pass and one prefill.
+        // The jobs wait (the batch stepping on) until they fill the free rows or the oldest
+        // has waited long enough (JoinWait), so that more of them share one vision pass
+        // and one prefill.
         let join_now = batch.is_empty()
             || closed
             || batch.len() + waiting.len() >= max
-            || waited >= limits.join_wait_steps;
+            || match limits.join_wait {
+                JoinWait::Steps(n) => waited >= n,
+                JoinWait::Auto => waiting_since.elapsed().as_secs_f64() >= join_share.get(),
+            };
         let jobs = if join_now {
             waited = 0;
             std::mem::take(&mut waiting)
@@ -368,6 +380,7 @@ fn continuous(
         }
         if !joining.is_empty() {
             let was_running = !batch.is_empty();
+            let (n, t) = (joining.len(), Instant::now());
             let joined = catch_unwind(AssertUnwindSafe(|| {
                 join(
                     model,
@@ -385,6 +398,7 @@ fn continuous(
                 reset(model, &mut batch, &mut rows, "a join panicked");
                 continue;
             }
+            join_share.record(t.elapsed().as_secs_f64(), n);
         }
         // Rows whose client left free their place now.
         for id in batch.ids() {
@@ -428,6 +442,29 @@ fn continuous(
             Err(_) => reset(model, &mut batch, &mut rows, "a decode step panicked"),
         }
         metrics.running.store(batch.len(), Ordering::SeqCst);
+    }
+}
+
+/// Seconds per joining request of the recent joins (vision pass, prefill and first
+/// tokens over the number of requests joining): an exponential moving average, zero until
+/// the first join, so that the first requests join at once.
+#[derive(Default)]
+struct JoinShare(Option<f64>);
+
+impl JoinShare {
+    /// Weight of the newest join: a few joins are enough to follow a change of load.
+    const NEW: f64 = 0.25;
+
+    fn record(&mut self, seconds: f64, requests: usize) {
+        let share = seconds / requests.max(1) as f64;
+        self.0 = Some(match self.0 {
+            Some(old) => old + Self::NEW * (share - old),
+            None => share,
+        });
+    }
+
+    fn get(&self) -> f64 {
+        self.0.unwrap_or(0.0)
     }
 }
 
@@ -843,4 +880,24 @@ fn match_job(model: &Loaded, job: MatchJob, limits: &Limits) {
             .map_err(|e| from_model_error(&e))
     });
     let _ = job.reply.send(res);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JoinShare;
+
+    #[test]
+    fn join_share_starts_at_zero_and_follows_the_cost_per_request() {
+        let mut s = JoinShare::default();
+        assert_eq!(s.get(), 0.0, "the first requests join at once");
+        s.record(0.4, 4);
+        assert!((s.get() - 0.1).abs() < 1e-12, "the first join sets it");
+        s.record(0.2, 1);
+        assert!((s.get() - (0.1 + 0.25 * 0.1)).abs() < 1e-12);
+        s.record(0.0, 0);
+        assert!(
+            s.get() < 0.125 && s.get() > 0.0,
+            "no requests counts as one"
+        );
+    }
 }

@@ -40,6 +40,29 @@ pub trait RowBatch: Send {
     fn extend(&mut self, keep: usize, embeds: &Tensor, max_new_tokens: usize) -> Result<Vec<f32>>;
     /// Prompt tokens run through the model so far (joins and extensions), a cost counter.
     fn prefilled_tokens(&self) -> usize;
+    /// The ids the logits processors (penalties, n-gram bans) count for a row with this
+    /// prompt before its first new token: the prompt's own for a decoder-only model.
+    fn processor_ids(&self, prompt_ids: Vec<u32>) -> Vec<u32> {
+        prompt_ids
+    }
+}
+
+/// `[rows, 1, columns]` additive mask of per-row flags (1 = seen, 0 = masked), or None
+/// when nothing is masked.
+pub(crate) fn additive_mask(flags: &[Vec<u8>], device: &Device) -> Result<Option<Tensor>> {
+    if flags.iter().all(|m| m.iter().all(|&v| v == 1)) {
+        return Ok(None);
+    }
+    let len = flags.first().map_or(0, Vec::len);
+    let data: Vec<f32> = flags
+        .iter()
+        .flat_map(|m| m.iter().map(|&v| if v == 1 { 0.0 } else { f32::MIN }))
+        .collect();
+    Ok(Some(Tensor::from_f32(
+        data,
+        &[flags.len(), 1, len],
+        device,
+    )?))
 }
 
 /// What the generic batch needs of a decoder-only family.
@@ -214,24 +237,6 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
         Ok(())
     }
 
-    /// `[slots, 1, len]` additive mask, or None when nothing is masked.
-    fn mask_tensor(&self) -> Result<Option<Tensor>> {
-        if self.mask.iter().all(|m| m.iter().all(|&v| v == 1)) {
-            return Ok(None);
-        }
-        let len = self.mask.first().map_or(0, Vec::len);
-        let data: Vec<f32> = self
-            .mask
-            .iter()
-            .flat_map(|m| m.iter().map(|&v| if v == 1 { 0.0 } else { f32::MIN }))
-            .collect();
-        Ok(Some(Tensor::from_f32(
-            data,
-            &[self.mask.len(), 1, len],
-            &self.device,
-        )?))
-    }
-
     /// Puts the prefilled rows of `rows` (`mask` per row, all ending at `rows.len`) into
     /// free slots, right-aligned at the write column, as the last running rows.
     fn place(&mut self, rows: KvCache, mask: Vec<Vec<u8>>) -> Result<()> {
@@ -378,7 +383,7 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
                 }
             })
             .collect();
-        let mask = self.mask_tensor()?;
+        let mask = additive_mask(&self.mask, &self.device)?;
         let embeds = self
             .lm
             .embed(&ids)?

@@ -42,6 +42,13 @@ impl LanguageModel for T5 {
         })
     }
 
+    fn row_batch(
+        &self,
+        device: &blip2_engine::Device,
+    ) -> Option<Box<dyn crate::lm::batch::RowBatch + '_>> {
+        Some(Box::new(super::batch::T5Batch::new(self, device.clone())))
+    }
+
     fn prompt_logits(
         &self,
         input: LmInput,
@@ -61,7 +68,7 @@ impl LanguageModel for T5 {
         let mut cache = self.new_decoder_cache(&enc, mask.as_ref(), l)?;
         let flat: Vec<u32> = dec.concat();
         let emb = self.embed(&flat)?.reshape(&[dec.len(), l, self.d_model])?;
-        Ok((self.decode(&emb, &mut cache)?, Some(enc)))
+        Ok((self.decode(&emb, &mut cache, None)?, Some(enc)))
     }
 }
 
@@ -99,7 +106,7 @@ impl T5Decoder<'_> {
             .embed(tokens)?
             .reshape(&[tokens.len(), 1, self.t5.d_model])?;
         self.t5
-            .decode(&embeds, &mut self.cache)?
+            .decode(&embeds, &mut self.cache, None)?
             .reshape(&[tokens.len(), self.t5.vocab])
     }
 }

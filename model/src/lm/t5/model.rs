@@ -7,6 +7,7 @@ use blip2_engine::ops::LinearFusion;
 use blip2_engine::{AttnOpts, DType, Device, Result, Tensor, ops};
 
 use super::T5Config;
+use crate::lm::kv::KvCache;
 use crate::nn::{Linear, RmsNorm, StackedLinear, activation};
 use crate::weights::WeightLoader;
 
@@ -176,27 +177,25 @@ pub struct T5 {
     max_distance: usize,
 }
 
-/// Decoder state for one request: self-attention cache and the cross-attention K/V.
+/// Decoder state: self-attention K/V (a [`KvCache`], the next token written at column
+/// `kv.len`) and every layer's cross-attention K/V of the encoder output, with the
+/// encoder's padding mask.
 pub struct T5DecoderCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+    pub(crate) kv: KvCache,
     cross_k: Vec<Tensor>,
     cross_v: Vec<Tensor>,
+    /// Additive `[B, 1, L]` mask of the encoder's padding (None: nothing padded).
     enc_mask: Option<Tensor>,
     /// Encoder batch row each decoder row attends to: cross K/V are only copied when this
     /// changes (beams of one row share them, so they are expanded once).
     enc_rows: Vec<usize>,
-    pub len: usize,
-    pub capacity: usize,
 }
 
 impl T5DecoderCache {
     /// Keeps decoder row `src[i]` as row `i` (beam search reordering, dropping finished
     /// rows).
     pub fn select_rows(&mut self, src: &[usize]) -> Result<()> {
-        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            *t = ops::gather_rows(t, src)?;
-        }
+        self.kv.select_rows(src)?;
         let enc_rows: Vec<usize> = src.iter().map(|&s| self.enc_rows[s]).collect();
         if enc_rows != self.enc_rows {
             for t in self.cross_k.iter_mut().chain(self.cross_v.iter_mut()) {
@@ -207,6 +206,64 @@ impl T5DecoderCache {
             }
             self.enc_rows = enc_rows;
         }
+        Ok(())
+    }
+
+    pub fn rows(&self) -> usize {
+        self.kv.rows()
+    }
+
+    /// Encoder columns of the cross-attention K/V.
+    pub fn enc_len(&self) -> usize {
+        self.cross_k.first().map_or(0, |t| t.dim(2))
+    }
+
+    /// Appends the rows of `other`: their cross-attention K/V, and their self-attention
+    /// columns right-aligned at this cache's write column (as [`KvCache::write_rows`]
+    /// places them; the caller masks the columns before them). Both caches' encoder
+    /// columns are padded with zeros on the right to the longer of the two; `enc_mask`
+    /// `[rows, 1, that length]` (additive) must hide the padding of every row (None: no
+    /// row has any).
+    pub fn append_rows(&mut self, other: &T5DecoderCache, enc_mask: Option<Tensor>) -> Result<()> {
+        let (n, j) = (self.rows(), other.rows());
+        let l = self.enc_len().max(other.enc_len());
+        let bad = match &enc_mask {
+            Some(m) => m.shape() != [n + j, 1, l],
+            None => self.enc_len() != other.enc_len(),
+        };
+        if bad {
+            return Err(blip2_engine::Error::Invalid(format!(
+                "T5 decoder cache: encoder mask of {} rows of {l} columns expected, found {:?}",
+                n + j,
+                enc_mask.as_ref().map(Tensor::shape)
+            )));
+        }
+        let pad = |t: &Tensor| -> Result<Tensor> {
+            if t.dim(2) == l {
+                return Ok(t.clone());
+            }
+            let mut shape = t.shape().to_vec();
+            shape[2] = l;
+            let mut z = Tensor::zeros(&shape, t.dtype(), t.device())?;
+            ops::write_at(&mut z, t, 2, 0)?;
+            Ok(z)
+        };
+        let pairs = self
+            .cross_k
+            .iter_mut()
+            .zip(&other.cross_k)
+            .chain(self.cross_v.iter_mut().zip(&other.cross_v));
+        for (t, o) in pairs {
+            *t = ops::concat(&[&pad(t)?, &pad(o)?], 0)?;
+        }
+        self.kv.add_rows(j)?;
+        self.kv
+            .write_rows(&(n..n + j).collect::<Vec<_>>(), &other.kv)?;
+        self.enc_mask = enc_mask;
+        // The new rows attend to encoder rows of their own.
+        let base = self.enc_rows.iter().max().map_or(0, |m| m + 1);
+        self.enc_rows
+            .extend(other.enc_rows.iter().map(|r| base + r));
         Ok(())
     }
 }
@@ -363,14 +420,16 @@ impl T5 {
     ) -> Result<T5DecoderCache> {
         let bsz = enc_out.dim(0);
         let mut cache = T5DecoderCache {
-            k: Vec::new(),
-            v: Vec::new(),
+            kv: KvCache {
+                k: Vec::new(),
+                v: Vec::new(),
+                len: 0,
+                capacity,
+            },
             cross_k: Vec::new(),
             cross_v: Vec::new(),
             enc_mask: enc_mask.cloned(),
             enc_rows: (0..bsz).collect(),
-            len: 0,
-            capacity,
         };
         for b in &self.dec_blocks {
             cache.cross_k.push(self.heads_of(&b.cross_attn.k, enc_out)?);
@@ -382,25 +441,33 @@ impl T5 {
                     enc_out.device(),
                 )
             };
-            cache.k.push(z()?);
-            cache.v.push(z()?);
+            cache.kv.k.push(z()?);
+            cache.kv.v.push(z()?);
         }
         Ok(cache)
     }
 
     /// Runs the next `L` decoder tokens `embeds` `[B, L, D]` and returns logits `[B, L, V]`.
-    pub fn decode(&self, embeds: &Tensor, cache: &mut T5DecoderCache) -> Result<Tensor> {
+    /// `self_mask` (additive, `[B, 1, len + L]`) hides self-attention columns: the padding
+    /// before a row that joined a running batch later (its tokens end at the same column as
+    /// the others', so the relative positions, column differences, are its own).
+    pub fn decode(
+        &self,
+        embeds: &Tensor,
+        cache: &mut T5DecoderCache,
+        self_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let l = embeds.dim(1);
-        if cache.len + l > cache.capacity {
+        let len = cache.kv.len;
+        if len + l > cache.kv.capacity {
             return Err(blip2_engine::Error::Limit {
                 what: "T5 decoder cache".into(),
-                needed: (cache.len + l) as u64,
-                limit: cache.capacity as u64,
+                needed: (len + l) as u64,
+                limit: cache.kv.capacity as u64,
             });
         }
-        let kv_len = cache.len + l;
-        let bias =
-            self.position_bias(&self.dec_rel, cache.len, l, kv_len, false, embeds.device())?;
+        let kv_len = len + l;
+        let bias = self.position_bias(&self.dec_rel, len, l, kv_len, false, embeds.device())?;
         let mut h = embeds.clone();
         // Per layer on the GPU for one token: the RMSNorms are prologues of the projections
         // after them, the residual adds epilogues, the new K/V are written by the attention
@@ -411,11 +478,11 @@ impl T5 {
                 scale: 1.0,
                 causal: true,
                 kv_len: None,
-                mask: None,
+                mask: self_mask,
                 bias: Some(&bias),
             };
-            let (kc, vc) = (&mut cache.k[i], &mut cache.v[i]);
-            let a = ops::attention_append(&qkv, kc, vc, cache.len, &opts)?;
+            let (kc, vc) = (&mut cache.kv.k[i], &mut cache.kv.v[i]);
+            let a = ops::attention_append(&qkv, kc, vc, len, &opts)?;
             h = b.self_attn.o.forward_fused(&a, &residual(&h))?;
             let q = b.cross_attn.q.forward_fused(&h, &normed(&b.ln_cross))?;
             let q = ops::split_heads(&q, self.heads)?;
@@ -431,7 +498,7 @@ impl T5 {
                 .forward_fused(&ops::merge_heads(&a)?, &residual(&h))?;
             h = b.ffn.forward(&h, &b.ln_ffn)?;
         }
-        cache.len = kv_len;
+        cache.kv.len = kv_len;
         let mut h = self.dec_final.forward(&h)?;
         if let Some(s) = self.tie_scale {
             h = ops::scale(&h, s)?;
