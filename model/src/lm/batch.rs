@@ -47,6 +47,33 @@ pub trait RowBatch: Send {
     }
 }
 
+/// Row indices of a [`RowBatch::select_rows`] are within its `rows`.
+pub(crate) fn check_selection(src: &[usize], rows: usize) -> Result<()> {
+    if src.iter().any(|&s| s >= rows) {
+        return Err(ModelError::Invalid(format!(
+            "row selection {src:?} out of {rows} rows"
+        )));
+    }
+    Ok(())
+}
+
+/// A [`RowBatch::join`] has one embedding row and one limit per (non-empty) prompt.
+pub(crate) fn check_join(
+    embeds: &Tensor,
+    batch: &crate::inputs::PaddedBatch,
+    max_new_tokens: &[usize],
+) -> Result<()> {
+    let j = batch.rows.len();
+    if j == 0 || max_new_tokens.len() != j || embeds.dim(0) != j || batch.len == 0 {
+        return Err(ModelError::Invalid(format!(
+            "{j} joining prompts with {} limits and embeddings {:?}",
+            max_new_tokens.len(),
+            embeds.shape()
+        )));
+    }
+    Ok(())
+}
+
 /// `[rows, 1, columns]` additive mask of per-row flags (1 = seen, 0 = masked), or None
 /// when nothing is masked.
 pub(crate) fn additive_mask(flags: &[Vec<u8>], device: &Device) -> Result<Option<Tensor>> {
@@ -295,13 +322,7 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
     fn join(&mut self, input: LmInput, max_new_tokens: &[usize]) -> Result<Vec<f32>> {
         let LmInput { embeds, batch } = input;
         let j = batch.rows.len();
-        if j == 0 || max_new_tokens.len() != j || embeds.dim(0) != j || batch.len == 0 {
-            return Err(ModelError::Invalid(format!(
-                "{j} joining prompts with {} limits and embeddings {:?}",
-                max_new_tokens.len(),
-                embeds.shape()
-            )));
-        }
+        check_join(&embeds, &batch, max_new_tokens)?;
         for (m, &max) in batch.mask.iter().zip(max_new_tokens) {
             if m.last() != Some(&1) {
                 return Err(ModelError::Invalid(
@@ -325,12 +346,7 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
     }
 
     fn select_rows(&mut self, src: &[usize]) -> Result<()> {
-        if src.iter().any(|&s| s >= self.slots.len()) {
-            return Err(ModelError::Invalid(format!(
-                "row selection {src:?} out of {} rows",
-                self.slots.len()
-            )));
-        }
+        check_selection(src, self.slots.len())?;
         if src.is_empty() {
             self.cache = None;
             self.mask.clear();

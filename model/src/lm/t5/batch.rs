@@ -13,7 +13,7 @@ use blip2_engine::{Device, Tensor};
 use super::{T5, T5DecoderCache};
 use crate::error::{ModelError, Result};
 use crate::lm::LmInput;
-use crate::lm::batch::{RowBatch, additive_mask};
+use crate::lm::batch::{RowBatch, additive_mask, check_join, check_selection};
 
 /// Free decoder columns a grown cache gets beyond what it holds (amortises the copies).
 const GROW: usize = 32;
@@ -88,13 +88,7 @@ impl RowBatch for T5Batch<'_> {
     fn join(&mut self, input: LmInput, max_new_tokens: &[usize]) -> Result<Vec<f32>> {
         let LmInput { embeds, batch } = input;
         let j = batch.rows.len();
-        if j == 0 || max_new_tokens.len() != j || embeds.dim(0) != j || batch.len == 0 {
-            return Err(ModelError::Invalid(format!(
-                "{j} joining prompts with {} limits and embeddings {:?}",
-                max_new_tokens.len(),
-                embeds.shape()
-            )));
-        }
+        check_join(&embeds, &batch, max_new_tokens)?;
         // Encoded together, and the decoder start token run for them alone: the first
         // logits, and one self-attention column per new row.
         let mask = batch.mask_tensor(&self.device)?;
@@ -135,12 +129,7 @@ impl RowBatch for T5Batch<'_> {
     }
 
     fn select_rows(&mut self, src: &[usize]) -> Result<()> {
-        if src.iter().any(|&s| s >= self.mask.len()) {
-            return Err(ModelError::Invalid(format!(
-                "row selection {src:?} out of {} rows",
-                self.mask.len()
-            )));
-        }
+        check_selection(src, self.mask.len())?;
         if src.is_empty() {
             self.cache = None;
             self.mask.clear();
