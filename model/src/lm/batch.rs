@@ -156,7 +156,7 @@ causal_lm!(Opt, hidden);
 causal_lm!(Llama, hidden);
 
 /// Free columns a grown cache gets beyond what it holds (amortises the copies).
-const GROW: usize = 32;
+pub(crate) const GROW: usize = 32;
 
 /// [`RowBatch`] over any [`CausalLm`].
 ///

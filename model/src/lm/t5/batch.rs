@@ -13,10 +13,7 @@ use blip2_engine::{Device, Tensor};
 use super::{T5, T5DecoderCache};
 use crate::error::{ModelError, Result};
 use crate::lm::LmInput;
-use crate::lm::batch::{RowBatch, additive_mask, check_join, check_selection};
-
-/// Free decoder columns a grown cache gets beyond what it holds (amortises the copies).
-const GROW: usize = 32;
+use crate::lm::batch::{GROW, RowBatch, additive_mask, check_join, check_selection};
 
 pub(crate) struct T5Batch<'a> {
     t5: &'a T5,
