@@ -186,3 +186,72 @@ fn device_greedy_tokens_are_the_host_argmax() {
         assert!(host_bytes > 16, "{name}: {host_bytes}");
     }
 }
+
+/// Continuous batching (`DecodeBatch`) and a chat's reused cache (`RowBatch`) choose greedy
+/// tokens on the device too: a step of three greedy rows reads back 8 bytes a row in one
+/// submit (the rows exclude the same ids, so one argmax dispatch serves them), and a chat
+/// turn's decode steps read back 8 bytes each.
+#[test]
+fn batched_and_chat_greedy_steps_read_back_8_bytes_a_row() {
+    use blip2::Join;
+    let Some(dev) = gpu() else { return };
+    let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    for name in ["blip2-opt-tiny", "blip2-flan-t5-tiny"] {
+        let model = load(name, &dev, DType::F32);
+        let imgs = [image("rgb"), image("jpeg")];
+        let refs: Vec<_> = imgs.iter().collect();
+        let feats = model.image_features(&refs).unwrap();
+        let settings = model
+            .resolve_generation(&GenerationConfig {
+                max_new_tokens: 8,
+                min_new_tokens: 8,
+                ..Default::default()
+            })
+            .unwrap();
+        let prompts = [
+            None,
+            Some("Question: what is it? Answer:"),
+            Some("a photo of"),
+        ];
+        let joins: Vec<Join> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, &prompt)| Join {
+                id: i,
+                row: i % 2,
+                prompt,
+                settings: &settings,
+            })
+            .collect();
+        let mut batch = model.decode_batch();
+        for (id, r) in batch.add_many(&feats, &joins, &mut |_| {}).unwrap() {
+            assert!(matches!(r, Ok(None)), "{name}: sequence {id} {r:?}");
+        }
+        let mut marks = vec![stats(&dev)];
+        for _ in 0..4 {
+            assert!(batch.step(&mut |_| {}).unwrap().is_empty(), "{name}");
+            marks.push(stats(&dev));
+        }
+        let s = per_step(&marks);
+        assert_eq!(s.readback_bytes, 3 * 8, "{name}: {s:?}");
+        assert_eq!(s.submits, 1, "{name}: {s:?}");
+    }
+    // A chat reuses its cache on decoder-only models: its second turn decodes from it.
+    let model = load("blip2-opt-tiny", &dev, DType::F32);
+    let settings = model
+        .resolve_generation(&GenerationConfig {
+            max_new_tokens: 6,
+            min_new_tokens: 6,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut chat = model.chat(&image("jpeg")).unwrap();
+    chat.ask_with("what is it?", &settings, &mut |_| {})
+        .unwrap();
+    let mut marks = Vec::new();
+    chat.ask_with("colour?", &settings, &mut |_| marks.push(stats(&dev)))
+        .unwrap();
+    assert!(chat.last_prefill_tokens() > 0);
+    let s = per_step(&marks);
+    assert_eq!(s.readback_bytes, 8, "chat: {s:?}");
+}

@@ -13,10 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use blip2_engine::ops;
+use blip2_engine::{Tensor, ops};
 
 use crate::blip2::{Blip2, Generation, ImageFeatures, Timings};
-use crate::generate::{ResolvedGeneration, RowDecoder, TokenEvent};
+use crate::generate::{ResolvedGeneration, RowDecoder, RowToken, TokenEvent};
 use crate::lm::batch::RowBatch;
 use crate::{ModelError, Result};
 
@@ -56,15 +56,14 @@ pub struct Join<'s> {
 pub type Ended = (SeqId, Result<Generation>);
 
 impl Blip2 {
-    /// An empty step-level batch; None when the language model has none.
-    pub fn decode_batch(&self) -> Option<DecodeBatch<'_>> {
-        let lm = self.lm().row_batch(self.device())?;
-        Some(DecodeBatch {
+    /// An empty step-level batch.
+    pub fn decode_batch(&self) -> DecodeBatch<'_> {
+        DecodeBatch {
             model: self,
-            lm,
+            lm: self.lm().row_batch(self.device()),
             seqs: Vec::new(),
             steps: 0,
-        })
+        }
     }
 }
 
@@ -191,12 +190,18 @@ impl<'a> DecodeBatch<'a> {
                 }
             };
             let prefill = t.elapsed();
-            let vocab = self.lm.vocab();
-            let mut logits = logits;
+            let (idx, mut decoders): (Vec<usize>, Vec<RowDecoder>) = ok.into_iter().unzip();
+            let chosen = match choose_rows(&logits, &mut decoders) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.lm.select_rows(&(0..running).collect::<Vec<_>>())?;
+                    return Err(e);
+                }
+            };
             let mut keep: Vec<usize> = (0..running).collect();
-            for (r, (i, mut decoder)) in ok.into_iter().enumerate() {
+            for (r, ((i, decoder), tok)) in idx.into_iter().zip(decoders).zip(chosen).enumerate() {
                 let id = joins[i].id;
-                let res = match decoder.choose(&mut logits[r * vocab..(r + 1) * vocab]) {
+                let res = match tok {
                     Ok(tok) => {
                         on_token(&event(id, &tok));
                         let seq = Seq {
@@ -262,23 +267,21 @@ impl<'a> DecodeBatch<'a> {
             }
         };
         self.steps += 1;
-        let vocab = self.lm.vocab();
-        if logits.len() != tokens.len() * vocab {
-            self.seqs.clear();
-            let _ = self.lm.select_rows(&[]);
-            return Err(ModelError::Invalid(format!(
-                "model step returned {} logits, expected {}",
-                logits.len(),
-                tokens.len() * vocab
-            )));
-        }
+        let mut decoders: Vec<&mut RowDecoder> =
+            self.seqs.iter_mut().map(|s| &mut s.decoder).collect();
+        let chosen = match choose_rows(&logits, &mut decoders) {
+            Ok(c) => c,
+            Err(e) => {
+                self.seqs.clear();
+                let _ = self.lm.select_rows(&[]);
+                return Err(e);
+            }
+        };
         let mut ended = Vec::new();
         let mut keep = Vec::with_capacity(self.seqs.len());
-        let mut logits = logits;
-        for (r, seq) in self.seqs.iter_mut().enumerate() {
+        for (r, (seq, tok)) in self.seqs.iter_mut().zip(chosen).enumerate() {
             seq.steps += 1;
-            let scores = &mut logits[r * vocab..(r + 1) * vocab];
-            match seq.decoder.choose(scores) {
+            match tok {
                 Ok(tok) => {
                     on_token(&event(seq.id, &tok));
                     seq.next = tok.token_id;
@@ -338,6 +341,62 @@ impl<'a> DecodeBatch<'a> {
             },
         })
     }
+}
+
+/// Each row's next token from `logits` `[rows, vocab]`, left on the model's device: rows
+/// whose choice is the plain maximum ([`RowDecoder::device_greedy`]) take it from
+/// [`ops::argmax_rows`] (on a GPU the logits stay there: 8 bytes a row come back), grouped
+/// by the ids they exclude; the other rows (sampling, penalties) read their logits rows
+/// back and choose on the host. A row's own error (non-finite logits) is its result; an
+/// error of the ops fails the step.
+fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
+    logits: &Tensor,
+    decoders: &mut [D],
+) -> Result<Vec<Result<RowToken>>> {
+    let rows = decoders.len();
+    if logits.rank() != 2 || logits.dim(0) != rows {
+        return Err(ModelError::Invalid(format!(
+            "model step returned logits {:?} for {rows} rows",
+            logits.shape()
+        )));
+    }
+    let vocab = logits.dim(1);
+    let pick = |rs: &[usize]| -> Result<Tensor> {
+        Ok(if rs.len() == rows {
+            logits.clone()
+        } else {
+            ops::gather_rows(logits, rs)?
+        })
+    };
+    let mut out: Vec<Option<Result<RowToken>>> = (0..rows).map(|_| None).collect();
+    let mut greedy: Vec<(Vec<u32>, Vec<usize>)> = Vec::new();
+    let mut host = Vec::new();
+    for (r, d) in decoders.iter().enumerate() {
+        match d.borrow().device_greedy() {
+            Some(ex) => match greedy.iter_mut().find(|(e, _)| e == ex) {
+                Some((_, rs)) => rs.push(r),
+                None => greedy.push((ex.to_vec(), vec![r])),
+            },
+            None => host.push(r),
+        }
+    }
+    for (ex, rs) in &greedy {
+        let (ids, bad) = ops::argmax_rows(&pick(rs)?, ex)?;
+        for (i, &r) in rs.iter().enumerate() {
+            out[r] = Some(decoders[r].borrow_mut().accept(ids[i], bad[i], vocab));
+        }
+    }
+    if !host.is_empty() {
+        let mut v = pick(&host)?.to_vec_f32()?;
+        for (i, &r) in host.iter().enumerate() {
+            let scores = &mut v[i * vocab..(i + 1) * vocab];
+            out[r] = Some(decoders[r].borrow_mut().choose(scores));
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(ModelError::Invalid("row not chosen".into()))))
+        .collect())
 }
 
 fn event(id: SeqId, tok: &crate::generate::RowToken) -> TokenEvent {

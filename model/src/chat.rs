@@ -231,10 +231,7 @@ impl Chat<'_> {
         let t = Instant::now();
         let (mut lm, held) = match cached {
             Some(c) => c,
-            None => match self.model.lm().row_batch(self.model.device()) {
-                Some(b) => (b, Vec::new()),
-                None => return Ok(None),
-            },
+            None => (self.model.lm().row_batch(self.model.device()), Vec::new()),
         };
         let input =
             self.model

@@ -12,10 +12,8 @@
 //! leaves as soon as it ends or its client disconnects. Beam-search jobs run alone between
 //! two steps.
 //!
-//! Retrieval checkpoints are served per wave ([`waves`]): the loop blocks for one job,
-//! takes every job already waiting up to `--max-batch` and runs them (a language model
-//! without a step-level batch would have its generation jobs grouped by settings there and
-//! each group decoded together).
+//! Retrieval checkpoints run their jobs one at a time ([`retrieval`]): an embedding or a
+//! match is one forward pass, with nothing to share between requests.
 //!
 //! Model work runs under `catch_unwind`: a panic fails the requests it was running (500)
 //! and the loop goes on.
@@ -178,59 +176,29 @@ pub fn run(
     limits: Limits,
     cache_entries: usize,
 ) {
-    let cache = Mutex::new(Lru::<Tensor>::new(cache_entries));
-    if let Loaded::Gen(m) = &model
-        && m.decode_batch().is_some()
-    {
-        return continuous(m, &model, rx, &metrics, &limits, &cache);
+    match &model {
+        Loaded::Gen(m) => {
+            let cache = Mutex::new(Lru::<Tensor>::new(cache_entries));
+            continuous(m, &model, rx, &metrics, &limits, &cache)
+        }
+        Loaded::Retrieval(_) => retrieval(&model, rx, &metrics, &limits),
     }
-    waves(&model, rx, &metrics, &limits, &cache)
 }
 
-/// Static batching per wave: retrieval checkpoints, and any language model without a
-/// step-level batch.
-fn waves(
-    model: &Loaded,
-    rx: Receiver<Job>,
-    metrics: &Metrics,
-    limits: &Limits,
-    cache: &Mutex<Lru<Tensor>>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < limits.max_batch.max(1) {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
+/// Retrieval checkpoints: one job at a time, in arrival order (an embedding or a match is
+/// one forward pass; generation requests are refused).
+fn retrieval(model: &Loaded, rx: Receiver<Job>, metrics: &Metrics, limits: &Limits) {
+    while let Ok(job) = rx.recv() {
+        if job.abandoned() {
+            continue;
         }
-        jobs.retain(|j| !j.abandoned());
-        let mut gens: Vec<Vec<GenJob>> = Vec::new();
-        let mut keys: Vec<Option<String>> = Vec::new();
-        for job in jobs {
-            match job {
-                Job::Gen(g) => {
-                    // Sampled jobs run alone: their seed's stream is the first row's.
-                    let key = (!g.config.do_sample)
-                        .then(|| serde_json::to_string(&g.config).unwrap_or_default());
-                    match keys.iter().position(|k| k.is_some() && *k == key) {
-                        Some(i) => gens[i].push(g),
-                        None => {
-                            keys.push(key);
-                            gens.push(vec![g]);
-                        }
-                    }
-                }
-                Job::Embed(e) => guarded(metrics, 1, || embed(model, e, limits)),
-                Job::Match(m) => guarded(metrics, 1, || match_job(model, m, limits)),
-            }
-        }
-        for group in gens {
-            let n = group.len();
-            metrics.batch(n);
-            guarded(metrics, n, || {
-                generate(model, group, limits, cache, metrics)
-            });
+        match job {
+            Job::Gen(g) => fail(
+                vec![g],
+                &ApiError::unsupported("this checkpoint does not generate text"),
+            ),
+            Job::Embed(e) => guarded(metrics, 1, || embed(model, e, limits)),
+            Job::Match(m) => guarded(metrics, 1, || match_job(model, m, limits)),
         }
     }
 }
@@ -305,9 +273,7 @@ fn continuous(
     limits: &Limits,
     cache: &Mutex<Lru<Tensor>>,
 ) {
-    let Some(mut batch) = model.decode_batch() else {
-        return;
-    };
+    let mut batch = model.decode_batch();
     let mut rows: HashMap<SeqId, Running> = HashMap::new();
     let mut next_id: SeqId = 0;
     let max = limits.max_batch.max(1);
@@ -480,9 +446,7 @@ fn reset<'m>(
         "{{\"level\":\"error\",\"msg\":\"{what}; its requests failed, the server goes on\"}}"
     );
     rows.clear();
-    if let Some(b) = model.decode_batch() {
-        *batch = b;
-    }
+    *batch = model.decode_batch();
 }
 
 /// New jobs join the running batch: features for all of them at once, then their prompts
@@ -726,7 +690,7 @@ fn prepare(
     Some((run, features))
 }
 
-/// One batch of generation jobs with the same settings, decoded together (per wave).
+/// One beam-search job, decoded alone between two steps of the continuous batch.
 fn generate(
     model: &Loaded,
     jobs: Vec<GenJob>,

@@ -64,6 +64,40 @@ impl RowDecoder {
         self.done
     }
 
+    /// Where the next choice is the plain maximum of the raw logits (greedy, no processor
+    /// that reads the scores), the ids it must not pick (min_new_tokens' eos ban), so that
+    /// the model's device can choose it ([`blip2_engine::ops::argmax_rows`]) and feed it
+    /// to [`RowDecoder::accept`]; None where the row needs its logits ([`Self::choose`]).
+    pub fn device_greedy(&self) -> Option<&[u32]> {
+        let cfg = &self.cfg;
+        if cfg.do_sample() || cfg.repetition_penalty() != 1.0 || cfg.no_repeat_ngram_size() != 0 {
+            return None;
+        }
+        Some(if self.tokens.len() < cfg.min_new_tokens() {
+            cfg.eos_token_ids()
+        } else {
+            &[]
+        })
+    }
+
+    /// Takes `token`, chosen elsewhere as [`Self::device_greedy`] allows, from logits of
+    /// `vocab` entries with `non_finite` NaN or infinite ones (an error, as in
+    /// [`Self::choose`]).
+    pub fn accept(&mut self, token: u32, non_finite: u32, vocab: usize) -> Result<RowToken> {
+        if self.done {
+            return Err(ModelError::Invalid("the sequence has ended".into()));
+        }
+        let n = self.tokens.len();
+        if non_finite > 0 {
+            return Err(ModelError::NonFinite {
+                what: format!("logits for generated token {n}"),
+                count: non_finite as usize,
+                total: vocab,
+            });
+        }
+        Ok(self.push(token))
+    }
+
     /// Chooses the next token from the model's raw `logits` `[vocab]` for this row.
     pub fn choose(&mut self, logits: &mut [f32]) -> Result<RowToken> {
         if self.done {
@@ -84,16 +118,21 @@ impl RowDecoder {
         } else {
             argmax(logits)
         };
+        Ok(self.push(tok))
+    }
+
+    fn push(&mut self, tok: u32) -> RowToken {
+        let n = self.tokens.len();
         self.seen.push(tok);
         self.tokens.push(tok);
         let is_eos = self.cfg.eos_token_ids().contains(&tok);
         self.done = is_eos || self.tokens.len() >= self.cfg.max_new_tokens();
-        Ok(RowToken {
+        RowToken {
             token_id: tok,
             index: n,
             is_eos,
             finished: self.done,
-        })
+        }
     }
 }
 

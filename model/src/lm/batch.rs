@@ -18,6 +18,7 @@ use super::kv::KvCache;
 use super::llama::Llama;
 use super::opt::Opt;
 use crate::error::{ModelError, Result};
+use crate::generate::GreedyStep;
 
 /// Running sequences of a decoder-only language model, one cache row each.
 pub trait RowBatch: Send {
@@ -27,13 +28,15 @@ pub trait RowBatch: Send {
     /// Rows running now.
     fn rows(&self) -> usize;
     /// Prefills the left-padded prompts of `input` together (one forward) and adds them
-    /// as the last rows, in order; returns their first logits `[rows · vocab]`. Each row's
-    /// prompt + `max_new_tokens[i]` is checked against the model's positions.
-    fn join(&mut self, input: LmInput, max_new_tokens: &[usize]) -> Result<Vec<f32>>;
+    /// as the last rows, in order; returns their first logits `[joined, vocab]`, left on
+    /// the model's device. Each row's prompt + `max_new_tokens[i]` is checked against the
+    /// model's positions.
+    fn join(&mut self, input: LmInput, max_new_tokens: &[usize]) -> Result<Tensor>;
     /// Keeps row `src[i]` as row `i` (rows may repeat: beam search).
     fn select_rows(&mut self, src: &[usize]) -> Result<()>;
-    /// Feeds one token per row; returns the next `[rows · vocab]` logits.
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Feeds one token per row; returns the next logits `[rows, vocab]`, left on the
+    /// model's device (a GPU chooses greedy tokens there: [`ops::argmax_rows`]).
+    fn step(&mut self, tokens: &[u32]) -> Result<Tensor>;
     /// A batch of one unpadded row (a chat): keeps the first `keep` cached tokens, runs the
     /// prompt tokens `embeds` `[1, n, D]` after them and returns the last one's logits. With
     /// no row yet, `keep` must be 0 and the prompt becomes the row.
@@ -319,7 +322,7 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
         self.slots.len()
     }
 
-    fn join(&mut self, input: LmInput, max_new_tokens: &[usize]) -> Result<Vec<f32>> {
+    fn join(&mut self, input: LmInput, max_new_tokens: &[usize]) -> Result<Tensor> {
         let LmInput { embeds, batch } = input;
         let j = batch.rows.len();
         check_join(&embeds, &batch, max_new_tokens)?;
@@ -340,7 +343,7 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
             .forward(&embeds, &batch.positions(), mask.as_ref(), &mut rows)?;
         self.prefilled += batch.mask.iter().flatten().filter(|&&v| v == 1).count();
         let last = ops::narrow(&h, 1, n - 1, 1)?;
-        let logits = self.lm.logits(&last)?.to_vec_f32()?;
+        let logits = self.lm.logits(&last)?.reshape(&[j, self.lm.vocab_size()])?;
         self.place(rows, batch.mask)?;
         Ok(logits)
     }
@@ -371,7 +374,7 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
         self.pack()
     }
 
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+    fn step(&mut self, tokens: &[u32]) -> Result<Tensor> {
         if tokens.len() != self.slots.len() || tokens.is_empty() {
             return Err(ModelError::Invalid(format!(
                 "{} tokens for {} running rows",
@@ -410,7 +413,8 @@ impl<M: CausalLm> RowBatch for SlotBatch<'_, M> {
             .ok_or_else(|| ModelError::Invalid("no row is running".into()))?;
         let h = self.lm.forward(&embeds, &positions, mask.as_ref(), cache)?;
         let h = ops::gather_rows(&h, &self.slots)?;
-        Ok(self.lm.logits(&h)?.to_vec_f32()?)
+        let rows = self.slots.len();
+        Ok(self.lm.logits(&h)?.reshape(&[rows, self.lm.vocab_size()])?)
     }
 
     fn extend(&mut self, keep: usize, embeds: &Tensor, max_new_tokens: usize) -> Result<Vec<f32>> {
@@ -465,6 +469,11 @@ impl crate::generate::DecodeModel for RowBatchModel<'_, '_> {
         self.0.select_rows(src)
     }
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.0.step(tokens)
+        Ok(self.0.step(tokens)?.to_vec_f32()?)
+    }
+    fn step_greedy(&mut self, tokens: &[u32], exclude: &[u32]) -> Result<Option<GreedyStep>> {
+        let logits = self.0.step(tokens)?;
+        let (ids, non_finite) = ops::argmax_rows(&logits, exclude)?;
+        Ok(Some(GreedyStep { ids, non_finite }))
     }
 }

@@ -178,11 +178,8 @@ pub trait LanguageModel: Send + Sync {
         input: LmInput,
         decoder_ids: Option<&[Vec<u32>]>,
     ) -> Result<(Tensor, Option<Tensor>)>;
-    /// A step-level batch of independent rows (continuous batching, chat cache reuse);
-    /// None for families without one (T5: its rows would differ in encoder length too).
-    fn row_batch(&self, _device: &blip2_engine::Device) -> Option<Box<dyn batch::RowBatch + '_>> {
-        None
-    }
+    /// A step-level batch of independent rows (continuous batching, chat cache reuse).
+    fn row_batch(&self, device: &blip2_engine::Device) -> Box<dyn batch::RowBatch + '_>;
 }
 
 #[cfg(test)]

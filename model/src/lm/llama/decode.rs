@@ -56,11 +56,8 @@ impl LanguageModel for Llama {
         })
     }
 
-    fn row_batch(&self, device: &Device) -> Option<Box<dyn crate::lm::batch::RowBatch + '_>> {
-        Some(Box::new(crate::lm::batch::SlotBatch::new(
-            self,
-            device.clone(),
-        )))
+    fn row_batch(&self, device: &Device) -> Box<dyn crate::lm::batch::RowBatch + '_> {
+        Box::new(crate::lm::batch::SlotBatch::new(self, device.clone()))
     }
 
     fn prompt_logits(

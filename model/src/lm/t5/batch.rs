@@ -82,7 +82,7 @@ impl RowBatch for T5Batch<'_> {
         vec![self.t5.decoder_start]
     }
 
-    fn join(&mut self, input: LmInput, max_new_tokens: &[usize]) -> Result<Vec<f32>> {
+    fn join(&mut self, input: LmInput, max_new_tokens: &[usize]) -> Result<Tensor> {
         let LmInput { embeds, batch } = input;
         let j = batch.rows.len();
         check_join(&embeds, &batch, max_new_tokens)?;
@@ -99,8 +99,7 @@ impl RowBatch for T5Batch<'_> {
         let logits = self
             .t5
             .decode(&start, &mut new, None)?
-            .reshape(&[j, self.t5.vocab])?
-            .to_vec_f32()?;
+            .reshape(&[j, self.t5.vocab])?;
         self.prefilled += batch.mask.iter().flatten().filter(|&&v| v == 1).count();
         let Some(cache) = self.cache.as_mut() else {
             self.cache = Some(new);
@@ -141,7 +140,7 @@ impl RowBatch for T5Batch<'_> {
         Ok(())
     }
 
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+    fn step(&mut self, tokens: &[u32]) -> Result<Tensor> {
         if tokens.len() != self.mask.len() || tokens.is_empty() {
             return Err(ModelError::Invalid(format!(
                 "{} tokens for {} running rows",
@@ -163,7 +162,7 @@ impl RowBatch for T5Batch<'_> {
             .as_mut()
             .ok_or_else(|| ModelError::Invalid("no row is running".into()))?;
         let logits = self.t5.decode(&embeds, cache, mask.as_ref())?;
-        Ok(logits.to_vec_f32()?)
+        Ok(logits.reshape(&[tokens.len(), self.t5.vocab])?)
     }
 
     fn extend(&mut self, _keep: usize, _embeds: &Tensor, _max_new: usize) -> Result<Vec<f32>> {

@@ -42,11 +42,8 @@ impl LanguageModel for T5 {
         })
     }
 
-    fn row_batch(
-        &self,
-        device: &blip2_engine::Device,
-    ) -> Option<Box<dyn crate::lm::batch::RowBatch + '_>> {
-        Some(Box::new(super::batch::T5Batch::new(self, device.clone())))
+    fn row_batch(&self, device: &blip2_engine::Device) -> Box<dyn crate::lm::batch::RowBatch + '_> {
+        Box::new(super::batch::T5Batch::new(self, device.clone()))
     }
 
     fn prompt_logits(
