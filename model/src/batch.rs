@@ -13,10 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use blip2_engine::{Tensor, ops};
+use blip2_engine::ops;
 
 use crate::blip2::{Blip2, Generation, ImageFeatures, Timings};
-use crate::generate::{ResolvedGeneration, RowDecoder, RowToken, TokenEvent};
+use crate::generate::{ResolvedGeneration, RowDecoder, TokenEvent, choose_rows};
 use crate::lm::batch::RowBatch;
 use crate::{ModelError, Result};
 
@@ -341,62 +341,6 @@ impl<'a> DecodeBatch<'a> {
             },
         })
     }
-}
-
-/// Each row's next token from `logits` `[rows, vocab]`, left on the model's device: rows
-/// whose choice is the plain maximum ([`RowDecoder::device_greedy`]) take it from
-/// [`ops::argmax_rows`] (on a GPU the logits stay there: 8 bytes a row come back), grouped
-/// by the ids they exclude; the other rows (sampling, penalties) read their logits rows
-/// back and choose on the host. A row's own error (non-finite logits) is its result; an
-/// error of the ops fails the step.
-fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
-    logits: &Tensor,
-    decoders: &mut [D],
-) -> Result<Vec<Result<RowToken>>> {
-    let rows = decoders.len();
-    if logits.rank() != 2 || logits.dim(0) != rows {
-        return Err(ModelError::Invalid(format!(
-            "model step returned logits {:?} for {rows} rows",
-            logits.shape()
-        )));
-    }
-    let vocab = logits.dim(1);
-    let pick = |rs: &[usize]| -> Result<Tensor> {
-        Ok(if rs.len() == rows {
-            logits.clone()
-        } else {
-            ops::gather_rows(logits, rs)?
-        })
-    };
-    let mut out: Vec<Option<Result<RowToken>>> = (0..rows).map(|_| None).collect();
-    let mut greedy: Vec<(Vec<u32>, Vec<usize>)> = Vec::new();
-    let mut host = Vec::new();
-    for (r, d) in decoders.iter().enumerate() {
-        match d.borrow().device_greedy() {
-            Some(ex) => match greedy.iter_mut().find(|(e, _)| e == ex) {
-                Some((_, rs)) => rs.push(r),
-                None => greedy.push((ex.to_vec(), vec![r])),
-            },
-            None => host.push(r),
-        }
-    }
-    for (ex, rs) in &greedy {
-        let (ids, bad) = ops::argmax_rows(&pick(rs)?, ex)?;
-        for (i, &r) in rs.iter().enumerate() {
-            out[r] = Some(decoders[r].borrow_mut().accept(ids[i], bad[i], vocab));
-        }
-    }
-    if !host.is_empty() {
-        let mut v = pick(&host)?.to_vec_f32()?;
-        for (i, &r) in host.iter().enumerate() {
-            let scores = &mut v[i * vocab..(i + 1) * vocab];
-            out[r] = Some(decoders[r].borrow_mut().choose(scores));
-        }
-    }
-    Ok(out
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Err(ModelError::Invalid("row not chosen".into()))))
-        .collect())
 }
 
 fn event(id: SeqId, tok: &crate::generate::RowToken) -> TokenEvent {

@@ -73,15 +73,11 @@ impl DecodeModel for Cancellable<'_> {
         }
         self.inner.step(tokens)
     }
-    fn step_greedy(
-        &mut self,
-        tokens: &[u32],
-        exclude: &[u32],
-    ) -> Result<Option<crate::generate::GreedyStep>> {
+    fn step_logits(&mut self, tokens: &[u32]) -> Result<Option<blip2_engine::Tensor>> {
         if (self.cancelled)() {
             return Err(ModelError::Cancelled);
         }
-        self.inner.step_greedy(tokens, exclude)
+        self.inner.step_logits(tokens)
     }
 }
 

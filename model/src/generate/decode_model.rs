@@ -1,6 +1,8 @@
 //! What the decoding loops talk to: a model being decoded ([`DecodeModel`]), the tokens
 //! they report as they go ([`TokenEvent`]) and what they return ([`DecodeOutput`]).
 
+use blip2_engine::Tensor;
+
 use crate::Result;
 
 /// One token as it is produced.
@@ -25,24 +27,13 @@ pub trait DecodeModel {
     /// Feeds one token per current row; returns the next `[rows · vocab]` logits.
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
 
-    /// [`Self::step`] followed by the greedy choice made where the logits are (on a GPU:
-    /// no logits read back), with the `exclude` ids impossible (min_new_tokens' eos ban):
-    /// the first index of each row's maximum, as the host's argmax. The search calls it only
-    /// when no other processor needs the scores. `Ok(None)`: this model does not choose, and
-    /// nothing was fed (the caller uses `step`).
-    fn step_greedy(&mut self, _tokens: &[u32], _exclude: &[u32]) -> Result<Option<GreedyStep>> {
+    /// [`Self::step`] with the logits `[rows, vocab]` left where they were computed, so
+    /// that the choices are made there ([`crate::generate::choose_rows`]: greedy maxima
+    /// and sampling candidates on a GPU, without reading the logits back). `Ok(None)`: this
+    /// model has no such tensor, and nothing was fed (the caller uses `step`).
+    fn step_logits(&mut self, _tokens: &[u32]) -> Result<Option<Tensor>> {
         Ok(None)
     }
-}
-
-/// The tokens a model chose in [`DecodeModel::step_greedy`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GreedyStep {
-    /// One token per row.
-    pub ids: Vec<u32>,
-    /// Non-finite logits of each row (before exclusion): generation fails on any, as it
-    /// does on host logits.
-    pub non_finite: Vec<u32>,
 }
 
 /// What a decoding run produced for each batch row.

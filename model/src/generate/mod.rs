@@ -16,7 +16,7 @@
 //! test_util     TableModel (tests only)             → settings, decode_model
 //! settings      GenerationConfig → ResolvedGeneration → sampling (random_seed)
 //! sampling      Rng, warpers, softmax, draws        → (none)
-//! decode_model  DecodeModel, GreedyStep, TokenEvent, DecodeOutput → (none)
+//! decode_model  DecodeModel, TokenEvent, DecodeOutput → (none)
 //! ```
 //!
 //! The tests of `processors`, `beam` and `search` use `test_util`.
@@ -31,7 +31,7 @@ mod settings;
 #[cfg(test)]
 mod test_util;
 
-pub use decode_model::{DecodeModel, DecodeOutput, GreedyStep, TokenEvent};
-pub use row::{RowDecoder, RowToken};
+pub use decode_model::{DecodeModel, DecodeOutput, TokenEvent};
+pub use row::{RowDecoder, RowToken, choose_rows};
 pub use search::decode;
 pub use settings::{EarlyStopping, GenerationConfig, GenerationDefaults, ResolvedGeneration};

@@ -4,6 +4,8 @@
 //! A row's tokens equal what `decode` gives it alone: the same processors in the same
 //! order, and the sampler stream of a batch's first row.
 
+use blip2_engine::{Tensor, ops};
+
 use super::processors::{apply_processors, argmax};
 use super::sampling::{self, Rng};
 use super::search::check_logits;
@@ -36,12 +38,18 @@ impl RowDecoder {
     /// A sequence decoded with `cfg`, whose processors count `seen`. Beam search keeps
     /// several hypotheses per sequence and is refused here.
     pub fn new(cfg: ResolvedGeneration, seen: Vec<u32>) -> Result<RowDecoder> {
+        RowDecoder::with_stream(cfg, seen, 0)
+    }
+
+    /// [`RowDecoder::new`] drawing from the seed's random stream `stream` (a static batch
+    /// gives row r stream r, so that a row's draws do not depend on the others).
+    pub fn with_stream(cfg: ResolvedGeneration, seen: Vec<u32>, stream: u64) -> Result<RowDecoder> {
         if cfg.num_beams() > 1 {
             return Err(ModelError::Invalid(
                 "beam search does not decode row by row".into(),
             ));
         }
-        let rng = Rng::stream(cfg.rng_seed(), 0);
+        let rng = Rng::stream(cfg.rng_seed(), stream);
         Ok(RowDecoder {
             cfg,
             seen,
@@ -134,6 +142,62 @@ impl RowDecoder {
             finished: self.done,
         }
     }
+}
+
+/// Each row's next token from `logits` `[rows, vocab]`, left on the model's device: rows
+/// whose choice is the plain maximum ([`RowDecoder::device_greedy`]) take it from
+/// [`ops::argmax_rows`] (on a GPU the logits stay there: 8 bytes a row come back), grouped
+/// by the ids they exclude; the other rows (sampling, penalties) read their logits rows
+/// back and choose on the host. A row's own error (non-finite logits) is its result; an
+/// error of the ops fails the step.
+pub fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
+    logits: &Tensor,
+    decoders: &mut [D],
+) -> Result<Vec<Result<RowToken>>> {
+    let rows = decoders.len();
+    if logits.rank() != 2 || logits.dim(0) != rows {
+        return Err(ModelError::Invalid(format!(
+            "model step returned logits {:?} for {rows} rows",
+            logits.shape()
+        )));
+    }
+    let vocab = logits.dim(1);
+    let pick = |rs: &[usize]| -> Result<Tensor> {
+        Ok(if rs.len() == rows {
+            logits.clone()
+        } else {
+            ops::gather_rows(logits, rs)?
+        })
+    };
+    let mut out: Vec<Option<Result<RowToken>>> = (0..rows).map(|_| None).collect();
+    let mut greedy: Vec<(Vec<u32>, Vec<usize>)> = Vec::new();
+    let mut host = Vec::new();
+    for (r, d) in decoders.iter().enumerate() {
+        match d.borrow().device_greedy() {
+            Some(ex) => match greedy.iter_mut().find(|(e, _)| e == ex) {
+                Some((_, rs)) => rs.push(r),
+                None => greedy.push((ex.to_vec(), vec![r])),
+            },
+            None => host.push(r),
+        }
+    }
+    for (ex, rs) in &greedy {
+        let (ids, bad) = ops::argmax_rows(&pick(rs)?, ex)?;
+        for (i, &r) in rs.iter().enumerate() {
+            out[r] = Some(decoders[r].borrow_mut().accept(ids[i], bad[i], vocab));
+        }
+    }
+    if !host.is_empty() {
+        let mut v = pick(&host)?.to_vec_f32()?;
+        for (i, &r) in host.iter().enumerate() {
+            let scores = &mut v[i * vocab..(i + 1) * vocab];
+            out[r] = Some(decoders[r].borrow_mut().choose(scores));
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(ModelError::Invalid("row not chosen".into()))))
+        .collect())
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 
 use super::beam::beam_search;
 use super::decode_model::{DecodeModel, DecodeOutput, TokenEvent};
-use super::processors::{apply_processors, argmax};
-use super::sampling::{self, Rng};
+use blip2_engine::{Device, Tensor};
+
+use super::row::{RowDecoder, choose_rows};
 use super::settings::ResolvedGeneration;
 use crate::{ModelError, Result};
 
@@ -62,94 +63,56 @@ pub(super) fn check_logits(logits: &[f32], step: usize) -> Result<()> {
     })
 }
 
-/// Greedy search or sampling (num_beams = 1). Rows that end are dropped from the model's
+/// Greedy search or sampling (num_beams = 1): each row a [`RowDecoder`] on the seed's
+/// stream of its index, the choices made by [`choose_rows`] (on a GPU where the logits
+/// are, when the model leaves them there). Rows that end are dropped from the model's
 /// state (HF keeps feeding them pad; the other rows do not depend on them either way).
 fn one_path(
-    mut logits: Vec<f32>,
-    mut seen: Vec<Vec<u32>>,
+    first: Vec<f32>,
+    seen: Vec<Vec<u32>>,
     cfg: &ResolvedGeneration,
     model: &mut dyn DecodeModel,
     on_token: &mut dyn FnMut(&TokenEvent),
 ) -> Result<DecodeOutput> {
     let vocab = model.vocab();
     let b = seen.len();
-    let eos = cfg.eos_token_ids();
-    let mut tokens = vec![Vec::new(); b];
-    let mut rngs: Vec<Rng> = (0..b as u64)
-        .map(|r| Rng::stream(cfg.rng_seed(), r))
-        .collect();
-    let min_keep = cfg.min_tokens_to_keep();
+    let mut rows = seen
+        .into_iter()
+        .enumerate()
+        .map(|(r, s)| RowDecoder::with_stream(cfg.clone(), s, r as u64))
+        .collect::<Result<Vec<_>>>()?;
     // Batch row of each model state row.
     let mut active: Vec<usize> = (0..b).collect();
+    let mut logits = Tensor::from_f32(first, &[b, vocab], &Device::Cpu)?;
     let mut steps = 0;
-    // Greedy without processors that need the scores: the model may choose the tokens
-    // itself (on a GPU, without reading the logits back); min_new_tokens' eos ban travels
-    // as the ids it excludes.
-    let model_greedy =
-        !cfg.do_sample() && cfg.repetition_penalty() == 1.0 && cfg.no_repeat_ngram_size() == 0;
-    let no_ids: &[u32] = &[];
-    let exclude = |n: usize| {
-        if n < cfg.min_new_tokens() {
-            eos
-        } else {
-            no_ids
-        }
-    };
-    // The model's choice for the current step, when it made one.
-    let mut chosen: Option<Vec<u32>> = None;
-    for n in 0..cfg.max_new_tokens() {
-        if let Some(ids) = &chosen
-            && ids.len() != active.len()
-        {
-            return Err(ModelError::Invalid(format!(
-                "model step chose {} tokens for {} rows",
-                ids.len(),
-                active.len()
-            )));
-        }
-        if chosen.is_none() && logits.len() != active.len() * vocab {
-            return Err(ModelError::Invalid(format!(
-                "model step returned {} logits, expected {}",
-                logits.len(),
-                active.len() * vocab
-            )));
-        }
+    loop {
+        let chosen = {
+            let mut running: Vec<&mut RowDecoder> = rows
+                .iter_mut()
+                .enumerate()
+                .filter(|(r, _)| active.contains(r))
+                .map(|(_, d)| d)
+                .collect();
+            choose_rows(&logits, &mut running)?
+        };
+        // A row's error (non-finite logits) fails the whole batch, before any of the
+        // step's tokens is reported.
+        let chosen = chosen.into_iter().collect::<Result<Vec<_>>>()?;
         let mut keep = Vec::with_capacity(active.len());
         let mut next = Vec::with_capacity(active.len());
-        for (r, &row) in active.iter().enumerate() {
-            let tok = if let Some(ids) = &chosen {
-                ids[r]
-            } else if cfg.do_sample() {
-                let scores = &mut logits[r * vocab..(r + 1) * vocab];
-                apply_processors(scores, &seen[row], n, cfg);
-                sampling::warp(
-                    scores,
-                    cfg.temperature(),
-                    cfg.top_k(),
-                    cfg.top_p(),
-                    min_keep,
-                );
-                sampling::draw(&sampling::softmax(scores), &mut rngs[row])? as u32
-            } else {
-                let scores = &mut logits[r * vocab..(r + 1) * vocab];
-                apply_processors(scores, &seen[row], n, cfg);
-                argmax(scores)
-            };
-            seen[row].push(tok);
-            tokens[row].push(tok);
-            let is_eos = eos.contains(&tok);
+        for (r, (&row, tok)) in active.iter().zip(&chosen).enumerate() {
             on_token(&TokenEvent {
                 row,
-                token_id: tok,
-                index: n,
-                is_eos,
+                token_id: tok.token_id,
+                index: tok.index,
+                is_eos: tok.is_eos,
             });
-            if !is_eos {
+            if !tok.finished {
                 keep.push(r);
-                next.push(tok);
+                next.push(tok.token_id);
             }
         }
-        if keep.is_empty() || n + 1 == cfg.max_new_tokens() {
+        if keep.is_empty() {
             break;
         }
         if keep.len() != active.len() {
@@ -157,24 +120,23 @@ fn one_path(
             active = keep.iter().map(|&r| active[r]).collect();
         }
         steps += 1;
-        chosen = None;
-        if model_greedy && let Some(g) = model.step_greedy(&next, exclude(n + 1))? {
-            let count: u32 = g.non_finite.iter().sum();
-            if count > 0 {
-                return Err(ModelError::NonFinite {
-                    what: format!("logits for generated token {}", n + 1),
-                    count: count as usize,
-                    total: next.len() * vocab,
-                });
+        logits = match model.step_logits(&next)? {
+            Some(t) => t,
+            None => {
+                let v = model.step(&next)?;
+                if v.len() != next.len() * vocab {
+                    return Err(ModelError::Invalid(format!(
+                        "model step returned {} logits, expected {}",
+                        v.len(),
+                        next.len() * vocab
+                    )));
+                }
+                Tensor::from_f32(v, &[next.len(), vocab], &Device::Cpu)?
             }
-            chosen = Some(g.ids);
-            continue;
-        }
-        logits = model.step(&next)?;
-        check_logits(&logits, n + 1)?;
+        };
     }
     Ok(DecodeOutput {
-        tokens,
+        tokens: rows.iter().map(|r| r.tokens().to_vec()).collect(),
         scores: vec![None; b],
         steps,
     })

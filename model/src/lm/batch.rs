@@ -18,7 +18,6 @@ use super::kv::KvCache;
 use super::llama::Llama;
 use super::opt::Opt;
 use crate::error::{ModelError, Result};
-use crate::generate::GreedyStep;
 
 /// Running sequences of a decoder-only language model, one cache row each.
 pub trait RowBatch: Send {
@@ -471,9 +470,7 @@ impl crate::generate::DecodeModel for RowBatchModel<'_, '_> {
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         Ok(self.0.step(tokens)?.to_vec_f32()?)
     }
-    fn step_greedy(&mut self, tokens: &[u32], exclude: &[u32]) -> Result<Option<GreedyStep>> {
-        let logits = self.0.step(tokens)?;
-        let (ids, non_finite) = ops::argmax_rows(&logits, exclude)?;
-        Ok(Some(GreedyStep { ids, non_finite }))
+    fn step_logits(&mut self, tokens: &[u32]) -> Result<Option<Tensor>> {
+        Ok(Some(self.0.step(tokens)?))
     }
 }

@@ -6,7 +6,7 @@ use blip2_engine::{Device, Tensor, ops};
 
 use super::{KvCache, Opt};
 use crate::error::{ModelError, Result};
-use crate::generate::{DecodeModel, GreedyStep};
+use crate::generate::DecodeModel;
 use crate::inputs::PaddedBatch;
 use crate::lm::{LanguageModel, LmInput, Prefill};
 use crate::tokenizer::PaddingSide;
@@ -90,19 +90,17 @@ impl DecodeModel for OptDecoder<'_> {
     }
 
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        Ok(self.step_logits(tokens)?.to_vec_f32()?)
+        Ok(self.forward_step(tokens)?.to_vec_f32()?)
     }
 
-    fn step_greedy(&mut self, tokens: &[u32], exclude: &[u32]) -> Result<Option<GreedyStep>> {
-        let logits = self.step_logits(tokens)?;
-        let (ids, non_finite) = ops::argmax_rows(&logits, exclude)?;
-        Ok(Some(GreedyStep { ids, non_finite }))
+    fn step_logits(&mut self, tokens: &[u32]) -> Result<Option<Tensor>> {
+        Ok(Some(self.forward_step(tokens)?))
     }
 }
 
 impl OptDecoder<'_> {
     /// One step's logits `[rows, vocab]`, left where they were computed.
-    fn step_logits(&mut self, tokens: &[u32]) -> Result<Tensor> {
+    fn forward_step(&mut self, tokens: &[u32]) -> Result<Tensor> {
         // HF appends the token and a 1 to the attention mask.
         self.batch.push(tokens);
         let embeds = self

@@ -2,11 +2,11 @@
 //! starts from `decoder_start_token_id`, and penalties count the decoder ids only, as HF's
 //! do for encoder-decoder models.
 
-use blip2_engine::{Tensor, ops};
+use blip2_engine::Tensor;
 
 use super::{T5, T5DecoderCache};
 use crate::error::{ModelError, Result};
-use crate::generate::{DecodeModel, GreedyStep};
+use crate::generate::DecodeModel;
 use crate::lm::{LanguageModel, LmInput, Prefill};
 use crate::tokenizer::PaddingSide;
 
@@ -85,19 +85,17 @@ impl DecodeModel for T5Decoder<'_> {
     }
 
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        Ok(self.step_logits(tokens)?.to_vec_f32()?)
+        Ok(self.forward_step(tokens)?.to_vec_f32()?)
     }
 
-    fn step_greedy(&mut self, tokens: &[u32], exclude: &[u32]) -> Result<Option<GreedyStep>> {
-        let logits = self.step_logits(tokens)?;
-        let (ids, non_finite) = ops::argmax_rows(&logits, exclude)?;
-        Ok(Some(GreedyStep { ids, non_finite }))
+    fn step_logits(&mut self, tokens: &[u32]) -> Result<Option<Tensor>> {
+        Ok(Some(self.forward_step(tokens)?))
     }
 }
 
 impl T5Decoder<'_> {
     /// One step's logits `[rows, vocab]`, left where they were computed.
-    fn step_logits(&mut self, tokens: &[u32]) -> blip2_engine::Result<Tensor> {
+    fn forward_step(&mut self, tokens: &[u32]) -> blip2_engine::Result<Tensor> {
         let embeds = self
             .t5
             .embed(tokens)?
