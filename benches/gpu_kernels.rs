@@ -4,8 +4,10 @@
 //! one submission. Matmul and attention groups report `Throughput::Elements(FLOPs)`:
 //! criterion's "elem/s" there means FLOP/s. GEMV (f32, f16, q8, q4 weights) reports weight
 //! bytes streamed per second,
-//! layer_norm/softmax bytes read + written per second. `gpu_f16_math` times the
-//! f16-arithmetic GEMV and matmul next to their packed-pair (f32 arithmetic) twins.
+//! layer_norm/softmax bytes read + written per second, `gpu_decode_choice` (greedy argmax
+//! and top-k candidates over vocabulary-sized rows; their readback is the wait) logits bytes
+//! read per second. `gpu_f16_math` times the f16-arithmetic GEMV and matmul next to their
+//! packed-pair (f32 arithmetic) twins.
 //!
 //! On a software adapter (llvmpipe, ~1 GFLOP/s) only one shape per group runs, with the
 //! fewest samples criterion allows, so the whole bench takes a few minutes; set
@@ -320,6 +322,32 @@ fn fused_decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// Token choice on the device at OPT's vocabulary (50,272): greedy `argmax_rows` and the
+/// top-k sampling candidates (`top_candidates`, k = 50, up to 64 read back a row), for 1 and
+/// 8 rows; logits bytes read per second. Each op downloads its result, which submits and
+/// waits: no separate synchronize.
+fn decode_choice(c: &mut Criterion) {
+    let Some(s) = setup() else { return };
+    let dev = &s.dev;
+    let mut g = c.benchmark_group("gpu_decode_choice");
+    configure(&mut g, s.slow);
+    let v = 50272usize;
+    let all = [1usize, 8];
+    for &rows in if s.slow { &all[..1] } else { &all[..] } {
+        let x = rand_tensor(&[rows, v], DType::F32, dev, 23);
+        g.throughput(Throughput::Bytes((rows * v * 4) as u64));
+        g.bench_function(
+            BenchmarkId::new("argmax_rows", format!("{rows}x{v}")),
+            |it| it.iter(|| ops::argmax_rows(&x, &[]).expect("argmax_rows")),
+        );
+        g.bench_function(
+            BenchmarkId::new("top_candidates_k50", format!("{rows}x{v}")),
+            |it| it.iter(|| ops::top_candidates(&x, 50, 64, &[]).expect("top_candidates")),
+        );
+    }
+    g.finish();
+}
+
 /// f16 arithmetic (issue 14 item 4): f16 x and weights through the GEMV (OPT-2.7B fc1,
 /// 2560 -> 10240) and the tiled matmul (Q-Former MLP, 32 x 768 -> 3072), each on a context
 /// with the f16-arithmetic variants (`f16`, where the adapter has `SHADER_F16`) and one with
@@ -374,6 +402,7 @@ criterion_group!(
     attention,
     norms,
     fused_decode,
+    decode_choice,
     f16_math
 );
 criterion_main!(benches);

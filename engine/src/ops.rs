@@ -986,3 +986,103 @@ fn host_argmax(row: &[f32], exclude: &[u32]) -> (u32, u32) {
     }
     (best as u32, bad)
 }
+
+/// One row's result of [`top_candidates`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidates {
+    /// Ascending indices of every entry that is finite, not excluded, and >= the k-th largest
+    /// such value of the row (so ties with the k-th are all in: more than k entries possible).
+    /// All finite non-excluded entries when the row has fewer than k of them.
+    pub ids: Vec<u32>,
+    /// Their values, exactly as stored (f16 tensors: the f16 value widened to f32).
+    pub values: Vec<f32>,
+    /// Entries of the row that are NaN or ±inf (before exclusion), as argmax_rows counts them.
+    pub non_finite: u32,
+}
+
+/// For each row of `x` `[R, V]` (f32 or f16, any device): its candidates, or `None` for a row
+/// whose candidate count exceeds `max_out` (ties; the caller then reads the row itself).
+/// Values are ordered numerically (-0.0 == +0.0); NaN and ±inf are never candidates. `k` >= 1,
+/// `max_out` >= k; `exclude`: ids that are never candidates (on the GPU at most
+/// `TopkConsts::MAX_EXCLUDED`, beyond that and with `BLIP2_GPU_NO_DEVICE_TOPK=1` the rows are
+/// downloaded and chosen on the host). On the GPU: one dispatch (topk.wgsl) and
+/// `R · (2 + 2·min(max_out, V))` words read back, for top-k sampling without the logits.
+pub fn top_candidates(
+    x: &Tensor,
+    k: usize,
+    max_out: usize,
+    exclude: &[u32],
+) -> Result<Vec<Option<Candidates>>> {
+    const OP: &str = "top_candidates";
+    check_float(OP, &[("x", x)])?;
+    // Ids are u32 (as the tokens they are).
+    if x.rank() != 2 || x.dim(1) == 0 || x.dim(1) > u32::MAX as usize {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "expected [rows, n] with 0 < n <= 2^32 - 1, found {:?}",
+                x.shape()
+            ),
+        ));
+    }
+    if k == 0 || max_out < k {
+        return Err(Error::Invalid(format!(
+            "{OP}: need k >= 1 and max_out >= k, found k = {k}, max_out = {max_out}"
+        )));
+    }
+    if x.dim(0) == 0 {
+        return Ok(Vec::new());
+    }
+    if let Device::Gpu(g) = x.device()
+        && let Some(r) = gpu::ops::top_candidates(g, x, k, max_out, exclude)?
+    {
+        return Ok(r);
+    }
+    let n = x.dim(1);
+    let mut banned = vec![false; n];
+    for &e in exclude {
+        if let Some(b) = banned.get_mut(e as usize) {
+            *b = true;
+        }
+    }
+    let v = x.to_vec_f32()?;
+    Ok(v.chunks(n)
+        .map(|row| host_top_candidates(row, k, max_out, &banned))
+        .collect())
+}
+
+/// [`top_candidates`] of one host row (the numeric reference); `banned[i]`: id i excluded.
+fn host_top_candidates(
+    row: &[f32],
+    k: usize,
+    max_out: usize,
+    banned: &[bool],
+) -> Option<Candidates> {
+    let non_finite = row.iter().filter(|v| !v.is_finite()).count() as u32;
+    let open = |&(i, v): &(usize, &f32)| v.is_finite() && !banned[i];
+    let mut vals: Vec<f32> = row
+        .iter()
+        .enumerate()
+        .filter(open)
+        .map(|(_, &v)| v)
+        .collect();
+    // The k-th largest; which of -0.0 / +0.0 total_cmp puts there does not matter, the
+    // comparison below is numeric. Fewer than k: every finite value passes -inf.
+    let threshold = if vals.len() < k {
+        f32::NEG_INFINITY
+    } else {
+        *vals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a)).1
+    };
+    let (ids, values): (Vec<u32>, Vec<f32>) = row
+        .iter()
+        .enumerate()
+        .filter(open)
+        .filter(|&(_, &v)| v >= threshold)
+        .map(|(i, &v)| (i as u32, v))
+        .unzip();
+    (ids.len() <= max_out).then_some(Candidates {
+        ids,
+        values,
+        non_finite,
+    })
+}

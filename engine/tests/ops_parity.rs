@@ -1283,3 +1283,247 @@ fn argmax_rows_matches_the_host_rule() {
         }
     }
 }
+
+/// The rule `top_candidates` must follow, by sorting (independent of the op's select): the
+/// finite non-excluded entries of one row, and their values in descending order.
+struct TopRef {
+    open: Vec<(u32, f32)>,
+    sorted: Vec<f32>,
+    non_finite: u32,
+}
+
+impl TopRef {
+    fn new(row: &[f32], exclude: &[u32]) -> TopRef {
+        let open: Vec<(u32, f32)> = (0..row.len() as u32)
+            .zip(row.iter().copied())
+            .filter(|&(i, v)| v.is_finite() && !exclude.contains(&i))
+            .collect();
+        let mut sorted: Vec<f32> = open.iter().map(|p| p.1).collect();
+        // partial_cmp: -0.0 and +0.0 are equal, as the op must treat them.
+        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        let non_finite = row.iter().filter(|v| !v.is_finite()).count() as u32;
+        TopRef {
+            open,
+            sorted,
+            non_finite,
+        }
+    }
+
+    /// (ids, value bits, non-finite count), or None past max_out.
+    fn top(&self, k: usize, max_out: usize) -> Option<(Vec<u32>, Vec<u32>, u32)> {
+        let keep: Vec<(u32, f32)> = match self.sorted.get(k - 1) {
+            Some(&t) => self.open.iter().copied().filter(|p| p.1 >= t).collect(),
+            None => self.open.clone(),
+        };
+        (keep.len() <= max_out).then(|| {
+            let ids = keep.iter().map(|p| p.0).collect();
+            let bits = keep.iter().map(|p| p.1.to_bits()).collect();
+            (ids, bits, self.non_finite)
+        })
+    }
+}
+
+/// One row of `top_candidates`' test data: `pattern` 0 random, 1 quantised to a few levels
+/// (ties at the threshold), 2 negatives below signed zeros and tiny values (f16 subnormals
+/// among them), 3 almost nothing finite, 4 ±1 plus up to 511 ulps (f32 values that differ
+/// only in the last radix digit; in f16 all ties); NaN (both signs) and ±inf sprinkled
+/// everywhere.
+fn top_row(rng: &mut Rng, n: usize, pattern: usize) -> Vec<f32> {
+    let neg_nan = f32::from_bits(f32::NAN.to_bits() | 0x8000_0000);
+    let mut v: Vec<f32> = (0..n)
+        .map(|i| match pattern {
+            0 => rng.uniform(-3.0, 3.0),
+            1 => (rng.uniform(-3.0, 3.0) * 4.0).round() / 4.0,
+            2 => match i % 9 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => 3e-6,
+                3 => -3e-6,
+                4 => 1e-40,
+                _ => rng.uniform(-3.0, -0.5),
+            },
+            3 if i % 97 == 1 => rng.uniform(-1.0, 1.0),
+            3 => f32::NEG_INFINITY,
+            _ => {
+                let ulps = (rng.next_u64() % 512) as u32;
+                let sign = (rng.next_u64() % 2) as u32;
+                f32::from_bits((1.0f32.to_bits() + ulps) | (sign << 31))
+            }
+        })
+        .collect();
+    for x in v.iter_mut() {
+        let u = rng.uniform(0.0, 1.0);
+        if u < 0.01 {
+            *x = f32::NAN;
+        } else if u < 0.015 {
+            *x = neg_nan;
+        } else if u < 0.025 {
+            *x = f32::INFINITY;
+        } else if u < 0.035 {
+            *x = f32::NEG_INFINITY;
+        }
+    }
+    if n > 3 {
+        // +inf is never a candidate, though it is larger than every one.
+        v[3] = f32::INFINITY;
+    }
+    v
+}
+
+/// `top_candidates` (topk.wgsl on the GPU) returns exactly the sort-based rule's ids and
+/// value bits: EXACT, as the op only compares stored values (the kernel compares their bits
+/// as order-preserving keys, so no arithmetic and no subnormal flushing can move a value).
+/// Odd and vocabulary-sized rows, k below, at and past the finite count, ties at the
+/// threshold within and beyond max_out, signed zeros, NaN/±inf, 0..=4 excluded ids (the
+/// would-be maximum first) and 5 (past the kernel's limit: the host fallback).
+#[test]
+fn top_candidates_match_the_host_rule() {
+    for dev in devices() {
+        for dt in DTYPES {
+            let mut rng = Rng::new(43);
+            // Rows where ties took more than k entries / went past max_out: both must occur.
+            let (mut tied_in, mut tied_out) = (0, 0);
+            for &n in &[1usize, 7, 257, 50272] {
+                for &rows in &[1usize, 3] {
+                    for pattern in 0..5 {
+                        let mut v: Vec<f32> = (0..rows)
+                            .flat_map(|_| top_row(&mut rng, n, pattern))
+                            .collect();
+                        if rows == 3 {
+                            // A row without any candidate.
+                            v[2 * n..].fill(f32::NAN);
+                        }
+                        let t = Tensor::from_slice(&v, &[rows, n], dt, &dev).unwrap();
+                        // What the tensor stores, read from a host copy (not through the GPU).
+                        let stored = Tensor::from_slice(&v, &[rows, n], dt, &Device::cpu())
+                            .unwrap()
+                            .to_vec_f32()
+                            .unwrap();
+                        let best = (0..n)
+                            .filter(|&i| stored[i].is_finite())
+                            .max_by(|&a, &b| stored[a].total_cmp(&stored[b]).then(b.cmp(&a)))
+                            .unwrap_or(0) as u32;
+                        let pool = [best, 0, n as u32 / 2, n as u32 + 5, 1];
+                        for (j, &k) in [1usize, 5, 50, n + 1].iter().enumerate() {
+                            let ex = &pool[..(pattern + j + n) % 6];
+                            let refs: Vec<TopRef> =
+                                stored.chunks(n).map(|r| TopRef::new(r, ex)).collect();
+                            for max_out in [k, k + 16] {
+                                let got = ops::top_candidates(&t, k, max_out, ex).unwrap();
+                                assert_eq!(got.len(), rows);
+                                for (r, (g, want)) in got.iter().zip(&refs).enumerate() {
+                                    let what = format!(
+                                        "{dev:?} {dt} [{rows}, {n}] pattern {pattern} row {r} \
+                                         k {k} max_out {max_out} excluding {ex:?}"
+                                    );
+                                    let want = want.top(k, max_out);
+                                    let g = g.as_ref().map(|c| {
+                                        let bits = c.values.iter().map(|v| v.to_bits()).collect();
+                                        (c.ids.clone(), bits, c.non_finite)
+                                    });
+                                    assert_eq!(g, want, "{what}");
+                                    match &want {
+                                        Some(w) if w.0.len() > k => tied_in += 1,
+                                        None => tied_out += 1,
+                                        _ => {}
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(tied_in > 0 && tied_out > 0, "{tied_in} {tied_out}");
+            // Signed zeros tie: with the k-th a zero, every zero is in, each with its sign.
+            let z = [-1.0, -0.0, 2.0, 0.0, -0.0, f32::NAN, -2.0, 0.0];
+            let t = Tensor::from_slice(&z, &[1, 8], dt, &dev).unwrap();
+            let got = ops::top_candidates(&t, 2, 8, &[2]).unwrap();
+            let c = got[0].as_ref().unwrap();
+            assert_eq!(c.ids, [1, 3, 4, 7], "{dev:?} {dt}");
+            let bits: Vec<u32> = c.values.iter().map(|v| v.to_bits()).collect();
+            let (p0, n0) = (0.0f32.to_bits(), (-0.0f32).to_bits());
+            assert_eq!(bits, [n0, p0, n0, p0], "{dev:?} {dt}");
+            assert_eq!(c.non_finite, 1);
+            assert_eq!(ops::top_candidates(&t, 2, 3, &[2]).unwrap(), [None]);
+        }
+    }
+}
+
+/// Typed errors, no panics: k = 0, max_out < k, rank != 2, empty rows, packed dtypes.
+#[test]
+fn top_candidates_rejects_bad_arguments() {
+    for dev in devices() {
+        let x = Tensor::from_slice(&[1.0, 2.0, 3.0, 4.0], &[2, 2], DType::F32, &dev).unwrap();
+        assert!(matches!(
+            ops::top_candidates(&x, 0, 4, &[]),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            ops::top_candidates(&x, 3, 2, &[]),
+            Err(Error::Invalid(_))
+        ));
+        let flat = x.reshape(&[4]).unwrap();
+        assert!(matches!(
+            ops::top_candidates(&flat, 1, 1, &[]),
+            Err(Error::Shape { .. })
+        ));
+        let cube = x.reshape(&[1, 2, 2]).unwrap();
+        assert!(matches!(
+            ops::top_candidates(&cube, 1, 1, &[]),
+            Err(Error::Shape { .. })
+        ));
+        let empty = Tensor::from_slice(&[], &[2, 0], DType::F32, &dev).unwrap();
+        assert!(matches!(
+            ops::top_candidates(&empty, 1, 1, &[]),
+            Err(Error::Shape { .. })
+        ));
+        let q = Tensor::quantize(&[0.5; 64], &[2, 32], DType::Q8, &dev).unwrap();
+        assert!(matches!(
+            ops::top_candidates(&q, 1, 1, &[]),
+            Err(Error::DType { .. })
+        ));
+    }
+}
+
+/// The point of the op: a [2, 50272] logits pair with k = 50, max_out = 64 reads back
+/// exactly 2 · (2 + 2 · 64) words (1,040 bytes) in one dispatch, where the host fallback
+/// (`device_topk: false`) reads the 402,176 bytes of the rows; both give the same rows.
+/// Own contexts, so other tests' transfers do not enter the counters.
+#[test]
+fn top_candidates_read_back_only_their_slots() {
+    use blip2_engine::gpu::{GpuContext, GpuOptions};
+    use std::sync::Arc;
+    if gpu().is_none() {
+        return;
+    }
+    let (rows, n, k, max_out) = (2usize, 50272usize, 50usize, 64usize);
+    let mut rng = Rng::new(47);
+    let v = rng.vec(rows * n, -8.0, 8.0);
+    let mut results = Vec::new();
+    for (device_topk, want_bytes, want_dispatches) in [
+        (true, rows * (2 + 2 * max_out) * 4, 1),
+        (false, rows * n * 4, 0),
+    ] {
+        let g = Arc::new(
+            GpuContext::with_options(GpuOptions {
+                device_topk,
+                ..GpuOptions::from_env()
+            })
+            .unwrap(),
+        );
+        let x = Tensor::from_slice(&v, &[rows, n], DType::F32, &Device::Gpu(g.clone())).unwrap();
+        let before = g.stats();
+        let got = ops::top_candidates(&x, k, max_out, &[7]).unwrap();
+        let after = g.stats();
+        let bytes = after.readback_bytes - before.readback_bytes;
+        eprintln!("device_topk {device_topk}: {bytes} bytes read back");
+        assert_eq!(bytes, want_bytes as u64, "device_topk {device_topk}");
+        assert_eq!(after.dispatches - before.dispatches, want_dispatches);
+        assert!(
+            got.iter()
+                .all(|c| c.as_ref().is_some_and(|c| c.ids.len() == k))
+        );
+        results.push(got);
+    }
+    assert_eq!(results[0], results[1]);
+}

@@ -1223,6 +1223,58 @@ impl Kernel for ArgmaxConsts {
     }
 }
 
+// ------------------------------------------------------------------------------- top-k
+
+params! {
+    /// Uniform of topk.wgsl.
+    TopkParams {
+        /// Row length (vocabulary).
+        n: u32,
+        rows: u32,
+        /// Rank of the threshold value (>= 1).
+        k: u32,
+        /// (id, bits) pairs a row's output slot holds; the slot is 2 + 2 * max_out words.
+        max_out: u32,
+        /// Excluded ids in e0..e3 (at most 4).
+        n_excl: u32,
+        e0: u32,
+        e1: u32,
+        e2: u32,
+        e3: u32,
+        groups_x: u32,
+    }
+}
+
+/// topk.wgsl: per row, every finite non-excluded entry >= the k-th largest (radix select
+/// over order-preserving keys), with the row's non-finite count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TopkConsts {
+    pub x_f16: bool,
+}
+
+impl TopkConsts {
+    /// Most excluded ids one dispatch takes.
+    pub const MAX_EXCLUDED: usize = 4;
+}
+
+impl Kernel for TopkConsts {
+    const NAME: &'static str = "topk";
+    const SOURCE: &'static str = crate::TOPK;
+    /// x.
+    const READ_ONLY: usize = 1;
+    /// [count, non-finite count, (id, bits) x max_out] per row.
+    const READ_WRITE: usize = 1;
+    type Params = TopkParams;
+
+    fn constants(&self) -> Vec<(&'static str, ConstValue)> {
+        vec![("X_F16", self.x_f16.into())]
+    }
+
+    fn variants() -> Vec<Self> {
+        vec![TopkConsts { x_f16: false }, TopkConsts { x_f16: true }]
+    }
+}
+
 // ------------------------------------------------------------------ cooperative matmul
 
 params! {

@@ -90,6 +90,8 @@ pub const COOP_MATMUL: &str = include_str!("../wgsl/coop_matmul.wgsl");
 pub const ATTENTION_DECODE: &str = include_str!("../wgsl/attention_decode.wgsl");
 /// Greedy token choice per row (first maximum), so a decode step reads back ids, not logits.
 pub const ARGMAX: &str = include_str!("../wgsl/argmax.wgsl");
+/// Top-k candidates per row (radix select), so top-k sampling reads back ~k entries a row.
+pub const TOPK: &str = include_str!("../wgsl/topk.wgsl");
 
 /// Every kernel family, by name (for tests that look at all sources).
 pub const ALL: &[(&str, &str)] = &[
@@ -108,6 +110,7 @@ pub const ALL: &[(&str, &str)] = &[
     (CoopMatmulConsts::NAME, COOP_MATMUL),
     (AttnDecodeConsts::NAME, ATTENTION_DECODE),
     (ArgmaxConsts::NAME, ARGMAX),
+    (TopkConsts::NAME, TOPK),
 ];
 
 /// Shared WGSL fragments (not kernels on their own), by the name kernels include them with.
@@ -479,6 +482,8 @@ mod tests {
             size_of::<CopyParams>(),
             size_of::<EmbeddingParams>(),
             size_of::<AttentionParams>(),
+            size_of::<ArgmaxParams>(),
+            size_of::<TopkParams>(),
         ];
         let largest = sizes.into_iter().max().unwrap_or(0);
         assert!(largest as u64 <= PARAMS_BYTES, "{largest} > {PARAMS_BYTES}");

@@ -9,7 +9,7 @@ use blip2_shaders::{
     ArgmaxConsts, AttentionConsts, AttnDecodeConsts, CoopMatmulConsts, CopyConsts,
     ElementwiseConsts, EmbeddingConsts, FlashAttentionConsts, GemvConsts, INCLUDES, Kernel,
     MatmulConsts, NormConsts, Params, QEmbeddingConsts, QGemvConsts, QMatmulConsts, SoftmaxConsts,
-    specialise,
+    TopkConsts, specialise,
 };
 
 fn compile(what: &str, text: &str) -> naga::Module {
@@ -234,6 +234,7 @@ fn cooperative_matmul_validates() {
 #[test]
 fn copies_validate() {
     variants_validate::<ArgmaxConsts>();
+    variants_validate::<TopkConsts>();
     variants_validate::<CopyConsts>();
     variants_validate::<EmbeddingConsts>();
     variants_validate::<QEmbeddingConsts>();
@@ -256,6 +257,7 @@ fn rust_declarations_match_the_wgsl() {
     contract_holds::<CoopMatmulConsts>();
     contract_holds::<AttnDecodeConsts>();
     contract_holds::<ArgmaxConsts>();
+    contract_holds::<TopkConsts>();
 }
 
 #[test]

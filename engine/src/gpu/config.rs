@@ -26,6 +26,8 @@
 ///   docs/architecture.md, "f16 arithmetic", for the measured error).
 /// - `BLIP2_GPU_NO_DEVICE_ARGMAX=1`: greedy tokens chosen on the host from downloaded
 ///   logits (`ops::argmax_rows` without its kernel).
+/// - `BLIP2_GPU_NO_DEVICE_TOPK=1`: top-k candidates chosen on the host from downloaded
+///   logits (`ops::top_candidates` without its kernel).
 /// - `BLIP2_GPU_NO_BIND_CACHE=1`: a fresh bind group per dispatch.
 /// - `BLIP2_GPU_MAX_BATCH=N`: dispatches recorded before a submit (default 1024).
 /// - `BLIP2_GPU_POOL_MB=N`: bytes of free buffers the pool keeps (default 2048 MiB).
@@ -44,6 +46,7 @@ pub struct GpuOptions {
     pub f16_math: bool,
     pub f16_math_f32_act: bool,
     pub device_argmax: bool,
+    pub device_topk: bool,
     pub bind_group_cache: bool,
     pub max_batch: usize,
     pub pool_bytes: u64,
@@ -64,6 +67,7 @@ impl Default for GpuOptions {
             f16_math: true,
             f16_math_f32_act: false,
             device_argmax: true,
+            device_topk: true,
             bind_group_cache: true,
             max_batch: 1024,
             pool_bytes: 2048 << 20,
@@ -98,6 +102,7 @@ impl GpuOptions {
             f16_math: !flag("BLIP2_GPU_NO_F16_MATH"),
             f16_math_f32_act: flag("BLIP2_GPU_F16_MATH_F32_ACT"),
             device_argmax: !flag("BLIP2_GPU_NO_DEVICE_ARGMAX"),
+            device_topk: !flag("BLIP2_GPU_NO_DEVICE_TOPK"),
             bind_group_cache: !flag("BLIP2_GPU_NO_BIND_CACHE"),
             max_batch: number("BLIP2_GPU_MAX_BATCH")
                 .map_or(d.max_batch, |n| n.clamp(1, 65536) as usize),

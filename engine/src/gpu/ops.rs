@@ -18,12 +18,14 @@ use blip2_shaders::{
     FlashAttentionConsts, GemvConsts, GemvEpilogue, GemvFusion, GemvNorm, GemvParams, MatmulConsts,
     MatmulParams, MatmulTile, NormConsts, NormParams, QEmbeddingConsts, QEmbeddingParams,
     QGemvConsts, QMatmulConsts, QMatmulParams, RowWorkgroup, SoftmaxConsts, SoftmaxParams,
+    TopkConsts, TopkParams,
 };
 
 use super::{Bind, GpuContext, GpuStorage, Recorder, data_bytes};
 use crate::desc::{
     AttnDims, AttnOpts, Binary, LinearFusion, MatmulDims, NormIn, Unary, split_at_axis,
 };
+use crate::ops::Candidates;
 use crate::tensor::Storage;
 use crate::{DType, Device, Error, QFormat, Result, Tensor};
 
@@ -930,6 +932,83 @@ pub(crate) fn argmax_rows(
         .dispatch(g, &kernel, &params, &binds, groups)?;
     let words = g.download_words(&out, 2 * rows)?;
     Ok(Some(words.chunks(2).map(|w| (w[0], w[1])).unzip()))
+}
+
+/// `ops::top_candidates` in one dispatch (topk.wgsl), reading back 2 + 2·min(max_out, n)
+/// words a row; `None` with more excluded ids than the kernel takes, or with the switch off.
+pub(crate) fn top_candidates(
+    g: &Ctx,
+    x: &Tensor,
+    k: usize,
+    max_out: usize,
+    exclude: &[u32],
+) -> Result<Option<Vec<Option<Candidates>>>> {
+    if !g.opts.device_topk || exclude.len() > TopkConsts::MAX_EXCLUDED {
+        return Ok(None);
+    }
+    let (rows, n) = (x.dim(0), x.dim(1));
+    check_binding(
+        g,
+        "top_candidates input",
+        data_bytes(x.elem_count(), x.dtype()),
+    )?;
+    // A row has at most n candidates: wider slots would only be read back empty, and k > n
+    // means all of them either way (so both fit u32 once the input fits a binding).
+    let slots = max_out.min(n);
+    let k = k.min(n + 1);
+    let stride = 2 + 2 * slots;
+    let words = rows * stride;
+    check_binding(g, "top_candidates output", 4 * words as u64)?;
+    let out = g.alloc(4 * words as u64, true)?;
+    let groups = grid(g, rows)?;
+    let e = |i: usize| exclude.get(i).copied().unwrap_or(u32::MAX);
+    let params = TopkParams {
+        n: n as u32,
+        rows: rows as u32,
+        k: k as u32,
+        max_out: slots as u32,
+        n_excl: exclude.len() as u32,
+        e0: e(0),
+        e1: e(1),
+        e2: e(2),
+        e3: e(3),
+        groups_x: groups[0],
+    };
+    let f16 = is_f16(x.dtype());
+    let kernel = TopkConsts { x_f16: f16 };
+    let binds = [Bind::whole(x.gpu_storage()), Bind::whole(&out)];
+    g.recorder()?
+        .dispatch(g, &kernel, &params, &binds, groups)?;
+    let words = g.download_words(&out, words)?;
+    let value = |b: u32| {
+        if f16 {
+            half::f16::from_bits(b as u16).to_f32()
+        } else {
+            f32::from_bits(b)
+        }
+    };
+    Ok(Some(
+        words
+            .chunks(stride)
+            .map(|r| {
+                let count = r[0] as usize;
+                if count > slots {
+                    return None;
+                }
+                // Appended in whatever order the invocations got their slots.
+                let mut pairs: Vec<(u32, u32)> = r[2..2 + 2 * count]
+                    .chunks(2)
+                    .map(|p| (p[0], p[1]))
+                    .collect();
+                pairs.sort_unstable_by_key(|p| p.0);
+                Some(Candidates {
+                    ids: pairs.iter().map(|p| p.0).collect(),
+                    values: pairs.iter().map(|p| value(p.1)).collect(),
+                    non_finite: r[1],
+                })
+            })
+            .collect(),
+    ))
 }
 
 /// The extra operands of a fused GEMV (see [`linear_fused`]).
