@@ -255,3 +255,85 @@ fn batched_and_chat_greedy_steps_read_back_8_bytes_a_row() {
     let s = per_step(&marks);
     assert_eq!(s.readback_bytes, 8, "chat: {s:?}");
 }
+
+/// Sampled rows draw from their top-k candidates chosen on the device: the same seeded
+/// requests on a context with the device top-k kernel, on one without it (the rows read
+/// back whole and their candidates taken on the host) and drawing from whole rows give
+/// the same ids, exactly, and a
+/// step of two sampled rows reads back two candidate slots (k = 50 + the margin, room for
+/// twice that with ties) instead of two vocabulary rows. That a draw from the candidates
+/// is the draw from the whole row is `sampling::candidates_draw_what_the_whole_row_draws`.
+#[test]
+fn sampled_rows_read_back_their_top_k_candidates() {
+    use blip2::Join;
+    use blip2::engine::gpu::{GpuContext, GpuOptions};
+    use blip2::model::generate::sampling::CANDIDATE_MARGIN;
+    let Some(dev) = gpu() else { return };
+    let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    let host = Device::Gpu(std::sync::Arc::new(
+        GpuContext::with_options(GpuOptions {
+            device_topk: false,
+            ..GpuOptions::from_env()
+        })
+        .unwrap(),
+    ));
+    for name in ["blip2-opt-tiny", "blip2-flan-t5-tiny"] {
+        // `ngram`: a no-repeat n-gram size longer than any sequence here bans nothing but
+        // makes the rows read their logits back whole and draw from them.
+        let run = |d: &Device, ngram: usize| {
+            let model = load(name, d, DType::F32);
+            let imgs = [image("rgb"), image("jpeg")];
+            let refs: Vec<_> = imgs.iter().collect();
+            let feats = model.image_features(&refs).unwrap();
+            let settings: Vec<_> = [3u64, 4]
+                .iter()
+                .map(|&seed| {
+                    model
+                        .resolve_generation(&GenerationConfig {
+                            do_sample: true,
+                            top_k: 50,
+                            top_p: 0.95,
+                            temperature: 0.8,
+                            seed: Some(seed),
+                            max_new_tokens: 8,
+                            min_new_tokens: 8,
+                            no_repeat_ngram_size: ngram,
+                            ..Default::default()
+                        })
+                        .unwrap()
+                })
+                .collect();
+            let joins: Vec<Join> = (0..2)
+                .map(|i| Join {
+                    id: i,
+                    row: i,
+                    prompt: None,
+                    settings: &settings[i],
+                })
+                .collect();
+            let mut batch = model.decode_batch();
+            let mut ids = vec![Vec::new(); 2];
+            let mut record = |e: &blip2::TokenEvent| ids[e.row].push(e.token_id);
+            for (id, r) in batch.add_many(&feats, &joins, &mut record).unwrap() {
+                assert!(matches!(r, Ok(None)), "{name}: sequence {id} {r:?}");
+            }
+            let mut marks = vec![stats(d)];
+            for _ in 0..4 {
+                assert!(batch.step(&mut record).unwrap().is_empty(), "{name}");
+                marks.push(stats(d));
+            }
+            (ids, per_step(&marks).readback_bytes)
+        };
+        let (on_device, dev_bytes) = run(&dev, 0);
+        let (on_host, host_bytes) = run(&host, 0);
+        let (whole, _) = run(&dev, 1000);
+        assert_eq!(on_device, on_host, "{name}");
+        assert_eq!(on_device, whole, "{name}: candidates vs whole rows");
+        let k = 50 + CANDIDATE_MARGIN as u64;
+        // Per row: count, non-finite count, then (id, value) slots for 2k candidates.
+        assert_eq!(dev_bytes, 2 * (2 + 2 * 2 * k) * 4, "{name}");
+        // The fixtures' vocabularies are small (OPT tiny: 768, 6,144 bytes for two rows);
+        // at OPT's 50,272 a row is 201 KB against 936 bytes of candidates.
+        assert!(host_bytes > dev_bytes, "{name}: {host_bytes}");
+    }
+}

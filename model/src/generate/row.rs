@@ -4,7 +4,7 @@
 //! A row's tokens equal what `decode` gives it alone: the same processors in the same
 //! order, and the sampler stream of a batch's first row.
 
-use blip2_engine::{Tensor, ops};
+use blip2_engine::{Device, Tensor, ops};
 
 use super::processors::{apply_processors, argmax};
 use super::sampling::{self, Rng};
@@ -81,10 +81,70 @@ impl RowDecoder {
         if cfg.do_sample() || cfg.repetition_penalty() != 1.0 || cfg.no_repeat_ngram_size() != 0 {
             return None;
         }
-        Some(if self.tokens.len() < cfg.min_new_tokens() {
-            cfg.eos_token_ids()
+        Some(self.banned())
+    }
+
+    /// Where the row samples with top-k and no processor that reads every score: the
+    /// candidates to ask the device for ([`sampling::candidate_request`]: k, the most to
+    /// return) and the ids it must not return (min_new_tokens' eos ban); the draw is then
+    /// [`Self::accept_candidates`]. None where the row needs its logits.
+    pub fn device_sampling(&self, vocab: usize) -> Option<(usize, usize, &[u32])> {
+        let cfg = &self.cfg;
+        if !cfg.do_sample() || cfg.repetition_penalty() != 1.0 || cfg.no_repeat_ngram_size() != 0 {
+            return None;
+        }
+        let (k, max_out) =
+            sampling::candidate_request(cfg.top_k(), cfg.min_tokens_to_keep(), vocab)?;
+        Some((k, max_out, self.banned()))
+    }
+
+    /// The sampled token from the row's top candidates (`ids` ascending, `values`, and the
+    /// row's `non_finite` count, an error as in [`Self::choose`]), as [`Self::choose`]
+    /// draws it from the whole row; `Ok(None)` when the candidates cannot stand for the
+    /// row ([`sampling::draw_from_candidates`]): nothing was drawn, the caller reads the
+    /// row and calls [`Self::choose`].
+    pub fn accept_candidates(
+        &mut self,
+        ids: &[u32],
+        values: &[f32],
+        non_finite: u32,
+        vocab: usize,
+    ) -> Result<Option<RowToken>> {
+        if self.done {
+            return Err(ModelError::Invalid("the sequence has ended".into()));
+        }
+        self.check_non_finite(non_finite, vocab)?;
+        let cfg = &self.cfg;
+        let drawn = sampling::draw_from_candidates(
+            ids,
+            values,
+            vocab,
+            cfg.temperature(),
+            cfg.top_k(),
+            cfg.top_p(),
+            cfg.min_tokens_to_keep(),
+            &mut self.rng,
+        )?;
+        Ok(drawn.map(|t| self.push(t as u32)))
+    }
+
+    /// min_new_tokens' eos ban for the next token.
+    fn banned(&self) -> &[u32] {
+        if self.tokens.len() < self.cfg.min_new_tokens() {
+            self.cfg.eos_token_ids()
         } else {
             &[]
+        }
+    }
+
+    fn check_non_finite(&self, non_finite: u32, vocab: usize) -> Result<()> {
+        if non_finite == 0 {
+            return Ok(());
+        }
+        Err(ModelError::NonFinite {
+            what: format!("logits for generated token {}", self.tokens.len()),
+            count: non_finite as usize,
+            total: vocab,
         })
     }
 
@@ -95,14 +155,7 @@ impl RowDecoder {
         if self.done {
             return Err(ModelError::Invalid("the sequence has ended".into()));
         }
-        let n = self.tokens.len();
-        if non_finite > 0 {
-            return Err(ModelError::NonFinite {
-                what: format!("logits for generated token {n}"),
-                count: non_finite as usize,
-                total: vocab,
-            });
-        }
+        self.check_non_finite(non_finite, vocab)?;
         Ok(self.push(token))
     }
 
@@ -147,8 +200,10 @@ impl RowDecoder {
 /// Each row's next token from `logits` `[rows, vocab]`, left on the model's device: rows
 /// whose choice is the plain maximum ([`RowDecoder::device_greedy`]) take it from
 /// [`ops::argmax_rows`] (on a GPU the logits stay there: 8 bytes a row come back), grouped
-/// by the ids they exclude; the other rows (sampling, penalties) read their logits rows
-/// back and choose on the host. A row's own error (non-finite logits) is its result; an
+/// by the ids they exclude; rows sampled with top-k draw from their top candidates
+/// ([`ops::top_candidates`], [`RowDecoder::accept_candidates`]); the other rows
+/// (penalties, no top-k, candidates that cannot stand for the row) read their logits
+/// rows back and choose on the host. A row's own error (non-finite logits) is its result; an
 /// error of the ops fails the step.
 pub fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
     logits: &Tensor,
@@ -169,16 +224,30 @@ pub fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
             ops::gather_rows(logits, rs)?
         })
     };
+    // On the CPU the candidates would cost more than the row they stand for.
+    let on_gpu = !matches!(logits.device(), Device::Cpu);
     let mut out: Vec<Option<Result<RowToken>>> = (0..rows).map(|_| None).collect();
+    // Rows grouped by what one dispatch serves: greedy rows by their excluded ids, sampled
+    // rows by (k, max_out, excluded ids).
     let mut greedy: Vec<(Vec<u32>, Vec<usize>)> = Vec::new();
+    type SampleKey = (usize, usize, Vec<u32>);
+    let mut sampled: Vec<(SampleKey, Vec<usize>)> = Vec::new();
     let mut host = Vec::new();
     for (r, d) in decoders.iter().enumerate() {
-        match d.borrow().device_greedy() {
-            Some(ex) => match greedy.iter_mut().find(|(e, _)| e == ex) {
+        let d = d.borrow();
+        if let Some(ex) = d.device_greedy() {
+            match greedy.iter_mut().find(|(e, _)| e == ex) {
                 Some((_, rs)) => rs.push(r),
                 None => greedy.push((ex.to_vec(), vec![r])),
-            },
-            None => host.push(r),
+            }
+        } else if let Some((k, max_out, ex)) = d.device_sampling(vocab).filter(|_| on_gpu) {
+            let key = (k, max_out, ex.to_vec());
+            match sampled.iter_mut().find(|(e, _)| *e == key) {
+                Some((_, rs)) => rs.push(r),
+                None => sampled.push((key, vec![r])),
+            }
+        } else {
+            host.push(r);
         }
     }
     for (ex, rs) in &greedy {
@@ -187,6 +256,26 @@ pub fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
             out[r] = Some(decoders[r].borrow_mut().accept(ids[i], bad[i], vocab));
         }
     }
+    // Sampled rows: their top candidates; a row whose candidates cannot stand for it
+    // (too many ties, or none removed by top-k) is read back whole below.
+    for ((k, max_out, ex), rs) in &sampled {
+        let cands = ops::top_candidates(&pick(rs)?, *k, *max_out, ex)?;
+        for (c, &r) in cands.iter().zip(rs) {
+            let Some(c) = c else {
+                host.push(r);
+                continue;
+            };
+            match decoders[r]
+                .borrow_mut()
+                .accept_candidates(&c.ids, &c.values, c.non_finite, vocab)
+            {
+                Ok(Some(tok)) => out[r] = Some(Ok(tok)),
+                Ok(None) => host.push(r),
+                Err(e) => out[r] = Some(Err(e)),
+            }
+        }
+    }
+    host.sort_unstable();
     if !host.is_empty() {
         let mut v = pick(&host)?.to_vec_f32()?;
         for (i, &r) in host.iter().enumerate() {

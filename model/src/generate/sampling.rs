@@ -142,6 +142,63 @@ pub fn warp(scores: &mut [f32], temperature: f32, top_k: usize, top_p: f32, min_
     apply_top_p(scores, top_p, min_keep);
 }
 
+/// Candidates beyond top-k that a device returns for a sampled row: one more than k is
+/// enough to prove the set complete when the k-th and the next value differ after the
+/// temperature; a few more make that the rule when they do not.
+pub const CANDIDATE_MARGIN: usize = 8;
+/// Most candidates read back per row (ties included) before the whole row is read instead.
+pub const MAX_CANDIDATES: usize = 1024;
+
+/// For a row sampled with top-k `top_k` (and `min_keep`) over `vocab` entries: how many
+/// of its largest logits a device should return (`k`, counting ties with the k-th in, up
+/// to `max_out`) so that [`draw_from_candidates`] can stand in for the whole row; None
+/// when top-k is off or keeps too much (the row is read back whole).
+pub fn candidate_request(top_k: usize, min_keep: usize, vocab: usize) -> Option<(usize, usize)> {
+    if top_k == 0 {
+        return None;
+    }
+    let k = top_k.max(min_keep) + CANDIDATE_MARGIN;
+    (k < vocab && 2 * k <= MAX_CANDIDATES).then_some((k, 2 * k))
+}
+
+/// The draw [`warp`] + [`softmax`] + [`draw`] make on a whole row of `vocab` logits,
+/// made from its top candidates alone (`ids` ascending, their `values`; every other entry
+/// below them or excluded): the row is rebuilt with −inf elsewhere and warped. That
+/// equals warping the whole row exactly when top-k removes at least one candidate: every
+/// entry that is not a candidate is below all candidates, so it would have been removed
+/// too, and what top-k keeps, top-p and the softmax see, are then the same numbers.
+/// `Ok(None)` when no candidate was removed (the caller reads the row), before any draw.
+#[allow(clippy::too_many_arguments)]
+pub fn draw_from_candidates(
+    ids: &[u32],
+    values: &[f32],
+    vocab: usize,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    min_keep: usize,
+    rng: &mut Rng,
+) -> Result<Option<usize>> {
+    let mut row = vec![f32::NEG_INFINITY; vocab];
+    for (&i, &v) in ids.iter().zip(values) {
+        match row.get_mut(i as usize) {
+            Some(slot) => *slot = v,
+            None => {
+                return Err(ModelError::Invalid(format!(
+                    "candidate id {i} outside the vocabulary of {vocab}"
+                )));
+            }
+        }
+    }
+    apply_temperature(&mut row, temperature);
+    apply_top_k(&mut row, top_k, min_keep);
+    if ids.iter().all(|&i| row[i as usize] != f32::NEG_INFINITY) {
+        return Ok(None);
+    }
+    apply_top_p(&mut row, top_p, min_keep);
+    Ok(Some(draw(&softmax(&row), rng)?))
+}
+
 /// Probabilities softmax(scores) in f32 (zero for -inf and NaN scores).
 pub fn softmax(scores: &[f32]) -> Vec<f32> {
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(key(s)));
@@ -288,5 +345,74 @@ mod tests {
         let d = draw_distinct(&[0.0, 0.5, 0.5, 0.0], 3, &mut r);
         assert_eq!(d.len(), 3);
         assert!(d[..2].contains(&1) && d[..2].contains(&2));
+    }
+
+    /// Drawing from the top candidates equals drawing from the whole row, with the same
+    /// generator state after, whenever it answers; it answers for rows without ties at
+    /// the cut. Rows: random, and quantised to a few levels (ties), several warper
+    /// settings. Exact comparison: the same numbers go through the same code.
+    #[test]
+    fn candidates_draw_what_the_whole_row_draws() {
+        let mut rng = Rng::new(11);
+        let mut answered = 0;
+        let mut asked = 0;
+        for case in 0..400 {
+            let vocab = [7usize, 60, 257, 1000][case % 4];
+            let levels = if case % 3 == 0 { 5.0 } else { 0.0 };
+            let row: Vec<f32> = (0..vocab)
+                .map(|_| {
+                    let v = (rng.next_f64() * 20.0 - 10.0) as f32;
+                    if levels > 0.0 {
+                        (v / levels).round() * levels
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let temperature = [1.0, 0.7, 1.3, 0.05][case % 4 / 2 + case % 2 * 2];
+            let top_k = [1usize, 5, 50][case % 3];
+            let top_p = [1.0, 0.9, 0.5][(case / 3) % 3];
+            let min_keep = 1 + case % 2;
+            let Some((k, max_out)) = candidate_request(top_k, min_keep, vocab) else {
+                continue;
+            };
+            // The device's rule: every entry >= the k-th largest.
+            let mut sorted = row.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kth = sorted[k - 1];
+            let ids: Vec<u32> = (0..vocab as u32)
+                .filter(|&i| row[i as usize] >= kth)
+                .collect();
+            if ids.len() > max_out {
+                continue;
+            }
+            let values: Vec<f32> = ids.iter().map(|&i| row[i as usize]).collect();
+            asked += 1;
+            let seed = rng.next_u64();
+            let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
+            let mut whole = row.clone();
+            warp(&mut whole, temperature, top_k, top_p, min_keep);
+            let want = draw(&softmax(&whole), &mut a).unwrap();
+            let got = draw_from_candidates(
+                &ids,
+                &values,
+                vocab,
+                temperature,
+                top_k,
+                top_p,
+                min_keep,
+                &mut b,
+            )
+            .unwrap();
+            if let Some(got) = got {
+                answered += 1;
+                assert_eq!(got, want, "case {case}");
+                assert_eq!(a.next_u64(), b.next_u64(), "case {case}: generator state");
+            } else {
+                assert_eq!(b.next_u64(), Rng::new(seed).next_u64(), "case {case}: drew");
+            }
+        }
+        // Ties at the cut (the quantised rows) are the only reason to decline.
+        assert!(answered * 3 >= asked * 2, "{answered} of {asked} answered");
     }
 }
