@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use half::{bf16, f16};
@@ -175,20 +176,22 @@ impl Tensor {
             (StoredDType::F16, DType::F16) => {
                 CpuStorage::F16(read_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b))).into())
             }
+            // Conversions read the file's bytes in place where aligned (no staging copy);
+            // the kernels convert large tensors on all threads.
             (StoredDType::F32, DType::F16) => {
-                let v = read_pod(bytes, f32::from_le_bytes);
+                let v = view_pod(bytes, f32::from_le_bytes);
                 let mut out = vec![f16::ZERO; n];
                 blip2_kernels::f32_to_f16(&v, &mut out);
                 CpuStorage::F16(out.into())
             }
             (StoredDType::F16, DType::F32) => {
-                let v = read_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b)));
+                let v = view_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b)));
                 let mut out = vec![0f32; n];
                 blip2_kernels::f16_to_f32(&v, &mut out);
                 CpuStorage::F32(out)
             }
             (StoredDType::BF16, _) => {
-                let v = read_pod(bytes, |b| bf16::from_bits(u16::from_le_bytes(b)));
+                let v = view_pod(bytes, |b| bf16::from_bits(u16::from_le_bytes(b)));
                 let mut out = vec![0f32; n];
                 blip2_kernels::bf16_to_f32(&v, &mut out);
                 match dtype {
@@ -456,6 +459,21 @@ impl Tensor {
 /// `bytes` (little-endian, any alignment) as a vector of `T`: one memcpy on little-endian
 /// hosts (loading a checkpoint in its stored dtype was bound by a per-element copy), the
 /// element-wise [`read_le`] elsewhere.
+/// `bytes` as a slice of `T` without a copy where they are aligned for it (as a
+/// safetensors file's data mostly is) on a little-endian machine, else [`read_pod`]'s copy.
+pub(crate) fn view_pod<T: bytemuck::Pod + Default, const N: usize>(
+    bytes: &[u8],
+    f: impl Fn([u8; N]) -> T,
+) -> Cow<'_, [T]> {
+    if cfg!(target_endian = "little")
+        && std::mem::size_of::<T>() == N
+        && let Ok(v) = bytemuck::try_cast_slice::<u8, T>(bytes)
+    {
+        return Cow::Borrowed(v);
+    }
+    Cow::Owned(read_pod(bytes, f))
+}
+
 fn read_pod<T: bytemuck::Pod + Default, const N: usize>(
     bytes: &[u8],
     f: impl Fn([u8; N]) -> T,

@@ -107,3 +107,77 @@ fn to_panels_leaves_other_tensors_alone() {
         assert_eq!(tp.to_panels().unwrap().is_panels(), tp.is_panels());
     }
 }
+
+/// Loading straight into panels (`Tensor::panels_from_bytes`: converted as packed, one
+/// allocation) gives the tensor `from_bytes` + `to_panels` gives: the same values read back
+/// and the same `linear` outputs bit for bit, for every stored dtype into f32 and f16, at odd
+/// shapes (a ragged last panel, K not a multiple of the 64-step runs), from aligned and
+/// unaligned bytes; rank-1 tensors and other dtypes take the plain path; a wrong byte count
+/// is a typed error.
+#[test]
+fn panels_from_bytes_equal_from_bytes_then_to_panels() {
+    use blip2_engine::StoredDType;
+    let mut rng = Rng::new(5);
+    for (rows, cols) in [(1, 1), (33, 70), (45, 300), (64, 129)] {
+        let vals = rng.vec(rows * cols, -3.0, 3.0);
+        for stored in [StoredDType::F32, StoredDType::F16, StoredDType::BF16] {
+            let raw: Vec<u8> = match stored {
+                StoredDType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                StoredDType::F16 => vals
+                    .iter()
+                    .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                    .collect(),
+                StoredDType::BF16 => vals
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+            };
+            // Offset 0 (aligned) and 1 (unaligned: read through a copy).
+            let mut buf = vec![0u8; raw.len() + 1];
+            for off in [0, 1] {
+                buf[off..off + raw.len()].copy_from_slice(&raw);
+                let bytes = &buf[off..off + raw.len()];
+                for dtype in [DType::F32, DType::F16] {
+                    let shape = [rows, cols];
+                    let want = Tensor::from_bytes(bytes, stored, &shape, dtype, &Device::Cpu)
+                        .unwrap()
+                        .to_panels()
+                        .unwrap();
+                    let got = Tensor::panels_from_bytes(bytes, stored, &shape, dtype).unwrap();
+                    let case = format!("{rows}x{cols} {stored:?} -> {dtype} at offset {off}");
+                    assert!(got.is_panels(), "{case}");
+                    assert_eq!((got.dtype(), got.shape()), (dtype, &shape[..]), "{case}");
+                    let bits = |t: &Tensor| -> Vec<u32> {
+                        t.to_vec_f32()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect()
+                    };
+                    assert_eq!(bits(&got), bits(&want), "{case}");
+                    let m = 5;
+                    let x = Tensor::from_slice(
+                        &rng.vec(m * cols, -1.0, 1.0),
+                        &[m, cols],
+                        DType::F32,
+                        &Device::Cpu,
+                    )
+                    .unwrap();
+                    let y = |w: &Tensor| bits(&ops::linear(&x, w, None).unwrap());
+                    assert_eq!(y(&got), y(&want), "{case}: linear");
+                }
+            }
+        }
+    }
+    // Rank 1: stays row-major, as to_panels leaves it.
+    let b: Vec<u8> = [1.0f32, 2.0, 3.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let t = Tensor::panels_from_bytes(&b, StoredDType::F32, &[3], DType::F32).unwrap();
+    assert!(!t.is_panels());
+    assert_eq!(t.to_vec_f32().unwrap(), vec![1.0, 2.0, 3.0]);
+    // Three f32 elements do not fill a 2 x 2 matrix.
+    let e = Tensor::panels_from_bytes(&b, StoredDType::F32, &[2, 2], DType::F32).unwrap_err();
+    assert!(e.to_string().contains("12 bytes given for 4"), "{e}");
+}

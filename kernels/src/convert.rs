@@ -3,6 +3,23 @@
 use crate::isa::multiversion;
 use crate::{Isa, isa};
 use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Elements from which a conversion is split across the rayon pool (a checkpoint's matrix
+/// converted at load: one thread converts a few GB/s, well under the memory's bandwidth).
+const PAR_MIN: usize = 1 << 20;
+/// Elements per parallel piece (256 KiB of f32 out).
+const PAR_CHUNK: usize = 1 << 16;
+
+/// `f` over `src` → `dst` in pieces on the rayon pool when large, else in one call.
+fn split<S: Sync, D: Send>(src: &[S], dst: &mut [D], f: impl Fn(&[S], &mut [D]) + Sync) {
+    if src.len() < PAR_MIN {
+        return f(src, dst);
+    }
+    src.par_chunks(PAR_CHUNK)
+        .zip(dst.par_chunks_mut(PAR_CHUNK))
+        .for_each(|(s, d)| f(s, d));
+}
 
 #[inline(always)]
 fn bf16_body(src: &[bf16], dst: &mut [f32]) {
@@ -61,7 +78,8 @@ pub fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
 /// [`f16_to_f32`] on a chosen instruction set.
 pub fn f16_to_f32_with(isa: Isa, src: &[f16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "f16_to_f32: length mismatch");
-    f16_to_f32_isa(isa.resolve(), src, dst)
+    let isa = isa.resolve();
+    split(src, dst, |s, d| f16_to_f32_isa(isa, s, d))
 }
 
 /// Narrows f32 to f16, round to nearest even (overflow → ±∞). Precondition: equal lengths.
@@ -72,7 +90,8 @@ pub fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
 /// [`f32_to_f16`] on a chosen instruction set.
 pub fn f32_to_f16_with(isa: Isa, src: &[f32], dst: &mut [f16]) {
     assert_eq!(src.len(), dst.len(), "f32_to_f16: length mismatch");
-    f32_to_f16_isa(isa.resolve(), src, dst)
+    let isa = isa.resolve();
+    split(src, dst, |s, d| f32_to_f16_isa(isa, s, d))
 }
 
 /// Widens bf16 to f32 (exact). Precondition: equal lengths.
@@ -83,7 +102,8 @@ pub fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
 /// [`bf16_to_f32`] on a chosen instruction set.
 pub fn bf16_to_f32_with(isa: Isa, src: &[bf16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "bf16_to_f32: length mismatch");
-    bf16_isa(isa.resolve(), src, dst)
+    let isa = isa.resolve();
+    split(src, dst, |s, d| bf16_isa(isa, s, d))
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -96,6 +96,19 @@ pub fn pack_linear<T: Copy + Default + Send + Sync>(
     cols: usize,
     out: &mut [T],
 ) {
+    pack_linear_from(w, rows, cols, out, |s, d| d.copy_from_slice(s))
+}
+
+/// [`pack_linear`] from a matrix of another element type: `convert` turns each run of
+/// source elements (at most 64, one row's) into `T` as it is packed, so a checkpoint's
+/// f16 matrix becomes f32 panels in one pass and one allocation (no row-major f32 copy).
+pub fn pack_linear_from<S: Copy + Sync, T: Copy + Default + Send + Sync>(
+    w: &[S],
+    rows: usize,
+    cols: usize,
+    out: &mut [T],
+    convert: impl Fn(&[S], &mut [T]) + Sync,
+) {
     assert!(
         w.len() == rows * cols && Some(out.len()) == checked_packed_len(rows, cols),
         "pack_linear: operand lengths"
@@ -111,13 +124,16 @@ pub fn pack_linear<T: Copy + Default + Send + Sync>(
         .for_each(|(q, panel)| {
             let r0 = q * PANEL;
             let live = PANEL.min(rows - r0);
+            let mut run = [T::default(); KB];
             for p0 in (0..cols).step_by(KB) {
                 let p1 = (p0 + KB).min(cols);
                 for j in 0..PANEL {
                     if j < live {
-                        let src = &w[(r0 + j) * cols..(r0 + j + 1) * cols];
-                        for p in p0..p1 {
-                            panel[p * PANEL + j] = src[p];
+                        let src = &w[(r0 + j) * cols + p0..(r0 + j) * cols + p1];
+                        let run = &mut run[..p1 - p0];
+                        convert(src, run);
+                        for (i, &v) in run.iter().enumerate() {
+                            panel[(p0 + i) * PANEL + j] = v;
                         }
                     } else {
                         for p in p0..p1 {

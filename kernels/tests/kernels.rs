@@ -579,6 +579,37 @@ fn half_conversions_exact() {
     }
 }
 
+/// Large conversions (a checkpoint's matrices, converted at load) run in pieces on the
+/// rayon pool: the same bits as the one-call conversion, at an odd length (pieces of
+/// 65,536 with a ragged last one) above the 1,048,576-element threshold.
+#[test]
+fn large_half_conversions_split_exactly() {
+    let n = 3 * (1 << 20) + 12_345;
+    let mut rng = Rng::new(9);
+    let hs: Vec<f16> = (0..n)
+        .map(|_| f16::from_bits(rng.next_u64() as u16))
+        .collect();
+    let xs: Vec<f32> = (0..n)
+        .map(|_| f32::from_bits(rng.next_u64() as u32))
+        .collect();
+    let bfs: Vec<bf16> = (0..n)
+        .map(|_| bf16::from_bits(rng.next_u64() as u16))
+        .collect();
+    let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+    let mut w = vec![0f32; n];
+    f16_to_f32(&hs, &mut w);
+    assert!(hs.iter().zip(&w).all(|(h, &f)| same(f, h.to_f32_const())));
+    let mut h = vec![f16::ZERO; n];
+    f32_to_f16(&xs, &mut h);
+    assert!(
+        xs.iter()
+            .zip(&h)
+            .all(|(&x, hv)| same(hv.to_f32_const(), f16::from_f32_const(x).to_f32_const()))
+    );
+    bf16_to_f32(&bfs, &mut w);
+    assert!(bfs.iter().zip(&w).all(|(b, &f)| same(f, b.to_f32())));
+}
+
 struct AttnCase {
     p: AttnParams,
     mask_rows: Option<usize>,

@@ -1220,11 +1220,17 @@ impl<'a> WeightLoader<'a> {
         }
         // A tensor used in place from the mapped file stays so (no copy, pages shared with
         // other processes); panels are made only where a copy is made anyway.
-        let t = Tensor::from_shared_bytes(owner, start, len, stored, shape, dtype, &self.device);
-        match t.and_then(|t| {
-            let copied = !t.is_shared();
-            in_layout(t, panels && copied)
-        }) {
+        let t = if panels && (stored, dtype) != (StoredDType::F16, DType::F16) {
+            // Converted anyway: straight into panels, one allocation.
+            Tensor::panels_from_bytes(bytes, stored, shape, dtype)
+        } else {
+            Tensor::from_shared_bytes(owner, start, len, stored, shape, dtype, &self.device)
+                .and_then(|t| {
+                    let copied = !t.is_shared();
+                    in_layout(t, panels && copied)
+                })
+        };
+        match t {
             Ok(t) => {
                 // A copied (converted) tensor no longer needs the file's pages; a shared one
                 // reads them in place.
