@@ -85,7 +85,7 @@ impl Panels {
 /// load (3.7 million minor faults, 12 s of system time for opt-2.7b on 2 cores). The advice
 /// is given before the first write (f32 zeros come from `calloc`, untouched); elsewhere,
 /// and below 8 MiB, a plain zeroed vector.
-fn zeroed_large<T: Copy + Default>(len: usize) -> Vec<T> {
+pub(crate) fn zeroed_large<T: Copy + Default>(len: usize) -> Vec<T> {
     let v = vec![T::default(); len];
     #[cfg(target_os = "linux")]
     {

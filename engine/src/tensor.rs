@@ -186,13 +186,13 @@ impl Tensor {
             }
             (StoredDType::F16, DType::F32) => {
                 let v = view_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b)));
-                let mut out = vec![0f32; n];
+                let mut out = crate::panels::zeroed_large::<f32>(n);
                 blip2_kernels::f16_to_f32(&v, &mut out);
                 CpuStorage::F32(out)
             }
             (StoredDType::BF16, _) => {
                 let v = view_pod(bytes, |b| bf16::from_bits(u16::from_le_bytes(b)));
-                let mut out = vec![0f32; n];
+                let mut out = crate::panels::zeroed_large::<f32>(n);
                 blip2_kernels::bf16_to_f32(&v, &mut out);
                 match dtype {
                     DType::F32 => CpuStorage::F32(out),
