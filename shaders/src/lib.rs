@@ -46,7 +46,7 @@
 //!   text before anything else (a comment line, so no other tool mistakes it for code).
 //!   `pack.wgsl` has the f16/f32 word loads and the pair store, `act.wgsl` the activations, `reduce.wgsl` the workgroup
 //!   and subgroup sum/max reductions, `quant.wgsl` the q8/q4 dequantization, `gemv_fusion.wgsl` the GEMVs' fused-decode
-//!   norm prologue and epilogue; each documents at its top what it needs from the
+//!   norm prologue and epilogue, `exclude.wgsl` the token-choice kernels' excluded ids; each documents at its top what it needs from the
 //!   including kernel. A kernel that includes fragments is valid WGSL once they are pasted
 //!   in (its default constants are then a valid variant); `copy.wgsl` includes none.
 
@@ -123,6 +123,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
         "gemv_fusion.wgsl",
         include_str!("../wgsl/include/gemv_fusion.wgsl"),
     ),
+    ("exclude.wgsl", include_str!("../wgsl/include/exclude.wgsl")),
 ];
 
 /// One kernel family's side of the contract; a value is one pipeline variant.

@@ -87,10 +87,8 @@ fn key_of(b: u32) -> u32 {
     return key;
 }
 
-fn excluded(i: u32) -> bool {
-    return (p.n_excl > 0u && i == p.e0) || (p.n_excl > 1u && i == p.e1)
-        || (p.n_excl > 2u && i == p.e2) || (p.n_excl > 3u && i == p.e3);
-}
+// Shared helper, pasted in by `specialise`.
+// #include "exclude.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
