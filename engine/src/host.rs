@@ -97,3 +97,28 @@ impl<T: Pod> std::fmt::Debug for HostVec<T> {
         }
     }
 }
+
+/// A zeroed vector of `len` elements whose pages Linux may back with transparent huge pages
+/// (in its `madvise` mode, the common default): a checkpoint's matrices are hundreds of MB
+/// written once at load, and faulting them in 4 KiB at a time was most of an f16 → f32
+/// load (3.7 million minor faults, 12 s of system time for opt-2.7b on 2 cores). The advice
+/// is given before the first write (f32 zeros come from `calloc`, untouched); elsewhere,
+/// and below 8 MiB, a plain zeroed vector.
+pub(crate) fn zeroed_large<T: Copy + Default>(len: usize) -> Vec<T> {
+    let v = vec![T::default(); len];
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = len * size_of::<T>();
+        let start = v.as_ptr() as usize;
+        let (a, b) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
+        if bytes >= 4 * HUGE && b > a {
+            // SAFETY: advice on whole pages inside this vector's own allocation; it changes
+            // no contents (a failure, e.g. THP off, leaves 4 KiB pages).
+            unsafe {
+                libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    v
+}

@@ -15,6 +15,7 @@ mod host;
 pub mod ops;
 mod panels;
 mod quant;
+mod stored;
 mod tensor;
 #[doc(hidden)]
 pub mod testing;

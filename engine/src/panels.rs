@@ -8,9 +8,11 @@
 
 use std::borrow::Cow;
 
-use half::{bf16, f16};
+use half::f16;
 
-use crate::tensor::{CpuStorage, Storage, view_pod};
+use crate::host::zeroed_large;
+use crate::stored::{Elem, StoredView};
+use crate::tensor::{CpuStorage, Storage};
 use crate::{DType, Device, Error, Result, StoredDType, Tensor};
 
 /// The panel-packed elements.
@@ -79,33 +81,18 @@ impl Panels {
 
 /// Whether f32/f16 linear weights should be packed into panels on this machine: the CPU
 /// kernels read them in place (AVX-512), and `BLIP2_CPU_PACK=0` has not turned that off.
-/// A zeroed vector of `len` elements whose pages Linux may back with transparent huge pages
-/// (in its `madvise` mode, the common default): a checkpoint's matrices are hundreds of MB
-/// written once at load, and faulting them in 4 KiB at a time was most of an f16 → f32
-/// load (3.7 million minor faults, 12 s of system time for opt-2.7b on 2 cores). The advice
-/// is given before the first write (f32 zeros come from `calloc`, untouched); elsewhere,
-/// and below 8 MiB, a plain zeroed vector.
-pub(crate) fn zeroed_large<T: Copy + Default>(len: usize) -> Vec<T> {
-    let v = vec![T::default(); len];
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let bytes = len * std::mem::size_of::<T>();
-        let start = v.as_ptr() as usize;
-        let (a, b) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
-        if bytes >= 4 * HUGE && b > a {
-            // SAFETY: advice on whole pages inside this vector's own allocation; it changes
-            // no contents (a failure, e.g. THP off, leaves 4 KiB pages).
-            unsafe {
-                libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    v
-}
-
 pub fn panels_preferred() -> bool {
     blip2_kernels::packed_preferred()
+}
+
+/// `src` (`rows × cols` stored elements) converted into `T` as it is packed, into one
+/// allocation of `len` elements.
+fn pack_converted<T: Elem>(src: &StoredView<'_>, rows: usize, cols: usize, len: usize) -> Vec<T> {
+    let mut out = zeroed_large::<T>(len);
+    blip2_kernels::pack_linear_with(rows, cols, &mut out, |r, c, run| {
+        T::convert(src, r * cols + c, run)
+    });
+    out
 }
 
 /// Packs row-major `v` (`rows × cols`) into panels.
@@ -186,57 +173,10 @@ impl Tensor {
         let len = blip2_kernels::checked_packed_len(rows, cols).ok_or_else(|| {
             Error::shape(OP, format!("{rows} x {cols} overflows usize once padded"))
         })?;
-        let isa = blip2_kernels::isa();
-        let h16 = |b: [u8; 2]| f16::from_bits(u16::from_le_bytes(b));
-        let b16 = |b: [u8; 2]| bf16::from_bits(u16::from_le_bytes(b));
+        let src = StoredView::new(bytes, stored);
         let data = match dtype {
-            DType::F32 => {
-                let mut out = zeroed_large::<f32>(len);
-                match stored {
-                    StoredDType::F32 => {
-                        let v = view_pod(bytes, f32::from_le_bytes);
-                        blip2_kernels::pack_linear(&v, rows, cols, &mut out)
-                    }
-                    StoredDType::F16 => {
-                        let v = view_pod(bytes, h16);
-                        blip2_kernels::pack_linear_from(&v, rows, cols, &mut out, |s, d| {
-                            blip2_kernels::f16_to_f32_with(isa, s, d)
-                        })
-                    }
-                    StoredDType::BF16 => {
-                        let v = view_pod(bytes, b16);
-                        blip2_kernels::pack_linear_from(&v, rows, cols, &mut out, |s, d| {
-                            blip2_kernels::bf16_to_f32_with(isa, s, d)
-                        })
-                    }
-                }
-                PanelVec::F32(out)
-            }
-            _ => {
-                let mut out = zeroed_large::<f16>(len);
-                match stored {
-                    StoredDType::F16 => {
-                        let v = view_pod(bytes, h16);
-                        blip2_kernels::pack_linear(&v, rows, cols, &mut out)
-                    }
-                    StoredDType::F32 => {
-                        let v = view_pod(bytes, f32::from_le_bytes);
-                        blip2_kernels::pack_linear_from(&v, rows, cols, &mut out, |s, d| {
-                            blip2_kernels::f32_to_f16_with(isa, s, d)
-                        })
-                    }
-                    StoredDType::BF16 => {
-                        let v = view_pod(bytes, b16);
-                        blip2_kernels::pack_linear_from(&v, rows, cols, &mut out, |s, d| {
-                            let mut w = [0f32; 64];
-                            let w = &mut w[..s.len()];
-                            blip2_kernels::bf16_to_f32_with(isa, s, w);
-                            blip2_kernels::f32_to_f16_with(isa, w, d)
-                        })
-                    }
-                }
-                PanelVec::F16(out)
-            }
+            DType::F32 => PanelVec::F32(pack_converted(&src, rows, cols, len)),
+            _ => PanelVec::F16(pack_converted(&src, rows, cols, len)),
         };
         Ok(Tensor::from_cpu(
             shape.to_vec(),

@@ -1,13 +1,13 @@
-use std::borrow::Cow;
 use std::sync::Arc;
 
-use half::{bf16, f16};
+use half::f16;
 
 use crate::bf16::Bf16Data;
 use crate::gpu::GpuStorage;
-use crate::host::{HostVec, SharedBytes, SharedSlice};
+use crate::host::{HostVec, SharedBytes, SharedSlice, zeroed_large};
 use crate::panels::Panels;
 use crate::quant::QuantData;
+use crate::stored::{Elem, StoredView, read_pod};
 use crate::{DType, Device, Error, Result, StoredDType};
 
 /// Host storage: contiguous, row-major.
@@ -171,38 +171,15 @@ impl Tensor {
             };
             return Tensor::from_slice(data, shape, dtype, device);
         }
+        // Kept dtypes are copied (owned storage); conversions read the file's bytes in place
+        // where aligned, into buffers advised for huge pages, on all threads when large.
         let storage = match (stored, dtype) {
             (StoredDType::F32, DType::F32) => CpuStorage::F32(read_pod(bytes, f32::from_le_bytes)),
             (StoredDType::F16, DType::F16) => {
                 CpuStorage::F16(read_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b))).into())
             }
-            // Conversions read the file's bytes in place where aligned (no staging copy);
-            // the kernels convert large tensors on all threads.
-            (StoredDType::F32, DType::F16) => {
-                let v = view_pod(bytes, f32::from_le_bytes);
-                let mut out = vec![f16::ZERO; n];
-                blip2_kernels::f32_to_f16(&v, &mut out);
-                CpuStorage::F16(out.into())
-            }
-            (StoredDType::F16, DType::F32) => {
-                let v = view_pod(bytes, |b| f16::from_bits(u16::from_le_bytes(b)));
-                let mut out = crate::panels::zeroed_large::<f32>(n);
-                blip2_kernels::f16_to_f32(&v, &mut out);
-                CpuStorage::F32(out)
-            }
-            (StoredDType::BF16, _) => {
-                let v = view_pod(bytes, |b| bf16::from_bits(u16::from_le_bytes(b)));
-                let mut out = crate::panels::zeroed_large::<f32>(n);
-                blip2_kernels::bf16_to_f32(&v, &mut out);
-                match dtype {
-                    DType::F32 => CpuStorage::F32(out),
-                    _ => {
-                        let mut h = vec![f16::ZERO; n];
-                        blip2_kernels::f32_to_f16(&out, &mut h);
-                        CpuStorage::F16(h.into())
-                    }
-                }
-            }
+            (_, DType::F32) => CpuStorage::F32(converted(bytes, stored, n)),
+            (_, DType::F16) => CpuStorage::F16(converted::<f16>(bytes, stored, n).into()),
             (_, DType::Q8 | DType::Q4 | DType::BF16) => {
                 unreachable!("packed dtypes returned above")
             }
@@ -456,45 +433,9 @@ impl Tensor {
     }
 }
 
-/// `bytes` (little-endian, any alignment) as a vector of `T`: one memcpy on little-endian
-/// hosts (loading a checkpoint in its stored dtype was bound by a per-element copy), the
-/// element-wise [`read_le`] elsewhere.
-/// `bytes` as a slice of `T` without a copy where they are aligned for it (as a
-/// safetensors file's data mostly is) on a little-endian machine, else [`read_pod`]'s copy.
-pub(crate) fn view_pod<T: bytemuck::Pod + Default, const N: usize>(
-    bytes: &[u8],
-    f: impl Fn([u8; N]) -> T,
-) -> Cow<'_, [T]> {
-    if cfg!(target_endian = "little")
-        && std::mem::size_of::<T>() == N
-        && let Ok(v) = bytemuck::try_cast_slice::<u8, T>(bytes)
-    {
-        return Cow::Borrowed(v);
-    }
-    Cow::Owned(read_pod(bytes, f))
-}
-
-fn read_pod<T: bytemuck::Pod + Default, const N: usize>(
-    bytes: &[u8],
-    f: impl Fn([u8; N]) -> T,
-) -> Vec<T> {
-    if cfg!(target_endian = "little") && std::mem::size_of::<T>() == N {
-        let n = bytes.len() / N;
-        let mut out = vec![T::default(); n];
-        bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&bytes[..n * N]);
-        out
-    } else {
-        read_le(bytes, f)
-    }
-}
-
-fn read_le<T, const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-    bytes
-        .chunks_exact(N)
-        .map(|c| {
-            let mut a = [0u8; N];
-            a.copy_from_slice(c);
-            f(a)
-        })
-        .collect()
+/// The `n` stored elements of `bytes` converted into `T`.
+fn converted<T: Elem>(bytes: &[u8], stored: StoredDType, n: usize) -> Vec<T> {
+    let mut out = zeroed_large::<T>(n);
+    T::convert(&StoredView::new(bytes, stored), 0, &mut out);
+    out
 }

@@ -56,7 +56,7 @@ pub use isa::{Isa, best_isa, isa, supported_isas};
 pub use norm::{layer_norm, layer_norm_with, rms_norm, rms_norm_with};
 pub use packed::{
     PANEL, PackedData, PackedMatrix, checked_packed_len, matmul_packed, matmul_packed_with,
-    pack_linear, pack_linear_from, packed_preferred, unpack_packed, unpack_packed_row,
+    pack_linear, pack_linear_with, packed_preferred, unpack_packed, unpack_packed_row,
 };
 pub use quant::{
     QActivations, QBLOCK, QFormat, QMatrix, dequantize, dequantize_matrix_row, dequantize_row,

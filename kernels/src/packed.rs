@@ -96,21 +96,23 @@ pub fn pack_linear<T: Copy + Default + Send + Sync>(
     cols: usize,
     out: &mut [T],
 ) {
-    pack_linear_from(w, rows, cols, out, |s, d| d.copy_from_slice(s))
+    assert_eq!(w.len(), rows * cols, "pack_linear: operand lengths");
+    pack_linear_with(rows, cols, out, |r, c, run| {
+        run.copy_from_slice(&w[r * cols + c..r * cols + c + run.len()])
+    })
 }
 
-/// [`pack_linear`] from a matrix of another element type: `convert` turns each run of
-/// source elements (at most 64, one row's) into `T` as it is packed, so a checkpoint's
-/// f16 matrix becomes f32 panels in one pass and one allocation (no row-major f32 copy).
-pub fn pack_linear_from<S: Copy + Sync, T: Copy + Default + Send + Sync>(
-    w: &[S],
+/// [`pack_linear`] from a source given by `fill(row, col, run)`, which writes elements
+/// `col .. col + run.len()` of row `row` (at most 64 at a time) into `run`: a checkpoint's
+/// f16 matrix becomes f32 panels as it is converted, in one pass and one allocation.
+pub fn pack_linear_with<T: Copy + Default + Send + Sync>(
     rows: usize,
     cols: usize,
     out: &mut [T],
-    convert: impl Fn(&[S], &mut [T]) + Sync,
+    fill: impl Fn(usize, usize, &mut [T]) + Sync,
 ) {
     assert!(
-        w.len() == rows * cols && Some(out.len()) == checked_packed_len(rows, cols),
+        Some(out.len()) == checked_packed_len(rows, cols),
         "pack_linear: operand lengths"
     );
     if cols == 0 {
@@ -129,9 +131,8 @@ pub fn pack_linear_from<S: Copy + Sync, T: Copy + Default + Send + Sync>(
                 let p1 = (p0 + KB).min(cols);
                 for j in 0..PANEL {
                     if j < live {
-                        let src = &w[(r0 + j) * cols + p0..(r0 + j) * cols + p1];
                         let run = &mut run[..p1 - p0];
-                        convert(src, run);
+                        fill(r0 + j, p0, run);
                         for (i, &v) in run.iter().enumerate() {
                             panel[(p0 + i) * PANEL + j] = v;
                         }

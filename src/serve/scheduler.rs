@@ -336,9 +336,7 @@ fn continuous(
                 // Beam search keeps several rows per request: alone, between two steps.
                 Job::Gen(g) => {
                     metrics.batch(1);
-                    guarded(metrics, 1, || {
-                        generate(loaded, vec![g], limits, cache, metrics)
-                    });
+                    guarded(metrics, 1, || generate(model, g, limits, cache, metrics));
                 }
                 Job::Embed(e) => guarded(metrics, 1, || embed(loaded, e, limits)),
                 Job::Match(m) => guarded(metrics, 1, || match_job(loaded, m, limits)),
@@ -692,23 +690,17 @@ fn prepare(
 
 /// One beam-search job, decoded alone between two steps of the continuous batch.
 fn generate(
-    model: &Loaded,
-    jobs: Vec<GenJob>,
+    model: &Blip2,
+    job: GenJob,
     limits: &Limits,
     cache: &Mutex<Lru<Tensor>>,
     metrics: &Metrics,
 ) {
-    let Loaded::Gen(model) = model else {
-        return fail(
-            jobs,
-            &ApiError::unsupported("this checkpoint does not generate text"),
-        );
-    };
-    let settings = match model.resolve_generation(&jobs[0].config) {
+    let settings = match model.resolve_generation(&job.config) {
         Ok(s) => s,
-        Err(e) => return fail(jobs, &from_model_error(&e)),
+        Err(e) => return fail(vec![job], &from_model_error(&e)),
     };
-    let Some((run, features)) = prepare(model, jobs, limits, cache, metrics) else {
+    let Some((run, features)) = prepare(model, vec![job], limits, cache, metrics) else {
         return;
     };
     let prompts: Vec<Option<&str>> = run.iter().map(|(j, _)| j.prompt.as_deref()).collect();
@@ -720,8 +712,7 @@ fn generate(
     let mut first: Vec<Option<Instant>> = vec![None; run.len()];
     let mut last: Vec<Option<Instant>> = vec![None; run.len()];
     let t = Instant::now();
-    // Every client of the batch gone: stop at the next step (a batch with some clients left
-    // runs on; their rows cannot leave a running batch).
+    // The client gone: stop at the next step.
     let all_gone = || run.iter().all(|(j, _)| j.events.is_closed());
     let out = model.generate_from_features_cancellable(
         &features,

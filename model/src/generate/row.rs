@@ -8,7 +8,7 @@ use blip2_engine::{Device, Tensor, ops};
 
 use super::processors::{apply_processors, argmax};
 use super::sampling::{self, Rng};
-use super::search::check_logits;
+use super::search::non_finite_error;
 use super::settings::ResolvedGeneration;
 use crate::{ModelError, Result};
 
@@ -77,11 +77,7 @@ impl RowDecoder {
     /// the model's device can choose it ([`blip2_engine::ops::argmax_rows`]) and feed it
     /// to [`RowDecoder::accept`]; None where the row needs its logits ([`Self::choose`]).
     pub fn device_greedy(&self) -> Option<&[u32]> {
-        let cfg = &self.cfg;
-        if cfg.do_sample() || cfg.repetition_penalty() != 1.0 || cfg.no_repeat_ngram_size() != 0 {
-            return None;
-        }
-        Some(self.banned())
+        (!self.cfg.do_sample() && !self.reads_scores()).then(|| self.banned())
     }
 
     /// Where the row samples with top-k and no processor that reads every score: the
@@ -110,10 +106,7 @@ impl RowDecoder {
         non_finite: u32,
         vocab: usize,
     ) -> Result<Option<RowToken>> {
-        if self.done {
-            return Err(ModelError::Invalid("the sequence has ended".into()));
-        }
-        self.check_non_finite(non_finite, vocab)?;
+        self.check_next(non_finite as usize, vocab)?;
         let cfg = &self.cfg;
         let drawn = sampling::draw_from_candidates(
             ids,
@@ -128,6 +121,12 @@ impl RowDecoder {
         Ok(drawn.map(|t| self.push(t as u32)))
     }
 
+    /// Whether a processor reads other scores than the eos ban sets (repetition penalty,
+    /// n-gram ban): the row then needs its whole logits row.
+    fn reads_scores(&self) -> bool {
+        self.cfg.repetition_penalty() != 1.0 || self.cfg.no_repeat_ngram_size() != 0
+    }
+
     /// min_new_tokens' eos ban for the next token.
     fn banned(&self) -> &[u32] {
         if self.tokens.len() < self.cfg.min_new_tokens() {
@@ -137,35 +136,28 @@ impl RowDecoder {
         }
     }
 
-    fn check_non_finite(&self, non_finite: u32, vocab: usize) -> Result<()> {
-        if non_finite == 0 {
-            return Ok(());
+    /// The row takes a token: it has not ended, and its logits had no NaN or ±inf (the
+    /// device counted `non_finite` of `vocab`).
+    fn check_next(&self, non_finite: usize, vocab: usize) -> Result<()> {
+        if self.done {
+            return Err(ModelError::Invalid("the sequence has ended".into()));
         }
-        Err(ModelError::NonFinite {
-            what: format!("logits for generated token {}", self.tokens.len()),
-            count: non_finite as usize,
-            total: vocab,
-        })
+        non_finite_error(non_finite, vocab, self.tokens.len())
     }
 
     /// Takes `token`, chosen elsewhere as [`Self::device_greedy`] allows, from logits of
     /// `vocab` entries with `non_finite` NaN or infinite ones (an error, as in
     /// [`Self::choose`]).
     pub fn accept(&mut self, token: u32, non_finite: u32, vocab: usize) -> Result<RowToken> {
-        if self.done {
-            return Err(ModelError::Invalid("the sequence has ended".into()));
-        }
-        self.check_non_finite(non_finite, vocab)?;
+        self.check_next(non_finite as usize, vocab)?;
         Ok(self.push(token))
     }
 
     /// Chooses the next token from the model's raw `logits` `[vocab]` for this row.
     pub fn choose(&mut self, logits: &mut [f32]) -> Result<RowToken> {
-        if self.done {
-            return Err(ModelError::Invalid("the sequence has ended".into()));
-        }
         let n = self.tokens.len();
-        check_logits(logits, n)?;
+        let bad = logits.iter().filter(|v| !v.is_finite()).count();
+        self.check_next(bad, logits.len())?;
         apply_processors(logits, &self.seen, n, &self.cfg);
         let tok = if self.cfg.do_sample() {
             sampling::warp(

@@ -53,13 +53,19 @@ pub fn decode(
 /// processors' own −inf masks come later and are not checked.
 pub(super) fn check_logits(logits: &[f32], step: usize) -> Result<()> {
     let count = logits.iter().filter(|v| !v.is_finite()).count();
+    non_finite_error(count, logits.len(), step)
+}
+
+/// [`check_logits`] from a count made elsewhere (on the device): `count` of `total` logits
+/// for new token `step` are NaN or ±inf.
+pub(super) fn non_finite_error(count: usize, total: usize, step: usize) -> Result<()> {
     if count == 0 {
         return Ok(());
     }
     Err(ModelError::NonFinite {
         what: format!("logits for generated token {step}"),
         count,
-        total: logits.len(),
+        total,
     })
 }
 

@@ -94,6 +94,31 @@ pub(crate) fn additive_mask(flags: &[Vec<u8>], device: &Device) -> Result<Option
     )?))
 }
 
+/// Room in `cache` for `n` more columns of its rows' `mask` flags (1 = seen, 0 = masked):
+/// the leading columns every row in `live` masks are dropped (compaction), and the cache
+/// grows, by [`GROW`] beyond the need, only when that is not enough.
+pub(crate) fn make_room(
+    cache: &mut KvCache,
+    mask: &mut [Vec<u8>],
+    live: &[usize],
+    n: usize,
+) -> Result<()> {
+    if cache.len + n <= cache.capacity {
+        return Ok(());
+    }
+    let lead = live
+        .iter()
+        .map(|&r| mask[r].iter().take_while(|&&v| v == 0).count())
+        .min()
+        .unwrap_or(0);
+    let capacity = cache.capacity.max(cache.len - lead + n + GROW);
+    cache.relayout(lead, 0, capacity)?;
+    for m in mask {
+        m.drain(..lead);
+    }
+    Ok(())
+}
+
 /// What the generic batch needs of a decoder-only family.
 pub(crate) trait CausalLm: Sync {
     fn hidden(&self) -> usize;
@@ -230,25 +255,10 @@ impl<'a, M: CausalLm> SlotBatch<'a, M> {
 
     /// Room for `n` more columns: drop the columns every running row pads, else grow.
     fn ensure_room(&mut self, n: usize) -> Result<()> {
-        let Some(cache) = self.cache.as_mut() else {
-            return Ok(());
-        };
-        if cache.len + n <= cache.capacity {
-            return Ok(());
+        match self.cache.as_mut() {
+            Some(cache) => make_room(cache, &mut self.mask, &self.slots, n),
+            None => Ok(()),
         }
-        let lead = self
-            .slots
-            .iter()
-            .map(|&s| self.mask[s].iter().take_while(|&&v| v == 0).count())
-            .min()
-            .unwrap_or(0);
-        let used = cache.len - lead;
-        let capacity = cache.capacity.max(used + n + GROW);
-        cache.relayout(lead, 0, capacity)?;
-        for m in &mut self.mask {
-            m.drain(..lead);
-        }
-        Ok(())
     }
 
     /// Copies the running rows into a cache of exactly their slots, in row order.

@@ -13,7 +13,7 @@ use blip2_engine::{Device, Tensor};
 use super::{T5, T5DecoderCache};
 use crate::error::{ModelError, Result};
 use crate::lm::LmInput;
-use crate::lm::batch::{GROW, RowBatch, additive_mask, check_join, check_selection};
+use crate::lm::batch::{GROW, RowBatch, additive_mask, check_join, check_selection, make_room};
 
 pub(crate) struct T5Batch<'a> {
     t5: &'a T5,
@@ -44,22 +44,8 @@ impl<'a> T5Batch<'a> {
         let Some(cache) = self.cache.as_mut() else {
             return Ok(());
         };
-        let kv = &mut cache.kv;
-        if kv.len < kv.capacity {
-            return Ok(());
-        }
-        let lead = self
-            .mask
-            .iter()
-            .map(|m| m.iter().take_while(|&&v| v == 0).count())
-            .min()
-            .unwrap_or(0);
-        let capacity = kv.capacity.max(kv.len - lead + 1 + GROW);
-        kv.relayout(lead, 0, capacity)?;
-        for m in &mut self.mask {
-            m.drain(..lead);
-        }
-        Ok(())
+        let rows: Vec<usize> = (0..self.mask.len()).collect();
+        make_room(&mut cache.kv, &mut self.mask, &rows, 1)
     }
 }
 
