@@ -18,16 +18,16 @@
 use blip2::engine::gpu::GpuStats;
 use blip2::{Device, GenerationConfig, LoadOptions};
 
-fn arg(name: &str, default: usize) -> usize {
+/// `name`'s value, `default` when absent; an error naming it when its value is missing or
+/// not a number.
+fn arg(name: &str, default: usize) -> Result<usize, String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number, found {v}"))
-        })
-        .unwrap_or(default)
+    let Some(i) = args.iter().position(|a| a == name) else {
+        return Ok(default);
+    };
+    let v = args.get(i + 1).map_or("", String::as_str);
+    v.parse()
+        .map_err(|_| format!("{name} takes a number, found `{v}`"))
 }
 
 /// (VmRSS, VmHWM) in MiB.
@@ -59,9 +59,9 @@ fn line(done: usize, s: &GpuStats) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let count = arg("--count", 1500);
-    let batch = arg("--batch-size", 32).max(1);
-    let every = arg("--every", 4).max(1);
+    let count = arg("--count", 1500)?;
+    let batch = arg("--batch-size", 32)?.max(1);
+    let every = arg("--every", 4)?.max(1);
     let device = Device::gpu()?;
     let Device::Gpu(g) = &device else {
         unreachable!("Device::gpu gives a GPU device")
