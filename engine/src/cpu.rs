@@ -56,10 +56,19 @@ fn output(data: Vec<f32>, shape: Vec<usize>, dtype: DType) -> Result<Tensor> {
     })
 }
 
+/// What a CPU linear does to its product in place: `act`, then `+ residual` (an f32 tensor
+/// of the output's shape).
+#[derive(Default)]
+pub(crate) struct Epilogue<'a> {
+    pub act: Option<Unary>,
+    pub residual: Option<&'a Tensor>,
+}
+
 pub(crate) fn linear(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
+    epi: &Epilogue,
     out_shape: Vec<usize>,
 ) -> Result<Tensor> {
     let kdim = w.dim(1);
@@ -76,6 +85,18 @@ pub(crate) fn linear(
             CpuStorage::Panels(p) => k::matmul_packed(&xa, &p.matrix(), bias.as_deref(), &mut c, m),
             _ => k::matmul(&xa, b_slice(w), bias.as_deref(), &mut c, m, kdim, n, true),
         }
+    }
+    if epi.act.is_some() || epi.residual.is_some() {
+        let r = epi.residual.map(f32_data);
+        // The chunks of `unary` (an activation's vector tail lands where it would there).
+        c.par_chunks_mut(CHUNK).enumerate().for_each(|(i, ch)| {
+            if let Some(f) = epi.act {
+                unary_inplace(f, ch);
+            }
+            if let Some(r) = r.as_deref() {
+                k::add_inplace(ch, &r[i * CHUNK..][..ch.len()]);
+            }
+        });
     }
     output(c, out_shape, x.dtype())
 }
@@ -172,13 +193,17 @@ pub(crate) fn softmax(
 
 pub(crate) fn unary(x: &Tensor, f: Unary) -> Result<Tensor> {
     let mut data = f32_data(x).into_owned();
-    data.par_chunks_mut(CHUNK).for_each(|c| match f {
+    data.par_chunks_mut(CHUNK).for_each(|c| unary_inplace(f, c));
+    output(data, x.shape().to_vec(), x.dtype())
+}
+
+fn unary_inplace(f: Unary, c: &mut [f32]) {
+    match f {
         Unary::Gelu => k::gelu_erf_inplace(c),
         Unary::GeluTanh => k::gelu_tanh_inplace(c),
         Unary::Relu => k::relu_inplace(c),
         Unary::Silu => k::silu_inplace(c),
-    });
-    output(data, x.shape().to_vec(), x.dtype())
+    }
 }
 
 /// Elements per parallel work item of the element-wise ops.

@@ -80,6 +80,15 @@ fn last(t: &Tensor) -> usize {
 
 /// `x · wᵀ + b`: x `[.., K]`, w `[N, K]` (nn.Linear layout), b `[N]` -> `[.., N]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let out_shape = check_linear(x, w, b)?;
+    match x.device() {
+        Device::Cpu => cpu::linear(x, w, b, &cpu::Epilogue::default(), out_shape),
+        Device::Gpu(g) => gpu::ops::linear(g, x, w, b, out_shape),
+    }
+}
+
+/// [`linear`]'s operand checks; its output shape.
+fn check_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Vec<usize>> {
     const OP: &str = "linear";
     check_float(OP, &[("x", x)])?;
     if let Some(b) = b {
@@ -106,10 +115,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if let Some(n) = out_shape.last_mut() {
         *n = w.dim(0);
     }
-    match x.device() {
-        Device::Cpu => cpu::linear(x, w, b, out_shape),
-        Device::Gpu(g) => gpu::ops::linear(g, x, w, b, out_shape),
-    }
+    Ok(out_shape)
 }
 
 /// Batched matmul: a `[.., M, K]` · b `[.., K, N]` (or b `[.., N, K]` when `b_trans`).
@@ -731,28 +737,43 @@ pub fn linear_fused(
             return Ok(t);
         }
     }
+    let normed = prologue(x, f)?;
+    let x = normed.as_ref().unwrap_or(x);
+    // The CPU applies the activation and the residual add in place on the product, in the
+    // composed ops' order and chunks (the same bits, without their copies), when nothing in
+    // between would have been rounded to f16.
+    if matches!(x.device(), Device::Cpu)
+        && !f.gated
+        && x.dtype() == DType::F32
+        && f.residual.is_none_or(|r| r.dtype() == DType::F32)
+    {
+        let out_shape = check_linear(x, w, b)?;
+        let epi = cpu::Epilogue {
+            act: f.act,
+            residual: f.residual,
+        };
+        return cpu::linear(x, w, b, &epi, out_shape);
+    }
     linear_fused_composed(x, w, b, f)
 }
 
-/// [`linear_fused`] as plain ops (the CPU path and the GPU fallback).
+/// The norm of [`linear_fused`]'s prologue, if it has one.
+fn prologue(x: &Tensor, f: &LinearFusion) -> Result<Option<Tensor>> {
+    match f.norm {
+        Some(NormIn::Layer { w: nw, b: nb, eps }) => layer_norm(x, nw, nb, eps).map(Some),
+        Some(NormIn::Rms { w: nw, eps }) => rms_norm(x, nw, eps).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// [`linear_fused`] after its prologue, as plain ops (the GPU fallback, and the CPU where
+/// intermediate results are f16).
 fn linear_fused_composed(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
     f: &LinearFusion,
 ) -> Result<Tensor> {
-    let normed;
-    let x = match f.norm {
-        Some(NormIn::Layer { w: nw, b: nb, eps }) => {
-            normed = layer_norm(x, nw, nb, eps)?;
-            &normed
-        }
-        Some(NormIn::Rms { w: nw, eps }) => {
-            normed = rms_norm(x, nw, eps)?;
-            &normed
-        }
-        None => x,
-    };
     let mut y = linear(x, w, b)?;
     if f.gated {
         let lead = &y.shape()[..y.rank() - 1];

@@ -1096,6 +1096,66 @@ fn linear_fused_with_quantized_weights() {
     }
 }
 
+/// The CPU applies `linear_fused`'s activation and residual in place on the product: it must
+/// give the bits of the composed ops (linear, unary, add) exactly, over outputs of several
+/// element-wise chunks (33 × 1100 > 2 × 16384) and every activation, and fall back to the
+/// composed ops for an f16 residual (whose add rounds to f16).
+#[test]
+fn cpu_fused_epilogue_equals_the_composed_ops() {
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(31);
+    let (m, k, n) = (33, 70, 1100);
+    let (x, _) = tensor(&mut rng, &[m, k], DType::F32, &dev, -2.0, 2.0);
+    let (b, _) = tensor(&mut rng, &[n], DType::F32, &dev, -1.0, 1.0);
+    let (nw, _) = tensor(&mut rng, &[k], DType::F32, &dev, 0.5, 1.5);
+    let (nb, _) = tensor(&mut rng, &[k], DType::F32, &dev, -0.5, 0.5);
+    for wd in [DType::F32, DType::F16, DType::BF16] {
+        let w = Tensor::from_slice(&rng.vec(n * k, -0.3, 0.3), &[n, k], wd, &dev).unwrap();
+        for rd in [DType::F32, DType::F16] {
+            let (r, _) = tensor(&mut rng, &[m, n], rd, &dev, -1.0, 1.0);
+            for act in [
+                None,
+                Some(ops::Unary::Gelu),
+                Some(ops::Unary::GeluTanh),
+                Some(ops::Unary::Relu),
+                Some(ops::Unary::Silu),
+            ] {
+                for (norm, residual) in [(false, true), (true, false), (true, true)] {
+                    let f = ops::LinearFusion {
+                        norm: norm.then_some(ops::NormIn::Layer {
+                            w: &nw,
+                            b: &nb,
+                            eps: 1e-6,
+                        }),
+                        act,
+                        gated: false,
+                        residual: residual.then_some(&r),
+                    };
+                    let got = ops::linear_fused(&x, &w, Some(&b), &f).unwrap();
+                    let h = if norm {
+                        ops::layer_norm(&x, &nw, &nb, 1e-6).unwrap()
+                    } else {
+                        x.clone()
+                    };
+                    let mut want = ops::linear(&h, &w, Some(&b)).unwrap();
+                    if let Some(a) = act {
+                        want = ops::unary(&want, a).unwrap();
+                    }
+                    if residual {
+                        want = ops::add(&r, &want).unwrap();
+                    }
+                    assert_eq!(got.dtype(), want.dtype());
+                    assert_eq!(
+                        got.to_vec_f32().unwrap(),
+                        want.to_vec_f32().unwrap(),
+                        "w {wd}, residual {rd}, act {act:?}, norm {norm}, residual {residual}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// `attention_append`: one token (the fused decode kernel on the GPU: OPT's first step,
 /// T5's step with position bias, an odd head dim, 32 heads of 80) and several tokens
 /// (composed, causal), against the f64 reference; the caches must hold exactly the old

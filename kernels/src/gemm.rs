@@ -236,11 +236,12 @@ pub(crate) fn with_pack_buffers<R>(
 }
 
 /// Packs A[0..rows, 0..kc] (row stride `lda`) into MR-tall micro-panels laid out [kc][mr],
-/// zero-padding the last panel.
+/// zero-padding the last panel (a transpose per panel: 16×16 register blocks on AVX-512).
 ///
 /// # Safety
-/// `a` valid for the block, `dst` for `rows.div_ceil(mr)·mr·kc` floats.
+/// `a` valid for the block, `dst` for `rows.div_ceil(mr)·mr·kc` floats; `isa` resolved.
 pub(crate) unsafe fn pack_a(
+    isa: Isa,
     a: *const f32,
     lda: usize,
     rows: usize,
@@ -252,16 +253,11 @@ pub(crate) unsafe fn pack_a(
     unsafe {
         for (q, r0) in (0..rows).step_by(mr).enumerate() {
             let panel = dst.add(q * mr * kc);
-            for i in 0..mr {
-                if r0 + i < rows {
-                    let src = a.add((r0 + i) * lda);
-                    for p in 0..kc {
-                        *panel.add(p * mr + i) = *src.add(p);
-                    }
-                } else {
-                    for p in 0..kc {
-                        *panel.add(p * mr + i) = 0.0;
-                    }
+            let w = mr.min(rows - r0);
+            transpose_into(isa, a.add(r0 * lda), lda, w, kc, panel, mr);
+            if w < mr {
+                for p in 0..kc {
+                    std::slice::from_raw_parts_mut(panel.add(p * mr + w), mr - w).fill(0.0);
                 }
             }
         }
@@ -608,7 +604,7 @@ unsafe fn blocked(
                 let accumulate = pc > 0 || bias.is_some();
                 for ic in (0..m).step_by(g.mc) {
                     let mcur = g.mc.min(m - ic);
-                    pack_a(a.add(ic * lda + pc), lda, mcur, kcur, g.mr, ap);
+                    pack_a(isa, a.add(ic * lda + pc), lda, mcur, kcur, g.mr, ap);
                     for jr in (0..ncur).step_by(g.nr) {
                         let cols = g.nr.min(ncur - jr);
                         for ir in (0..mcur).step_by(g.mr) {

@@ -46,12 +46,64 @@ pub(crate) unsafe fn ukr_avx512<const MR: usize, const NV: usize, const F16: boo
     cols: usize,
     accumulate: bool,
 ) {
+    // SAFETY: as for ukr_avx512_pf, with nothing to prefetch.
+    unsafe {
+        ukr_avx512_pf::<MR, NV, F16>(
+            kc,
+            a,
+            b,
+            c,
+            ldc,
+            rows,
+            cols,
+            accumulate,
+            (std::ptr::null(), 0),
+        )
+    }
+}
+
+/// [`ukr_avx512`] that also brings `prefetch.1` 64-byte lines from `prefetch.0` into L2,
+/// a few at a time spread over its K loop. Issued in one burst before the tile, as many
+/// prefetches as there are line-fill buffers stall the core until memory answers (10% of the
+/// ViT's f32 time in a profile); spread out, they overlap the FMAs.
+///
+/// # Safety
+/// As [`ukr_avx512`]; the prefetched range may be anything (a prefetch never faults).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub(crate) unsafe fn ukr_avx512_pf<const MR: usize, const NV: usize, const F16: bool>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+    prefetch: (*const i8, usize),
+) {
     // SAFETY: the caller guarantees the panel extents (kc·MR, kc·16NV) and the C tile.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         let mut ap = a;
         let mut off = 0;
-        for _ in 0..kc {
+        let (mut pf, mut pf_left) = prefetch;
+        // Every `step` K steps, `per` lines (one flat loop: nesting it spills the
+        // accumulators).
+        let chunks = pf_left.min(kc).max(1);
+        let step = kc.div_ceil(chunks);
+        let per = pf_left.div_ceil(chunks);
+        let mut next_pf = 0;
+        for p in 0..kc {
+            if p == next_pf && pf_left > 0 {
+                let n = per.min(pf_left);
+                for l in 0..n {
+                    _mm_prefetch::<_MM_HINT_T1>(pf.add(l * 64));
+                }
+                pf = pf.wrapping_add(n * 64);
+                pf_left -= n;
+                next_pf += step;
+            }
             let mut bv = [_mm512_setzero_ps(); NV];
             for v in 0..NV {
                 bv[v] = if F16 {
@@ -444,13 +496,16 @@ pub(crate) unsafe fn transpose_pack_avx512(
     dst: *mut f32,
     nr: usize,
 ) {
-    let (wf, kf) = (w / 16 * 16, kc / 16 * 16);
-    // SAFETY: full 16×16 blocks lie inside j < wf ≤ w and p < kf ≤ kc.
+    let kf = kc / 16 * 16;
+    // SAFETY: 16×16 blocks lie inside p < kf ≤ kc; rows past w are neither read nor written
+    // (a narrower last block of j loads zeros for them and stores only its `jw` lanes).
     unsafe {
         for p in (0..kf).step_by(16) {
-            for j in (0..wf).step_by(16) {
+            for j in (0..w).step_by(16) {
+                let jw = (w - j).min(16);
+                let lanes = if jw == 16 { !0u16 } else { (1u16 << jw) - 1 };
                 let mut r = [_mm512_setzero_ps(); 16];
-                for (i, ri) in r.iter_mut().enumerate() {
+                for (i, ri) in r.iter_mut().enumerate().take(jw) {
                     *ri = _mm512_loadu_ps(src.add((j + i) * ld + p));
                 }
                 // Within each 128-bit lane: 4×4 transposes of every group of four rows.
@@ -478,13 +533,12 @@ pub(crate) unsafe fn transpose_pack_avx512(
                         _mm512_shuffle_f32x4::<0xDD>(a1, a3),
                     ];
                     for (l, v) in cols.into_iter().enumerate() {
-                        _mm512_storeu_ps(dst.add((p + 4 * l + c) * nr + j), v);
+                        _mm512_mask_storeu_ps(dst.add((p + 4 * l + c) * nr + j), lanes, v);
                     }
                 }
             }
         }
-        transpose_scalar(src, ld, wf, w, 0, kc, dst, nr);
-        transpose_scalar(src, ld, 0, wf, kf, kc, dst, nr);
+        transpose_scalar(src, ld, 0, w, kf, kc, dst, nr);
     }
 }
 

@@ -10,7 +10,7 @@ use crate::Isa;
 use crate::convert::f16_to_f32_isa;
 use crate::gemm::{Shared, pack_a, part, with_pack_buffers};
 use crate::packed::{PANEL, PackedData, PackedMatrix};
-use crate::x86::{ukr_avx512, w512};
+use crate::x86::{ukr_avx512_pf, w512};
 
 /// Most microkernel rows (a 14 × 32 register tile, as in the f32 GEMM).
 const MR: usize = 14;
@@ -189,8 +189,8 @@ impl Job {
         macro_rules! pick {
             ($($r:literal)*) => {
                 match (mr, self.f16 && !widen_once) {
-                    $(($r, true) => ukr_avx512::<$r, 2, true>,
-                      ($r, false) => ukr_avx512::<$r, 2, false>,)*
+                    $(($r, true) => ukr_avx512_pf::<$r, 2, true>,
+                      ($r, false) => ukr_avx512_pf::<$r, 2, false>,)*
                     _ => unreachable!("mr is even and in 8..=14"),
                 }
             };
@@ -212,7 +212,7 @@ impl Job {
                     let accumulate = pc > 0 || self.bias.is_some();
                     for ic in (0..m).step_by(mc) {
                         let mcur = mc.min(m - ic);
-                        pack_a(self.a.add(ic * k + pc), k, mcur, kcur, mr, ap);
+                        pack_a(Isa::Avx512, self.a.add(ic * k + pc), k, mcur, kcur, mr, ap);
                         for q in q0..q1 {
                             let col0 = q * PANEL;
                             let cols = PANEL.min(n - col0);
@@ -228,7 +228,8 @@ impl Job {
                             }
                             // The weights come from memory once per call: while this
                             // block's tiles run, bring the next block into L2, a share
-                            // before each tile (else every block's first tile stalls).
+                            // spread over each tile's K loop (else every block's first
+                            // tile stalls; in one burst per tile, the prefetches stall).
                             let next = if q + 1 < q1 {
                                 Some(((q + 1) * PANEL * k + pc * PANEL, kcur))
                             } else if pc + KC < k && ic + mc >= m {
@@ -242,12 +243,10 @@ impl Job {
                             });
                             let tiles = mcur.div_ceil(mr);
                             for (t, ir) in (0..mcur).step_by(mr).enumerate() {
-                                if let Some((p, lines)) = next {
+                                let pf = next.map_or((std::ptr::null(), 0), |(p, lines)| {
                                     let (l0, l1) = part(lines, tiles, 1, t);
-                                    for l in l0..l1 {
-                                        _mm_prefetch::<_MM_HINT_T1>(p.add(l * 64));
-                                    }
-                                }
+                                    (p.wrapping_add(l0 * 64), l1 - l0)
+                                });
                                 ukr(
                                     kcur,
                                     ap.add(ir * kcur),
@@ -257,6 +256,7 @@ impl Job {
                                     mr.min(mcur - ir),
                                     cols,
                                     accumulate,
+                                    pf,
                                 );
                             }
                         }

@@ -1,6 +1,7 @@
 //! Blip2VisionModel: ViT-g/14 from EVA-CLIP. Pre-LN encoder with a fused qkv projection whose
 //! bias is cat(q_bias, 0, v_bias), exact-erf GELU MLP, and a post_layernorm over all tokens.
 
+use blip2_engine::ops::LinearFusion;
 use blip2_engine::{AttnOpts, Result, Tensor, ops};
 
 use crate::config::VisionConfig;
@@ -101,11 +102,30 @@ impl VisionModel {
                     ..Default::default()
                 },
             )?;
-            let a = l.proj.forward(&ops::merge_heads(&a)?)?;
-            x = ops::add(&x, &a)?;
-            let h = l.ln2.forward(&x)?;
-            let h = l.fc2.forward(&ops::unary(&l.fc1.forward(&h)?, self.act)?)?;
-            x = ops::add(&x, &h)?;
+            // The residual adds and the MLP's norm and GELU ride on the linears (in place on
+            // the CPU: ops::linear_fused).
+            x = l.proj.forward_fused(
+                &ops::merge_heads(&a)?,
+                &LinearFusion {
+                    residual: Some(&x),
+                    ..Default::default()
+                },
+            )?;
+            let h = l.fc1.forward_fused(
+                &x,
+                &LinearFusion {
+                    norm: Some(l.ln2.prologue()),
+                    act: Some(self.act),
+                    ..Default::default()
+                },
+            )?;
+            x = l.fc2.forward_fused(
+                &h,
+                &LinearFusion {
+                    residual: Some(&x),
+                    ..Default::default()
+                },
+            )?;
         }
         self.post_layernorm.forward(&x)
     }
