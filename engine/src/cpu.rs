@@ -444,14 +444,8 @@ pub(crate) fn attention(
     let bias = opts.bias.map(f32_data);
     let mut out = vec![0f32; qa.len()];
     let p = k::AttnParams {
-        batch: d.batch,
-        heads: d.heads,
-        lq: d.lq,
-        lk: d.lk,
         lk_cap,
-        head_dim: d.head_dim,
-        scale: opts.scale,
-        causal_offset: opts.causal.then(|| d.lk - d.lq),
+        ..attn_params(opts, d)
     };
     k::attention(
         &qa,
@@ -463,6 +457,40 @@ pub(crate) fn attention(
         &p,
     );
     output(out, q.shape().to_vec(), q.dtype())
+}
+
+pub(crate) fn self_attention(qkv: &Tensor, opts: &AttnOpts, d: &AttnDims) -> Result<Tensor> {
+    let qa = f32_data(qkv);
+    let mask = opts.mask.map(f32_data);
+    let bias = opts.bias.map(f32_data);
+    let p = attn_params(opts, d);
+    let mut out = vec![0f32; d.batch * d.lq * d.heads * d.head_dim];
+    k::attention_in(
+        k::isa(),
+        0,
+        &qa,
+        &qa,
+        &qa,
+        mask.as_deref().map(|m| (m, d.mask_rows)),
+        bias.as_deref(),
+        &mut out,
+        &p,
+        &k::AttnLayout::fused_qkv(&p),
+    );
+    output(out, vec![d.batch, d.lq, d.heads * d.head_dim], qkv.dtype())
+}
+
+fn attn_params(opts: &AttnOpts, d: &AttnDims) -> k::AttnParams {
+    k::AttnParams {
+        batch: d.batch,
+        heads: d.heads,
+        lq: d.lq,
+        lk: d.lk,
+        lk_cap: d.lk_cap,
+        head_dim: d.head_dim,
+        scale: opts.scale,
+        causal_offset: opts.causal.then(|| d.lk - d.lq),
+    }
 }
 
 /// The first `lk` of `lk_cap` rows (width `dh`) of each of `slabs` slabs, as compact f32.

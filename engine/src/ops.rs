@@ -580,24 +580,43 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<
             },
         });
     }
-    let lk_cap = k.dim(2);
+    let dims = check_attn_opts(OP, q, opts, b, h, lq, k.dim(2), d)?;
+    match q.device() {
+        Device::Cpu => cpu::attention(q, k, v, opts, &dims),
+        Device::Gpu(g) => gpu::ops::attention(g, q, k, v, opts, &dims),
+    }
+}
+
+/// Checks `opts` (kv_len, causal, mask, bias) of an attention of `lq` queries over a K/V of
+/// `lk_cap` rows; the call's sizes.
+#[allow(clippy::too_many_arguments)]
+fn check_attn_opts(
+    op: &'static str,
+    q: &Tensor,
+    opts: &AttnOpts,
+    b: usize,
+    h: usize,
+    lq: usize,
+    lk_cap: usize,
+    d: usize,
+) -> Result<AttnDims> {
     let lk = opts.kv_len.unwrap_or(lk_cap);
     if lk > lk_cap || lk == 0 {
-        return Err(Error::shape(OP, format!("kv_len {lk} not in 1..={lk_cap}")));
+        return Err(Error::shape(op, format!("kv_len {lk} not in 1..={lk_cap}")));
     }
     if opts.causal && lq > lk {
         return Err(Error::shape(
-            OP,
+            op,
             format!("causal attention with {lq} queries over {lk} keys"),
         ));
     }
     let mut mask_rows = 0;
     if let Some(m) = opts.mask {
-        check_device(OP, q, m)?;
-        check_f32(OP, "mask", m)?;
+        check_device(op, q, m)?;
+        check_f32(op, "mask", m)?;
         if m.rank() != 3 || m.dim(0) != b || (m.dim(1) != 1 && m.dim(1) != lq) || m.dim(2) != lk {
             return Err(Error::shape(
-                OP,
+                op,
                 format!(
                     "mask: expected [{b}, 1 or {lq}, {lk}], found {:?}",
                     m.shape()
@@ -607,11 +626,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<
         mask_rows = m.dim(1);
     }
     if let Some(bias) = opts.bias {
-        check_device(OP, q, bias)?;
-        check_f32(OP, "bias", bias)?;
-        check_shape(OP, "bias", bias, &[h, lq, lk])?;
+        check_device(op, q, bias)?;
+        check_f32(op, "bias", bias)?;
+        check_shape(op, "bias", bias, &[h, lq, lk])?;
     }
-    let dims = AttnDims {
+    Ok(AttnDims {
         batch: b,
         heads: h,
         lq,
@@ -619,10 +638,34 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<
         lk_cap,
         head_dim: d,
         mask_rows,
-    };
-    match q.device() {
-        Device::Cpu => cpu::attention(q, k, v, opts, &dims),
-        Device::Gpu(g) => gpu::ops::attention(g, q, k, v, opts, &dims),
+    })
+}
+
+/// Self-attention straight from a fused projection: `qkv` `[B, L, 3·H·d]` whose rows are
+/// [q of every head | k of every head | v of every head] -> `[B, L, H·d]` with the heads
+/// merged; the same as `narrow` + `split_heads` of each third, [`attention`] and
+/// [`merge_heads`], which the GPU runs. The CPU reads q, k and v in place and writes the
+/// merged rows directly (no copies; the same products and sums, so the same bits).
+pub fn self_attention(qkv: &Tensor, heads: usize, opts: &AttnOpts) -> Result<Tensor> {
+    const OP: &str = "self_attention";
+    check_float(OP, &[("qkv", qkv)])?;
+    if qkv.rank() != 3 || heads == 0 || !last(qkv).is_multiple_of(3 * heads) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "expected qkv [B, L, 3·H·d] with H = {heads}, found {:?}",
+                qkv.shape()
+            ),
+        ));
+    }
+    let (b, l, hd) = (qkv.dim(0), qkv.dim(1), last(qkv) / 3);
+    let dims = check_attn_opts(OP, qkv, opts, b, heads, l, l, hd / heads)?;
+    match qkv.device() {
+        Device::Cpu => cpu::self_attention(qkv, opts, &dims),
+        Device::Gpu(_) => {
+            let part = |i: usize| split_heads(&narrow(qkv, 2, i * hd, hd)?, heads);
+            merge_heads(&attention(&part(0)?, &part(1)?, &part(2)?, opts)?)
+        }
     }
 }
 

@@ -1156,6 +1156,75 @@ fn cpu_fused_epilogue_equals_the_composed_ops() {
     }
 }
 
+/// `self_attention` over a fused projection equals narrow + split_heads of each third,
+/// `attention` and `merge_heads` exactly (the CPU reads the thirds in place with the same
+/// products and sums; the GPU runs those very ops), with masks of one row and of one per
+/// query, T5-style bias, causal cuts and f16 activations; malformed qkv are shape errors.
+#[test]
+fn self_attention_equals_split_attention_merge() {
+    for dev in devices() {
+        for dt in DTYPES {
+            let mut rng = Rng::new(37);
+            // (batch, heads, l, d)
+            for &(b, h, l, d) in &[(1, 16, 257, 88), (2, 3, 19, 7)] {
+                let hd = h * d;
+                let (qkv, _) = tensor(&mut rng, &[b, l, 3 * hd], dt, &dev, -1.0, 1.0);
+                let (m1, _) = tensor(&mut rng, &[b, 1, l], DType::F32, &dev, -2.0, 0.0);
+                let (ml, _) = tensor(&mut rng, &[b, l, l], DType::F32, &dev, -2.0, 0.0);
+                let (bias, _) = tensor(&mut rng, &[h, l, l], DType::F32, &dev, -1.0, 1.0);
+                let scale = (d as f32).powf(-0.5);
+                let variants = [
+                    AttnOpts {
+                        scale,
+                        ..Default::default()
+                    },
+                    AttnOpts {
+                        scale,
+                        mask: Some(&m1),
+                        ..Default::default()
+                    },
+                    AttnOpts {
+                        scale: 1.0,
+                        mask: Some(&ml),
+                        bias: Some(&bias),
+                        ..Default::default()
+                    },
+                    AttnOpts {
+                        scale,
+                        causal: true,
+                        ..Default::default()
+                    },
+                ];
+                for opts in &variants {
+                    let got = ops::self_attention(&qkv, h, opts).unwrap();
+                    let part = |i| ops::split_heads(&ops::narrow(&qkv, 2, i * hd, hd).unwrap(), h);
+                    let (q, k, v) = (part(0).unwrap(), part(1).unwrap(), part(2).unwrap());
+                    let want =
+                        ops::merge_heads(&ops::attention(&q, &k, &v, opts).unwrap()).unwrap();
+                    assert_eq!(got.shape(), &[b, l, hd]);
+                    assert_eq!(got.dtype(), dt);
+                    assert_eq!(
+                        got.to_vec_f32().unwrap(),
+                        want.to_vec_f32().unwrap(),
+                        "{dev:?} {dt} b{b} h{h} l{l} d{d} causal {} mask {} bias {}",
+                        opts.causal,
+                        opts.mask.is_some(),
+                        opts.bias.is_some()
+                    );
+                }
+            }
+            let (bad, _) = tensor(&mut Rng::new(1), &[2, 5, 20], dt, &dev, -1.0, 1.0);
+            for (t, heads) in [(&bad, 3), (&bad, 0)] {
+                let err = ops::self_attention(t, heads, &AttnOpts::default()).unwrap_err();
+                assert!(matches!(err, Error::Shape { .. }), "{err}");
+            }
+            let flat = bad.reshape(&[10, 20]).unwrap();
+            let err = ops::self_attention(&flat, 2, &AttnOpts::default()).unwrap_err();
+            assert!(matches!(err, Error::Shape { .. }), "{err}");
+        }
+    }
+}
+
 /// `attention_append`: one token (the fused decode kernel on the GPU: OPT's first step,
 /// T5's step with position bias, an odd head dim, 32 heads of 80) and several tokens
 /// (composed, causal), against the f64 reference; the caches must hold exactly the old

@@ -28,6 +28,83 @@ pub struct AttnParams {
     pub causal_offset: Option<usize>,
 }
 
+/// Where row i of head h of batch b starts in one operand: `offset + b·batch + h·head + i·row`
+/// (the row's d values are contiguous).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Strides {
+    offset: usize,
+    batch: usize,
+    head: usize,
+    row: usize,
+}
+
+impl Strides {
+    /// Elements the operand must hold for `rows` rows per head.
+    fn extent(&self, p: &AttnParams, rows: usize) -> usize {
+        if p.batch == 0 || p.heads == 0 || rows == 0 {
+            return 0;
+        }
+        self.offset
+            + (p.batch - 1) * self.batch
+            + (p.heads - 1) * self.head
+            + (rows - 1) * self.row
+            + p.head_dim
+    }
+}
+
+/// How q, k, v and out are laid out in their slices. Only the constructors make one, so the
+/// rows an attention call writes never overlap.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnLayout {
+    q: Strides,
+    k: Strides,
+    v: Strides,
+    out: Strides,
+}
+
+impl AttnLayout {
+    /// q and out `[b, h, lq, d]`, k and v `[b, h, lk_cap, d]`, each contiguous.
+    pub fn split_heads(p: &AttnParams) -> AttnLayout {
+        let d = p.head_dim;
+        let at = |rows: usize| Strides {
+            offset: 0,
+            batch: p.heads * rows * d,
+            head: rows * d,
+            row: d,
+        };
+        AttnLayout {
+            q: at(p.lq),
+            k: at(p.lk_cap),
+            v: at(p.lk_cap),
+            out: at(p.lq),
+        }
+    }
+
+    /// q, k and v read in place from one fused projection `[b, l, 3·h·d]` whose rows are
+    /// [q of every head | k of every head | v of every head] (l = lq = lk_cap), and out
+    /// `[b, l, h·d]` with the heads merged: no split or merge copies.
+    pub fn fused_qkv(p: &AttnParams) -> AttnLayout {
+        let (l, hd) = (p.lq, p.heads * p.head_dim);
+        let part = |i: usize| Strides {
+            offset: i * hd,
+            batch: l * 3 * hd,
+            head: p.head_dim,
+            row: 3 * hd,
+        };
+        AttnLayout {
+            q: part(0),
+            k: part(1),
+            v: part(2),
+            out: Strides {
+                offset: 0,
+                batch: l * hd,
+                head: p.head_dim,
+                row: hd,
+            },
+        }
+    }
+}
+
 /// Scale, add bias and mask, softmax: one score row, visible part only.
 #[inline(always)]
 fn probs_body(row: &mut [f32], scale: f32, bias: &[f32], mask: &[f32]) {
@@ -85,6 +162,34 @@ pub fn attention_with(
     out: &mut [f32],
     p: &AttnParams,
 ) {
+    assert!(
+        q.len() == p.batch * p.heads * p.lq * p.head_dim && out.len() == q.len(),
+        "attention: q/out length"
+    );
+    assert!(
+        k.len() == p.batch * p.heads * p.lk_cap * p.head_dim && v.len() == k.len(),
+        "attention: k/v length"
+    );
+    let lay = AttnLayout::split_heads(p);
+    attention_in(isa, threads, q, k, v, mask, bias, out, p, &lay)
+}
+
+/// [`attention_with`] over operands laid out as `lay` says (q, k and v may be one slice,
+/// the fused projection of [`AttnLayout::fused_qkv`]). Preconditions (asserted): each slice
+/// holds every row the layout addresses, `lk ≤ lk_cap`, mask and bias as in [`attention`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_in(
+    isa: Isa,
+    threads: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<(&[f32], usize)>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    p: &AttnParams,
+    lay: &AttnLayout,
+) {
     let isa = isa.resolve();
     let &AttnParams {
         batch,
@@ -99,11 +204,11 @@ pub fn attention_with(
     let bh = batch * heads;
     assert!(lk <= lk_cap, "attention: lk > lk_cap");
     assert!(
-        q.len() == bh * lq * d && out.len() == q.len(),
+        q.len() >= lay.q.extent(p, lq) && out.len() >= lay.out.extent(p, lq),
         "attention: q/out length"
     );
     assert!(
-        k.len() == bh * lk_cap * d && v.len() == k.len(),
+        k.len() >= lay.k.extent(p, lk_cap) && v.len() >= lay.v.extent(p, lk_cap),
         "attention: k/v length"
     );
     if let Some((m, rows)) = mask {
@@ -115,12 +220,20 @@ pub fn attention_with(
     if let Some(b) = bias {
         assert_eq!(b.len(), heads * lq * lk, "attention: bias shape");
     }
-    if out.is_empty() {
+    if bh == 0 || lq == 0 || d == 0 {
         return;
     }
     if lk == 0 {
         // No keys: an empty weighted sum.
-        out.fill(0.0);
+        for bhi in 0..bh {
+            for i in 0..lq {
+                let o = lay.out.offset
+                    + bhi / heads * lay.out.batch
+                    + bhi % heads * lay.out.head
+                    + i * lay.out.row;
+                out[o..o + d].fill(0.0);
+            }
+        }
         return;
     }
     let threads = resolve_threads(threads);
@@ -137,10 +250,16 @@ pub fn attention_with(
         let i0 = qi * qb;
         let rows = qb.min(lq - i0);
         let mut s = vec![0.0f32; rows * lk];
-        let qo = (bhi * lq + i0) * d;
-        let ko = bhi * lk_cap * d;
-        // SAFETY: offsets are inside the asserted lengths; each task writes its own rows of
-        // `out` (distinct (bhi, query block)), and `s` is task-local.
+        let at = |st: &Strides, i: usize| st.offset + bi * st.batch + hi * st.head + i * st.row;
+        let (qo, ko, vo, oo) = (
+            at(&lay.q, i0),
+            at(&lay.k, 0),
+            at(&lay.v, 0),
+            at(&lay.out, i0),
+        );
+        // SAFETY: offsets are inside the asserted extents; each task writes its own rows of
+        // `out` (distinct (bhi, query block), which the layouts map to disjoint ranges), and
+        // `s` is task-local.
         unsafe {
             gemm_rows(
                 isa,
@@ -148,9 +267,9 @@ pub fn attention_with(
                 lk,
                 d,
                 q.as_ptr().add(qo),
-                d,
+                lay.q.row,
                 k.as_ptr().add(ko),
-                d,
+                lay.k.row,
                 true,
                 s.as_mut_ptr(),
                 lk,
@@ -176,11 +295,11 @@ pub fn attention_with(
                 lk,
                 s.as_ptr(),
                 lk,
-                v.as_ptr().add(ko),
-                d,
+                v.as_ptr().add(vo),
+                lay.v.row,
                 false,
-                outp.get().add(qo),
-                d,
+                outp.get().add(oo),
+                lay.out.row,
             );
         }
     };

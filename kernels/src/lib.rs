@@ -34,7 +34,7 @@ mod x86_quant;
 #[cfg(target_arch = "x86_64")]
 mod x86_vnni;
 
-pub use attention::{AttnParams, attention, attention_with};
+pub use attention::{AttnLayout, AttnParams, attention, attention_in, attention_with};
 pub use bf16::{
     AMX_MIN_M, BF16_BLOCK_K, BF16_BLOCK_ROWS, Bf16Activations, Bf16Matrix, amx_available,
     bf16_packed_len, dpbf16_available, matmul_bf16, matmul_bf16_with, pack_bf16, unpack_bf16,

@@ -680,6 +680,97 @@ fn attention_ref(
     out
 }
 
+/// `attention_in` over a fused projection `[b, l, 3·h·d]` read in place, writing merged heads
+/// `[b, l, h·d]`: the same products and sums as splitting the heads out and merging them
+/// back, so the same bits, on every ISA and thread count (ViT-g's shape; odd sizes with a
+/// per-query mask and bias; causal).
+#[test]
+fn attention_fused_qkv_layout_all_isas() {
+    let s88 = 1.0 / 88f32.sqrt();
+    let mut rng = Rng::new(9);
+    // (batch, heads, l, d, scale, causal, mask, bias)
+    for &(batch, heads, l, d, scale, causal, with_mask, with_bias) in &[
+        (1, 16, 257, 88, s88, false, false, false),
+        (2, 3, 37, 9, 0.3, false, true, true),
+        (2, 2, 33, 16, 0.25, true, false, true),
+        (1, 1, 1, 1, 1.0, false, false, false),
+    ] {
+        let hd = heads * d;
+        let qkv = rng.vec(batch * l * 3 * hd, -1.0, 1.0);
+        // The split-heads copies of each third: [b, h, l, d].
+        let split = |part: usize| {
+            let mut t = vec![0f32; batch * heads * l * d];
+            for bi in 0..batch {
+                for h in 0..heads {
+                    for i in 0..l {
+                        let src = (bi * l + i) * 3 * hd + part * hd + h * d;
+                        let dst = ((bi * heads + h) * l + i) * d;
+                        t[dst..dst + d].copy_from_slice(&qkv[src..src + d]);
+                    }
+                }
+            }
+            t
+        };
+        let (q, k, v) = (split(0), split(1), split(2));
+        let mask = with_mask.then(|| rng.vec(batch * l * l, -3.0, 0.0));
+        let bias = with_bias.then(|| rng.vec(heads * l * l, -1.0, 1.0));
+        let p = AttnParams {
+            batch,
+            heads,
+            lq: l,
+            lk: l,
+            lk_cap: l,
+            head_dim: d,
+            scale,
+            causal_offset: causal.then_some(0),
+        };
+        let mask = mask.as_deref().map(|m| (m, l));
+        for isa in isas() {
+            for threads in [1, 0] {
+                let mut want = vec![0f32; q.len()];
+                attention_with(
+                    isa,
+                    threads,
+                    &q,
+                    &k,
+                    &v,
+                    mask,
+                    bias.as_deref(),
+                    &mut want,
+                    &p,
+                );
+                let mut got = vec![f32::NAN; batch * l * hd];
+                let lay = AttnLayout::fused_qkv(&p);
+                attention_in(
+                    isa,
+                    threads,
+                    &qkv,
+                    &qkv,
+                    &qkv,
+                    mask,
+                    bias.as_deref(),
+                    &mut got,
+                    &p,
+                    &lay,
+                );
+                for bi in 0..batch {
+                    for h in 0..heads {
+                        for i in 0..l {
+                            let w = ((bi * heads + h) * l + i) * d;
+                            let g = (bi * l + i) * hd + h * d;
+                            assert_eq!(
+                                got[g..g + d],
+                                want[w..w + d],
+                                "{isa} t{threads} {p:?} b{bi} h{h} row {i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn attention_all_isas() {
     let p = |batch, heads, lq, lk, lk_cap, head_dim, scale, causal_offset| AttnParams {

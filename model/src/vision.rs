@@ -88,15 +88,10 @@ impl VisionModel {
         let scale = ((d / self.heads) as f32).powf(-0.5);
         for l in &self.layers {
             let h = l.ln1.forward(&x)?;
-            let qkv = l.qkv.forward(&h)?;
             // Rows of the fused projection are [all q | all k | all v].
-            let q = ops::split_heads(&ops::narrow(&qkv, 2, 0, d)?, self.heads)?;
-            let k = ops::split_heads(&ops::narrow(&qkv, 2, d, d)?, self.heads)?;
-            let v = ops::split_heads(&ops::narrow(&qkv, 2, 2 * d, d)?, self.heads)?;
-            let a = ops::attention(
-                &q,
-                &k,
-                &v,
+            let a = ops::self_attention(
+                &l.qkv.forward(&h)?,
+                self.heads,
                 &AttnOpts {
                     scale,
                     ..Default::default()
@@ -105,7 +100,7 @@ impl VisionModel {
             // The residual adds and the MLP's norm and GELU ride on the linears (in place on
             // the CPU: ops::linear_fused).
             x = l.proj.forward_fused(
-                &ops::merge_heads(&a)?,
+                &a,
                 &LinearFusion {
                     residual: Some(&x),
                     ..Default::default()
