@@ -318,6 +318,61 @@ fn attention_bench(c: &mut Criterion) {
                 },
             );
         }
+        if p.lq == p.lk_cap {
+            // Self-attention from a fused qkv projection [l, 3·h·d]: heads split out of it,
+            // attention and merged back (the copies of the split path), against q/k/v read in
+            // place and the merged rows written directly (`AttnLayout::fused_qkv`).
+            let (l, d, hd) = (p.lq, p.head_dim, p.heads * p.head_dim);
+            let qkv = rand_vec(p.batch * l * 3 * hd, 10);
+            let mut merged = vec![0.0f32; p.batch * l * hd];
+            let split = |part: usize, t: &mut [f32]| {
+                for h in 0..p.heads {
+                    for i in 0..l {
+                        let src = i * 3 * hd + part * hd + h * d;
+                        t[(h * l + i) * d..][..d].copy_from_slice(&qkv[src..src + d]);
+                    }
+                }
+            };
+            let (mut qs, mut ks, mut vs) = (q.clone(), k.clone(), v.clone());
+            g.bench_function(
+                BenchmarkId::new("split_copies_mt", format!("{label}/{}", best.name())),
+                |bch| {
+                    bch.iter(|| {
+                        split(0, &mut qs);
+                        split(1, &mut ks);
+                        split(2, &mut vs);
+                        attention_with(best, 0, &qs, &ks, &vs, None, None, &mut out, &p);
+                        for h in 0..p.heads {
+                            for i in 0..l {
+                                merged[i * hd + h * d..][..d]
+                                    .copy_from_slice(&out[(h * l + i) * d..][..d]);
+                            }
+                        }
+                        black_box(&merged);
+                    })
+                },
+            );
+            let lay = AttnLayout::fused_qkv(&p);
+            g.bench_function(
+                BenchmarkId::new("fused_qkv_mt", format!("{label}/{}", best.name())),
+                |bch| {
+                    bch.iter(|| {
+                        attention_in(
+                            best,
+                            0,
+                            black_box(&qkv),
+                            &qkv,
+                            &qkv,
+                            None,
+                            None,
+                            &mut merged,
+                            &p,
+                            &lay,
+                        )
+                    })
+                },
+            );
+        }
     }
     g.finish();
 }

@@ -7,7 +7,8 @@ each stage and its ratio to the first dtype. Standard library only.
         --dtypes f16 q8 q4 --rounds 3 [--new-tokens 16] [--device cpu] [--compare-f32]
 
 A dtype may carry environment settings after `+`, for an A/B of a kernel switch in the same
-interleaved run: `--dtypes q8 q8+BLIP2_CPU_VNNI=0`. Each bench process is fresh (its own
+interleaved run: `--dtypes q8 q8+BLIP2_CPU_VNNI=0`, and another binary after `@`, for an
+A/B of two builds: `--dtypes f16@old/blip2 f16`. Each bench process is fresh (its own
 load and peak RSS). `--compare-f32` adds the prompt
 logits' cosine similarity to the f32 model of the same seed (one extra run per dtype, after
 the timed rounds, since it needs the f32 model's memory).
@@ -30,15 +31,17 @@ STAGES = [
 
 
 def run(args, spec, extra=()):
-    # "q8+NAME=VALUE+..." = dtype q8 with those environment variables set.
-    dtype, *assignments = spec.split("+")
+    # "q8@BIN+NAME=VALUE+..." = dtype q8, run by BIN (default --bin), with those
+    # environment variables set.
+    head, *assignments = spec.split("+")
+    dtype, _, binary = head.partition("@")
     env = dict(os.environ)
     for a in assignments:
         name, sep, value = a.partition("=")
         if not sep:
             sys.exit(f"bad environment setting {a!r} in {spec!r}: expected NAME=VALUE")
         env[name] = value
-    cmd = [args.bin, "bench", "--preset", args.preset, "--device", args.device,
+    cmd = [binary or args.bin, "bench", "--preset", args.preset, "--device", args.device,
            "--dtype", dtype, "--new-tokens", str(args.new_tokens), "--runs", "1", "--json",
            *extra]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
@@ -76,13 +79,19 @@ def main():
     first = results[base][0]
     print(f"preset {args.preset}, device {first['device']} ({first['backend']}), "
           f"{args.new_tokens} new tokens, {args.rounds} interleaved rounds: medians")
-    head = f"{'stage':<24}" + "".join(f"{d:>12}" for d in args.dtypes)
-    head += "".join(f"{d + '/' + base:>12}" for d in args.dtypes[1:])
+    w = max(12, *(len(d) + 2 for d in args.dtypes))
+    names = [f"#{i}" for i in range(len(args.dtypes))] if w > 24 else args.dtypes
+    if w > 24:
+        w = 12
+        for n, d in zip(names, args.dtypes):
+            print(f"{n} = {d}")
+    head = f"{'stage':<24}" + "".join(f"{n:>{w}}" for n in names)
+    head += "".join(f"{n + '/' + names[0]:>{w}}" for n in names[1:])
     print(head)
     for label, f in rows:
         vals = [med(d, f) for d in args.dtypes]
-        line = f"{label:<24}" + "".join(f"{v:>12.2f}" for v in vals)
-        line += "".join(f"{v / vals[0]:>12.3f}" if vals[0] else f"{'-':>12}" for v in vals[1:])
+        line = f"{label:<24}" + "".join(f"{v:>{w}.2f}" for v in vals)
+        line += "".join(f"{v / vals[0]:>{w}.3f}" if vals[0] else f"{'-':>{w}}" for v in vals[1:])
         print(line)
     if args.compare_f32:
         cos = {d: run(args, d, ["--compare-f32"])["logits_cosine_vs_f32"] for d in args.dtypes}
