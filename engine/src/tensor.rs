@@ -214,7 +214,7 @@ impl Tensor {
                     ),
                 )
             })?;
-        if (stored, dtype) == (StoredDType::F16, DType::F16) && !device.is_gpu() {
+        if Self::used_in_place(stored, dtype, device) {
             let n = numel("from_shared_bytes", shape)?;
             if n.checked_mul(2) == Some(len)
                 && let Some(view) = SharedSlice::new(owner.clone(), start, n)
@@ -226,6 +226,13 @@ impl Tensor {
             }
         }
         Self::from_bytes(range, stored, shape, dtype, device)
+    }
+
+    /// Whether [`Tensor::from_shared_bytes`] keeps elements stored as `stored` and wanted as
+    /// `dtype` on `device` in place (f16 on the CPU, when the bytes are aligned for it)
+    /// instead of converting them into memory of their own.
+    pub fn used_in_place(stored: StoredDType, dtype: DType, device: &Device) -> bool {
+        (stored, dtype) == (StoredDType::F16, DType::F16) && !device.is_gpu()
     }
 
     /// Whether this tensor's elements live in place in a shared buffer (a mapped file) rather

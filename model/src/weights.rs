@@ -1220,7 +1220,7 @@ impl<'a> WeightLoader<'a> {
         }
         // A tensor used in place from the mapped file stays so (no copy, pages shared with
         // other processes); panels are made only where a copy is made anyway.
-        let t = if panels && (stored, dtype) != (StoredDType::F16, DType::F16) {
+        let t = if panels && !Tensor::used_in_place(stored, dtype, &self.device) {
             // Converted anyway: straight into panels, one allocation.
             Tensor::panels_from_bytes(bytes, stored, shape, dtype)
         } else {

@@ -8,7 +8,7 @@ use blip2_engine::{Device, Tensor, ops};
 
 use super::processors::{apply_processors, argmax};
 use super::sampling::{self, Rng};
-use super::search::non_finite_error;
+use super::search::{check_logits, non_finite_error};
 use super::settings::ResolvedGeneration;
 use crate::{ModelError, Result};
 
@@ -106,7 +106,7 @@ impl RowDecoder {
         non_finite: u32,
         vocab: usize,
     ) -> Result<Option<RowToken>> {
-        self.check_next(non_finite as usize, vocab)?;
+        self.check_next(non_finite, vocab)?;
         let cfg = &self.cfg;
         let drawn = sampling::draw_from_candidates(
             ids,
@@ -136,28 +136,34 @@ impl RowDecoder {
         }
     }
 
-    /// The row takes a token: it has not ended, and its logits had no NaN or ±inf (the
-    /// device counted `non_finite` of `vocab`).
-    fn check_next(&self, non_finite: usize, vocab: usize) -> Result<()> {
+    /// The row can take another token: it has not ended.
+    fn check_open(&self) -> Result<()> {
         if self.done {
             return Err(ModelError::Invalid("the sequence has ended".into()));
         }
-        non_finite_error(non_finite, vocab, self.tokens.len())
+        Ok(())
+    }
+
+    /// [`Self::check_open`], and the device counted no NaN or ±inf (`non_finite` of
+    /// `vocab`) in the row's logits.
+    fn check_next(&self, non_finite: u32, vocab: usize) -> Result<()> {
+        self.check_open()?;
+        non_finite_error(non_finite as usize, vocab, self.tokens.len())
     }
 
     /// Takes `token`, chosen elsewhere as [`Self::device_greedy`] allows, from logits of
     /// `vocab` entries with `non_finite` NaN or infinite ones (an error, as in
     /// [`Self::choose`]).
     pub fn accept(&mut self, token: u32, non_finite: u32, vocab: usize) -> Result<RowToken> {
-        self.check_next(non_finite as usize, vocab)?;
+        self.check_next(non_finite, vocab)?;
         Ok(self.push(token))
     }
 
     /// Chooses the next token from the model's raw `logits` `[vocab]` for this row.
     pub fn choose(&mut self, logits: &mut [f32]) -> Result<RowToken> {
+        self.check_open()?;
         let n = self.tokens.len();
-        let bad = logits.iter().filter(|v| !v.is_finite()).count();
-        self.check_next(bad, logits.len())?;
+        check_logits(logits, n)?;
         apply_processors(logits, &self.seen, n, &self.cfg);
         let tok = if self.cfg.do_sample() {
             sampling::warp(
