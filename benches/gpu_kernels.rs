@@ -323,9 +323,10 @@ fn fused_decode(c: &mut Criterion) {
 }
 
 /// Token choice on the device at OPT's vocabulary (50,272): greedy `argmax_rows` and the
-/// top-k sampling candidates (`top_candidates`, k = 50, up to 64 read back a row), for 1 and
-/// 8 rows; logits bytes read per second. Each op downloads its result, which submits and
-/// waits: no separate synchronize.
+/// top-k sampling candidates (`top_candidates`, k = 50, up to 64 read back a row), and beam
+/// search's choice (`log_softmax` then `top_candidates` with K = 10, room for 26: 5 beams),
+/// for 1 and 8 rows; logits bytes read per second. Each op downloads its result, which
+/// submits and waits: no separate synchronize.
 fn decode_choice(c: &mut Criterion) {
     let Some(s) = setup() else { return };
     let dev = &s.dev;
@@ -343,6 +344,15 @@ fn decode_choice(c: &mut Criterion) {
         g.bench_function(
             BenchmarkId::new("top_candidates_k50", format!("{rows}x{v}")),
             |it| it.iter(|| ops::top_candidates(&x, 50, 64, &[]).expect("top_candidates")),
+        );
+        g.bench_function(
+            BenchmarkId::new("beam_log_softmax_top10", format!("{rows}x{v}")),
+            |it| {
+                it.iter(|| {
+                    let lp = ops::log_softmax(&x).expect("log_softmax");
+                    ops::top_candidates(&lp, 10, 26, &[]).expect("top_candidates")
+                })
+            },
         );
     }
     g.finish();

@@ -337,3 +337,80 @@ fn sampled_rows_read_back_their_top_k_candidates() {
         assert!(host_bytes > dev_bytes, "{name}: {host_bytes}");
     }
 }
+
+/// Beam search chooses its candidates on the device: each step's log-softmax there, then
+/// every beam row's best 2·num_beams entries (ties past them too, up to a margin of 16) read
+/// back instead of its logits row: (2 + 2·(keep + 16)) words a row. Tokens and scores
+/// equal, to the bit, a context whose top-k kernel is off (rows read back and chosen on
+/// the host from the same device log-softmax), and the tokens equal the CPU backend's
+/// (scores within 1e-3: the fixtures' GPU and CPU logits differ by ~1e-5 relative, summed
+/// over up to 8 steps). That the host's full-row search equals the candidates' is
+/// `beam::tests::device_candidates_give_the_host_search`.
+#[test]
+fn beam_search_reads_back_its_candidates() {
+    use blip2::engine::gpu::{GpuContext, GpuOptions};
+    let Some(dev) = gpu() else { return };
+    let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    let host = Device::Gpu(std::sync::Arc::new(
+        GpuContext::with_options(GpuOptions {
+            device_topk: false,
+            ..GpuOptions::from_env()
+        })
+        .unwrap(),
+    ));
+    let (beams, images) = (3usize, 2usize);
+    for name in ["blip2-opt-tiny", "blip2-flan-t5-tiny"] {
+        // (ids, scores, bytes read back) of a search of `n` new tokens, all of them made
+        // (min_new_tokens bans eos until the end).
+        let run = |d: &Device, n: usize| {
+            let model = load(name, d, DType::F32);
+            let imgs = [image("rgb"), image("jpeg")];
+            let refs: Vec<_> = imgs.iter().collect();
+            let feats = model.image_features(&refs).unwrap();
+            let settings = model
+                .resolve_generation(&GenerationConfig {
+                    num_beams: beams,
+                    max_new_tokens: n,
+                    min_new_tokens: n,
+                    ..Default::default()
+                })
+                .unwrap();
+            let before = match d {
+                Device::Gpu(_) => stats(d).readback_bytes,
+                Device::Cpu => 0,
+            };
+            let out = model
+                .generate_from_features_with(&feats, &[None, None], &settings, &mut |_| {})
+                .unwrap();
+            let bytes = match d {
+                Device::Gpu(_) => stats(d).readback_bytes - before,
+                Device::Cpu => 0,
+            };
+            let ids: Vec<Vec<u32>> = out.iter().map(|g| g.token_ids.clone()).collect();
+            let scores: Vec<f32> = out.iter().map(|g| g.score.unwrap()).collect();
+            (ids, scores, bytes)
+        };
+        let (ids, scores, bytes8) = run(&dev, 8);
+        let (_, _, bytes4) = run(&dev, 4);
+        let (host_ids, host_scores, host8) = run(&host, 8);
+        let (_, _, host4) = run(&host, 4);
+        assert_eq!(ids, host_ids, "{name}");
+        let bits = |v: &[f32]| v.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&scores), bits(&host_scores), "{name}");
+        let (cpu_ids, cpu_scores, _) = run(&Device::Cpu, 8);
+        assert_eq!(ids, cpu_ids, "{name}: GPU vs CPU");
+        for (g, c) in scores.iter().zip(&cpu_scores) {
+            assert!((g - c).abs() <= 1e-3, "{name}: {g} vs {c}");
+        }
+        // Four more steps, each over images × beams rows; eos is one id: keep = 2·beams.
+        let per_step = (bytes8 - bytes4) / 4;
+        let keep = 2 * beams as u64;
+        let row = (2 + 2 * (keep + 16)) * 4;
+        assert_eq!(per_step, (images * beams) as u64 * row, "{name}");
+        let host_step = (host8 - host4) / 4;
+        assert!(
+            host_step > 4 * per_step,
+            "{name}: {host_step} vs {per_step}"
+        );
+    }
+}

@@ -191,6 +191,15 @@ pub(crate) fn softmax(
     output(data, shape, x.dtype())
 }
 
+pub(crate) fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let cols = *x.shape().last().unwrap_or(&1);
+    let mut data = f32_data(x).into_owned();
+    if cols > 0 {
+        data.par_chunks_mut(cols).for_each(k::log_softmax_inplace);
+    }
+    output(data, x.shape().to_vec(), DType::F32)
+}
+
 pub(crate) fn unary(x: &Tensor, f: Unary) -> Result<Tensor> {
     let mut data = f32_data(x).into_owned();
     data.par_chunks_mut(CHUNK).for_each(|c| unary_inplace(f, c));

@@ -364,6 +364,62 @@ fn softmax_with_masks_matches_reference() {
     }
 }
 
+/// log_softmax into f32 from f32 and f16 rows (widths 1 to OPT's 50,272): the CPU is
+/// bit-equal to `ops::log_softmax_row` on the stored values, both backends are within
+/// 2e-5 of the f64 value. That bound: the GPU's exp is good to 3 + 2|x| ulps in Vulkan
+/// (|x| <= 24 here: ~5e-6 relative on each term, so on ln Σ), plus the ulp of an output
+/// of magnitude up to ~35 (4e-6). Rows with NaN or ±inf come back unchanged.
+#[test]
+fn log_softmax_matches_reference() {
+    for dev in devices() {
+        for dt in DTYPES {
+            let mut rng = Rng::new(15);
+            for &(rows, cols) in &[(1, 1), (3, 7), (2, 257), (3, 50272)] {
+                let (x, xv) = tensor(&mut rng, &[rows, cols], dt, &dev, -12.0, 12.0);
+                let got = ops::log_softmax(&x).unwrap();
+                assert_eq!(got.dtype(), DType::F32);
+                assert_eq!(got.shape(), &[rows, cols]);
+                let got = got.to_vec_f32().unwrap();
+                let mut host: Vec<f32> = xv.iter().map(|&v| v as f32).collect();
+                host.chunks_mut(cols).for_each(ops::log_softmax_row);
+                if matches!(dev, Device::Cpu) {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&host), "{dt} {rows}x{cols}");
+                }
+                for (r, row) in xv.chunks(cols).enumerate() {
+                    let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let lse = row.iter().map(|v| (v - mx).exp()).sum::<f64>().ln() + mx;
+                    for (j, v) in row.iter().enumerate() {
+                        let (g, w) = (got[r * cols + j] as f64, v - lse);
+                        assert!(
+                            (g - w).abs() <= 2e-5,
+                            "{dev:?} {dt} {rows}x{cols} [{r}, {j}]: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+            // Non-finite rows are copied; the finite row between them is not disturbed.
+            let n = 9;
+            let mut v: Vec<f32> = (0..4 * n).map(|i| (i % 5) as f32 - 2.0).collect();
+            v[3] = f32::NAN;
+            v[2 * n + 4] = f32::INFINITY;
+            v[3 * n..].fill(f32::NEG_INFINITY);
+            let x = Tensor::from_slice(&v, &[4, n], dt, &dev).unwrap();
+            let got = ops::log_softmax(&x).unwrap().to_vec_f32().unwrap();
+            for r in [0, 2, 3] {
+                for j in 0..n {
+                    let (g, w) = (got[r * n + j], v[r * n + j]);
+                    assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()));
+                }
+            }
+            let s: f64 = got[n..2 * n].iter().map(|&p| (p as f64).exp()).sum();
+            assert!((s - 1.0).abs() < 1e-5, "{dev:?} {dt}: {s}");
+            let q = Tensor::quantize(&[0.5; 64], &[2, 32], DType::Q8, &dev).unwrap();
+            assert!(matches!(ops::log_softmax(&q), Err(Error::DType { .. })));
+        }
+    }
+}
+
 #[test]
 fn activations_match_reference() {
     for dev in devices() {

@@ -154,6 +154,23 @@ pub fn relu_inplace_with(isa: Isa, x: &mut [f32]) {
     relu_isa(isa.resolve(), x)
 }
 
+/// Log-softmax of one row in place, as `torch.log_softmax` in f32: v − max − ln Σ exp(v − max),
+/// the exps summed in f64 in index order (an f32 running sum over OPT's 50,272 entries was
+/// off by 3e-5; torch's vectorised sum is not, and beam scores add these up over steps). A row holding any NaN or ±∞ is left unchanged: no statistic of it
+/// means anything, and callers count such entries as errors. Scalar: it runs once per
+/// decoded row, never on a hot path.
+pub fn log_softmax_inplace(row: &mut [f32]) {
+    if row.iter().any(|v| !v.is_finite()) {
+        return;
+    }
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
+    let lse = sum.ln() as f32;
+    for v in row {
+        *v = *v - max - lse;
+    }
+}
+
 /// Numerically stable softmax of one row, in place (max subtracted before exp).
 ///
 /// Masked entries may be −∞ or a large negative finite value (`f32::MIN`, as HF's

@@ -45,9 +45,9 @@ pub use convert::{
 };
 pub use elementwise::{
     add, add_inplace, add_inplace_with, add_with, gelu_erf_inplace, gelu_erf_inplace_with,
-    gelu_tanh_inplace, gelu_tanh_inplace_with, mul, mul_inplace, mul_inplace_with, mul_with,
-    relu_inplace, relu_inplace_with, scale_inplace, scale_inplace_with, silu_inplace,
-    silu_inplace_with, softmax_inplace, softmax_inplace_with,
+    gelu_tanh_inplace, gelu_tanh_inplace_with, log_softmax_inplace, mul, mul_inplace,
+    mul_inplace_with, mul_with, relu_inplace, relu_inplace_with, scale_inplace, scale_inplace_with,
+    silu_inplace, silu_inplace_with, softmax_inplace, softmax_inplace_with,
 };
 pub use finite::{FloatBits, count_nonfinite, count_nonfinite_with, f16_overflow, first_nonfinite};
 pub use gemm::{BSlice, batched_matmul, batched_matmul_with, matmul, matmul_with};

@@ -700,7 +700,7 @@ params! {
 }
 
 /// softmax.wgsl: softmax over the last dim with broadcast mask, per-head bias, scale and
-/// causal masking.
+/// causal masking; or (`log`) the log-softmax of plain rows into f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SoftmaxConsts {
     pub wg: RowWorkgroup,
@@ -709,6 +709,8 @@ pub struct SoftmaxConsts {
     pub x_f16: bool,
     pub out_f16: bool,
     pub subgroups: bool,
+    /// Log-softmax (no mask, bias, scale or causal masking; f32 out).
+    pub log: bool,
 }
 
 impl Kernel for SoftmaxConsts {
@@ -726,6 +728,7 @@ impl Kernel for SoftmaxConsts {
             ("HAS_BIAS", self.has_bias.into()),
             ("X_F16", self.x_f16.into()),
             ("OUT_F16", self.out_f16.into()),
+            ("LOG", self.log.into()),
         ]
     }
 
@@ -744,6 +747,18 @@ impl Kernel for SoftmaxConsts {
                     x_f16,
                     out_f16,
                     subgroups,
+                    log: false,
+                });
+            }
+            for [x_f16, subgroups] in flags() {
+                v.push(SoftmaxConsts {
+                    wg,
+                    has_mask: false,
+                    has_bias: false,
+                    x_f16,
+                    out_f16: false,
+                    subgroups,
+                    log: true,
                 });
             }
         }

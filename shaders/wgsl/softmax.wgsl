@@ -2,6 +2,8 @@
 // mask and bias broadcast to x by element strides (0 = broadcast) over x viewed as
 // [d0, d1, d2, n]; with `causal`, entry j of a row whose dim-2 index is i is excluded when
 // j > i + causal_off (attention scores [B, H, Lq, Lk]: i is the query). Statistics in f32.
+// With LOG (no mask, bias or causal; f32 out): log-softmax, v - max - ln(sum exp(v - max)),
+// and a row holding any NaN or +-inf is copied unchanged (ops::log_softmax's rule).
 // Outputs are written as element pairs; with an f16 output rows start on a word.
 
 struct Params {
@@ -27,6 +29,7 @@ const HAS_MASK: bool = false;
 const HAS_BIAS: bool = false;
 const X_F16: bool = false;
 const OUT_F16: bool = false;
+const LOG: bool = false;
 const WG: u32 = 256u;
 const RED_N: u32 = 1u;
 
@@ -87,9 +90,14 @@ fn main(
     // across the workgroup.
     var m = NEG_INF;
     var s = 0.0;
+    var bad = 0.0;
     for (var j = lid; j < n; j += WG) {
         var v = 0.0;
         if (logit(base, moff, boff, i2, j, &v)) {
+            // Tested on the bits: compilers may assume arithmetic never meets NaN.
+            if (LOG && (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u) {
+                bad += 1.0;
+            }
             if (v > m) {
                 s = s * exp(m - v) + 1.0;
                 m = v;
@@ -99,8 +107,28 @@ fn main(
         }
     }
     let mrow = wg_max(m, lid, sg);
-    let inv = 1.0 / wg_sum(s * exp(m - mrow), lid, sg);
+    let total = wg_sum(s * exp(m - mrow), lid, sg);
+    let inv = 1.0 / total;
     m = mrow;
+    if (LOG) {
+        let keep = wg_sum(bad, lid, sg) > 0.0;
+        let lse = log(total);
+        for (var pr = lid; pr * 2u < n; pr += WG) {
+            let j0 = pr * 2u;
+            let two = j0 + 1u < n;
+            let v0 = ld_x(base + j0);
+            var v1 = 0.0;
+            if (two) {
+                v1 = ld_x(base + j0 + 1u);
+            }
+            if (keep) {
+                st_pair(base + j0, v0, v1, two);
+            } else {
+                st_pair(base + j0, v0 - m - lse, v1 - m - lse, two);
+            }
+        }
+        return;
+    }
     for (var pr = lid; pr * 2u < n; pr += WG) {
         let j0 = pr * 2u;
         let two = j0 + 1u < n;

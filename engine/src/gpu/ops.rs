@@ -289,10 +289,36 @@ pub(crate) fn softmax(
             bias: None,
             scale: 1.0,
             causal_off: None,
+            log: false,
         };
         softmax_into(g, x.gpu_storage(), dt, &sm, odt)
     })?;
     Ok(tensor(g, shape.to_vec(), dt, out))
+}
+
+/// `ops::log_softmax`: one workgroup per row (softmax.wgsl's LOG variant), f32 out.
+pub(crate) fn log_softmax(g: &Ctx, x: &Tensor) -> Result<Tensor> {
+    let shape = x.shape().to_vec();
+    let n_all = x.elem_count();
+    let n = *shape.last().unwrap_or(&1);
+    if n_all == 0 {
+        return Ok(tensor(g, shape, DType::F32, g.zeros(0, DType::F32)?));
+    }
+    check_binding(g, "log_softmax input", data_bytes(n_all, x.dtype()))?;
+    check_binding(g, "log_softmax output", data_bytes(n_all, DType::F32))?;
+    let sm = Sm {
+        rows: n_all / n,
+        n,
+        d1: 1,
+        d2: 1,
+        mask: None,
+        bias: None,
+        scale: 1.0,
+        causal_off: None,
+        log: true,
+    };
+    let out = softmax_into(g, x.gpu_storage(), x.dtype(), &sm, DType::F32)?;
+    Ok(tensor(g, shape, DType::F32, out))
 }
 
 pub(crate) fn unary(g: &Ctx, x: &Tensor, f: Unary) -> Result<Tensor> {
@@ -738,6 +764,7 @@ pub(crate) fn attention(
             bias: opts.bias.map(|b| (b.gpu_storage(), [0, lq * lk, lk, 1])),
             scale: opts.scale,
             causal_off: opts.causal.then_some(causal_off),
+            log: false,
         };
         let probs = softmax_into(g, &scores, DType::F32, &sm, DType::F32)?;
         drop(scores);
@@ -1509,6 +1536,8 @@ struct Sm<'a> {
     bias: Option<(&'a GpuStorage, [usize; 4])>,
     scale: f32,
     causal_off: Option<usize>,
+    /// Log-softmax (softmax.wgsl's LOG variant; no mask, bias or causal masking).
+    log: bool,
 }
 
 fn softmax_into(g: &Ctx, x: &GpuStorage, xdt: DType, sm: &Sm, odt: DType) -> Result<GpuStorage> {
@@ -1520,6 +1549,7 @@ fn softmax_into(g: &Ctx, x: &GpuStorage, xdt: DType, sm: &Sm, odt: DType) -> Res
         x_f16: is_f16(xdt),
         out_f16: is_f16(odt),
         subgroups: g.subgroups,
+        log: sm.log,
     };
     let groups = grid(g, sm.rows)?;
     let ms = sm.mask.map_or([0; 4], |m| m.1);

@@ -15,9 +15,12 @@
 //! Each batch row is searched independently (HF's batched search gives each row the same
 //! result it gives alone), and a row that is done leaves the model state.
 
+use blip2_engine::{Device, Tensor, ops};
+
 use super::decode_model::{DecodeModel, DecodeOutput};
-use super::processors::apply_processors;
+use super::processors::{apply_processors, banned_ids};
 use super::sampling::{self, Rng};
+use super::search::non_finite_error;
 use super::settings::{EarlyStopping, ResolvedGeneration};
 use crate::{ModelError, Result};
 
@@ -52,26 +55,19 @@ fn desc(a: f32, b: f32) -> std::cmp::Ordering {
     k(b).total_cmp(&k(a))
 }
 
-/// torch.log_softmax over one row, in f32.
-pub fn log_softmax(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    if !max.is_finite() {
-        return;
-    }
-    let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-    let lse = sum.ln();
-    for v in row {
-        *v = *v - max - lse;
-    }
-}
-
 /// The `k` highest entries of `row` as (value, index), best first.
 fn top_k(row: &[f32], k: usize) -> Vec<(f32, u32)> {
-    let mut v: Vec<(f32, u32)> = row
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| (s, i as u32))
-        .collect();
+    best_first(
+        row.iter()
+            .enumerate()
+            .map(|(i, &s)| (s, i as u32))
+            .collect(),
+        k,
+    )
+}
+
+/// The `k` best of `v` by value (ties: lower index first), best first.
+fn best_first(mut v: Vec<(f32, u32)>, k: usize) -> Vec<(f32, u32)> {
     let k = k.min(v.len());
     if k < v.len() && k > 0 {
         v.select_nth_unstable_by(k - 1, |a, b| desc(a.0, b.0).then(a.1.cmp(&b.1)));
@@ -85,13 +81,66 @@ fn length_norm(len: usize, length_penalty: f32) -> f32 {
     (len as f64).powf(length_penalty as f64) as f32
 }
 
+/// One step's logits `[rows, vocab]`: read back, or left on the model's device.
+enum Logits {
+    Host(Vec<f32>),
+    Device(Tensor),
+}
+
+/// Where beam search chooses its candidates from logits left on a device.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CandidatesOn {
+    /// On a GPU only (on the CPU the candidates would cost more than the rows).
+    Gpu,
+    /// On whatever device the logits are (tests: the CPU path is bit-equal to the host's).
+    #[cfg(test)]
+    Any,
+}
+
+/// The processed scores of one step's state rows: the rows read back (log-softmax and the
+/// processors applied on the host), and each row's best `keep` entries, where known.
+struct StepScores {
+    vocab: usize,
+    host: Vec<f32>,
+    /// State row → its row of `host`.
+    at: Vec<Option<usize>>,
+    /// State row → its best entries (value, id), best first.
+    tops: Vec<Option<Vec<(f32, u32)>>>,
+}
+
+impl StepScores {
+    fn row(&self, r: usize) -> Result<&[f32]> {
+        let i = self.at[r].ok_or_else(|| {
+            ModelError::Invalid(format!("beam search: state row {r} was not read back"))
+        })?;
+        Ok(&self.host[i * self.vocab..(i + 1) * self.vocab])
+    }
+
+    fn top(&mut self, r: usize, keep: usize) -> Result<&[(f32, u32)]> {
+        if self.tops[r].is_none() {
+            self.tops[r] = Some(top_k(self.row(r)?, keep));
+        }
+        Ok(self.tops[r].as_deref().unwrap_or_default())
+    }
+}
+
 /// Beam search over a batch whose prefill logits are `logits` (see
 /// [`super::search::decode`], which dispatches here when `num_beams > 1`).
 pub(super) fn beam_search(
-    mut logits: Vec<f32>,
+    logits: Vec<f32>,
     seen: Vec<Vec<u32>>,
     cfg: &ResolvedGeneration,
     model: &mut dyn DecodeModel,
+) -> Result<DecodeOutput> {
+    beam_search_on(logits, seen, cfg, model, CandidatesOn::Gpu)
+}
+
+fn beam_search_on(
+    logits: Vec<f32>,
+    seen: Vec<Vec<u32>>,
+    cfg: &ResolvedGeneration,
+    model: &mut dyn DecodeModel,
+    device_candidates: CandidatesOn,
 ) -> Result<DecodeOutput> {
     let vocab = model.vocab();
     let eos = cfg.eos_token_ids();
@@ -120,27 +169,44 @@ pub(super) fn beam_search(
             rng: Rng::stream(cfg.rng_seed(), b as u64),
         })
         .collect();
+    let mut logits = Logits::Host(logits);
     let mut steps = 0;
     for t in 0..cfg.max_new_tokens() {
-        let n_rows = logits.len() / vocab;
-        if logits.len() != n_rows * vocab {
+        let n_rows = match &logits {
+            Logits::Host(v) => v.len() / vocab,
+            Logits::Device(x) => x.dim(0),
+        };
+        if let Logits::Host(v) = &logits
+            && v.len() != n_rows * vocab
+        {
             return Err(ModelError::Invalid(format!(
                 "model step returned {} logits for vocabulary {vocab}",
-                logits.len()
+                v.len()
             )));
         }
-        // Processed log-probs per state row. Beams sharing a row (only before the first
-        // step) share their ids too.
+        // The beam whose ids process each state row. Beams sharing a row (only before the
+        // first step) share their ids too.
         let mut owner = vec![None; n_rows];
         for (b, it) in items.iter().enumerate().filter(|(_, it)| !it.done) {
             for (j, &r) in it.rows.iter().enumerate() {
                 owner[r].get_or_insert((b, j));
             }
         }
+        let mut scores = match logits {
+            Logits::Host(v) => StepScores {
+                vocab,
+                host: v,
+                at: (0..n_rows).map(Some).collect(),
+                tops: vec![None; n_rows],
+            },
+            Logits::Device(x) => device_scores(&x, &owner, &items, t, cfg, keep)?,
+        };
         for (r, o) in owner.iter().enumerate() {
-            let Some((b, j)) = *o else { continue };
-            let row = &mut logits[r * vocab..(r + 1) * vocab];
-            log_softmax(row);
+            let (Some((b, j)), Some(i)) = (*o, scores.at[r]) else {
+                continue;
+            };
+            let row = &mut scores.host[i * vocab..(i + 1) * vocab];
+            ops::log_softmax_row(row);
             apply_processors(row, &items[b].seen[j], t, cfg);
             if cfg.do_sample() {
                 sampling::warp(row, cfg.temperature(), cfg.top_k(), cfg.top_p(), min_keep);
@@ -149,7 +215,7 @@ pub(super) fn beam_search(
         let mut src = Vec::new();
         let mut next_tokens = Vec::new();
         for it in items.iter_mut().filter(|it| !it.done) {
-            let cands = candidates(&logits, vocab, it, keep, cfg.do_sample())?;
+            let cands = candidates(&mut scores, it, keep, cfg.do_sample())?;
             advance(it, &cands, t, cfg);
             if !it.done {
                 for j in 0..nb {
@@ -170,8 +236,24 @@ pub(super) fn beam_search(
         if src.len() != n_rows || src.iter().enumerate().any(|(i, &s)| i != s) {
             model.select_rows(&src)?;
         }
-        logits = model.step(&next_tokens)?;
-        super::search::check_logits(&logits, t + 1)?;
+        // Logits left on a GPU stay there when the search is not sampling (sampling draws
+        // over every beam's whole row); their non-finite check is made there.
+        let device = |x: &Tensor| {
+            !cfg.do_sample()
+                && match device_candidates {
+                    CandidatesOn::Gpu => !matches!(x.device(), Device::Cpu),
+                    #[cfg(test)]
+                    CandidatesOn::Any => true,
+                }
+        };
+        logits = match model.step_logits(&next_tokens)? {
+            Some(x) if device(&x) => Logits::Device(x),
+            Some(x) => Logits::Host(x.to_vec_f32()?),
+            None => Logits::Host(model.step(&next_tokens)?),
+        };
+        if let Logits::Host(v) = &logits {
+            super::search::check_logits(v, t + 1)?;
+        }
         steps += 1;
     }
     let mut tokens = Vec::with_capacity(items.len());
@@ -200,34 +282,108 @@ pub(super) fn beam_search(
     })
 }
 
+/// The scores of a step whose logits `x` stayed on the model's device (not sampling): each
+/// row's log-softmax there (one dispatch), then, for rows whose processors only ban ids,
+/// the best `keep` entries with those ids excluded ([`ops::top_candidates`], one dispatch
+/// per distinct set of banned ids), so that a row reads back 2 + 2·(keep + margin) words
+/// instead of its vocabulary. The candidates hold every entry tied with the keep-th, so
+/// the best `keep` of them (ties: lower id first) are the whole row's. Rows with a
+/// repetition penalty, with ties past the margin, or with fewer than `keep` finite entries
+/// are read back (their raw logits: the host path's arithmetic). The non-finite check of
+/// the step's logits is made from the device's counts.
+fn device_scores(
+    x: &Tensor,
+    owner: &[Option<(usize, usize)>],
+    items: &[Item],
+    t: usize,
+    cfg: &ResolvedGeneration,
+    keep: usize,
+) -> Result<StepScores> {
+    let (n_rows, vocab) = (x.dim(0), x.dim(1));
+    let lp = ops::log_softmax(x)?;
+    let mut groups: Vec<(Vec<u32>, Vec<usize>)> = Vec::new();
+    let mut host = Vec::new();
+    for (r, o) in owner.iter().enumerate() {
+        let Some((b, j)) = *o else { continue };
+        match banned_ids(&items[b].seen[j], t, cfg, vocab) {
+            Some(ex) => match groups.iter_mut().find(|(e, _)| *e == ex) {
+                Some((_, rs)) => rs.push(r),
+                None => groups.push((ex, vec![r])),
+            },
+            None => host.push(r),
+        }
+    }
+    let mut tops = vec![None; n_rows];
+    let mut non_finite = 0;
+    let pick = |t: &Tensor, rs: &[usize]| -> Result<Tensor> {
+        Ok(if rs.len() == n_rows {
+            t.clone()
+        } else {
+            ops::gather_rows(t, rs)?
+        })
+    };
+    for (ex, rs) in &groups {
+        let cands = ops::top_candidates(&pick(&lp, rs)?, keep, keep + BEAM_MARGIN, ex)?;
+        for (c, &r) in cands.into_iter().zip(rs) {
+            match c {
+                Some(c) if c.non_finite > 0 => non_finite += c.non_finite as usize,
+                Some(c) if c.ids.len() >= keep => {
+                    tops[r] = Some(best_first(c.values.into_iter().zip(c.ids).collect(), keep))
+                }
+                _ => host.push(r),
+            }
+        }
+    }
+    host.sort_unstable();
+    let host_v = if host.is_empty() {
+        Vec::new()
+    } else {
+        pick(x, &host)?.to_vec_f32()?
+    };
+    non_finite += host_v.iter().filter(|v| !v.is_finite()).count();
+    non_finite_error(non_finite, n_rows * vocab, t)?;
+    let mut at = vec![None; n_rows];
+    for (i, &r) in host.iter().enumerate() {
+        at[r] = Some(i);
+    }
+    Ok(StepScores {
+        vocab,
+        host: host_v,
+        at,
+        tops,
+    })
+}
+
+/// Candidates read back per row beyond the `keep` beam search needs, for ties.
+const BEAM_MARGIN: usize = 16;
+
 /// The K best (beam, token, accumulated score) continuations of one item, best first.
 fn candidates(
-    logits: &[f32],
-    vocab: usize,
+    scores: &mut StepScores,
     it: &mut Item,
     keep: usize,
     sample: bool,
 ) -> Result<Vec<(usize, u32, f32)>> {
     let nb = it.scores.len();
-    let row = |j: usize| &logits[it.rows[j] * vocab..(it.rows[j] + 1) * vocab];
+    let vocab = scores.vocab;
     let mut out: Vec<(usize, u32, f32)> = Vec::with_capacity(keep);
     if sample {
         // softmax over all beams × vocab of the accumulated scores, K draws without
         // replacement, then sorted by score as HF sorts them.
-        let scores = &it.scores;
-        let acc: Vec<f32> = (0..nb)
-            .flat_map(|j| row(j).iter().map(move |&v| v + scores[j]))
-            .collect();
+        let mut acc: Vec<f32> = Vec::with_capacity(nb * vocab);
+        for j in 0..nb {
+            let s = it.scores[j];
+            acc.extend(scores.row(it.rows[j])?.iter().map(|&v| v + s));
+        }
         let probs = sampling::softmax(&acc);
         for i in sampling::draw_distinct(&probs, keep, &mut it.rng) {
             out.push((i / vocab, (i % vocab) as u32, acc[i]));
         }
     } else {
-        let mut tops: Vec<Option<Vec<(f32, u32)>>> = vec![None; logits.len() / vocab];
         for j in 0..nb {
-            let r = it.rows[j];
-            let top = tops[r].get_or_insert_with(|| top_k(row(j), keep));
-            out.extend(top.iter().map(|&(v, tok)| (j, tok, v + it.scores[j])));
+            let s = it.scores[j];
+            let top = scores.top(it.rows[j], keep)?;
+            out.extend(top.iter().map(|&(v, tok)| (j, tok, v + s)));
         }
     }
     out.sort_by(|a, b| desc(a.2, b.2).then((a.0, a.1).cmp(&(b.0, b.1))));
@@ -322,7 +478,8 @@ fn advance(it: &mut Item, cands: &[(usize, u32, f32)], t: usize, cfg: &ResolvedG
 mod tests {
     use super::*;
     use crate::generate::settings::GenerationConfig;
-    use crate::generate::test_util::{TableModel, resolved};
+    use crate::generate::test_util::{DeviceTable, TableModel, resolved, spread_table};
+    use blip2_engine::testing::devices;
 
     fn lp(p: &[f32]) -> Vec<f32> {
         p.iter().map(|&v| v.ln()).collect()
@@ -331,7 +488,7 @@ mod tests {
     #[test]
     fn log_softmax_normalises() {
         let mut r = vec![1.0, 2.0, 3.0];
-        log_softmax(&mut r);
+        ops::log_softmax_row(&mut r);
         let s: f32 = r.iter().map(|v| v.exp()).sum();
         // f32 exp/ln: a few ulps.
         assert!((s - 1.0).abs() < 1e-6, "{s}");
@@ -388,7 +545,7 @@ mod tests {
         let table: Vec<Vec<f32>> = (0..v)
             .map(|p| {
                 let mut r: Vec<f32> = (0..v).map(|i| ((i * 5 + p * 3) % 7) as f32 * 0.4).collect();
-                log_softmax(&mut r);
+                ops::log_softmax_row(&mut r);
                 r
             })
             .collect();
@@ -421,6 +578,128 @@ mod tests {
             let s = single(p);
             assert_eq!(batch.tokens[r], s.tokens[0], "row {r}");
             assert_eq!(batch.scores[r], s.scores[0], "row {r}");
+        }
+    }
+
+    /// Logits left on a device: the candidates chosen there give the host path's search.
+    /// On the CPU (forced) bit for bit, over a tie-rich table, with n-gram and eos bans as
+    /// the device's exclusions, and a repetition penalty (rows read back). On a GPU the
+    /// log-softmax's ln Σ is the device's (a few ulps from the host's, the same for a whole
+    /// row): over a tie-free table the tokens are equal and the scores within 1e-5.
+    #[test]
+    fn device_candidates_give_the_host_search() {
+        let v = 37;
+        let mut x = 0x9e3779b9u32;
+        let tie_free: Vec<Vec<f32>> = (0..v)
+            .map(|_| {
+                (0..v)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        (x % 100_000) as f32 * 8e-5 - 4.0
+                    })
+                    .collect()
+            })
+            .collect();
+        let configs = [
+            GenerationConfig {
+                num_beams: 3,
+                max_new_tokens: 9,
+                ..Default::default()
+            },
+            GenerationConfig {
+                num_beams: 4,
+                max_new_tokens: 12,
+                min_new_tokens: 4,
+                no_repeat_ngram_size: 2,
+                length_penalty: 0.6,
+                ..Default::default()
+            },
+            GenerationConfig {
+                num_beams: 2,
+                max_new_tokens: 7,
+                repetition_penalty: 1.3,
+                early_stopping: EarlyStopping::True,
+                ..Default::default()
+            },
+        ];
+        for dev in devices() {
+            let cpu = matches!(dev, Device::Cpu);
+            let table = if cpu {
+                spread_table(v)
+            } else {
+                tie_free.clone()
+            };
+            for (c, cfg) in configs.iter().enumerate() {
+                let cfg = resolved(cfg.clone(), &[5]);
+                let first = [table[1].clone(), table[2].clone()].concat();
+                let seen = vec![vec![1], vec![2]];
+                let model = |rows| TableModel {
+                    vocab: v,
+                    table: table.clone(),
+                    rows,
+                    selects: vec![],
+                };
+                let want = beam_search(first.clone(), seen.clone(), &cfg, &mut model(2)).unwrap();
+                let mut m = DeviceTable {
+                    table: model(2),
+                    device: dev.clone(),
+                };
+                let got = beam_search_on(first, seen, &cfg, &mut m, CandidatesOn::Any).unwrap();
+                assert_eq!(got.tokens, want.tokens, "{dev:?} config {c}");
+                assert_eq!(got.steps, want.steps, "{dev:?} config {c}");
+                for (g, w) in got.scores.iter().zip(&want.scores) {
+                    let (g, w) = (g.unwrap(), w.unwrap());
+                    if cpu {
+                        assert_eq!(g.to_bits(), w.to_bits(), "config {c}");
+                    } else {
+                        assert!((g - w).abs() <= 1e-5, "{dev:?} config {c}: {g} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Non-finite logits left on a device are the host path's typed error.
+    #[test]
+    fn device_logits_with_nan_are_an_error() {
+        let v = 9;
+        let mut table = spread_table(v);
+        table[3][4] = f32::NAN;
+        let cfg = resolved(
+            GenerationConfig {
+                num_beams: 2,
+                max_new_tokens: 6,
+                ..Default::default()
+            },
+            &[8],
+        );
+        // Token 3 is the best first choice, so the next step's logits hold the NaN.
+        let mut first = vec![0.0; v];
+        first[3] = 5.0;
+        for dev in devices() {
+            let mut m = DeviceTable {
+                table: TableModel {
+                    vocab: v,
+                    table: table.clone(),
+                    rows: 1,
+                    selects: vec![],
+                },
+                device: dev.clone(),
+            };
+            let r = beam_search_on(
+                first.clone(),
+                vec![vec![0]],
+                &cfg,
+                &mut m,
+                CandidatesOn::Any,
+            );
+            assert!(
+                matches!(r, Err(ModelError::NonFinite { count: 1, .. })),
+                "{dev:?}: {:?}",
+                r.map(|o| o.tokens)
+            );
         }
     }
 

@@ -22,17 +22,24 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) 
 /// HF NoRepeatNGramLogitsProcessor: a token that would complete an n-gram already present
 /// in `seen` (prompt included) becomes impossible.
 pub fn apply_no_repeat_ngram(logits: &mut [f32], seen: &[u32], n: usize) {
-    if n == 0 || seen.len() < n {
-        return;
-    }
-    let prefix = &seen[seen.len() + 1 - n..];
-    for w in seen.windows(n) {
-        if &w[..n - 1] == prefix
-            && let Some(l) = logits.get_mut(w[n - 1] as usize)
-        {
+    for id in no_repeat_ngram_bans(seen, n) {
+        if let Some(l) = logits.get_mut(id as usize) {
             *l = f32::NEG_INFINITY;
         }
     }
+}
+
+/// The ids [`apply_no_repeat_ngram`] bans (repeats possible).
+fn no_repeat_ngram_bans(seen: &[u32], n: usize) -> impl Iterator<Item = u32> + '_ {
+    let live = n > 0 && seen.len() >= n;
+    let prefix = if live {
+        &seen[seen.len() + 1 - n..]
+    } else {
+        &[]
+    };
+    seen.windows(n.max(1))
+        .filter(move |w| live && &w[..n - 1] == prefix)
+        .map(move |w| w[n - 1])
 }
 
 /// HF MinNewTokensLengthLogitsProcessor: eos is impossible before `min_new_tokens`.
@@ -68,6 +75,29 @@ pub fn apply_processors(
         cfg.min_new_tokens(),
         cfg.eos_token_ids(),
     );
+}
+
+/// What [`apply_processors`] does to a row of `vocab` scores when all it does is ban ids
+/// (set them to −inf): those ids, ascending and distinct, so that the row's best entries can
+/// be chosen where its scores are (`ops::top_candidates` excluding them). None when a
+/// processor reads the scores (repetition penalty).
+pub fn banned_ids(
+    seen: &[u32],
+    new_tokens: usize,
+    cfg: &ResolvedGeneration,
+    vocab: usize,
+) -> Option<Vec<u32>> {
+    if cfg.repetition_penalty() != 1.0 {
+        return None;
+    }
+    let mut ids: Vec<u32> = no_repeat_ngram_bans(seen, cfg.no_repeat_ngram_size()).collect();
+    if new_tokens < cfg.min_new_tokens() {
+        ids.extend_from_slice(cfg.eos_token_ids());
+    }
+    ids.retain(|&i| (i as usize) < vocab);
+    ids.sort_unstable();
+    ids.dedup();
+    Some(ids)
 }
 
 /// First index of the maximum (torch.argmax's tie rule); NaN never wins.
@@ -120,6 +150,40 @@ mod tests {
         assert_eq!(greedy_step(&mut l, &[], 0, &cfg), 2);
         let mut l = vec![0.0, 5.0, 1.0];
         assert_eq!(greedy_step(&mut l, &[], 1, &cfg), 1);
+    }
+
+    /// banned_ids names exactly the ids apply_processors sets to −inf.
+    #[test]
+    fn banned_ids_are_what_the_processors_ban() {
+        let seen = [1, 2, 3, 1, 2, 7, 2, 9];
+        for ngram in 0..4 {
+            for (new_tokens, min_new_tokens) in [(0, 0), (1, 3), (3, 3)] {
+                let cfg = resolved(
+                    GenerationConfig {
+                        no_repeat_ngram_size: ngram,
+                        min_new_tokens,
+                        ..Default::default()
+                    },
+                    &[4, 2],
+                );
+                let mut row = vec![0.5; 8];
+                apply_processors(&mut row, &seen, new_tokens, &cfg);
+                let want: Vec<u32> = (0..8).filter(|&i| row[i as usize] < 0.0).collect();
+                let got = banned_ids(&seen, new_tokens, &cfg, 8).unwrap();
+                assert_eq!(
+                    got, want,
+                    "ngram {ngram} new {new_tokens} min {min_new_tokens}"
+                );
+            }
+        }
+        let cfg = resolved(
+            GenerationConfig {
+                repetition_penalty: 1.2,
+                ..Default::default()
+            },
+            &[4],
+        );
+        assert_eq!(banned_ids(&seen, 0, &cfg, 8), None);
     }
 
     #[test]

@@ -56,3 +56,31 @@ impl DecodeModel for TableModel {
             .collect())
     }
 }
+
+/// A [`TableModel`] whose `step_logits` leaves its logits as a tensor on `device`, as a
+/// model on that device does.
+pub struct DeviceTable {
+    pub table: TableModel,
+    pub device: blip2_engine::Device,
+}
+
+impl DecodeModel for DeviceTable {
+    fn vocab(&self) -> usize {
+        self.table.vocab
+    }
+    fn select_rows(&mut self, src: &[usize]) -> Result<()> {
+        self.table.select_rows(src)
+    }
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.table.step(tokens)
+    }
+    fn step_logits(&mut self, tokens: &[u32]) -> Result<Option<blip2_engine::Tensor>> {
+        let v = self.table.step(tokens)?;
+        let shape = [tokens.len(), self.table.vocab];
+        Ok(Some(blip2_engine::Tensor::from_f32(
+            v,
+            &shape,
+            &self.device,
+        )?))
+    }
+}
