@@ -83,7 +83,8 @@ fn configure(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallT
 fn matmul(c: &mut Criterion) {
     let Some(s) = setup() else { return };
     let dev = &s.dev;
-    // (m, k, n): ViT-g QKV / MLP up / MLP down, Q-Former MLP / cross-attn K,V, OPT prefill.
+    // (m, k, n): ViT-g QKV / MLP up / MLP down, Q-Former MLP / cross-attn K,V, OPT prefill,
+    // a batch-8 OPT-2.7B decode step's MLP up.
     let all: &[(usize, usize, usize)] = &[
         (257, 1408, 4224),
         (257, 1408, 6144),
@@ -91,6 +92,7 @@ fn matmul(c: &mut Criterion) {
         (32, 768, 3072),
         (32, 1408, 768),
         (40, 2560, 10240),
+        (8, 2560, 10240),
     ];
     let shapes = if s.slow { &all[..1] } else { all };
     let mut g = c.benchmark_group("gpu_linear");

@@ -73,10 +73,11 @@ fn rel_err(got: &[f32], want: &[f32]) -> f64 {
 const QTYPES: [DType; 2] = [DType::Q8, DType::Q4];
 const FLOATS: [DType; 2] = [DType::F32, DType::F16];
 
-/// (m, k, n): GEMV rows 1..=4 and tiled rows 5, 17, 40; K of 1 (one padded block), not a
+/// (m, k, n): GEMV rows 1..=4 and tiled rows 5, 17, 40, 300 (every tile: M16, M32, M64,
+/// M128); K of 1 (one padded block), not a
 /// multiple of 32 (padded last block, scalar x loads) and 1408 / 64 (whole blocks, vector
 /// loads); odd N (f16 outputs through the f32 scratch).
-const SIZES: [(usize, usize, usize); 9] = [
+const SIZES: [(usize, usize, usize); 10] = [
     (1, 1, 1),
     (1, 33, 5),
     (1, 1408, 67),
@@ -86,6 +87,7 @@ const SIZES: [(usize, usize, usize); 9] = [
     (5, 31, 7),
     (17, 64, 65),
     (40, 300, 129),
+    (300, 96, 70),
 ];
 
 /// One quantized linear on `dev` checked element by element against an f64 reference on the

@@ -51,9 +51,13 @@ fn ref_linear(x: &[f64], w: &[f64], b: Option<&[f64]>, m: usize, k: usize, n: us
 
 #[test]
 fn linear_matches_reference() {
-    // (m, k, n): GEMV rows, K not a multiple of any tile, 88-wide, 257 rows, k = 1.
+    // (m, k, n): GEMV rows, K not a multiple of any tile, 88-wide, 257 rows, k = 1. Every
+    // matmul tile on the GPU: M16 (7), M32 (20), M64 (33, 64, 65), M128 (257: a second
+    // tile of one row; 300).
     let cases = [
         (1, 257, 1000),
+        (20, 45, 70),
+        (300, 19, 130),
         (1, 7, 3),
         (7, 33, 13),
         (257, 88, 33),
@@ -173,6 +177,8 @@ fn matmul_batched_matches_reference() {
                 (1, 1, 88, 257),
                 (2, 257, 17, 3),
                 (3, 5, 1, 4),
+                (2, 30, 21, 65),
+                (1, 385, 12, 70),
             ] {
                 for b_trans in [false, true] {
                     let (a, av) = tensor(&mut rng, &[batch, m, k], dt, &dev, -1.0, 1.0);

@@ -327,34 +327,68 @@ params! {
     }
 }
 
-/// Tile shape of the matmul kernel: TM rows x 64 columns of C per workgroup.
+/// Tile shape of the matmul kernels: TM rows x 64 columns of C per workgroup, RM x 4 of them
+/// per invocation. Chosen by M ([`MatmulTile::for_rows`]), as ggml's small/medium/large.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulTile {
-    /// 32 rows, 128 invocations: for M <= 32, where 64-row tiles would idle half the work.
+    /// 16 rows, 64 invocations: batched decode steps (M <= 16), where 32-row tiles would
+    /// idle half their work.
+    M16,
+    /// 32 rows, 128 invocations: M <= 32 (the Q-Former's 32 queries).
     M32,
     /// 64 rows, 256 invocations.
     M64,
+    /// 128 rows, 256 invocations with 8 x 4 blocks: large M (vision, prefill), where each
+    /// B value staged in workgroup memory serves twice the rows.
+    M128,
 }
 
 impl MatmulTile {
-    pub const ALL: [MatmulTile; 2] = [MatmulTile::M32, MatmulTile::M64];
+    pub const ALL: [MatmulTile; 4] = [
+        MatmulTile::M16,
+        MatmulTile::M32,
+        MatmulTile::M64,
+        MatmulTile::M128,
+    ];
+
+    /// The tile for `m` rows of C.
+    pub const fn for_rows(m: usize) -> MatmulTile {
+        if m <= 16 {
+            MatmulTile::M16
+        } else if m <= 32 {
+            MatmulTile::M32
+        } else if m < LARGE_TILE_ROWS {
+            MatmulTile::M64
+        } else {
+            MatmulTile::M128
+        }
+    }
 
     /// Rows of C per workgroup.
     pub const fn tm(self) -> u32 {
+        self.rm() * self.wg() / 16
+    }
+
+    /// Rows of C per invocation.
+    pub const fn rm(self) -> u32 {
         match self {
-            MatmulTile::M32 => 32,
-            MatmulTile::M64 => 64,
+            MatmulTile::M128 => 8,
+            _ => 4,
         }
     }
 
     /// Invocations per workgroup.
     pub const fn wg(self) -> u32 {
         match self {
+            MatmulTile::M16 => 64,
             MatmulTile::M32 => 128,
-            MatmulTile::M64 => 256,
+            MatmulTile::M64 | MatmulTile::M128 => 256,
         }
     }
 }
+
+/// M from which [`MatmulTile::M128`] is chosen.
+pub const LARGE_TILE_ROWS: usize = 256;
 
 /// matmul.wgsl: tiled batched matmul (linear with M > 4, attention matmuls).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -386,6 +420,7 @@ impl Kernel for MatmulConsts {
     fn constants(&self) -> Vec<(&'static str, ConstValue)> {
         vec![
             ("TM", self.tile.tm().into()),
+            ("RM", self.tile.rm().into()),
             ("WG", self.tile.wg().into()),
             ("B_TRANS", self.b_trans.into()),
             ("HAS_BIAS", self.has_bias.into()),
@@ -571,6 +606,7 @@ impl Kernel for QMatmulConsts {
     fn constants(&self) -> Vec<(&'static str, ConstValue)> {
         vec![
             ("TM", self.tile.tm().into()),
+            ("RM", self.tile.rm().into()),
             ("WG", self.tile.wg().into()),
             ("Q4", self.q4.into()),
             ("HAS_BIAS", self.has_bias.into()),

@@ -1,7 +1,8 @@
 // Tiled batched matmul with register blocking: C[z] = A[z] . op(B[z]) (+ bias), where
 // A is [M, K] row-major, op(B) = B^T for B [N, K] (B_TRANS, nn.Linear weights, q.k^T) or
 // B for B [K, N]. A TM x TN tile of C per workgroup, BK-deep slices of A and B staged in
-// workgroup memory, a 4x4 block of C per invocation accumulated in f32 registers.
+// workgroup memory, an RM x 4 block of C per invocation (RM = 4, or 8 in the largest tile)
+// accumulated in f32 registers.
 // A_VEC / B_VEC: the contiguous dim is a multiple of 4 elements, so tile loads are 16-byte
 // (f32) or 8-byte (f16) vector loads. A weight larger than one binding is bound in row
 // chunks (B_TRANS): n counts this chunk's rows and n_off places them in C and the bias.
@@ -29,6 +30,8 @@ struct Params {
 
 const TM: u32 = 64u;
 const TN: u32 = 64u;
+// Rows of C per invocation (a multiple of 4): TM = RM * WG / 16.
+const RM: u32 = 4u;
 const BK: u32 = 16u;
 const WG: u32 = 256u;
 // Products summed in f16 before they join the f32 accumulators (f16 variant; divides BK).
@@ -141,11 +144,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let tx = lid % (TN / 4u);
     let ty = lid / (TN / 4u);
 
-    var acc: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
+    var acc: array<vec4<f32>, RM>;
+    for (var i = 0u; i < RM; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    //H var run: array<vec4<f16>, 4>;
+    //H var run: array<vec4<f16>, RM>;
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         // A tile: TM rows x BK/4 quads along K.
@@ -177,17 +180,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let av = As[kk * (TM / 4u) + ty];
             let bv = Bs[kk * (TN / 4u) + tx];
-            acc[0] += av.x * bv; //NOH
-            acc[1] += av.y * bv; //NOH
-            acc[2] += av.z * bv; //NOH
-            acc[3] += av.w * bv; //NOH
-            //H run[0] += av.x * bv;
-            //H run[1] += av.y * bv;
-            //H run[2] += av.z * bv;
-            //H run[3] += av.w * bv;
-            //H if (kk % RUN == RUN - 1u) { for (var i = 0u; i < 4u; i++) { acc[i] += vec4<f32>(run[i]); run[i] = vec4<f16>(0.0h); } }
+            for (var q = 0u; q < RM / 4u; q++) {
+                let av = As[kk * (TM / 4u) + ty * (RM / 4u) + q];
+                acc[4u * q] += av.x * bv; //NOH
+                acc[4u * q + 1u] += av.y * bv; //NOH
+                acc[4u * q + 2u] += av.z * bv; //NOH
+                acc[4u * q + 3u] += av.w * bv; //NOH
+                //H run[4u * q] += av.x * bv;
+                //H run[4u * q + 1u] += av.y * bv;
+                //H run[4u * q + 2u] += av.z * bv;
+                //H run[4u * q + 3u] += av.w * bv;
+            }
+            //H if (kk % RUN == RUN - 1u) { for (var i = 0u; i < RM; i++) { acc[i] += vec4<f32>(run[i]); run[i] = vec4<f16>(0.0h); } }
         }
         workgroupBarrier();
     }
@@ -201,8 +206,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
-    for (var i = 0u; i < 4u; i++) {
-        let row = m0 + ty * 4u + i;
+    for (var i = 0u; i < RM; i++) {
+        let row = m0 + ty * RM + i;
         if (row < p.m) {
             let v = acc[i] + bv;
             let base = z * p.c_bs + row * p.ldc + p.n_off + col;

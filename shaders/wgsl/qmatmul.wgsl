@@ -1,10 +1,10 @@
 // Tiled matmul with a block-quantized weight (linear with M > 4: prefill, vision):
 // out[m, n_off + n] = x[m, :] . deq(w)[n, :] (+ bias[n_off + n]), x [M, K] row-major, w in
 // nn.Linear layout [N, K] quantized as in qgemv.wgsl. Like matmul.wgsl: a TM x TN tile of
-// the output per workgroup, a 4x4 block per invocation in f32 registers; the K step BK is one
+// the output per workgroup, an RM x 4 block per invocation in f32 registers; the K step BK is one
 // quantization block, so each step dequantizes one block of TN weight rows (one scale per
 // row) straight into workgroup memory as f32 (d * q is exact in f32) and the inner loop is
-// the float one. Workgroup memory: (TM + TN) * BK * 4 bytes = 16 KiB at TM = 64.
+// the float one. Workgroup memory: (TM + TN) * BK * 4 bytes = 16 KiB at TM = 64, 24 KiB at 128.
 // A_VEC (K % 4 == 0): 16-byte (f32) or 8-byte (f16) loads of x quads. A weight larger than
 // one binding is bound in row chunks (quants and scales alike): n counts this chunk's rows
 // and n_off places them in the output and the bias.
@@ -21,6 +21,8 @@ struct Params {
 
 const TM: u32 = 64u;
 const TN: u32 = 64u;
+// Rows of C per invocation (a multiple of 4): TM = RM * WG / 16.
+const RM: u32 = 4u;
 const BK: u32 = 32u;
 const WG: u32 = 256u;
 const Q4: bool = false;
@@ -88,8 +90,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let tx = lid % (TN / 4u);
     let ty = lid / (TN / 4u);
 
-    var acc: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
+    var acc: array<vec4<f32>, RM>;
+    for (var i = 0u; i < RM; i++) {
         acc[i] = vec4<f32>(0.0);
     }
 
@@ -124,12 +126,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let av = As[kk * (TM / 4u) + ty];
             let bv = Bs[kk * (TN / 4u) + tx];
-            acc[0] += av.x * bv;
-            acc[1] += av.y * bv;
-            acc[2] += av.z * bv;
-            acc[3] += av.w * bv;
+            for (var q = 0u; q < RM / 4u; q++) {
+                let av = As[kk * (TM / 4u) + ty * (RM / 4u) + q];
+                acc[4u * q] += av.x * bv;
+                acc[4u * q + 1u] += av.y * bv;
+                acc[4u * q + 2u] += av.z * bv;
+                acc[4u * q + 3u] += av.w * bv;
+            }
         }
         workgroupBarrier();
     }
@@ -143,8 +147,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
-    for (var i = 0u; i < 4u; i++) {
-        let row = m0 + ty * 4u + i;
+    for (var i = 0u; i < RM; i++) {
+        let row = m0 + ty * RM + i;
         if (row < p.m) {
             let v = acc[i] + bv;
             let base = row * p.ldc + p.n_off + col;

@@ -1193,11 +1193,7 @@ fn record_matmul(
     cdt: DType,
     mm: &Mm,
 ) -> Result<()> {
-    let tile = if mm.m <= 32 {
-        MatmulTile::M32
-    } else {
-        MatmulTile::M64
-    };
+    let tile = MatmulTile::for_rows(mm.m);
     let vec = g.opts.vec4;
     let kernel = MatmulConsts {
         tile,
@@ -1415,11 +1411,7 @@ fn qlinear_into(
         subgroups: g.subgroups,
         fusion: fuse.map_or(GemvFusion::NONE, |f| f.fusion),
     };
-    let tile = if m <= 32 {
-        MatmulTile::M32
-    } else {
-        MatmulTile::M64
-    };
+    let tile = MatmulTile::for_rows(m);
     let mm = QMatmulConsts {
         tile,
         q4,
