@@ -491,15 +491,18 @@ fn fallbacks_match_fast_paths() {
     );
 }
 
-/// The tensor-core linear layer (`BLIP2_GPU_COOP=1`) is chosen exactly when the adapter
-/// offers 16×16×16 f16 cooperative matrices at one subgroup size; where it is, it matches the
+/// The tensor-core linear layer (on unless `BLIP2_GPU_NO_COOP=1`) is chosen exactly when the
+/// adapter offers 16×16×16 f16 cooperative matrices at one subgroup size (and the kernel
+/// passes its self-check); where it is, it matches the
 /// CPU at ViT-like shapes (rows that are not a multiple of the 32-row block, f16 and f32
-/// activations, bias). llvmpipe has no cooperative matrices: there the check is that the
+/// activations (these with `f16_math_f32_act`, the opt-in that lets the kernel round them),
+/// bias). llvmpipe has no cooperative matrices: there the check is that the
 /// switch does not select the kernel and linear layers still run the tiled matmul.
 #[test]
 fn tensor_cores_only_where_the_adapter_has_them() {
     let Some(dev) = open(GpuOptions {
         coop_matrix: true,
+        f16_math_f32_act: true,
         ..GpuOptions::default()
     }) else {
         return;
@@ -533,6 +536,28 @@ fn tensor_cores_only_where_the_adapter_has_them() {
             ctx(&dev).tensor_cores()
         );
     }
+}
+
+/// The tensor-core self-check's problem is exact: its stated product is what the CPU and the
+/// tiled GPU matmul give, to the value, for f32 x and f16 weights (as the check runs it), so
+/// a kernel that fails the check is wrong, not merely rounded differently. The problem's
+/// weights survive f16 storage unchanged.
+#[test]
+fn tensor_core_self_check_problem_is_exact() {
+    use blip2_engine::gpu::ops::coop_check_problem;
+    let (x, w, want) = coop_check_problem();
+    let (k, n) = (768, 64);
+    let m = x.len() / k;
+    assert_eq!((x.len(), w.len(), want.len()), (m * k, n * k, m * n));
+    for dev in blip2_engine::testing::devices() {
+        let xt = Tensor::from_slice(&x, &[m, k], DType::F32, &dev).unwrap();
+        let wt = Tensor::from_slice(&w, &[n, k], DType::F16, &dev).unwrap();
+        assert_eq!(wt.to_vec_f32().unwrap(), w, "{dev:?}");
+        let got = ops::linear(&xt, &wt, None).unwrap().to_vec_f32().unwrap();
+        assert_eq!(got, want, "{dev:?}");
+    }
+    // Not all zeros, not all equal: a constant or empty output fails the check.
+    assert!(want.iter().any(|&v| v != want[0]));
 }
 
 #[test]

@@ -9,9 +9,12 @@
 /// - `BLIP2_GPU_NO_FUSED_ATTN=1`: attention always as matmul + softmax + matmul.
 /// - `BLIP2_GPU_NO_FLASH_ATTN=1`: attention over more than 32 queries (ViT, prefill) as
 ///   matmul + softmax + matmul instead of the flash kernel (which never writes the scores).
-/// - `BLIP2_GPU_COOP=1`: tensor-core linear layers (`coop_matmul.wgsl`, 16×16×16 f16
-///   cooperative matrices) where the adapter offers them. Off by default until a device run
-///   has checked them against the other kernels (no adapter here has the feature).
+/// - `BLIP2_GPU_NO_COOP=1`: no tensor-core linear layers. Without it, linear layers over f16
+///   weights run `coop_matmul.wgsl` (16×16×16 f16 cooperative matrices) where the adapter
+///   offers them and the kernel passes its self-check on first use (a product that is exact
+///   in any order, every output compared; a failure is reported once on stderr and the
+///   context keeps the tiled matmul). The kernel rounds x to f16: with f32 activations (the
+///   models' f16-weight layers) it runs only with `BLIP2_GPU_F16_MATH_F32_ACT=1`, below.
 /// - `BLIP2_GPU_NO_FUSED_DECODE=1`: decode layers unfused: no GEMV norm prologue /
 ///   activation, gate or residual epilogues (`ops::linear_fused`), and the new token's K/V
 ///   written by a copy before the attention instead of inside it (`ops::attention_append`).
@@ -62,7 +65,7 @@ impl Default for GpuOptions {
             vec4: true,
             fused_attention: true,
             flash_attention: true,
-            coop_matrix: false,
+            coop_matrix: true,
             fused_decode: true,
             f16_math: true,
             f16_math_f32_act: false,
@@ -97,7 +100,7 @@ impl GpuOptions {
             vec4: !flag("BLIP2_GPU_NO_VEC4"),
             fused_attention: !flag("BLIP2_GPU_NO_FUSED_ATTN"),
             flash_attention: !flag("BLIP2_GPU_NO_FLASH_ATTN"),
-            coop_matrix: flag("BLIP2_GPU_COOP"),
+            coop_matrix: !flag("BLIP2_GPU_NO_COOP"),
             fused_decode: !flag("BLIP2_GPU_NO_FUSED_DECODE"),
             f16_math: !flag("BLIP2_GPU_NO_F16_MATH"),
             f16_math_f32_act: flag("BLIP2_GPU_F16_MATH_F32_ACT"),

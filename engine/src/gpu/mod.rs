@@ -126,9 +126,11 @@ pub struct GpuContext {
     pub(crate) opts: GpuOptions,
     /// Subgroup kernels in use (adapter has SUBGROUP and the switch allows it).
     pub(crate) subgroups: bool,
-    /// Tensor-core linear layers in use: the adapter's fixed subgroup size, which is the
+    /// Tensor-core linear layers allowed: the adapter's fixed subgroup size, which is the
     /// cooperative kernel's workgroup size ([`coop_subgroup`]).
     pub(crate) coop: Option<u32>,
+    /// The tensor-core kernel's self-check, made on its first use (`ops::coop_verified`).
+    pub(crate) coop_checked: std::sync::OnceLock<bool>,
     /// f16-arithmetic kernel variants in use (adapter has SHADER_F16 and the switch allows
     /// them).
     pub(crate) f16_math: bool,
@@ -274,6 +276,7 @@ impl GpuContext {
             opts,
             subgroups,
             coop,
+            coop_checked: std::sync::OnceLock::new(),
             f16_math,
             max_binding,
             storage_align,
@@ -289,10 +292,11 @@ impl GpuContext {
         self.info.clone()
     }
 
-    /// Whether linear layers over f16 weights run on tensor cores (`BLIP2_GPU_COOP=1` and
-    /// an adapter that offers 16×16×16 f16 cooperative matrices; see [`GpuOptions`]).
+    /// Whether linear layers over f16 weights run on tensor cores: the adapter offers
+    /// 16×16×16 f16 cooperative matrices, `BLIP2_GPU_NO_COOP` is not set (see
+    /// [`GpuOptions`]) and the kernel has not failed its self-check (made on first use).
     pub fn tensor_cores(&self) -> bool {
-        self.coop.is_some()
+        self.coop.is_some() && self.coop_checked.get() != Some(&false)
     }
 
     /// Whether the f16-arithmetic kernel variants run (the adapter has `SHADER_F16` and
@@ -605,7 +609,7 @@ pub struct AdapterSummary {
 /// nothing. Probing GL initialises EGL, which on a headless Linux machine prints
 /// "XDG_RUNTIME_DIR is invalid" twice to stderr from inside Mesa, on every run.
 /// The subgroup size the tensor-core kernel runs at, when it may run: the switch is on
-/// (`BLIP2_GPU_COOP=1`), the adapter has the experimental cooperative-matrix feature, f16
+/// (no `BLIP2_GPU_NO_COOP=1`), the adapter has the experimental cooperative-matrix feature, f16
 /// shaders and a 16×16×16 f16 × f16 → f32 configuration, and one fixed subgroup size (the
 /// kernel's workgroup is exactly one subgroup; a subgroup size is never assumed).
 fn coop_subgroup(opts: &GpuOptions, adapter: &wgpu::Adapter) -> Option<u32> {

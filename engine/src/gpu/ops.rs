@@ -1234,6 +1234,121 @@ fn record_matmul(
     )
 }
 
+/// The output columns one dispatch writes: `n` of a row of `ldo`, from column `n_off`.
+struct Cols {
+    n: usize,
+    ldo: usize,
+    n_off: usize,
+}
+
+/// Records the tensor-core linear over `m` rows (binds: x, the weight rows, bias, out).
+fn record_coop(
+    g: &Ctx,
+    rec: &mut Recorder,
+    coop: &CoopMatmulConsts,
+    m: usize,
+    cols: Cols,
+    binds: [Bind; 4],
+) -> Result<()> {
+    let block = CoopMatmulConsts::BLOCK as usize;
+    let mut groups = grid(g, cols.n / block)?;
+    groups[2] = u32::try_from(m.div_ceil(block))
+        .ok()
+        .filter(|&z| z <= g.limits.max_compute_workgroups_per_dimension)
+        .ok_or_else(|| Error::Limit {
+            what: "tensor-core linear: row blocks of one dispatch".into(),
+            needed: m.div_ceil(block) as u64,
+            limit: g.limits.max_compute_workgroups_per_dimension as u64,
+        })?;
+    let params = CoopMatmulParams {
+        m: m as u32,
+        n: cols.n as u32,
+        ldo: cols.ldo as u32,
+        n_off: cols.n_off as u32,
+        groups_x: groups[0],
+    };
+    rec.dispatch(g, coop, &params, &binds, groups)
+}
+
+/// The tensor-core self-check's shapes: rows that are not a multiple of the 32-row block,
+/// K = 768 (the Q-Former's width), two column blocks.
+const COOP_CHECK: (usize, usize, usize) = (48, 768, 64);
+
+/// The tensor-core self-check's problem: x `[48, 768]`, w `[64, 768]` (nn.Linear layout) and
+/// their exact product `[48, 64]`. Every value is one of −1, −½, 0, ½, 1, so each product is
+/// exact in f16 and each partial sum (a multiple of ¼ below 768 in size) exact in f32, in
+/// any order: a kernel that computes what it should returns these bits.
+pub fn coop_check_problem() -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (m, k, n) = COOP_CHECK;
+    let val = |i: usize, salt: usize| ((i * 7919 + salt) % 5) as f32 * 0.5 - 1.0;
+    let x: Vec<f32> = (0..m * k).map(|i| val(i, 13)).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| val(i, 29)).collect();
+    let y = (0..m * n)
+        .map(|o| {
+            let (r, c) = (o / n, o % n);
+            (0..k).map(|j| x[r * k + j] * w[c * k + j]).sum()
+        })
+        .collect();
+    (x, w, y)
+}
+
+/// Whether the tensor-core kernel may run on this context: its self-check, made once on
+/// first use ([`coop_check_problem`] through the kernel, every output exact). No
+/// adapter of the sessions that wrote it had cooperative matrices, and a driver can get
+/// them wrong; a failure is reported once and the tiled matmul stays in use.
+fn coop_verified(g: &Ctx) -> bool {
+    *g.coop_checked.get_or_init(|| {
+        let bad = match coop_check(g) {
+            Ok(0) => return true,
+            Ok(bad) => format!("{bad} of {} outputs wrong", COOP_CHECK.0 * COOP_CHECK.2),
+            Err(e) => e.to_string(),
+        };
+        eprintln!(
+            "warning: the tensor-core matmul failed its self-check on {:?} ({bad}); \
+             linear layers use the tiled matmul (BLIP2_GPU_NO_COOP=1 skips the check)",
+            g.info().name
+        );
+        false
+    })
+}
+
+/// Runs [`coop_check_problem`] through the tensor-core kernel: the outputs that differ.
+fn coop_check(g: &Ctx) -> Result<usize> {
+    let Some(sg) = g.coop else { return Ok(0) };
+    let (m, k, n) = COOP_CHECK;
+    let (xv, wv, want) = coop_check_problem();
+    let dev = Device::Gpu(g.clone());
+    let x = Tensor::from_slice(&xv, &[m, k], DType::F32, &dev)?;
+    let w = Tensor::from_slice(&wv, &[n, k], DType::F16, &dev)?;
+    let out = g.alloc(data_bytes(m * n, DType::F32), true)?;
+    let kernel = CoopMatmulConsts {
+        k: k as u32,
+        sg,
+        has_bias: false,
+        x_f16: false,
+        b_f16: false,
+        out_f16: false,
+    };
+    let binds = [
+        Bind::whole(x.gpu_storage()),
+        Bind::whole(w.gpu_storage()),
+        Bind::whole(&g.dummy),
+        Bind::whole(&out),
+    ];
+    let cols = Cols {
+        n,
+        ldo: n,
+        n_off: 0,
+    };
+    record_coop(g, &mut *g.recorder()?, &kernel, m, cols, binds)?;
+    let got = g.download_words(&out, m * n)?;
+    Ok(got
+        .iter()
+        .zip(&want)
+        .filter(|(g, w)| f32::from_bits(**g) != **w)
+        .count())
+}
+
 /// Fewest rows of x for which the tensor-core kernel is chosen (its blocks are 32 rows;
 /// decode's 1–4 rows stay on the memory-bound GEMV).
 const COOP_MIN_M: usize = 16;
@@ -1260,16 +1375,20 @@ fn linear_into(
     let row_bytes = (k * wdt.size_of()).max(1) as u64;
     let bias = b.map(|b| (b.gpu_storage(), b.dtype()));
     // Tensor cores for f16 weights whose shape fits whole 32×32 blocks along n (chunks too).
+    // They round x to f16: f32 activations only where f16 arithmetic on them was asked for
+    // (`f16_math_f32_act`), as for the f16 GEMV.
     let coop = g
         .coop
         .filter(|_| {
             fuse.is_none()
                 && is_f16(wdt)
+                && (is_f16(xdt) || g.opts.f16_math_f32_act)
                 && m >= COOP_MIN_M
                 && k.is_multiple_of(16)
                 && k <= u32::MAX as usize
         })
         .filter(|_| n.is_multiple_of(CoopMatmulConsts::BLOCK as usize))
+        .filter(|_| coop_verified(g))
         .map(|sg| CoopMatmulConsts {
             k: k as u32,
             sg,
@@ -1313,25 +1432,13 @@ fn linear_into(
         let wb = Bind::range(ws, n0 as u64 * row_bytes, data_bytes(nc * k, wdt));
         let xb = Bind::whole(x.gpu_storage());
         if let Some(coop) = &coop {
-            let block = CoopMatmulConsts::BLOCK as usize;
-            let mut groups = grid(g, nc / block)?;
-            groups[2] = u32::try_from(m.div_ceil(block))
-                .ok()
-                .filter(|&z| z <= g.limits.max_compute_workgroups_per_dimension)
-                .ok_or_else(|| Error::Limit {
-                    what: "tensor-core linear: row blocks of one dispatch".into(),
-                    needed: m.div_ceil(block) as u64,
-                    limit: g.limits.max_compute_workgroups_per_dimension as u64,
-                })?;
-            let params = CoopMatmulParams {
-                m: m as u32,
-                n: nc as u32,
-                ldo: n as u32,
-                n_off: n0 as u32,
-                groups_x: groups[0],
-            };
             let bb = Bind::whole(bias.map_or(&g.dummy, |b| b.0));
-            rec.dispatch(g, coop, &params, &[xb, wb, bb, Bind::whole(&out)], groups)?;
+            let cols = Cols {
+                n: nc,
+                ldo: n,
+                n_off: n0,
+            };
+            record_coop(g, &mut rec, coop, m, cols, [xb, wb, bb, Bind::whole(&out)])?;
         } else if use_gemv {
             let groups = grid(g, nc.div_ceil(4))?;
             let params = GemvParams {
