@@ -8,7 +8,7 @@
 
 mod common;
 
-use blip2::engine::gpu::GpuStats;
+use blip2::engine::gpu::{GpuContext, GpuOptions, GpuStats};
 use blip2::engine::testing::devices;
 use blip2::engine::{DType, Device};
 use blip2::model::generate::GenerationConfig;
@@ -32,6 +32,23 @@ static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn gpu() -> Option<Device> {
     devices().into_iter().find(|d| matches!(d, Device::Gpu(_)))
+}
+
+/// A second GPU context on the same adapter, with the environment's options changed by
+/// `change` (a fast path turned off, for an on/off comparison).
+fn gpu_with(change: impl FnOnce(&mut GpuOptions)) -> Device {
+    let mut opts = GpuOptions::from_env();
+    change(&mut opts);
+    Device::Gpu(std::sync::Arc::new(GpuContext::with_options(opts).unwrap()))
+}
+
+/// A fixture pipeline on `d` with f32 weights, and the features of two test images.
+fn two_images(name: &str, d: &Device) -> (blip2::Blip2, blip2::ImageFeatures) {
+    let model = load(name, d, DType::F32);
+    let imgs = [image("rgb"), image("jpeg")];
+    let refs: Vec<_> = imgs.iter().collect();
+    let feats = model.image_features(&refs).unwrap();
+    (model, feats)
 }
 
 fn stats(dev: &Device) -> GpuStats {
@@ -139,22 +156,12 @@ fn opt_2_7b_wide_decode_step_is_at_most_8_dispatches_per_layer() {
 /// argmax after the processors) give the same ids, and only the first reads 8 bytes a step.
 #[test]
 fn device_greedy_tokens_are_the_host_argmax() {
-    use blip2::engine::gpu::{GpuContext, GpuOptions};
     let Some(dev) = gpu() else { return };
     let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
-    let host = Device::Gpu(std::sync::Arc::new(
-        GpuContext::with_options(GpuOptions {
-            device_argmax: false,
-            ..GpuOptions::from_env()
-        })
-        .unwrap(),
-    ));
+    let host = gpu_with(|o| o.device_argmax = false);
     for name in ["blip2-opt-tiny", "blip2-flan-t5-tiny"] {
         let run = |d: &Device| {
-            let model = load(name, d, DType::F32);
-            let imgs = [image("rgb"), image("jpeg")];
-            let refs: Vec<_> = imgs.iter().collect();
-            let feats = model.image_features(&refs).unwrap();
+            let (model, feats) = two_images(name, d);
             let settings = model
                 .resolve_generation(&GenerationConfig {
                     max_new_tokens: 7,
@@ -266,25 +273,15 @@ fn batched_and_chat_greedy_steps_read_back_8_bytes_a_row() {
 #[test]
 fn sampled_rows_read_back_their_top_k_candidates() {
     use blip2::Join;
-    use blip2::engine::gpu::{GpuContext, GpuOptions};
     use blip2::model::generate::sampling::CANDIDATE_MARGIN;
     let Some(dev) = gpu() else { return };
     let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
-    let host = Device::Gpu(std::sync::Arc::new(
-        GpuContext::with_options(GpuOptions {
-            device_topk: false,
-            ..GpuOptions::from_env()
-        })
-        .unwrap(),
-    ));
+    let host = gpu_with(|o| o.device_topk = false);
     for name in ["blip2-opt-tiny", "blip2-flan-t5-tiny"] {
         // `ngram`: a no-repeat n-gram size longer than any sequence here bans nothing but
         // makes the rows read their logits back whole and draw from them.
         let run = |d: &Device, ngram: usize| {
-            let model = load(name, d, DType::F32);
-            let imgs = [image("rgb"), image("jpeg")];
-            let refs: Vec<_> = imgs.iter().collect();
-            let feats = model.image_features(&refs).unwrap();
+            let (model, feats) = two_images(name, d);
             let settings: Vec<_> = [3u64, 4]
                 .iter()
                 .map(|&seed| {
@@ -348,25 +345,15 @@ fn sampled_rows_read_back_their_top_k_candidates() {
 /// `beam::tests::device_candidates_give_the_host_search`.
 #[test]
 fn beam_search_reads_back_its_candidates() {
-    use blip2::engine::gpu::{GpuContext, GpuOptions};
     let Some(dev) = gpu() else { return };
     let _one = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
-    let host = Device::Gpu(std::sync::Arc::new(
-        GpuContext::with_options(GpuOptions {
-            device_topk: false,
-            ..GpuOptions::from_env()
-        })
-        .unwrap(),
-    ));
+    let host = gpu_with(|o| o.device_topk = false);
     let (beams, images) = (3usize, 2usize);
     for name in ["blip2-opt-tiny", "blip2-flan-t5-tiny"] {
         // (ids, scores, bytes read back) of a search of `n` new tokens, all of them made
         // (min_new_tokens bans eos until the end).
         let run = |d: &Device, n: usize| {
-            let model = load(name, d, DType::F32);
-            let imgs = [image("rgb"), image("jpeg")];
-            let refs: Vec<_> = imgs.iter().collect();
-            let feats = model.image_features(&refs).unwrap();
+            let (model, feats) = two_images(name, d);
             let settings = model
                 .resolve_generation(&GenerationConfig {
                     num_beams: beams,
