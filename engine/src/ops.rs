@@ -255,9 +255,9 @@ pub fn softmax(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
 
 /// Log-softmax over the last dim into an f32 tensor (f32 or f16 input), as
 /// `torch.log_softmax(x.float(), -1)`: v − max − ln Σ exp(v − max). A row holding any NaN or
-/// ±∞ is copied unchanged. The CPU sums each row in index order
-/// ([`log_softmax_row`], bit-equal to it); the GPU reduces over a workgroup, so its
-/// ln Σ differs from the CPU's by rounding (a few ulps, the same for every entry of a row).
+/// ±∞ is copied unchanged. The CPU sums each row's exps in f64 ([`log_softmax_row`],
+/// bit-equal to it); the GPU reduces in f32 over a workgroup, so its ln Σ differs from the
+/// CPU's by rounding (a few ulps, the same for every entry of a row).
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     const OP: &str = "log_softmax";
     check_float(OP, &[("x", x)])?;
@@ -268,7 +268,7 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// [`log_softmax`] of one host row in place (the CPU op's arithmetic, in index order).
+/// [`log_softmax`] of one host row in place (the CPU op's arithmetic).
 pub fn log_softmax_row(row: &mut [f32]) {
     blip2_kernels::log_softmax_inplace(row)
 }

@@ -155,10 +155,10 @@ pub fn relu_inplace_with(isa: Isa, x: &mut [f32]) {
 }
 
 /// Log-softmax of one row in place, as `torch.log_softmax` in f32: v − max − ln Σ exp(v − max),
-/// the exps summed in f64 in index order (an f32 running sum over OPT's 50,272 entries was
-/// off by 3e-5; torch's vectorised sum is not, and beam scores add these up over steps). A row holding any NaN or ±∞ is left unchanged: no statistic of it
-/// means anything, and callers count such entries as errors. Scalar: it runs once per
-/// decoded row, never on a hot path.
+/// the exps summed in f64 (an f32 running sum over OPT's 50,272 entries was off by 3e-5;
+/// torch's vectorised sum is not, and beam scores add these up over steps). A row holding
+/// any NaN or ±∞ is left unchanged: no statistic of it means anything, and callers count
+/// such entries as errors. Scalar: it runs once per decoded row, never on a hot path.
 pub fn log_softmax_inplace(row: &mut [f32]) {
     if row.iter().any(|v| !v.is_finite()) {
         return;

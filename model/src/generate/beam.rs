@@ -17,10 +17,10 @@
 
 use blip2_engine::{Device, Tensor, ops};
 
-use super::decode_model::{DecodeModel, DecodeOutput};
+use super::decode_model::{DecodeModel, DecodeOutput, check_logits, non_finite_error};
 use super::processors::{apply_processors, banned_ids};
+use super::row::{group_row, rows_of};
 use super::sampling::{self, Rng};
-use super::search::non_finite_error;
 use super::settings::{EarlyStopping, ResolvedGeneration};
 use crate::{ModelError, Result};
 
@@ -237,9 +237,11 @@ fn beam_search_on(
             model.select_rows(&src)?;
         }
         // Logits left on a GPU stay there when the search is not sampling (sampling draws
-        // over every beam's whole row); their non-finite check is made there.
+        // over every beam's whole row) and no repetition penalty reads the scores; their
+        // non-finite check is made there.
         let device = |x: &Tensor| {
             !cfg.do_sample()
+                && cfg.repetition_penalty() == 1.0
                 && match device_candidates {
                     CandidatesOn::Gpu => !matches!(x.device(), Device::Cpu),
                     #[cfg(test)]
@@ -252,7 +254,7 @@ fn beam_search_on(
             None => Logits::Host(model.step(&next_tokens)?),
         };
         if let Logits::Host(v) = &logits {
-            super::search::check_logits(v, t + 1)?;
+            check_logits(v, t + 1)?;
         }
         steps += 1;
     }
@@ -300,37 +302,31 @@ fn device_scores(
     keep: usize,
 ) -> Result<StepScores> {
     let (n_rows, vocab) = (x.dim(0), x.dim(1));
-    let lp = ops::log_softmax(x)?;
     let mut groups: Vec<(Vec<u32>, Vec<usize>)> = Vec::new();
     let mut host = Vec::new();
     for (r, o) in owner.iter().enumerate() {
         let Some((b, j)) = *o else { continue };
         match banned_ids(&items[b].seen[j], t, cfg, vocab) {
-            Some(ex) => match groups.iter_mut().find(|(e, _)| *e == ex) {
-                Some((_, rs)) => rs.push(r),
-                None => groups.push((ex, vec![r])),
-            },
+            Some(ex) => group_row(&mut groups, ex, r),
             None => host.push(r),
         }
     }
     let mut tops = vec![None; n_rows];
     let mut non_finite = 0;
-    let pick = |t: &Tensor, rs: &[usize]| -> Result<Tensor> {
-        Ok(if rs.len() == n_rows {
-            t.clone()
-        } else {
-            ops::gather_rows(t, rs)?
-        })
-    };
-    for (ex, rs) in &groups {
-        let cands = ops::top_candidates(&pick(&lp, rs)?, keep, keep + BEAM_MARGIN, ex)?;
-        for (c, &r) in cands.into_iter().zip(rs) {
-            match c {
-                Some(c) if c.non_finite > 0 => non_finite += c.non_finite as usize,
-                Some(c) if c.ids.len() >= keep => {
-                    tops[r] = Some(best_first(c.values.into_iter().zip(c.ids).collect(), keep))
+    // One log-softmax for every row, taken only when some row is chosen on the device.
+    if !groups.is_empty() {
+        let lp = ops::log_softmax(x)?;
+        for (ex, rs) in &groups {
+            let cands = ops::top_candidates(&rows_of(&lp, rs)?, keep, keep + BEAM_MARGIN, ex)?;
+            for (c, &r) in cands.into_iter().zip(rs) {
+                match c {
+                    Some(c) if c.non_finite > 0 => non_finite += c.non_finite as usize,
+                    Some(c) if c.ids.len() >= keep => {
+                        let best = best_first(c.values.into_iter().zip(c.ids).collect(), keep);
+                        tops[r] = Some(best);
+                    }
+                    _ => host.push(r),
                 }
-                _ => host.push(r),
             }
         }
     }
@@ -338,7 +334,7 @@ fn device_scores(
     let host_v = if host.is_empty() {
         Vec::new()
     } else {
-        pick(x, &host)?.to_vec_f32()?
+        rows_of(x, &host)?.to_vec_f32()?
     };
     non_finite += host_v.iter().filter(|v| !v.is_finite()).count();
     non_finite_error(non_finite, n_rows * vocab, t)?;

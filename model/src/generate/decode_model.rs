@@ -3,7 +3,7 @@
 
 use blip2_engine::Tensor;
 
-use crate::Result;
+use crate::{ModelError, Result};
 
 /// One token as it is produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,4 +46,26 @@ pub struct DecodeOutput {
     pub scores: Vec<Option<f32>>,
     /// Number of `DecodeModel::step` calls.
     pub steps: usize,
+}
+
+/// The model's raw logits for new token `step` must all be numbers: NaN or ±inf there
+/// (broken weights or inputs, an overflow in reduced precision) would make every choice
+/// meaningless, so generation stops with a typed error instead of returning garbage. The
+/// processors' own −inf masks come later and are not checked.
+pub(super) fn check_logits(logits: &[f32], step: usize) -> Result<()> {
+    let count = logits.iter().filter(|v| !v.is_finite()).count();
+    non_finite_error(count, logits.len(), step)
+}
+
+/// [`check_logits`] from a count made elsewhere (on the device): `count` of `total` logits
+/// for new token `step` are NaN or ±inf.
+pub(super) fn non_finite_error(count: usize, total: usize, step: usize) -> Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    Err(ModelError::NonFinite {
+        what: format!("logits for generated token {step}"),
+        count,
+        total,
+    })
 }

@@ -9,14 +9,14 @@
 //! Files, each importing only files listed after it (so there is no cycle):
 //!
 //! ```text
-//! row           one sequence's choice per step      → processors, settings, sampling, search (check_logits)
-//! search        decode entry, greedy/sampling loop  → beam, processors, settings, sampling, decode_model
-//! beam          beam search and beam sampling       → processors, settings, sampling, decode_model
+//! search        decode entry, greedy/sampling loop  → beam, row, settings, decode_model
+//! beam          beam search and beam sampling       → row (rows_of, group_row), processors, settings, sampling, decode_model
+//! row           one sequence's choice per step      → processors, settings, sampling, decode_model
 //! processors    logits processors, argmax           → settings
 //! test_util     TableModel (tests only)             → settings, decode_model
 //! settings      GenerationConfig → ResolvedGeneration → sampling (random_seed)
 //! sampling      Rng, warpers, softmax, draws        → (none)
-//! decode_model  DecodeModel, TokenEvent, DecodeOutput → (none)
+//! decode_model  DecodeModel, TokenEvent, DecodeOutput, the logits checks → (none)
 //! ```
 //!
 //! The tests of `processors`, `beam` and `search` use `test_util`.

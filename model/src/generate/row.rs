@@ -6,9 +6,9 @@
 
 use blip2_engine::{Device, Tensor, ops};
 
+use super::decode_model::{check_logits, non_finite_error};
 use super::processors::{apply_processors, argmax};
 use super::sampling::{self, Rng};
-use super::search::{check_logits, non_finite_error};
 use super::settings::ResolvedGeneration;
 use crate::{ModelError, Result};
 
@@ -215,13 +215,6 @@ pub fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
         )));
     }
     let vocab = logits.dim(1);
-    let pick = |rs: &[usize]| -> Result<Tensor> {
-        Ok(if rs.len() == rows {
-            logits.clone()
-        } else {
-            ops::gather_rows(logits, rs)?
-        })
-    };
     // On the CPU the candidates would cost more than the row they stand for.
     let on_gpu = !matches!(logits.device(), Device::Cpu);
     let mut out: Vec<Option<Result<RowToken>>> = (0..rows).map(|_| None).collect();
@@ -234,22 +227,15 @@ pub fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
     for (r, d) in decoders.iter().enumerate() {
         let d = d.borrow();
         if let Some(ex) = d.device_greedy() {
-            match greedy.iter_mut().find(|(e, _)| e == ex) {
-                Some((_, rs)) => rs.push(r),
-                None => greedy.push((ex.to_vec(), vec![r])),
-            }
+            group_row(&mut greedy, ex.to_vec(), r);
         } else if let Some((k, max_out, ex)) = d.device_sampling(vocab).filter(|_| on_gpu) {
-            let key = (k, max_out, ex.to_vec());
-            match sampled.iter_mut().find(|(e, _)| *e == key) {
-                Some((_, rs)) => rs.push(r),
-                None => sampled.push((key, vec![r])),
-            }
+            group_row(&mut sampled, (k, max_out, ex.to_vec()), r);
         } else {
             host.push(r);
         }
     }
     for (ex, rs) in &greedy {
-        let (ids, bad) = ops::argmax_rows(&pick(rs)?, ex)?;
+        let (ids, bad) = ops::argmax_rows(&rows_of(logits, rs)?, ex)?;
         for (i, &r) in rs.iter().enumerate() {
             out[r] = Some(decoders[r].borrow_mut().accept(ids[i], bad[i], vocab));
         }
@@ -257,7 +243,7 @@ pub fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
     // Sampled rows: their top candidates; a row whose candidates cannot stand for it
     // (too many ties, or none removed by top-k) is read back whole below.
     for ((k, max_out, ex), rs) in &sampled {
-        let cands = ops::top_candidates(&pick(rs)?, *k, *max_out, ex)?;
+        let cands = ops::top_candidates(&rows_of(logits, rs)?, *k, *max_out, ex)?;
         for (c, &r) in cands.iter().zip(rs) {
             let Some(c) = c else {
                 host.push(r);
@@ -275,7 +261,7 @@ pub fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
     }
     host.sort_unstable();
     if !host.is_empty() {
-        let mut v = pick(&host)?.to_vec_f32()?;
+        let mut v = rows_of(logits, &host)?.to_vec_f32()?;
         for (i, &r) in host.iter().enumerate() {
             let scores = &mut v[i * vocab..(i + 1) * vocab];
             out[r] = Some(decoders[r].borrow_mut().choose(scores));
@@ -285,6 +271,26 @@ pub fn choose_rows<D: std::borrow::BorrowMut<RowDecoder>>(
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(ModelError::Invalid("row not chosen".into()))))
         .collect())
+}
+
+/// Rows `rs` of `logits` `[R, V]`, on its device (the tensor itself when they are all of
+/// its rows, in order).
+pub(super) fn rows_of(logits: &Tensor, rs: &[usize]) -> Result<Tensor> {
+    Ok(
+        if rs.len() == logits.dim(0) && rs.iter().enumerate().all(|(i, &r)| i == r) {
+            logits.clone()
+        } else {
+            ops::gather_rows(logits, rs)?
+        },
+    )
+}
+
+/// Puts row `r` in the group of `key` (the rows one dispatch serves), a new group if none.
+pub(super) fn group_row<K: PartialEq>(groups: &mut Vec<(K, Vec<usize>)>, key: K, r: usize) {
+    match groups.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, rs)) => rs.push(r),
+        None => groups.push((key, vec![r])),
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! [`super::beam`].
 
 use super::beam::beam_search;
-use super::decode_model::{DecodeModel, DecodeOutput, TokenEvent};
+use super::decode_model::{DecodeModel, DecodeOutput, TokenEvent, check_logits};
 use blip2_engine::{Device, Tensor};
 
 use super::row::{RowDecoder, choose_rows};
@@ -45,28 +45,6 @@ pub fn decode(
         return Ok(out);
     }
     one_path(first, seen, cfg, model, on_token)
-}
-
-/// The model's raw logits for new token `step` must all be numbers: NaN or ±inf there
-/// (broken weights or inputs, an overflow in reduced precision) would make every choice
-/// meaningless, so generation stops with a typed error instead of returning garbage. The
-/// processors' own −inf masks come later and are not checked.
-pub(super) fn check_logits(logits: &[f32], step: usize) -> Result<()> {
-    let count = logits.iter().filter(|v| !v.is_finite()).count();
-    non_finite_error(count, logits.len(), step)
-}
-
-/// [`check_logits`] from a count made elsewhere (on the device): `count` of `total` logits
-/// for new token `step` are NaN or ±inf.
-pub(super) fn non_finite_error(count: usize, total: usize, step: usize) -> Result<()> {
-    if count == 0 {
-        return Ok(());
-    }
-    Err(ModelError::NonFinite {
-        what: format!("logits for generated token {step}"),
-        count,
-        total,
-    })
 }
 
 /// Greedy search or sampling (num_beams = 1): each row a [`RowDecoder`] on the seed's
