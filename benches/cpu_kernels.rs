@@ -431,7 +431,7 @@ fn bf16_weights(c: &mut Criterion) {
         let a = rand_vec(m * k, 7);
         let w = rand_vec(n * k, 8);
         let w16: Vec<f16> = w.iter().copied().map(f16::from_f32).collect();
-        let mut wb = vec![half::bf16::ZERO; bf16_packed_len(n, k)];
+        let mut wb = AlignedVec::<half::bf16>::zeroed(bf16_packed_len(n, k));
         pack_bf16(&w, n, k, &mut wb);
         let wm = Bf16Matrix {
             rows: n,
@@ -464,7 +464,8 @@ fn bf16_weights(c: &mut Criterion) {
 /// f32 and f16 weights packed at load (`matmul_packed`) against the same weights row-major
 /// (packed per call by the GEMM, or read row by row by the GEMV paths): the ViT shapes,
 /// decode (m = 1, 4, 8, memory-bound) and the demo model's batched decode (m = 16, tiny
-/// matrices, where per-call packing weighs most). All threads.
+/// matrices, where per-call packing weighs most). Where the CPU has AMX, the packed weights
+/// also on the split bf16 path (`f16_split`, `f32_split`: three bf16 terms). All threads.
 fn packed_weights(c: &mut Criterion) {
     let best = isa();
     let shapes = VIT.iter().chain(&[
@@ -481,9 +482,9 @@ fn packed_weights(c: &mut Criterion) {
         let w = rand_vec(n * k, 10);
         let w16: Vec<f16> = w.iter().copied().map(f16::from_f32).collect();
         let len = checked_packed_len(n, k).unwrap();
-        let mut p32 = vec![0f32; len];
+        let mut p32 = AlignedVec::<f32>::zeroed(len);
         pack_linear(&w, n, k, &mut p32);
-        let mut p16 = vec![f16::ZERO; len];
+        let mut p16 = AlignedVec::<f16>::zeroed(len);
         pack_linear(&w16, n, k, &mut p16);
         let mut out = vec![0.0f32; m * n];
         for (name, b) in [("f32", BSlice::F32(&w)), ("f16", BSlice::F16(&w16))] {
@@ -503,6 +504,12 @@ fn packed_weights(c: &mut Criterion) {
             g.bench_function(name, |bch| {
                 bch.iter(|| matmul_packed_with(best, 0, black_box(&a), &wm, None, &mut out, m))
             });
+            if split_available() {
+                let split = name.replace("packed", "split");
+                g.bench_function(split, |bch| {
+                    bch.iter(|| matmul_packed_split_with(0, black_box(&a), &wm, None, &mut out, m))
+                });
+            }
         }
         g.finish();
     }

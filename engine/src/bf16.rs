@@ -2,6 +2,7 @@
 //! load, in the layout the CPU matrix kernels read directly (`blip2_kernels::Bf16Matrix`).
 //! A CPU-only format: the GPU kernels have no bf16 path, so uploading one is a typed error.
 
+use blip2_kernels::AlignedVec;
 use half::bf16;
 
 use crate::tensor::{CpuStorage, Storage};
@@ -12,7 +13,7 @@ use crate::{DType, Device, Error, Result, Tensor};
 pub(crate) struct Bf16Data {
     pub rows: usize,
     pub cols: usize,
-    pub data: Vec<bf16>,
+    pub data: AlignedVec<bf16>,
 }
 
 impl Bf16Data {
@@ -58,7 +59,7 @@ impl Tensor {
                 found: DType::BF16,
             });
         }
-        let mut packed = vec![bf16::ZERO; blip2_kernels::bf16_packed_len(rows, cols)];
+        let mut packed = AlignedVec::zeroed(blip2_kernels::bf16_packed_len(rows, cols));
         blip2_kernels::pack_bf16(data, rows, cols, &mut packed);
         Ok(Tensor::from_cpu(
             shape.to_vec(),

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use blip2_kernels::AlignedVec;
 use bytemuck::Pod;
 
 /// A byte buffer shared by the tensors that live in it (`Arc<Mmap>`, `&'static [u8]`, ..).
@@ -106,10 +107,24 @@ impl<T: Pod> std::fmt::Debug for HostVec<T> {
 /// and below 8 MiB, a plain zeroed vector.
 pub(crate) fn zeroed_large<T: Copy + Default>(len: usize) -> Vec<T> {
     let v = vec![T::default(); len];
+    advise_huge(&v);
+    v
+}
+
+/// [`zeroed_large`] with the data on a 64-byte line (packed weights, which the kernels
+/// read 64 bytes at a time: `blip2_kernels::AlignedVec`).
+pub(crate) fn zeroed_large_aligned<T: Copy + Default>(len: usize) -> AlignedVec<T> {
+    let v = AlignedVec::zeroed(len);
+    advise_huge(&v);
+    v
+}
+
+/// The huge-page advice of [`zeroed_large`] for the whole 2 MiB pages inside `v`.
+fn advise_huge<T>(v: &[T]) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
-        let bytes = len * size_of::<T>();
+        let bytes = std::mem::size_of_val(v);
         let start = v.as_ptr() as usize;
         let (a, b) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
         if bytes >= 4 * HUGE && b > a {
@@ -120,5 +135,6 @@ pub(crate) fn zeroed_large<T: Copy + Default>(len: usize) -> Vec<T> {
             }
         }
     }
-    v
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
 }

@@ -10,7 +10,9 @@ use std::borrow::Cow;
 
 use half::f16;
 
-use crate::host::zeroed_large;
+use blip2_kernels::AlignedVec;
+
+use crate::host::zeroed_large_aligned;
 use crate::stored::{Elem, StoredView};
 use crate::tensor::{CpuStorage, Storage};
 use crate::{DType, Device, Error, Result, StoredDType, Tensor};
@@ -18,8 +20,8 @@ use crate::{DType, Device, Error, Result, StoredDType, Tensor};
 /// The panel-packed elements.
 #[derive(Clone, Debug)]
 pub(crate) enum PanelVec {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
+    F32(AlignedVec<f32>),
+    F16(AlignedVec<f16>),
 }
 
 /// A `rows × cols` matrix in panels (rows = every dim but the last).
@@ -87,8 +89,13 @@ pub fn panels_preferred() -> bool {
 
 /// `src` (`rows × cols` stored elements) converted into `T` as it is packed, into one
 /// allocation of `len` elements.
-fn pack_converted<T: Elem>(src: &StoredView<'_>, rows: usize, cols: usize, len: usize) -> Vec<T> {
-    let mut out = zeroed_large::<T>(len);
+fn pack_converted<T: Elem>(
+    src: &StoredView<'_>,
+    rows: usize,
+    cols: usize,
+    len: usize,
+) -> AlignedVec<T> {
+    let mut out = zeroed_large_aligned::<T>(len);
     blip2_kernels::pack_linear_with(rows, cols, &mut out, |r, c, run| {
         T::convert(src, r * cols + c, run)
     });
@@ -96,14 +103,18 @@ fn pack_converted<T: Elem>(src: &StoredView<'_>, rows: usize, cols: usize, len: 
 }
 
 /// Packs row-major `v` (`rows × cols`) into panels.
-fn pack<T: Copy + Default + Send + Sync>(v: &[T], rows: usize, cols: usize) -> Result<Vec<T>> {
+fn pack<T: Copy + Default + Send + Sync>(
+    v: &[T],
+    rows: usize,
+    cols: usize,
+) -> Result<AlignedVec<T>> {
     let len = blip2_kernels::checked_packed_len(rows, cols).ok_or_else(|| {
         Error::shape(
             "to_panels",
             format!("{rows} x {cols} overflows usize once padded"),
         )
     })?;
-    let mut out = vec![T::default(); len];
+    let mut out = AlignedVec::zeroed(len);
     blip2_kernels::pack_linear(v, rows, cols, &mut out);
     Ok(out)
 }

@@ -1,5 +1,7 @@
-//! The ViT-g linear layers (257 rows) with f32, f16 and packed bf16 weights, interleaved,
-//! medians of `rounds`: `cargo run --release -p blip2-kernels --example linear_vit -- [rounds]`.
+//! The ViT-g linear layers (257 rows) with f32, f16 and packed bf16 weights, then f16
+//! weights packed at load (as the engine holds them) on the f32 path and on the split bf16
+//! path (AMX), interleaved, medians of `rounds`:
+//! `cargo run --release -p blip2-kernels --example linear_vit -- [rounds]`.
 use std::time::Instant;
 
 use blip2_kernels::*;
@@ -30,7 +32,7 @@ fn main() {
             .map(|i| ((i * 53 % 97) as f32 - 48.0) / 480.0)
             .collect();
         let wh: Vec<f16> = w.iter().map(|&x| f16::from_f32(x)).collect();
-        let mut wb = vec![bf16::ZERO; bf16_packed_len(n, k)];
+        let mut wb = AlignedVec::<bf16>::zeroed(bf16_packed_len(n, k));
         pack_bf16(&w, n, k, &mut wb);
         let wbm = Bf16Matrix {
             rows: n,
@@ -39,7 +41,15 @@ fn main() {
         };
         let bias = vec![0.1f32; n];
         let mut c = vec![0f32; m * n];
+        let mut wp = AlignedVec::<f16>::zeroed(checked_packed_len(n, k).unwrap());
+        pack_linear(&wh, n, k, &mut wp);
+        let wpm = PackedMatrix {
+            rows: n,
+            cols: k,
+            data: PackedData::F16(&wp),
+        };
         let (mut t32, mut t16, mut tb) = (vec![], vec![], vec![]);
+        let (mut tp, mut ts) = (vec![], vec![]);
         for _ in 0..rounds {
             let t = Instant::now();
             matmul(&a, BSlice::F32(&w), Some(&bias), &mut c, m, k, n, true);
@@ -50,6 +60,14 @@ fn main() {
             let t = Instant::now();
             matmul_bf16(&a, &wbm, Some(&bias), &mut c, m);
             tb.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            matmul_packed_with(isa(), 0, &a, &wpm, Some(&bias), &mut c, m);
+            tp.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            if !matmul_packed_split_with(0, &a, &wpm, Some(&bias), &mut c, m) {
+                break;
+            }
+            ts.push(t.elapsed().as_secs_f64());
         }
         let fl = 2.0 * (m * n * k) as f64 / 1e9;
         let (a32, a16, ab) = (median(t32), median(t16), median(tb));
@@ -63,5 +81,23 @@ fn main() {
             fl / ab,
             ab / a32
         );
+        let ap = median(tp);
+        if ts.is_empty() {
+            println!(
+                "  f16 packed {:.2} ms ({:.0}) | no split path here",
+                ap * 1e3,
+                fl / ap
+            );
+        } else {
+            let asp = median(ts);
+            println!(
+                "  f16 packed {:.2} ms ({:.0}) | f16 split {:.2} ms ({:.0}) | split/packed {:.2}",
+                ap * 1e3,
+                fl / ap,
+                asp * 1e3,
+                fl / asp,
+                asp / ap
+            );
+        }
     }
 }

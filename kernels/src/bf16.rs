@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::gemm::{Shared, linear_trivial, matmul_widened, resolve_threads};
 use crate::isa::multiversion;
-use crate::{Isa, isa};
+use crate::{AlignedVec, Isa, isa};
 
 /// Rows per block of the packed layout (one tile's N).
 pub const BF16_BLOCK_ROWS: usize = 16;
@@ -44,11 +44,6 @@ const SMALL_M: usize = 8;
 /// `BLIP2_CPU_AMX=0 linear_vit`) 64 was 1.2–1.6× the f32 weights' time, 256 1.0–1.3×
 /// (fc2's K = 6144 the worst; scratch 6 MiB per thread there).
 const NB: usize = 256;
-/// K per chunk of the AMX walk (a multiple of 32). Measured on a 2-core Sapphire Rapids VM
-/// (2026-12-05, `linear_vit` example) at the ViT shapes: 256 and 512 (operands L1-resident)
-/// were up to 15% slower than 2048 (the accumulator reloads cost more than L2 reads save);
-/// 2048 keeps a pair of B chunks (128 KiB) in L2 for the widest K (fc2's 6144).
-const AMX_KC: usize = 2048;
 
 /// A packed bf16 weight matrix (see the module docs for the layout).
 #[derive(Clone, Copy, Debug)]
@@ -481,15 +476,32 @@ fn dpbf16_m(
 
 /// Runs `f` on this thread's buffer for A rounded to bf16, reused across calls (a fresh
 /// zeroed buffer per call cost ~5% of the ViT in page clearing and memset on the AMX path).
+/// Line-aligned, so that no tile row or zmm load of it splits a cache line.
 #[cfg(target_arch = "x86_64")]
-fn with_rounded_a<R>(f: impl FnOnce(&mut Vec<u16>) -> R) -> R {
+fn with_rounded_a<R>(f: impl FnOnce(&mut AlignedVec<u16>) -> R) -> R {
     thread_local! {
-        static ABF: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+        static ABF: std::cell::RefCell<AlignedVec<u16>> = std::cell::RefCell::new(AlignedVec::default());
     }
     let mut abf = ABF.with(|b| b.take());
     let r = f(&mut abf);
     ABF.with(|b| b.replace(abf));
     r
+}
+
+/// Bytes of rounded A one K chunk of the AMX walk may take: the chunk stays in L2 (2 MiB per
+/// core on Sapphire Rapids) while every pair of W's row blocks passes over it, next to the
+/// pair's own chunk of W.
+const AMX_A_CHUNK_BYTES: usize = 1 << 20;
+
+/// K per chunk of the AMX walk for `mp` rows of A (a multiple of 32; equal chunks): all of K
+/// while the rows' A fits [`AMX_A_CHUNK_BYTES`] (every decode batch and the ViT's K = 1408),
+/// else the fewest chunks that fit (the ViT's fc2, K = 6144 over 288 rows: 4 of 1536). Before
+/// the chunks, each pair of W blocks walked the whole K and A streamed from L3 once per
+/// pair there.
+pub(crate) fn amx_kc(mp: usize, kp: usize, terms: usize) -> usize {
+    let fits = (AMX_A_CHUNK_BYTES / (2 * terms * mp.max(1))) / 32 * 32;
+    let chunks = kp.div_ceil(fits.max(32));
+    (kp.div_ceil(chunks)).div_ceil(32) * 32
 }
 
 /// The AMX path: A rounded to bf16 once into tiles (rows padded to 32, K to 32), then each
@@ -504,99 +516,223 @@ fn amx_m(
     c: &mut [f32],
     m: usize,
 ) {
-    let k = w.cols;
-    let kp = padded_k(k);
+    let kp = padded_k(w.cols);
     let mp = m.div_ceil(32) * 32;
-    // Rounded A, reused across calls on this thread; only the padding is zeroed.
     with_rounded_a(|abf| {
-        abf.resize(mp * kp, 0);
-        // Tile layout: row r, K step s (32 values) at (r/16)·16·kp + s·512 + (r%16)·32, so each
-        // A tile is one contiguous KiB like W's (strided 16-row tile loads were ~35% slower).
-        let mut row = vec![0u16; kp];
-        for r in 0..mp {
-            if r < m {
-                round_row_isa(isa, &a[r * k..(r + 1) * k], &mut row[..k]);
-            } else {
-                row[..k].fill(0);
-            }
-            let base = (r / 16) * 16 * kp + (r % 16) * 32;
-            for (st, chunk) in row.chunks_exact(32).enumerate() {
-                abf[base + st * 512..base + st * 512 + 32].copy_from_slice(chunk);
-            }
-        }
-        amx_tiles(abf, kp, threads, w, bias, c, m);
+        abf.resize(mp * kp);
+        pack_a_tiles(isa, threads, a, m, w.cols, abf);
+        let walk = AmxWalk {
+            terms: 1,
+            kp,
+            kc: amx_kc(mp, kp, 1),
+            n: w.rows,
+            m,
+        };
+        // W's packed blocks are already B tiles: used in place.
+        walk.run(abf, threads, bias, c, &|pair, s0, _steps, _scratch| {
+            (
+                w.data[pair * 32 * kp + s0 * 512..].as_ptr() as *const u16,
+                16 * kp,
+            )
+        });
     })
 }
 
-/// The tile walk of [`amx_m`] over the rounded A (tile layout, `kp` values per row, rows
-/// padded to 32).
+/// Rounds A (`m × k`) to bf16 into the tile layout: row r, K step s (32 values) at
+/// (r/16)·16·kp + s·512 + (r%16)·32, so each A tile is one contiguous KiB like W's (strided
+/// 16-row tile loads were ~35% slower). Every value is written (padding rows and K as zeros),
+/// in parallel over 16-row blocks: on one thread this pass was ~10% of a ViT layer's time.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn amx_tiles(
-    abf: &[u16],
-    kp: usize,
-    threads: usize,
-    w: &Bf16Matrix,
-    bias: Option<&[f32]>,
-    c: &mut [f32],
-    m: usize,
-) {
-    let n = w.rows;
-    let parts = block_pair_parts(n, if threads > 1 { threads } else { 1 });
-    let cptr = Shared(c.as_mut_ptr());
-    let blocks = m.div_ceil(32);
-    for_parts(&parts, |p0, p1| {
-        // One 32×32 accumulator per row block of A: K is walked in chunks of AMX_KC so
-        // that the pair of B chunks stays in cache while every row block of A passes
-        // under it.
-        let mut acc: Vec<crate::x86_amx::Tile32> =
-            (0..blocks).map(|_| Default::default()).collect();
-        // SAFETY: AMX is available (checked by the caller); A holds `blocks`·32 rows of kp,
-        // W's pairs p0..p1 hold 32 rows of kp each (kp a multiple of 32).
-        unsafe {
-            crate::x86_amx::configure();
-            for pair in p0..p1 {
-                let b = w.data.as_ptr().add(pair * 32 * kp) as *const u16;
-                let r0 = pair * 32;
-                for k0 in (0..kp).step_by(AMX_KC) {
-                    let steps = AMX_KC.min(kp - k0) / 32;
-                    for (ib, t) in acc.iter_mut().enumerate() {
-                        // The last block takes only the tile rows it needs.
-                        let block = if m - ib * 32 <= 16 {
-                            crate::x86_amx::block_16x32
-                        } else {
-                            crate::x86_amx::block_32x32
-                        };
-                        block(
-                            abf.as_ptr().add(ib * 32 * kp + k0 * 16),
-                            16 * kp,
-                            b.add(k0 * 16),
-                            16 * kp,
-                            steps,
-                            k0 > 0,
-                            t,
-                        );
-                    }
+fn pack_a_tiles(isa: Isa, threads: usize, a: &[f32], m: usize, k: usize, abf: &mut [u16]) {
+    let kp = padded_k(k);
+    let native = crate::x86_dpbf16::dpbf16_available();
+    let fill = |(blk, out): (usize, &mut [u16])| {
+        for r in 0..16 {
+            let i = blk * 16 + r;
+            if native {
+                let src = if i < m {
+                    &a[i * k..(i + 1) * k]
+                } else {
+                    &[][..]
+                };
+                // SAFETY: AVX512-BF16 is present; `out` is this 16-row block (16·kp
+                // values), row r's slots start at r·32, and src has at most k ≤ kp values.
+                unsafe { crate::x86_amx::round_row_to_tiles(src, kp, &mut out[r * 32..]) };
+                continue;
+            }
+            for st in 0..kp / 32 {
+                let dst = &mut out[st * 512 + r * 32..][..32];
+                let k0 = st * 32;
+                let len = if i < m {
+                    32.min(k.saturating_sub(k0))
+                } else {
+                    0
+                };
+                if len > 0 {
+                    round_row_isa(isa, &a[i * k + k0..][..len], &mut dst[..len]);
                 }
-                let c = cptr.get();
-                let cols = 32.min(n.saturating_sub(r0));
-                for (ib, t) in acc.iter().enumerate() {
-                    let i0 = ib * 32;
-                    for i in 0..32.min(m - i0) {
-                        // Row i0 + i, columns r0..r0 + cols of C belong to this part only.
-                        let out = std::slice::from_raw_parts_mut(c.add((i0 + i) * n + r0), cols);
-                        let src = &t.0[i * 32..i * 32 + cols];
-                        match bias {
-                            Some(bv) => {
-                                for ((o, v), b) in out.iter_mut().zip(src).zip(&bv[r0..]) {
-                                    *o = v + b;
+                dst[len..].fill(0);
+            }
+        }
+    };
+    if threads > 1 && m > 16 {
+        abf.par_chunks_mut(16 * kp).enumerate().for_each(fill);
+    } else {
+        abf.chunks_mut(16 * kp).enumerate().for_each(fill);
+    }
+}
+
+/// The B tiles of one pair of W's 16-row blocks for K steps `s0 .. s0 + steps` (32 values
+/// each): a pointer to the first block's `terms · steps` tiles (one contiguous KiB each, in
+/// the walk's step order) and the offset, in values, of the second block's. A source that
+/// converts W may write them into the scratch (per thread, kept across calls).
+pub(crate) type BTiles<'a> =
+    dyn Fn(usize, usize, usize, &mut AlignedVec<u16>) -> (*const u16, usize) + Sync + 'a;
+
+/// The shape of an AMX tile walk: C (m × n) from A in tile layout with `terms` tiles per
+/// K step of 32 (the products of one step summed in order: bf16 weights take 1, split
+/// weights 3) over `kp` padded K, in chunks of `kc` K values.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(crate) struct AmxWalk {
+    pub terms: usize,
+    pub kp: usize,
+    pub kc: usize,
+    pub n: usize,
+    pub m: usize,
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+impl AmxWalk {
+    /// C = A·B (+ bias) over `threads` tasks. A: 32-row blocks (rows padded to 32), each
+    /// K step `terms` tiles of 16 rows at `(r/16)·16·kpe + (s·terms + t)·512 + (r%16)·32`
+    /// (kpe = kp·terms). For each chunk of K, each pair of W blocks (32 columns of C) passes
+    /// under every 32-row block of A. Whole 32×32 blocks of C accumulate in C itself (tile
+    /// loads and stores at C's row stride); the last rows of M and the last columns of an N
+    /// that is not a multiple of 32 accumulate in scratch tiles and are copied out.
+    pub(crate) fn run(
+        &self,
+        abf: &[u16],
+        threads: usize,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        b_tiles: &BTiles,
+    ) {
+        use crate::x86_amx::{Out, Tile32, block_16x32, block_32x32};
+        let AmxWalk {
+            terms,
+            kp,
+            kc,
+            n,
+            m,
+        } = *self;
+        let kpe = kp * terms;
+        debug_assert!(abf.len() >= m.div_ceil(32) * 32 * kpe && c.len() == m * n);
+        let parts = block_pair_parts(n, if threads > 1 { threads } else { 1 });
+        let cptr = Shared(c.as_mut_ptr());
+        let blocks = m.div_ceil(32);
+        let chunks = kp.div_ceil(kc);
+        for_parts(&parts, |p0, p1| {
+            // Scratch accumulators: one reused when K is a single chunk; otherwise one per
+            // pair for the last row block and one per row block for the last pair, kept
+            // across the chunks.
+            let spill_len = if chunks > 1 { (p1 - p0) + blocks } else { 1 };
+            let mut spill: Vec<Tile32> = (0..spill_len).map(|_| Tile32::default()).collect();
+            let c = cptr.get();
+            with_b_scratch(|scratch| {
+                // SAFETY: AMX is available (checked by the caller); A holds `blocks`·32 rows
+                // of kpe, the B source gives 2 blocks of `terms`·steps tiles for pairs
+                // p0..p1 (every chunk inside kp); the whole blocks of C written through
+                // tiles are rows i0..i0 + 32 ≤ m and columns r0..r0 + 32 ≤ n of this
+                // part's columns only.
+                unsafe {
+                    crate::x86_amx::configure();
+                    for ch in 0..chunks {
+                        let s0 = ch * kc / 32;
+                        let steps = kc.min(kp - ch * kc) / 32;
+                        let last = ch + 1 == chunks;
+                        for pair in p0..p1 {
+                            let (b, b1_off) = b_tiles(pair, s0, steps, scratch);
+                            let r0 = pair * 32;
+                            let cols = 32.min(n - r0);
+                            for ib in 0..blocks {
+                                let i0 = ib * 32;
+                                let rows = 32.min(m - i0);
+                                let whole = rows == 32 && cols == 32;
+                                let out = if whole {
+                                    Out {
+                                        ptr: c.add(i0 * n + r0),
+                                        stride: 4 * n,
+                                    }
+                                } else if chunks == 1 {
+                                    Out::tile(&mut spill[0])
+                                } else if cols < 32 {
+                                    Out::tile(&mut spill[(p1 - p0) + ib])
+                                } else {
+                                    Out::tile(&mut spill[pair - p0])
+                                };
+                                let block = if rows <= 16 { block_16x32 } else { block_32x32 };
+                                let a = abf.as_ptr().add(ib * 32 * kpe + s0 * terms * 512);
+                                block(a, 16 * kpe, b, b1_off, steps * terms, ch > 0, out);
+                                if last {
+                                    finish_block(
+                                        out,
+                                        whole,
+                                        c.add(i0 * n + r0),
+                                        n,
+                                        rows,
+                                        cols,
+                                        bias.map(|b| &b[r0..]),
+                                    );
                                 }
                             }
-                            None => out.copy_from_slice(src),
                         }
                     }
+                    crate::x86_amx::release();
                 }
-            }
-            crate::x86_amx::release();
+            });
+        });
+    }
+}
+
+/// Writes a finished 32×32 block to C at `dst` (row stride n): copies `rows × cols` of a
+/// scratch tile, or leaves a block accumulated in C in place, then adds the bias.
+///
+/// # Safety
+/// `dst` is valid for `rows` rows of `cols` values at stride n, owned by this task; a
+/// scratch `out` holds 32 rows of 32.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+unsafe fn finish_block(
+    out: crate::x86_amx::Out,
+    whole: bool,
+    dst: *mut f32,
+    n: usize,
+    rows: usize,
+    cols: usize,
+    bias: Option<&[f32]>,
+) {
+    for i in 0..rows {
+        // SAFETY: per the contract.
+        let d = unsafe { std::slice::from_raw_parts_mut(dst.add(i * n), cols) };
+        if !whole {
+            // SAFETY: row i of the 32×32 scratch tile.
+            d.copy_from_slice(unsafe { std::slice::from_raw_parts(out.ptr.add(i * 32), cols) });
         }
-    });
+        if let Some(bv) = bias {
+            for (o, b) in d.iter_mut().zip(bv) {
+                *o += b;
+            }
+        }
+    }
+}
+
+/// Runs `f` on this thread's scratch for converted B tiles (kept across calls, aligned).
+#[cfg(target_arch = "x86_64")]
+fn with_b_scratch<R>(f: impl FnOnce(&mut AlignedVec<u16>) -> R) -> R {
+    thread_local! {
+        static B: std::cell::RefCell<AlignedVec<u16>> = std::cell::RefCell::new(AlignedVec::default());
+    }
+    let mut b = B.with(|b| b.take());
+    let r = f(&mut b);
+    B.with(|s| s.replace(b));
+    r
 }

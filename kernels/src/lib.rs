@@ -7,6 +7,8 @@
 //! All arithmetic accumulates in f32. Kernels know nothing about models; shape checks against
 //! user input belong to the caller (the engine) — the `assert!`s here are internal invariants.
 
+mod aligned;
+mod amx_split;
 mod attention;
 mod bf16;
 mod convert;
@@ -34,6 +36,11 @@ mod x86_quant;
 #[cfg(target_arch = "x86_64")]
 mod x86_vnni;
 
+pub use aligned::{AlignedVec, LINE};
+pub use amx_split::{
+    SPLIT_MIN_M, SplitWeights, matmul_packed_split_with, split_applies, split_available,
+    split_weights,
+};
 pub use attention::{AttnLayout, AttnParams, attention, attention_in, attention_with};
 pub use bf16::{
     AMX_MIN_M, BF16_BLOCK_K, BF16_BLOCK_ROWS, Bf16Activations, Bf16Matrix, amx_available,

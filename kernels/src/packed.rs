@@ -177,12 +177,20 @@ pub fn unpack_packed(w: &PackedMatrix, out: &mut [f32]) {
 ///
 /// Preconditions (asserted; the engine validates user shapes first): `w.is_consistent()`,
 /// `a.len() == m·w.cols`, `c.len() == m·w.rows`, `bias.len() == w.rows`.
+///
+/// Where [`crate::split_applies`] (f16 weights on a CPU with AMX, from 32 rows) this is the
+/// split bf16 path ([`crate::matmul_packed_split_with`], reduced precision: each product
+/// within about 2^-17 of its magnitude); otherwise the f32 path of [`matmul_packed_with`].
 pub fn matmul_packed(a: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
+    if crate::split_applies(w, m) && crate::matmul_packed_split_with(0, a, w, bias, c, m) {
+        return;
+    }
     matmul_packed_with(isa(), 0, a, w, bias, c, m)
 }
 
-/// [`matmul_packed`] on a chosen instruction set and thread count (0 = the whole rayon
-/// pool, 1 = the calling thread).
+/// [`matmul_packed`]'s f32 path (f32 products and sums, never the split bf16 one) on a
+/// chosen instruction set and thread count (0 = the whole rayon pool, 1 = the calling
+/// thread).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_packed_with(
     isa: Isa,

@@ -105,6 +105,23 @@ pub(crate) unsafe fn release() {
     unsafe { asm!("tilerelease", options(nostack, nomem)) }
 }
 
+/// Where a 32×32 output block lives: `ptr` to its first value, `stride` bytes from one row
+/// to the next (128 for a [`Tile32`], `4·n` for a block of the output matrix itself).
+#[derive(Clone, Copy)]
+pub(crate) struct Out {
+    pub ptr: *mut f32,
+    pub stride: usize,
+}
+
+impl Out {
+    pub(crate) fn tile(t: &mut Tile32) -> Out {
+        Out {
+            ptr: t.0.as_mut_ptr(),
+            stride: 128,
+        }
+    }
+}
+
 /// out[32×32] (+)= A[32 rows × 32·steps]·B where A is two 16-row blocks of tiles (each K
 /// step one contiguous 16×32 bf16 tile; the second block `a1_off` values after the first)
 /// and B is two packed 16-row blocks of W starting at the same K (the second `b1_off` values
@@ -114,7 +131,8 @@ pub(crate) unsafe fn release() {
 ///
 /// # Safety
 /// [`configure`] was called on this thread; `a`, `a + a1_off`, `b` and `b + b1_off` are each
-/// valid for 512·steps values.
+/// valid for 512·steps values; `out` is 32 rows of 32 floats, writable (and readable with
+/// `accumulate`), that no other thread touches.
 pub(crate) unsafe fn block_32x32(
     a: *const u16,
     a1_off: usize,
@@ -122,13 +140,14 @@ pub(crate) unsafe fn block_32x32(
     b1_off: usize,
     steps: usize,
     accumulate: bool,
-    out: &mut Tile32,
+    out: Out,
 ) {
-    let o = out.0.as_mut_ptr() as *mut u8;
+    let o = out.ptr as *mut u8;
+    let s = out.stride;
     // SAFETY: per the contract: every load stays inside A's two blocks and B's two, and
-    // the quarters of `out` are 16 rows of 64 bytes at a 128-byte stride.
+    // the quarters of `out` are 16 rows of 64 bytes at its stride.
     unsafe {
-        let (o1, o2, o3) = (o.add(64), o.add(16 * 128), o.add(16 * 128 + 64));
+        let (o1, o2, o3) = (o.add(64), o.add(16 * s), o.add(16 * s + 64));
         if accumulate {
             asm!(
                 "tileloadd tmm0, [{o} + {s}*1]",
@@ -139,7 +158,7 @@ pub(crate) unsafe fn block_32x32(
                 o1 = in(reg) o1,
                 o2 = in(reg) o2,
                 o3 = in(reg) o3,
-                s = in(reg) 128usize,
+                s = in(reg) s,
                 options(nostack, readonly),
             );
         } else {
@@ -188,7 +207,7 @@ pub(crate) unsafe fn block_32x32(
             o1 = in(reg) o1,
             o2 = in(reg) o2,
             o3 = in(reg) o3,
-            s = in(reg) 128usize,
+            s = in(reg) s,
             options(nostack),
         );
     }
@@ -198,7 +217,7 @@ pub(crate) unsafe fn block_32x32(
 /// tiles, for batches of a few rows and the last rows of a larger M.
 ///
 /// # Safety
-/// As [`block_32x32`], with `a` valid for 16 rows.
+/// As [`block_32x32`], with `a` valid for 16 rows and `out` for 16.
 pub(crate) unsafe fn block_16x32(
     a: *const u16,
     a1_off: usize,
@@ -206,10 +225,11 @@ pub(crate) unsafe fn block_16x32(
     b1_off: usize,
     steps: usize,
     accumulate: bool,
-    out: &mut Tile32,
+    out: Out,
 ) {
     let _ = a1_off;
-    let o = out.0.as_mut_ptr() as *mut u8;
+    let o = out.ptr as *mut u8;
+    let s = out.stride;
     // SAFETY: as in block_32x32, for A's first block and `out`'s first 16 rows.
     unsafe {
         let o1 = o.add(64);
@@ -219,7 +239,7 @@ pub(crate) unsafe fn block_16x32(
                 "tileloadd tmm1, [{o1} + {s}*1]",
                 o = in(reg) o,
                 o1 = in(reg) o1,
-                s = in(reg) 128usize,
+                s = in(reg) s,
                 options(nostack, readonly),
             );
         } else {
@@ -251,8 +271,45 @@ pub(crate) unsafe fn block_16x32(
             "tilestored [{o1} + {s}*1], tmm1",
             o = in(reg) o,
             o1 = in(reg) o1,
-            s = in(reg) 128usize,
+            s = in(reg) s,
             options(nostack),
         );
+    }
+}
+
+/// Rounds one row of A (`src`, at most `kp` values) to bf16 into its tile slots: K step s
+/// (32 values) at `dst[s·512..s·512 + 32]`, zeros past `src.len()` up to `kp` (a multiple of
+/// 32). `vcvtne2ps2bf16` rounds to nearest even as the portable rounding does, except that
+/// it takes denormal inputs as zero, which `tdpbf16ps` does with them anyway.
+///
+/// # Safety
+/// The CPU has AVX512-F/BW and AVX512-BF16; `dst` holds `(kp / 32 - 1)·512 + 32` values and
+/// `src.len() <= kp`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(crate) unsafe fn round_row_to_tiles(src: &[f32], kp: usize, dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    debug_assert!(src.len() <= kp && dst.len() >= (kp / 32 - 1) * 512 + 32);
+    for st in 0..kp / 32 {
+        let k0 = st * 32;
+        let len = src.len().saturating_sub(k0).min(32);
+        let lo = if len >= 16 {
+            0xffff
+        } else {
+            (1u32 << len) as u16 - 1
+        };
+        let hi = if len >= 32 {
+            0xffff
+        } else {
+            ((1u32 << len.max(16)) >> 16) as u16 - 1
+        };
+        // SAFETY: masked loads read only src[k0..k0 + len]; the store writes dst's 32
+        // slots of step st (inside dst per the contract).
+        unsafe {
+            let p = src.as_ptr().wrapping_add(k0);
+            let x0 = _mm512_maskz_loadu_ps(lo, p);
+            let x1 = _mm512_maskz_loadu_ps(hi, p.wrapping_add(16));
+            let r: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(st * 512) as *mut __m512i, r);
+        }
     }
 }

@@ -112,12 +112,12 @@ pub(crate) fn pack_a(
     m: usize,
     k: usize,
     kp: usize,
-    out: &mut Vec<u16>,
+    out: &mut crate::AlignedVec<u16>,
     mut row: impl FnMut(usize, &mut [u16]),
 ) {
     // Every value is written below (rows past m as zeros), so a reused buffer is not
     // cleared first.
-    out.resize(packed_a_len(m, kp), 0);
+    out.resize(packed_a_len(m, kp));
     let mut buf = vec![0u16; kp];
     for i in 0..m.div_ceil(MR) * MR {
         if i < m {

@@ -18,7 +18,7 @@ fn packed(w: &[f32], n: usize, k: usize) -> Vec<bf16> {
     p
 }
 
-const SHAPES: [(usize, usize, usize); 11] = [
+const SHAPES: [(usize, usize, usize); 12] = [
     (1, 1, 1),
     (1, 33, 70),
     (3, 7, 17),
@@ -34,6 +34,9 @@ const SHAPES: [(usize, usize, usize); 11] = [
     // K past the AVX512-BF16 walk's 1024-value chunks (C reloaded between chunks), with odd
     // row and column tails.
     (26, 2100, 45),
+    // K in two chunks of the AMX walk (A past its 1 MiB budget: C accumulated in place
+    // between chunks, the last rows and columns in scratch tiles kept across them).
+    (300, 1900, 70),
 ];
 
 #[test]

@@ -204,3 +204,125 @@ fn non_finite_values_propagate() {
         }
     }
 }
+
+/// The split bf16 path (AMX): each product within 2^-17 of |a·w| for f16 weights (split
+/// exactly) and 2^-16 for f32 ones (the weight's own split drops up to 2^-18 of it), then
+/// f32 sums over 3k terms: bound (2^-16 + γ_{3k+1})·(Σ|a||w| + |bias|). Shapes: below and
+/// at one 32-row block, partial last blocks of rows and columns, K not a multiple of 32, K
+/// in several chunks (A past the chunk budget at 1100 rows), and thread splits (bit-equal
+/// to one thread: tasks own whole columns). A CPU without AMX has no such path: the call
+/// must say so and write nothing.
+#[test]
+fn matmul_packed_split_matches_reference() {
+    const SPLIT_SHAPES: [(usize, usize, usize); 8] = [
+        (1, 33, 200),
+        (5, 17, 33),
+        (16, 64, 32),
+        (32, 100, 97),
+        (33, 257, 64),
+        (70, 300, 130),
+        (257, 45, 250),
+        (1100, 333, 40),
+    ];
+    let mut rng = Rng::new(9);
+    for &(m, k, n) in &SPLIT_SHAPES {
+        let a = rng.vec(m * k, -1.0, 1.0);
+        let w32 = rng.vec(n * k, -1.0, 1.0);
+        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let w16_wide: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+        let (p32, p16) = (pack(&w32, n, k), pack(&w16, n, k));
+        let bias = rng.vec(n, -1.0, 1.0);
+        for (name, data, wref) in [
+            ("f32", PackedData::F32(&p32), &w32),
+            ("f16", PackedData::F16(&p16), &w16_wide),
+        ] {
+            let wm = PackedMatrix {
+                rows: n,
+                cols: k,
+                data,
+            };
+            let (r, abs) = reference(&a, wref, &bias, m, k, n);
+            let mut first: Option<Vec<f32>> = None;
+            for threads in [1, 0, 3] {
+                let mut c = vec![f32::NAN; m * n];
+                let ran = matmul_packed_split_with(threads, &a, &wm, Some(&bias), &mut c, m);
+                assert_eq!(ran, split_available());
+                if !ran {
+                    assert!(c.iter().all(|v| v.is_nan()), "nothing written without AMX");
+                    continue;
+                }
+                let what = format!("split {name} t{threads} {m}x{k}x{n}");
+                check(&what, &c, &r, &abs, 2f64.powi(-16) + gamma(3 * k + 1));
+                match &first {
+                    None => first = Some(c),
+                    Some(f) => assert!(
+                        f.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{what}: differs from the 1-thread result"
+                    ),
+                }
+            }
+        }
+    }
+    // The default entry point takes it for f16 weights from SPLIT_MIN_M rows (where the
+    // CPU has it) and is then bit-equal to the explicit call.
+    let (m, k, n) = (SPLIT_MIN_M, 96, 64);
+    let a = rng.vec(m * k, -1.0, 1.0);
+    let w16: Vec<f16> = rng
+        .vec(n * k, -1.0, 1.0)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
+    let p = pack(&w16, n, k);
+    let wm = PackedMatrix {
+        rows: n,
+        cols: k,
+        data: PackedData::F16(&p),
+    };
+    let (mut auto, mut split) = (vec![0f32; m * n], vec![0f32; m * n]);
+    matmul_packed(&a, &wm, None, &mut auto, m);
+    if split_applies(&wm, m) {
+        assert!(matmul_packed_split_with(0, &a, &wm, None, &mut split, m));
+        assert!(
+            auto.iter()
+                .zip(&split)
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        );
+    }
+}
+
+/// Non-finite values stay non-finite on the split path: a NaN in row i of A makes row i of
+/// C NaN; an inf weight makes its column non-finite (NaN where a zero lo half meets the
+/// inf: 0·inf; the f32 path gives inf there).
+#[test]
+fn split_non_finite_values_propagate() {
+    if !split_available() {
+        return;
+    }
+    for m in [3, 40] {
+        let (k, n) = (40, 70);
+        let mut a = vec![0.5f32; m * k];
+        let mut w = vec![0.25f32; n * k];
+        a[(m - 1) * k + 3] = f32::NAN;
+        w[65 * k + 7] = f32::INFINITY;
+        let p = pack(&w, n, k);
+        let wm = PackedMatrix {
+            rows: n,
+            cols: k,
+            data: PackedData::F32(&p),
+        };
+        let mut c = vec![0f32; m * n];
+        assert!(matmul_packed_split_with(1, &a, &wm, None, &mut c, m));
+        for i in 0..m {
+            for j in 0..n {
+                let v = c[i * n + j];
+                if i == m - 1 {
+                    assert!(v.is_nan(), "m{m}: ({i},{j}) = {v}");
+                } else if j == 65 {
+                    assert!(!v.is_finite(), "m{m}: ({i},{j}) = {v}");
+                } else {
+                    assert_eq!(v, 0.5 * 0.25 * k as f32, "m{m}: ({i},{j})");
+                }
+            }
+        }
+    }
+}
