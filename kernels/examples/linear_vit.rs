@@ -1,7 +1,7 @@
 //! The ViT-g linear layers (257 rows) with f32, f16 and packed bf16 weights, then f16
 //! weights packed at load (as the engine holds them) on the f32 path and on the split bf16
 //! path (AMX), interleaved, medians of `rounds`:
-//! `cargo run --release -p blip2-kernels --example linear_vit -- [rounds]`.
+//! `cargo run --release -p blip2-kernels --example linear_vit -- [rounds] [rows]`.
 use std::time::Instant;
 
 use blip2_kernels::*;
@@ -17,7 +17,10 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
-    let m = 257;
+    let m: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(257);
     println!(
         "isa {} | AMX {} | {} threads",
         isa(),

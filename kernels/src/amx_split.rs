@@ -12,18 +12,19 @@
 //! `BLIP2_CPU_SPLIT=all`.
 //!
 //! Why it pays: AMX multiplies bf16 tiles at 16× the f32 FMA rate per core, so three terms
-//! still run at several times the f32 GEMM's speed once M fills a tile (the ViT, the
-//! Q-Former, prefill). W is split per call, one pair of 16-row blocks and one chunk of K at a
+//! still beat the f32 GEMM once M is large enough to pay for splitting W ([`SPLIT_MIN_M`]:
+//! the ViT, the Q-Former's cross-attention over the image tokens, long prefills). W is split per call, one pair of 16-row blocks and one chunk of K at a
 //! time into a per-thread scratch that every row block of A then reads (no extra memory is
 //! held for the weights); A is split once per call.
 
 use crate::AlignedVec;
 use crate::packed::{PackedData, PackedMatrix};
 
-/// Smallest M the split path takes: below a 32-row block of A the tiles run mostly on
-/// padding, and small M is memory-bound on W (decode), where the f32 kernels already
-/// stream W at bandwidth.
-pub const SPLIT_MIN_M: usize = 32;
+/// Smallest M the split path takes. Splitting W costs about as much per call whatever M
+/// is, so few rows do not pay for it: at the ViT's shapes on 2 threads (`linear_vit` example,
+/// spr-2c, 2026-12-07) the split took 1.17–1.27× the f32 path's time at 33 rows (prefill),
+/// 0.72–1.03× at 32 (the Q-Former's queries), 0.63–0.78× at 64 and 0.57–0.71× at 257.
+pub const SPLIT_MIN_M: usize = 48;
 
 /// Which packed weights [`split_applies`] sends to the split path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
