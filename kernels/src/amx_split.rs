@@ -112,8 +112,9 @@ pub fn matmul_packed_split_with(
     true
 }
 
-/// K steps of the split walk: xh·wh, xh·wl, xl·wh (A's tiles in this order, W's to match).
-const TERMS: usize = 3;
+/// Tiles per K step of the split operands: hi then lo, for A and for each block of W (the
+/// walk's split kernel multiplies them as xh·wh, xh·wl, xl·wh).
+const TERMS: usize = 2;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn split_m(
@@ -131,7 +132,7 @@ fn split_m(
     let mp = m.div_ceil(32) * 32;
     with_split_a(|abf| {
         abf.resize(mp * kpe);
-        // A's 16-row blocks, split in parallel (one row's three tiles per K step).
+        // A's 16-row blocks, split in parallel (one row's two tiles per K step).
         let fill = |(blk, out): (usize, &mut [u16])| {
             for r in 0..16 {
                 let i = blk * 16 + r;
@@ -152,6 +153,7 @@ fn split_m(
         }
         let walk = crate::bf16::AmxWalk {
             terms: TERMS,
+            split: true,
             kp,
             kc: crate::bf16::amx_kc(mp, kp, TERMS),
             n: w.rows,
@@ -220,14 +222,13 @@ mod x86 {
     }
 
     /// Splits one row of A (`src`, at most `kp` values, zeros after) into its tile slots:
-    /// K step s as tiles 3s (hi), 3s + 1 (hi again) and 3s + 2 (lo), each 32 values at
-    /// `dst[tile·512..]`.
+    /// K step s as tiles 2s (hi) and 2s + 1 (lo), each 32 values at `dst[tile·512..]`.
     ///
     /// # Safety
-    /// AVX512-F/BW/BF16; `dst` holds `(3·kp/32 − 1)·512 + 32` values; `src.len() <= kp`.
+    /// AVX512-F/BW/BF16; `dst` holds `(2·kp/32 − 1)·512 + 32` values; `src.len() <= kp`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn split_row_to_tiles(src: &[f32], kp: usize, dst: &mut [u16]) {
-        debug_assert!(src.len() <= kp && dst.len() >= (3 * kp / 32 - 1) * 512 + 32);
+        debug_assert!(src.len() <= kp && dst.len() >= (2 * kp / 32 - 1) * 512 + 32);
         for st in 0..kp / 32 {
             let k0 = st * 32;
             let len = src.len().saturating_sub(k0).min(32);
@@ -242,25 +243,24 @@ mod x86 {
                 ((1u32 << len.max(16)) >> 16) as u16 - 1
             };
             // SAFETY: masked loads read only src[k0..k0 + len]; the stores write this
-            // row's three slots of step st, inside dst per the contract.
+            // row's two slots of step st, inside dst per the contract.
             unsafe {
                 let p = src.as_ptr().wrapping_add(k0);
                 let x0 = _mm512_maskz_loadu_ps(m0, p);
                 let x1 = _mm512_maskz_loadu_ps(m1, p.wrapping_add(16));
                 let (hi, lo) = split32(x0, x1);
-                let d = dst.as_mut_ptr().add(3 * st * 512) as *mut __m512i;
+                let d = dst.as_mut_ptr().add(2 * st * 512) as *mut __m512i;
                 _mm512_storeu_si512(d, hi);
-                _mm512_storeu_si512(d.byte_add(1024), hi);
-                _mm512_storeu_si512(d.byte_add(2048), lo);
+                _mm512_storeu_si512(d.byte_add(1024), lo);
             }
         }
     }
 
     /// Writes the B tiles of one 32-row panel (K-major: value (r, k) at `k·32 + r`, `k`
     /// values of K) for K steps `s0 .. s0 + steps` from 32 f32 values per k (`load(k)`,
-    /// zeros past K): block b (rows 16b .. 16b + 16) at `b·3·steps·512`, its step s as tiles
-    /// 3s (hi), 3s + 1 (lo), 3s + 2 (hi), tile row p the pair (k, k + 1) = (32s + 2p, +1)
-    /// of the block's 16 rows interleaved.
+    /// zeros past K): block b (rows 16b .. 16b + 16) at `b·2·steps·512`, its step s as tiles
+    /// 2s (hi) and 2s + 1 (lo), tile row p the pair (k, k + 1) = (32s + 2p, +1) of the
+    /// block's 16 rows interleaved.
     #[inline(always)]
     unsafe fn split_panel(
         k: usize,
@@ -279,9 +279,9 @@ mod x86 {
             i1[2 * j] = 16 + j as u16;
             i1[2 * j + 1] = 48 + j as u16;
         }
-        let block1 = 3 * steps * 512;
+        let block1 = 2 * steps * 512;
         // SAFETY: the index vectors are 64 bytes; the stores land inside dst (2 blocks of
-        // 3·steps tiles, per the callers' contract).
+        // 2·steps tiles, per the callers' contract).
         unsafe {
             let zero = (_mm512_setzero_ps(), _mm512_setzero_ps());
             let i0 = _mm512_loadu_si512(i0.as_ptr() as *const __m512i);
@@ -293,14 +293,13 @@ mod x86 {
                     let (b0, b1) = if kk + 1 < k { load(kk + 1) } else { zero };
                     let (ha, la) = split32(a0, a1);
                     let (hb, lb) = split32(b0, b1);
-                    let row = dst.as_mut_ptr().add(3 * s * 512 + p * 32);
+                    let row = dst.as_mut_ptr().add(2 * s * 512 + p * 32);
                     for (blk, idx) in [(0, i0), (block1, i1)] {
                         let h = _mm512_permutex2var_epi16(ha, idx, hb);
                         let l = _mm512_permutex2var_epi16(la, idx, lb);
                         let d = row.add(blk) as *mut __m512i;
                         _mm512_storeu_si512(d, h);
                         _mm512_storeu_si512(d.byte_add(1024), l);
-                        _mm512_storeu_si512(d.byte_add(2048), h);
                     }
                 }
             }
@@ -311,7 +310,7 @@ mod x86 {
     ///
     /// # Safety
     /// AVX512-F/BW/BF16 (F16C with them); `panel` holds 32·k values; `dst` holds
-    /// 2·3·steps·512 values; `(s0 + steps)·32 ≤ k` rounded up to 32.
+    /// 2·2·steps·512 values; `(s0 + steps)·32 ≤ k` rounded up to 32.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
     pub(super) unsafe fn split_panel_f16(
         panel: &[half::f16],
@@ -320,7 +319,7 @@ mod x86 {
         steps: usize,
         dst: &mut [u16],
     ) {
-        debug_assert!(panel.len() == 32 * k && dst.len() >= 2 * 3 * steps * 512);
+        debug_assert!(panel.len() == 32 * k && dst.len() >= 2 * 2 * steps * 512);
         let p = panel.as_ptr() as *const u8;
         // SAFETY: k' < k, so the 64 bytes at k'·64 are inside the panel.
         unsafe {
@@ -346,7 +345,7 @@ mod x86 {
         steps: usize,
         dst: &mut [u16],
     ) {
-        debug_assert!(panel.len() == 32 * k && dst.len() >= 2 * 3 * steps * 512);
+        debug_assert!(panel.len() == 32 * k && dst.len() >= 2 * 2 * steps * 512);
         let p = panel.as_ptr();
         // SAFETY: k' < k, so the 32 values at k'·32 are inside the panel.
         unsafe {

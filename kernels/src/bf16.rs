@@ -523,6 +523,7 @@ fn amx_m(
         pack_a_tiles(isa, threads, a, m, w.cols, abf);
         let walk = AmxWalk {
             terms: 1,
+            split: false,
             kp,
             kc: amx_kc(mp, kp, 1),
             n: w.rows,
@@ -590,11 +591,13 @@ pub(crate) type BTiles<'a> =
     dyn Fn(usize, usize, usize, &mut AlignedVec<u16>) -> (*const u16, usize) + Sync + 'a;
 
 /// The shape of an AMX tile walk: C (m × n) from A in tile layout with `terms` tiles per
-/// K step of 32 (the products of one step summed in order: bf16 weights take 1, split
-/// weights 3) over `kp` padded K, in chunks of `kc` K values.
+/// K step of 32 over `kp` padded K, in chunks of `kc` K values. bf16 weights take one tile
+/// per step; `split` operands two (hi, lo) of A and of W, multiplied as hi·hi, hi·lo, lo·hi
+/// (`x86_amx::block_32x32_split`).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(crate) struct AmxWalk {
     pub terms: usize,
+    pub split: bool,
     pub kp: usize,
     pub kc: usize,
     pub n: usize,
@@ -617,9 +620,12 @@ impl AmxWalk {
         c: &mut [f32],
         b_tiles: &BTiles,
     ) {
-        use crate::x86_amx::{Out, Tile32, block_16x32, block_32x32};
+        use crate::x86_amx::{
+            Out, Tile32, block_16x32, block_16x32_split, block_32x32, block_32x32_split,
+        };
         let AmxWalk {
             terms,
+            split,
             kp,
             kc,
             n,
@@ -670,9 +676,14 @@ impl AmxWalk {
                                 } else {
                                     Out::tile(&mut spill[pair - p0])
                                 };
-                                let block = if rows <= 16 { block_16x32 } else { block_32x32 };
+                                let (block, calls) = match (split, rows <= 16) {
+                                    (false, true) => (block_16x32 as BlockFn, steps * terms),
+                                    (false, false) => (block_32x32 as BlockFn, steps * terms),
+                                    (true, true) => (block_16x32_split as BlockFn, steps),
+                                    (true, false) => (block_32x32_split as BlockFn, steps),
+                                };
                                 let a = abf.as_ptr().add(ib * 32 * kpe + s0 * terms * 512);
-                                block(a, 16 * kpe, b, b1_off, steps * terms, ch > 0, out);
+                                block(a, 16 * kpe, b, b1_off, calls, ch > 0, out);
                                 if last {
                                     finish_block(
                                         out,
@@ -693,6 +704,11 @@ impl AmxWalk {
         });
     }
 }
+
+/// The block kernels of `x86_amx.rs` (A, A's second 16 rows, B, B's second block, K steps,
+/// accumulate, out).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+type BlockFn = unsafe fn(*const u16, usize, *const u16, usize, usize, bool, crate::x86_amx::Out);
 
 /// Writes a finished 32×32 block to C at `dst` (row stride n): copies `rows × cols` of a
 /// scratch tile, or leaves a block accumulated in C in place, then adds the bias.

@@ -313,3 +313,175 @@ pub(crate) unsafe fn round_row_to_tiles(src: &[f32], kp: usize, dst: &mut [u16])
         }
     }
 }
+
+/// [`block_32x32`] for split operands (`amx_split.rs`): each K step is two tiles of A (xh
+/// then xl) and two of each B block (wh then wl), and the step adds xh·wh, xh·wl and xl·wh
+/// in that order: 10 tile loads for 12 products, where the same three terms laid out as
+/// three K steps take 12 (tile loads, not products, bound this loop).
+///
+/// # Safety
+/// As [`block_32x32`], with A and B valid for 1024·steps values each.
+pub(crate) unsafe fn block_32x32_split(
+    a: *const u16,
+    a1_off: usize,
+    b: *const u16,
+    b1_off: usize,
+    steps: usize,
+    accumulate: bool,
+    out: Out,
+) {
+    let o = out.ptr as *mut u8;
+    let s = out.stride;
+    // SAFETY: per the contract, as in block_32x32.
+    unsafe {
+        let (o1, o2, o3) = (o.add(64), o.add(16 * s), o.add(16 * s + 64));
+        if accumulate {
+            asm!(
+                "tileloadd tmm0, [{o} + {s}*1]",
+                "tileloadd tmm1, [{o1} + {s}*1]",
+                "tileloadd tmm2, [{o2} + {s}*1]",
+                "tileloadd tmm3, [{o3} + {s}*1]",
+                o = in(reg) o,
+                o1 = in(reg) o1,
+                o2 = in(reg) o2,
+                o3 = in(reg) o3,
+                s = in(reg) s,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+        }
+        let mut a0 = a as *const u8;
+        let mut a1 = a0.add(a1_off * 2);
+        let mut b0 = b as *const u8;
+        let mut b1 = b0.add(b1_off * 2);
+        for _ in 0..steps {
+            prefetch_b(b0, b1);
+            asm!(
+                "tileloadd tmm4, [{a0} + {s64}*1]",
+                "tileloadd tmm6, [{b0} + {s64}*1]",
+                "tileloadd tmm5, [{a1} + {s64}*1]",
+                "tileloadd tmm7, [{b1} + {s64}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "tileloadd tmm6, [{b0} + {s64}*1 + 1024]",
+                "tileloadd tmm7, [{b1} + {s64}*1 + 1024]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "tileloadd tmm4, [{a0} + {s64}*1 + 1024]",
+                "tileloadd tmm6, [{b0} + {s64}*1]",
+                "tileloadd tmm5, [{a1} + {s64}*1 + 1024]",
+                "tileloadd tmm7, [{b1} + {s64}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+            // Two KiB tiles of A and of each B block per step.
+            a0 = a0.add(2048);
+            a1 = a1.add(2048);
+            b0 = b0.add(2048);
+            b1 = b1.add(2048);
+        }
+        asm!(
+            "tilestored [{o} + {s}*1], tmm0",
+            "tilestored [{o1} + {s}*1], tmm1",
+            "tilestored [{o2} + {s}*1], tmm2",
+            "tilestored [{o3} + {s}*1], tmm3",
+            o = in(reg) o,
+            o1 = in(reg) o1,
+            o2 = in(reg) o2,
+            o3 = in(reg) o3,
+            s = in(reg) s,
+            options(nostack),
+        );
+    }
+}
+
+/// [`block_32x32_split`] for 16 rows of A (the top half of `out`).
+///
+/// # Safety
+/// As [`block_32x32_split`], with `a` valid for 16 rows and `out` for 16.
+pub(crate) unsafe fn block_16x32_split(
+    a: *const u16,
+    a1_off: usize,
+    b: *const u16,
+    b1_off: usize,
+    steps: usize,
+    accumulate: bool,
+    out: Out,
+) {
+    let _ = a1_off;
+    let o = out.ptr as *mut u8;
+    let s = out.stride;
+    // SAFETY: as in block_16x32.
+    unsafe {
+        let o1 = o.add(64);
+        if accumulate {
+            asm!(
+                "tileloadd tmm0, [{o} + {s}*1]",
+                "tileloadd tmm1, [{o1} + {s}*1]",
+                o = in(reg) o,
+                o1 = in(reg) o1,
+                s = in(reg) s,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+        }
+        let mut a0 = a as *const u8;
+        let mut b0 = b as *const u8;
+        let mut b1 = b0.add(b1_off * 2);
+        for _ in 0..steps {
+            prefetch_b(b0, b1);
+            asm!(
+                "tileloadd tmm4, [{a0} + {s64}*1]",
+                "tileloadd tmm6, [{b0} + {s64}*1]",
+                "tileloadd tmm7, [{b1} + {s64}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm6, [{b0} + {s64}*1 + 1024]",
+                "tileloadd tmm7, [{b1} + {s64}*1 + 1024]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm4, [{a0} + {s64}*1 + 1024]",
+                "tileloadd tmm6, [{b0} + {s64}*1]",
+                "tileloadd tmm7, [{b1} + {s64}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                a0 = in(reg) a0,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+            a0 = a0.add(2048);
+            b0 = b0.add(2048);
+            b1 = b1.add(2048);
+        }
+        asm!(
+            "tilestored [{o} + {s}*1], tmm0",
+            "tilestored [{o1} + {s}*1], tmm1",
+            o = in(reg) o,
+            o1 = in(reg) o1,
+            s = in(reg) s,
+            options(nostack),
+        );
+    }
+}
