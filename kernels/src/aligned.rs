@@ -93,6 +93,25 @@ impl<T> fmt::Debug for AlignedVec<T> {
     }
 }
 
+/// A per-thread scratch buffer (`thread_local!` of `RefCell<AlignedVec<T>>`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) type Scratch<T> = std::thread::LocalKey<std::cell::RefCell<AlignedVec<T>>>;
+
+/// Runs `f` on this thread's `scratch`, which keeps its allocation across calls (a fresh
+/// zeroed buffer per call cost ~5% of the ViT in page clearing and memset on the AMX path).
+/// The buffer is taken out for the call, so a nested call on the same key gets an empty one
+/// instead of a borrow panic.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn with_scratch<T: Copy + Default + 'static, R>(
+    scratch: &'static Scratch<T>,
+    f: impl FnOnce(&mut AlignedVec<T>) -> R,
+) -> R {
+    let mut v = scratch.with(|b| b.take());
+    let r = f(&mut v);
+    scratch.with(|b| b.replace(v));
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,7 +130,7 @@ fn split_m(
     let kp = k.div_ceil(32) * 32;
     let kpe = kp * TERMS;
     let mp = m.div_ceil(32) * 32;
-    with_split_a(|abf| {
+    crate::aligned::with_scratch(&SPLIT_A, |abf| {
         abf.resize(mp * kpe);
         // A's 16-row blocks, split in parallel (one row's two tiles per K step).
         let fill = |(blk, out): (usize, &mut [u16])| {
@@ -183,16 +183,10 @@ fn split_m(
     })
 }
 
-/// Runs `f` on this thread's buffer for the split A, reused across calls.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn with_split_a<R>(f: impl FnOnce(&mut AlignedVec<u16>) -> R) -> R {
-    thread_local! {
-        static A: std::cell::RefCell<AlignedVec<u16>> = std::cell::RefCell::new(AlignedVec::default());
-    }
-    let mut v = A.with(|b| b.take());
-    let r = f(&mut v);
-    A.with(|b| b.replace(v));
-    r
+thread_local! {
+    /// A split into hi and lo tiles, kept across calls.
+    static SPLIT_A: std::cell::RefCell<AlignedVec<u16>> = std::cell::RefCell::new(AlignedVec::default());
 }
 
 /// The AVX-512 conversions into the walk's tile layouts.

@@ -466,7 +466,7 @@ fn dpbf16_m(
 ) {
     let k = w.cols;
     let kp = padded_k(k);
-    with_rounded_a(|abf| {
+    crate::aligned::with_scratch(&ROUNDED_A, |abf| {
         crate::x86_dpbf16::pack_a(m, k, kp, abf, |i, out| {
             round_row_isa(isa, &a[i * k..(i + 1) * k], out)
         });
@@ -474,18 +474,16 @@ fn dpbf16_m(
     })
 }
 
-/// Runs `f` on this thread's buffer for A rounded to bf16, reused across calls (a fresh
-/// zeroed buffer per call cost ~5% of the ViT in page clearing and memset on the AMX path).
-/// Line-aligned, so that no tile row or zmm load of it splits a cache line.
 #[cfg(target_arch = "x86_64")]
-fn with_rounded_a<R>(f: impl FnOnce(&mut AlignedVec<u16>) -> R) -> R {
-    thread_local! {
-        static ABF: std::cell::RefCell<AlignedVec<u16>> = std::cell::RefCell::new(AlignedVec::default());
-    }
-    let mut abf = ABF.with(|b| b.take());
-    let r = f(&mut abf);
-    ABF.with(|b| b.replace(abf));
-    r
+thread_local! {
+    /// A rounded to bf16 (AMX and AVX512-BF16 paths), kept across calls.
+    static ROUNDED_A: std::cell::RefCell<AlignedVec<u16>> = std::cell::RefCell::new(AlignedVec::default());
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+thread_local! {
+    /// B tiles converted by a walk's source (the split path), kept across calls.
+    static B_TILES: std::cell::RefCell<AlignedVec<u16>> = std::cell::RefCell::new(AlignedVec::default());
 }
 
 /// Bytes of rounded A one K chunk of the AMX walk may take: the chunk stays in L2 (2 MiB per
@@ -518,7 +516,7 @@ fn amx_m(
 ) {
     let kp = padded_k(w.cols);
     let mp = m.div_ceil(32) * 32;
-    with_rounded_a(|abf| {
+    crate::aligned::with_scratch(&ROUNDED_A, |abf| {
         abf.resize(mp * kp);
         pack_a_tiles(isa, threads, a, m, w.cols, abf);
         let walk = AmxWalk {
@@ -644,7 +642,7 @@ impl AmxWalk {
             let spill_len = if chunks > 1 { (p1 - p0) + blocks } else { 1 };
             let mut spill: Vec<Tile32> = (0..spill_len).map(|_| Tile32::default()).collect();
             let c = cptr.get();
-            with_b_scratch(|scratch| {
+            crate::aligned::with_scratch(&B_TILES, |scratch| {
                 // SAFETY: AMX is available (checked by the caller); A holds `blocks`·32 rows
                 // of kpe, the B source gives 2 blocks of `terms`·steps tiles for pairs
                 // p0..p1 (every chunk inside kp); the whole blocks of C written through
@@ -739,16 +737,4 @@ unsafe fn finish_block(
             }
         }
     }
-}
-
-/// Runs `f` on this thread's scratch for converted B tiles (kept across calls, aligned).
-#[cfg(target_arch = "x86_64")]
-fn with_b_scratch<R>(f: impl FnOnce(&mut AlignedVec<u16>) -> R) -> R {
-    thread_local! {
-        static B: std::cell::RefCell<AlignedVec<u16>> = std::cell::RefCell::new(AlignedVec::default());
-    }
-    let mut b = B.with(|b| b.take());
-    let r = f(&mut b);
-    B.with(|s| s.replace(b));
-    r
 }

@@ -122,6 +122,83 @@ impl Out {
     }
 }
 
+/// Starts the accumulator tiles of a block of `rows` (16: tmm0–1, 32: tmm0–3) from `out`
+/// (`accumulate`) or from zero.
+///
+/// # Safety
+/// [`configure`] was called on this thread; with `accumulate`, `out` is readable for `rows`
+/// rows of 32 floats.
+#[inline(always)]
+unsafe fn start_acc(out: Out, rows: usize, accumulate: bool) {
+    let (o, s) = (out.ptr as *const u8, out.stride);
+    // SAFETY: per the contract: 16-row quarters of 64 bytes at the block's stride.
+    unsafe {
+        let (o1, o2, o3) = (o.add(64), o.add(16 * s), o.add(16 * s + 64));
+        match (accumulate, rows > 16) {
+            (true, true) => asm!(
+                "tileloadd tmm0, [{o} + {s}*1]",
+                "tileloadd tmm1, [{o1} + {s}*1]",
+                "tileloadd tmm2, [{o2} + {s}*1]",
+                "tileloadd tmm3, [{o3} + {s}*1]",
+                o = in(reg) o,
+                o1 = in(reg) o1,
+                o2 = in(reg) o2,
+                o3 = in(reg) o3,
+                s = in(reg) s,
+                options(nostack, readonly),
+            ),
+            (true, false) => asm!(
+                "tileloadd tmm0, [{o} + {s}*1]",
+                "tileloadd tmm1, [{o1} + {s}*1]",
+                o = in(reg) o,
+                o1 = in(reg) o1,
+                s = in(reg) s,
+                options(nostack, readonly),
+            ),
+            (false, true) => asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            ),
+            (false, false) => asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem)),
+        }
+    }
+}
+
+/// Stores the accumulator tiles of a block of `rows` (as [`start_acc`]) to `out`.
+///
+/// # Safety
+/// [`configure`] was called on this thread; `out` is writable for `rows` rows of 32 floats.
+#[inline(always)]
+unsafe fn store_acc(out: Out, rows: usize) {
+    let (o, s) = (out.ptr as *mut u8, out.stride);
+    // SAFETY: per the contract, as in start_acc.
+    unsafe {
+        let o1 = o.add(64);
+        asm!(
+            "tilestored [{o} + {s}*1], tmm0",
+            "tilestored [{o1} + {s}*1], tmm1",
+            o = in(reg) o,
+            o1 = in(reg) o1,
+            s = in(reg) s,
+            options(nostack),
+        );
+        if rows > 16 {
+            let (o2, o3) = (o.add(16 * s), o.add(16 * s + 64));
+            asm!(
+                "tilestored [{o2} + {s}*1], tmm2",
+                "tilestored [{o3} + {s}*1], tmm3",
+                o2 = in(reg) o2,
+                o3 = in(reg) o3,
+                s = in(reg) s,
+                options(nostack),
+            );
+        }
+    }
+}
+
 /// out[32×32] (+)= A[32 rows × 32·steps]·B where A is two 16-row blocks of tiles (each K
 /// step one contiguous 16×32 bf16 tile; the second block `a1_off` values after the first)
 /// and B is two packed 16-row blocks of W starting at the same K (the second `b1_off` values
@@ -142,34 +219,10 @@ pub(crate) unsafe fn block_32x32(
     accumulate: bool,
     out: Out,
 ) {
-    let o = out.ptr as *mut u8;
-    let s = out.stride;
     // SAFETY: per the contract: every load stays inside A's two blocks and B's two, and
     // the quarters of `out` are 16 rows of 64 bytes at its stride.
     unsafe {
-        let (o1, o2, o3) = (o.add(64), o.add(16 * s), o.add(16 * s + 64));
-        if accumulate {
-            asm!(
-                "tileloadd tmm0, [{o} + {s}*1]",
-                "tileloadd tmm1, [{o1} + {s}*1]",
-                "tileloadd tmm2, [{o2} + {s}*1]",
-                "tileloadd tmm3, [{o3} + {s}*1]",
-                o = in(reg) o,
-                o1 = in(reg) o1,
-                o2 = in(reg) o2,
-                o3 = in(reg) o3,
-                s = in(reg) s,
-                options(nostack, readonly),
-            );
-        } else {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
-        }
+        start_acc(out, 32, accumulate);
         let mut a0 = a as *const u8;
         let mut a1 = a0.add(a1_off * 2);
         let mut b0 = b as *const u8;
@@ -198,18 +251,7 @@ pub(crate) unsafe fn block_32x32(
             b0 = b0.add(1024);
             b1 = b1.add(1024);
         }
-        asm!(
-            "tilestored [{o} + {s}*1], tmm0",
-            "tilestored [{o1} + {s}*1], tmm1",
-            "tilestored [{o2} + {s}*1], tmm2",
-            "tilestored [{o3} + {s}*1], tmm3",
-            o = in(reg) o,
-            o1 = in(reg) o1,
-            o2 = in(reg) o2,
-            o3 = in(reg) o3,
-            s = in(reg) s,
-            options(nostack),
-        );
+        store_acc(out, 32);
     }
 }
 
@@ -228,23 +270,9 @@ pub(crate) unsafe fn block_16x32(
     out: Out,
 ) {
     let _ = a1_off;
-    let o = out.ptr as *mut u8;
-    let s = out.stride;
     // SAFETY: as in block_32x32, for A's first block and `out`'s first 16 rows.
     unsafe {
-        let o1 = o.add(64);
-        if accumulate {
-            asm!(
-                "tileloadd tmm0, [{o} + {s}*1]",
-                "tileloadd tmm1, [{o1} + {s}*1]",
-                o = in(reg) o,
-                o1 = in(reg) o1,
-                s = in(reg) s,
-                options(nostack, readonly),
-            );
-        } else {
-            asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
-        }
+        start_acc(out, 16, accumulate);
         let mut a0 = a as *const u8;
         let mut b0 = b as *const u8;
         let mut b1 = b0.add(b1_off * 2);
@@ -266,14 +294,7 @@ pub(crate) unsafe fn block_16x32(
             b0 = b0.add(1024);
             b1 = b1.add(1024);
         }
-        asm!(
-            "tilestored [{o} + {s}*1], tmm0",
-            "tilestored [{o1} + {s}*1], tmm1",
-            o = in(reg) o,
-            o1 = in(reg) o1,
-            s = in(reg) s,
-            options(nostack),
-        );
+        store_acc(out, 16);
     }
 }
 
@@ -330,33 +351,9 @@ pub(crate) unsafe fn block_32x32_split(
     accumulate: bool,
     out: Out,
 ) {
-    let o = out.ptr as *mut u8;
-    let s = out.stride;
     // SAFETY: per the contract, as in block_32x32.
     unsafe {
-        let (o1, o2, o3) = (o.add(64), o.add(16 * s), o.add(16 * s + 64));
-        if accumulate {
-            asm!(
-                "tileloadd tmm0, [{o} + {s}*1]",
-                "tileloadd tmm1, [{o1} + {s}*1]",
-                "tileloadd tmm2, [{o2} + {s}*1]",
-                "tileloadd tmm3, [{o3} + {s}*1]",
-                o = in(reg) o,
-                o1 = in(reg) o1,
-                o2 = in(reg) o2,
-                o3 = in(reg) o3,
-                s = in(reg) s,
-                options(nostack, readonly),
-            );
-        } else {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
-        }
+        start_acc(out, 32, accumulate);
         let mut a0 = a as *const u8;
         let mut a1 = a0.add(a1_off * 2);
         let mut b0 = b as *const u8;
@@ -399,18 +396,7 @@ pub(crate) unsafe fn block_32x32_split(
             b0 = b0.add(2048);
             b1 = b1.add(2048);
         }
-        asm!(
-            "tilestored [{o} + {s}*1], tmm0",
-            "tilestored [{o1} + {s}*1], tmm1",
-            "tilestored [{o2} + {s}*1], tmm2",
-            "tilestored [{o3} + {s}*1], tmm3",
-            o = in(reg) o,
-            o1 = in(reg) o1,
-            o2 = in(reg) o2,
-            o3 = in(reg) o3,
-            s = in(reg) s,
-            options(nostack),
-        );
+        store_acc(out, 32);
     }
 }
 
@@ -428,23 +414,9 @@ pub(crate) unsafe fn block_16x32_split(
     out: Out,
 ) {
     let _ = a1_off;
-    let o = out.ptr as *mut u8;
-    let s = out.stride;
     // SAFETY: as in block_16x32.
     unsafe {
-        let o1 = o.add(64);
-        if accumulate {
-            asm!(
-                "tileloadd tmm0, [{o} + {s}*1]",
-                "tileloadd tmm1, [{o1} + {s}*1]",
-                o = in(reg) o,
-                o1 = in(reg) o1,
-                s = in(reg) s,
-                options(nostack, readonly),
-            );
-        } else {
-            asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
-        }
+        start_acc(out, 16, accumulate);
         let mut a0 = a as *const u8;
         let mut b0 = b as *const u8;
         let mut b1 = b0.add(b1_off * 2);
@@ -475,13 +447,6 @@ pub(crate) unsafe fn block_16x32_split(
             b0 = b0.add(2048);
             b1 = b1.add(2048);
         }
-        asm!(
-            "tilestored [{o} + {s}*1], tmm0",
-            "tilestored [{o1} + {s}*1], tmm1",
-            o = in(reg) o,
-            o1 = in(reg) o1,
-            s = in(reg) s,
-            options(nostack),
-        );
+        store_acc(out, 16);
     }
 }
