@@ -105,9 +105,15 @@ impl Device {
                 } else {
                     ""
                 };
+                // Which panels take the split bf16 path on AMX from 48 rows (docs/cpu.md).
+                let split = match blip2_kernels::split_weights() {
+                    blip2_kernels::SplitWeights::Off => "",
+                    blip2_kernels::SplitWeights::F16 => ", f16 split",
+                    blip2_kernels::SplitWeights::All => ", f16/f32 split",
+                };
                 DeviceInfo {
                     name: "cpu".into(),
-                    backend: format!("cpu ({isa:?}{amx}{vnni}{panels})"),
+                    backend: format!("cpu ({isa:?}{amx}{vnni}{panels}{split})"),
                     driver: String::new(),
                     device_type: "Cpu".into(),
                     threads: rayon::current_num_threads(),
