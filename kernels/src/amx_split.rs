@@ -2,14 +2,15 @@
 //! v becomes hi = bf16(v) and lo = bf16(v − hi), and a product x·w is taken as
 //! xh·wh + xh·wl + xl·wh, three `tdpbf16ps` terms with f32 sums.
 //!
-//! Why it is close to the f32 product: bf16 keeps 8 significant bits, so |v − hi − lo| ≤
-//! 2^-18·|v| (an f16 weight, 11 bits, splits exactly: wl is then exact), and the dropped
-//! xl·wl is at most 2^-18·|x·w|. Each product is off by at most about 2^-17 of |x·w| for
-//! f16 weights and 2^-16 for f32 ones, against 2^-9 when the activations are rounded to
-//! bf16 (the bf16-weight path) and 2^-11 for f16 activations (PyTorch's f16 matmul). An f32
-//! FMA is exact per product, so this is a reduced-precision path: f16 weights take it by
+//! Why it is close to the f32 product: bf16 keeps 8 significant bits (unit roundoff 2^-8),
+//! so |v − hi| ≤ 2^-8·|v| and |v − hi − lo| ≤ 2^-16·|v|; an f16 weight (11 bits) splits
+//! exactly. With x = xh + xl + ex and w = wh + wl + ew, the product misses xl·wl + ex·w +
+//! (xh + xl)·ew, at most 2·2^-16 of |x·w| for f16 weights (ew = 0) and 3·2^-16 for f32 ones
+//! (each bf16 product is exact in f32, then f32 sums), against 2^-8 when the activations are
+//! rounded to bf16 (the bf16-weight path) and 2^-11 for f16 activations (PyTorch's f16
+//! matmul). An f32 FMA is exact per product, so this is a reduced-precision path: f16 weights take it by
 //! default where AMX is present (`BLIP2_CPU_SPLIT=0` turns it off), f32 weights only with
-//! `BLIP2_CPU_SPLIT=all`.
+//! `BLIP2_CPU_SPLIT=all`. As every AMX product, denormal inputs count as zero.
 //!
 //! Why it pays: AMX multiplies bf16 tiles at 16× the f32 FMA rate per core, so three terms
 //! still beat the f32 GEMM once M is large enough to pay for splitting W ([`SPLIT_MIN_M`]:

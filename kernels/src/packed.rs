@@ -180,7 +180,7 @@ pub fn unpack_packed(w: &PackedMatrix, out: &mut [f32]) {
 ///
 /// Where [`crate::split_applies`] (f16 weights on a CPU with AMX, from 48 rows) this is the
 /// split bf16 path ([`crate::matmul_packed_split_with`], reduced precision: each product
-/// within about 2^-17 of its magnitude); otherwise the f32 path of [`matmul_packed_with`].
+/// within 2^-15 of its magnitude); otherwise the f32 path of [`matmul_packed_with`].
 pub fn matmul_packed(a: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
     if crate::split_applies(w, m) && crate::matmul_packed_split_with(0, a, w, bias, c, m) {
         return;
