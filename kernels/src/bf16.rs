@@ -491,7 +491,8 @@ thread_local! {
 /// pair's own chunk of W.
 const AMX_A_CHUNK_BYTES: usize = 1 << 20;
 
-/// K per chunk of the AMX walk for `mp` rows of A (a multiple of 32; equal chunks): all of K
+/// K per chunk of the AMX walk for `mp` rows of A with `terms` tiles per K step (a multiple
+/// of 32; equal chunks): all of K
 /// while the rows' A fits [`AMX_A_CHUNK_BYTES`] (every decode batch and the ViT's K = 1408),
 /// else the fewest chunks that fit (the ViT's fc2, K = 6144 over 288 rows: 4 of 1536). Before
 /// the chunks, each pair of W blocks walked the whole K and A streamed from L3 once per
