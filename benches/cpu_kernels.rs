@@ -531,9 +531,9 @@ fn packed_cold(c: &mut Criterion) {
     let count = (total_mb << 20).div_ceil(len * 2).max(2);
     let w = rand_vec(n * k, 10);
     let w16: Vec<f16> = w.iter().copied().map(f16::from_f32).collect();
-    let mut p16 = vec![f16::ZERO; len];
+    let mut p16 = AlignedVec::<f16>::zeroed(len);
     pack_linear(&w16, n, k, &mut p16);
-    let mats: Vec<Vec<f16>> = (0..count).map(|_| p16.clone()).collect();
+    let mats: Vec<AlignedVec<f16>> = (0..count).map(|_| p16.clone()).collect();
     drop(p16);
     let mut g = c.benchmark_group(format!("packed_cold/{k}x{n}x{count}"));
     short(&mut g);

@@ -59,6 +59,19 @@ impl<T: Copy + Default> AlignedVec<T> {
     }
 }
 
+impl<T: Copy + Default> AlignedVec<T> {
+    /// Changes the length to `len` for a caller that writes every value next (the kernels'
+    /// per-thread scratch): within the capacity, values past the old length keep whatever
+    /// an earlier use left (no fill); past it, a fresh zeroed buffer, nothing copied.
+    pub fn resize_for_overwrite(&mut self, len: usize) {
+        if self.off + len <= self.buf.len() {
+            self.len = len;
+        } else {
+            *self = Self::zeroed(len);
+        }
+    }
+}
+
 impl<T: Copy + Default> Default for AlignedVec<T> {
     fn default() -> Self {
         Self::zeroed(0)
@@ -99,17 +112,17 @@ pub(crate) type Scratch<T> = std::thread::LocalKey<std::cell::RefCell<AlignedVec
 
 /// Runs `f` on this thread's `scratch`, which keeps its allocation across calls (a fresh
 /// zeroed buffer per call cost ~5% of the ViT in page clearing and memset on the AMX path).
-/// The buffer is taken out for the call, so a nested call on the same key gets an empty one
-/// instead of a borrow panic.
+/// A nested call on the same key (a rayon task stolen while the outer one waits) gets a
+/// fresh buffer instead of a borrow panic, as `gemm::with_pack_buffers` does.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn with_scratch<T: Copy + Default + 'static, R>(
     scratch: &'static Scratch<T>,
     f: impl FnOnce(&mut AlignedVec<T>) -> R,
 ) -> R {
-    let mut v = scratch.with(|b| b.take());
-    let r = f(&mut v);
-    scratch.with(|b| b.replace(v));
-    r
+    scratch.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut AlignedVec::default()),
+    })
 }
 
 #[cfg(test)]
@@ -137,6 +150,12 @@ mod tests {
             assert_eq!(w.as_ptr() as usize % LINE, 0);
             assert_eq!(&w[..4], &[1, 2, 0, 0]);
             assert!(w[2..].iter().all(|&x| x == 0));
+            // Scratch resizing keeps the line and the length asked for, within the capacity
+            // and past it.
+            w.resize_for_overwrite(3);
+            assert_eq!((w.len(), w.as_ptr() as usize % LINE), (3, 0));
+            w.resize_for_overwrite(9000);
+            assert_eq!((w.len(), w.as_ptr() as usize % LINE), (9000, 0));
         }
     }
 }

@@ -8,16 +8,19 @@
 //! (xh + xl)·ew, at most 2·2^-16 of |x·w| for f16 weights (ew = 0) and 3·2^-16 for f32 ones
 //! (each bf16 product is exact in f32, then f32 sums), against 2^-8 when the activations are
 //! rounded to bf16 (the bf16-weight path) and 2^-11 for f16 activations (PyTorch's f16
-//! matmul). An f32 FMA is exact per product, so this is a reduced-precision path: f16 weights take it by
-//! default where AMX is present (`BLIP2_CPU_SPLIT=0` turns it off), f32 weights only with
-//! `BLIP2_CPU_SPLIT=all`. As every AMX product, denormal inputs count as zero.
+//! matmul). An f32 FMA is exact per product, so this is a reduced-precision path: f16
+//! weights take it by default where AMX is present (`BLIP2_CPU_SPLIT=0` turns it off), f32
+//! weights only with `BLIP2_CPU_SPLIT=all`. As every AMX product, denormal inputs count as
+//! zero.
 //!
 //! Why it pays: AMX multiplies bf16 tiles at 16× the f32 FMA rate per core, so three terms
 //! still beat the f32 GEMM once M is large enough to pay for splitting W ([`SPLIT_MIN_M`]:
-//! the ViT, the Q-Former's cross-attention over the image tokens, long prefills). W is split per call, one pair of 16-row blocks and one chunk of K at a
-//! time into a per-thread scratch that every row block of A then reads (no extra memory is
-//! held for the weights); A is split once per call.
+//! the ViT, the Q-Former's cross-attention over the image tokens, long prefills). W is
+//! split per call, one pair of 16-row blocks and one chunk of K at a time, into a
+//! per-thread scratch that every row block of A then reads (no extra memory is held for
+//! the weights); A is split once per call.
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 use crate::AlignedVec;
 use crate::packed::{PackedData, PackedMatrix};
 
@@ -38,17 +41,10 @@ pub enum SplitWeights {
     All,
 }
 
-/// Whether this CPU can run the split path: AMX-BF16 with the tile state granted, and
-/// AVX512-BF16 for the conversions. Checked once.
+/// Whether this CPU can run the split path: [`crate::amx_available`] (AMX-BF16 with the
+/// tile state granted, and the AVX512-BF16 the conversions use).
 pub fn split_available() -> bool {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    {
-        crate::amx_available() && crate::x86_dpbf16::dpbf16_available()
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-    {
-        false
-    }
+    crate::amx_available()
 }
 
 /// The weights the split path takes in this process: [`SplitWeights::Off`] without
@@ -115,6 +111,7 @@ pub fn matmul_packed_split_with(
 
 /// Tiles per K step of the split operands: hi then lo, for A and for each block of W (the
 /// walk's split kernel multiplies them as xh·wh, xh·wl, xl·wh).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 const TERMS: usize = 2;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -126,34 +123,18 @@ fn split_m(
     c: &mut [f32],
     m: usize,
 ) {
-    use rayon::prelude::*;
     let k = w.cols;
-    let kp = k.div_ceil(32) * 32;
+    let kp = crate::bf16::padded_k(k);
     let kpe = kp * TERMS;
     let mp = m.div_ceil(32) * 32;
     crate::aligned::with_scratch(&SPLIT_A, |abf| {
-        abf.resize(mp * kpe);
-        // A's 16-row blocks, split in parallel (one row's two tiles per K step).
-        let fill = |(blk, out): (usize, &mut [u16])| {
-            for r in 0..16 {
-                let i = blk * 16 + r;
-                let src = if i < m {
-                    &a[i * k..(i + 1) * k]
-                } else {
-                    &[][..]
-                };
-                // SAFETY: split_available() includes AVX512-BF16; `out` is this block
-                // (16·kpe values) and row r's slots start at r·32.
-                unsafe { x86::split_row_to_tiles(src, kp, &mut out[r * 32..]) };
-            }
-        };
-        if threads > 1 && m > 16 {
-            abf.par_chunks_mut(16 * kpe).enumerate().for_each(fill);
-        } else {
-            abf.chunks_mut(16 * kpe).enumerate().for_each(fill);
-        }
+        abf.resize_for_overwrite(mp * kpe);
+        // SAFETY: split_available() includes AVX512-F/BW/BF16; each row gets its block's
+        // slots from r·32 and at most k ≤ kp values.
+        crate::bf16::fill_a_tiles(threads, a, m, k, kpe, abf, |src, dst| unsafe {
+            x86::split_row_to_tiles(src, kp, dst)
+        });
         let walk = crate::bf16::AmxWalk {
-            terms: TERMS,
             split: true,
             kp,
             kc: crate::bf16::amx_kc(mp, kp, TERMS),
@@ -164,7 +145,7 @@ fn split_m(
         walk.run(abf, threads, bias, c, &|pair, s0, steps, scratch| {
             let len = 2 * TERMS * steps * 512;
             if scratch.len() < len {
-                scratch.resize(len);
+                scratch.resize_for_overwrite(len);
             }
             let panel = pair * panel_len..(pair + 1) * panel_len;
             // SAFETY: as above; the panel is the pair's 32 rows (PANEL = 32), K-major, and
@@ -225,24 +206,9 @@ mod x86 {
     pub(super) unsafe fn split_row_to_tiles(src: &[f32], kp: usize, dst: &mut [u16]) {
         debug_assert!(src.len() <= kp && dst.len() >= (2 * kp / 32 - 1) * 512 + 32);
         for st in 0..kp / 32 {
-            let k0 = st * 32;
-            let len = src.len().saturating_sub(k0).min(32);
-            let m0 = if len >= 16 {
-                0xffff
-            } else {
-                ((1u32 << len) - 1) as u16
-            };
-            let m1 = if len >= 32 {
-                0xffff
-            } else {
-                ((1u32 << len.max(16)) >> 16) as u16 - 1
-            };
-            // SAFETY: masked loads read only src[k0..k0 + len]; the stores write this
-            // row's two slots of step st, inside dst per the contract.
+            // SAFETY: per the contract; the stores write this row's two slots of step st.
             unsafe {
-                let p = src.as_ptr().wrapping_add(k0);
-                let x0 = _mm512_maskz_loadu_ps(m0, p);
-                let x1 = _mm512_maskz_loadu_ps(m1, p.wrapping_add(16));
+                let (x0, x1) = crate::x86_amx::load_step(src, st * 32);
                 let (hi, lo) = split32(x0, x1);
                 let d = dst.as_mut_ptr().add(2 * st * 512) as *mut __m512i;
                 _mm512_storeu_si512(d, hi);

@@ -57,7 +57,7 @@ pub struct Bf16Matrix<'a> {
 }
 
 /// Padded K of the layout.
-fn padded_k(cols: usize) -> usize {
+pub(crate) fn padded_k(cols: usize) -> usize {
     cols.div_ceil(BF16_BLOCK_K) * BF16_BLOCK_K
 }
 
@@ -168,8 +168,10 @@ pub fn unpack_bf16(w: &Bf16Matrix, out: &mut [f32]) {
     }
 }
 
-/// Whether [`matmul_bf16`] can use AMX tiles on this machine (CPU support and, on Linux,
-/// the kernel's permission for the tile state); `BLIP2_CPU_AMX=0` turns it off. Checked once.
+/// Whether [`matmul_bf16`] can use AMX tiles on this machine (CPU support, with the
+/// AVX512-F/BW/BF16 that every AMX-BF16 CPU has and that the conversions into tiles use, and
+/// on Linux the kernel's permission for the tile state); `BLIP2_CPU_AMX=0` turns it off.
+/// Checked once.
 pub fn amx_available() -> bool {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
@@ -177,7 +179,10 @@ pub fn amx_available() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
         *ON.get_or_init(|| {
             let off = std::env::var("BLIP2_CPU_AMX").is_ok_and(|v| v.trim() == "0");
-            !off && crate::x86_amx::enable()
+            !off && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512bf16")
+                && crate::x86_amx::enable()
         })
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
@@ -241,7 +246,7 @@ pub fn matmul_bf16_with(
     let threads = resolve_threads(threads);
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     if reduced == Bf16Activations::Auto && m >= AMX_MIN_M && amx_available() {
-        return amx_m(isa, threads, a, w, bias, c, m);
+        return amx_m(threads, a, w, bias, c, m);
     }
     #[cfg(target_arch = "x86_64")]
     if reduced != Bf16Activations::Off
@@ -489,6 +494,7 @@ thread_local! {
 /// Bytes of rounded A one K chunk of the AMX walk may take: the chunk stays in L2 (2 MiB per
 /// core on Sapphire Rapids) while every pair of W's row blocks passes over it, next to the
 /// pair's own chunk of W.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 const AMX_A_CHUNK_BYTES: usize = 1 << 20;
 
 /// K per chunk of the AMX walk for `mp` rows of A with `terms` tiles per K step (a multiple
@@ -497,6 +503,7 @@ const AMX_A_CHUNK_BYTES: usize = 1 << 20;
 /// else the fewest chunks that fit (the ViT's fc2, K = 6144 over 288 rows: 4 of 1536). Before
 /// the chunks, each pair of W blocks walked the whole K and A streamed from L3 once per
 /// pair there.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(crate) fn amx_kc(mp: usize, kp: usize, terms: usize) -> usize {
     let fits = (AMX_A_CHUNK_BYTES / (2 * terms * mp.max(1))) / 32 * 32;
     let chunks = kp.div_ceil(fits.max(32));
@@ -506,22 +513,17 @@ pub(crate) fn amx_kc(mp: usize, kp: usize, terms: usize) -> usize {
 /// The AMX path: A rounded to bf16 once into tiles (rows padded to 32, K to 32), then each
 /// task takes pairs of 16-row blocks of W and walks every 32-row block of A under them.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn amx_m(
-    isa: Isa,
-    threads: usize,
-    a: &[f32],
-    w: &Bf16Matrix,
-    bias: Option<&[f32]>,
-    c: &mut [f32],
-    m: usize,
-) {
+fn amx_m(threads: usize, a: &[f32], w: &Bf16Matrix, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
     let kp = padded_k(w.cols);
     let mp = m.div_ceil(32) * 32;
     crate::aligned::with_scratch(&ROUNDED_A, |abf| {
-        abf.resize(mp * kp);
-        pack_a_tiles(isa, threads, a, m, w.cols, abf);
+        abf.resize_for_overwrite(mp * kp);
+        // SAFETY: amx_available() includes AVX512-F/BW/BF16; each row gets its block's
+        // slots from r·32 and at most k ≤ kp values.
+        fill_a_tiles(threads, a, m, w.cols, kp, abf, |src, dst| unsafe {
+            crate::x86_amx::round_row_to_tiles(src, kp, dst)
+        });
         let walk = AmxWalk {
-            terms: 1,
             split: false,
             kp,
             kc: amx_kc(mp, kp, 1),
@@ -538,47 +540,35 @@ fn amx_m(
     })
 }
 
-/// Rounds A (`m × k`) to bf16 into the tile layout: row r, K step s (32 values) at
-/// (r/16)·16·kp + s·512 + (r%16)·32, so each A tile is one contiguous KiB like W's (strided
-/// 16-row tile loads were ~35% slower). Every value is written (padding rows and K as zeros),
-/// in parallel over 16-row blocks: on one thread this pass was ~10% of a ViT layer's time.
+/// Fills A's tile layout (`abf`, 16-row blocks of `16·kpe` values) from the `m × k` rows of
+/// `a`: `row(src, dst)` writes one row, `src` its k values (empty for a padding row), `dst`
+/// its block from the row's first slot (r·32) on, every slot of it (zeros past k). In
+/// parallel over the blocks: on one thread this pass was ~10% of a ViT layer's time.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn pack_a_tiles(isa: Isa, threads: usize, a: &[f32], m: usize, k: usize, abf: &mut [u16]) {
-    let kp = padded_k(k);
-    let native = crate::x86_dpbf16::dpbf16_available();
+pub(crate) fn fill_a_tiles(
+    threads: usize,
+    a: &[f32],
+    m: usize,
+    k: usize,
+    kpe: usize,
+    abf: &mut [u16],
+    row: impl Fn(&[f32], &mut [u16]) + Sync,
+) {
     let fill = |(blk, out): (usize, &mut [u16])| {
         for r in 0..16 {
             let i = blk * 16 + r;
-            if native {
-                let src = if i < m {
-                    &a[i * k..(i + 1) * k]
-                } else {
-                    &[][..]
-                };
-                // SAFETY: AVX512-BF16 is present; `out` is this 16-row block (16·kp
-                // values), row r's slots start at r·32, and src has at most k ≤ kp values.
-                unsafe { crate::x86_amx::round_row_to_tiles(src, kp, &mut out[r * 32..]) };
-                continue;
-            }
-            for st in 0..kp / 32 {
-                let dst = &mut out[st * 512 + r * 32..][..32];
-                let k0 = st * 32;
-                let len = if i < m {
-                    32.min(k.saturating_sub(k0))
-                } else {
-                    0
-                };
-                if len > 0 {
-                    round_row_isa(isa, &a[i * k + k0..][..len], &mut dst[..len]);
-                }
-                dst[len..].fill(0);
-            }
+            let src = if i < m {
+                &a[i * k..(i + 1) * k]
+            } else {
+                &[][..]
+            };
+            row(src, &mut out[r * 32..]);
         }
     };
     if threads > 1 && m > 16 {
-        abf.par_chunks_mut(16 * kp).enumerate().for_each(fill);
+        abf.par_chunks_mut(16 * kpe).enumerate().for_each(fill);
     } else {
-        abf.chunks_mut(16 * kp).enumerate().for_each(fill);
+        abf.chunks_mut(16 * kpe).enumerate().for_each(fill);
     }
 }
 
@@ -586,16 +576,16 @@ fn pack_a_tiles(isa: Isa, threads: usize, a: &[f32], m: usize, k: usize, abf: &m
 /// each): a pointer to the first block's `terms · steps` tiles (one contiguous KiB each, in
 /// the walk's step order) and the offset, in values, of the second block's. A source that
 /// converts W may write them into the scratch (per thread, kept across calls).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(crate) type BTiles<'a> =
     dyn Fn(usize, usize, usize, &mut AlignedVec<u16>) -> (*const u16, usize) + Sync + 'a;
 
-/// The shape of an AMX tile walk: C (m × n) from A in tile layout with `terms` tiles per
-/// K step of 32 over `kp` padded K, in chunks of `kc` K values. bf16 weights take one tile
-/// per step; `split` operands two (hi, lo) of A and of W, multiplied as hi·hi, hi·lo, lo·hi
+/// The shape of an AMX tile walk: C (m × n) from A in tile layout over `kp` padded K, in
+/// chunks of `kc` K values. bf16 weights take one tile of A and of W per K step of 32;
+/// `split` operands two (hi, lo), multiplied as hi·hi, hi·lo, lo·hi
 /// (`x86_amx::block_32x32_split`).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(crate) struct AmxWalk {
-    pub terms: usize,
     pub split: bool,
     pub kp: usize,
     pub kc: usize,
@@ -605,9 +595,14 @@ pub(crate) struct AmxWalk {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 impl AmxWalk {
+    /// Tiles of A (and of each W block) per K step of 32.
+    pub(crate) fn terms(&self) -> usize {
+        1 + self.split as usize
+    }
+
     /// C = A·B (+ bias) over `threads` tasks. A: 32-row blocks (rows padded to 32), each
-    /// K step `terms` tiles of 16 rows at `(r/16)·16·kpe + (s·terms + t)·512 + (r%16)·32`
-    /// (kpe = kp·terms). For each chunk of K, each pair of W blocks (32 columns of C) passes
+    /// K step [`Self::terms`] tiles of 16 rows at `(r/16)·16·kpe + (s·terms + t)·512 +
+    /// (r%16)·32` (kpe = kp·terms). For each chunk of K, each pair of W blocks (32 columns of C) passes
     /// under every 32-row block of A. Whole 32×32 blocks of C accumulate in C itself (tile
     /// loads and stores at C's row stride); the last rows of M and the last columns of an N
     /// that is not a multiple of 32 accumulate in scratch tiles and are copied out.
@@ -623,13 +618,13 @@ impl AmxWalk {
             Out, Tile32, block_16x32, block_16x32_split, block_32x32, block_32x32_split,
         };
         let AmxWalk {
-            terms,
             split,
             kp,
             kc,
             n,
             m,
         } = *self;
+        let terms = self.terms();
         let kpe = kp * terms;
         debug_assert!(abf.len() >= m.div_ceil(32) * 32 * kpe && c.len() == m * n);
         let parts = block_pair_parts(n, if threads > 1 { threads } else { 1 });
@@ -675,14 +670,14 @@ impl AmxWalk {
                                 } else {
                                     Out::tile(&mut spill[pair - p0])
                                 };
-                                let (block, calls) = match (split, rows <= 16) {
-                                    (false, true) => (block_16x32 as BlockFn, steps * terms),
-                                    (false, false) => (block_32x32 as BlockFn, steps * terms),
-                                    (true, true) => (block_16x32_split as BlockFn, steps),
-                                    (true, false) => (block_32x32_split as BlockFn, steps),
+                                let block: BlockFn = match (split, rows <= 16) {
+                                    (false, true) => block_16x32,
+                                    (false, false) => block_32x32,
+                                    (true, true) => block_16x32_split,
+                                    (true, false) => block_32x32_split,
                                 };
                                 let a = abf.as_ptr().add(ib * 32 * kpe + s0 * terms * 512);
-                                block(a, 16 * kpe, b, b1_off, calls, ch > 0, out);
+                                block(a, 16 * kpe, b, b1_off, steps, ch > 0, out);
                                 if last {
                                     finish_block(
                                         out,
@@ -725,6 +720,9 @@ unsafe fn finish_block(
     cols: usize,
     bias: Option<&[f32]>,
 ) {
+    if whole && bias.is_none() {
+        return;
+    }
     for i in 0..rows {
         // SAFETY: per the contract.
         let d = unsafe { std::slice::from_raw_parts_mut(dst.add(i * n), cols) };

@@ -7,7 +7,7 @@
 
 use crate::convert::f16_to_f32_isa;
 use crate::vmath::LANES;
-use crate::{Isa, isa};
+use crate::{AlignedVec, Isa, isa};
 use half::f16;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -190,25 +190,21 @@ unsafe fn ukr_portable(
     }
 }
 
-/// One 64-byte-aligned cache line: packed panels start on a line so that vector loads never
-/// split lines.
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Line([f32; 16]);
-
+/// Packing buffers on 64-byte lines (`AlignedVec`): packed panels start on a line so that
+/// vector loads never split lines.
 #[derive(Default)]
 struct PackBufs {
-    a: Vec<Line>,
-    b: Vec<Line>,
+    a: AlignedVec<f32>,
+    b: AlignedVec<f32>,
     row: Vec<f32>,
 }
 
-fn aligned(v: &mut Vec<Line>, len: usize) -> *mut f32 {
-    let lines = len.div_ceil(16);
-    if v.len() < lines {
-        v.resize(lines, Line([0.0; 16]));
+/// `v` with room for at least `len` floats (every value used is packed before it is read).
+fn aligned(v: &mut AlignedVec<f32>, len: usize) -> *mut f32 {
+    if v.len() < len {
+        v.resize_for_overwrite(len);
     }
-    v.as_mut_ptr() as *mut f32
+    v.as_mut_ptr()
 }
 
 thread_local! {
@@ -229,7 +225,7 @@ pub(crate) fn with_pack_buffers<R>(
             f(aligned(&mut bufs.a, a_len), aligned(&mut bufs.b, b_len))
         }
         Err(_) => {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let (mut a, mut b) = (AlignedVec::default(), AlignedVec::default());
             f(aligned(&mut a, a_len), aligned(&mut b, b_len))
         }
     })

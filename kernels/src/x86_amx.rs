@@ -298,6 +298,40 @@ pub(crate) unsafe fn block_16x32(
     }
 }
 
+/// Values `k0 .. k0 + 32` of `src` as two vectors of 16 (zeros past its end): one K step of
+/// a row of A for the tile conversions.
+///
+/// # Safety
+/// The CPU has AVX512-F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn load_step(
+    src: &[f32],
+    k0: usize,
+) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let len = src.len().saturating_sub(k0).min(32);
+    let m0 = if len >= 16 {
+        0xffff
+    } else {
+        ((1u32 << len) - 1) as u16
+    };
+    let m1 = if len >= 32 {
+        0xffff
+    } else {
+        ((1u32 << len.max(16)) >> 16) as u16 - 1
+    };
+    let p = src.as_ptr().wrapping_add(k0);
+    // SAFETY: the masked loads read only src[k0..k0 + len] (an address past the end is
+    // never touched when its mask is empty).
+    unsafe {
+        (
+            _mm512_maskz_loadu_ps(m0, p),
+            _mm512_maskz_loadu_ps(m1, p.wrapping_add(16)),
+        )
+    }
+}
+
 /// Rounds one row of A (`src`, at most `kp` values) to bf16 into its tile slots: K step s
 /// (32 values) at `dst[s·512..s·512 + 32]`, zeros past `src.len()` up to `kp` (a multiple of
 /// 32). `vcvtne2ps2bf16` rounds to nearest even as the portable rounding does, except that
@@ -311,24 +345,9 @@ pub(crate) unsafe fn round_row_to_tiles(src: &[f32], kp: usize, dst: &mut [u16])
     use std::arch::x86_64::*;
     debug_assert!(src.len() <= kp && dst.len() >= (kp / 32 - 1) * 512 + 32);
     for st in 0..kp / 32 {
-        let k0 = st * 32;
-        let len = src.len().saturating_sub(k0).min(32);
-        let lo = if len >= 16 {
-            0xffff
-        } else {
-            (1u32 << len) as u16 - 1
-        };
-        let hi = if len >= 32 {
-            0xffff
-        } else {
-            ((1u32 << len.max(16)) >> 16) as u16 - 1
-        };
-        // SAFETY: masked loads read only src[k0..k0 + len]; the store writes dst's 32
-        // slots of step st (inside dst per the contract).
+        // SAFETY: per the contract; the store writes dst's 32 slots of step st.
         unsafe {
-            let p = src.as_ptr().wrapping_add(k0);
-            let x0 = _mm512_maskz_loadu_ps(lo, p);
-            let x1 = _mm512_maskz_loadu_ps(hi, p.wrapping_add(16));
+            let (x0, x1) = load_step(src, st * 32);
             let r: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
             _mm512_storeu_si512(dst.as_mut_ptr().add(st * 512) as *mut __m512i, r);
         }

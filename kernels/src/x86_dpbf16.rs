@@ -117,7 +117,7 @@ pub(crate) fn pack_a(
 ) {
     // Every value is written below (rows past m as zeros), so a reused buffer is not
     // cleared first.
-    out.resize(packed_a_len(m, kp));
+    out.resize_for_overwrite(packed_a_len(m, kp));
     let mut buf = vec![0u16; kp];
     for i in 0..m.div_ceil(MR) * MR {
         if i < m {

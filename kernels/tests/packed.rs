@@ -222,11 +222,10 @@ fn non_finite_values_propagate() {
 /// exactly) and 3·2^-16 for f32 ones (the weight's own split leaves up to 2^-16 of it; see
 /// amx_split.rs), each of the 3k bf16 products exact in f32, then f32 sums over them and the
 /// bias: bound (2^-14 + 1.01·γ_{3k+2})·(Σ|a||w| + |bias|) (1.01: the terms' magnitudes
-/// exceed |a||w| by at most 2^-7). Shapes: below and
-/// at one 32-row block, partial last blocks of rows and columns, K not a multiple of 32, K
-/// in several chunks (A past the chunk budget at 1100 rows), and thread splits (bit-equal
-/// to one thread: tasks own whole columns). A CPU without AMX has no such path: the call
-/// must say so and write nothing.
+/// exceed |a||w| by at most 2^-7). Shapes: below and at one 32-row block, partial last
+/// blocks of rows and columns, K not a multiple of 32, K in several chunks (A past the chunk
+/// budget at 1100 rows), and thread splits (bit-equal to one thread: tasks own whole
+/// columns). A CPU without AMX has no such path: the call must say so and write nothing.
 #[test]
 fn matmul_packed_split_matches_reference() {
     const SPLIT_SHAPES: [(usize, usize, usize); 8] = [
