@@ -21,8 +21,10 @@ const KC: usize = 256;
 const MC_TILES: usize = 24;
 /// Activation rows at or below which the panels are read once for all rows, unpacked A.
 const SMALL_M: usize = 8;
-/// How far ahead (bytes) the small-M pass prefetches each panel it streams.
+/// How far ahead (bytes) the small-M pass prefetches each stream it reads.
 const PREFETCH_BYTES: usize = 2048;
+/// Sequential streams of W each small-M pass reads (panels × K ranges of a panel).
+const STREAMS: usize = 4;
 
 /// C[m×n] = A[m×k]·Wᵀ (+ bias) for a packed W on AVX-512; tasks own ranges of panels.
 pub(crate) fn matmul_packed_avx512(
@@ -271,6 +273,13 @@ impl Job {
 /// panels (`stride` elements apart) in one pass over them. `cols` counts the valid columns
 /// from the first panel's (stores past it are masked off).
 ///
+/// Each panel is read as [`STREAMS`]`·2/NV` interleaved K ranges, so that every pass reads
+/// four sequential streams whatever M. With one stream per thread the memory stream and
+/// the 8-row arithmetic hardly overlapped: OPT-2.7B's fc1 in f16 with 8 rows, weights
+/// streamed from DRAM (`packed_cold` bench), took 2.4–2.5 ms with one stream and 2.0–2.2
+/// with four; with the weights in L3 (`packed_weights`) it went from 1.4 to 1.5 ms
+/// (`docs/performance.md`). Decode reads its weights from DRAM.
+///
 /// # Safety
 /// `a` valid for M rows of k (stride k), the panels for k steps each, `c` for M rows
 /// (stride `ldc`) of the valid columns, `bias` (if any) for them.
@@ -291,30 +300,46 @@ unsafe fn small<const M: usize, const NV: usize, const F16: bool>(
     unsafe {
         let bytes = w as *const i8;
         let mut acc = [[_mm512_setzero_ps(); NV]; M];
-        for p in 0..k {
-            let mut wv = [_mm512_setzero_ps(); NV];
-            for v in 0..NV {
-                let off = (v / 2) * stride + p * PANEL + (v % 2) * 16;
-                if v % 2 == 0 {
-                    // One cache line of the panel per step (f16), two (f32).
-                    let ahead = bytes.add(off * esize + PREFETCH_BYTES);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead);
-                    if !F16 {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.add(64));
+        // One K step of every row against the NV/2 panels.
+        macro_rules! step {
+            ($p:expr) => {{
+                let p = $p;
+                let mut wv = [_mm512_setzero_ps(); NV];
+                for v in 0..NV {
+                    let off = (v / 2) * stride + p * PANEL + (v % 2) * 16;
+                    if v % 2 == 0 {
+                        // One cache line of the panel per step (f16), two (f32).
+                        let ahead = bytes.add(off * esize + PREFETCH_BYTES);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead);
+                        if !F16 {
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.add(64));
+                        }
+                    }
+                    wv[v] = if F16 {
+                        w512!(f16, (w as *const u16).add(off))
+                    } else {
+                        w512!(f32, w.add(off))
+                    };
+                }
+                for i in 0..M {
+                    let ai = _mm512_set1_ps(*a.add(i * k + p));
+                    for v in 0..NV {
+                        acc[i][v] = _mm512_fmadd_ps(ai, wv[v], acc[i][v]);
                     }
                 }
-                wv[v] = if F16 {
-                    w512!(f16, (w as *const u16).add(off))
-                } else {
-                    w512!(f32, w.add(off))
-                };
+            }};
+        }
+        // K in `split` ranges read side by side (four streams over the NV/2 panels), then
+        // the steps the ranges leave over.
+        let split = (STREAMS * 2 / NV).max(1);
+        let q = k / split;
+        for p in 0..q {
+            for s in 0..split {
+                step!(p + s * q);
             }
-            for i in 0..M {
-                let ai = _mm512_set1_ps(*a.add(i * k + p));
-                for v in 0..NV {
-                    acc[i][v] = _mm512_fmadd_ps(ai, wv[v], acc[i][v]);
-                }
-            }
+        }
+        for p in split * q..k {
+            step!(p);
         }
         for v in 0..NV {
             let col = (v / 2) * PANEL + (v % 2) * 16;

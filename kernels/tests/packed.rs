@@ -1,8 +1,8 @@
 //! The packed f32/f16 linear layer (`matmul_packed`) on every instruction set this CPU
 //! supports, against f64 references on seeded random inputs with awkward sizes: every m from
-//! 1 to 9 (the small-M panel kernels with 4, 2 and 1 panels per pass, then the blocked
-//! path with each of its tile heights), partial last panels, K past the 256-value cache block, and rows past one 336-row
-//! block of A. Each check states its tolerance.
+//! 1 to 9 (the small-M panel kernels with 4, 2 and 1 panels per pass, K read as 1, 2 or 4
+//! interleaved ranges, then the blocked path with each of its tile heights), partial last
+//! panels, K past the 256-value cache block, and rows past one 336-row block of A. Each check states its tolerance.
 
 mod common;
 
@@ -15,7 +15,8 @@ const SHAPES: [(usize, usize, usize); 19] = [
     (1, 33, 200),
     (2, 7, 129),
     (3, 300, 70),
-    (4, 64, 161),
+    // K odd: the small-M kernels read K as 2 or 4 interleaved ranges plus a tail.
+    (4, 65, 161),
     (5, 17, 33),
     (6, 96, 64),
     (7, 45, 31),
@@ -73,8 +74,9 @@ fn pack_and_unpack_are_inverse_and_pad_with_zeros() {
     assert_eq!(checked_packed_len(usize::MAX, 2), None);
 }
 
-/// f32 weights: the product is A·Wᵀ summed in f32 (every path accumulates each output in
-/// K order, the bias added once), so the bound is γ_{k+1}·(Σ|a||w| + |bias|). Results must
+/// f32 weights: the product is A·Wᵀ summed in f32 (each output one running sum over K, in
+/// an order that depends on the path, the bias added once), so the bound is
+/// γ_{k+1}·(Σ|a||w| + |bias|), which holds for any order. Results must
 /// also be bit-identical across thread counts (tasks split columns only).
 #[test]
 fn matmul_packed_f32_all_isas() {
