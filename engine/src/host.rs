@@ -103,17 +103,19 @@ impl<T: Pod> std::fmt::Debug for HostVec<T> {
 /// (in its `madvise` mode, the common default): a checkpoint's matrices are hundreds of MB
 /// written once at load, and faulting them in 4 KiB at a time was most of an f16 → f32
 /// load (3.7 million minor faults, 12 s of system time for opt-2.7b on 2 cores). The advice
-/// is given before the first write (f32 zeros come from `calloc`, untouched); elsewhere,
-/// and below 8 MiB, a plain zeroed vector.
-pub(crate) fn zeroed_large<T: Copy + Default>(len: usize) -> Vec<T> {
-    let v = vec![T::default(); len];
+/// is given before the first write (the zeros come from `calloc`, untouched:
+/// `blip2_kernels::zeroed_vec`); elsewhere, and below 8 MiB, a plain zeroed vector.
+pub(crate) fn zeroed_large<T: bytemuck::Zeroable>(len: usize) -> Vec<T> {
+    let v = blip2_kernels::zeroed_vec(len);
     advise_huge(&v);
     v
 }
 
 /// [`zeroed_large`] with the data on a 64-byte line (packed weights, which the kernels
 /// read 64 bytes at a time: `blip2_kernels::AlignedVec`).
-pub(crate) fn zeroed_large_aligned<T: Copy + Default>(len: usize) -> AlignedVec<T> {
+pub(crate) fn zeroed_large_aligned<T: Copy + Default + bytemuck::Zeroable>(
+    len: usize,
+) -> AlignedVec<T> {
     let v = AlignedVec::zeroed(len);
     advise_huge(&v);
     v

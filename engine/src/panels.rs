@@ -103,7 +103,7 @@ fn pack_converted<T: Elem>(
 }
 
 /// Packs row-major `v` (`rows × cols`) into panels.
-fn pack<T: Copy + Default + Send + Sync>(
+fn pack<T: Copy + Default + Send + Sync + bytemuck::Zeroable>(
     v: &[T],
     rows: usize,
     cols: usize,
@@ -114,7 +114,9 @@ fn pack<T: Copy + Default + Send + Sync>(
             format!("{rows} x {cols} overflows usize once padded"),
         )
     })?;
-    let mut out = AlignedVec::zeroed(len);
+    // The same allocation as a checkpoint load's (`pack_converted`), huge-page advice
+    // included.
+    let mut out = zeroed_large_aligned(len);
     blip2_kernels::pack_linear(v, rows, cols, &mut out);
     Ok(out)
 }

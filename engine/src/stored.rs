@@ -33,7 +33,7 @@ impl<'a> StoredView<'a> {
 
 /// A compute element a stored element converts into: f32 (widening, exact) or f16 (round to
 /// nearest even; bf16 through its exact f32 value).
-pub(crate) trait Elem: Copy + Default + Send + Sync {
+pub(crate) trait Elem: Copy + Default + Send + Sync + bytemuck::Zeroable {
     /// Elements `at .. at + out.len()` of `src` into `out` (large runs on all threads: the
     /// kernels' conversions split them).
     fn convert(src: &StoredView<'_>, at: usize, out: &mut [Self]);

@@ -7,8 +7,11 @@
 //! (2026-12-07, 2-core Sapphire Rapids VM: 1.0 against 2.2–2.8 TFLOP/s in a tile-load
 //! microbenchmark, and 1.4–1.6× on the ViT linear layers with bf16 weights).
 
+use std::alloc::{Layout, alloc_zeroed, handle_alloc_error};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+
+use bytemuck::Zeroable;
 
 /// Alignment of [`AlignedVec`] data, in bytes.
 pub const LINE: usize = 64;
@@ -21,16 +24,15 @@ pub struct AlignedVec<T> {
     len: usize,
 }
 
-impl<T: Copy + Default> AlignedVec<T> {
-    /// `len` default values (zeros for the numeric types; a zeroed allocation comes from
-    /// `calloc` untouched, so a large one costs nothing until written).
+impl<T: Copy + Default + Zeroable> AlignedVec<T> {
+    /// `len` zeros, from [`zeroed_vec`]: a large one costs nothing until written.
     pub fn zeroed(len: usize) -> Self {
         let size = size_of::<T>().max(1);
         assert!(
             LINE.is_multiple_of(size) && align_of::<T>() == size,
             "AlignedVec: element size must divide {LINE} and equal its alignment"
         );
-        let buf = vec![T::default(); len + LINE / size];
+        let buf = zeroed_vec::<T>(len + LINE / size);
         let off = (LINE - buf.as_ptr() as usize % LINE) % LINE / size;
         AlignedVec { buf, off, len }
     }
@@ -59,7 +61,7 @@ impl<T: Copy + Default> AlignedVec<T> {
     }
 }
 
-impl<T: Copy + Default> AlignedVec<T> {
+impl<T: Copy + Default + Zeroable> AlignedVec<T> {
     /// Changes the length to `len` for a caller that writes every value next (the kernels'
     /// per-thread scratch): within the capacity, values past the old length keep whatever
     /// an earlier use left (no fill); past it, a fresh zeroed buffer, nothing copied.
@@ -72,9 +74,32 @@ impl<T: Copy + Default> AlignedVec<T> {
     }
 }
 
-impl<T: Copy + Default> Default for AlignedVec<T> {
+impl<T: Copy + Default + Zeroable> Default for AlignedVec<T> {
     fn default() -> Self {
         Self::zeroed(0)
+    }
+}
+
+/// `n` zeros in a fresh zeroed allocation: for a large `n`, `calloc`'s untouched pages
+/// (nothing is written until the caller writes, and advice such as huge pages still
+/// applies). `vec![T::default(); n]` gets that only for the types std knows to be zero
+/// (f32, integers); for f16 and bf16 it writes every value first.
+pub fn zeroed_vec<T: Zeroable>(n: usize) -> Vec<T> {
+    if n == 0 || size_of::<T>() == 0 {
+        let mut v = Vec::new();
+        v.resize_with(n, T::zeroed);
+        return v;
+    }
+    let layout = Layout::array::<T>(n).expect("zeroed_vec: length overflows the address space");
+    // SAFETY: the layout has a nonzero size; the memory is zeroed, a valid T per
+    // `Zeroable`, and comes from the global allocator with T's layout, as
+    // `Vec::from_raw_parts` requires.
+    unsafe {
+        let p = alloc_zeroed(layout) as *mut T;
+        if p.is_null() {
+            handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(p, n, n)
     }
 }
 
@@ -91,7 +116,7 @@ impl<T> DerefMut for AlignedVec<T> {
     }
 }
 
-impl<T: Copy + Default> Clone for AlignedVec<T> {
+impl<T: Copy + Default + Zeroable> Clone for AlignedVec<T> {
     fn clone(&self) -> Self {
         // The clone's allocation has its own offset to the next line.
         Self::from_slice(self)
@@ -115,7 +140,7 @@ pub(crate) type Scratch<T> = std::thread::LocalKey<std::cell::RefCell<AlignedVec
 /// A nested call on the same key (a rayon task stolen while the outer one waits) gets a
 /// fresh buffer instead of a borrow panic, as `gemm::with_pack_buffers` does.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) fn with_scratch<T: Copy + Default + 'static, R>(
+pub(crate) fn with_scratch<T: Copy + Default + Zeroable + 'static, R>(
     scratch: &'static Scratch<T>,
     f: impl FnOnce(&mut AlignedVec<T>) -> R,
 ) -> R {
@@ -156,6 +181,19 @@ mod tests {
             assert_eq!((w.len(), w.as_ptr() as usize % LINE), (3, 0));
             w.resize_for_overwrite(9000);
             assert_eq!((w.len(), w.as_ptr() as usize % LINE), (9000, 0));
+        }
+    }
+
+    #[test]
+    fn zeroed_vec_gives_zeros_of_any_length() {
+        assert!(zeroed_vec::<f16>(0).is_empty());
+        assert_eq!(zeroed_vec::<()>(5).len(), 5);
+        for n in [1usize, 33, 1 << 20] {
+            let v = zeroed_vec::<half::bf16>(n);
+            assert_eq!(v.len(), n);
+            assert!(v.iter().all(|x| x.to_bits() == 0), "n {n}");
+            let w = zeroed_vec::<f32>(n);
+            assert!(w.iter().all(|x| x.to_bits() == 0), "n {n}");
         }
     }
 }

@@ -36,7 +36,7 @@ mod x86_quant;
 #[cfg(target_arch = "x86_64")]
 mod x86_vnni;
 
-pub use aligned::{AlignedVec, LINE};
+pub use aligned::{AlignedVec, LINE, zeroed_vec};
 pub use amx_split::{
     SPLIT_MIN_M, SplitWeights, matmul_packed_split_with, split_applies, split_available,
     split_weights,

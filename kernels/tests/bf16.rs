@@ -18,10 +18,12 @@ fn packed(w: &[f32], n: usize, k: usize) -> Vec<bf16> {
     p
 }
 
-const SHAPES: [(usize, usize, usize); 12] = [
+const SHAPES: [(usize, usize, usize); 13] = [
     (1, 1, 1),
     (1, 33, 70),
     (3, 7, 17),
+    // One K step of the AMX 16-row block, then several.
+    (6, 30, 40),
     (8, 100, 33),
     (9, 64, 31),
     (17, 45, 50),
