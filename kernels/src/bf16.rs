@@ -583,7 +583,7 @@ pub(crate) type BTiles<'a> =
 /// The shape of an AMX tile walk: C (m × n) from A in tile layout over `kp` padded K, in
 /// chunks of `kc` K values. bf16 weights take one tile of A and of W per K step of 32;
 /// `split` operands two (hi, lo), multiplied as hi·hi, hi·lo, lo·hi
-/// (`x86_amx::block_32x32_split`).
+/// (`x86_amx::block_32x32::<true>`).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(crate) struct AmxWalk {
     pub split: bool,
@@ -614,9 +614,7 @@ impl AmxWalk {
         c: &mut [f32],
         b_tiles: &BTiles,
     ) {
-        use crate::x86_amx::{
-            Out, Tile32, block_16x32, block_16x32_split, block_32x32, block_32x32_split,
-        };
+        use crate::x86_amx::{Out, Tile32, block_16x32, block_32x32};
         let AmxWalk {
             split,
             kp,
@@ -671,10 +669,10 @@ impl AmxWalk {
                                     Out::tile(&mut spill[pair - p0])
                                 };
                                 let block: BlockFn = match (split, rows <= 16) {
-                                    (false, true) => block_16x32,
-                                    (false, false) => block_32x32,
-                                    (true, true) => block_16x32_split,
-                                    (true, false) => block_32x32_split,
+                                    (false, true) => block_16x32::<false>,
+                                    (false, false) => block_32x32::<false>,
+                                    (true, true) => block_16x32::<true>,
+                                    (true, false) => block_32x32::<true>,
                                 };
                                 let a = abf.as_ptr().add(ib * 32 * kpe + s0 * terms * 512);
                                 block(a, 16 * kpe, b, b1_off, steps, ch > 0, out);

@@ -206,11 +206,16 @@ unsafe fn store_acc(out: Out, rows: usize) {
 /// tiles, 6–7 B's two column tiles. With `accumulate` the quarters start from `out`,
 /// otherwise from zero.
 ///
+/// With `SPLIT` (split operands, `amx_split.rs`) each K step is two tiles of A (xh then
+/// xl) and two of each B block (wh then wl), and the step adds xh·wh, xh·wl and xl·wh in
+/// that order: 10 tile loads for 12 products, where the same three terms laid out as
+/// three K steps take 12 (tile loads, not products, bound this loop).
+///
 /// # Safety
 /// [`configure`] was called on this thread; `a`, `a + a1_off`, `b` and `b + b1_off` are each
-/// valid for 512·steps values; `out` is 32 rows of 32 floats, writable (and readable with
-/// `accumulate`), that no other thread touches.
-pub(crate) unsafe fn block_32x32(
+/// valid for 512·steps values (1024·steps with `SPLIT`); `out` is 32 rows of 32 floats,
+/// writable (and readable with `accumulate`), that no other thread touches.
+pub(crate) unsafe fn block_32x32<const SPLIT: bool>(
     a: *const u16,
     a1_off: usize,
     b: *const u16,
@@ -219,6 +224,8 @@ pub(crate) unsafe fn block_32x32(
     accumulate: bool,
     out: Out,
 ) {
+    // KiB tiles of A and of each B block per K step.
+    let step_bytes = if SPLIT { 2048 } else { 1024 };
     // SAFETY: per the contract: every load stays inside A's two blocks and B's two, and
     // the quarters of `out` are 16 rows of 64 bytes at its stride.
     unsafe {
@@ -229,6 +236,8 @@ pub(crate) unsafe fn block_32x32(
         let mut b1 = b0.add(b1_off * 2);
         for _ in 0..steps {
             prefetch_b(b0, b1);
+            // xh·wh (the only term without SPLIT); the tiles stay loaded for the next asm
+            // block (the compiler never touches tile registers).
             asm!(
                 "tileloadd tmm4, [{a0} + {s64}*1]",
                 "tileloadd tmm6, [{b0} + {s64}*1]",
@@ -245,22 +254,47 @@ pub(crate) unsafe fn block_32x32(
                 s64 = in(reg) 64usize,
                 options(nostack, readonly),
             );
-            // 32 bf16 of K per step: one KiB tile of A and of B.
-            a0 = a0.add(1024);
-            a1 = a1.add(1024);
-            b0 = b0.add(1024);
-            b1 = b1.add(1024);
+            if SPLIT {
+                // xh·wl, then xl·wh.
+                asm!(
+                    "tileloadd tmm6, [{b0} + {s64}*1 + 1024]",
+                    "tileloadd tmm7, [{b1} + {s64}*1 + 1024]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "tileloadd tmm4, [{a0} + {s64}*1 + 1024]",
+                    "tileloadd tmm6, [{b0} + {s64}*1]",
+                    "tileloadd tmm5, [{a1} + {s64}*1 + 1024]",
+                    "tileloadd tmm7, [{b1} + {s64}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a1,
+                    b0 = in(reg) b0,
+                    b1 = in(reg) b1,
+                    s64 = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
+            a0 = a0.add(step_bytes);
+            a1 = a1.add(step_bytes);
+            b0 = b0.add(step_bytes);
+            b1 = b1.add(step_bytes);
         }
         store_acc(out, 32);
     }
 }
 
-/// [`block_32x32`] for 16 rows of A (the top half of `out`): one A tile against the two B
-/// tiles, for batches of a few rows and the last rows of a larger M.
+/// [`block_32x32`] for 16 rows of A (the top half of `out`): one A tile (with `SPLIT`, the
+/// xh and xl tiles) against the two B blocks, for batches of a few rows and the last rows
+/// of a larger M.
 ///
 /// # Safety
 /// As [`block_32x32`], with `a` valid for 16 rows and `out` for 16.
-pub(crate) unsafe fn block_16x32(
+pub(crate) unsafe fn block_16x32<const SPLIT: bool>(
     a: *const u16,
     a1_off: usize,
     b: *const u16,
@@ -270,6 +304,7 @@ pub(crate) unsafe fn block_16x32(
     out: Out,
 ) {
     let _ = a1_off;
+    let step_bytes = if SPLIT { 2048 } else { 1024 };
     // SAFETY: as in block_32x32, for A's first block and `out`'s first 16 rows.
     unsafe {
         start_acc(out, 16, accumulate);
@@ -278,6 +313,7 @@ pub(crate) unsafe fn block_16x32(
         let mut b1 = b0.add(b1_off * 2);
         for _ in 0..steps {
             prefetch_b(b0, b1);
+            // xh·wh, then with SPLIT xh·wl and xl·wh (as in block_32x32).
             asm!(
                 "tileloadd tmm4, [{a0} + {s64}*1]",
                 "tileloadd tmm6, [{b0} + {s64}*1]",
@@ -290,9 +326,27 @@ pub(crate) unsafe fn block_16x32(
                 s64 = in(reg) 64usize,
                 options(nostack, readonly),
             );
-            a0 = a0.add(1024);
-            b0 = b0.add(1024);
-            b1 = b1.add(1024);
+            if SPLIT {
+                asm!(
+                    "tileloadd tmm6, [{b0} + {s64}*1 + 1024]",
+                    "tileloadd tmm7, [{b1} + {s64}*1 + 1024]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm4, [{a0} + {s64}*1 + 1024]",
+                    "tileloadd tmm6, [{b0} + {s64}*1]",
+                    "tileloadd tmm7, [{b1} + {s64}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    a0 = in(reg) a0,
+                    b0 = in(reg) b0,
+                    b1 = in(reg) b1,
+                    s64 = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
+            a0 = a0.add(step_bytes);
+            b0 = b0.add(step_bytes);
+            b1 = b1.add(step_bytes);
         }
         store_acc(out, 16);
     }
@@ -351,121 +405,5 @@ pub(crate) unsafe fn round_row_to_tiles(src: &[f32], kp: usize, dst: &mut [u16])
             let r: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
             _mm512_storeu_si512(dst.as_mut_ptr().add(st * 512) as *mut __m512i, r);
         }
-    }
-}
-
-/// [`block_32x32`] for split operands (`amx_split.rs`): each K step is two tiles of A (xh
-/// then xl) and two of each B block (wh then wl), and the step adds xh·wh, xh·wl and xl·wh
-/// in that order: 10 tile loads for 12 products, where the same three terms laid out as
-/// three K steps take 12 (tile loads, not products, bound this loop).
-///
-/// # Safety
-/// As [`block_32x32`], with A and B valid for 1024·steps values each.
-pub(crate) unsafe fn block_32x32_split(
-    a: *const u16,
-    a1_off: usize,
-    b: *const u16,
-    b1_off: usize,
-    steps: usize,
-    accumulate: bool,
-    out: Out,
-) {
-    // SAFETY: per the contract, as in block_32x32.
-    unsafe {
-        start_acc(out, 32, accumulate);
-        let mut a0 = a as *const u8;
-        let mut a1 = a0.add(a1_off * 2);
-        let mut b0 = b as *const u8;
-        let mut b1 = b0.add(b1_off * 2);
-        for _ in 0..steps {
-            prefetch_b(b0, b1);
-            asm!(
-                "tileloadd tmm4, [{a0} + {s64}*1]",
-                "tileloadd tmm6, [{b0} + {s64}*1]",
-                "tileloadd tmm5, [{a1} + {s64}*1]",
-                "tileloadd tmm7, [{b1} + {s64}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "tileloadd tmm6, [{b0} + {s64}*1 + 1024]",
-                "tileloadd tmm7, [{b1} + {s64}*1 + 1024]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "tileloadd tmm4, [{a0} + {s64}*1 + 1024]",
-                "tileloadd tmm6, [{b0} + {s64}*1]",
-                "tileloadd tmm5, [{a1} + {s64}*1 + 1024]",
-                "tileloadd tmm7, [{b1} + {s64}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                b0 = in(reg) b0,
-                b1 = in(reg) b1,
-                s64 = in(reg) 64usize,
-                options(nostack, readonly),
-            );
-            // Two KiB tiles of A and of each B block per step.
-            a0 = a0.add(2048);
-            a1 = a1.add(2048);
-            b0 = b0.add(2048);
-            b1 = b1.add(2048);
-        }
-        store_acc(out, 32);
-    }
-}
-
-/// [`block_32x32_split`] for 16 rows of A (the top half of `out`).
-///
-/// # Safety
-/// As [`block_32x32_split`], with `a` valid for 16 rows and `out` for 16.
-pub(crate) unsafe fn block_16x32_split(
-    a: *const u16,
-    a1_off: usize,
-    b: *const u16,
-    b1_off: usize,
-    steps: usize,
-    accumulate: bool,
-    out: Out,
-) {
-    let _ = a1_off;
-    // SAFETY: as in block_16x32.
-    unsafe {
-        start_acc(out, 16, accumulate);
-        let mut a0 = a as *const u8;
-        let mut b0 = b as *const u8;
-        let mut b1 = b0.add(b1_off * 2);
-        for _ in 0..steps {
-            prefetch_b(b0, b1);
-            asm!(
-                "tileloadd tmm4, [{a0} + {s64}*1]",
-                "tileloadd tmm6, [{b0} + {s64}*1]",
-                "tileloadd tmm7, [{b1} + {s64}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm6, [{b0} + {s64}*1 + 1024]",
-                "tileloadd tmm7, [{b1} + {s64}*1 + 1024]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm4, [{a0} + {s64}*1 + 1024]",
-                "tileloadd tmm6, [{b0} + {s64}*1]",
-                "tileloadd tmm7, [{b1} + {s64}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                a0 = in(reg) a0,
-                b0 = in(reg) b0,
-                b1 = in(reg) b1,
-                s64 = in(reg) 64usize,
-                options(nostack, readonly),
-            );
-            a0 = a0.add(2048);
-            b0 = b0.add(2048);
-            b1 = b1.add(2048);
-        }
-        store_acc(out, 16);
     }
 }
