@@ -968,6 +968,19 @@ pub fn stack_rows(parts: &[&Tensor], interleave: bool) -> Result<Tensor> {
     }
     let rows: usize = parts.iter().map(|t| t.dim(0)).sum();
     let device = first.device().clone();
+    // CPU weights in the GEMM's panels stay in panels: their buffers concatenated where
+    // that is the stacked layout, else stacked as rows and packed again.
+    if let Some(ps) = parts.iter().map(|t| t.panels()).collect::<Option<Vec<_>>>() {
+        if !interleave && let Some(p) = crate::panels::Panels::stack(&ps) {
+            return Ok(Tensor::from_cpu(
+                vec![rows, cols],
+                crate::tensor::CpuStorage::Panels(p),
+            ));
+        }
+        let plain: Vec<Tensor> = parts.iter().map(|t| t.plain().into_owned()).collect();
+        let refs: Vec<&Tensor> = plain.iter().collect();
+        return stack_rows(&refs, interleave)?.to_panels();
+    }
     if let Some(format) = first.dtype().quant_format() {
         let data = parts
             .iter()

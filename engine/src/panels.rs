@@ -81,6 +81,66 @@ impl Panels {
     }
 }
 
+/// `bufs` one after the other in one advised allocation of `len` elements.
+fn concatenated<T: Copy + Default + bytemuck::Zeroable>(
+    bufs: &[&[T]],
+    len: usize,
+) -> AlignedVec<T> {
+    let mut out = zeroed_large_aligned::<T>(len);
+    let mut at = 0;
+    for b in bufs {
+        out[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    }
+    out
+}
+
+impl Panels {
+    /// `parts` stacked by rows (q/k/v over one input) by concatenating their buffers, which
+    /// is the panel layout of the stacked matrix when every part but the last fills whole
+    /// panels. `None` when they differ in dtype or columns or a padded panel would sit in
+    /// the middle.
+    pub(crate) fn stack(parts: &[&Panels]) -> Option<Panels> {
+        let (last, lead) = parts.split_last()?;
+        let cols = last.cols;
+        let whole = |p: &&Panels| p.rows.is_multiple_of(blip2_kernels::PANEL);
+        if !lead.iter().all(whole)
+            || parts
+                .iter()
+                .any(|p| p.cols != cols || p.dtype() != last.dtype())
+        {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let len = blip2_kernels::checked_packed_len(rows, cols)?;
+        let data = match last.data {
+            PanelVec::F32(_) => {
+                let bufs: Vec<&[f32]> = parts
+                    .iter()
+                    .filter_map(|p| match &p.data {
+                        PanelVec::F32(v) => Some(&v[..]),
+                        PanelVec::F16(_) => None,
+                    })
+                    .collect();
+                (bufs.iter().map(|b| b.len()).sum::<usize>() == len)
+                    .then(|| PanelVec::F32(concatenated(&bufs, len)))?
+            }
+            PanelVec::F16(_) => {
+                let bufs: Vec<&[f16]> = parts
+                    .iter()
+                    .filter_map(|p| match &p.data {
+                        PanelVec::F16(v) => Some(&v[..]),
+                        PanelVec::F32(_) => None,
+                    })
+                    .collect();
+                (bufs.iter().map(|b| b.len()).sum::<usize>() == len)
+                    .then(|| PanelVec::F16(concatenated(&bufs, len)))?
+            }
+        };
+        Some(Panels { rows, cols, data })
+    }
+}
+
 /// Whether f32/f16 linear weights should be packed into panels on this machine: the CPU
 /// kernels read them in place (AVX-512), and `BLIP2_CPU_PACK=0` has not turned that off.
 pub fn panels_preferred() -> bool {

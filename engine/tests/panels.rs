@@ -90,6 +90,61 @@ fn panel_tensors_read_back_as_rows_everywhere() {
     }
 }
 
+/// Stacking panel weights by rows (fused q/k/v at load) keeps them in panels, with the rows
+/// of the parts in order: by concatenating the buffers when every part but the last fills
+/// whole panels of 32 rows, else (a padded panel in the middle, interleaved gate/up rows) by
+/// stacking the rows and packing again. A linear over the stack gives each part's linear
+/// within the f32 bound of `linear_with_panel_weights_matches_f64`, the sums' order being
+/// the only difference.
+#[test]
+fn stacked_panel_weights_stay_panels_with_the_parts_rows() {
+    let mut rng = Rng::new(23);
+    let k = 41;
+    for dtype in [DType::F32, DType::F16] {
+        for rows in [&[32usize, 64, 7][..], &[33, 7], &[5, 5, 5], &[32, 32]] {
+            let ws: Vec<Vec<f32>> = rows
+                .iter()
+                .map(|&r| quantize(&rng.vec(r * k, -1.0, 1.0), dtype))
+                .collect();
+            let parts: Vec<Tensor> = ws
+                .iter()
+                .zip(rows)
+                .map(|(w, &r)| {
+                    Tensor::from_slice(w, &[r, k], dtype, &Device::Cpu)
+                        .unwrap()
+                        .to_panels()
+                        .unwrap()
+                })
+                .collect();
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            let s = ops::stack_rows(&refs, false).unwrap();
+            let total: usize = rows.iter().sum();
+            assert!(s.is_panels(), "{dtype} {rows:?}");
+            assert_eq!((s.dtype(), s.shape()), (dtype, &[total, k][..]));
+            assert_eq!(s.to_vec_f32().unwrap(), ws.concat(), "{dtype} {rows:?}");
+            let x = rng.vec(k, -1.0, 1.0);
+            let xt = Tensor::from_slice(&x, &[1, k], DType::F32, &Device::Cpu).unwrap();
+            let got = ops::linear(&xt, &s, None).unwrap().to_vec_f32().unwrap();
+            let (r, a) = linear_ref(&x, &ws.concat(), None, 1, k, total);
+            let tol = 2.0 * (k + 1) as f64 * 2f64.powi(-24);
+            for (i, ((&g, &e), &sum)) in got.iter().zip(&r).zip(&a).enumerate() {
+                assert!(
+                    (g as f64 - e).abs() <= tol * sum,
+                    "{dtype} {rows:?} column {i}"
+                );
+            }
+            if rows.iter().all(|&r| r == rows[0]) {
+                let inter = ops::stack_rows(&refs, true).unwrap();
+                assert!(inter.is_panels());
+                let want: Vec<f32> = (0..rows[0])
+                    .flat_map(|i| ws.iter().flat_map(move |w| w[i * k..(i + 1) * k].to_vec()))
+                    .collect();
+                assert_eq!(inter.to_vec_f32().unwrap(), want, "interleaved {dtype}");
+            }
+        }
+    }
+}
+
 /// Only f32/f16 CPU matrices are packed; everything else comes back unchanged.
 #[test]
 fn to_panels_leaves_other_tensors_alone() {

@@ -272,6 +272,14 @@ pub fn quantize_dir(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Result<Qu
     }
     vb.finish()?;
     let stats = vb.stats();
+    if vb.released() > 0 {
+        // Quantized weights are never stacked at load; a float load that stacked some
+        // would have lost their names.
+        return Err(ModelError::Invalid(format!(
+            "{} tensors were stacked at load and cannot be saved by name",
+            vb.released()
+        )));
+    }
     let loaded = vb.loaded_tensors();
     if let Some(w) = loaded.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(ModelError::Invalid(format!(

@@ -649,3 +649,56 @@ fn index_shard_names_outside_the_model_directory_are_refused() {
         );
     }
 }
+
+/// q/k/v stacked at load (on CPUs whose weights are packed copies) leave the loader at once,
+/// so the parts are not resident next to the stacks until the load ends, yet the stats
+/// still count them as a separate load of the same tensors does.
+#[test]
+fn stacked_parts_leave_the_loader_but_stay_in_its_stats() {
+    use blip2_model::nn::{Linear, StackedLinear};
+    let dir = TempDir::new("stacked");
+    let vals = |n: usize, s: f32| {
+        (0..n)
+            .map(|i| (i as f32 * 0.37 + s).sin())
+            .collect::<Vec<_>>()
+    };
+    let (qw, kw, vw) = (vals(32 * 5, 0.1), vals(32 * 5, 0.2), vals(3 * 5, 0.3));
+    let (qb, kb, vb_) = (vals(32, 0.4), vals(32, 0.5), vals(3, 0.6));
+    write(
+        &dir.path().join("model.safetensors"),
+        &[
+            f32s("a.q.weight", &[32, 5], &qw),
+            f32s("a.k.weight", &[32, 5], &kw),
+            f32s("a.v.weight", &[3, 5], &vw),
+            f32s("a.q.bias", &[32], &qb),
+            f32s("a.k.bias", &[32], &kb),
+            f32s("a.v.bias", &[3], &vb_),
+        ],
+    );
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let names = ["a.q", "a.k", "a.v"];
+    let outs = [32, 32, 3];
+    let vb = WeightLoader::new(&ckpt, &Device::Cpu, DType::F32);
+    let stacked = StackedLinear::load(&names.map(|n| vb.pp(n)), 5, &outs, true, false).unwrap();
+    let apart = WeightLoader::new(&ckpt, &Device::Cpu, DType::F32);
+    let parts: Vec<Linear> = names
+        .iter()
+        .zip(outs)
+        .map(|(n, o)| Linear::load(&apart.pp(n), 5, o, true))
+        .collect();
+    assert_eq!(vb.stats(), apart.stats());
+    assert_eq!(vb.stats().tensors, 6);
+    match &stacked {
+        StackedLinear::One(l) => {
+            assert!(blip2_engine::panels_preferred() && l.w.is_panels());
+            assert_eq!(vb.released(), 6);
+            assert!(vb.loaded_tensors().is_empty());
+            assert_eq!(values(&l.w), [qw, kw, vw].concat());
+            assert_eq!(values(l.b.as_ref().unwrap()), [qb, kb, vb_].concat());
+        }
+        StackedLinear::Parts { parts: p, .. } => {
+            assert!(!blip2_engine::panels_preferred());
+            assert_eq!((vb.released(), p.len()), (0, parts.len()));
+        }
+    }
+}

@@ -70,12 +70,11 @@ impl Opt {
             .map(|i| {
                 let l = dec.pp("layers").pp(i.to_string());
                 let a = l.pp("self_attn");
-                let qkv = StackedLinear::new(
-                    vec![
-                        Linear::load(&a.pp("q_proj"), d, d, bias),
-                        Linear::load(&a.pp("k_proj"), d, d, bias),
-                        Linear::load(&a.pp("v_proj"), d, d, bias),
-                    ],
+                let qkv = StackedLinear::load(
+                    &[a.pp("q_proj"), a.pp("k_proj"), a.pp("v_proj")],
+                    d,
+                    &[d, d, d],
+                    bias,
                     false,
                 )?;
                 Ok(Layer {

@@ -51,9 +51,14 @@ struct SelfAttention {
 
 impl SelfAttention {
     fn load(vb: &WeightLoader, d: usize, inner: usize) -> crate::Result<SelfAttention> {
-        let parts = ["q", "k", "v"].map(|n| Linear::load(&vb.pp(n), d, inner, false));
         Ok(SelfAttention {
-            qkv: StackedLinear::new(parts.into(), false)?,
+            qkv: StackedLinear::load(
+                &["q", "k", "v"].map(|n| vb.pp(n)),
+                d,
+                &[inner; 3],
+                false,
+                false,
+            )?,
             o: Linear::load(&vb.pp("o"), inner, d, false),
             inner,
         })
@@ -92,11 +97,7 @@ impl Ffn {
     fn load(vb: &WeightLoader, cfg: &T5Config) -> crate::Result<Ffn> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         let wi = if cfg.is_gated_act {
-            let parts = vec![
-                Linear::load(&vb.pp("wi_0"), d, ff, false),
-                Linear::load(&vb.pp("wi_1"), d, ff, false),
-            ];
-            StackedLinear::new(parts, true)?
+            StackedLinear::load(&[vb.pp("wi_0"), vb.pp("wi_1")], d, &[ff, ff], false, true)?
         } else {
             StackedLinear::One(Linear::load(&vb.pp("wi"), d, ff, false))
         };
