@@ -311,6 +311,9 @@ pub fn attention_in(
     let small = bh * lq * lk * d < (1 << 20) && 2 * bh * lk * d < (1 << 20);
     if threads <= 1 || total <= 1 || small {
         (0..total).for_each(task);
+    } else if lq <= crate::team::DECODE_ROWS {
+        // A (batched) decode step: on the team, as its matmuls (`team.rs`).
+        crate::team::for_each(total, &task);
     } else {
         (0..total).into_par_iter().for_each(task);
     }

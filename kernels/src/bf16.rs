@@ -274,9 +274,12 @@ pub(crate) fn block_pair_parts(n: usize, tasks: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Runs `task` on each part, in parallel when there are several.
-pub(crate) fn for_parts(parts: &[(usize, usize)], task: impl Fn(usize, usize) + Sync) {
-    if parts.len() > 1 {
+/// Runs `task` on each part, in parallel when there are several: on the team
+/// (`team.rs`) for a decode step's `rows`, on rayon otherwise.
+pub(crate) fn for_parts(parts: &[(usize, usize)], rows: usize, task: impl Fn(usize, usize) + Sync) {
+    if parts.len() > 1 && rows <= crate::team::DECODE_ROWS {
+        crate::team::for_each(parts.len(), &|i| task(parts[i].0, parts[i].1));
+    } else if parts.len() > 1 {
         parts.par_iter().for_each(|&(s, e)| task(s, e));
     } else {
         parts.iter().for_each(|&(s, e)| task(s, e));
@@ -420,7 +423,7 @@ fn small_m(
     };
     let parts = block_pair_parts(n, tasks);
     let cptr = Shared(c.as_mut_ptr());
-    for_parts(&parts, |p0, p1| {
+    for_parts(&parts, m, |p0, p1| {
         let mut acc = vec![[0f32; 16]; m];
         for blk in 2 * p0..2 * p1 {
             let r0 = blk * 16;
@@ -629,7 +632,7 @@ impl AmxWalk {
         let cptr = Shared(c.as_mut_ptr());
         let blocks = m.div_ceil(32);
         let chunks = kp.div_ceil(kc);
-        for_parts(&parts, |p0, p1| {
+        for_parts(&parts, m, |p0, p1| {
             // Scratch accumulators: one reused when K is a single chunk; otherwise one per
             // pair for the last row block and one per row block for the last pair, kept
             // across the chunks.

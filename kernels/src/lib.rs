@@ -22,6 +22,7 @@ mod neon;
 mod norm;
 mod packed;
 mod quant;
+mod team;
 mod vmath;
 #[cfg(target_arch = "x86_64")]
 mod x86;

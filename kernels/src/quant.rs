@@ -454,9 +454,14 @@ fn small_m(
         rest = tail;
     }
     if blocks.len() > 1 {
-        blocks
-            .par_iter_mut()
-            .for_each(|(j0, j1, out)| run((*j0, *j1), out));
+        // A decode step: on the team (`team.rs`); each task locks only its own block.
+        let blocks: Vec<std::sync::Mutex<_>> =
+            blocks.into_iter().map(std::sync::Mutex::new).collect();
+        crate::team::for_each(blocks.len(), &|t| {
+            let mut b = blocks[t].lock().unwrap_or_else(|e| e.into_inner());
+            let (j0, j1, out) = &mut *b;
+            run((*j0, *j1), out);
+        });
     } else {
         for (j0, j1, out) in blocks.iter_mut() {
             run((*j0, *j1), out);

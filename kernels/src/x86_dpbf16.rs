@@ -60,7 +60,7 @@ pub(crate) fn matmul(
     assert!(bias.is_none_or(|b| b.len() == n));
     let parts = block_pair_parts(n, threads.max(1));
     let cptr = Shared(c.as_mut_ptr());
-    for_parts(&parts, |p0, p1| {
+    for_parts(&parts, m, |p0, p1| {
         for k0 in (0..kp).step_by(KC) {
             let pairs = KC.min(kp - k0) / 2;
             for pair in p0..p1 {

@@ -74,7 +74,10 @@ pub(crate) fn matmul_packed_avx512(
             }
         }
     };
-    if tasks > 1 {
+    if m <= SMALL_M {
+        // Decode: a few hundred µs a call, where rayon's hand-offs cost tens (`team.rs`).
+        crate::team::for_each(tasks, &task);
+    } else if tasks > 1 {
         (0..tasks).into_par_iter().for_each(task);
     } else {
         task(0);
