@@ -81,18 +81,28 @@ impl Panels {
     }
 }
 
-/// `bufs` one after the other in one advised allocation of `len` elements.
+/// The buffers `get` finds in `parts` one after the other, in one advised allocation of
+/// `len` elements; `None` when a part has another element type or the lengths do not add
+/// up to `len`.
 fn concatenated<T: Copy + Default + bytemuck::Zeroable>(
-    bufs: &[&[T]],
+    parts: &[&Panels],
     len: usize,
-) -> AlignedVec<T> {
+    get: impl Fn(&PanelVec) -> Option<&[T]>,
+) -> Option<AlignedVec<T>> {
+    let bufs = parts
+        .iter()
+        .map(|p| get(&p.data))
+        .collect::<Option<Vec<&[T]>>>()?;
+    if bufs.iter().map(|b| b.len()).sum::<usize>() != len {
+        return None;
+    }
     let mut out = zeroed_large_aligned::<T>(len);
     let mut at = 0;
     for b in bufs {
         out[at..at + b.len()].copy_from_slice(b);
         at += b.len();
     }
-    out
+    Some(out)
 }
 
 impl Panels {
@@ -104,38 +114,20 @@ impl Panels {
         let (last, lead) = parts.split_last()?;
         let cols = last.cols;
         let whole = |p: &&Panels| p.rows.is_multiple_of(blip2_kernels::PANEL);
-        if !lead.iter().all(whole)
-            || parts
-                .iter()
-                .any(|p| p.cols != cols || p.dtype() != last.dtype())
-        {
+        if !lead.iter().all(whole) || parts.iter().any(|p| p.cols != cols) {
             return None;
         }
         let rows = parts.iter().map(|p| p.rows).sum();
         let len = blip2_kernels::checked_packed_len(rows, cols)?;
         let data = match last.data {
-            PanelVec::F32(_) => {
-                let bufs: Vec<&[f32]> = parts
-                    .iter()
-                    .filter_map(|p| match &p.data {
-                        PanelVec::F32(v) => Some(&v[..]),
-                        PanelVec::F16(_) => None,
-                    })
-                    .collect();
-                (bufs.iter().map(|b| b.len()).sum::<usize>() == len)
-                    .then(|| PanelVec::F32(concatenated(&bufs, len)))?
-            }
-            PanelVec::F16(_) => {
-                let bufs: Vec<&[f16]> = parts
-                    .iter()
-                    .filter_map(|p| match &p.data {
-                        PanelVec::F16(v) => Some(&v[..]),
-                        PanelVec::F32(_) => None,
-                    })
-                    .collect();
-                (bufs.iter().map(|b| b.len()).sum::<usize>() == len)
-                    .then(|| PanelVec::F16(concatenated(&bufs, len)))?
-            }
+            PanelVec::F32(_) => PanelVec::F32(concatenated(parts, len, |d| match d {
+                PanelVec::F32(v) => Some(&v[..]),
+                PanelVec::F16(_) => None,
+            })?),
+            PanelVec::F16(_) => PanelVec::F16(concatenated(parts, len, |d| match d {
+                PanelVec::F16(v) => Some(&v[..]),
+                PanelVec::F32(_) => None,
+            })?),
         };
         Some(Panels { rows, cols, data })
     }
