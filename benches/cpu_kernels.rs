@@ -518,43 +518,50 @@ fn packed_weights(c: &mut Criterion) {
 /// Decode and batched decode at memory speed: `packed_weights` reuses one 52 MB matrix, which
 /// a large last-level cache holds (480 MiB on the Xeon VMs here), while a 2.7B model's 5.4 GB
 /// of f16 weights come from DRAM every step. Here each call takes the next of enough packed
-/// f16 2560×10240 matrices to exceed `BLIP2_BENCH_COLD_MB` (default 1024 MiB), so the
-/// weights are cold, as in the model. m = 1, 4, 8; all threads.
+/// f16 2560×10240 matrices (m = 1, 4, 8) or 2560×2560 ones (m = 1) to exceed
+/// `BLIP2_BENCH_COLD_MB` (default 1024 MiB), so the weights are cold, as in the model; all
+/// threads.
 fn packed_cold(c: &mut Criterion) {
     let best = isa();
-    let (k, n) = (2560usize, 10240usize);
     let total_mb: usize = std::env::var("BLIP2_BENCH_COLD_MB")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
-    let len = checked_packed_len(n, k).unwrap();
-    let count = (total_mb << 20).div_ceil(len * 2).max(2);
-    let w = rand_vec(n * k, 10);
-    let w16: Vec<f16> = w.iter().copied().map(f16::from_f32).collect();
-    let mut p16 = AlignedVec::<f16>::zeroed(len);
-    pack_linear(&w16, n, k, &mut p16);
-    let mats: Vec<AlignedVec<f16>> = (0..count).map(|_| p16.clone()).collect();
-    drop(p16);
-    let mut g = c.benchmark_group(format!("packed_cold/{k}x{n}x{count}"));
-    short(&mut g);
-    for m in [1usize, 4, 8] {
-        let a = rand_vec(m * k, 9);
-        let mut out = vec![0.0f32; m * n];
-        g.throughput(Throughput::Bytes((len * 2) as u64));
-        let mut next = 0;
-        g.bench_function(format!("f16_packed/m{m}"), |bch| {
-            bch.iter(|| {
-                let wm = PackedMatrix {
-                    rows: n,
-                    cols: k,
-                    data: PackedData::F16(&mats[next % count]),
-                };
-                next += 1;
-                matmul_packed_with(best, 0, black_box(&a), &wm, None, &mut out, m)
-            })
-        });
+    // fc1's shape, and out_proj's: a 13 MB call, where the threads' hand-offs (kernels'
+    // team.rs) are a larger share than in fc1's 52 MB.
+    for (k, n, rows) in [
+        (2560usize, 10240usize, &[1usize, 4, 8][..]),
+        (2560, 2560, &[1]),
+    ] {
+        let len = checked_packed_len(n, k).unwrap();
+        let count = (total_mb << 20).div_ceil(len * 2).max(2);
+        let w = rand_vec(n * k, 10);
+        let w16: Vec<f16> = w.iter().copied().map(f16::from_f32).collect();
+        let mut p16 = AlignedVec::<f16>::zeroed(len);
+        pack_linear(&w16, n, k, &mut p16);
+        let mats: Vec<AlignedVec<f16>> = (0..count).map(|_| p16.clone()).collect();
+        drop(p16);
+        let mut g = c.benchmark_group(format!("packed_cold/{k}x{n}x{count}"));
+        short(&mut g);
+        for &m in rows {
+            let a = rand_vec(m * k, 9);
+            let mut out = vec![0.0f32; m * n];
+            g.throughput(Throughput::Bytes((len * 2) as u64));
+            let mut next = 0;
+            g.bench_function(format!("f16_packed/m{m}"), |bch| {
+                bch.iter(|| {
+                    let wm = PackedMatrix {
+                        rows: n,
+                        cols: k,
+                        data: PackedData::F16(&mats[next % count]),
+                    };
+                    next += 1;
+                    matmul_packed_with(best, 0, black_box(&a), &wm, None, &mut out, m)
+                })
+            });
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 criterion_group!(
