@@ -5,7 +5,6 @@ use crate::elementwise::softmax_body;
 use crate::gemm::{Shared, gemm_rows, resolve_threads, tile_rows};
 use crate::isa::multiversion;
 use crate::{Isa, isa};
-use rayon::prelude::*;
 
 /// Shapes and options of one [`attention`] call.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -311,10 +310,8 @@ pub fn attention_in(
     let small = bh * lq * lk * d < (1 << 20) && 2 * bh * lk * d < (1 << 20);
     if threads <= 1 || total <= 1 || small {
         (0..total).for_each(task);
-    } else if lq <= crate::team::DECODE_ROWS {
-        // A (batched) decode step: on the team, as its matmuls (`team.rs`).
-        crate::team::for_each(total, &task);
     } else {
-        (0..total).into_par_iter().for_each(task);
+        // A (batched) decode step goes to the team, as its matmuls.
+        crate::team::run(total, lq <= crate::team::DECODE_ROWS, &task);
     }
 }

@@ -277,13 +277,8 @@ pub(crate) fn block_pair_parts(n: usize, tasks: usize) -> Vec<(usize, usize)> {
 /// Runs `task` on each part, in parallel when there are several: on the team
 /// (`team.rs`) for a decode step's `rows`, on rayon otherwise.
 pub(crate) fn for_parts(parts: &[(usize, usize)], rows: usize, task: impl Fn(usize, usize) + Sync) {
-    if parts.len() > 1 && rows <= crate::team::DECODE_ROWS {
-        crate::team::for_each(parts.len(), &|i| task(parts[i].0, parts[i].1));
-    } else if parts.len() > 1 {
-        parts.par_iter().for_each(|&(s, e)| task(s, e));
-    } else {
-        parts.iter().for_each(|&(s, e)| task(s, e));
-    }
+    let decode = rows <= crate::team::DECODE_ROWS;
+    crate::team::run(parts.len(), decode, &|i| task(parts[i].0, parts[i].1));
 }
 
 /// Output rows `[j0, j1)` (clipped to n) of C for each of the m activation rows, with the

@@ -155,6 +155,18 @@ impl Team {
     }
 }
 
+/// Runs `f(t)` for every `t < tasks`: on the team for a `decode`-sized call, else on rayon
+/// (serially for one task). The one place a kernel chooses between the two.
+pub(crate) fn run(tasks: usize, decode: bool, f: &Task<'_>) {
+    if decode {
+        for_each(tasks, f);
+    } else if tasks > 1 {
+        (0..tasks).into_par_iter().for_each(f);
+    } else {
+        (0..tasks).for_each(f);
+    }
+}
+
 /// Runs `f(t)` for every `t < tasks`, each exactly once, over the caller and the team's
 /// helpers (rayon when the team is busy); returns when all have finished. A panic in a task
 /// is resumed in the caller after every task has finished.

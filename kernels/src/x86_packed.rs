@@ -4,8 +4,6 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
 use crate::Isa;
 use crate::convert::f16_to_f32_isa;
 use crate::gemm::{Shared, pack_a, part, with_pack_buffers};
@@ -74,14 +72,8 @@ pub(crate) fn matmul_packed_avx512(
             }
         }
     };
-    if m <= SMALL_M {
-        // Decode: a few hundred µs a call, where rayon's hand-offs cost tens (`team.rs`).
-        crate::team::for_each(tasks, &task);
-    } else if tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        task(0);
-    }
+    // Decode (m ≤ 8): a few hundred µs a call, where rayon's hand-offs cost tens.
+    crate::team::run(tasks, m <= SMALL_M, &task);
 }
 
 /// One call's operands: A row-major (stride k), W packed (a `*const f16` cast when `f16`),
