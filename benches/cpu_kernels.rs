@@ -202,8 +202,9 @@ fn gemv(c: &mut Criterion) {
     g.finish();
 }
 
-/// Quantized weights against f16 at OPT-2.7B decode (1×2560·10240×2560) and prefill/ViT size
-/// (257 rows): "elem/s" here is weights per second (the GEMV is bound by their bytes).
+/// Quantized weights against f16 at OPT-2.7B decode (1×2560·10240×2560), a batch-8 decode
+/// step, a 33-token prefill and ViT size (257 rows): "elem/s" here is weights per second
+/// (the GEMV is bound by their bytes).
 fn quantized(c: &mut Criterion) {
     let mut g = c.benchmark_group("quantized_weights");
     short(&mut g);
@@ -220,7 +221,7 @@ fn quantized(c: &mut Criterion) {
             (f, qs, sc)
         })
         .collect();
-    for m in [1usize, 257] {
+    for m in [1usize, 8, 33, 257] {
         let a = rand_vec(m * k, 5);
         let mut out = vec![0.0f32; m * n];
         g.throughput(Throughput::Elements((k * n) as u64));
@@ -251,6 +252,25 @@ fn quantized(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(f.name(), format!("{m}x{k}x{n}")), |bch| {
                 bch.iter(|| matmul_q_with(best, 0, black_box(&a), &qm, None, &mut out, m))
             });
+            // Above the decode rows the default takes AMX where the CPU has it; the f32
+            // path (dequantized blocks and the f32 GEMM) is what it replaced there.
+            if m > 4 && quant_amx_available() {
+                let id = BenchmarkId::new(format!("{}-f32", f.name()), format!("{m}x{k}x{n}"));
+                g.bench_function(id, |bch| {
+                    bch.iter(|| {
+                        matmul_q_path(
+                            best,
+                            0,
+                            QuantPath::F32,
+                            black_box(&a),
+                            &qm,
+                            None,
+                            &mut out,
+                            m,
+                        )
+                    })
+                });
+            }
         }
     }
     g.finish();

@@ -9,13 +9,13 @@ use common::{Rng, devices, linear_ref};
 
 const QDTYPES: [DType; 2] = [DType::Q8, DType::Q4];
 
-/// For m ≤ 4 the CPU kernel quantizes each activation row to 8 bits per block of 32 (integer
-/// dot products): element (i, j) may then move by Σ_p |w[j,p]|·d_b/2 with d_b = max|x| of
-/// p's block / 127 (round to nearest). Returns that per-element bound (zeros for m > 4, where
-/// activations stay f32).
+/// Where the CPU kernel quantizes each activation row to 8 bits per block of 32 (integer
+/// dot products: m ≤ 4, and up to 16 rows with AMX-INT8), element (i, j) may move by
+/// Σ_p |w[j,p]|·d_b/2 with d_b = max|x| of p's block / 127 (round to nearest). Returns that
+/// per-element bound (zeros where activations are not quantized).
 fn activation_rounding(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * n];
-    if m > 4 {
+    if common::cpu_quant_activations(m) != common::CpuQuantActivations::Int8 {
         return out;
     }
     for i in 0..m {
@@ -39,8 +39,9 @@ fn linear_with_quantized_weights_matches_dequantized_math() {
     // Tolerance: against f64 on the dequantized W, per element |y − ref| ≤ γ·Σ|x·w| with
     // γ = (k + 2 + blocks)·u·1.01 (f32 accumulation of k products, the bias, one scale multiply
     // per block; u = 2⁻²⁴), plus, for m ≤ 4, the 8-bit activation rounding of the integer
-    // path (`activation_rounding`), plus for f16 activations the output's f16 rounding
-    // 2⁻¹¹·|ref|.
+    // path (`activation_rounding`: m ≤ 4, up to 16 rows with AMX-INT8), plus for f16
+    // activations the output's f16 rounding 2⁻¹¹·|ref|, plus where a CPU with AMX takes its
+    // bf16 tiles the rounding of both operands (2·2⁻⁸ + 2⁻¹⁶)·Σ|x·w|.
     let shapes = [
         (1, 1, 1),
         (1, 33, 5),
@@ -75,10 +76,18 @@ fn linear_with_quantized_weights_matches_dequantized_math() {
                     let g =
                         (k + 2 + QFormat::row_blocks(k)) as f64 * f32::EPSILON as f64 / 2.0 * 1.01;
                     let h = if xdt == DType::F16 { 1.0 / 2048.0 } else { 0.0 };
+                    // The CPU's AMX path rounds both operands to bf16 (common.rs).
+                    let bf16 =
+                        common::cpu_quant_activations(m) == common::CpuQuantActivations::Bf16;
+                    let bf = if !dev.is_gpu() && bf16 {
+                        2.0 * 2f64.powi(-8) + 2f64.powi(-16)
+                    } else {
+                        0.0
+                    };
                     for (e, (((&v, &rf), &sa), &ae)) in
                         got.iter().zip(&r).zip(&abs).zip(&act).enumerate()
                     {
-                        let bound = g * sa + ae + h * (rf.abs() + ae) + 1e-30;
+                        let bound = (g + bf) * sa + ae + h * (rf.abs() + ae) + 1e-30;
                         assert!(
                             (v as f64 - rf).abs() <= bound,
                             "{qd} x {xdt} on {dev:?} ({m},{k},{n}) elem {e}: {v} vs {rf} (bound {bound:e})"

@@ -513,28 +513,60 @@ pub(crate) fn amx_kc(mp: usize, kp: usize, terms: usize) -> usize {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn amx_m(threads: usize, a: &[f32], w: &Bf16Matrix, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
     let kp = padded_k(w.cols);
+    // W's packed blocks are already B tiles: used in place.
+    amx_rounded(
+        threads,
+        a,
+        m,
+        w.cols,
+        w.rows,
+        bias,
+        c,
+        &|pair, s0, _steps, _scratch| {
+            (
+                w.data[pair * 32 * kp + s0 * 512..].as_ptr() as *const u16,
+                16 * kp,
+            )
+        },
+    );
+}
+
+/// C[m×n] = A[m×k]·Wᵀ (+ bias) on AMX with A rounded to bf16 once into tiles and W's B tiles
+/// from `b_tiles` (one tile per K step of 32): the packed bf16 weights in place, or weights
+/// converted per call (`amx_quant.rs`).
+///
+/// # Panics
+/// Unless AMX is available ([`amx_available`]; the callers check) and the shapes agree.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn amx_rounded(
+    threads: usize,
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    b_tiles: &BTiles,
+) {
+    assert!(amx_available() && a.len() == m * k && c.len() == m * n);
+    let kp = padded_k(k);
     let mp = m.div_ceil(32) * 32;
     crate::aligned::with_scratch(&ROUNDED_A, |abf| {
         abf.resize_for_overwrite(mp * kp);
         // SAFETY: amx_available() includes AVX512-F/BW/BF16; each row gets its block's
         // slots from r·32 and at most k ≤ kp values.
-        fill_a_tiles(threads, a, m, w.cols, kp, abf, |src, dst| unsafe {
+        fill_a_tiles(threads, a, m, k, kp, abf, |src, dst| unsafe {
             crate::x86_amx::round_row_to_tiles(src, kp, dst)
         });
         let walk = AmxWalk {
             split: false,
             kp,
             kc: amx_kc(mp, kp, 1),
-            n: w.rows,
+            n,
             m,
         };
-        // W's packed blocks are already B tiles: used in place.
-        walk.run(abf, threads, bias, c, &|pair, s0, _steps, _scratch| {
-            (
-                w.data[pair * 32 * kp + s0 * 512..].as_ptr() as *const u16,
-                16 * kp,
-            )
-        });
+        walk.run(abf, threads, bias, c, b_tiles);
     })
 }
 

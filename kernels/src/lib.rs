@@ -8,6 +8,8 @@
 //! user input belong to the caller (the engine) — the `assert!`s here are internal invariants.
 
 mod aligned;
+mod amx_qint8;
+mod amx_quant;
 mod amx_split;
 mod attention;
 mod bf16;
@@ -33,11 +35,15 @@ mod x86_dpbf16;
 #[cfg(target_arch = "x86_64")]
 mod x86_packed;
 #[cfg(target_arch = "x86_64")]
+mod x86_qtiles;
+#[cfg(target_arch = "x86_64")]
 mod x86_quant;
 #[cfg(target_arch = "x86_64")]
 mod x86_vnni;
 
 pub use aligned::{AlignedVec, LINE, zeroed_vec};
+pub use amx_qint8::{INT8_MAX_M, matmul_q_amx_int8_with, quant_amx_int8_available};
+pub use amx_quant::{matmul_q_amx_with, quant_amx_available};
 pub use amx_split::{
     SPLIT_MIN_M, SplitWeights, matmul_packed_split_with, split_applies, split_available,
     split_weights,
@@ -67,6 +73,7 @@ pub use packed::{
     pack_linear, pack_linear_with, packed_preferred, unpack_packed, unpack_packed_row,
 };
 pub use quant::{
-    QActivations, QBLOCK, QFormat, QMatrix, dequantize, dequantize_matrix_row, dequantize_row,
-    matmul_q, matmul_q_with, quantize_row, quantize_rows, vnni_available,
+    QActivations, QBLOCK, QFormat, QMatrix, QuantPath, dequantize, dequantize_matrix_row,
+    dequantize_row, matmul_q, matmul_q_path, matmul_q_with, quantize_row, quantize_rows,
+    vnni_available,
 };

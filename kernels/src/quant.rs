@@ -371,22 +371,38 @@ fn dot_rows(isa: Isa, x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32])
 
 /// At or below this many rows of A (decode), x·Wᵀ quantizes each A row to 8 bits per block
 /// and takes exact integer dot products with the weight blocks (W streamed once; llama.cpp's
-/// Q8_0 activations); above (prefill, vision), W is dequantized a column block at a time and
-/// multiplied by the packed f32 GEMM with f32 activations, the dequantization amortised over
-/// the rows.
+/// Q8_0 activations); above (batched decode, prefill, vision), without AMX, W is dequantized
+/// a block at a time, amortised over the rows, into f32 for the packed f32 GEMM with f32
+/// activations. Where the CPU has AMX, 2 to 16 rows take the same integer arithmetic on
+/// int8 tiles (`amx_qint8.rs`) and more rows bf16 tiles dequantized per call
+/// (`amx_quant.rs`).
 const SMALL_M: usize = 4;
 
 /// W rows dequantized per block of the large-M path (`NB·cols` floats of scratch per task).
 const NB: usize = 64;
 
 /// C[m×n] = A[m×k]·Wᵀ (+ bias) with W a quantized `[n, k]` matrix, f32 accumulation: for
-/// m ≤ 4 with A quantized to 8 bits per block and integer block dot products, otherwise with
-/// f32 A and dequantized W (see [`SMALL_M`]). Multi-threaded over the rayon global pool.
+/// m ≤ 4 with A quantized to 8 bits per block and integer block dot products; where the
+/// CPU has AMX, 2 to 16 rows the same integer arithmetic on AMX-INT8 tiles
+/// (`amx_qint8.rs`) and more on bf16 tiles (W dequantized per call, A rounded to bf16:
+/// `amx_quant.rs`); otherwise with f32 A and dequantized W (see [`SMALL_M`]).
+/// Multi-threaded over the rayon global pool.
 ///
 /// Preconditions (asserted; the engine validates user shapes first): `w.is_consistent()`,
 /// `a.len() == m·w.cols`, `c.len() == m·w.rows`, `bias.len() == w.rows`.
 pub fn matmul_q(a: &[f32], w: &QMatrix, bias: Option<&[f32]>, c: &mut [f32], m: usize) {
     matmul_q_with(isa(), 0, a, w, bias, c, m)
+}
+
+/// Which path [`matmul_q_path`] takes from 2 rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantPath {
+    /// f32 activations and W dequantized to f32 blocks (no rounding besides the weights').
+    F32,
+    /// AMX where available with an AVX-512 instruction set (2 to 16 rows: integer block
+    /// sums on 8-bit activations; more: activations and dequantized weights rounded to
+    /// bf16), else as `F32`: what [`matmul_q`] does.
+    Auto,
 }
 
 /// [`matmul_q`] on a chosen instruction set and thread count (0 = the whole rayon pool,
@@ -400,15 +416,41 @@ pub fn matmul_q_with(
     c: &mut [f32],
     m: usize,
 ) {
+    matmul_q_path(isa, threads, QuantPath::Auto, a, w, bias, c, m)
+}
+
+/// [`matmul_q_with`] with the path above the decode rows chosen.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_q_path(
+    isa: Isa,
+    threads: usize,
+    path: QuantPath,
+    a: &[f32],
+    w: &QMatrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+) {
     let (n, k) = (w.rows, w.cols);
     if linear_trivial("matmul_q", w.is_consistent(), a, bias, c, m, k, n) {
         return;
     }
     let isa = isa.resolve();
     let threads = resolve_threads(threads);
+    let amx = path == QuantPath::Auto && isa == Isa::Avx512;
+    // From 2 rows the int8 tiles read W once for all of them, where the GEMV reads it per
+    // row (OPT-2.7B's fc1 in q8, 2026-12-07: 4 rows 1.5 against 3.1 ms, 2 rows 1.55–1.6
+    // against 1.8–1.9; 1 row 1.4 against 0.93–1.0, so one row stays on the GEMV).
+    if amx
+        && (2..=crate::amx_qint8::INT8_MAX_M).contains(&m)
+        && crate::amx_qint8::matmul_q_amx_int8_with(threads, a, w, bias, c, m)
+    {
+        return;
+    }
     if m <= SMALL_M {
-        small_m(isa, threads, a, w, bias, c, m);
-    } else {
+        return small_m(isa, threads, a, w, bias, c, m);
+    }
+    if !(amx && crate::amx_quant::matmul_q_amx_with(threads, a, w, bias, c, m)) {
         large_m(isa, threads, a, w, bias, c, m);
     }
 }

@@ -66,6 +66,67 @@ pub(crate) fn enable() -> bool {
     ret == 0
 }
 
+/// Whether the CPU also has AMX-INT8 (CPUID.7.0:EDX bit 25), for `amx_qint8.rs`; the tile
+/// state is granted by [`enable`].
+pub(crate) fn has_int8() -> bool {
+    std::arch::x86_64::__cpuid(0).eax >= 7
+        && std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 25) != 0
+}
+
+/// Loads the int8 tile configuration for `m` (1..=16) activation rows: tmm0–1 the two
+/// 16-column i32 accumulators (m rows × 64 bytes), tmm2 A (m rows × one 32-byte block),
+/// tmm3–4 the two B tiles (8 rows of 16 quads).
+///
+/// # Safety
+/// AMX-INT8 must be available ([`enable`] returned true and [`has_int8`]); 1 ≤ m ≤ 16.
+pub(crate) unsafe fn configure_int8(m: usize) {
+    debug_assert!((1..=16).contains(&m));
+    let mut c = TileConfig([0; 64]);
+    c.0[0] = 1;
+    for (t, (colsb, rows)) in [(64, m), (64, m), (32, m), (64, 8), (64, 8)]
+        .into_iter()
+        .enumerate()
+    {
+        c.0[16 + 2 * t] = colsb as u8;
+        c.0[48 + t] = rows as u8;
+    }
+    // SAFETY: per the contract; the config is a valid palette-1 configuration.
+    unsafe { asm!("ldtilecfg [{0}]", in(reg) c.0.as_ptr(), options(nostack)) }
+}
+
+/// One quantization block of the int8 path: c[0..m×16] = A·B0 and c[256..] = A·B1 in
+/// exact i32 sums, A the m activation rows' 32 bytes of this block (`a`, row stride
+/// `a_stride` bytes), B0/B1 the 8-row quad tiles at `b` and `b + 512`.
+///
+/// # Safety
+/// [`configure_int8`] was called on this thread with this m; `a` is readable for m rows of
+/// 32 bytes at its stride, `b` for 1024 bytes, `c` writable for 512 values.
+#[inline(always)]
+pub(crate) unsafe fn int8_block(a: *const i8, a_stride: usize, b: *const u8, c: *mut i32) {
+    // SAFETY: per the contract.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tileloadd tmm2, [{a} + {sa}*1]",
+            "tileloadd tmm3, [{b0} + {s64}*1]",
+            "tileloadd tmm4, [{b1} + {s64}*1]",
+            "tdpbssd tmm0, tmm2, tmm3",
+            "tdpbssd tmm1, tmm2, tmm4",
+            "tilestored [{c0} + {s64}*1], tmm0",
+            "tilestored [{c1} + {s64}*1], tmm1",
+            a = in(reg) a,
+            sa = in(reg) a_stride,
+            b0 = in(reg) b,
+            b1 = in(reg) b.add(512),
+            c0 = in(reg) c,
+            c1 = in(reg) c.add(256),
+            s64 = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+}
+
 /// Bytes ahead of the current B tiles that [`prefetch_b`] requests. At OPT-2.7B's fc1 with
 /// 33 rows (prefill; `gemv_stream` example, 2026-12-05) it took 3.4–3.7 ms against 4.0
 /// without; 2 and 8 KiB were no better.

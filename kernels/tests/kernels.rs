@@ -1,7 +1,10 @@
 //! Every kernel × every instruction set this CPU supports (scalar always) against an f64
 //! reference on seeded random inputs with awkward sizes. Each check states its tolerance.
 
+mod common;
+
 use blip2_kernels::*;
+use common::matmul_q_int_ref;
 use half::{bf16, f16};
 
 /// xorshift64*: tiny deterministic RNG, no dependencies.
@@ -1015,50 +1018,6 @@ fn quantize_round_trip_error_bounds() {
     }
 }
 
-/// Reference of the small-M (m ≤ 4) path: the activations quantized as the kernel does
-/// ([`QActivations`]), exact integer block sums, then Σ_b d_w·d_x·I_b in f64; plus the bound's
-/// Σ_b |d_w·d_x·I_b| (+ |bias|).
-#[allow(clippy::too_many_arguments)]
-fn matmul_q_int_ref(
-    a: &[f32],
-    fmt: QFormat,
-    qs: &[u8],
-    sc: &[f16],
-    bias: Option<&[f32]>,
-    m: usize,
-    k: usize,
-    n: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let (rb, nb) = (fmt.row_bytes(k), QFormat::row_blocks(k));
-    let mut r = vec![0.0; m * n];
-    let mut abs = vec![0.0; m * n];
-    for i in 0..m {
-        let x = QActivations::new(&a[i * k..(i + 1) * k]);
-        for j in 0..n {
-            let mut wrow = vec![0f32; nb * QBLOCK];
-            // Integer weight values: dequantize with unit scales.
-            let ones = vec![f16::ONE; nb];
-            dequantize_row(fmt, &qs[j * rb..(j + 1) * rb], &ones, &mut wrow);
-            let (mut s, mut sa) = (0.0f64, 0.0f64);
-            for b in 0..nb {
-                let isum: f64 = (0..QBLOCK)
-                    .map(|t| wrow[b * QBLOCK + t] as f64 * x.qs[b * QBLOCK + t] as f64)
-                    .sum();
-                let t = sc[j * nb + b].to_f32() as f64 * x.scales[b] as f64 * isum;
-                s += t;
-                sa += t.abs();
-            }
-            if let Some(bias) = bias {
-                s += bias[j] as f64;
-                sa += (bias[j] as f64).abs();
-            }
-            r[i * n + j] = s;
-            abs[i * n + j] = sa;
-        }
-    }
-    (r, abs)
-}
-
 #[test]
 fn quantized_matmul_all_isas_odd_sizes() {
     // m ≤ 4 (decode): activations quantized to 8 bits per block, exact integer block sums;
@@ -1109,7 +1068,8 @@ fn quantized_matmul_all_isas_odd_sizes() {
             for isa in isas() {
                 for threads in [1, 0] {
                     let mut c = vec![f32::NAN; m * n];
-                    matmul_q_with(isa, threads, &a, &qm, bias_opt, &mut c, m);
+                    // The f32 path; `quant_amx.rs` tests the AMX one (bf16 roundings).
+                    matmul_q_path(isa, threads, QuantPath::F32, &a, &qm, bias_opt, &mut c, m);
                     let what = format!("{fmt:?} {isa} t={threads} m={m} k={k} n={n}");
                     check_matmul(&what, &c, &r, &abs, terms);
                 }

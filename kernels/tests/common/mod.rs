@@ -62,3 +62,50 @@ pub fn check(what: &str, c: &[f32], r: &[f64], abs: &[f64], rel: f64) {
         );
     }
 }
+
+/// Reference of the small-M (m ≤ 4) path: the activations quantized as the kernel does
+/// (`QActivations`), exact integer block sums, then Σ_b d_w·d_x·I_b in f64; plus the bound's
+/// Σ_b |d_w·d_x·I_b| (+ |bias|).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_q_int_ref(
+    a: &[f32],
+    fmt: blip2_kernels::QFormat,
+    qs: &[u8],
+    sc: &[half::f16],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (rb, nb) = (fmt.row_bytes(k), blip2_kernels::QFormat::row_blocks(k));
+    let mut r = vec![0.0; m * n];
+    let mut abs = vec![0.0; m * n];
+    for i in 0..m {
+        let x = blip2_kernels::QActivations::new(&a[i * k..(i + 1) * k]);
+        for j in 0..n {
+            let mut wrow = vec![0f32; nb * blip2_kernels::QBLOCK];
+            // Integer weight values: dequantize with unit scales.
+            let ones = vec![half::f16::ONE; nb];
+            blip2_kernels::dequantize_row(fmt, &qs[j * rb..(j + 1) * rb], &ones, &mut wrow);
+            let (mut s, mut sa) = (0.0f64, 0.0f64);
+            for b in 0..nb {
+                let isum: f64 = (0..blip2_kernels::QBLOCK)
+                    .map(|t| {
+                        wrow[b * blip2_kernels::QBLOCK + t] as f64
+                            * x.qs[b * blip2_kernels::QBLOCK + t] as f64
+                    })
+                    .sum();
+                let t = sc[j * nb + b].to_f32() as f64 * x.scales[b] as f64 * isum;
+                s += t;
+                sa += t.abs();
+            }
+            if let Some(bias) = bias {
+                s += bias[j] as f64;
+                sa += (bias[j] as f64).abs();
+            }
+            r[i * n + j] = s;
+            abs[i * n + j] = sa;
+        }
+    }
+    (r, abs)
+}
