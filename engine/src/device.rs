@@ -93,9 +93,16 @@ impl Device {
                 } else {
                     ""
                 };
-                // VNNI is what the q8/q4 decode GEMV uses on AVX-512 (docs/quantization.md).
-                let vnni = if isa == blip2_kernels::Isa::Avx512 && blip2_kernels::vnni_available() {
+                // VNNI is what the q8/q4 decode GEMV uses on AVX-512, AMX-INT8 what their 2 to
+                // 16 rows use (docs/quantization.md).
+                let avx512 = isa == blip2_kernels::Isa::Avx512;
+                let vnni = if avx512 && blip2_kernels::vnni_available() {
                     ", VNNI"
+                } else {
+                    ""
+                };
+                let int8 = if avx512 && blip2_kernels::quant_amx_int8_available() {
+                    ", AMX-INT8"
                 } else {
                     ""
                 };
@@ -113,7 +120,7 @@ impl Device {
                 };
                 DeviceInfo {
                     name: "cpu".into(),
-                    backend: format!("cpu ({isa:?}{amx}{vnni}{panels}{split})"),
+                    backend: format!("cpu ({isa:?}{amx}{int8}{vnni}{panels}{split})"),
                     driver: String::new(),
                     device_type: "Cpu".into(),
                     threads: rayon::current_num_threads(),
