@@ -232,12 +232,12 @@ fn cpu_parity(dev: &Device, rng: &mut Rng, sizes: &[(usize, usize, usize)]) {
                 // a CPU with AMX rounds activations and dequantized weights to bf16 (2^-8
                 // each, relative RMS about 2^-8 over a sum of random-signed products), 2e-2
                 // as well; otherwise f32/f16 rounding only.
-                let avx512 = blip2_kernels::isa() == blip2_kernels::Isa::Avx512;
-                let int8 = avx512
-                    && m <= blip2_kernels::INT8_MAX_M
-                    && blip2_kernels::quant_amx_int8_available();
-                let cpu_bf16 = avx512 && blip2_kernels::quant_amx_available();
-                let tol = if m <= 4 || int8 || cpu_bf16 {
+                let kernel = blip2_kernels::quant_kernel(
+                    blip2_kernels::isa(),
+                    blip2_kernels::QuantPath::Auto,
+                    m,
+                );
+                let tol = if kernel != blip2_kernels::QuantKernel::Dequantized {
                     2e-2
                 } else if xdt == DType::F16 {
                     1e-3

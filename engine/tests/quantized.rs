@@ -5,6 +5,7 @@
 mod common;
 
 use blip2_engine::{DType, Device, Error, QFormat, QuantBytes, Tensor, ops};
+use blip2_kernels::QuantKernel;
 use common::{Rng, devices, linear_ref};
 
 const QDTYPES: [DType; 2] = [DType::Q8, DType::Q4];
@@ -15,7 +16,7 @@ const QDTYPES: [DType; 2] = [DType::Q8, DType::Q4];
 /// per-element bound (zeros where activations are not quantized).
 fn activation_rounding(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * n];
-    if common::cpu_quant_activations(m) != common::CpuQuantActivations::Int8 {
+    if !common::cpu_quant_kernel(m).int8_activations() {
         return out;
     }
     for i in 0..m {
@@ -77,8 +78,7 @@ fn linear_with_quantized_weights_matches_dequantized_math() {
                         (k + 2 + QFormat::row_blocks(k)) as f64 * f32::EPSILON as f64 / 2.0 * 1.01;
                     let h = if xdt == DType::F16 { 1.0 / 2048.0 } else { 0.0 };
                     // The CPU's AMX path rounds both operands to bf16 (common.rs).
-                    let bf16 =
-                        common::cpu_quant_activations(m) == common::CpuQuantActivations::Bf16;
+                    let bf16 = common::cpu_quant_kernel(m) == QuantKernel::Bf16Tiles;
                     let bf = if !dev.is_gpu() && bf16 {
                         2.0 * 2f64.powi(-8) + 2f64.powi(-16)
                     } else {

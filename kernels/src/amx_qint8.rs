@@ -1,5 +1,5 @@
-//! Quantized weights (`q8`, `q4`) on AMX-INT8 for batched decode steps (5 to 16 activation
-//! rows): the integer decode path's arithmetic (`quant.rs`: activations quantized to 8 bits
+//! Quantized weights (`q8`, `q4`) on AMX-INT8 for 2 to 16 activation rows (beams, batched
+//! decode steps): the integer decode path's arithmetic (`quant.rs`: activations quantized to 8 bits
 //! per block of 32, exact integer block sums, one f32 scale product and FMA per block) with
 //! the block sums of every row at once from `tdpbssd`.
 //!
@@ -18,11 +18,13 @@ use crate::quant::QMatrix;
 pub const INT8_MAX_M: usize = 16;
 
 /// Whether [`matmul_q_amx_int8_with`] can run on this CPU: [`crate::quant_amx_available`]
-/// and AMX-INT8.
+/// and AMX-INT8. Checked once (CPUID traps to the hypervisor in a VM, and this is asked
+/// on every batched decode call).
 pub fn quant_amx_int8_available() -> bool {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        crate::quant_amx_available() && crate::x86_amx::has_int8()
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| crate::quant_amx_available() && crate::x86_amx::has_int8())
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
@@ -88,10 +90,12 @@ mod x86 {
         // of whole blocks (the A tile's stride).
         let mut xq = vec![0i8; m * nb * QBLOCK];
         let mut xd = vec![0f32; m * nb];
-        for (i, row) in a.chunks(k).enumerate() {
-            let x = QActivations::new(row);
-            xq[i * nb * QBLOCK..(i + 1) * nb * QBLOCK].copy_from_slice(&x.qs);
-            xd[i * nb..(i + 1) * nb].copy_from_slice(&x.scales);
+        for ((row, qs), d) in a
+            .chunks(k)
+            .zip(xq.chunks_mut(nb * QBLOCK))
+            .zip(xd.chunks_mut(nb))
+        {
+            QActivations::quantize_into(row, qs, d);
         }
         let parts = crate::bf16::block_pair_parts(n, if threads > 1 { threads } else { 1 });
         let cptr = Shared(c.as_mut_ptr());

@@ -13,9 +13,9 @@
 //!
 //! Why it pays: AMX multiplies bf16 tiles at 16× the f32 FMA rate per core, and the
 //! dequantization (a few vector instructions per weight, amortised over every row of A)
-//! replaces the dequantization the f32 path does anyway. Decode steps of up to
-//! [`crate::quant`]'s integer-path rows keep the integer kernel, which reads W once at
-//! memory speed with no conversion.
+//! replaces the dequantization the f32 path does anyway. `matmul_q` sends up to 16 rows to
+//! the integer kernels instead (the decode GEMV, the int8 tiles of `amx_qint8.rs`), which
+//! convert nothing.
 
 use crate::gemm::{linear_trivial, resolve_threads};
 use crate::quant::QMatrix;
@@ -26,7 +26,8 @@ use crate::quant::QMatrix;
 pub fn quant_amx_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::amx_available() && is_x86_feature_detected!("avx512vbmi")
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| crate::amx_available() && is_x86_feature_detected!("avx512vbmi"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

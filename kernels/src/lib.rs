@@ -73,7 +73,7 @@ pub use packed::{
     pack_linear, pack_linear_with, packed_preferred, unpack_packed, unpack_packed_row,
 };
 pub use quant::{
-    QActivations, QBLOCK, QFormat, QMatrix, QuantPath, dequantize, dequantize_matrix_row,
-    dequantize_row, matmul_q, matmul_q_path, matmul_q_with, quantize_row, quantize_rows,
-    vnni_available,
+    QActivations, QBLOCK, QFormat, QMatrix, QuantKernel, QuantPath, dequantize,
+    dequantize_matrix_row, dequantize_row, matmul_q, matmul_q_path, matmul_q_with, quant_kernel,
+    quantize_row, quantize_rows, vnni_available,
 };

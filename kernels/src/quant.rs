@@ -268,6 +268,18 @@ impl QActivations {
         let blocks = QFormat::row_blocks(x.len());
         let mut qs = vec![0i8; blocks * QBLOCK];
         let mut scales = vec![0f32; blocks];
+        Self::quantize_into(x, &mut qs, &mut scales);
+        QActivations { qs, scales }
+    }
+
+    /// [`Self::new`] into caller-owned rows: `qs` of `blocks·32` values (the padding of the
+    /// last block zero), `scales` of `blocks`.
+    ///
+    /// # Panics
+    /// Where the lengths are not those of `x`'s blocks.
+    pub fn quantize_into(x: &[f32], qs: &mut [i8], scales: &mut [f32]) {
+        let blocks = QFormat::row_blocks(x.len());
+        assert!(qs.len() == blocks * QBLOCK && scales.len() == blocks);
         for (b, (q, d)) in qs
             .chunks_exact_mut(QBLOCK)
             .zip(scales.iter_mut())
@@ -277,11 +289,11 @@ impl QActivations {
             let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
             *d = amax / 127.0;
             let inv = if *d > 0.0 { 1.0 / *d } else { 0.0 };
+            q.fill(0);
             for (o, &v) in q.iter_mut().zip(blk) {
                 *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
             }
         }
-        QActivations { qs, scales }
     }
 }
 
@@ -419,7 +431,47 @@ pub fn matmul_q_with(
     matmul_q_path(isa, threads, QuantPath::Auto, a, w, bias, c, m)
 }
 
-/// [`matmul_q_with`] with the path above the decode rows chosen.
+/// The kernel [`matmul_q_path`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantKernel {
+    /// Each activation row quantized to 8 bits per block, exact integer block sums, W
+    /// streamed once per row (up to [`SMALL_M`] rows).
+    Gemv,
+    /// The same integer arithmetic on AMX-INT8 tiles, W read once for all rows
+    /// (`amx_qint8.rs`).
+    Int8Tiles,
+    /// Activations and dequantized W rounded to bf16, AMX bf16 tiles (`amx_quant.rs`).
+    Bf16Tiles,
+    /// f32 activations, W dequantized to f32 blocks for the f32 GEMM.
+    Dequantized,
+}
+
+impl QuantKernel {
+    /// Whether the activations are quantized to 8 bits per block.
+    pub fn int8_activations(self) -> bool {
+        matches!(self, QuantKernel::Gemv | QuantKernel::Int8Tiles)
+    }
+}
+
+/// Which kernel [`matmul_q_path`] runs for `m` rows on `isa` (resolved to what this CPU
+/// supports) with `path`: the one place that choice is made.
+pub fn quant_kernel(isa: Isa, path: QuantPath, m: usize) -> QuantKernel {
+    let amx = path == QuantPath::Auto && isa.resolve() == Isa::Avx512;
+    // From 2 rows the int8 tiles read W once for all of them, where the GEMV reads it per
+    // row (OPT-2.7B's fc1 in q8, 2026-12-07: 4 rows 1.5 against 3.1 ms, 2 rows 1.55–1.6
+    // against 1.8–1.9; 1 row 1.4 against 0.93–1.0, so one row stays on the GEMV).
+    if amx && (2..=crate::amx_qint8::INT8_MAX_M).contains(&m) && crate::quant_amx_int8_available() {
+        QuantKernel::Int8Tiles
+    } else if m <= SMALL_M {
+        QuantKernel::Gemv
+    } else if amx && crate::quant_amx_available() {
+        QuantKernel::Bf16Tiles
+    } else {
+        QuantKernel::Dequantized
+    }
+}
+
+/// [`matmul_q_with`] with the path from 2 rows chosen ([`quant_kernel`]).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_q_path(
     isa: Isa,
@@ -437,21 +489,17 @@ pub fn matmul_q_path(
     }
     let isa = isa.resolve();
     let threads = resolve_threads(threads);
-    let amx = path == QuantPath::Auto && isa == Isa::Avx512;
-    // From 2 rows the int8 tiles read W once for all of them, where the GEMV reads it per
-    // row (OPT-2.7B's fc1 in q8, 2026-12-07: 4 rows 1.5 against 3.1 ms, 2 rows 1.55–1.6
-    // against 1.8–1.9; 1 row 1.4 against 0.93–1.0, so one row stays on the GEMV).
-    if amx
-        && (2..=crate::amx_qint8::INT8_MAX_M).contains(&m)
-        && crate::amx_qint8::matmul_q_amx_int8_with(threads, a, w, bias, c, m)
-    {
-        return;
-    }
-    if m <= SMALL_M {
-        return small_m(isa, threads, a, w, bias, c, m);
-    }
-    if !(amx && crate::amx_quant::matmul_q_amx_with(threads, a, w, bias, c, m)) {
-        large_m(isa, threads, a, w, bias, c, m);
+    match quant_kernel(isa, path, m) {
+        QuantKernel::Gemv => small_m(isa, threads, a, w, bias, c, m),
+        QuantKernel::Int8Tiles => {
+            let ran = crate::amx_qint8::matmul_q_amx_int8_with(threads, a, w, bias, c, m);
+            debug_assert!(ran, "quant_kernel chose the int8 tiles");
+        }
+        QuantKernel::Bf16Tiles => {
+            let ran = crate::amx_quant::matmul_q_amx_with(threads, a, w, bias, c, m);
+            debug_assert!(ran, "quant_kernel chose the bf16 tiles");
+        }
+        QuantKernel::Dequantized => large_m(isa, threads, a, w, bias, c, m),
     }
 }
 

@@ -103,8 +103,7 @@ fn quantized_matmul_amx_path() {
                     }
                 }
                 // `matmul_q` takes this path above the int8 path's rows on an AVX-512 ISA.
-                let int8 = m <= INT8_MAX_M && quant_amx_int8_available();
-                if isa() == Isa::Avx512 && !int8 {
+                if quant_kernel(isa(), QuantPath::Auto, m) == QuantKernel::Bf16Tiles {
                     let mut c = vec![f32::NAN; m * n];
                     matmul_q(&a, &qm, given, &mut c, m);
                     let f = first.as_ref().unwrap();
@@ -226,7 +225,7 @@ fn quantized_matmul_amx_int8_path() {
                         ),
                     }
                 }
-                if m > 1 && isa() == Isa::Avx512 {
+                if quant_kernel(isa(), QuantPath::Auto, m) == QuantKernel::Int8Tiles {
                     let mut c = vec![f32::NAN; m * n];
                     matmul_q(&a, &qm, bias.as_deref(), &mut c, m);
                     let f = first.as_ref().unwrap();

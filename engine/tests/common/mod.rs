@@ -124,28 +124,8 @@ pub fn linear_ref(
     (r, a)
 }
 
-/// What the CPU backend's quantized linear layer does to `m` rows of activations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CpuQuantActivations {
-    /// Kept f32 (dequantized weights, f32 GEMM).
-    F32,
-    /// Quantized to 8 bits per block of 32, exact integer block sums: m ≤ 4 everywhere
-    /// (from 2 rows on AMX-INT8 tiles where present), and up to 16 rows on those tiles
-    /// (`kernels/src/amx_qint8.rs`).
-    Int8,
-    /// Rounded to bf16 with the dequantized weights (AMX bf16 tiles, `amx_quant.rs`): each
-    /// product moves by at most 2·2^-8 + 2^-16 of |x·w|.
-    Bf16,
-}
-
-pub fn cpu_quant_activations(m: usize) -> CpuQuantActivations {
-    use blip2_kernels as k;
-    let avx512 = k::isa() == k::Isa::Avx512;
-    if m <= 4 || (avx512 && m <= k::INT8_MAX_M && k::quant_amx_int8_available()) {
-        CpuQuantActivations::Int8
-    } else if avx512 && k::quant_amx_available() {
-        CpuQuantActivations::Bf16
-    } else {
-        CpuQuantActivations::F32
-    }
+/// The kernel the CPU backend's quantized linear layer runs for `m` rows (what
+/// `kernels::matmul_q` chooses: its tolerances follow from it).
+pub fn cpu_quant_kernel(m: usize) -> blip2_kernels::QuantKernel {
+    blip2_kernels::quant_kernel(blip2_kernels::isa(), blip2_kernels::QuantPath::Auto, m)
 }
