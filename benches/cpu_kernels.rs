@@ -252,23 +252,20 @@ fn quantized(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(f.name(), format!("{m}x{k}x{n}")), |bch| {
                 bch.iter(|| matmul_q_with(best, 0, black_box(&a), &qm, None, &mut out, m))
             });
-            // Above the decode rows the default takes AMX where the CPU has it; the f32
-            // path (dequantized blocks and the f32 GEMM) is what it replaced there.
-            if m > 4 && quant_amx_available() {
-                let id = BenchmarkId::new(format!("{}-f32", f.name()), format!("{m}x{k}x{n}"));
+            // Above the decode rows: the f32 path (dequantized blocks and the f32 GEMM), what
+            // the integer rows and the AMX paths replaced, and where the CPU has AMX what
+            // runs without it (`-notiles`: the VNNI rows at 8).
+            let mut variants = vec![];
+            if m > 4 {
+                variants.push(("f32", QuantPath::F32));
+            }
+            if quant_kernel(best, QuantPath::NoTiles, m) != quant_kernel(best, QuantPath::Auto, m) {
+                variants.push(("notiles", QuantPath::NoTiles));
+            }
+            for (name, path) in variants {
+                let id = BenchmarkId::new(format!("{}-{name}", f.name()), format!("{m}x{k}x{n}"));
                 g.bench_function(id, |bch| {
-                    bch.iter(|| {
-                        matmul_q_path(
-                            best,
-                            0,
-                            QuantPath::F32,
-                            black_box(&a),
-                            &qm,
-                            None,
-                            &mut out,
-                            m,
-                        )
-                    })
+                    bch.iter(|| matmul_q_path(best, 0, path, black_box(&a), &qm, None, &mut out, m))
                 });
             }
         }

@@ -77,8 +77,8 @@ fn linear_with_quantized_weights_matches_dequantized_math() {
                     let g =
                         (k + 2 + QFormat::row_blocks(k)) as f64 * f32::EPSILON as f64 / 2.0 * 1.01;
                     let h = if xdt == DType::F16 { 1.0 / 2048.0 } else { 0.0 };
-                    // The CPU's AMX path rounds both operands to bf16 (common.rs).
-                    let bf16 = common::cpu_quant_kernel(m) == QuantKernel::Bf16Tiles;
+                    // The CPU's AMX and AVX512-BF16 paths round both operands to bf16.
+                    let bf16 = common::cpu_quant_kernel(m).bf16_operands();
                     let bf = if !dev.is_gpu() && bf16 {
                         2.0 * 2f64.powi(-8) + 2f64.powi(-16)
                     } else {

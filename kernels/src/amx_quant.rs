@@ -75,15 +75,22 @@ pub fn matmul_q_amx_with(
             unsafe { x86::dequant_pair(w, pair, s0, steps, &mut scratch[..len]) };
             (scratch.as_ptr(), steps * 512)
         },
+        &|pair, s0, steps| {
+            let (rb, bb) = (w.format.row_bytes(k), w.format.block_bytes());
+            let r0 = pair * 32;
+            let start = w.qs.as_ptr().wrapping_add(r0 * rb + s0 * bb);
+            crate::x86_amx::Ahead::new(start, w.rows.saturating_sub(r0).min(32), steps * bb, rb)
+        },
     );
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     let _ = (threads, resolve_threads);
     true
 }
 
-/// The dequantization into B tiles.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod x86 {
+/// The dequantization into B tiles (also the packed bf16 layout's block pairs, which
+/// `dpbf16_quant.rs` feeds to the AVX512-BF16 kernel).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use crate::quant::{QFormat, QMatrix};
@@ -96,7 +103,7 @@ mod x86 {
 
     /// Values of scratch [`dequant_pair`] takes for `steps` K steps: both blocks' B tiles,
     /// then both blocks' scales, step-major.
-    pub(super) const fn scratch_len(steps: usize) -> usize {
+    pub(crate) const fn scratch_len(steps: usize) -> usize {
         2 * steps * 512 + 2 * steps * 16
     }
 
@@ -110,7 +117,7 @@ mod x86 {
     /// AVX512-F/BW/VL/BF16/VBMI; `w` is consistent, `32·pair < w.rows` rounded up to 32,
     /// `s0 + steps ≤` its blocks per row; `dst` holds [`scratch_len`]`(steps)` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi,avx2")]
-    pub(super) unsafe fn dequant_pair(
+    pub(crate) unsafe fn dequant_pair(
         w: &QMatrix,
         pair: usize,
         s0: usize,

@@ -142,26 +142,42 @@ fn split_m(
             m,
         };
         let panel_len = 32 * k;
-        walk.run(abf, threads, bias, c, &|pair, s0, steps, scratch| {
-            let len = 2 * TERMS * steps * 512;
-            if scratch.len() < len {
-                scratch.resize_for_overwrite(len);
-            }
-            let panel = pair * panel_len..(pair + 1) * panel_len;
-            // SAFETY: as above; the panel is the pair's 32 rows (PANEL = 32), K-major, and
-            // the scratch holds both blocks' tiles for these steps.
-            unsafe {
-                match w.data {
-                    PackedData::F16(d) => {
-                        x86::split_panel_f16(&d[panel], k, s0, steps, &mut scratch[..len])
-                    }
-                    PackedData::F32(d) => {
-                        x86::split_panel_f32(&d[panel], k, s0, steps, &mut scratch[..len])
+        walk.run(
+            abf,
+            threads,
+            bias,
+            c,
+            &|pair, s0, steps, scratch| {
+                let len = 2 * TERMS * steps * 512;
+                if scratch.len() < len {
+                    scratch.resize_for_overwrite(len);
+                }
+                let panel = pair * panel_len..(pair + 1) * panel_len;
+                // SAFETY: as above; the panel is the pair's 32 rows (PANEL = 32), K-major, and
+                // the scratch holds both blocks' tiles for these steps.
+                unsafe {
+                    match w.data {
+                        PackedData::F16(d) => {
+                            x86::split_panel_f16(&d[panel], k, s0, steps, &mut scratch[..len])
+                        }
+                        PackedData::F32(d) => {
+                            x86::split_panel_f32(&d[panel], k, s0, steps, &mut scratch[..len])
+                        }
                     }
                 }
-            }
-            (scratch.as_ptr(), TERMS * steps * 512)
-        });
+                (scratch.as_ptr(), TERMS * steps * 512)
+            },
+            &|pair, s0, steps| {
+                // The pair's panel is K-major: these steps are one contiguous run.
+                let (base, size) = match w.data {
+                    PackedData::F16(d) => (d.as_ptr() as *const u8, 2),
+                    PackedData::F32(d) => (d.as_ptr() as *const u8, 4),
+                };
+                let start = base.wrapping_add((pair * panel_len + s0 * 32 * 32) * size);
+                let bytes = (steps * 32).min(k - (s0 * 32).min(k)) * 32 * size;
+                crate::x86_amx::Ahead::new(start, 1, bytes, 0)
+            },
+        );
     })
 }
 

@@ -106,7 +106,7 @@ fn round_row_body(src: &[f32], dst: &mut [u16]) {
 }
 
 multiversion! {
-    fn round_row_isa(src: &[f32], dst: &mut [u16]) = round_row_body;
+    pub(crate) fn round_row_isa(src: &[f32], dst: &mut [u16]) = round_row_body;
 }
 
 /// Packs the row-major f32 matrix `w` (`rows × cols`) into `out`
@@ -528,6 +528,10 @@ fn amx_m(threads: usize, a: &[f32], w: &Bf16Matrix, bias: Option<&[f32]>, c: &mu
                 16 * kp,
             )
         },
+        &|pair, s0, steps| {
+            let start = w.data[pair * 32 * kp + s0 * 512..].as_ptr() as *const u8;
+            crate::x86_amx::Ahead::new(start, 2, steps * 1024, 32 * kp)
+        },
     );
 }
 
@@ -548,6 +552,7 @@ pub(crate) fn amx_rounded(
     bias: Option<&[f32]>,
     c: &mut [f32],
     b_tiles: &BTiles,
+    b_source: &BSource,
 ) {
     assert!(amx_available() && a.len() == m * k && c.len() == m * n);
     let kp = padded_k(k);
@@ -566,7 +571,7 @@ pub(crate) fn amx_rounded(
             n,
             m,
         };
-        walk.run(abf, threads, bias, c, b_tiles);
+        walk.run(abf, threads, bias, c, b_tiles, b_source);
     })
 }
 
@@ -610,6 +615,11 @@ pub(crate) fn fill_a_tiles(
 pub(crate) type BTiles<'a> =
     dyn Fn(usize, usize, usize, &mut AlignedVec<u16>) -> (*const u16, usize) + Sync + 'a;
 
+/// The bytes of W that [`BTiles`] reads for a pair and K steps (pair, first step, steps),
+/// for the walk to request ahead ([`crate::x86_amx::Ahead`]).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(crate) type BSource<'a> = dyn Fn(usize, usize, usize) -> crate::x86_amx::Ahead + Sync + 'a;
+
 /// The shape of an AMX tile walk: C (m × n) from A in tile layout over `kp` padded K, in
 /// chunks of `kc` K values. bf16 weights take one tile of A and of W per K step of 32;
 /// `split` operands two (hi, lo), multiplied as hi·hi, hi·lo, lo·hi
@@ -643,8 +653,9 @@ impl AmxWalk {
         bias: Option<&[f32]>,
         c: &mut [f32],
         b_tiles: &BTiles,
+        b_source: &BSource,
     ) {
-        use crate::x86_amx::{Out, Tile32, block_16x32, block_32x32};
+        use crate::x86_amx::{Ahead, Out, Tile32, block_16x32, block_32x32};
         let AmxWalk {
             split,
             kp,
@@ -680,6 +691,16 @@ impl AmxWalk {
                         let last = ch + 1 == chunks;
                         for pair in p0..p1 {
                             let (b, b1_off) = b_tiles(pair, s0, steps, scratch);
+                            // What the walk reads after this pair: the next pair in
+                            // this chunk, or the first one in the next chunk.
+                            let mut ahead = if pair + 1 < p1 {
+                                b_source(pair + 1, s0, steps)
+                            } else if !last {
+                                let s1 = (ch + 1) * kc / 32;
+                                b_source(p0, s1, kc.min(kp - (ch + 1) * kc) / 32)
+                            } else {
+                                Ahead::NONE
+                            };
                             let r0 = pair * 32;
                             let cols = 32.min(n - r0);
                             for ib in 0..blocks {
@@ -705,7 +726,30 @@ impl AmxWalk {
                                     (true, false) => block_32x32::<true>,
                                 };
                                 let a = abf.as_ptr().add(ib * 32 * kpe + s0 * terms * 512);
-                                block(a, 16 * kpe, b, b1_off, steps, ch > 0, out);
+                                // From the second row block on, this pair's tiles come
+                                // from cache: request the next pair's weights meanwhile,
+                                // where enough row blocks are left to spread them thin.
+                                let per_step = if ib == 0 {
+                                    0
+                                } else {
+                                    ahead.left().div_ceil((blocks - ib) * steps)
+                                };
+                                let per_step = if per_step > crate::x86_amx::AHEAD_MAX_PER_STEP {
+                                    0
+                                } else {
+                                    per_step
+                                };
+                                block(
+                                    a,
+                                    16 * kpe,
+                                    b,
+                                    b1_off,
+                                    steps,
+                                    ch > 0,
+                                    out,
+                                    &mut ahead,
+                                    per_step,
+                                );
                                 if last {
                                     finish_block(
                                         out,
@@ -728,9 +772,19 @@ impl AmxWalk {
 }
 
 /// The block kernels of `x86_amx.rs` (A, A's second 16 rows, B, B's second block, K steps,
-/// accumulate, out).
+/// accumulate, out, the weights to request ahead, lines of them per K step).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-type BlockFn = unsafe fn(*const u16, usize, *const u16, usize, usize, bool, crate::x86_amx::Out);
+type BlockFn = unsafe fn(
+    *const u16,
+    usize,
+    *const u16,
+    usize,
+    usize,
+    bool,
+    crate::x86_amx::Out,
+    &mut crate::x86_amx::Ahead,
+    usize,
+);
 
 /// Writes a finished 32×32 block to C at `dst` (row stride n): copies `rows × cols` of a
 /// scratch tile, or leaves a block accumulated in C in place, then adds the bias.

@@ -14,6 +14,7 @@ mod amx_split;
 mod attention;
 mod bf16;
 mod convert;
+mod dpbf16_quant;
 mod elementwise;
 mod finite;
 mod gemm;
@@ -56,6 +57,9 @@ pub use bf16::{
 };
 pub use convert::{
     bf16_to_f32, bf16_to_f32_with, f16_to_f32, f16_to_f32_with, f32_to_f16, f32_to_f16_with,
+};
+pub use dpbf16_quant::{
+    DPBF16_ANY_MAX_M, dpbf16_doubles_fma, matmul_q_dpbf16_with, quant_dpbf16_available,
 };
 pub use elementwise::{
     add, add_inplace, add_inplace_with, add_with, gelu_erf_inplace, gelu_erf_inplace_with,

@@ -381,24 +381,75 @@ fn dot_rows(isa: Isa, x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32])
     dot_rows_portable(x, w, j0, out)
 }
 
+/// out[i·(j1 − j0) + j] = W[j0 + j, :]·x_i for the m quantized rows `xq`/`xd` (each
+/// `blocks·32` bytes and `blocks` scales), 8 rows per pass over W: [`QuantKernel::Int8Rows`].
+fn dot_rows_multi(
+    w: &QMatrix,
+    xq: &[i8],
+    xd: &[f32],
+    m: usize,
+    j0: usize,
+    j1: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (rb, nb) = (w.format.row_bytes(w.cols), QFormat::row_blocks(w.cols));
+        let width = j1 - j0;
+        assert!(
+            crate::x86_vnni::vnni_available()
+                && j1 <= w.rows
+                && xq.len() == m * nb * QBLOCK
+                && xd.len() == m * nb
+                && out.len() == m * width
+        );
+        let step = crate::x86_vnni::MULTI_ROWS;
+        for i0 in (0..m).step_by(step) {
+            let rows = step.min(m - i0);
+            // SAFETY: VNNI is present (asserted); rows i0..i0 + rows of the activations
+            // exist, W rows j0..j1 exist, and out holds those rows × width values.
+            unsafe {
+                crate::x86_vnni::dot_rows_vnni_multi(
+                    w.format,
+                    nb,
+                    rows,
+                    xq.as_ptr().add(i0 * nb * QBLOCK),
+                    xd.as_ptr().add(i0 * nb),
+                    w.qs.as_ptr().add(j0 * rb),
+                    w.scales.as_ptr().add(j0 * nb),
+                    width,
+                    out.as_mut_ptr().add(i0 * width),
+                    width,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, xq, xd, m, j0, j1, out);
+        unreachable!("quant_kernel chooses Int8Rows on x86-64 only");
+    }
+}
+
 /// At or below this many rows of A (decode), x·Wᵀ quantizes each A row to 8 bits per block
-/// and takes exact integer dot products with the weight blocks (W streamed once; llama.cpp's
-/// Q8_0 activations); above (batched decode, prefill, vision), without AMX, W is dequantized
-/// a block at a time, amortised over the rows, into f32 for the packed f32 GEMM with f32
-/// activations. Where the CPU has AMX, 2 to 16 rows take the same integer arithmetic on
-/// int8 tiles (`amx_qint8.rs`) and more rows bf16 tiles dequantized per call
-/// (`amx_quant.rs`).
+/// and takes exact integer dot products with the weight blocks (llama.cpp's Q8_0
+/// activations), on every CPU: one row at a time, or with AVX-512 VNNI all in one pass over
+/// W. Above (batched decode, prefill, vision) [`quant_kernel`] picks integer sums for up to
+/// 16 rows (AMX-INT8 tiles or VNNI), then bf16 operands (AMX or AVX512-BF16), else W
+/// dequantized a block at a time, amortised over the rows, into f32 for the packed f32
+/// GEMM with f32 activations.
 const SMALL_M: usize = 4;
 
 /// W rows dequantized per block of the large-M path (`NB·cols` floats of scratch per task).
 const NB: usize = 64;
 
 /// C[m×n] = A[m×k]·Wᵀ (+ bias) with W a quantized `[n, k]` matrix, f32 accumulation: for
-/// m ≤ 4 with A quantized to 8 bits per block and integer block dot products; where the
-/// CPU has AMX, 2 to 16 rows the same integer arithmetic on AMX-INT8 tiles
-/// (`amx_qint8.rs`) and more on bf16 tiles (W dequantized per call, A rounded to bf16:
-/// `amx_quant.rs`); otherwise with f32 A and dequantized W (see [`SMALL_M`]).
-/// Multi-threaded over the rayon global pool.
+/// m ≤ 4 with A quantized to 8 bits per block and integer block dot products (with AVX-512
+/// VNNI, all rows in one pass over W); up to 16 rows the same integer arithmetic on AMX-INT8
+/// tiles (`amx_qint8.rs`) or, without them, on VNNI 8 rows per pass; more rows on bf16
+/// operands (W dequantized per call, A rounded to bf16) on AMX tiles (`amx_quant.rs`) or
+/// AVX512-BF16 (`dpbf16_quant.rs`); otherwise with f32 A and dequantized W. [`quant_kernel`]
+/// says which. Multi-threaded over the rayon global pool.
 ///
 /// Preconditions (asserted; the engine validates user shapes first): `w.is_consistent()`,
 /// `a.len() == m·w.cols`, `c.len() == m·w.rows`, `bias.len() == w.rows`.
@@ -411,10 +462,15 @@ pub fn matmul_q(a: &[f32], w: &QMatrix, bias: Option<&[f32]>, c: &mut [f32], m: 
 pub enum QuantPath {
     /// f32 activations and W dequantized to f32 blocks (no rounding besides the weights').
     F32,
-    /// AMX where available with an AVX-512 instruction set (2 to 16 rows: integer block
+    /// AMX where available with an AVX-512 instruction set (5 to 16 rows: integer block
     /// sums on 8-bit activations; more: activations and dequantized weights rounded to
-    /// bf16), else as `F32`: what [`matmul_q`] does.
+    /// bf16), else as `NoTiles`: what [`matmul_q`] does.
     Auto,
+    /// What a CPU without the matrix engine runs: with AVX-512 VNNI, 2 to 16 rows on
+    /// [`QuantKernel::Int8Rows`]; more with AVX512-BF16 on [`QuantKernel::Bf16Dot`] (above
+    /// [`crate::DPBF16_ANY_MAX_M`] rows only where [`crate::dpbf16_doubles_fma`]); else as
+    /// `F32` (for tests and benches on AMX machines).
+    NoTiles,
 }
 
 /// [`matmul_q`] on a chosen instruction set and thread count (0 = the whole rayon pool,
@@ -435,37 +491,74 @@ pub fn matmul_q_with(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantKernel {
     /// Each activation row quantized to 8 bits per block, exact integer block sums, W
-    /// streamed once per row (up to [`SMALL_M`] rows).
+    /// streamed once per row (one row; up to [`SMALL_M`] rows without AVX-512 VNNI).
     Gemv,
+    /// The GEMV's arithmetic for up to 8 activation rows per pass over W on AVX-512 VNNI
+    /// (`x86_vnni.rs`): each row's result bit-identical to the GEMV's on that row, W read
+    /// once per 8 rows instead of once per row.
+    Int8Rows,
     /// The same integer arithmetic on AMX-INT8 tiles, W read once for all rows
     /// (`amx_qint8.rs`).
     Int8Tiles,
     /// Activations and dequantized W rounded to bf16, AMX bf16 tiles (`amx_quant.rs`).
     Bf16Tiles,
+    /// The same operands on AVX512-BF16 `vdpbf16ps`, for CPUs without AMX
+    /// (`dpbf16_quant.rs`).
+    Bf16Dot,
     /// f32 activations, W dequantized to f32 blocks for the f32 GEMM.
     Dequantized,
 }
 
 impl QuantKernel {
+    /// Whether the activations and the dequantized weights are rounded to bf16.
+    pub fn bf16_operands(self) -> bool {
+        matches!(self, QuantKernel::Bf16Tiles | QuantKernel::Bf16Dot)
+    }
+
     /// Whether the activations are quantized to 8 bits per block.
     pub fn int8_activations(self) -> bool {
-        matches!(self, QuantKernel::Gemv | QuantKernel::Int8Tiles)
+        matches!(
+            self,
+            QuantKernel::Gemv | QuantKernel::Int8Rows | QuantKernel::Int8Tiles
+        )
     }
 }
 
 /// Which kernel [`matmul_q_path`] runs for `m` rows on `isa` (resolved to what this CPU
 /// supports) with `path`: the one place that choice is made.
 pub fn quant_kernel(isa: Isa, path: QuantPath, m: usize) -> QuantKernel {
-    let amx = path == QuantPath::Auto && isa.resolve() == Isa::Avx512;
-    // From 2 rows the int8 tiles read W once for all of them, where the GEMV reads it per
-    // row (OPT-2.7B's fc1 in q8, 2026-12-07: 4 rows 1.5 against 3.1 ms, 2 rows 1.55–1.6
-    // against 1.8–1.9; 1 row 1.4 against 0.93–1.0, so one row stays on the GEMV).
-    if amx && (2..=crate::amx_qint8::INT8_MAX_M).contains(&m) && crate::quant_amx_int8_available() {
+    let isa = isa.resolve();
+    let amx = path == QuantPath::Auto && isa == Isa::Avx512;
+    let vnni_rows = isa == Isa::Avx512 && vnni_available();
+    // Where the GEMV would quantize the activations anyway (up to SMALL_M rows), the VNNI
+    // rows give its results bit for bit with one pass over W instead of one per row; the
+    // F32 path keeps f32 activations above that. OPT-2.7B's fc1 in q8, cold weights,
+    // 2026-12-07 (docs/performance.md): the GEMV 1.12–1.17 ms a row; the VNNI rows 2 rows
+    // 1.38–1.41, 3 1.50–1.56, 4 1.63–1.64, 8 2.34–2.59, 16 4.65–5.17; the int8 tiles 2 rows
+    // 1.61–1.65, 3 1.68–1.76, 4 1.68–1.69, 8 1.73–1.90, 16 1.98–2.06. So the tiles take
+    // over from 5 rows where the CPU has them.
+    let rows_max = if path == QuantPath::F32 {
+        SMALL_M
+    } else {
+        INT8_ROWS_MAX_M
+    };
+    if amx
+        && (SMALL_M + 1..=crate::amx_qint8::INT8_MAX_M).contains(&m)
+        && crate::quant_amx_int8_available()
+    {
         QuantKernel::Int8Tiles
+    } else if vnni_rows && (2..=rows_max).contains(&m) {
+        QuantKernel::Int8Rows
     } else if m <= SMALL_M {
         QuantKernel::Gemv
     } else if amx && crate::quant_amx_available() {
         QuantKernel::Bf16Tiles
+    } else if path != QuantPath::F32
+        && isa == Isa::Avx512
+        && crate::quant_dpbf16_available()
+        && (m <= crate::DPBF16_ANY_MAX_M || crate::dpbf16_doubles_fma())
+    {
+        QuantKernel::Bf16Dot
     } else {
         QuantKernel::Dequantized
     }
@@ -490,7 +583,8 @@ pub fn matmul_q_path(
     let isa = isa.resolve();
     let threads = resolve_threads(threads);
     match quant_kernel(isa, path, m) {
-        QuantKernel::Gemv => small_m(isa, threads, a, w, bias, c, m),
+        QuantKernel::Gemv => small_m(isa, threads, false, a, w, bias, c, m),
+        QuantKernel::Int8Rows => small_m(isa, threads, true, a, w, bias, c, m),
         QuantKernel::Int8Tiles => {
             let ran = crate::amx_qint8::matmul_q_amx_int8_with(threads, a, w, bias, c, m);
             debug_assert!(ran, "quant_kernel chose the int8 tiles");
@@ -498,6 +592,10 @@ pub fn matmul_q_path(
         QuantKernel::Bf16Tiles => {
             let ran = crate::amx_quant::matmul_q_amx_with(threads, a, w, bias, c, m);
             debug_assert!(ran, "quant_kernel chose the bf16 tiles");
+        }
+        QuantKernel::Bf16Dot => {
+            let ran = crate::dpbf16_quant::matmul_q_dpbf16_with(threads, a, w, bias, c, m);
+            debug_assert!(ran, "quant_kernel chose AVX512-BF16");
         }
         QuantKernel::Dequantized => large_m(isa, threads, a, w, bias, c, m),
     }
@@ -512,9 +610,17 @@ fn column_parts(n: usize, tasks: usize, min: usize, align: usize) -> Vec<(usize,
         .collect()
 }
 
+/// Up to this many rows, without AMX-INT8, AVX-512 VNNI runs [`QuantKernel::Int8Rows`].
+pub const INT8_ROWS_MAX_M: usize = 16;
+
+/// The integer paths without tiles: each activation row quantized to 8 bits per block, then
+/// W's rows cut in parts over the threads; in each part either the GEMV once per row or
+/// (`rows_at_once`) the VNNI kernel once per 8 rows.
+#[allow(clippy::too_many_arguments)]
 fn small_m(
     isa: Isa,
     threads: usize,
+    rows_at_once: bool,
     a: &[f32],
     w: &QMatrix,
     bias: Option<&[f32]>,
@@ -528,9 +634,28 @@ fn small_m(
     } else {
         vec![(0, n)]
     };
-    let xq: Vec<QActivations> = a.chunks(k).map(QActivations::new).collect();
+    // One row each for the GEMV; side by side for the multi-row kernel.
+    let (xq, xq_all, xd_all) = if rows_at_once {
+        let nb = QFormat::row_blocks(k);
+        let (mut qs, mut ds) = (vec![0i8; m * nb * QBLOCK], vec![0f32; m * nb]);
+        for ((x, q), d) in a
+            .chunks(k)
+            .zip(qs.chunks_mut(nb * QBLOCK))
+            .zip(ds.chunks_mut(nb))
+        {
+            QActivations::quantize_into(x, q, d);
+        }
+        (Vec::new(), qs, ds)
+    } else {
+        let rows: Vec<QActivations> = a.chunks(k).map(QActivations::new).collect();
+        (rows, Vec::new(), Vec::new())
+    };
     let mut tmp = vec![0f32; m * n];
     let run = |(j0, j1): (usize, usize), out: &mut [f32]| {
+        if rows_at_once {
+            dot_rows_multi(w, &xq_all, &xd_all, m, j0, j1, out);
+            return;
+        }
         for (i, x) in xq.iter().enumerate() {
             dot_rows(isa, x, w, j0, &mut out[i * (j1 - j0)..(i + 1) * (j1 - j0)]);
         }

@@ -148,6 +148,84 @@ fn prefetch_b(b0: *const u8, b1: *const u8) {
     }
 }
 
+/// The most lines of [`Ahead`] one K step requests. Where a pair's next weights would need
+/// more (few row blocks left to spread them over: 33 and 64 rows, 32 lines a step), the
+/// requests competed with the current tiles' loads: bf16 layers 1.05–1.15× slower at those
+/// rows, and a 33-token bf16 prefill 1.09×. The ViT's 257 rows take 4 a step.
+pub(crate) const AHEAD_MAX_PER_STEP: usize = 8;
+
+/// Lines of the weights the walk reads next (the following pair of W blocks, or the
+/// source a conversion reads for it), requested into L2 a few per K step while the current
+/// pair's B tiles are reused from cache: `rows` runs of `row_lines` 64-byte lines, `stride`
+/// bytes apart. Without it the first row block of every pair waits on W from memory. At
+/// the ViT's 257 rows (a layer's four matrices, `linear_vit`-style probe, 5 alternated
+/// rounds, 2026-12-07) it took the bf16 weights 0.95× and the split f16 ones 0.91× the
+/// time; q8 (32 row streams of its own) 0.99×. At most [`AHEAD_MAX_PER_STEP`] lines a step.
+#[derive(Clone, Copy)]
+pub(crate) struct Ahead {
+    base: *const u8,
+    stride: usize,
+    row_lines: usize,
+    rows: usize,
+    row: usize,
+    line: usize,
+}
+
+impl Ahead {
+    /// Nothing to prefetch.
+    pub(crate) const NONE: Ahead = Ahead {
+        base: std::ptr::null(),
+        stride: 0,
+        row_lines: 0,
+        rows: 0,
+        row: 0,
+        line: 0,
+    };
+
+    /// `rows` runs of `bytes` bytes (rounded up to whole lines), `stride` bytes apart, from
+    /// `base`.
+    pub(crate) fn new(base: *const u8, rows: usize, bytes: usize, stride: usize) -> Ahead {
+        Ahead {
+            base,
+            stride,
+            row_lines: bytes.div_ceil(64),
+            rows,
+            row: 0,
+            line: 0,
+        }
+    }
+
+    /// Lines not yet requested.
+    pub(crate) fn left(&self) -> usize {
+        if self.row >= self.rows {
+            0
+        } else {
+            (self.rows - self.row) * self.row_lines - self.line
+        }
+    }
+
+    /// Requests the next `n` lines into L2 (`prefetcht1`).
+    #[inline(always)]
+    fn request(&mut self, n: usize) {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        for _ in 0..n {
+            if self.row >= self.rows {
+                return;
+            }
+            let p = self
+                .base
+                .wrapping_add(self.row * self.stride + self.line * 64);
+            // SAFETY: a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) };
+            self.line += 1;
+            if self.line == self.row_lines {
+                self.line = 0;
+                self.row += 1;
+            }
+        }
+    }
+}
+
 /// Loads the tile configuration on the calling thread.
 ///
 /// # Safety
@@ -272,10 +350,13 @@ unsafe fn store_acc(out: Out, rows: usize) {
 /// that order: 10 tile loads for 12 products, where the same three terms laid out as
 /// three K steps take 12 (tile loads, not products, bound this loop).
 ///
+/// Each K step also requests `per_step` lines of `ahead` into L2 (the walk's next weights).
+///
 /// # Safety
 /// [`configure`] was called on this thread; `a`, `a + a1_off`, `b` and `b + b1_off` are each
 /// valid for 512·steps values (1024·steps with `SPLIT`); `out` is 32 rows of 32 floats,
 /// writable (and readable with `accumulate`), that no other thread touches.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn block_32x32<const SPLIT: bool>(
     a: *const u16,
     a1_off: usize,
@@ -284,6 +365,8 @@ pub(crate) unsafe fn block_32x32<const SPLIT: bool>(
     steps: usize,
     accumulate: bool,
     out: Out,
+    ahead: &mut Ahead,
+    per_step: usize,
 ) {
     // KiB tiles of A and of each B block per K step.
     let step_bytes = if SPLIT { 2048 } else { 1024 };
@@ -297,6 +380,7 @@ pub(crate) unsafe fn block_32x32<const SPLIT: bool>(
         let mut b1 = b0.add(b1_off * 2);
         for _ in 0..steps {
             prefetch_b(b0, b1);
+            ahead.request(per_step);
             // xh·wh (the only term without SPLIT); the tiles stay loaded for the next asm
             // block (the compiler never touches tile registers).
             asm!(
@@ -355,6 +439,7 @@ pub(crate) unsafe fn block_32x32<const SPLIT: bool>(
 ///
 /// # Safety
 /// As [`block_32x32`], with `a` valid for 16 rows and `out` for 16.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn block_16x32<const SPLIT: bool>(
     a: *const u16,
     a1_off: usize,
@@ -363,6 +448,8 @@ pub(crate) unsafe fn block_16x32<const SPLIT: bool>(
     steps: usize,
     accumulate: bool,
     out: Out,
+    ahead: &mut Ahead,
+    per_step: usize,
 ) {
     let _ = a1_off;
     let step_bytes = if SPLIT { 2048 } else { 1024 };
@@ -374,6 +461,7 @@ pub(crate) unsafe fn block_16x32<const SPLIT: bool>(
         let mut b1 = b0.add(b1_off * 2);
         for _ in 0..steps {
             prefetch_b(b0, b1);
+            ahead.request(per_step);
             // xh·wh, then with SPLIT xh·wl and xl·wh (as in block_32x32).
             asm!(
                 "tileloadd tmm4, [{a0} + {s64}*1]",

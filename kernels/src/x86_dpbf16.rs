@@ -54,49 +54,90 @@ pub(crate) fn matmul(
     c: &mut [f32],
     m: usize,
 ) {
-    let n = w.rows;
-    assert!(dpbf16_available() && w.is_consistent() && kp.is_multiple_of(32));
+    assert!(w.is_consistent());
+    // The packed blocks are read in place: a pair's chunk starts at its first block's pair
+    // k0/2, the second block 16·kp values on.
+    matmul_from(abf, kp, threads, w.rows, bias, c, m, &|pair, k0, _, _| {
+        (
+            w.data[pair * 32 * kp + k0 * 16..].as_ptr() as *const u16,
+            16 * kp,
+        )
+    })
+}
+
+/// Where [`matmul_from`] gets a pair of W's 16-row blocks for one chunk of K: `(pair, k0,
+/// len, scratch)` (K values k0 .. k0 + len, multiples of 32) → a pointer to the first
+/// block's K pairs from k0 in the packed layout (pair p at 32·p values, 16 rows × 2) and the
+/// offset in values of the second block's. A source that converts W writes them into the
+/// scratch (per thread, kept across calls).
+pub(crate) type BChunks<'a> =
+    dyn Fn(usize, usize, usize, &mut crate::AlignedVec<u16>) -> (*const u16, usize) + Sync + 'a;
+
+/// [`matmul`] with W's block pairs from `b_chunks`, chunk by chunk ([`KC`]); `n` rows of W.
+///
+/// Callers guarantee [`dpbf16_available`], `abf` from [`pack_a`] for these m and `kp`,
+/// `c.len() == m·n`, `bias.len() == n`, and a source that gives, for every pair of
+/// `⌈n/32⌉` and every chunk inside `kp`, both blocks' pairs for the chunk's K.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_from(
+    abf: &[u16],
+    kp: usize,
+    threads: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    m: usize,
+    b_chunks: &BChunks,
+) {
+    assert!(dpbf16_available() && kp.is_multiple_of(32));
     assert!(abf.len() == packed_a_len(m, kp) && c.len() == m * n);
     assert!(bias.is_none_or(|b| b.len() == n));
     let parts = block_pair_parts(n, threads.max(1));
     let cptr = Shared(c.as_mut_ptr());
     for_parts(&parts, m, |p0, p1| {
-        for k0 in (0..kp).step_by(KC) {
-            let pairs = KC.min(kp - k0) / 2;
-            for pair in p0..p1 {
-                let r0 = pair * 32;
-                let cols = 32.min(n.saturating_sub(r0));
-                if cols == 0 {
-                    continue;
-                }
-                let masks = [lane_mask(cols.min(16)), lane_mask(cols.saturating_sub(16))];
-                let b = w.data[pair * 32 * kp + k0 * 16..].as_ptr() as *const u16;
-                let bias = bias.map(|b| b[r0..].as_ptr());
-                for i0 in (0..m).step_by(MR) {
-                    let t = Tile {
-                        a: abf[i0 * kp + k0 * MR..].as_ptr(),
-                        rows: MR.min(m - i0),
-                        b,
-                        kp,
-                        pairs,
-                        // SAFETY: rows i0.. of C, columns r0..r0 + cols, belong to this
-                        // task's block pairs only.
-                        c: unsafe { cptr.get().add(i0 * n + r0) },
-                        n,
-                        masks,
-                        bias: if k0 == 0 { bias } else { None },
-                        from_c: k0 > 0,
-                    };
-                    // SAFETY: AVX512-BF16 is available (asserted above); the tile reads
-                    // its row tile of packed A from pair k0/2 for `pairs` pairs (within kp),
-                    // both 16-row blocks of the pair for `pairs` pairs (the layout pads rows
-                    // to whole pairs of blocks), and touches only its rows and the masked
-                    // columns of C.
-                    unsafe { tile(&t) }
+        crate::aligned::with_scratch(&B_CHUNK, |scratch| {
+            for k0 in (0..kp).step_by(KC) {
+                let len = KC.min(kp - k0);
+                for pair in p0..p1 {
+                    let r0 = pair * 32;
+                    let cols = 32.min(n.saturating_sub(r0));
+                    if cols == 0 {
+                        continue;
+                    }
+                    let masks = [lane_mask(cols.min(16)), lane_mask(cols.saturating_sub(16))];
+                    let (b, b1_off) = b_chunks(pair, k0, len, scratch);
+                    let bias = bias.map(|b| b[r0..].as_ptr());
+                    for i0 in (0..m).step_by(MR) {
+                        let t = Tile {
+                            a: abf[i0 * kp + k0 * MR..].as_ptr(),
+                            rows: MR.min(m - i0),
+                            b,
+                            b1_off,
+                            pairs: len / 2,
+                            // SAFETY: rows i0.. of C, columns r0..r0 + cols, belong to this
+                            // task's block pairs only.
+                            c: unsafe { cptr.get().add(i0 * n + r0) },
+                            n,
+                            masks,
+                            bias: if k0 == 0 { bias } else { None },
+                            from_c: k0 > 0,
+                        };
+                        // SAFETY: AVX512-BF16 is available (asserted above); the tile reads
+                        // its row tile of packed A from pair k0/2 for `pairs` pairs (within
+                        // kp), both blocks of the pair for `pairs` pairs (the source's
+                        // contract), and touches only its rows and the masked columns of C.
+                        unsafe { tile(&t) }
+                    }
                 }
             }
-        }
+        })
     });
+}
+
+thread_local! {
+    /// Block pairs converted by a source of [`matmul_from`], kept across calls.
+    static B_CHUNK: std::cell::RefCell<crate::AlignedVec<u16>> =
+        std::cell::RefCell::new(crate::AlignedVec::default());
 }
 
 /// Values of packed A for m rows of `kp` values: whole tiles of [`MR`] rows.
@@ -144,9 +185,9 @@ struct Tile {
     a: *const u16,
     /// Rows of the tile inside m (the rest are zero padding, computed and not stored).
     rows: usize,
-    /// Block 0 of the pair at pair k0/2; block 1 is 16·kp values further.
+    /// Block 0 of the pair at pair k0/2; block 1 is `b1_off` values further.
     b: *const u16,
-    kp: usize,
+    b1_off: usize,
     pairs: usize,
     /// C at row i0, column r0.
     c: *mut f32,
@@ -178,7 +219,7 @@ unsafe fn tile(t: &Tile) {
         // the test profile otherwise kept the accumulators on the stack).
         let mut a = t.a.cast::<i32>();
         let mut b0 = t.b;
-        let mut b1 = t.b.add(16 * t.kp);
+        let mut b1 = t.b.add(t.b1_off);
         for _ in 0..t.pairs {
             let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.cast()));
             let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1.cast()));

@@ -223,3 +223,189 @@ pub(crate) unsafe fn dot_rows_vnni(
         }
     }
 }
+
+/// Activation rows [`dot_rows_vnni_multi`] takes in one pass over W. Its accumulators are
+/// 16 of the 32 zmm registers: four weight rows × up to 4 activation rows, or two × up to
+/// 8 (at 4 activation rows, four weight rows a pass took 1.01–1.09 ms against 1.24 for two;
+/// 8 rows as two passes of 4 were no faster than one of 8).
+pub(crate) const MULTI_ROWS: usize = 8;
+
+/// [`dot_rows_vnni`] for `m` (1..=[`MULTI_ROWS`]) rows of activations in one pass over W:
+/// out[i·out_stride + q] = Σ_b d_w[q,b]·d_x[i,b]·(Σ_j w[q,b,j]·x[i,b,j]). Every weight
+/// group is loaded once and meets each row's bytes; each row's lane sums, block products
+/// d_w·d_x (one f32 multiply, as `scale_products` takes them) and accumulation order are
+/// the GEMV's, so every row's result is bit-identical to [`dot_rows_vnni`] on that row
+/// alone: a batch gives what one request gives.
+///
+/// # Safety
+/// [`vnni_available`] is true; `xq` holds m rows of blocks·32 bytes, `xd` m rows of blocks
+/// floats; n rows of quants (stride blocks·block_bytes) and scales (stride blocks); `out`
+/// is writable at `i·out_stride + q` for i < m, q < n.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn dot_rows_vnni_multi(
+    format: QFormat,
+    blocks: usize,
+    m: usize,
+    xq: *const i8,
+    xd: *const f32,
+    qs: *const u8,
+    scales: *const f16,
+    n: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    // SAFETY: per the contract; M is the row count.
+    unsafe {
+        let run = match m {
+            1 => multi::<1, 4>,
+            2 => multi::<2, 4>,
+            3 => multi::<3, 4>,
+            4 => multi::<4, 4>,
+            5 => multi::<5, 2>,
+            6 => multi::<6, 2>,
+            7 => multi::<7, 2>,
+            8 => multi::<8, 2>,
+            _ => panic!("dot_rows_vnni_multi takes 1 to {MULTI_ROWS} rows, not {m}"),
+        };
+        run(format, blocks, xq, xd, qs, scales, n, out, out_stride)
+    }
+}
+
+/// [`dot_rows_vnni_multi`] for M rows.
+///
+/// # Safety
+/// As [`dot_rows_vnni_multi`] with m = M.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn multi<const M: usize, const R: usize>(
+    format: QFormat,
+    blocks: usize,
+    xq: *const i8,
+    xd: *const f32,
+    qs: *const u8,
+    scales: *const f16,
+    n: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let per = format.group_blocks();
+    let (bb, rb) = (format.block_bytes(), blocks * format.block_bytes());
+    let groups = blocks.div_ceil(per);
+    let full = blocks / per;
+    let lane_block: &[i32; 16] = match format {
+        QFormat::Q8 => &LANES_Q8,
+        QFormat::Q4 => &LANES_Q4,
+    };
+    // Per group, for each row: init, xa, xb (q4 only) and d_x spread over the group's
+    // lanes (zero past the row: those lanes' sums are zero, and a zero d keeps the
+    // padding's scales out), side by side so the group loop walks one pointer.
+    let vecs = if format == QFormat::Q4 { 4 } else { 3 };
+    let mut xs = vec![[0i32; 16]; groups * M * vecs];
+    for i in 0..M {
+        // SAFETY: per the contract: row i's bytes and scales are blocks·32 and blocks long.
+        let (x, d) = unsafe {
+            (
+                std::slice::from_raw_parts(xq.add(i * blocks * QBLOCK), blocks * QBLOCK),
+                std::slice::from_raw_parts(xd.add(i * blocks), blocks),
+            )
+        };
+        let gr = Groups::new(format, blocks, x);
+        for gi in 0..groups {
+            let slot = &mut xs[(gi * M + i) * vecs..(gi * M + i + 1) * vecs];
+            slot[0] = gr.init[gi];
+            slot[1] = bytemuck::cast(gr.xa[gi]);
+            if format == QFormat::Q4 {
+                slot[2] = bytemuck::cast(gr.xb[gi]);
+            }
+            slot[vecs - 1] = lane_block.map(|l| {
+                d.get(gi * per + l as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+                    .to_bits() as i32
+            });
+        }
+    }
+    // The current weight rows' scales in f32, zero-padded so a group's load stays inside.
+    let mut dw: [Vec<f32>; R] = std::array::from_fn(|_| vec![0f32; groups * per + 4]);
+    let tail_bytes = ((blocks - full * per) * bb) as u32;
+    let byte_mask: __mmask64 = if tail_bytes == 0 {
+        0
+    } else {
+        u64::MAX >> (64 - tail_bytes)
+    };
+    // SAFETY: per the contract; row pointers are clamped to the last valid row.
+    unsafe {
+        let lanes = _mm512_loadu_si512(lane_block.as_ptr() as *const __m512i);
+        let (flip, nib) = (_mm512_set1_epi8(-128), _mm512_set1_epi8(15));
+        let mut j = 0;
+        while j < n {
+            let r = (n - j).min(R);
+            let row = |q: usize| j + q.min(r - 1);
+            for (q, d) in dw.iter_mut().enumerate() {
+                let s = scales.add(row(q) * blocks) as *const i16;
+                for b in (0..blocks).step_by(16) {
+                    let mask = (u32::MAX >> (32 - (blocks - b).min(16))) as __mmask16;
+                    let h = _mm256_maskz_loadu_epi16(mask, s.add(b));
+                    _mm512_mask_storeu_ps(d.as_mut_ptr().add(b), mask, _mm512_cvtph_ps(h));
+                }
+            }
+            let mut acc = [[_mm512_setzero_ps(); M]; R];
+            for gi in 0..groups {
+                let b = gi * per;
+                // The two rows' weights (flipped or split into nibbles) and d_w spread.
+                let mut w = [[_mm512_setzero_si512(); 2]; R];
+                let mut dws = [_mm512_setzero_ps(); R];
+                for q in 0..R {
+                    let p = qs.add(row(q) * rb + b * bb);
+                    let raw = if gi < full {
+                        _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(PREFETCH_BYTES));
+                        _mm512_loadu_si512(p as *const __m512i)
+                    } else {
+                        _mm512_maskz_loadu_epi8(byte_mask, p as *const i8)
+                    };
+                    w[q] = match format {
+                        // Masked-off bytes become 128 after the flip, but meet x = 0.
+                        QFormat::Q8 => [_mm512_xor_si512(raw, flip), _mm512_setzero_si512()],
+                        QFormat::Q4 => [
+                            _mm512_and_si512(raw, nib),
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(raw), nib),
+                        ],
+                    };
+                    let d4 = _mm_loadu_ps(dw[q].as_ptr().add(b));
+                    dws[q] = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(d4));
+                }
+                let xg = xs.as_ptr().add(gi * M * vecs) as *const __m512i;
+                for i in 0..M {
+                    let xi = xg.add(i * vecs);
+                    let init = _mm512_loadu_si512(xi);
+                    let xa = _mm512_loadu_si512(xi.add(1));
+                    let xb = if format == QFormat::Q4 {
+                        _mm512_loadu_si512(xi.add(2))
+                    } else {
+                        xa
+                    };
+                    let dxi = _mm512_castsi512_ps(_mm512_loadu_si512(xi.add(vecs - 1)));
+                    for q in 0..R {
+                        let s = match format {
+                            QFormat::Q8 => _mm512_dpbusd_epi32(init, w[q][0], xa),
+                            QFormat::Q4 => _mm512_dpbusd_epi32(
+                                _mm512_dpbusd_epi32(init, w[q][0], xa),
+                                w[q][1],
+                                xb,
+                            ),
+                        };
+                        let d = _mm512_mul_ps(dws[q], dxi);
+                        acc[q][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[q][i]);
+                    }
+                }
+            }
+            for (q, a) in acc.iter().enumerate().take(r) {
+                for (i, v) in a.iter().enumerate() {
+                    *out.add(i * out_stride + j + q) = _mm512_reduce_add_ps(*v);
+                }
+            }
+            j += r;
+        }
+    }
+}

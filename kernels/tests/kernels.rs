@@ -1021,8 +1021,9 @@ fn quantize_round_trip_error_bounds() {
 #[test]
 fn quantized_matmul_all_isas_odd_sizes() {
     // m ≤ 4 (decode): activations quantized to 8 bits per block, exact integer block sums;
-    // reference `matmul_q_int_ref`, bound γ_{blocks+8}·Σ_b|d_w·d_x·I_b| (one rounding of the
-    // scale product and one fma per block, 3 for the lane sum, the bias, slack).
+    // reference `matmul_q_int_ref`, bound γ_{blocks+8}·Σ_b|d_w·d_x|·Σ_i|q_w·q_x| (one
+    // rounding of the scale product and one fma per block and lane, 4 for the lane sum, the
+    // bias, slack; per product, since lanes hold partial block sums that may cancel).
     // m > 4 (prefill): C = A·deq(W)ᵀ + bias against f64 on the dequantized weights; the
     // f32-GEMM bound γ_{k+2}·Σ|a·w| applies. Sizes: K not a multiple of 32 (padded tail
     // block), N not a multiple of the 4-row blocking, M = 1, M ≤ 4, M > 4, N past one 64-row

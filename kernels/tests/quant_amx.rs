@@ -6,55 +6,16 @@
 mod common;
 
 use blip2_kernels::*;
-use common::{Rng, check, gamma, matmul_q_int_ref, reference};
-use half::{bf16, f16};
-
-/// W `[n, k]` quantized: its quants and scales.
-fn quantized(format: QFormat, w: &[f32], n: usize, k: usize) -> (Vec<u8>, Vec<f16>) {
-    let mut qs = vec![0u8; n * format.row_bytes(k)];
-    let mut sc = vec![f16::ZERO; n * QFormat::row_blocks(k)];
-    quantize_rows(format, w, n, k, &mut qs, &mut sc);
-    (qs, sc)
-}
-
-/// The matrix view of [`quantized`]'s arrays.
-fn view<'a>(format: QFormat, qs: &'a [u8], scales: &'a [f16], n: usize, k: usize) -> QMatrix<'a> {
-    QMatrix {
-        format,
-        rows: n,
-        cols: k,
-        qs,
-        scales,
-    }
-}
+use common::{
+    Rng, check, check_bf16_quant_path, gamma, matmul_q_int_ref, quantized, reference,
+    round_bf16 as round, view,
+};
+use half::f16;
 
 /// An empty q8 matrix (for the calls that must decline without the hardware).
 fn empty() -> QMatrix<'static> {
     view(QFormat::Q8, &[], &[], 1, 0)
 }
-
-fn round(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
-}
-
-const SHAPES: [(usize, usize, usize); 10] = [
-    // The first rows past the integer decode path; one K step.
-    (5, 32, 32),
-    (8, 100, 33),
-    (9, 64, 31),
-    (17, 45, 50),
-    // K not a multiple of 32 (a zero-padded last block), N not a multiple of 32 (a pair
-    // with rows past W).
-    (33, 95, 70),
-    (40, 129, 97),
-    (64, 300, 130),
-    // A 16-row last block of A after whole 32-row ones.
-    (50, 64, 64),
-    // K in two chunks of the AMX walk (A past its 1 MiB budget): each pair dequantized per
-    // chunk, C accumulated between chunks.
-    (300, 1900, 70),
-    (20, 1408, 600),
-];
 
 /// A and the dequantized W are both rounded to bf16 (d·q is exact in f32, then rounded to
 /// nearest even); each product of two bf16 values is exact in f32 and the sums are f32, so
@@ -71,50 +32,12 @@ fn quantized_matmul_amx_path() {
         assert!(c.iter().all(|v| v.is_nan()), "nothing written without AMX");
         return;
     }
-    let mut rng = Rng::new(31);
-    for &(m, k, n) in &SHAPES {
-        let a = rng.vec(m * k, -1.0, 1.0);
-        let w = rng.vec(n * k, -1.0, 1.0);
-        for format in [QFormat::Q8, QFormat::Q4] {
-            let (qs, sc) = quantized(format, &w, n, k);
-            let qm = view(format, &qs, &sc, n, k);
-            let mut wd = vec![0f32; n * k];
-            dequantize(&qm, &mut wd);
-            for bias in [rng.vec(n, -1.0, 1.0), vec![0.0; n]] {
-                let (rb, absb) = reference(&round(&a), &round(&wd), &bias, m, k, n);
-                let (rf, absf) = reference(&a, &wd, &bias, m, k, n);
-                let given = bias.iter().any(|&b| b != 0.0).then_some(&bias[..]);
-                let mut first: Option<Vec<f32>> = None;
-                for threads in [1, 0, 3] {
-                    let mut c = vec![f32::NAN; m * n];
-                    assert!(matmul_q_amx_with(threads, &a, &qm, given, &mut c, m));
-                    let what =
-                        format!("{format:?} t{threads} {m}x{k}x{n} bias {}", given.is_some());
-                    check(&what, &c, &rb, &absb, gamma(k + 1));
-                    let both = 2.0 * 2f64.powi(-8) + 2f64.powi(-16);
-                    check(&what, &c, &rf, &absf, gamma(k + 1) + both);
-                    // Every output is one walk over K whatever the split: bit-identical.
-                    match &first {
-                        None => first = Some(c),
-                        Some(f) => assert!(
-                            f.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
-                            "{what}"
-                        ),
-                    }
-                }
-                // `matmul_q` takes this path above the int8 path's rows on an AVX-512 ISA.
-                if quant_kernel(isa(), QuantPath::Auto, m) == QuantKernel::Bf16Tiles {
-                    let mut c = vec![f32::NAN; m * n];
-                    matmul_q(&a, &qm, given, &mut c, m);
-                    let f = first.as_ref().unwrap();
-                    assert!(
-                        f.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
-                        "matmul_q {format:?} {m}x{k}x{n}"
-                    );
-                }
-            }
-        }
-    }
+    check_bf16_quant_path(
+        31,
+        &|t, a, w, b, c, m| matmul_q_amx_with(t, a, w, b, c, m),
+        QuantPath::Auto,
+        QuantKernel::Bf16Tiles,
+    );
 }
 
 /// Scales of every magnitude an f16 holds (subnormal to 65504) and zero blocks: d·q is
@@ -167,7 +90,9 @@ fn quantized_amx_scales_of_every_size() {
 /// block of 32 (`QActivations`), exact integer block sums (at most 32·127·127 in magnitude,
 /// exact in i32 and in the f32 they are converted to), then per block one rounding of
 /// d_w·d_x and one FMA: against the f64 reference on the same integers the bound is
-/// γ_{blocks+8}·Σ_b|d_w·d_x·I_b| (as in `kernels.rs` for the decode path). Sizes: 1 to 16
+/// γ_{blocks+8}·Σ_b|d_w·d_x·I_b|; checked against the shared reference's
+/// γ_{blocks+8}·Σ_b|d_w·d_x|·Σ_i|q_w·q_x| (as in `kernels.rs` for the decode path, whose lanes
+/// hold partial block sums), which contains it. Sizes: 1 to 16
 /// rows, K off the 32 grid (a zero-padded block), N with a half-empty last pair and with a
 /// last pair of fewer than 16 rows; 1, 2 and 3 tasks; bit-identical across them and to
 /// `matmul_q` from 2 rows.
