@@ -88,15 +88,7 @@ mod x86 {
         let nb = QFormat::row_blocks(k);
         // Every activation row quantized as the integer decode path does, rows at a stride
         // of whole blocks (the A tile's stride).
-        let mut xq = vec![0i8; m * nb * QBLOCK];
-        let mut xd = vec![0f32; m * nb];
-        for ((row, qs), d) in a
-            .chunks(k)
-            .zip(xq.chunks_mut(nb * QBLOCK))
-            .zip(xd.chunks_mut(nb))
-        {
-            QActivations::quantize_into(row, qs, d);
-        }
+        let (xq, xd) = QActivations::rows(a, k);
         let parts = crate::bf16::block_pair_parts(n, if threads > 1 { threads } else { 1 });
         let cptr = Shared(c.as_mut_ptr());
         let (xq, xd) = (&xq[..], &xd[..]);

@@ -106,7 +106,7 @@ fn round_row_body(src: &[f32], dst: &mut [u16]) {
 }
 
 multiversion! {
-    pub(crate) fn round_row_isa(src: &[f32], dst: &mut [u16]) = round_row_body;
+    fn round_row_isa(src: &[f32], dst: &mut [u16]) = round_row_body;
 }
 
 /// Packs the row-major f32 matrix `w` (`rows × cols`) into `out`
@@ -467,13 +467,51 @@ fn dpbf16_m(
     c: &mut [f32],
     m: usize,
 ) {
-    let k = w.cols;
+    let kp = padded_k(w.cols);
+    // The packed blocks are read in place: a pair's chunk starts at its first block's pair
+    // k0/2, the second block 16·kp values on.
+    dpbf16_rounded(
+        isa,
+        threads,
+        a,
+        m,
+        w.cols,
+        w.rows,
+        bias,
+        c,
+        &|pair, k0, _, _| {
+            (
+                w.data[pair * 32 * kp + k0 * 16..].as_ptr() as *const u16,
+                16 * kp,
+            )
+        },
+    )
+}
+
+/// C[m×n] = A[m×k]·Wᵀ (+ bias) on AVX512-BF16 with A rounded to bf16 once and packed in
+/// row tiles, and W's block pairs from `b_chunks` (the packed bf16 weights in place, or
+/// weights converted per call: `dpbf16_quant.rs`).
+///
+/// Callers guarantee AVX512-BF16 ([`dpbf16_available`]) and the shapes.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dpbf16_rounded(
+    isa: Isa,
+    threads: usize,
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    b_chunks: &crate::x86_dpbf16::BChunks,
+) {
     let kp = padded_k(k);
     crate::aligned::with_scratch(&ROUNDED_A, |abf| {
         crate::x86_dpbf16::pack_a(m, k, kp, abf, |i, out| {
             round_row_isa(isa, &a[i * k..(i + 1) * k], out)
         });
-        crate::x86_dpbf16::matmul(abf, kp, threads, w, bias, c, m);
+        crate::x86_dpbf16::matmul_from(abf, kp, threads, n, bias, c, m, b_chunks);
     })
 }
 
@@ -729,15 +767,9 @@ impl AmxWalk {
                                 // From the second row block on, this pair's tiles come
                                 // from cache: request the next pair's weights meanwhile,
                                 // where enough row blocks are left to spread them thin.
-                                let per_step = if ib == 0 {
-                                    0
-                                } else {
-                                    ahead.left().div_ceil((blocks - ib) * steps)
-                                };
-                                let per_step = if per_step > crate::x86_amx::AHEAD_MAX_PER_STEP {
-                                    0
-                                } else {
-                                    per_step
+                                let per_step = match ahead.left().div_ceil((blocks - ib) * steps) {
+                                    p if ib > 0 && p <= crate::x86_amx::AHEAD_MAX_PER_STEP => p,
+                                    _ => 0,
                                 };
                                 block(
                                     a,

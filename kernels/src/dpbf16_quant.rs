@@ -90,43 +90,32 @@ pub fn matmul_q_dpbf16_with(
     #[cfg(target_arch = "x86_64")]
     {
         use crate::amx_quant::x86::{dequant_pair, scratch_len};
-        let kp = crate::bf16::padded_k(k);
-        crate::aligned::with_scratch(&ROUNDED_A, |abf| {
-            crate::x86_dpbf16::pack_a(m, k, kp, abf, |i, out| {
-                crate::bf16::round_row_isa(crate::isa(), &a[i * k..(i + 1) * k], out)
-            });
-            crate::x86_dpbf16::matmul_from(
-                abf,
-                kp,
-                resolve_threads(threads),
-                n,
-                bias,
-                c,
-                m,
-                &|pair, k0, len, scratch| {
-                    let steps = len / 32;
-                    let need = scratch_len(steps);
-                    if scratch.len() < need {
-                        scratch.resize_for_overwrite(need);
-                    }
-                    // SAFETY: quant_dpbf16_available() includes AVX512-F/BW/VL/BF16/VBMI
-                    // and AVX2; the walk asks for pairs below ⌈n/32⌉ and chunks inside the
-                    // padded K, whose 32-value steps are W's quantization blocks; the
-                    // scratch holds both blocks' pairs and scales.
-                    unsafe { dequant_pair(w, pair, k0 / 32, steps, &mut scratch[..need]) };
-                    (scratch.as_ptr(), steps * 512)
-                },
-            );
-        });
+        let threads = resolve_threads(threads);
+        crate::bf16::dpbf16_rounded(
+            crate::isa(),
+            threads,
+            a,
+            m,
+            k,
+            n,
+            bias,
+            c,
+            &|pair, k0, len, scratch| {
+                let steps = len / 32;
+                let need = scratch_len(steps);
+                if scratch.len() < need {
+                    scratch.resize_for_overwrite(need);
+                }
+                // SAFETY: quant_dpbf16_available() includes AVX512-F/BW/VL/BF16/VBMI and
+                // AVX2; the walk asks for pairs below ⌈n/32⌉ and chunks inside the padded
+                // K, whose 32-value steps are W's quantization blocks; the scratch holds
+                // both blocks' pairs and scales.
+                unsafe { dequant_pair(w, pair, k0 / 32, steps, &mut scratch[..need]) };
+                (scratch.as_ptr(), steps * 512)
+            },
+        );
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (threads, resolve_threads);
     true
-}
-
-#[cfg(target_arch = "x86_64")]
-thread_local! {
-    /// A rounded to bf16 and packed in row tiles, kept across calls.
-    static ROUNDED_A: std::cell::RefCell<crate::AlignedVec<u16>> =
-        std::cell::RefCell::new(crate::AlignedVec::default());
 }

@@ -295,6 +295,23 @@ impl QActivations {
             }
         }
     }
+
+    /// The m = `a.len() / k` rows of `a` quantized ([`Self::quantize_into`]) side by side:
+    /// row i's bytes at `i·blocks·32` and its scales at `i·blocks` (blocks of k), the layout
+    /// the multi-row kernels read.
+    pub(crate) fn rows(a: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
+        let nb = QFormat::row_blocks(k);
+        let m = a.len() / k.max(1);
+        let (mut qs, mut ds) = (vec![0i8; m * nb * QBLOCK], vec![0f32; m * nb]);
+        for ((x, q), d) in a
+            .chunks(k)
+            .zip(qs.chunks_mut(nb * QBLOCK))
+            .zip(ds.chunks_mut(nb))
+        {
+            Self::quantize_into(x, q, d);
+        }
+        (qs, ds)
+    }
 }
 
 /// The signed 4- or 8-bit value of element `i` of a weight block (q − 8 for q4).
@@ -312,12 +329,12 @@ fn block_int(format: QFormat, q: &[u8], i: usize) -> i32 {
 
 /// out[j] = Σ_b d_w·d_x·Σ_i qw·qx over the blocks of W row j0 + j (portable; the integer
 /// block sums are exact, as in the SIMD paths).
-fn dot_rows_portable(x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32]) {
+fn dot_rows_portable(xq: &[i8], xd: &[f32], w: &QMatrix, j0: usize, out: &mut [f32]) {
     let bb = w.format.block_bytes();
     for (jj, o) in out.iter_mut().enumerate() {
         let (q, s) = w.row(j0 + jj);
         let mut acc = 0f32;
-        for (b, (xq, &dx)) in x.qs.chunks_exact(QBLOCK).zip(&x.scales).enumerate() {
+        for (b, (xq, &dx)) in xq.chunks_exact(QBLOCK).zip(xd).enumerate() {
             let qb = &q[b * bb..(b + 1) * bb];
             let isum: i32 = (0..QBLOCK)
                 .map(|i| block_int(w.format, qb, i) * xq[i] as i32)
@@ -342,13 +359,14 @@ pub fn vnni_available() -> bool {
     }
 }
 
-/// out[j] = W[j0 + j, :]·x for j < out.len() with quantized activations, on `isa`.
-fn dot_rows(isa: Isa, x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32]) {
+/// out[j] = W[j0 + j, :]·x for j < out.len() with x quantized (`xq` bytes, `xd` scales of
+/// W's blocks per row), on `isa`.
+fn dot_rows(isa: Isa, xq: &[i8], xd: &[f32], w: &QMatrix, j0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         let (rb, nb) = (w.format.row_bytes(w.cols), QFormat::row_blocks(w.cols));
         let n = out.len();
-        assert!(j0 + n <= w.rows && x.scales.len() == nb);
+        assert!(j0 + n <= w.rows && xd.len() == nb && xq.len() == nb * QBLOCK);
         // AVX-512 with VNNI: one `vpdpbusd` per 64 weight bytes. AVX-512 without VNNI runs
         // the AVX2 kernel (every such CPU has AVX2). Both take the same arguments.
         let kernel: Option<crate::x86_quant::DotRows> =
@@ -367,8 +385,8 @@ fn dot_rows(isa: Isa, x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32])
                 return kernel(
                     w.format,
                     nb,
-                    x.qs.as_ptr(),
-                    x.scales.as_ptr(),
+                    xq.as_ptr(),
+                    xd.as_ptr(),
                     w.qs.as_ptr().add(j0 * rb),
                     w.scales.as_ptr().add(j0 * nb),
                     n,
@@ -378,7 +396,7 @@ fn dot_rows(isa: Isa, x: &QActivations, w: &QMatrix, j0: usize, out: &mut [f32])
         }
     }
     let _ = isa;
-    dot_rows_portable(x, w, j0, out)
+    dot_rows_portable(xq, xd, w, j0, out)
 }
 
 /// out[i·(j1 − j0) + j] = W[j0 + j, :]·x_i for the m quantized rows `xq`/`xd` (each
@@ -634,30 +652,20 @@ fn small_m(
     } else {
         vec![(0, n)]
     };
-    // One row each for the GEMV; side by side for the multi-row kernel.
-    let (xq, xq_all, xd_all) = if rows_at_once {
-        let nb = QFormat::row_blocks(k);
-        let (mut qs, mut ds) = (vec![0i8; m * nb * QBLOCK], vec![0f32; m * nb]);
-        for ((x, q), d) in a
-            .chunks(k)
-            .zip(qs.chunks_mut(nb * QBLOCK))
-            .zip(ds.chunks_mut(nb))
-        {
-            QActivations::quantize_into(x, q, d);
-        }
-        (Vec::new(), qs, ds)
-    } else {
-        let rows: Vec<QActivations> = a.chunks(k).map(QActivations::new).collect();
-        (rows, Vec::new(), Vec::new())
-    };
+    let (xq, xd) = QActivations::rows(a, k);
+    let nb = QFormat::row_blocks(k);
     let mut tmp = vec![0f32; m * n];
     let run = |(j0, j1): (usize, usize), out: &mut [f32]| {
         if rows_at_once {
-            dot_rows_multi(w, &xq_all, &xd_all, m, j0, j1, out);
-            return;
+            return dot_rows_multi(w, &xq, &xd, m, j0, j1, out);
         }
-        for (i, x) in xq.iter().enumerate() {
-            dot_rows(isa, x, w, j0, &mut out[i * (j1 - j0)..(i + 1) * (j1 - j0)]);
+        let wd = j1 - j0;
+        for ((q, d), o) in xq
+            .chunks(nb * QBLOCK)
+            .zip(xd.chunks(nb))
+            .zip(out.chunks_mut(wd))
+        {
+            dot_rows(isa, q, d, w, j0, o);
         }
     };
     // Each part writes its own [m × width] block of `tmp`, laid out part after part.

@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::bf16::{Bf16Matrix, block_pair_parts, for_parts};
+use crate::bf16::{block_pair_parts, for_parts};
 use crate::gemm::Shared;
 
 /// Rows of A per register tile: 8 rows × 2 blocks = 16 accumulators, 2 B operands and 8
@@ -39,32 +39,6 @@ pub(crate) fn dpbf16_available() -> bool {
     })
 }
 
-/// C[m×n] = A·Wᵀ (+ bias) from A rounded to bf16 and packed by [`pack_a`], and the packed
-/// W, over `threads` tasks.
-///
-/// Callers guarantee [`dpbf16_available`], `w.is_consistent()`, `abf` from [`pack_a`] for
-/// these m and `kp` (the layout's padded K), `c.len() == m·w.rows` and
-/// `bias.len() == w.rows`.
-pub(crate) fn matmul(
-    abf: &[u16],
-    kp: usize,
-    threads: usize,
-    w: &Bf16Matrix,
-    bias: Option<&[f32]>,
-    c: &mut [f32],
-    m: usize,
-) {
-    assert!(w.is_consistent());
-    // The packed blocks are read in place: a pair's chunk starts at its first block's pair
-    // k0/2, the second block 16·kp values on.
-    matmul_from(abf, kp, threads, w.rows, bias, c, m, &|pair, k0, _, _| {
-        (
-            w.data[pair * 32 * kp + k0 * 16..].as_ptr() as *const u16,
-            16 * kp,
-        )
-    })
-}
-
 /// Where [`matmul_from`] gets a pair of W's 16-row blocks for one chunk of K: `(pair, k0,
 /// len, scratch)` (K values k0 .. k0 + len, multiples of 32) → a pointer to the first
 /// block's K pairs from k0 in the packed layout (pair p at 32·p values, 16 rows × 2) and the
@@ -73,7 +47,8 @@ pub(crate) fn matmul(
 pub(crate) type BChunks<'a> =
     dyn Fn(usize, usize, usize, &mut crate::AlignedVec<u16>) -> (*const u16, usize) + Sync + 'a;
 
-/// [`matmul`] with W's block pairs from `b_chunks`, chunk by chunk ([`KC`]); `n` rows of W.
+/// C[m×n] = A·Wᵀ (+ bias) from A rounded to bf16 and packed by [`pack_a`], over `threads`
+/// tasks, with W's block pairs from `b_chunks`, chunk by chunk ([`KC`]); `n` rows of W.
 ///
 /// Callers guarantee [`dpbf16_available`], `abf` from [`pack_a`] for these m and `kp`,
 /// `c.len() == m·n`, `bias.len() == n`, and a source that gives, for every pair of
