@@ -48,22 +48,7 @@ pub const DPBF16_ANY_MAX_M: usize = 64;
 /// layers in 0.41× the f32 weights' time, docs/performance.md). Intel's runs on one of the
 /// two ports that run FMAs, so the products per cycle are the same.
 pub fn dpbf16_doubles_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AMD.get_or_init(|| {
-            let v = std::arch::x86_64::__cpuid(0);
-            let mut id = [0u8; 12];
-            id[..4].copy_from_slice(&v.ebx.to_le_bytes());
-            id[4..8].copy_from_slice(&v.edx.to_le_bytes());
-            id[8..].copy_from_slice(&v.ecx.to_le_bytes());
-            &id == b"AuthenticAMD"
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::isa::cpu_is_amd()
 }
 
 /// C[m×n] = A[m×k]·Wᵀ (+ bias) for a quantized W on AVX512-BF16, whatever `m` and whether

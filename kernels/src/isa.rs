@@ -138,6 +138,28 @@ pub fn isa() -> Isa {
     })
 }
 
+/// Whether the CPU's vendor is AMD (CPUID leaf 0 says "AuthenticAMD"). Some kernel choices
+/// differ by vendor where the same instructions have other costs (docs/cpu.md). Asked once:
+/// CPUID traps to the hypervisor in a VM.
+pub fn cpu_is_amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AMD: OnceLock<bool> = OnceLock::new();
+        *AMD.get_or_init(|| {
+            let v = std::arch::x86_64::__cpuid(0);
+            let mut id = [0u8; 12];
+            id[..4].copy_from_slice(&v.ebx.to_le_bytes());
+            id[4..8].copy_from_slice(&v.edx.to_le_bytes());
+            id[8..].copy_from_slice(&v.ecx.to_le_bytes());
+            &id == b"AuthenticAMD"
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The `BLIP2_CPU_ISA` rule: a supported request wins; otherwise never enable what the CPU
 /// lacks — the best supported set at or below the request.
 fn choose(req: Option<Isa>, best: Isa) -> Isa {

@@ -94,7 +94,21 @@ pub(crate) unsafe fn ukr_avx512_pf<const MR: usize, const NV: usize, const F16: 
         let step = kc.div_ceil(chunks);
         let per = pf_left.div_ceil(chunks);
         let mut next_pf = 0;
+        // Halfway through K, request the C tile this call adds into (one T0 request per
+        // line): its lines are far (C of a ViT layer is megabytes) and the loads at the end
+        // stalled the finished tile, 7.6% of the kernel's samples on a Zen 4. Only where C is
+        // read (`accumulate`); 3–4% off a ViT layer's four matmuls there, 2026-12-07
+        // (docs/performance.md).
+        let c_at = if accumulate { kc / 2 } else { usize::MAX };
         for p in 0..kc {
+            if p == c_at {
+                for i in 0..MR.min(rows) {
+                    let row = c.add(i * ldc) as *const i8;
+                    for l in 0..(cols * 4).div_ceil(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(row.add(l * 64));
+                    }
+                }
+            }
             if p == next_pf && pf_left > 0 {
                 let n = per.min(pf_left);
                 for l in 0..n {

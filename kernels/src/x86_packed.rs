@@ -24,6 +24,28 @@ const PREFETCH_BYTES: usize = 2048;
 /// Sequential streams of W each small-M pass reads (panels × K ranges of a panel).
 const STREAMS: usize = 4;
 
+/// Whether the small-M pass at `m` rows requests W [`PREFETCH_BYTES`] ahead. On Intel
+/// (Sapphire Rapids) it must: a C model of the 8-row pass took 1.7× the time without it. On
+/// AMD Zen 4, at 1–2 rows
+/// the hardware prefetchers keep the four streams fed and the requests only cost: OPT-2.7B's
+/// fc1 in f16 from DRAM took 0.87× (1 row) and 0.89× (2 rows) the time without them, 0.98× at
+/// 4 and 1.07× at 8 (docs/performance.md). `BLIP2_CPU_SMALL_PREFETCH=0|1` overrides (A/B
+/// runs). Read once.
+fn small_prefetch(m: usize) -> bool {
+    static OVERRIDE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *OVERRIDE.get_or_init(|| {
+        match std::env::var("BLIP2_CPU_SMALL_PREFETCH")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("0") => Some(false),
+            Ok("1") => Some(true),
+            _ => None,
+        }
+    });
+    forced.unwrap_or(m > 2 || !crate::cpu_is_amd())
+}
+
 /// C[m×n] = A[m×k]·Wᵀ (+ bias) for a packed W on AVX-512; tasks own ranges of panels.
 pub(crate) fn matmul_packed_avx512(
     threads: usize,
@@ -142,17 +164,35 @@ impl Job {
             let c = self.c.add(col0);
             let (k, a, n) = (self.k, self.a, self.n);
             macro_rules! go {
+                ($m:literal, $nv:literal, $pf:expr) => {
+                    match (self.f16, $pf) {
+                        (true, true) => {
+                            small::<$m, $nv, true, true>(k, a, w, stride, bias, c, n, cols)
+                        }
+                        (false, true) => {
+                            small::<$m, $nv, false, true>(k, a, w, stride, bias, c, n, cols)
+                        }
+                        (true, false) => {
+                            small::<$m, $nv, true, false>(k, a, w, stride, bias, c, n, cols)
+                        }
+                        (false, false) => {
+                            small::<$m, $nv, false, false>(k, a, w, stride, bias, c, n, cols)
+                        }
+                    }
+                };
                 ($m:literal, $nv:literal) => {
                     if self.f16 {
-                        small::<$m, $nv, true>(k, a, w, stride, bias, c, n, cols)
+                        small::<$m, $nv, true, true>(k, a, w, stride, bias, c, n, cols)
                     } else {
-                        small::<$m, $nv, false>(k, a, w, stride, bias, c, n, cols)
+                        small::<$m, $nv, false, true>(k, a, w, stride, bias, c, n, cols)
                     }
                 };
             }
+            // The software prefetch is a choice only where a whole pass runs (four panels).
+            let pf = small_prefetch(self.m);
             match (self.m, panels) {
-                (1, 4) => go!(1, 8),
-                (2, 4) => go!(2, 8),
+                (1, 4) => go!(1, 8, pf),
+                (2, 4) => go!(2, 8, pf),
                 (3, 2) => go!(3, 4),
                 (4, 2) => go!(4, 4),
                 (1, _) => go!(1, 2),
@@ -273,14 +313,15 @@ impl Job {
 /// the 8-row arithmetic hardly overlapped: OPT-2.7B's fc1 in f16 with 8 rows, weights
 /// streamed from DRAM (`packed_cold` bench), took 2.4–2.5 ms with one stream and 2.0–2.2
 /// with four; with the weights in L3 (`packed_weights`) it went from 1.4 to 1.5 ms
-/// (`docs/performance.md`). Decode reads its weights from DRAM.
+/// (`docs/performance.md`). Decode reads its weights from DRAM. With `PF` each stream is
+/// requested [`PREFETCH_BYTES`] ahead ([`small_prefetch`]).
 ///
 /// # Safety
 /// `a` valid for M rows of k (stride k), the panels for k steps each, `c` for M rows
 /// (stride `ldc`) of the valid columns, `bias` (if any) for them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn small<const M: usize, const NV: usize, const F16: bool>(
+unsafe fn small<const M: usize, const NV: usize, const F16: bool, const PF: bool>(
     k: usize,
     a: *const f32,
     w: *const f32,
@@ -302,7 +343,7 @@ unsafe fn small<const M: usize, const NV: usize, const F16: bool>(
                 let mut wv = [_mm512_setzero_ps(); NV];
                 for v in 0..NV {
                     let off = (v / 2) * stride + p * PANEL + (v % 2) * 16;
-                    if v % 2 == 0 {
+                    if PF && v % 2 == 0 {
                         // One cache line of the panel per step (f16), two (f32).
                         let ahead = bytes.add(off * esize + PREFETCH_BYTES);
                         _mm_prefetch::<_MM_HINT_T0>(ahead);

@@ -172,6 +172,10 @@ pub const QUANT_SHAPES: [(usize, usize, usize); 10] = [
     (20, 1408, 600),
 ];
 
+/// A quantized matmul under test: `run(threads, a, w, bias, c, m)`, false where the CPU
+/// lacks it.
+pub type QuantRun = dyn Fn(usize, &[f32], &QMatrix, Option<&[f32]>, &mut [f32], usize) -> bool;
+
 /// A quantized path that rounds the activations and the dequantized weights to bf16
 /// (`run(threads, a, w, bias, c, m)`, false where the CPU lacks it) on [`QUANT_SHAPES`], q8
 /// and q4, with a bias and without: against f64 on the rounded operands within
@@ -179,12 +183,7 @@ pub const QUANT_SHAPES: [(usize, usize, usize); 10] = [
 /// and the bias) and on the unrounded ones within that + 2·2^-8 + 2^-16 (each operand keeps
 /// 8 significant bits); bit-identical across 1, 2 and 3 tasks (each output is one walk over
 /// K) and to `matmul_q_path(.., path, ..)` where [`quant_kernel`] says it runs `kernel`.
-pub fn check_bf16_quant_path(
-    seed: u64,
-    run: &dyn Fn(usize, &[f32], &QMatrix, Option<&[f32]>, &mut [f32], usize) -> bool,
-    path: QuantPath,
-    kernel: QuantKernel,
-) {
+pub fn check_bf16_quant_path(seed: u64, run: &QuantRun, path: QuantPath, kernel: QuantKernel) {
     let same = |f: &[f32], c: &[f32]| f.iter().zip(c).all(|(x, y)| x.to_bits() == y.to_bits());
     let mut rng = Rng::new(seed);
     for &(m, k, n) in &QUANT_SHAPES {
