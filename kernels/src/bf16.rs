@@ -467,9 +467,6 @@ fn dpbf16_m(
     c: &mut [f32],
     m: usize,
 ) {
-    let kp = padded_k(w.cols);
-    // The packed blocks are read in place: a pair's chunk starts at its first block's pair
-    // k0/2, the second block 16·kp values on.
     dpbf16_rounded(
         isa,
         threads,
@@ -479,12 +476,19 @@ fn dpbf16_m(
         w.rows,
         bias,
         c,
-        &|pair, k0, _, _| {
-            (
-                w.data[pair * 32 * kp + k0 * 16..].as_ptr() as *const u16,
-                16 * kp,
-            )
-        },
+        &|pair, k0, _, _| pair_in_place(w, pair, k0),
+    )
+}
+
+/// Where the packed weights hold a pair of 16-row blocks from K value `k0` (a multiple of
+/// 32), for the kernels that read them in place: the first block's K pairs from k0/2 and
+/// the offset in values (16·kp) of the second block's.
+#[cfg(target_arch = "x86_64")]
+fn pair_in_place(w: &Bf16Matrix, pair: usize, k0: usize) -> (*const u16, usize) {
+    let kp = padded_k(w.cols);
+    (
+        w.data[pair * 32 * kp + k0 * 16..].as_ptr() as *const u16,
+        16 * kp,
     )
 }
 
@@ -560,14 +564,9 @@ fn amx_m(threads: usize, a: &[f32], w: &Bf16Matrix, bias: Option<&[f32]>, c: &mu
         w.rows,
         bias,
         c,
-        &|pair, s0, _steps, _scratch| {
-            (
-                w.data[pair * 32 * kp + s0 * 512..].as_ptr() as *const u16,
-                16 * kp,
-            )
-        },
+        &|pair, s0, _steps, _scratch| pair_in_place(w, pair, s0 * 32),
         &|pair, s0, steps| {
-            let start = w.data[pair * 32 * kp + s0 * 512..].as_ptr() as *const u8;
+            let start = pair_in_place(w, pair, s0 * 32).0 as *const u8;
             crate::x86_amx::Ahead::new(start, 2, steps * 1024, 32 * kp)
         },
     );

@@ -222,10 +222,11 @@ unsafe fn tile(t: &Tile) {
         }
         let half = t.pairs / 2;
         steps!(half);
-        // Halfway, request the next tile's C rows (its 32 columns span at most three
-        // lines: the first, middle and last value name them all). That tile reads them
-        // first thing (later chunks) or writes them last; from far away either stalled it.
-        // A ViT layer's four matmuls, Zen 4, 2026-12-07: 0.95–0.97× the time (bf16 and q8).
+        // Halfway, request the next tile's C rows. That tile reads them first thing (later
+        // chunks) or writes them last; from far away either stalled it. A ViT layer's four
+        // matmuls, Zen 4, 2026-12-07: 0.93–0.99× the time with bf16 weights, 0.95–0.98×
+        // with q8 (docs/performance.md). The 32 columns span at most three lines: the
+        // first, middle and last value name them all.
         let mut c = t.next_c;
         for _ in 0..t.next_rows {
             for off in [0, 16, 31] {
