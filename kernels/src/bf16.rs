@@ -336,10 +336,18 @@ fn gemv_block_isa(
         // SAFETY: the ISA is resolved (AVX-512 present); A holds m rows of k, the block
         // 16·kp values, acc m rows.
         unsafe {
+            let (l2, w) = (
+                crate::x86_quant::prefetch_to_l2(),
+                blk.as_ptr() as *const u16,
+            );
             macro_rules! rows {
                 ($($m:literal)*) => {
                     match m {
-                        $($m => gemv_block_avx512::<$m>(a.as_ptr(), k, blk.as_ptr() as *const u16, acc),)*
+                        $($m => if l2 {
+                            gemv_block_avx512::<$m, true>(a.as_ptr(), k, w, acc)
+                        } else {
+                            gemv_block_avx512::<$m, false>(a.as_ptr(), k, w, acc)
+                        },)*
                         _ => unreachable!("m <= SMALL_M"),
                     }
                 };
@@ -353,8 +361,9 @@ fn gemv_block_isa(
 
 /// [`gemv_block_body`] for M rows in zmm registers: each 64-byte pair slice is widened to
 /// the 16 even-K and 16 odd-K weights (a shift and a mask: bf16 is the top half of f32) and
-/// multiplied with broadcast activations. Prefetches 16 KiB ahead: decode streams W from
-/// memory once, and the prefetcher alone leaves bandwidth unused (as in the quantized GEMV).
+/// multiplied with broadcast activations. Requests W 16 KiB ahead, into L2 with `L2` (AMD,
+/// `x86_quant::prefetch_to_l2`) else into L1: decode streams W from memory once, and the
+/// hardware prefetcher alone leaves bandwidth unused (as in the quantized GEMV).
 ///
 /// # Safety
 /// AVX-512F present; `a` valid for M rows of k, `blk` for 16·kp values (kp ≥ k rounded up
@@ -362,7 +371,7 @@ fn gemv_block_isa(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn gemv_block_avx512<const M: usize>(
+unsafe fn gemv_block_avx512<const M: usize, const L2: bool>(
     a: *const f32,
     k: usize,
     blk: *const u16,
@@ -376,7 +385,7 @@ unsafe fn gemv_block_avx512<const M: usize>(
         let mut t = [_mm512_setzero_ps(); M];
         for p in 0..k / 2 {
             let src = blk.add(p * 32);
-            _mm_prefetch::<_MM_HINT_T0>((src as *const i8).wrapping_add(16384));
+            crate::x86_quant::request_ahead::<L2>(src as *const u8, 16384);
             let v = _mm512_loadu_si512(src as *const __m512i);
             let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
             let odd = _mm512_castsi512_ps(_mm512_and_si512(v, hi));

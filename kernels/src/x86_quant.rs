@@ -9,7 +9,55 @@ use half::f16;
 use crate::quant::{QBLOCK, QFormat};
 
 /// Bytes ahead of the current block each weight row is prefetched (rows are streamed once).
-const PREFETCH_BYTES: usize = 16384;
+pub(crate) const PREFETCH_BYTES: usize = 16384;
+
+/// Whether the decode kernels of quantized weights (this file's and `x86_vnni.rs`) request
+/// their weight rows into L2 (`prefetcht1`) instead of L1 (`prefetcht0`). On AMD Zen 4 the
+/// L1 requests held one core to 12 GB/s; into L2, OPT-2.7B's fc1 in q8 from DRAM took 0.59×
+/// the time (one thread) and 0.60× (two: 19.7 → 31.5 GB/s), q4 0.78×, the VNNI rows at
+/// 2 rows 0.76× and 4 rows 0.89×, the AVX2 kernel 0.79–0.82×, the packed bf16 GEMV 0.95–0.97×
+/// at 1 row and 0.78–0.80× at 2–4 (docs/performance.md). Intel keeps the L1 requests it was
+/// measured with. `BLIP2_CPU_QPREFETCH=l1|l2` overrides (A/B runs). Read once.
+pub(crate) fn prefetch_to_l2() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        match std::env::var("BLIP2_CPU_QPREFETCH")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("l1") => false,
+            Ok("l2") => true,
+            _ => crate::cpu_is_amd(),
+        }
+    })
+}
+
+/// How far ahead of its current position each of `rows` weight rows (`rb` bytes each,
+/// stored one after another) is requested. L1 requests: [`PREFETCH_BYTES`]. L2 requests: at
+/// least one pass of the rows ahead, so that long rows (fc2's 10 KiB) do not request bytes
+/// the pass's own later rows are about to read (fc2 in q8: 0.86× the time of 16 KiB ahead).
+#[inline(always)]
+pub(crate) const fn prefetch_ahead(l2: bool, rows: usize, rb: usize) -> usize {
+    if l2 && rows * rb > PREFETCH_BYTES {
+        rows * rb
+    } else {
+        PREFETCH_BYTES
+    }
+}
+
+/// Requests the cache line at `p + ahead`: into L2 with `L2`, else into L1. Never faults.
+#[inline(always)]
+pub(crate) fn request_ahead<const L2: bool>(p: *const u8, ahead: usize) {
+    let p = p.wrapping_add(ahead) as *const i8;
+    // SAFETY: a prefetch is a hint; it never faults, whatever the address. SSE is baseline.
+    unsafe {
+        if L2 {
+            _mm_prefetch::<_MM_HINT_T1>(p);
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(p);
+        }
+    }
+}
 
 /// An f16 scale as f32 (F16C).
 #[inline]
@@ -159,8 +207,7 @@ pub(crate) type DotRows =
 /// # Safety
 /// AVX2+FMA+F16C present; xq holds blocks·32 bytes, xd blocks floats; n rows of quants and
 /// scales; `out` n floats.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn dot_rows_i8_avx2(
     format: QFormat,
     blocks: usize,
@@ -171,7 +218,34 @@ pub(crate) unsafe fn dot_rows_i8_avx2(
     n: usize,
     out: *mut f32,
 ) {
+    // SAFETY: the contract is the caller's.
+    unsafe {
+        if prefetch_to_l2() {
+            rows_avx2::<true>(format, blocks, xq, xd, qs, scales, n, out)
+        } else {
+            rows_avx2::<false>(format, blocks, xq, xd, qs, scales, n, out)
+        }
+    }
+}
+
+/// [`dot_rows_i8_avx2`] with W's rows requested into L2 (`L2`) or L1.
+///
+/// # Safety
+/// As [`dot_rows_i8_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn rows_avx2<const L2: bool>(
+    format: QFormat,
+    blocks: usize,
+    xq: *const i8,
+    xd: *const f32,
+    qs: *const u8,
+    scales: *const f16,
+    n: usize,
+    out: *mut f32,
+) {
     let (bb, rb) = (format.block_bytes(), blocks * format.block_bytes());
+    let ahead = prefetch_ahead(L2, 4, rb);
     // d_w·d_x of every block of the four current rows, converted 8 at a time up front, so
     // the block loop only broadcasts it.
     let mut ds = vec![0f32; 4 * blocks];
@@ -225,9 +299,7 @@ pub(crate) unsafe fn dot_rows_i8_avx2(
                         let x1 = _mm256_loadu_si256(xq.add((b + 1) * QBLOCK) as *const __m256i);
                         for q in 0..4 {
                             let p = qs.add(row(q) * rb + b * bb);
-                            _mm_prefetch::<_MM_HINT_T0>(
-                                (p as *const i8).wrapping_add(PREFETCH_BYTES),
-                            );
+                            request_ahead::<L2>(p, ahead);
                             let s0 = dot_i8_avx2(_mm256_loadu_si256(p as *const __m256i), x0);
                             let s1 =
                                 dot_i8_avx2(_mm256_loadu_si256(p.add(32) as *const __m256i), x1);
@@ -261,9 +333,7 @@ pub(crate) unsafe fn dot_rows_i8_avx2(
                         for q in 0..4 {
                             let p = qs.add(row(q) * rb + b * bb);
                             if pb % 2 == 0 {
-                                _mm_prefetch::<_MM_HINT_T0>(
-                                    (p as *const i8).wrapping_add(PREFETCH_BYTES),
-                                );
+                                request_ahead::<L2>(p, ahead);
                             }
                             let v = _mm256_loadu_si256(p as *const __m256i);
                             let lo = _mm256_and_si256(v, mask);
