@@ -363,11 +363,24 @@ unsafe fn transpose_into(
 unsafe fn gemv(isa: Isa, n: usize, k: usize, a: *const f32, b: MatB, c: *mut f32) {
     // SAFETY: per the contract above; the ISA is resolved by the public entry points.
     unsafe {
+        // W's rows requested into L2 or L1 (`x86_quant::prefetch_to_l2`).
+        #[cfg(target_arch = "x86_64")]
+        let l2 = crate::x86_quant::prefetch_to_l2();
+        #[cfg(target_arch = "x86_64")]
+        macro_rules! rows {
+            ($f:ident, $p:expr) => {
+                if l2 {
+                    crate::x86::$f::<true>(k, a, $p, b.ld, n, c)
+                } else {
+                    crate::x86::$f::<false>(k, a, $p, b.ld, n, c)
+                }
+            };
+        }
         match (isa, b.ptr, b.trans) {
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, BPtr::F32(p), true) => crate::x86::gemv_t_f32_avx512(k, a, p, b.ld, n, c),
+            (Isa::Avx512, BPtr::F32(p), true) => rows!(gemv_t_f32_avx512, p),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, BPtr::F16(p), true) => crate::x86::gemv_t_f16_avx512(k, a, p, b.ld, n, c),
+            (Isa::Avx512, BPtr::F16(p), true) => rows!(gemv_t_f16_avx512, p),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, BPtr::F32(p), false) => {
                 crate::x86::gemv_n_f32_avx512(k, a, p, b.ld, n, c)
@@ -377,9 +390,9 @@ unsafe fn gemv(isa: Isa, n: usize, k: usize, a: *const f32, b: MatB, c: *mut f32
                 crate::x86::gemv_n_f16_avx512(k, a, p, b.ld, n, c)
             }
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, BPtr::F32(p), true) => crate::x86::gemv_t_f32_avx2(k, a, p, b.ld, n, c),
+            (Isa::Avx2Fma, BPtr::F32(p), true) => rows!(gemv_t_f32_avx2, p),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, BPtr::F16(p), true) => crate::x86::gemv_t_f16_avx2(k, a, p, b.ld, n, c),
+            (Isa::Avx2Fma, BPtr::F16(p), true) => rows!(gemv_t_f16_avx2, p),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2Fma, BPtr::F32(p), false) => crate::x86::gemv_n_f32_avx2(k, a, p, b.ld, n, c),
             #[cfg(target_arch = "x86_64")]
