@@ -302,6 +302,20 @@ unsafe fn pack_b(
                 (BPtr::F32(p0), true) => {
                     transpose_into(isa, p0.add(j0 * b.ld), b.ld, w, kc, panel, nr);
                 }
+                #[cfg(target_arch = "x86_64")]
+                (BPtr::F16(p0), true) if isa == Isa::Avx512 => {
+                    // Widened as transposed (no f32 copy of the rows): the pack of a
+                    // checkpoint's in-place f16 weights was 22% of a caption's samples as
+                    // widen-then-transpose (docs/performance.md).
+                    crate::x86::transpose_pack_avx512::<true>(
+                        p0.add(j0 * b.ld) as *const f32,
+                        b.ld,
+                        w,
+                        kc,
+                        panel,
+                        nr,
+                    );
+                }
                 (BPtr::F16(p0), true) => {
                     // Widen the w rows into scratch, then the same register transpose as f32.
                     if row.len() < w * kc {
@@ -342,7 +356,9 @@ unsafe fn transpose_into(
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => return crate::x86::transpose_pack_avx512(src, ld, w, kc, dst, nr),
+            Isa::Avx512 => {
+                return crate::x86::transpose_pack_avx512::<false>(src, ld, w, kc, dst, nr);
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2Fma => return crate::x86::transpose_pack_avx2(src, ld, w, kc, dst, nr),
             _ => {}

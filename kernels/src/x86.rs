@@ -515,13 +515,16 @@ unsafe fn transpose_scalar(
     }
 }
 
-/// dst[p·nr + j] = src[j·ld + p] for j < w, p < kc, in 16×16 register transposes.
+/// dst[p·nr + j] = src[j·ld + p] for j < w, p < kc, in 16×16 register transposes. With
+/// `F16` the source holds f16 values (`src` is then a cast `*const f16`, `ld` in elements),
+/// widened as they are loaded: row-major f16 weights (a checkpoint's, used in place from
+/// the mapped file) become f32 panels in one pass, without an f32 copy of their rows.
 #[allow(clippy::needless_range_loop)]
 ///
 /// # Safety
 /// `src` valid for w rows of stride `ld` (kc used), `dst` for kc·nr floats, w ≤ nr.
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn transpose_pack_avx512(
+#[target_feature(enable = "avx512f,f16c")]
+pub(crate) unsafe fn transpose_pack_avx512<const F16: bool>(
     src: *const f32,
     ld: usize,
     w: usize,
@@ -539,7 +542,12 @@ pub(crate) unsafe fn transpose_pack_avx512(
                 let lanes = if jw == 16 { !0u16 } else { (1u16 << jw) - 1 };
                 let mut r = [_mm512_setzero_ps(); 16];
                 for (i, ri) in r.iter_mut().enumerate().take(jw) {
-                    *ri = _mm512_loadu_ps(src.add((j + i) * ld + p));
+                    let off = (j + i) * ld + p;
+                    *ri = if F16 {
+                        w512!(f16, (src as *const u16).add(off))
+                    } else {
+                        w512!(f32, src.add(off))
+                    };
                 }
                 // Within each 128-bit lane: 4×4 transposes of every group of four rows.
                 let mut x = [[_mm512_setzero_ps(); 4]; 4];
@@ -571,7 +579,16 @@ pub(crate) unsafe fn transpose_pack_avx512(
                 }
             }
         }
-        transpose_scalar(src, ld, 0, w, kf, kc, dst, nr);
+        if F16 {
+            let h = src as *const half::f16;
+            for j in 0..w {
+                for p in kf..kc {
+                    *dst.add(p * nr + j) = (*h.add(j * ld + p)).to_f32();
+                }
+            }
+        } else {
+            transpose_scalar(src, ld, 0, w, kf, kc, dst, nr);
+        }
     }
 }
 
