@@ -69,3 +69,71 @@ fn successful_gpu_runs_print_nothing_on_stderr_on_a_headless_machine() {
         "cause printed once: {err}"
     );
 }
+
+/// An f16 checkpoint loaded as f16 on the CPU is used in place from the map (`mapped` counts
+/// those tensors); `BLIP2_CPU_PACK=all` packs its linear weights into panels instead, where
+/// this CPU packs at all (AVX-512: `panels` in the backend line), with the same answer.
+#[test]
+fn pack_all_packs_the_weights_an_f16_checkpoint_would_map() {
+    let model = common::model_dir("blip2-opt-tiny-f16");
+    let image = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/circle_and_triangle.png"
+    );
+    let run = |pack: Option<&str>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_blip2"));
+        cmd.args(args)
+            .args(["--model".as_ref(), model.as_os_str()])
+            .args(["--dtype", "f16"]);
+        match pack {
+            Some(v) => cmd.env("BLIP2_CPU_PACK", v),
+            None => cmd.env_remove("BLIP2_CPU_PACK"),
+        };
+        let out = cmd.output().expect("blip2 runs");
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stats = |pack| {
+        let v: serde_json::Value =
+            serde_json::from_str(run(pack, &["info", "--json"]).trim()).expect("info JSON");
+        let w = &v["model"]["weights"];
+        (
+            w["mapped"].as_u64().unwrap(),
+            w["linear_weights"].as_u64().unwrap(),
+        )
+    };
+    let (mapped, linears) = stats(None);
+    // Every linear weight at least (norms and other vectors may be mapped too).
+    assert!(
+        mapped >= linears && linears > 0,
+        "mapped {mapped}, linears {linears}"
+    );
+    let (mapped_all, _) = stats(Some("all"));
+    if blip2::engine::panels_preferred() {
+        assert!(
+            mapped_all + linears <= mapped,
+            "BLIP2_CPU_PACK=all still maps {mapped_all} of {mapped}"
+        );
+    } else {
+        assert_eq!(mapped_all, mapped, "no panels on this CPU: nothing to pack");
+    }
+    let caption = |pack| {
+        run(
+            pack,
+            &[
+                "caption",
+                image,
+                "-q",
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                "8",
+            ],
+        )
+    };
+    assert_eq!(caption(None), caption(Some("all")));
+}

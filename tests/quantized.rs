@@ -200,6 +200,8 @@ impl WithCounts for blip2::model::WeightStats {
         let mut s = self.clone();
         s.prequantized = other.prequantized;
         s.quantized_at_load = other.quantized_at_load;
+        // A saved file's f16 matrices are used in place; quantized at load, converted.
+        s.mapped = other.mapped;
         s
     }
 }

@@ -25,6 +25,6 @@ pub use dtype::{DType, QFormat, StoredDType};
 pub use error::{Error, Result};
 pub use host::SharedBytes;
 pub use ops::AttnOpts;
-pub use panels::panels_preferred;
+pub use panels::{panels_for_mapped, panels_preferred};
 pub use quant::QuantBytes;
 pub use tensor::Tensor;

@@ -139,6 +139,12 @@ pub fn panels_preferred() -> bool {
     blip2_kernels::packed_preferred()
 }
 
+/// Whether tensors that could be used in place from a mapped checkpoint
+/// ([`Tensor::used_in_place`]) are packed into panels too (`BLIP2_CPU_PACK=all`).
+pub fn panels_for_mapped() -> bool {
+    blip2_kernels::packed_in_place_too()
+}
+
 /// `src` (`rows × cols` stored elements) converted into `T` as it is packed, into one
 /// allocation of `len` elements.
 fn pack_converted<T: Elem>(

@@ -74,7 +74,8 @@ pub use isa::{Isa, best_isa, cpu_is_amd, isa, supported_isas};
 pub use norm::{layer_norm, layer_norm_with, rms_norm, rms_norm_with};
 pub use packed::{
     PANEL, PackedData, PackedMatrix, checked_packed_len, matmul_packed, matmul_packed_with,
-    pack_linear, pack_linear_with, packed_preferred, unpack_packed, unpack_packed_row,
+    pack_linear, pack_linear_with, packed_in_place_too, packed_preferred, unpack_packed,
+    unpack_packed_row,
 };
 pub use quant::{
     QActivations, QBLOCK, QFormat, QMatrix, QuantKernel, QuantPath, dequantize,

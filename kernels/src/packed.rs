@@ -86,6 +86,19 @@ pub fn packed_preferred() -> bool {
     })
 }
 
+/// Whether weights a loader could use in place from a mapped checkpoint (f16 loaded as f16)
+/// are packed too: `BLIP2_CPU_PACK=all`, where packing is preferred at all. Off by default,
+/// since the copy makes the load slower (the pages it needs are zeroed by the kernel) while
+/// in place the pages are shared and read straight from the page cache; on, the prefill and
+/// batched decode run on panels (docs/cpu.md). Read once.
+pub fn packed_in_place_too() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        packed_preferred() && std::env::var("BLIP2_CPU_PACK").is_ok_and(|v| v.trim() == "all")
+    })
+}
+
 /// Packs row-major `w` (`rows × cols`) into `out` (`checked_packed_len(rows, cols)`
 /// elements), panels in parallel. Padding rows are written as `T::default()` (zero).
 ///

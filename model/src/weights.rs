@@ -694,6 +694,9 @@ pub struct WeightStats {
     pub prequantized: usize,
     /// Tensors quantized from float data while loading.
     pub quantized_at_load: usize,
+    /// Float tensors used in place from the mapped checkpoint (f16 loaded as f16 on the CPU),
+    /// neither copied nor packed (`BLIP2_CPU_PACK=all` packs them: docs/cpu.md).
+    pub mapped: usize,
     /// The PEFT adapters merged into these weights, in order.
     pub adapters: Vec<AdapterStats>,
 }
@@ -716,6 +719,7 @@ impl WeightStats {
             "linear_bytes": self.linear_bytes,
             "prequantized": self.prequantized,
             "quantized_at_load": self.quantized_at_load,
+            "mapped": self.mapped,
             "adapters": self.adapters.iter().map(|a| serde_json::json!({
                 "dir": a.dir.display().to_string(),
                 "scale": a.scale,
@@ -1222,8 +1226,12 @@ impl<'a> WeightLoader<'a> {
             return t;
         }
         // A tensor used in place from the mapped file stays so (no copy, pages shared with
-        // other processes); panels are made only where a copy is made anyway.
-        let t = if panels && !Tensor::used_in_place(stored, dtype, &self.device) {
+        // other processes); panels are made only where a copy is made anyway, or where
+        // `BLIP2_CPU_PACK=all` asks for them.
+        let t = if panels
+            && (!Tensor::used_in_place(stored, dtype, &self.device)
+                || blip2_engine::panels_for_mapped())
+        {
             // Converted anyway: straight into panels, one allocation.
             Tensor::panels_from_bytes(bytes, stored, shape, dtype)
         } else {
@@ -1418,6 +1426,11 @@ impl<'a> WeightLoader<'a> {
             ..Default::default()
         };
         let mut linear_dtypes = std::collections::BTreeSet::new();
+        s.mapped = st
+            .cache
+            .values()
+            .filter(|t| t.is_shared() && !t.dtype().is_quantized())
+            .count();
         let cached = st
             .cache
             .iter()
