@@ -369,11 +369,18 @@ fn dot_rows(isa: Isa, xq: &[i8], xd: &[f32], w: &QMatrix, j0: usize, out: &mut [
         assert!(j0 + n <= w.rows && xd.len() == nb && xq.len() == nb * QBLOCK);
         // AVX-512 with VNNI: one `vpdpbusd` per 64 weight bytes. AVX-512 without VNNI runs
         // the AVX2 kernel (every such CPU has AVX2). Both take the same arguments.
+        let l2 = crate::x86_quant::prefetch_to_l2();
         let kernel: Option<crate::x86_quant::DotRows> =
             if isa == Isa::Avx512 && crate::x86_vnni::vnni_available() {
-                Some(crate::x86_vnni::dot_rows_vnni)
+                Some(match l2 {
+                    true => crate::x86_vnni::dot_rows_vnni::<true>,
+                    false => crate::x86_vnni::dot_rows_vnni::<false>,
+                })
             } else if matches!(isa, Isa::Avx2Fma | Isa::Avx512) {
-                Some(crate::x86_quant::dot_rows_i8_avx2)
+                Some(match l2 {
+                    true => crate::x86_quant::dot_rows_i8_avx2::<true>,
+                    false => crate::x86_quant::dot_rows_i8_avx2::<false>,
+                })
             } else {
                 None
             };

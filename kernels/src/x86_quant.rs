@@ -203,38 +203,14 @@ pub(crate) type DotRows =
 /// out[q] = Σ_b d_w[q,b]·d_x[b]·(Σ_i w[q,b,i]·x[b,i]) for q < n, with the activations
 /// quantized to bytes (`xq`, `xd`: `blocks` blocks) and W given by its first row's quants
 /// `qs` (stride row_bytes) and scales (stride `blocks`). Four rows share the loads of x.
+/// W's rows are requested ahead into L2 with `L2`, else into L1 ([`prefetch_to_l2`]).
 ///
 /// # Safety
 /// AVX2+FMA+F16C present; xq holds blocks·32 bytes, xd blocks floats; n rows of quants and
 /// scales; `out` n floats.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn dot_rows_i8_avx2(
-    format: QFormat,
-    blocks: usize,
-    xq: *const i8,
-    xd: *const f32,
-    qs: *const u8,
-    scales: *const f16,
-    n: usize,
-    out: *mut f32,
-) {
-    // SAFETY: the contract is the caller's.
-    unsafe {
-        if prefetch_to_l2() {
-            rows_avx2::<true>(format, blocks, xq, xd, qs, scales, n, out)
-        } else {
-            rows_avx2::<false>(format, blocks, xq, xd, qs, scales, n, out)
-        }
-    }
-}
-
-/// [`dot_rows_i8_avx2`] with W's rows requested into L2 (`L2`) or L1.
-///
-/// # Safety
-/// As [`dot_rows_i8_avx2`].
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn rows_avx2<const L2: bool>(
+pub(crate) unsafe fn dot_rows_i8_avx2<const L2: bool>(
     format: QFormat,
     blocks: usize,
     xq: *const i8,

@@ -109,39 +109,15 @@ const LANES_Q8: [i32; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
 const LANES_Q4: [i32; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3];
 
 /// out[q] = Σ_b d_w[q,b]·d_x[b]·(Σ_i w[q,b,i]·x[b,i]) for q < n: the contract of
-/// `x86_quant::dot_rows_i8_avx2`. Four rows share every activation load.
+/// `x86_quant::dot_rows_i8_avx2`. Four rows share every activation load. W's rows are
+/// requested ahead into L2 with `L2`, else into L1 (`x86_quant::prefetch_to_l2`).
 ///
 /// # Safety
 /// [`vnni_available`] is true; xq holds blocks·32 bytes, xd blocks floats; n rows of quants
 /// (stride blocks·block_bytes) and scales (stride blocks); `out` n floats.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn dot_rows_vnni(
-    format: QFormat,
-    blocks: usize,
-    xq: *const i8,
-    xd: *const f32,
-    qs: *const u8,
-    scales: *const f16,
-    n: usize,
-    out: *mut f32,
-) {
-    // SAFETY: the contract is the caller's.
-    unsafe {
-        if prefetch_to_l2() {
-            rows_vnni::<true>(format, blocks, xq, xd, qs, scales, n, out)
-        } else {
-            rows_vnni::<false>(format, blocks, xq, xd, qs, scales, n, out)
-        }
-    }
-}
-
-/// [`dot_rows_vnni`] with W's rows requested into L2 (`L2`) or L1.
-///
-/// # Safety
-/// As [`dot_rows_vnni`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_vnni<const L2: bool>(
+pub(crate) unsafe fn dot_rows_vnni<const L2: bool>(
     format: QFormat,
     blocks: usize,
     xq: *const i8,
