@@ -337,7 +337,7 @@ fn gemv_block_isa(
         // 16·kp values, acc m rows.
         unsafe {
             let (l2, w) = (
-                crate::x86_quant::prefetch_to_l2(),
+                crate::x86_prefetch::prefetch_to_l2(),
                 blk.as_ptr() as *const u16,
             );
             macro_rules! rows {
@@ -362,7 +362,7 @@ fn gemv_block_isa(
 /// [`gemv_block_body`] for M rows in zmm registers: each 64-byte pair slice is widened to
 /// the 16 even-K and 16 odd-K weights (a shift and a mask: bf16 is the top half of f32) and
 /// multiplied with broadcast activations. Requests W 16 KiB ahead, into L2 with `L2` (AMD,
-/// `x86_quant::prefetch_to_l2`) else into L1: decode streams W from memory once, and the
+/// `x86_prefetch::prefetch_to_l2`) else into L1: decode streams W from memory once, and the
 /// hardware prefetcher alone leaves bandwidth unused (as in the quantized GEMV).
 ///
 /// # Safety
@@ -385,7 +385,10 @@ unsafe fn gemv_block_avx512<const M: usize, const L2: bool>(
         let mut t = [_mm512_setzero_ps(); M];
         for p in 0..k / 2 {
             let src = blk.add(p * 32);
-            crate::x86_quant::request_ahead::<L2>(src as *const u8, 16384);
+            crate::x86_prefetch::request_ahead::<L2>(
+                src as *const u8,
+                crate::x86_prefetch::STREAM_AHEAD,
+            );
             let v = _mm512_loadu_si512(src as *const __m512i);
             let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
             let odd = _mm512_castsi512_ps(_mm512_and_si512(v, hi));

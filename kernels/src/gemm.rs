@@ -379,9 +379,9 @@ unsafe fn transpose_into(
 unsafe fn gemv(isa: Isa, n: usize, k: usize, a: *const f32, b: MatB, c: *mut f32) {
     // SAFETY: per the contract above; the ISA is resolved by the public entry points.
     unsafe {
-        // W's rows requested into L2 or L1 (`x86_quant::prefetch_to_l2`).
+        // W's rows requested into L2 or L1 (`x86_prefetch::prefetch_to_l2`).
         #[cfg(target_arch = "x86_64")]
-        let l2 = crate::x86_quant::prefetch_to_l2();
+        let l2 = crate::x86_prefetch::prefetch_to_l2();
         #[cfg(target_arch = "x86_64")]
         macro_rules! rows {
             ($f:ident, $p:expr) => {
@@ -535,12 +535,17 @@ pub(crate) unsafe fn gemm_serial(
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if b.trans && m > SMALL_M && m <= ROWS_IN_PASSES_MAX_M && isa == Isa::Avx512 {
-            // Blocks of W's rows (small enough to stay in L2 while every pass reads them),
-            // each met by the activation rows SMALL_M at a time: W comes from memory once
-            // and is never packed.
-            for j0 in (0..n).step_by(ROWS_IN_PASSES_BLOCK) {
-                let w = ROWS_IN_PASSES_BLOCK.min(n - j0);
+        if b.trans && m <= ROWS_IN_PASSES_MAX_M && isa == Isa::Avx512 {
+            // Up to SMALL_M rows one pass over W; above, blocks of W's rows (small enough
+            // to stay in L2 while every pass reads them), each met by the activation rows
+            // SMALL_M at a time: W comes from memory once and is never packed.
+            let block = if m <= SMALL_M {
+                n
+            } else {
+                ROWS_IN_PASSES_BLOCK
+            };
+            for j0 in (0..n).step_by(block) {
+                let w = block.min(n - j0);
                 for i0 in (0..m).step_by(SMALL_M) {
                     let r = SMALL_M.min(m - i0);
                     small_t_avx512(
@@ -555,12 +560,6 @@ pub(crate) unsafe fn gemm_serial(
                     );
                 }
             }
-            add_bias(c);
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if b.trans && m <= SMALL_M && isa == Isa::Avx512 {
-            small_t_avx512(m, n, k, a, lda, b, c, ldc);
             add_bias(c);
             return;
         }
@@ -593,7 +592,7 @@ const ROWS_IN_PASSES_MAX_M: usize = 64;
 /// measured the same).
 const ROWS_IN_PASSES_BLOCK: usize = 32;
 
-/// x·Wᵀ for 2 ≤ m ≤ [`SMALL_M`] rows on AVX-512: one pass over W for all rows.
+/// x·Wᵀ for 1 ≤ m ≤ [`SMALL_M`] rows on AVX-512: one pass over W for all rows.
 ///
 /// # Safety
 /// As [`gemm_serial`], with `b.trans` and AVX-512 present.

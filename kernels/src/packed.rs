@@ -76,27 +76,41 @@ pub fn checked_packed_len(rows: usize, cols: usize) -> Option<usize> {
     rows.div_ceil(PANEL).checked_mul(PANEL)?.checked_mul(cols)
 }
 
+/// `BLIP2_CPU_PACK`: `0` keeps row-major weights, `all` packs even those a loader could use
+/// in place; anything else (or unset) is the default.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PackSetting {
+    Default,
+    Off,
+    All,
+}
+
+/// [`PackSetting`] from the environment, read once.
+fn pack_setting() -> PackSetting {
+    use std::sync::OnceLock;
+    static SETTING: OnceLock<PackSetting> = OnceLock::new();
+    *SETTING.get_or_init(
+        || match std::env::var("BLIP2_CPU_PACK").as_deref().map(str::trim) {
+            Ok("0") => PackSetting::Off,
+            Ok("all") => PackSetting::All,
+            _ => PackSetting::Default,
+        },
+    )
+}
+
 /// Whether a loader should pack f32/f16 linear weights for this process: the detected ISA
 /// reads the layout in place (AVX-512), and `BLIP2_CPU_PACK=0` has not turned it off.
 pub fn packed_preferred() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        isa() == Isa::Avx512 && std::env::var("BLIP2_CPU_PACK").map_or(true, |v| v != "0")
-    })
+    isa() == Isa::Avx512 && pack_setting() != PackSetting::Off
 }
 
 /// Whether weights a loader could use in place from a mapped checkpoint (f16 loaded as f16)
 /// are packed too: `BLIP2_CPU_PACK=all`, where packing is preferred at all. Off by default,
 /// since the copy makes the load slower (the pages it needs are zeroed by the kernel) while
 /// in place the pages are shared and read straight from the page cache; on, the prefill and
-/// batched decode run on panels (docs/cpu.md). Read once.
+/// batched decode run on panels (docs/cpu.md).
 pub fn packed_in_place_too() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        packed_preferred() && std::env::var("BLIP2_CPU_PACK").is_ok_and(|v| v.trim() == "all")
-    })
+    packed_preferred() && pack_setting() == PackSetting::All
 }
 
 /// Packs row-major `w` (`rows × cols`) into `out` (`checked_packed_len(rows, cols)`

@@ -369,7 +369,7 @@ fn dot_rows(isa: Isa, xq: &[i8], xd: &[f32], w: &QMatrix, j0: usize, out: &mut [
         assert!(j0 + n <= w.rows && xd.len() == nb && xq.len() == nb * QBLOCK);
         // AVX-512 with VNNI: one `vpdpbusd` per 64 weight bytes. AVX-512 without VNNI runs
         // the AVX2 kernel (every such CPU has AVX2). Both take the same arguments.
-        let l2 = crate::x86_quant::prefetch_to_l2();
+        let l2 = crate::x86_prefetch::prefetch_to_l2();
         let kernel: Option<crate::x86_quant::DotRows> =
             if isa == Isa::Avx512 && crate::x86_vnni::vnni_available() {
                 Some(match l2 {

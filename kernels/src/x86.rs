@@ -242,11 +242,11 @@ macro_rules! w256 {
 
 /// How far ahead the row-major GEMVs request each of their four rows (`rb` bytes apart):
 /// into L1 [`PREFETCH_BYTES`]; into L2 the quantized GEMV's rule
-/// (`x86_quant::prefetch_ahead`: 16 KiB or one pass of four rows, whichever is further).
+/// (`x86_prefetch::prefetch_ahead`: 16 KiB or one pass of four rows, whichever is further).
 #[inline(always)]
 fn gemv_ahead(l2: bool, rb: usize) -> usize {
     if l2 {
-        crate::x86_quant::prefetch_ahead(true, 4, rb)
+        crate::x86_prefetch::prefetch_ahead(true, 4, rb)
     } else {
         PREFETCH_BYTES
     }
@@ -256,7 +256,7 @@ macro_rules! gemv_x86 {
     ($ty:ty, $kind:tt, $t512:ident, $n512:ident, $t256:ident, $n256:ident) => {
         /// out[j] = Σ_p a[p]·w[j·ld + p] for j < n (rows of W dotted with a; W is [n×k]).
         /// W's rows are requested ahead into L2 with `L2` (AMD: see
-        /// `x86_quant::prefetch_to_l2`; the f16 rows of fc1 from DRAM took 0.77× the time
+        /// `x86_prefetch::prefetch_to_l2`; the f16 rows of fc1 from DRAM took 0.77× the time
         /// with it on Zen 4), else [`PREFETCH_BYTES`] ahead into L1.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
         #[allow(clippy::needless_range_loop)]
@@ -287,7 +287,7 @@ macro_rules! gemv_x86 {
                         let a0 = _mm512_loadu_ps(a.add(p));
                         let a1 = _mm512_loadu_ps(a.add(p + 16));
                         for q in 0..4 {
-                            crate::x86_quant::request_ahead::<L2>(
+                            crate::x86_prefetch::request_ahead::<L2>(
                                 rows[q].add(p) as *const u8,
                                 ahead,
                             );
@@ -390,7 +390,7 @@ macro_rules! gemv_x86 {
                         let a0 = _mm256_loadu_ps(a.add(p));
                         let a1 = _mm256_loadu_ps(a.add(p + 8));
                         for q in 0..4 {
-                            crate::x86_quant::request_ahead::<L2>(
+                            crate::x86_prefetch::request_ahead::<L2>(
                                 rows[q].add(p) as *const u8,
                                 ahead,
                             );
@@ -489,13 +489,14 @@ gemv_x86!(
     gemv_n_f16_avx2
 );
 
-/// Scalar part of the transposing packs: dst[p·nr + j] = src[j·ld + p] for the given ranges.
+/// Scalar part of the transposing packs: dst[p·nr + j] = src[j·ld + p] for the given ranges
+/// (with `F16`, `src` is a cast `*const f16`, widened).
 ///
 /// # Safety
 /// As [`transpose_pack_avx512`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn transpose_scalar(
+unsafe fn transpose_scalar<const F16: bool>(
     src: *const f32,
     ld: usize,
     j0: usize,
@@ -509,7 +510,11 @@ unsafe fn transpose_scalar(
     unsafe {
         for j in j0..j1 {
             for p in p0..p1 {
-                *dst.add(p * nr + j) = *src.add(j * ld + p);
+                *dst.add(p * nr + j) = if F16 {
+                    (*(src as *const half::f16).add(j * ld + p)).to_f32()
+                } else {
+                    *src.add(j * ld + p)
+                };
             }
         }
     }
@@ -579,16 +584,7 @@ pub(crate) unsafe fn transpose_pack_avx512<const F16: bool>(
                 }
             }
         }
-        if F16 {
-            let h = src as *const half::f16;
-            for j in 0..w {
-                for p in kf..kc {
-                    *dst.add(p * nr + j) = (*h.add(j * ld + p)).to_f32();
-                }
-            }
-        } else {
-            transpose_scalar(src, ld, 0, w, kf, kc, dst, nr);
-        }
+        transpose_scalar::<F16>(src, ld, 0, w, kf, kc, dst, nr);
     }
 }
 
@@ -635,8 +631,8 @@ pub(crate) unsafe fn transpose_pack_avx2(
                 }
             }
         }
-        transpose_scalar(src, ld, wf, w, 0, kc, dst, nr);
-        transpose_scalar(src, ld, 0, wf, kf, kc, dst, nr);
+        transpose_scalar::<false>(src, ld, wf, w, 0, kc, dst, nr);
+        transpose_scalar::<false>(src, ld, 0, wf, kf, kc, dst, nr);
     }
 }
 

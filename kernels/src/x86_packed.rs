@@ -164,35 +164,24 @@ impl Job {
             let c = self.c.add(col0);
             let (k, a, n) = (self.k, self.a, self.n);
             macro_rules! go {
-                ($m:literal, $nv:literal, $pf:expr) => {
-                    match (self.f16, $pf) {
-                        (true, true) => {
-                            small::<$m, $nv, true, true>(k, a, w, stride, bias, c, n, cols)
-                        }
-                        (false, true) => {
-                            small::<$m, $nv, false, true>(k, a, w, stride, bias, c, n, cols)
-                        }
-                        (true, false) => {
-                            small::<$m, $nv, true, false>(k, a, w, stride, bias, c, n, cols)
-                        }
-                        (false, false) => {
-                            small::<$m, $nv, false, false>(k, a, w, stride, bias, c, n, cols)
-                        }
+                ($m:literal, $nv:literal, $pf:literal) => {
+                    if self.f16 {
+                        small::<$m, $nv, true, $pf>(k, a, w, stride, bias, c, n, cols)
+                    } else {
+                        small::<$m, $nv, false, $pf>(k, a, w, stride, bias, c, n, cols)
                     }
                 };
                 ($m:literal, $nv:literal) => {
-                    if self.f16 {
-                        small::<$m, $nv, true, true>(k, a, w, stride, bias, c, n, cols)
-                    } else {
-                        small::<$m, $nv, false, true>(k, a, w, stride, bias, c, n, cols)
-                    }
+                    go!($m, $nv, true)
                 };
             }
             // The software prefetch is a choice only where a whole pass runs (four panels).
             let pf = small_prefetch(self.m);
             match (self.m, panels) {
-                (1, 4) => go!(1, 8, pf),
-                (2, 4) => go!(2, 8, pf),
+                (1, 4) if pf => go!(1, 8, true),
+                (1, 4) => go!(1, 8, false),
+                (2, 4) if pf => go!(2, 8, true),
+                (2, 4) => go!(2, 8, false),
                 (3, 2) => go!(3, 4),
                 (4, 2) => go!(4, 4),
                 (1, _) => go!(1, 2),

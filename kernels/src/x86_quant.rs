@@ -7,57 +7,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use crate::quant::{QBLOCK, QFormat};
-
-/// Bytes ahead of the current block each weight row is prefetched (rows are streamed once).
-pub(crate) const PREFETCH_BYTES: usize = 16384;
-
-/// Whether the decode kernels of quantized weights (this file's and `x86_vnni.rs`) request
-/// their weight rows into L2 (`prefetcht1`) instead of L1 (`prefetcht0`). On AMD Zen 4 the
-/// L1 requests held one core to 12 GB/s; into L2, OPT-2.7B's fc1 in q8 from DRAM took 0.59×
-/// the time (one thread) and 0.60× (two: 19.7 → 31.5 GB/s), q4 0.78×, the VNNI rows at
-/// 2 rows 0.76× and 4 rows 0.89×, the AVX2 kernel 0.79–0.82×, the packed bf16 GEMV 0.95–0.97×
-/// at 1 row and 0.78–0.80× at 2–4 (docs/performance.md). Intel keeps the L1 requests it was
-/// measured with. `BLIP2_CPU_QPREFETCH=l1|l2` overrides (A/B runs). Read once.
-pub(crate) fn prefetch_to_l2() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        match std::env::var("BLIP2_CPU_QPREFETCH")
-            .as_deref()
-            .map(str::trim)
-        {
-            Ok("l1") => false,
-            Ok("l2") => true,
-            _ => crate::cpu_is_amd(),
-        }
-    })
-}
-
-/// How far ahead of its current position each of `rows` weight rows (`rb` bytes each,
-/// stored one after another) is requested. L1 requests: [`PREFETCH_BYTES`]. L2 requests: at
-/// least one pass of the rows ahead, so that long rows (fc2's 10 KiB) do not request bytes
-/// the pass's own later rows are about to read (fc2 in q8: 0.86× the time of 16 KiB ahead).
-#[inline(always)]
-pub(crate) const fn prefetch_ahead(l2: bool, rows: usize, rb: usize) -> usize {
-    if l2 && rows * rb > PREFETCH_BYTES {
-        rows * rb
-    } else {
-        PREFETCH_BYTES
-    }
-}
-
-/// Requests the cache line at `p + ahead`: into L2 with `L2`, else into L1. Never faults.
-#[inline(always)]
-pub(crate) fn request_ahead<const L2: bool>(p: *const u8, ahead: usize) {
-    let p = p.wrapping_add(ahead) as *const i8;
-    // SAFETY: a prefetch is a hint; it never faults, whatever the address. SSE is baseline.
-    unsafe {
-        if L2 {
-            _mm_prefetch::<_MM_HINT_T1>(p);
-        } else {
-            _mm_prefetch::<_MM_HINT_T0>(p);
-        }
-    }
-}
+use crate::x86_prefetch::{prefetch_ahead, request_ahead};
 
 /// An f16 scale as f32 (F16C).
 #[inline]
@@ -203,7 +153,7 @@ pub(crate) type DotRows =
 /// out[q] = Σ_b d_w[q,b]·d_x[b]·(Σ_i w[q,b,i]·x[b,i]) for q < n, with the activations
 /// quantized to bytes (`xq`, `xd`: `blocks` blocks) and W given by its first row's quants
 /// `qs` (stride row_bytes) and scales (stride `blocks`). Four rows share the loads of x.
-/// W's rows are requested ahead into L2 with `L2`, else into L1 ([`prefetch_to_l2`]).
+/// W's rows are requested ahead into L2 with `L2`, else into L1 (`x86_prefetch::prefetch_to_l2`).
 ///
 /// # Safety
 /// AVX2+FMA+F16C present; xq holds blocks·32 bytes, xd blocks floats; n rows of quants and

@@ -18,7 +18,8 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use crate::quant::{QBLOCK, QFormat};
-use crate::x86_quant::{prefetch_ahead, prefetch_to_l2, request_ahead, scale_products};
+use crate::x86_prefetch::{prefetch_ahead, prefetch_to_l2, request_ahead};
+use crate::x86_quant::scale_products;
 
 /// Whether this CPU has AVX-512 VNNI (with F/BW/VL), unless `BLIP2_CPU_VNNI=0`. Checked once.
 pub(crate) fn vnni_available() -> bool {
@@ -110,7 +111,7 @@ const LANES_Q4: [i32; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3];
 
 /// out[q] = Σ_b d_w[q,b]·d_x[b]·(Σ_i w[q,b,i]·x[b,i]) for q < n: the contract of
 /// `x86_quant::dot_rows_i8_avx2`. Four rows share every activation load. W's rows are
-/// requested ahead into L2 with `L2`, else into L1 (`x86_quant::prefetch_to_l2`).
+/// requested ahead into L2 with `L2`, else into L1 (`x86_prefetch::prefetch_to_l2`).
 ///
 /// # Safety
 /// [`vnni_available`] is true; xq holds blocks·32 bytes, xd blocks floats; n rows of quants
