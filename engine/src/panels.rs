@@ -134,7 +134,7 @@ impl Panels {
 }
 
 /// Whether f32/f16 linear weights should be packed into panels on this machine: the CPU
-/// kernels read them in place (AVX-512), and `BLIP2_CPU_PACK=0` has not turned that off.
+/// kernels read them in place (AVX-512, AVX2), and `BLIP2_CPU_PACK=0` has not turned that off.
 pub fn panels_preferred() -> bool {
     blip2_kernels::packed_preferred()
 }

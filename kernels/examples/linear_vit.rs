@@ -52,7 +52,14 @@ fn main() {
             data: PackedData::F16(&wp),
         };
         let (mut t32, mut t16, mut tb) = (vec![], vec![], vec![]);
-        let (mut tp, mut ts) = (vec![], vec![]);
+        let mut wp32 = AlignedVec::<f32>::zeroed(checked_packed_len(n, k).unwrap());
+        pack_linear(&w, n, k, &mut wp32);
+        let wpm32 = PackedMatrix {
+            rows: n,
+            cols: k,
+            data: PackedData::F32(&wp32),
+        };
+        let (mut tp, mut ts, mut tp32) = (vec![], vec![], vec![]);
         for _ in 0..rounds {
             let t = Instant::now();
             matmul(&a, BSlice::F32(&w), Some(&bias), &mut c, m, k, n, true);
@@ -66,6 +73,9 @@ fn main() {
             let t = Instant::now();
             matmul_packed_with(isa(), 0, &a, &wpm, Some(&bias), &mut c, m);
             tp.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            matmul_packed_with(isa(), 0, &a, &wpm32, Some(&bias), &mut c, m);
+            tp32.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
             if !matmul_packed_split_with(0, &a, &wpm, Some(&bias), &mut c, m) {
                 break;
@@ -85,6 +95,13 @@ fn main() {
             ab / a32
         );
         let ap = median(tp);
+        let ap32 = median(tp32);
+        println!(
+            "  f32 packed {:.2} ms ({:.0}) | packed/row-major {:.2}",
+            ap32 * 1e3,
+            fl / ap32,
+            ap32 / a32
+        );
         if ts.is_empty() {
             println!(
                 "  f16 packed {:.2} ms ({:.0}) | no split path here",

@@ -36,6 +36,8 @@ mod x86_dpbf16;
 #[cfg(target_arch = "x86_64")]
 mod x86_packed;
 #[cfg(target_arch = "x86_64")]
+mod x86_packed_avx2;
+#[cfg(target_arch = "x86_64")]
 mod x86_prefetch;
 #[cfg(target_arch = "x86_64")]
 mod x86_qtiles;

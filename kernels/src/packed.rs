@@ -1,15 +1,16 @@
-//! f32 and f16 linear weights packed once, at load, in the layout the AVX-512 GEMM
-//! microkernel reads (`PackedMatrix`), so that no call repacks, transposes or widens W.
+//! f32 and f16 linear weights packed once, at load, in the layout the x86 GEMM microkernels
+//! read (`PackedMatrix`), so that no call repacks, transposes or widens W.
 //!
 //! Layout: W is `rows × cols` (nn.Linear's `[out, in]`). Rows are cut into panels of
 //! [`PANEL`] = 32 (zero-padded), and each panel is stored K-major: element (r, k) sits at
 //! `(r / 32)·32·cols + k·32 + r % 32`. One K step of a panel is the 32 output columns of the
-//! 14×32 microkernel's B operand (two zmm registers; f16 widened in registers), and a K
-//! range of a panel is one contiguous block, so cache blocking needs no copy. The same panels
-//! feed the small-M path (decode: every activation row against each panel in one pass).
+//! 14×32 microkernel's B operand (two zmm registers; f16 widened in registers; on AVX2 the
+//! 6×16 microkernel reads each half), and a K range of a panel is one contiguous block, so
+//! cache blocking needs no copy. The same panels feed the small-M path (decode: every
+//! activation row against each panel in one pass).
 //!
-//! Only the AVX-512 kernels read the layout in place ([`packed_preferred`] says whether a
-//! loader should pack); on other instruction sets [`matmul_packed_with`] widens 256-row
+//! The AVX-512 and AVX2 kernels read the layout in place ([`packed_preferred`] says whether a
+//! loader should pack); elsewhere (NEON, scalar) [`matmul_packed_with`] widens 256-row
 //! blocks to row-major f32 per call and runs the ordinary f32 GEMM, so the format is correct
 //! everywhere and its tests run on every ISA.
 
@@ -99,9 +100,9 @@ fn pack_setting() -> PackSetting {
 }
 
 /// Whether a loader should pack f32/f16 linear weights for this process: the detected ISA
-/// reads the layout in place (AVX-512), and `BLIP2_CPU_PACK=0` has not turned it off.
+/// reads the layout in place (AVX-512, AVX2), and `BLIP2_CPU_PACK=0` has not turned it off.
 pub fn packed_preferred() -> bool {
-    isa() == Isa::Avx512 && pack_setting() != PackSetting::Off
+    matches!(isa(), Isa::Avx512 | Isa::Avx2Fma) && pack_setting() != PackSetting::Off
 }
 
 /// Whether weights a loader could use in place from a mapped checkpoint (f16 loaded as f16)
@@ -235,8 +236,8 @@ pub fn matmul_packed_with(
     let isa = isa.resolve();
     let threads = resolve_threads(threads);
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        return crate::x86_packed::matmul_packed_avx512(threads, a, w, bias, c, m);
+    if matches!(isa, Isa::Avx512 | Isa::Avx2Fma) {
+        return crate::x86_packed::matmul_packed_x86(isa, threads, a, w, bias, c, m);
     }
     // Other ISAs: widen 256-row blocks to row-major f32 and use their GEMM.
     matmul_widened(

@@ -1,6 +1,7 @@
-//! AVX-512 linear layer over weights packed at load (`packed.rs`): the 8–14 × 32 microkernel
-//! reads the packed panels in place (f16 widened in registers), and up to 8 activation rows
-//! (decode) take every row against a few panels in one pass over W.
+//! x86 linear layer over weights packed at load (`packed.rs`). AVX-512: the 8–14 × 32
+//! microkernel reads the packed panels in place (f16 widened in registers), and up to 8
+//! activation rows (decode) take every row against a few panels in one pass over W. AVX2:
+//! the same plan with 8-lane kernels (`x86_packed_avx2.rs`).
 
 use std::arch::x86_64::*;
 
@@ -46,8 +47,10 @@ fn small_prefetch(m: usize) -> bool {
     forced.unwrap_or(m > 2 || !crate::cpu_is_amd())
 }
 
-/// C[m×n] = A[m×k]·Wᵀ (+ bias) for a packed W on AVX-512; tasks own ranges of panels.
-pub(crate) fn matmul_packed_avx512(
+/// C[m×n] = A[m×k]·Wᵀ (+ bias) for a packed W on AVX-512 or AVX2 (`isa`, resolved); tasks
+/// own ranges of panels.
+pub(crate) fn matmul_packed_x86(
+    isa: Isa,
     threads: usize,
     a: &[f32],
     w: &PackedMatrix,
@@ -87,10 +90,11 @@ pub(crate) fn matmul_packed_avx512(
         // SAFETY: `linear_trivial` checked every length against (m, n, k) and the packed
         // shape; tasks own disjoint panel (column) ranges of C.
         unsafe {
-            if m <= SMALL_M {
-                job.small(q0, q1);
-            } else {
-                job.blocked(q0, q1);
+            match (isa == Isa::Avx512, m <= SMALL_M) {
+                (true, true) => job.small(q0, q1),
+                (true, false) => job.blocked(q0, q1),
+                (false, true) => job.small_avx2(q0, q1),
+                (false, false) => job.blocked_avx2(q0, q1),
             }
         }
     };
@@ -101,15 +105,15 @@ pub(crate) fn matmul_packed_avx512(
 /// One call's operands: A row-major (stride k), W packed (a `*const f16` cast when `f16`),
 /// C row-major (stride n).
 #[derive(Clone, Copy)]
-struct Job {
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    w: *const f32,
-    f16: bool,
-    bias: Option<*const f32>,
-    c: *mut f32,
+pub(crate) struct Job {
+    pub(crate) m: usize,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) a: *const f32,
+    pub(crate) w: *const f32,
+    pub(crate) f16: bool,
+    pub(crate) bias: Option<*const f32>,
+    pub(crate) c: *mut f32,
 }
 
 impl Job {
@@ -117,7 +121,7 @@ impl Job {
     ///
     /// # Safety
     /// `off` within the packed data.
-    unsafe fn w_at(&self, off: usize) -> *const f32 {
+    pub(crate) unsafe fn w_at(&self, off: usize) -> *const f32 {
         // SAFETY: per the contract above.
         unsafe {
             if self.f16 {
