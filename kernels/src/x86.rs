@@ -177,6 +177,7 @@ macro_rules! w256 {
         _mm256_cvtph_ps(_mm_loadu_si128($p as *const __m128i))
     };
 }
+pub(crate) use w256;
 
 /// AVX2+FMA microkernel, same contract as [`ukr_avx512`] with 8-lane registers (B packed
 /// per call, rows 8·NV apart).
@@ -195,7 +196,7 @@ pub(crate) unsafe fn ukr_avx2<const MR: usize, const NV: usize>(
     cols: usize,
     accumulate: bool,
 ) {
-    // SAFETY: per the contract above, with nothing to prefetch.
+    // SAFETY: per the contract above.
     unsafe { ukr_avx2_ld::<MR, NV, false>(kc, a, b, 8 * NV, c, ldc, rows, cols, accumulate) }
 }
 

@@ -132,6 +132,26 @@ impl Job {
         }
     }
 
+    /// Starts columns `[j0, j1)` of every row of C at the bias (if any), so that every K
+    /// block of the blocked paths accumulates.
+    ///
+    /// # Safety
+    /// The operands as [`matmul_packed_x86`] checked them; `j0 ≤ j1 ≤ n`.
+    pub(crate) unsafe fn c_from_bias(&self, j0: usize, j1: usize) {
+        if let Some(bias) = self.bias {
+            for i in 0..self.m {
+                // SAFETY: per the contract above.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bias.add(j0),
+                        self.c.add(i * self.n + j0),
+                        j1 - j0,
+                    );
+                }
+            }
+        }
+    }
+
     /// Panels `[q0, q1)` for m ≤ [`SMALL_M`]: each group of panels is read once for all rows.
     ///
     /// # Safety
@@ -230,12 +250,7 @@ impl Job {
         let mc_max = mc.min(m.div_ceil(mr) * mr);
         // SAFETY: per the contract above; the A buffer holds mc_max × KC floats.
         unsafe {
-            if let Some(bias) = self.bias {
-                // Start C at the bias so every K block accumulates.
-                for i in 0..m {
-                    std::ptr::copy_nonoverlapping(bias.add(j0), self.c.add(i * n + j0), j1 - j0);
-                }
-            }
+            self.c_from_bias(j0, j1);
             with_pack_buffers(mc_max * KC.min(k), KC.min(k) * PANEL, |ap, bp| {
                 for pc in (0..k).step_by(KC) {
                     let kcur = KC.min(k - pc);

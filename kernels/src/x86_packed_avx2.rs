@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 use crate::Isa;
 use crate::gemm::{pack_a, part, with_pack_buffers};
 use crate::packed::PANEL;
-use crate::x86::ukr_avx2_ld;
+use crate::x86::{ukr_avx2_ld, w256};
 use crate::x86_packed::Job;
 
 /// Microkernel rows: a 6 × 16 tile is 12 accumulators + 2 B + 1 broadcast of the 16 ymm
@@ -112,12 +112,7 @@ impl Job {
         let mc_max = mc.min(m.div_ceil(MR) * MR);
         // SAFETY: per the contract above; the A buffer holds mc_max × KC floats.
         unsafe {
-            if let Some(bias) = self.bias {
-                // Start C at the bias so every K block accumulates.
-                for i in 0..m {
-                    std::ptr::copy_nonoverlapping(bias.add(j0), self.c.add(i * n + j0), j1 - j0);
-                }
-            }
+            self.c_from_bias(j0, j1);
             with_pack_buffers(mc_max * KC.min(k), 0, |ap, _| {
                 for pc in (0..k).step_by(KC) {
                     let kc = KC.min(k - pc);
@@ -212,9 +207,9 @@ unsafe fn small<const M: usize, const F16: bool>(
                 let mut wv = [_mm256_setzero_ps(); NV];
                 for v in 0..NV {
                     wv[v] = if F16 {
-                        _mm256_cvtph_ps(_mm_loadu_si128(row.add(16 * v) as *const __m128i))
+                        w256!(f16, (row as *const u16).add(8 * v))
                     } else {
-                        _mm256_loadu_ps((row as *const f32).add(8 * v))
+                        w256!(f32, (row as *const f32).add(8 * v))
                     };
                 }
                 for i in 0..M {
