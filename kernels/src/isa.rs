@@ -160,6 +160,31 @@ pub fn cpu_is_amd() -> bool {
     }
 }
 
+/// The CPU's family on AMD (CPUID leaf 1: base family plus extended family; 0x19 is Zen 3
+/// and Zen 4, 0x1A Zen 5), `None` elsewhere. Where two AMD generations measured opposite
+/// costs for one choice (docs/cpu.md). Asked once.
+pub fn cpu_amd_family() -> Option<u32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static FAMILY: OnceLock<Option<u32>> = OnceLock::new();
+        *FAMILY.get_or_init(|| {
+            cpu_is_amd().then(|| {
+                let eax = std::arch::x86_64::__cpuid(1).eax;
+                let base = (eax >> 8) & 0xF;
+                if base == 0xF {
+                    base + ((eax >> 20) & 0xFF)
+                } else {
+                    base
+                }
+            })
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
 /// The `BLIP2_CPU_ISA` rule: a supported request wins; otherwise never enable what the CPU
 /// lacks — the best supported set at or below the request.
 fn choose(req: Option<Isa>, best: Isa) -> Isa {
@@ -224,6 +249,25 @@ mod tests {
             if req.is_supported() {
                 assert_eq!(got, req);
             }
+        }
+    }
+
+    /// The family from CPUID matches what Linux reports ("cpu family" in /proc/cpuinfo),
+    /// and there is one exactly on AMD.
+    #[test]
+    fn amd_family_matches_the_kernel() {
+        let family = cpu_amd_family();
+        assert_eq!(family.is_some(), cpu_is_amd());
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+            return;
+        };
+        let linux: Option<u32> = info
+            .lines()
+            .find(|l| l.starts_with("cpu family"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse().ok());
+        if let (Some(f), Some(l)) = (family, linux) {
+            assert_eq!(f, l);
         }
     }
 }

@@ -74,7 +74,7 @@ pub use elementwise::{
 pub use finite::{FloatBits, count_nonfinite, count_nonfinite_with, f16_overflow, first_nonfinite};
 pub use gemm::{BSlice, batched_matmul, batched_matmul_with, matmul, matmul_with};
 pub use im2col::im2col_patches;
-pub use isa::{Isa, best_isa, cpu_is_amd, isa, supported_isas};
+pub use isa::{Isa, best_isa, cpu_amd_family, cpu_is_amd, isa, supported_isas};
 pub use norm::{layer_norm, layer_norm_with, rms_norm, rms_norm_with};
 pub use packed::{
     PANEL, PackedData, PackedMatrix, checked_packed_len, matmul_packed, matmul_packed_with,

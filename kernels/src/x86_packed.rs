@@ -27,11 +27,12 @@ const STREAMS: usize = 4;
 
 /// Whether the small-M pass at `m` rows requests W [`PREFETCH_BYTES`] ahead. On Intel
 /// (Sapphire Rapids) it must: a C model of the 8-row pass took 1.7× the time without it. On
-/// AMD Zen 4, at 1–2 rows
+/// AMD Zen 4 (family 0x19), at 1–2 rows
 /// the hardware prefetchers keep the four streams fed and the requests only cost: OPT-2.7B's
 /// fc1 in f16 from DRAM took 0.87× (1 row) and 0.89× (2 rows) the time without them, 0.98× at
-/// 4 and 1.07× at 8 (docs/performance.md). `BLIP2_CPU_SMALL_PREFETCH=0|1` overrides (A/B
-/// runs). Read once.
+/// 4 and 1.07× at 8 (docs/performance.md). On Zen 5 (0x1A) they pay again: with them fc1 took
+/// 0.69–0.73× the time at 1–2 rows, the stacked q/k/v 0.73×, out_proj 0.85×, fc2 0.92×.
+/// `BLIP2_CPU_SMALL_PREFETCH=0|1` overrides (A/B runs). Read once.
 fn small_prefetch(m: usize) -> bool {
     static OVERRIDE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = *OVERRIDE.get_or_init(|| {
@@ -44,7 +45,7 @@ fn small_prefetch(m: usize) -> bool {
             _ => None,
         }
     });
-    forced.unwrap_or(m > 2 || !crate::cpu_is_amd())
+    forced.unwrap_or(m > 2 || crate::cpu_amd_family() != Some(0x19))
 }
 
 /// C[m×n] = A[m×k]·Wᵀ (+ bias) for a packed W on AVX-512 or AVX2 (`isa`, resolved); tasks
