@@ -30,8 +30,9 @@ const STREAMS: usize = 4;
 /// AMD Zen 4 (family 0x19), at 1–2 rows
 /// the hardware prefetchers keep the four streams fed and the requests only cost: OPT-2.7B's
 /// fc1 in f16 from DRAM took 0.87× (1 row) and 0.89× (2 rows) the time without them, 0.98× at
-/// 4 and 1.07× at 8 (docs/performance.md). On Zen 5 (0x1A) they pay again: with them fc1 took
-/// 0.69–0.73× the time at 1–2 rows, the stacked q/k/v 0.73×, out_proj 0.85×, fc2 0.92×.
+/// 4 and 1.07× at 8 (docs/performance.md). On Zen 5 (0x1A) they pay again: with them fc1 at
+/// one row took 0.67–0.97× the time (0.69–1.02× at two rows), the stacked q/k/v 0.73–0.98×,
+/// out_proj 0.85–1.01×, fc2 0.92–1.01×, depending on how much bandwidth the host left free.
 /// `BLIP2_CPU_SMALL_PREFETCH=0|1` overrides (A/B runs). Read once.
 fn small_prefetch(m: usize) -> bool {
     static OVERRIDE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();

@@ -122,18 +122,13 @@ impl Job {
                         pack_a(Isa::Avx2Fma, self.a.add(ic * k + pc), k, mcur, kc, MR, ap);
                         for q in q0..q1 {
                             let col0 = q * PANEL;
-                            let b = self.w_at(q * PANEL * k + pc * PANEL);
                             for h in 0..PANEL / NR {
                                 let col = col0 + h * NR;
                                 if col >= n {
                                     break;
                                 }
                                 let cols = NR.min(n - col);
-                                let bh = if self.f16 {
-                                    (b as *const u16).add(h * NR) as *const f32
-                                } else {
-                                    b.add(h * NR)
-                                };
+                                let bh = self.w_at(q * PANEL * k + pc * PANEL + h * NR);
                                 for ir in (0..mcur).step_by(MR) {
                                     ukr(
                                         kc,
